@@ -1,0 +1,54 @@
+# Touchline: the two commands are `make run` and `make test`. Everything else is a helper.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DURATION ?=
+SPEED ?= 1
+SEED ?= 7
+BENCH_EVENTS ?= 1000000
+
+.PHONY: run test unit integration lint typecheck schemas bench clean install system-deps
+
+$(STAMP): pyproject.toml
+	@command -v java >/dev/null || { echo "Java (JDK 17+) is needed for the local Kafka broker: apt-get install openjdk-17-jdk-headless"; exit 1; }
+	@command -v mvn >/dev/null || { echo "Maven is needed to resolve Kafka: apt-get install maven"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## make run [DURATION=<s>] [SPEED=<x>]: broker + worker + simulator with a live view
+run: $(STAMP)
+	$(BIN)/touchline run --speed $(SPEED) --seed $(SEED) $(if $(DURATION),--duration $(DURATION))
+
+## make test: lint, types, schema drift, unit and integration tests against a real broker
+test: $(STAMP) lint typecheck
+	$(BIN)/touchline schemas --check
+	$(BIN)/pytest -q tests
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+integration: $(STAMP)
+	$(BIN)/pytest -q -m integration tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline tests
+	$(BIN)/ruff format --check pipeline tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+schemas: $(STAMP)
+	$(BIN)/touchline schemas
+
+bench: $(STAMP)
+	$(BIN)/python -m pipeline.bench --events $(BENCH_EVENTS)
+
+clean:
+	-$(BIN)/touchline broker stop 2>/dev/null
+	rm -rf .touchline

@@ -1,0 +1,201 @@
+"""`touchline`: the command line. Each command is a thin adapter over a module of the package."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import urllib.error
+import urllib.request
+from typing import Any, NoReturn
+
+import click
+
+from pipeline.config import ConfigError, Settings, load_settings
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"touchline: {message}", err=True)
+    sys.exit(code)
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as error:
+        fail(str(error), 2)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Touchline: live customer-journey and SLA analytics for contact centres.
+
+    Interaction events flow from Kafka (one topic per channel) through a Faust worker into
+    ClickHouse. Configuration comes from TOUCHLINE_* environment variables (and
+    KAFKA_BOOTSTRAP_SERVERS) or a touchline.toml file; see the README.
+    """
+
+
+@main.command()
+def migrate() -> None:
+    """Apply pending ClickHouse migrations from schemas/clickhouse/ (each file once)."""
+    from pipeline.store.clickhouse import StoreError, connect
+    from pipeline.store.migrations import MigrationError
+    from pipeline.store.migrations import migrate as run_migrations
+
+    settings = settings_or_exit()
+    if settings.embedded_clickhouse and worker_answers(settings):
+        click.echo("a worker holds the embedded store and applied the migrations when it started")
+        return
+    try:
+        applied = run_migrations(connect(settings.clickhouse_url, settings.clickhouse_database))
+    except (StoreError, MigrationError) as error:
+        fail(str(error))
+    click.echo(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+
+
+@main.command()
+@click.option("--web-port", type=int, default=None, help="Port for /metrics, /health and /sql (default from settings: 6066).")
+def worker(web_port: int | None) -> None:
+    """Run the Faust worker: validate channel events, dead-letter bad ones, write to ClickHouse.
+
+    Start more than one (each with its own --web-port) to share the partitions.
+    """
+    import faust
+
+    from pipeline.store.clickhouse import StoreError
+    from pipeline.topics import wait_for_broker
+
+    settings = settings_or_exit()
+    setup_logging(settings.log_level)
+    try:
+        wait_for_broker(settings.bootstrap_servers, timeout=10)
+    except Exception as error:
+        hint = " (start it with `touchline broker start`)" if settings.uses_local_broker else ""
+        fail(f"no Kafka broker at {settings.bootstrap_servers}{hint}: {error}")
+    from pipeline.worker.app import create_app
+
+    try:
+        app = create_app(settings, web_port=web_port)
+    except StoreError as error:
+        fail(str(error))
+    faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()
+
+
+def worker_answers(settings: Settings) -> bool:
+    try:
+        with urllib.request.urlopen(f"{settings.worker_url}/health", timeout=1) as response:
+            health = json.loads(response.read())
+        return bool(health.get("status") == "ok")
+    except (OSError, ValueError):
+        return False
+
+
+@main.command()
+@click.argument("query", required=False)
+@click.option("--format", "fmt", type=click.Choice(["table", "tsv", "json"]), default="table", show_default=True)
+def sql(query: str | None, fmt: str) -> None:
+    """Run a read-only SQL QUERY (or read it from stdin) against Touchline's ClickHouse.
+
+    With the embedded store and a running worker, the query goes to the worker's /sql endpoint
+    (the worker holds the store); otherwise Touchline opens the store itself. Writes are refused.
+
+    Example: touchline sql "SELECT channel, count() FROM interaction_events FINAL GROUP BY channel"
+    """
+    from pipeline.store.clickhouse import StoreError
+    from pipeline.store.readonly import open_readonly, run_readonly
+
+    settings = settings_or_exit()
+    text = query if query is not None else sys.stdin.read()
+    if not text.strip():
+        fail("no query given", 2)
+    columns: list[str]
+    rows: list[list[Any]]
+    if settings.embedded_clickhouse and worker_answers(settings):
+        request = urllib.request.Request(
+            f"{settings.worker_url}/sql?format=json", data=text.encode(), method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=300) as response:
+                body = json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            fail(error.read().decode().strip())
+        columns, rows = body["columns"], body["rows"]
+    else:
+        try:
+            columns, rows = run_readonly(open_readonly(settings.clickhouse_url, settings.clickhouse_database), text)
+        except StoreError as error:
+            fail(str(error))
+        except Exception as error:
+            fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
+    print_rows(columns, rows, fmt)
+
+
+def print_rows(columns: list[str], rows: list[list[Any]], fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps([dict(zip(columns, row, strict=True)) for row in rows], default=str))
+        return
+    if fmt == "tsv":
+        click.echo("\t".join(columns))
+        for row in rows:
+            click.echo("\t".join(str(v) for v in row))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*(str(v) for v in row))
+    Console().print(table)
+
+
+@main.command()
+@click.option("--check", is_flag=True, help="Exit 1 when schemas/events/ differs from the models instead of writing.")
+def schemas(check: bool) -> None:
+    """Generate schemas/events/*.json (JSON Schema) from the pydantic event models."""
+    from pipeline.events.jsonschema import EVENTS_SCHEMA_DIR, drift, write
+
+    if check:
+        stale = drift()
+        if stale:
+            fail(f"schemas/events is out of date ({', '.join(stale)}): run `touchline schemas`")
+        click.echo("schemas/events matches the models")
+        return
+    names = write()
+    click.echo(f"wrote {len(names)} schemas to {EVENTS_SCHEMA_DIR}")
+
+
+@main.command()
+def topics() -> None:
+    """Create Touchline's Kafka topics (idempotent) with their partition counts."""
+    from pipeline.events.topics import topic_specs
+    from pipeline.topics import ensure_topics
+
+    settings = settings_or_exit()
+    try:
+        created = ensure_topics(settings.bootstrap_servers, topic_specs(settings.topic_partitions))
+    except Exception as error:
+        fail(f"cannot create topics on {settings.bootstrap_servers}: {error}")
+    click.echo(f"created: {', '.join(created)}" if created else "all topics exist")
+
+
+def _register() -> None:
+    from pipeline.broker_cli import broker_group
+    from pipeline.live import run_command
+    from pipeline.replay import replay_command
+    from pipeline.simulator.cli import simulate_command
+
+    main.add_command(broker_group)
+    main.add_command(simulate_command)
+    main.add_command(replay_command)
+    main.add_command(run_command)
+
+
+_register()

@@ -1,0 +1,32 @@
+"""Kafka topic names. One topic per channel; every other topic is named here too."""
+
+from __future__ import annotations
+
+from pipeline.events.models import Channel
+
+INTERACTIONS_PREFIX = "touchline.interactions."
+DEADLETTER_TOPIC = "touchline.deadletter"
+
+
+def interaction_topic(channel: Channel | str) -> str:
+    return f"{INTERACTIONS_PREFIX}{Channel(channel).value}"
+
+
+INTERACTION_TOPICS: dict[Channel, str] = {c: interaction_topic(c) for c in Channel}
+
+
+def channel_of_topic(topic: str) -> Channel | None:
+    """The channel a topic carries, or None when the topic is not a channel topic."""
+    if not topic.startswith(INTERACTIONS_PREFIX):
+        return None
+    try:
+        return Channel(topic[len(INTERACTIONS_PREFIX) :])
+    except ValueError:
+        return None
+
+
+def topic_specs(channel_partitions: int) -> dict[str, int]:
+    """Every topic Touchline needs, with its partition count. Created idempotently at start."""
+    specs = {topic: channel_partitions for topic in INTERACTION_TOPICS.values()}
+    specs[DEADLETTER_TOPIC] = 1
+    return specs

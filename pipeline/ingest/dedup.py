@@ -1,0 +1,30 @@
+"""A bounded memory of recently seen event ids, to drop redelivered duplicates before they are
+written. ClickHouse deduplicates too (ReplacingMergeTree); this only saves work and keeps
+duplicates out of the live counters."""
+
+from __future__ import annotations
+
+
+class RecentIds:
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._seen: dict[str, None] = {}
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def seen(self, event_id: str) -> bool:
+        """True when `event_id` was offered before (and is still remembered); remembers it."""
+        if self._capacity == 0:
+            return False
+        if event_id in self._seen:
+            return True
+        self._seen[event_id] = None
+        if len(self._seen) > self._capacity:
+            # dicts keep insertion order: drop the oldest tenth in one go
+            for old in list(self._seen)[: max(1, self._capacity // 10)]:
+                del self._seen[old]
+        return False
+
+    def forget(self, event_id: str) -> None:
+        self._seen.pop(event_id, None)

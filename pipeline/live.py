@@ -1,0 +1,231 @@
+"""`touchline run`: the local demo. Starts the broker (unless an external one is configured), the
+worker and the simulator as child processes, and shows a live terminal view built from the
+worker's own /metrics and the rows in ClickHouse. Ctrl-C (or the end of --duration) stops
+everything cleanly; the data stays for `touchline sql`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from pipeline.config import ConfigError, Settings, load_settings
+from pipeline.events.models import Channel
+
+
+@dataclass
+class Snapshot:
+    at: float
+    consumed: dict[str, float] = field(default_factory=dict)
+    valid: dict[str, float] = field(default_factory=dict)
+    written: dict[str, float] = field(default_factory=dict)
+    dead: dict[str, float] = field(default_factory=dict)
+    duplicates: dict[str, float] = field(default_factory=dict)
+    lag: float = 0.0
+    flush_p: float = 0.0
+
+
+def scrape(url: str) -> Snapshot:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=2) as response:
+        text = response.read().decode()
+    snap = Snapshot(at=time.monotonic())
+    targets = {
+        "touchline_events_consumed": snap.consumed,
+        "touchline_events_valid": snap.valid,
+        "touchline_events_written": snap.written,
+        "touchline_events_deadlettered": snap.dead,
+        "touchline_events_duplicate": snap.duplicates,
+    }
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            target = targets.get(family.name)
+            if target is not None and sample.name.endswith("_total"):
+                channel = sample.labels.get("channel", "?")
+                target[channel] = target.get(channel, 0.0) + sample.value
+            elif family.name == "touchline_consumer_lag_messages":
+                snap.lag += sample.value
+    return snap
+
+
+def query(url: str, sql: str) -> list[list[object]]:
+    request = urllib.request.Request(f"{url}/sql?format=json", data=sql.encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        rows: list[list[object]] = json.loads(response.read())["rows"]
+    return rows
+
+
+def render(first: Snapshot, prev: Snapshot, now: Snapshot, stored: dict[str, int], status: str) -> Group:
+    table = Table(title="Touchline: events by channel", expand=True)
+    for column in ("channel", "read", "valid", "written/s", "written", "in ClickHouse", "duplicates", "dead-lettered"):
+        table.add_column(column, justify="right" if column != "channel" else "left")
+    span = max(now.at - prev.at, 1e-6)
+    for channel in [c.value for c in Channel]:
+        rate = (now.written.get(channel, 0) - prev.written.get(channel, 0)) / span
+        table.add_row(
+            channel,
+            f"{now.consumed.get(channel, 0):,.0f}",
+            f"{now.valid.get(channel, 0):,.0f}",
+            f"{rate:,.1f}",
+            f"{now.written.get(channel, 0):,.0f}",
+            f"{stored.get(channel, 0):,}",
+            f"{now.duplicates.get(channel, 0):,.0f}",
+            f"{now.dead.get(channel, 0):,.0f}",
+        )
+    total_rate = (sum(now.written.values()) - sum(prev.written.values())) / span
+    overall = (sum(now.written.values()) - sum(first.written.values())) / max(now.at - first.at, 1e-6)
+    summary = (
+        f"throughput {total_rate:,.0f} events/s now, {overall:,.0f} events/s on average   "
+        f"consumer lag {now.lag:,.0f}   {status}"
+    )
+    return Group(table, Panel(summary, title="pipeline"))
+
+
+@contextmanager
+def child(args: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        yield process
+    finally:
+        stop_child(process)
+
+
+def stop_child(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    if process.poll() is not None:
+        return
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def wait_for_worker(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace").splitlines()[-20:]
+            raise click.ClickException("the worker exited while starting:\n" + "\n".join(tail))
+        with suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=1) as response:
+            if json.loads(response.read()).get("assigned_partitions", 0) > 0:
+                return
+        time.sleep(0.5)
+    raise click.ClickException(f"the worker did not become ready in {timeout:.0f} s; see {log}")
+
+
+@click.command(name="run")
+@click.option("--duration", type=float, default=None, help="Stop by itself after this many wall-clock seconds.")
+@click.option("--speed", type=float, default=1.0, show_default=True, help="Simulated seconds per wall-clock second.")
+@click.option("--seed", type=int, default=7, show_default=True, help="Simulator seed.")
+@click.option("--rate", type=float, default=None, help="Simulator contacts per hour at peak (simulator default if unset).")
+def run_command(duration: float | None, speed: float, seed: int, rate: float | None) -> None:
+    """Local demo: broker + worker + traffic simulator, with a live view. Ctrl-C stops it all.
+
+    Logs go to <data dir>/logs/. Afterwards, query the data with `touchline sql`.
+    """
+    from pipeline import broker
+    from pipeline.events.topics import topic_specs
+    from pipeline.topics import ensure_topics
+
+    try:
+        settings: Settings = load_settings()
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    logs = settings.data_dir / "logs"
+    started_broker = False
+    if settings.uses_local_broker:
+        kafka_dir = settings.data_dir / "kafka"
+        already = broker.status(kafka_dir).running
+        click.echo("starting the local Kafka broker (first start resolves Kafka from Maven Central)..." if not already else "local Kafka broker is running")
+        try:
+            broker.start(kafka_dir, port=settings.local_kafka_port)
+        except broker.BrokerError as error:
+            raise click.ClickException(str(error)) from None
+        started_broker = not already
+    ensure_topics(settings.bootstrap_servers, topic_specs(settings.topic_partitions))
+    interrupted = False
+
+    def on_sigint(signum: int, frame: object) -> None:
+        nonlocal interrupted
+        interrupted = True
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        simulated = f"{(duration or 30 * 86400) * max(speed, 1.0):.0f}s"
+        sim_args = ["simulate", "--seed", str(seed), "--speed", str(speed), "--duration", simulated]
+        if rate is not None:
+            sim_args += ["--rate", str(rate)]
+        with child(["worker"], logs / "worker.log") as worker_process:
+            click.echo(f"starting the worker (log: {logs / 'worker.log'})...")
+            wait_for_worker(settings.worker_url, worker_process, logs / "worker.log")
+            with child(sim_args, logs / "simulator.log") as sim_process:
+                watch(settings, worker_process, sim_process, duration, lambda: interrupted)
+            click.echo("stopping the worker...")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if started_broker:
+            click.echo("stopping the local Kafka broker...")
+            broker.stop(settings.data_dir / "kafka")
+    click.echo(f"done. Data is in {settings.clickhouse_url}; try:")
+    click.echo('  touchline sql "SELECT channel, count() FROM interaction_events FINAL GROUP BY channel"')
+
+
+def watch(
+    settings: Settings,
+    worker_process: subprocess.Popen[bytes],
+    sim_process: subprocess.Popen[bytes],
+    duration: float | None,
+    interrupted: object,
+) -> None:
+    url = settings.worker_url
+    started = time.monotonic()
+    first = prev = scrape(url)
+    stored: dict[str, int] = {}
+    drained_since: float | None = None
+    with Live(render(first, prev, prev, stored, "starting"), refresh_per_second=2, screen=False) as live:
+        while True:
+            time.sleep(1.0)
+            if callable(interrupted) and interrupted():
+                break
+            if worker_process.poll() is not None:
+                raise click.ClickException(f"the worker stopped unexpectedly; see {settings.data_dir / 'logs' / 'worker.log'}")
+            try:
+                now = scrape(url)
+                stored = {str(c): int(str(n)) for c, n in query(url, "SELECT channel, count() FROM interaction_events GROUP BY channel")}
+            except OSError:
+                continue
+            elapsed = time.monotonic() - started
+            sim_done = sim_process.poll() is not None
+            status = f"running {elapsed:,.0f} s" + (f" of {duration:,.0f} s" if duration else "  (Ctrl-C to stop)")
+            if sim_done:
+                status += "   simulator finished"
+            live.update(render(first, prev, now, stored, status))
+            # stop once time is up and the worker has written everything it was sent
+            caught_up = now.lag == 0 and sum(now.written.values()) == sum(prev.written.values())
+            if (duration is not None and elapsed >= duration) or sim_done:
+                drained_since = drained_since or time.monotonic()
+                if caught_up or time.monotonic() - drained_since > 30:
+                    if duration is not None or sim_done:
+                        break
+            prev = now

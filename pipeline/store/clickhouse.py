@@ -1,0 +1,96 @@
+"""One way to reach ClickHouse: clickhouse-connect, with the embedded chDB engine (`chdb://dir`) or
+a server (`http(s)://`). chDB allows one engine per process, so a process opens one client and
+shares it; calls are blocking and must be kept off an event loop (see `BlockingExecutor`)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_clients: dict[tuple[str, str], Client] = {}
+
+
+class StoreError(Exception):
+    """ClickHouse cannot be reached or used; the message says why."""
+
+
+def _embedded_path(dsn: str) -> Path | None:
+    if not dsn.startswith("chdb:"):
+        return None
+    parsed = urlparse(dsn)
+    location = parsed.path if not parsed.netloc else parsed.netloc
+    return None if location in ("", "memory", ":memory:") else Path(location)
+
+
+def connect(dsn: str, database: str, *, create_database: bool = True) -> Client:
+    """A client on `database`, created if missing. Embedded clients are cached per process."""
+    key = (dsn, database)
+    with _lock:
+        if key in _clients:
+            return _clients[key]
+        path = _embedded_path(dsn)
+        if path is not None:
+            path.mkdir(parents=True, exist_ok=True)
+        try:
+            bootstrap = clickhouse_connect.get_client(dsn=dsn)
+            if create_database:
+                bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}")
+            client = clickhouse_connect.get_client(dsn=dsn, database=database)
+        except Exception as error:  # clickhouse-connect raises many kinds; all mean "unusable"
+            raise StoreError(f"cannot open ClickHouse at {redact(dsn)}: {error}") from error
+        _clients[key] = client
+        return client
+
+
+def close_all() -> None:
+    with _lock:
+        for client in _clients.values():
+            client.close()
+        _clients.clear()
+
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def quote_identifier(name: str) -> str:
+    if not _IDENT.match(name):
+        raise StoreError(f"not a plain identifier: {name!r}")
+    return f"`{name}`"
+
+
+def redact(dsn: str) -> str:
+    parsed = urlparse(dsn)
+    if parsed.password:
+        return dsn.replace(f":{parsed.password}@", ":***@")
+    return dsn
+
+
+class BlockingExecutor:
+    """Runs blocking ClickHouse calls on one dedicated thread, in submission order, so the
+    asyncio loop never waits on the engine and writes to a table never interleave."""
+
+    def __init__(self, name: str = "clickhouse") -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def insert_rows(client: Client, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    if rows:
+        client.insert(table, rows, column_names=list(columns))

@@ -1,0 +1,156 @@
+"""The Faust application: a thin shell that feeds channel-topic messages to the ingest sink and serves
+`/metrics`, `/health` and the read-only `/sql` endpoint on the worker's web port."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import faust
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from pipeline.config import Settings
+from pipeline.events.topics import DEADLETTER_TOPIC, INTERACTION_TOPICS, topic_specs
+from pipeline.store.clickhouse import BlockingExecutor, connect
+from pipeline.store.migrations import migrate
+from pipeline.store.readonly import open_readonly, run_readonly
+from pipeline.topics import ensure_topics
+from pipeline.worker import metrics
+from pipeline.worker.sink import IncomingMessage, IngestSink
+
+log = logging.getLogger(__name__)
+
+
+def broker_url(bootstrap: str) -> str:
+    return ";".join(f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip())
+
+
+def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
+    ensure_topics(settings.bootstrap_servers, topic_specs(settings.topic_partitions))
+    client = connect(settings.clickhouse_url, settings.clickhouse_database)
+    applied = migrate(client)
+    if applied:
+        log.info("applied migrations: %s", ", ".join(applied))
+    reader = open_readonly(settings.clickhouse_url, settings.clickhouse_database)
+    executor = BlockingExecutor()
+    query_executor = BlockingExecutor("sql")
+
+    app = faust.App(
+        settings.app_id,
+        broker=broker_url(settings.bootstrap_servers),
+        value_serializer="raw",
+        key_serializer="raw",
+        store="memory://",
+        datadir=str(settings.data_dir / "faust"),
+        web_host=settings.worker_web_host,
+        web_port=web_port or settings.worker_web_port,
+        web_bind=settings.worker_web_host,
+        topic_partitions=settings.topic_partitions,
+        topic_allow_declare=False,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_every=10_000,
+        broker_commit_interval=1.0,
+        broker_max_poll_records=5000,
+        stream_buffer_maxsize=max(8192, settings.batch_max_rows * 2),
+        producer_acks=-1,
+        logging_config=None,
+    )
+    channel_topics = app.topic(*INTERACTION_TOPICS.values(), value_serializer="raw", key_serializer="raw")
+    deadletter_topic = app.topic(DEADLETTER_TOPIC, value_serializer="raw", key_serializer="raw")
+
+    async def send_dead_letter(key: bytes | None, value: bytes | None, headers: Mapping[str, bytes]) -> Any:
+        return await deadletter_topic.send(key=key, value=value, headers=dict(headers))
+
+    sink = IngestSink(
+        client,
+        executor,
+        send_dead_letter,
+        max_rows=settings.batch_max_rows,
+        max_seconds=settings.batch_max_seconds,
+        max_event_bytes=settings.max_event_bytes,
+        dedup_capacity=settings.dedup_cache_size,
+    )
+
+    @app.agent(channel_topics)
+    async def ingest(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.noack().events():
+            message = event.message
+            await sink.handle(
+                IncomingMessage(message.topic, message.partition, message.offset, message.key, message.value, event.ack)
+            )
+
+    @app.timer(interval=min(0.2, settings.batch_max_seconds / 2))
+    async def flush_due() -> None:
+        await sink.tick()
+
+    @app.timer(interval=5.0)
+    async def measure_lag() -> None:
+        consumer = app.consumer
+        read = getattr(consumer, "_read_offset", {})
+        for tp in consumer.assignment():
+            try:
+                high = consumer.highwater(tp)
+            except Exception:  # not yet known right after assignment
+                continue
+            if high is None:
+                continue
+            position = read.get(tp)
+            lag = high - (position + 1 if position is not None else 0)
+            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, lag))
+
+    @app.on_partitions_revoked.connect
+    async def write_before_handover(app: faust.App, *, revoked: Any, **_: Any) -> None:
+        await sink.drain()
+
+    @app.on_before_shutdown.connect
+    async def write_on_shutdown(app: faust.App, **_: Any) -> None:
+        await sink.drain()
+        executor.shutdown()
+
+    @app.page("/metrics")
+    async def prometheus_metrics(web: Any, request: Request) -> Response:
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+    @app.page("/health")
+    async def health(web: Any, request: Request) -> Response:
+        return web.json(
+            {
+                "status": "ok",
+                "app_id": settings.app_id,
+                "embedded_clickhouse": settings.embedded_clickhouse,
+                "clickhouse_database": settings.clickhouse_database,
+                "assigned_partitions": len(app.consumer.assignment()) if app.consumer else 0,
+            }
+        )
+
+    class SqlView(View):
+        """POST a read-only SQL query as the body; answers TSV with a header row, or JSON with
+        `?format=json`. Writes are refused by ClickHouse itself (see pipeline.store.readonly)."""
+
+        async def post(self, request: Request) -> Response:
+            sql = (await request.text()).strip()
+            as_json = request.query.get("format") == "json"
+            if not sql:
+                return self.text("send a SQL query as the request body\n", status=400)
+            try:
+                columns, rows = await query_executor.run(run_readonly, reader, sql)
+            except Exception as error:
+                return self.text(f"{error}\n", status=400)
+            if as_json:
+                return self.json({"columns": columns, "rows": rows})
+            lines = ["\t".join(columns), *("\t".join(_cell(v) for v in row) for row in rows)]
+            return self.text("\n".join(lines) + "\n")
+
+    app.page("/sql")(SqlView)
+    return app
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str)
+    return str(value)

@@ -1,0 +1,38 @@
+"""Prometheus metrics of the pipeline's own health, served on the worker's `/metrics`."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_CONSUMED = Counter(
+    "touchline_events_consumed_total", "Messages read from the channel topics", ["channel"]
+)
+EVENTS_VALID = Counter("touchline_events_valid_total", "Messages that validated as events", ["channel"])
+EVENTS_DUPLICATE = Counter(
+    "touchline_events_duplicate_total", "Valid events dropped as redelivered duplicates (same event_id)", ["channel"]
+)
+EVENTS_DEADLETTERED = Counter(
+    "touchline_events_deadlettered_total", "Messages sent to the dead-letter topic", ["channel", "reason"]
+)
+EVENTS_WRITTEN = Counter("touchline_events_written_total", "Events written to ClickHouse", ["channel"])
+BATCH_ROWS = Histogram(
+    "touchline_batch_rows",
+    "Rows per ClickHouse insert",
+    buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000, 20000, 50000),
+)
+FLUSH_SECONDS = Histogram(
+    "touchline_flush_seconds",
+    "Time to write one batch to ClickHouse and release its offsets",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+FLUSH_FAILURES = Counter("touchline_flush_failures_total", "Batches that failed to write and were retried")
+E2E_SECONDS = Histogram(
+    "touchline_end_to_end_seconds",
+    "Event time to written in ClickHouse, in seconds",
+    ["channel"],
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
+)
+CONSUMER_LAG = Gauge(
+    "touchline_consumer_lag_messages", "Messages in the partition not yet read by this worker", ["topic", "partition"]
+)
+PENDING_ROWS = Gauge("touchline_pending_rows", "Messages read but not yet written and acknowledged")

@@ -1,0 +1,173 @@
+"""The ingest path: decode each message, drop duplicates, batch rows, write them to ClickHouse off the
+event loop, dead-letter what is bad, and only then acknowledge the messages so their offsets can be
+committed. Transport-agnostic: the Faust agent hands in messages and an `ack` for each."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from pipeline.events.topics import channel_of_topic
+from pipeline.ingest.batch import Batch, Batcher
+from pipeline.ingest.decode import Rejection, decode
+from pipeline.ingest.dedup import RecentIds
+from pipeline.store.clickhouse import BlockingExecutor, insert_rows
+from pipeline.store.rows import DEAD_LETTER_COLUMNS, EVENT_COLUMNS, dead_letter_row, event_row
+from pipeline.worker import metrics
+
+log = logging.getLogger(__name__)
+
+DeadLetterSender = Callable[[bytes | None, bytes | None, Mapping[str, bytes]], Awaitable[Any]]
+RETRY_SECONDS = (0.5, 1, 2, 5, 10, 30)
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    ack: Callable[[], Any]
+
+
+class IngestSink:
+    def __init__(
+        self,
+        client: Client,
+        executor: BlockingExecutor,
+        send_dead_letter: DeadLetterSender,
+        *,
+        max_rows: int,
+        max_seconds: float,
+        max_event_bytes: int,
+        dedup_capacity: int,
+    ) -> None:
+        self._client = client
+        self._executor = executor
+        self._send_dead_letter = send_dead_letter
+        self._max_event_bytes = max_event_bytes
+        self._batcher: Batcher[Callable[[], Any]] = Batcher(max_rows, max_seconds)
+        self._recent = RecentIds(dedup_capacity)
+        self._in_flight: asyncio.Task[None] | None = None
+        self._dead_letter_messages: list[tuple[bytes | None, bytes | None, Mapping[str, bytes]]] = []
+
+    async def handle(self, message: IncomingMessage) -> None:
+        now = time.monotonic()
+        channel = channel_of_topic(message.topic)
+        channel_label = channel.value if channel else "unknown"
+        metrics.EVENTS_CONSUMED.labels(channel_label).inc()
+        result = decode(message.value, message.topic, self._max_event_bytes)
+        if isinstance(result, Rejection):
+            full = await self._dead_letter(message, result, channel_label, now)
+        else:
+            metrics.EVENTS_VALID.labels(channel_label).inc()
+            if self._recent.seen(result.event_id):
+                metrics.EVENTS_DUPLICATE.labels(channel_label).inc()
+                full = self._batcher.add_event(None, message.ack, now)
+            else:
+                row = event_row(result, message.topic, message.partition, message.offset, datetime.now(UTC))
+                full = self._batcher.add_event(row, message.ack, now)
+        metrics.PENDING_ROWS.set(len(self._batcher))
+        if full:
+            await self.flush()
+
+    async def _dead_letter(self, message: IncomingMessage, rejection: Rejection, channel: str, now: float) -> bool:
+        headers = {
+            "touchline.reason": rejection.reason.value.encode(),
+            "touchline.detail": rejection.detail.encode(),
+            "touchline.source.topic": message.topic.encode(),
+            "touchline.source.partition": str(message.partition).encode(),
+            "touchline.source.offset": str(message.offset).encode(),
+        }
+        self._dead_letter_messages.append((message.key, message.value, headers))
+        metrics.EVENTS_DEADLETTERED.labels(channel, rejection.reason.value).inc()
+        log.warning(
+            "dead-lettered %s[%d]@%d: %s: %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            rejection.reason.value,
+            rejection.detail,
+        )
+        row = dead_letter_row(
+            datetime.now(UTC),
+            message.topic,
+            message.partition,
+            message.offset,
+            rejection.reason.value,
+            rejection.detail,
+            message.key,
+            message.value,
+        )
+        return self._batcher.add_dead_letter(row, message.ack, now)
+
+    async def tick(self) -> None:
+        """Called periodically: writes a batch whose time is up."""
+        if self._batcher.due(time.monotonic()):
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Hand the current batch to the writer. At most one write is in flight; a second flush
+        waits for it, which is the back-pressure on the consumer."""
+        if self._in_flight is not None:
+            await self._in_flight
+        if not len(self._batcher):
+            return
+        batch = self._batcher.take()
+        dead, self._dead_letter_messages = self._dead_letter_messages, []
+        self._in_flight = asyncio.ensure_future(self._write(batch, dead))
+        metrics.PENDING_ROWS.set(0)
+
+    async def drain(self) -> None:
+        await self.flush()
+        if self._in_flight is not None:
+            await self._in_flight
+
+    async def _write(
+        self, batch: Batch[Callable[[], Any]], dead: list[tuple[bytes | None, bytes | None, Mapping[str, bytes]]]
+    ) -> None:
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                if dead:
+                    # send all, then wait for every delivery: the producer batches them
+                    deliveries = [await self._send_dead_letter(*message) for message in dead]
+                    await asyncio.gather(*deliveries)
+                    dead = []
+                await self._executor.run(self._insert, batch)
+                break
+            except Exception:
+                # Nothing is acknowledged until the write succeeds, so retrying forever loses nothing;
+                # the growing lag and the failure counter tell the operator.
+                pause = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)]
+                attempt += 1
+                metrics.FLUSH_FAILURES.inc()
+                log.exception("writing a batch of %d failed (attempt %d); retrying in %ss", len(batch), attempt, pause)
+                await asyncio.sleep(pause)
+        for ack in batch.tokens:
+            ack()
+        metrics.BATCH_ROWS.observe(len(batch.events) + len(batch.dead_letters))
+        metrics.FLUSH_SECONDS.observe(time.monotonic() - started)
+
+    def _insert(self, batch: Batch[Callable[[], Any]]) -> None:
+        insert_rows(self._client, "interaction_events", EVENT_COLUMNS, batch.events)
+        insert_rows(self._client, "dead_letters", DEAD_LETTER_COLUMNS, batch.dead_letters)
+        written = datetime.now(UTC).timestamp()
+        counts: dict[str, int] = {}
+        occurred_index = EVENT_COLUMNS.index("occurred_at")
+        channel_index = EVENT_COLUMNS.index("channel")
+        for row in batch.events:
+            channel = row[channel_index]
+            counts[channel] = counts.get(channel, 0) + 1
+            metrics.E2E_SECONDS.labels(channel).observe(max(0.0, written - row[occurred_index].timestamp()))
+        for channel, count in counts.items():
+            metrics.EVENTS_WRITTEN.labels(channel).inc(count)

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, load_settings
+
+
+def test_defaults_use_local_broker_and_embedded_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    settings = load_settings()
+    assert settings.uses_local_broker
+    assert settings.bootstrap_servers == "127.0.0.1:9092"
+    assert settings.clickhouse_url.startswith("chdb://")
+
+
+def test_external_kafka_from_plain_env_var(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka-1:9092,kafka-2:9092")
+    settings = load_settings()
+    assert not settings.uses_local_broker
+    assert settings.bootstrap_servers == "kafka-1:9092,kafka-2:9092"
+
+
+def test_every_problem_is_reported_readably(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOUCHLINE_BATCH_MAX_ROWS", "0")
+    monkeypatch.setenv("TOUCHLINE_CLICKHOUSE_DSN", "mysql://nope")
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert "TOUCHLINE_BATCH_MAX_ROWS" in message and "greater than or equal to 1" in message
+    assert "TOUCHLINE_CLICKHOUSE_DSN" in message and "chdb://" in message
+    assert "Traceback" not in message
+
+
+def test_config_file_is_read_and_env_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "touchline.toml"
+    config.write_text('batch_max_rows = 1234\nworker_web_port = 7000\n')
+    monkeypatch.setenv("TOUCHLINE_CONFIG", str(config))
+    monkeypatch.setenv("TOUCHLINE_WORKER_WEB_PORT", "7001")
+    settings = load_settings()
+    assert settings.batch_max_rows == 1234
+    assert settings.worker_web_port == 7001
+
+
+def test_missing_config_file_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOUCHLINE_CONFIG", "/nonexistent/touchline.toml")
+    with pytest.raises(ConfigError, match="no such file"):
+        load_settings()
+
+
+def test_unknown_key_in_file_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "touchline.toml"
+    config.write_text("batch_max_rowz = 5\n")
+    monkeypatch.setenv("TOUCHLINE_CONFIG", str(config))
+    with pytest.raises(ConfigError, match="batch_max_rowz"):
+        load_settings()
