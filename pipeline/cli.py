@@ -62,7 +62,12 @@ def migrate() -> None:
 
 
 @main.command()
-@click.option("--web-port", type=int, default=None, help="Port for /metrics, /health and /sql (default from settings: 6066).")
+@click.option(
+    "--web-port",
+    type=int,
+    default=None,
+    help="Port for /metrics, /health and /sql (default from settings: 6066).",
+)
 def worker(web_port: int | None) -> None:
     """Run the Faust worker: validate channel events, dead-letter bad ones, write to ClickHouse.
 
@@ -119,9 +124,7 @@ def sql(query: str | None, fmt: str) -> None:
     columns: list[str]
     rows: list[list[Any]]
     if settings.embedded_clickhouse and worker_answers(settings):
-        request = urllib.request.Request(
-            f"{settings.worker_url}/sql?format=json", data=text.encode(), method="POST"
-        )
+        request = urllib.request.Request(f"{settings.worker_url}/sql?format=json", data=text.encode(), method="POST")
         try:
             with urllib.request.urlopen(request, timeout=300) as response:
                 body = json.loads(response.read())

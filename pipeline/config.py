@@ -29,25 +29,40 @@ class ConfigError(Exception):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TOUCHLINE_", extra="forbid", validate_default=True)
 
-    data_dir: Path = Field(Path(".touchline"), description="Local state: broker data, embedded ClickHouse, worker tables.")
+    data_dir: Path = Field(
+        Path(".touchline"), description="Local state: broker data, embedded ClickHouse, worker tables."
+    )
     kafka_bootstrap_servers: str | None = Field(
         None,
-        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "TOUCHLINE_KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers"),
+        validation_alias=AliasChoices(
+            "KAFKA_BOOTSTRAP_SERVERS", "TOUCHLINE_KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers"
+        ),
         description="Your Kafka cluster (host:port,...). Unset: the local broker that `touchline broker start` runs.",
     )
     local_kafka_port: int = Field(9092, ge=1, le=65535, description="Port of the local broker.")
-    topic_partitions: int = Field(4, ge=1, le=1024, description="Partitions of each channel topic when Touchline creates it.")
+    topic_partitions: int = Field(
+        4, ge=1, le=1024, description="Partitions of each channel topic when Touchline creates it."
+    )
     clickhouse_dsn: str | None = Field(
-        None, description="`chdb://<dir>` (embedded, default `chdb://<data_dir>/clickhouse`) or `http(s)://user:pass@host:port`."
+        None,
+        description="`chdb://<dir>` (embedded, default `chdb://<data_dir>/clickhouse`) or `http(s)://user:pass@host:port`.",
     )
     clickhouse_database: str = Field("touchline", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    app_id: str = Field("touchline", min_length=1, description="Faust app id: consumer group and internal topic prefix.")
+    app_id: str = Field(
+        "touchline", min_length=1, description="Faust app id: consumer group and internal topic prefix."
+    )
     worker_web_host: str = Field("127.0.0.1")
     worker_web_port: int = Field(6066, ge=1, le=65535, description="Worker HTTP port: /metrics, /sql, lookups.")
     batch_max_rows: int = Field(5000, ge=1, le=1_000_000, description="Rows per ClickHouse insert at most.")
-    batch_max_seconds: float = Field(1.0, gt=0, le=60, description="A batch is written at the latest this long after its first row.")
+    batch_max_seconds: float = Field(
+        1.0, gt=0, le=60, description="A batch is written at the latest this long after its first row."
+    )
     max_event_bytes: int = Field(65536, ge=256, description="Larger messages are dead-lettered as oversized.")
-    dedup_cache_size: int = Field(500_000, ge=0, description="Recent event ids remembered per worker to drop redelivered duplicates early.")
+    dedup_cache_size: int = Field(
+        500_000,
+        ge=0,
+        description="Recent event ids remembered per worker to drop redelivered duplicates early.",
+    )
     log_level: str = Field("info", pattern=r"^(?i:debug|info|warning|error)$")
 
     @field_validator("clickhouse_dsn")

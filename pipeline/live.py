@@ -71,7 +71,16 @@ def query(url: str, sql: str) -> list[list[object]]:
 
 def render(first: Snapshot, prev: Snapshot, now: Snapshot, stored: dict[str, int], status: str) -> Group:
     table = Table(title="Touchline: events by channel", expand=True)
-    for column in ("channel", "read", "valid", "written/s", "written", "in ClickHouse", "duplicates", "dead-lettered"):
+    for column in (
+        "channel",
+        "read",
+        "valid",
+        "written/s",
+        "written",
+        "in ClickHouse",
+        "duplicates",
+        "dead-lettered",
+    ):
         table.add_column(column, justify="right" if column != "channel" else "left")
     span = max(now.at - prev.at, 1e-6)
     for channel in [c.value for c in Channel]:
@@ -100,7 +109,10 @@ def child(args: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [sys.executable, "-m", "pipeline", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         yield process
@@ -138,7 +150,12 @@ def wait_for_worker(url: str, process: subprocess.Popen[bytes], log: Path, timeo
 @click.option("--duration", type=float, default=None, help="Stop by itself after this many wall-clock seconds.")
 @click.option("--speed", type=float, default=1.0, show_default=True, help="Simulated seconds per wall-clock second.")
 @click.option("--seed", type=int, default=7, show_default=True, help="Simulator seed.")
-@click.option("--rate", type=float, default=None, help="Simulator contacts per hour at peak (simulator default if unset).")
+@click.option(
+    "--rate",
+    type=float,
+    default=None,
+    help="Simulator contacts per hour at peak (simulator default if unset).",
+)
 def run_command(duration: float | None, speed: float, seed: int, rate: float | None) -> None:
     """Local demo: broker + worker + traffic simulator, with a live view. Ctrl-C stops it all.
 
@@ -157,7 +174,11 @@ def run_command(duration: float | None, speed: float, seed: int, rate: float | N
     if settings.uses_local_broker:
         kafka_dir = settings.data_dir / "kafka"
         already = broker.status(kafka_dir).running
-        click.echo("starting the local Kafka broker (first start resolves Kafka from Maven Central)..." if not already else "local Kafka broker is running")
+        click.echo(
+            "starting the local Kafka broker (first start resolves Kafka from Maven Central)..."
+            if not already
+            else "local Kafka broker is running"
+        )
         try:
             broker.start(kafka_dir, port=settings.local_kafka_port)
         except broker.BrokerError as error:
@@ -209,10 +230,15 @@ def watch(
             if callable(interrupted) and interrupted():
                 break
             if worker_process.poll() is not None:
-                raise click.ClickException(f"the worker stopped unexpectedly; see {settings.data_dir / 'logs' / 'worker.log'}")
+                raise click.ClickException(
+                    f"the worker stopped unexpectedly; see {settings.data_dir / 'logs' / 'worker.log'}"
+                )
             try:
                 now = scrape(url)
-                stored = {str(c): int(str(n)) for c, n in query(url, "SELECT channel, count() FROM interaction_events GROUP BY channel")}
+                stored = {
+                    str(c): int(str(n))
+                    for c, n in query(url, "SELECT channel, count() FROM interaction_events GROUP BY channel")
+                }
             except OSError:
                 continue
             elapsed = time.monotonic() - started
@@ -226,6 +252,5 @@ def watch(
             if (duration is not None and elapsed >= duration) or sim_done:
                 drained_since = drained_since or time.monotonic()
                 if caught_up or time.monotonic() - drained_since > 30:
-                    if duration is not None or sim_done:
-                        break
+                    break
             prev = now

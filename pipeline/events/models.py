@@ -65,10 +65,15 @@ class CustomerIdentifiers(_Strict):
     """Every identifier of the customer known at the touchpoint. Any may be absent; they are
     resolved to one canonical customer by journey stitching."""
 
-    customer_id: OptionalLabel = Field(None, description="The company's own customer id, when the customer is known (logged in, verified in IVR).")
+    customer_id: OptionalLabel = Field(
+        None,
+        description="The company's own customer id, when the customer is known (logged in, verified in IVR).",
+    )
     phone: OptionalLabel = Field(None, description="Phone number in E.164 form (voice, SMS).")
     email: OptionalLabel = Field(None, description="E-mail address, lower-cased (email channel, web forms).")
-    social_handle: OptionalLabel = Field(None, description="Handle on a social network, e.g. `twitter:@ann` (social channel).")
+    social_handle: OptionalLabel = Field(
+        None, description="Handle on a social network, e.g. `twitter:@ann` (social channel)."
+    )
     web_cookie: OptionalLabel = Field(None, description="First-party web cookie id (web self-service, web chat).")
 
 
@@ -82,16 +87,28 @@ class Identifier(_Strict):
 class EventBase(_Strict):
     """Fields every interaction event carries."""
 
-    schema_version: Literal[1] = Field(SCHEMA_VERSION, description="Version of this event schema. Bumped on incompatible change.")
-    event_id: Id = Field(description="Producer-assigned unique id of this event. Redelivered duplicates carry the same id and are counted once.")
-    occurred_at: datetime = Field(description="Event time: when it happened at the touchpoint, ISO-8601 in UTC with millisecond precision, e.g. `2026-03-01T09:15:02.250Z`.")
+    schema_version: Literal[1] = Field(
+        SCHEMA_VERSION, description="Version of this event schema. Bumped on incompatible change."
+    )
+    event_id: Id = Field(
+        description="Producer-assigned unique id of this event. Redelivered duplicates carry the same id and are counted once."
+    )
+    occurred_at: datetime = Field(
+        description="Event time: when it happened at the touchpoint, ISO-8601 in UTC with millisecond precision, e.g. `2026-03-01T09:15:02.250Z`."
+    )
     channel: Channel = Field(description="Channel of the contact. Must match the topic the event is published on.")
-    contact_id: Id = Field(description="One conversation or call on one channel. All events of a contact share it; a contact belongs to one customer journey.")
-    customer: CustomerIdentifiers = Field(default_factory=CustomerIdentifiers, description="Customer identifiers known at this touchpoint.")
+    contact_id: Id = Field(
+        description="One conversation or call on one channel. All events of a contact share it; a contact belongs to one customer journey."
+    )
+    customer: CustomerIdentifiers = Field(
+        default_factory=CustomerIdentifiers, description="Customer identifiers known at this touchpoint."
+    )
     queue: OptionalLabel = Field(None, description="Queue (skill group) the contact is in, when routed.")
     priority: int = Field(0, ge=0, le=9, description="Routing priority, 0 (normal) to 9 (highest).")
     segment: OptionalLabel = Field(None, description="Customer segment, e.g. `retail`, `premium`, `business`.")
-    intent: OptionalLabel = Field(None, description="Reason for contact as classified by IVR, bot or agent, e.g. `billing`.")
+    intent: OptionalLabel = Field(
+        None, description="Reason for contact as classified by IVR, bot or agent, e.g. `billing`."
+    )
     agent_id: OptionalLabel = Field(None, description="Human agent involved in this event, if any.")
     bot_id: OptionalLabel = Field(None, description="Bot involved in this event, if any.")
 
@@ -148,7 +165,9 @@ class BotHandoff(EventBase):
     """The bot handed the conversation to a human queue."""
 
     type: Literal["bot_handoff"] = "bot_handoff"
-    reason: OptionalLabel = Field(None, description="Why the bot handed off, e.g. `customer_request`, `low_confidence`.")
+    reason: OptionalLabel = Field(
+        None, description="Why the bot handed off, e.g. `customer_request`, `low_confidence`."
+    )
 
 
 class Queued(EventBase):
@@ -242,7 +261,9 @@ class Ended(EventBase):
     """The contact ended. For contacts an agent handled, `acw_seconds` is the after-contact work that followed."""
 
     type: Literal["ended"] = "ended"
-    acw_seconds: float = Field(0.0, ge=0, le=86_400, description="After-contact (wrap-up) work in seconds, 0 when none.")
+    acw_seconds: float = Field(
+        0.0, ge=0, le=86_400, description="After-contact (wrap-up) work in seconds, 0 when none."
+    )
 
 
 SURVEY_RANGES: dict[str, tuple[int, int]] = {"csat": (1, 5), "ces": (1, 7), "nps": (0, 10)}

@@ -76,9 +76,7 @@ def migrate(client: Client, migrations: list[Migration] | None = None) -> list[s
     for migration in migrations:
         if migration.name in done:
             if done[migration.name] != migration.checksum:
-                raise MigrationError(
-                    f"{migration.name} was changed after it was applied; add a new migration instead"
-                )
+                raise MigrationError(f"{migration.name} was changed after it was applied; add a new migration instead")
             continue
         for statement in migration.statements():
             try:

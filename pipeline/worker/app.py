@@ -75,7 +75,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     )
 
     @app.agent(channel_topics)
-    async def ingest(stream: faust.StreamT[bytes]) -> None:
+    async def ingest(stream: Any) -> None:
         async for event in stream.noack().events():
             message = event.message
             await sink.handle(
@@ -101,22 +101,23 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
             lag = high - (position + 1 if position is not None else 0)
             metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, lag))
 
-    @app.on_partitions_revoked.connect
-    async def write_before_handover(app: faust.App, *, revoked: Any, **_: Any) -> None:
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust types receivers as sync-or-awaitable unions
+    async def write_before_handover(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         await sink.drain()
 
-    @app.on_before_shutdown.connect
-    async def write_on_shutdown(app: faust.App, **_: Any) -> None:
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def write_on_shutdown(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         await sink.drain()
         executor.shutdown()
 
     @app.page("/metrics")
     async def prometheus_metrics(web: Any, request: Request) -> Response:
-        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+        response: Response = web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+        return response
 
     @app.page("/health")
     async def health(web: Any, request: Request) -> Response:
-        return web.json(
+        response: Response = web.json(
             {
                 "status": "ok",
                 "app_id": settings.app_id,
@@ -125,6 +126,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
                 "assigned_partitions": len(app.consumer.assignment()) if app.consumer else 0,
             }
         )
+        return response
 
     class SqlView(View):
         """POST a read-only SQL query as the body; answers TSV with a header row, or JSON with

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-EVENTS_CONSUMED = Counter(
-    "touchline_events_consumed_total", "Messages read from the channel topics", ["channel"]
-)
+EVENTS_CONSUMED = Counter("touchline_events_consumed_total", "Messages read from the channel topics", ["channel"])
 EVENTS_VALID = Counter("touchline_events_valid_total", "Messages that validated as events", ["channel"])
 EVENTS_DUPLICATE = Counter(
-    "touchline_events_duplicate_total", "Valid events dropped as redelivered duplicates (same event_id)", ["channel"]
+    "touchline_events_duplicate_total",
+    "Valid events dropped as redelivered duplicates (same event_id)",
+    ["channel"],
 )
 EVENTS_DEADLETTERED = Counter(
     "touchline_events_deadlettered_total", "Messages sent to the dead-letter topic", ["channel", "reason"]
@@ -33,6 +33,8 @@ E2E_SECONDS = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
 )
 CONSUMER_LAG = Gauge(
-    "touchline_consumer_lag_messages", "Messages in the partition not yet read by this worker", ["topic", "partition"]
+    "touchline_consumer_lag_messages",
+    "Messages in the partition not yet read by this worker",
+    ["topic", "partition"],
 )
 PENDING_ROWS = Gauge("touchline_pending_rows", "Messages read but not yet written and acknowledged")

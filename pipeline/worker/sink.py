@@ -26,6 +26,13 @@ log = logging.getLogger(__name__)
 
 DeadLetterSender = Callable[[bytes | None, bytes | None, Mapping[str, bytes]], Awaitable[Any]]
 RETRY_SECONDS = (0.5, 1, 2, 5, 10, 30)
+# ingested_at is the moment the batch is handed to ClickHouse, so `ingested_at - occurred_at` is
+# the end-to-end latency of each row; it is filled in at write time
+_UNWRITTEN = datetime.fromtimestamp(0, UTC)
+_INGESTED = EVENT_COLUMNS.index("ingested_at")
+assert len(EVENT_COLUMNS) - 1 == _INGESTED, "ingested_at must stay the last column"
+_OCCURRED = EVENT_COLUMNS.index("occurred_at")
+_CHANNEL = EVENT_COLUMNS.index("channel")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +80,7 @@ class IngestSink:
                 metrics.EVENTS_DUPLICATE.labels(channel_label).inc()
                 full = self._batcher.add_event(None, message.ack, now)
             else:
-                row = event_row(result, message.topic, message.partition, message.offset, datetime.now(UTC))
+                row = event_row(result, message.topic, message.partition, message.offset, _UNWRITTEN)
                 full = self._batcher.add_event(row, message.ack, now)
         metrics.PENDING_ROWS.set(len(self._batcher))
         if full:
@@ -132,7 +139,9 @@ class IngestSink:
             await self._in_flight
 
     async def _write(
-        self, batch: Batch[Callable[[], Any]], dead: list[tuple[bytes | None, bytes | None, Mapping[str, bytes]]]
+        self,
+        batch: Batch[Callable[[], Any]],
+        dead: list[tuple[bytes | None, bytes | None, Mapping[str, bytes]]],
     ) -> None:
         started = time.monotonic()
         attempt = 0
@@ -159,15 +168,15 @@ class IngestSink:
         metrics.FLUSH_SECONDS.observe(time.monotonic() - started)
 
     def _insert(self, batch: Batch[Callable[[], Any]]) -> None:
-        insert_rows(self._client, "interaction_events", EVENT_COLUMNS, batch.events)
+        written_at = datetime.now(UTC)
+        rows = [(*row[:_INGESTED], written_at) for row in batch.events]
+        insert_rows(self._client, "interaction_events", EVENT_COLUMNS, rows)
         insert_rows(self._client, "dead_letters", DEAD_LETTER_COLUMNS, batch.dead_letters)
-        written = datetime.now(UTC).timestamp()
+        written = written_at.timestamp()
         counts: dict[str, int] = {}
-        occurred_index = EVENT_COLUMNS.index("occurred_at")
-        channel_index = EVENT_COLUMNS.index("channel")
-        for row in batch.events:
-            channel = row[channel_index]
+        for row in rows:
+            channel = row[_CHANNEL]
             counts[channel] = counts.get(channel, 0) + 1
-            metrics.E2E_SECONDS.labels(channel).observe(max(0.0, written - row[occurred_index].timestamp()))
+            metrics.E2E_SECONDS.labels(channel).observe(max(0.0, written - row[_OCCURRED].timestamp()))
         for channel, count in counts.items():
             metrics.EVENTS_WRITTEN.labels(channel).inc(count)

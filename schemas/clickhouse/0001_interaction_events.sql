@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS interaction_events
     source_topic    LowCardinality(String) COMMENT 'Kafka topic it was read from',
     source_partition UInt16                COMMENT 'Kafka partition',
     source_offset   UInt64                 COMMENT 'Kafka offset',
-    ingested_at     DateTime64(3, 'UTC')   COMMENT 'When the worker wrote it'
+    ingested_at     DateTime64(3, 'UTC')   COMMENT 'When the worker wrote it (ingested_at - occurred_at is the end-to-end latency)'
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(occurred_at)

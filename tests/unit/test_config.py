@@ -35,7 +35,7 @@ def test_every_problem_is_reported_readably(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_config_file_is_read_and_env_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "touchline.toml"
-    config.write_text('batch_max_rows = 1234\nworker_web_port = 7000\n')
+    config.write_text("batch_max_rows = 1234\nworker_web_port = 7000\n")
     monkeypatch.setenv("TOUCHLINE_CONFIG", str(config))
     monkeypatch.setenv("TOUCHLINE_WORKER_WEB_PORT", "7001")
     settings = load_settings()

@@ -14,9 +14,7 @@ LIMIT = 65536
 
 
 def started(**overrides: object) -> dict[str, object]:
-    event = ContactStarted(
-        event_id="e-1", occurred_at="2026-03-01T09:15:02.250Z", channel="voice", contact_id="c-1"
-    )
+    event = ContactStarted(event_id="e-1", occurred_at="2026-03-01T09:15:02.250Z", channel="voice", contact_id="c-1")
     payload: dict[str, object] = json.loads(to_json(event))
     payload.update(overrides)
     return payload
@@ -39,8 +37,18 @@ def test_valid_event_round_trips() -> None:
         (json.dumps(started(channel="pigeon")).encode(), TOPIC, Reason.UNKNOWN_CHANNEL, "channel"),
         (json.dumps(started(channel="chat")).encode(), TOPIC, Reason.WRONG_CHANNEL, "arrived on"),
         (json.dumps(started(occurred_at="2026-03-01T09:15:02")).encode(), TOPIC, Reason.INVALID, "time zone"),
-        (json.dumps({k: v for k, v in started().items() if k != "event_id"}).encode(), TOPIC, Reason.INVALID, "event_id"),
-        (json.dumps({k: v for k, v in started().items() if k != "type"}).encode(), TOPIC, Reason.INVALID, "'type'"),
+        (
+            json.dumps({k: v for k, v in started().items() if k != "event_id"}).encode(),
+            TOPIC,
+            Reason.INVALID,
+            "event_id",
+        ),
+        (
+            json.dumps({k: v for k, v in started().items() if k != "type"}).encode(),
+            TOPIC,
+            Reason.INVALID,
+            "'type'",
+        ),
         (json.dumps(started(surprise=1)).encode(), TOPIC, Reason.INVALID, "surprise"),
         (json.dumps(started()).encode(), "touchline.interactions.fax", Reason.UNKNOWN_TOPIC, "fax"),
         (b"{" + b" " * LIMIT + b"}", TOPIC, Reason.OVERSIZED, "limit"),
@@ -57,7 +65,12 @@ def test_survey_score_out_of_range_is_invalid() -> None:
     survey = json.loads(
         to_json(
             SurveyResponse(
-                event_id="s", occurred_at="2026-03-01T09:15:02Z", channel="voice", contact_id="c", survey="csat", score=5
+                event_id="s",
+                occurred_at="2026-03-01T09:15:02Z",
+                channel="voice",
+                contact_id="c",
+                survey="csat",
+                score=5,
             )
         )
     )

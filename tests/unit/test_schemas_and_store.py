@@ -44,7 +44,11 @@ def test_schema_file_validates_like_the_model() -> None:
     jsonschema = pytest.importorskip("jsonschema")
     schema = json.loads(generate()["interaction_event.json"])
     event = Transferred(
-        event_id="t", occurred_at=datetime(2026, 1, 1, tzinfo=UTC), channel="chat", contact_id="c", to_queue="tech"
+        event_id="t",
+        occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
+        channel="chat",
+        contact_id="c",
+        to_queue="tech",
     )
     jsonschema.validate(json.loads(to_json(event)), schema)
 
@@ -91,7 +95,11 @@ def test_rows_round_trip_through_clickhouse(clickhouse: Client) -> None:
     )
     assert isinstance(event, SurveyResponse)
     now = datetime.now(UTC)
-    clickhouse.insert("interaction_events", [event_row(event, "touchline.interactions.sms", 2, 77, now)], column_names=list(EVENT_COLUMNS))
+    clickhouse.insert(
+        "interaction_events",
+        [event_row(event, "touchline.interactions.sms", 2, 77, now)],
+        column_names=list(EVENT_COLUMNS),
+    )
     bad = b"\xff\x00 not json"
     clickhouse.insert(
         "dead_letters",
@@ -110,7 +118,11 @@ def test_readonly_client_refuses_writes(clickhouse: Client) -> None:
     dsn = clickhouse_dsn(clickhouse)
     reader = open_readonly(dsn, "touchline_test")
     assert run_readonly(reader, "SELECT 1 AS one") == (["one"], [[1]])
-    for statement in ("DROP TABLE dead_letters", "INSERT INTO dead_letters (reason) VALUES ('x')", "SET readonly = 0"):
+    for statement in (
+        "DROP TABLE dead_letters",
+        "INSERT INTO dead_letters (reason) VALUES ('x')",
+        "SET readonly = 0",
+    ):
         with pytest.raises(Exception, match="readonly"):
             run_readonly(reader, statement)
     # the writer is unaffected

@@ -1,0 +1,200 @@
+"""Integration fixtures: one real Kafka broker per test session (started by the project's own
+launcher, or the cluster in KAFKA_BOOTSTRAP_SERVERS), fresh topics per test, and workers and CLI
+commands run as real subprocesses with their own data directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaAdminClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipeline import broker
+from pipeline.events.topics import topic_specs
+from pipeline.topics import ensure_topics
+
+REPO = Path(__file__).resolve().parents[2]
+PARTITIONS = 4
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield external
+        return
+    data = tmp_path_factory.mktemp("kafka")
+    bootstrap = broker.start(data, port=free_port(), controller_port=free_port())
+    try:
+        yield bootstrap
+    finally:
+        broker.stop(data)
+
+
+def recreate_topics(bootstrap: str) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="touchline-tests")
+    try:
+        ours = [t for t in admin.list_topics() if t.startswith("touchline.")]
+        if ours:
+            admin.delete_topics(ours)
+            deadline = time.monotonic() + 60
+            while any(t in ours for t in admin.list_topics()):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"topics not deleted: {ours}")
+                time.sleep(0.2)
+    finally:
+        admin.close()
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            ensure_topics(bootstrap, topic_specs(PARTITIONS))
+            return
+        except Exception:  # deletion can still be settling on the controller
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@dataclass
+class Worker:
+    workspace: Workspace
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(self, path: str) -> bytes:
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as response:
+            body: bytes = response.read()
+            return body
+
+    def sql(self, query: str) -> list[list[Any]]:
+        request = urllib.request.Request(f"{self.url}/sql?format=json", data=query.encode(), method="POST")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            rows: list[list[Any]] = json.loads(response.read())["rows"]
+            return rows
+
+    def metric(self, name: str) -> float:
+        total = 0.0
+        for family in text_string_to_metric_families(self.get("/metrics").decode()):
+            for sample in family.samples:
+                if sample.name == name:
+                    total += sample.value
+        return total
+
+    def ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.tail()}")
+        try:
+            return bool(json.loads(self.get("/health")).get("assigned_partitions", 0) > 0)
+        except OSError:
+            return False
+
+    def tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 60) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+@dataclass
+class Workspace:
+    path: Path
+    env: dict[str, str]
+    workers: list[Worker] = field(default_factory=list)
+
+    def cli(
+        self, *args: str | Path, check: bool = True, timeout: float = 600, stdin: bytes | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "pipeline", *map(str, args)],
+            env=self.env,
+            cwd=self.path,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=stdin.decode() if stdin is not None else None,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"touchline {' '.join(map(str, args))} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def start_worker(self, port: int | None = None, wait: bool = True) -> Worker:
+        port = port or free_port()
+        log = self.path / f"worker-{port}.log"
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "pipeline", "worker", "--web-port", str(port)],
+                env=self.env,
+                cwd=self.path,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        worker = Worker(self, port, process, log)
+        self.workers.append(worker)
+        if wait:
+            wait_until(worker.ready, 120, "the worker to get its partitions")
+        return worker
+
+
+@pytest.fixture
+def workspace(kafka: str, tmp_path: Path) -> Iterator[Workspace]:
+    recreate_topics(kafka)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")}
+    env.update(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka,
+            "TOUCHLINE_DATA_DIR": str(tmp_path / "data"),
+            "TOUCHLINE_APP_ID": f"touchline-test-{uuid.uuid4().hex[:8]}",
+            "TOUCHLINE_TOPIC_PARTITIONS": str(PARTITIONS),
+            "TOUCHLINE_WORKER_WEB_PORT": str(free_port()),
+            "PYTHONPATH": str(REPO),
+        }
+    )
+    space = Workspace(tmp_path, env)
+    try:
+        yield space
+    finally:
+        for worker in space.workers:
+            worker.stop()
