@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # keep equal to the Literal on EventBase.schema_version
 
 
 class Channel(StrEnum):
@@ -88,7 +88,7 @@ class EventBase(_Strict):
     """Fields every interaction event carries."""
 
     schema_version: Literal[1] = Field(
-        SCHEMA_VERSION, description="Version of this event schema. Bumped on incompatible change."
+        1, description="Version of this event schema. Bumped on incompatible change."
     )
     event_id: Id = Field(
         description="Producer-assigned unique id of this event. Redelivered duplicates carry the same id and are counted once."
