@@ -194,7 +194,8 @@ def run_command(duration: float | None, speed: float, seed: int, rate: float | N
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         simulated = f"{(duration or 30 * 86400) * max(speed, 1.0):.0f}s"
-        sim_args = ["simulate", "--seed", str(seed), "--speed", str(speed), "--duration", simulated]
+        # a flat arrival profile so the demo is lively at any hour; `touchline simulate` defaults to the daily one
+        sim_args = ["simulate", "--seed", str(seed), "--speed", str(speed), "--duration", simulated, "--profile", "flat"]
         if rate is not None:
             sim_args += ["--rate", str(rate)]
         with child(["worker"], logs / "worker.log") as worker_process:

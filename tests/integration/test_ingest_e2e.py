@@ -88,7 +88,7 @@ def test_seeded_simulation_lands_exactly_and_bad_messages_are_dead_lettered(work
     assert sum(per_contact.values()) > 1000 and bad, "the scenario should be big enough to mean something"
     assert summary["duplicates"] > 0 and summary["late"] > 0
     worker = workspace.start_worker()
-    delivered = summary["messages"]
+    delivered = summary["messages_delivered"]
     wait_until(
         lambda: worker.metric("touchline_events_consumed_total") >= delivered,
         180,
@@ -123,7 +123,7 @@ def test_sql_cli_reads_the_store_after_the_worker_stops(workspace: Workspace, tm
     per_contact, _bad, summary = simulate(workspace, seed=5, duration="30m")
     worker = workspace.start_worker()
     wait_until(
-        lambda: worker.metric("touchline_events_consumed_total") >= summary["messages"],
+        lambda: worker.metric("touchline_events_consumed_total") >= summary["messages_delivered"],
         120,
         "all messages read",
     )

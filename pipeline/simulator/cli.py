@@ -1,0 +1,359 @@
+"""`touchline simulate`: run the contact-centre simulator and deliver its events to Kafka or a file."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from pipeline.config import ConfigError, Settings, load_settings
+from pipeline.events.topics import topic_specs
+from pipeline.simulator import BackgroundRun, delivered, summary_of
+from pipeline.simulator.faults import FaultConfig, FaultInjector, Message
+from pipeline.simulator.model import SimConfig, Simulation, start_ms_of
+from pipeline.simulator.produce import (
+    DeliveryError,
+    FileSink,
+    KafkaSink,
+    Pacer,
+    Sink,
+    StopSignal,
+    deliver,
+)
+from pipeline.simulator.truth import iso_ms, write_truth
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s|ms)?", re.IGNORECASE)
+_UNIT_MS = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1, None: 1000}
+DEFAULT_DURATION_MS = 3_600_000
+
+
+def parse_duration(text: str) -> int:
+    """`2h`, `90m`, `3600s`, `1d`, `1h30m`, `45` (seconds) -> milliseconds."""
+    cleaned = text.strip().replace(" ", "")
+    if not cleaned:
+        raise ValueError("empty duration")
+    total = 0.0
+    position = 0
+    while position < len(cleaned):
+        match = _DURATION.match(cleaned, position)
+        if match is None or match.end() == position:
+            raise ValueError(f"cannot read duration {text!r} (use e.g. 2h, 90m, 3600s, 1d, 1h30m)")
+        unit = match.group(2).lower() if match.group(2) else None
+        total += float(match.group(1)) * _UNIT_MS[unit]
+        position = match.end()
+    if total <= 0:
+        raise ValueError("duration must be positive")
+    return int(total)
+
+
+def parse_start(text: str | None) -> datetime:
+    """ISO-8601 start (`2026-03-02T09:00Z`, `2026-03-02 09:00:00+01:00`; naive = UTC); None = now, to the minute."""
+    if text is None:
+        return datetime.now(UTC).replace(second=0, microsecond=0)
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+class _Duration(click.ParamType):
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_duration(str(value))
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
+def _rate(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise click.BadParameter("must be between 0 and 1")
+    return value
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"touchline simulate: {message}", err=True)
+    sys.exit(code)
+
+
+def open_kafka(settings: Settings, client_id: str) -> KafkaSink:
+    """Check the broker answers, create the topics, return a producer; DeliveryError otherwise."""
+    from pipeline.topics import ensure_topics, probe_broker
+
+    bootstrap = settings.bootstrap_servers
+    hint = (
+        " (start it with `touchline broker start`)"
+        if settings.uses_local_broker
+        else " (check KAFKA_BOOTSTRAP_SERVERS)"
+    )
+    if not probe_broker(bootstrap, timeout=5.0):
+        raise DeliveryError(f"cannot reach Kafka at {bootstrap}{hint}")
+    try:
+        ensure_topics(bootstrap, topic_specs(settings.topic_partitions))
+    except Exception as error:
+        raise DeliveryError(f"cannot create topics on Kafka at {bootstrap}: {error}{hint}") from None
+    return KafkaSink(bootstrap, client_id=client_id)
+
+
+def _progress_printer(enabled: bool) -> Any:
+    last = [time.monotonic()]
+
+    def progress(count: int, message: Message) -> None:
+        now = time.monotonic()
+        if enabled and now - last[0] >= 10:
+            last[0] = now
+            click.echo(f"  ... {count:,} messages sent, simulated time {iso_ms(message.deliver_ms)}", err=True)
+
+    return progress
+
+
+@click.command(name="simulate")
+@click.option(
+    "--start",
+    "start",
+    metavar="ISO",
+    default=None,
+    help="Simulated UTC start, e.g. 2026-03-02T08:00Z (naive = UTC). Default: now, to the minute.",
+)
+@click.option(
+    "--duration",
+    type=_Duration(),
+    default=None,
+    help="Simulated time to run: 2h, 90m, 3600s, 1d, 1h30m. Default 1h unless --contacts is given.",
+)
+@click.option(
+    "--contacts",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop starting contacts after N (returns included); the last ones run to completion "
+    "unless --duration ends the run first.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0.001),
+    default=1000.0,
+    show_default=True,
+    help="New issues per hour at the daily peak, all channels together (quiet at night).",
+)
+@click.option(
+    "--customers",
+    type=click.IntRange(min=1),
+    default=20_000,
+    show_default=True,
+    help="Size of the known-customer population (plus anonymous one-off callers).",
+)
+@click.option(
+    "--profile",
+    type=click.Choice(["daily", "flat"]),
+    default="daily",
+    show_default=True,
+    help="Arrival curve: 'daily' (hour-of-day and weekday shape, UTC) or 'flat' (peak rate all day).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Random seed. Same seed and options give a byte-identical stream and truth.",
+)
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="1 = real time, N = N times faster, 0 = as fast as possible.",
+)
+@click.option(
+    "--duplicate-rate",
+    type=float,
+    default=0.0,
+    show_default=True,
+    callback=lambda c, p, v: _rate(v),
+    help="Share of valid events delivered twice (identical bytes and key), the copy shortly after.",
+)
+@click.option(
+    "--late-rate",
+    type=float,
+    default=0.0,
+    show_default=True,
+    callback=lambda c, p, v: _rate(v),
+    help="Share of events delivered late, out of order (event time unchanged).",
+)
+@click.option(
+    "--max-lateness",
+    type=click.FloatRange(min=0),
+    default=120.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Upper bound of the delivery delay of late events, in simulated seconds.",
+)
+@click.option(
+    "--bad-rate",
+    type=float,
+    default=0.0,
+    show_default=True,
+    callback=lambda c, p, v: _rate(v),
+    help="Extra malformed messages per valid event: not JSON, missing event_id, survey score out of "
+    "range, naive timestamp, unknown type, channel not matching topic, oversized (>64 KiB).",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the delivered stream to this JSONL file instead of Kafka "
+    '({"topic","key","at","value"} per line; malformed messages as {"bad","value_b64"}).',
+)
+@click.option(
+    "--truth",
+    "truth",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the ground truth (contacts, journeys, bad messages, summary) to this JSONL file.",
+)
+@click.option("--quiet", is_flag=True, help="No progress lines, only the final summary.")
+def simulate_command(
+    start: str | None,
+    duration: int | None,
+    contacts: int | None,
+    rate: float,
+    customers: int,
+    profile: str,
+    seed: int,
+    speed: float,
+    duplicate_rate: float,
+    late_rate: float,
+    max_lateness: float,
+    bad_rate: float,
+    out: Path | None,
+    truth: Path | None,
+    quiet: bool,
+) -> None:
+    """Simulate a contact centre and stream its interaction events.
+
+    A discrete-event model: customers with issues (intents) contact the centre on voice (IVR, then
+    queues), chat and web (a bot first, then maybe a human), SMS, e-mail and social (asynchronous
+    threads). Agents are staffed per queue and hour; waits, abandonment and SLA breaches emerge from
+    staffing and customer patience. Unresolved issues come back, often on another channel.
+
+    Each event goes to touchline.interactions.<channel> with key = contact_id and the canonical JSON
+    as value, in event-time order except for injected faults. With --out the stream goes to a file
+    instead (replay it later with `touchline replay`). Ctrl-C stops cleanly: what was generated is
+    flushed and the truth describes the run up to that moment.
+
+    \b
+    Examples:
+      touchline simulate --duration 30m --speed 30
+      touchline simulate --start 2026-03-02T08:00Z --duration 1d --speed 0 --truth truth.jsonl
+      touchline simulate --contacts 150000 --speed 0 --out events.jsonl --truth truth.jsonl \\
+          --duplicate-rate 0.01 --late-rate 0.02 --bad-rate 0.001
+    """
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        click.echo(str(error), err=True)
+        sys.exit(2)
+    try:
+        start_at = parse_start(start)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--start") from None
+    if duration is None and contacts is None:
+        duration = DEFAULT_DURATION_MS
+    config = SimConfig(
+        seed=seed,
+        start_ms=start_ms_of(start_at),
+        duration_ms=duration,
+        max_contacts=contacts,
+        rate=rate,
+        customers=customers,
+        profile="flat" if profile == "flat" else "daily",
+    )
+    faults = FaultConfig(duplicate_rate, late_rate, max_lateness, bad_rate)
+    # At full speed the model runs in its own process (started before Kafka's client threads exist).
+    background = BackgroundRun(config, faults, truth) if speed == 0 else None
+    sink: Sink
+    if out is not None:
+        target = str(out)
+        sink = FileSink(out)
+    else:
+        try:
+            sink = open_kafka(settings, "touchline-simulator")
+        except DeliveryError as error:
+            if background is not None:
+                background.close()
+            _fail(str(error))
+        target = f"Kafka {settings.bootstrap_servers}"
+    if not quiet:
+        bound = []
+        if duration is not None:
+            bound.append(f"{duration / 1000:g}s simulated")
+        if contacts is not None:
+            bound.append(f"{contacts:,} contacts")
+        click.echo(
+            f"simulating from {iso_ms(config.start_ms)} ({', '.join(bound)}) at speed "
+            f"{'max' if speed == 0 else f'{speed:g}x'} -> {target}; Ctrl-C stops",
+            err=True,
+        )
+    summary = _run(config, faults, truth, sink, speed, quiet, background)
+    _print_summary(summary, target)
+
+
+def _run(
+    config: SimConfig,
+    faults: FaultConfig,
+    truth: Path | None,
+    sink: Sink,
+    speed: float,
+    quiet: bool,
+    background: BackgroundRun | None,
+) -> dict[str, Any]:
+    """Generate and deliver; returns the summary (plus the delivery report's numbers)."""
+    sim: Simulation | None = None
+    injector: FaultInjector | None = None
+    with StopSignal() as stop:
+        pacer = Pacer(speed, config.start_ms, stop.event)
+        if background is not None:
+            messages, on_stop = background.messages(), background.stop
+        else:
+            sim = Simulation(config)
+            injector = FaultInjector(faults, config.seed, sim.tag)
+            messages, on_stop = delivered(sim, injector), sim.stop
+        try:
+            report = deliver(
+                messages, sink, pacer, on_stop=on_stop, progress=_progress_printer(not quiet), progress_every=1000
+            )
+        except (DeliveryError, RuntimeError) as error:
+            _fail(str(error))
+        finally:
+            sink.close()
+            if background is not None:
+                background.close()
+    if background is not None:
+        summary = background.summary
+    else:
+        assert sim is not None and injector is not None
+        summary = summary_of(sim, injector, interrupted=report.interrupted)
+        if truth is not None:
+            write_truth(truth, sim.contacts, sim.journeys, injector.bad_messages, summary)
+    return {**summary, "sent": report.sent, "elapsed": report.elapsed_s, "rate": report.rate}
+
+
+def _print_summary(summary: dict[str, Any], target: str) -> None:
+    stopped = " (interrupted)" if summary["interrupted"] else ""
+    click.echo(
+        f"simulate{stopped}: {summary['sent']:,} messages -> {target}: {summary['distinct_valid_events']:,} events, "
+        f"{summary['duplicates']:,} duplicates, {summary['late']:,} late, {summary['bad']:,} bad; "
+        f"{summary['contacts']:,} contacts, {summary['journeys']:,} journeys; "
+        f"{summary['elapsed']:.1f}s, {summary['rate']:,.0f} msg/s"
+    )
