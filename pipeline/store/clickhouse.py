@@ -49,9 +49,18 @@ def connect(dsn: str, database: str, *, create_database: bool = True) -> Client:
                 bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}")
             client = clickhouse_connect.get_client(dsn=dsn, database=database)
         except Exception as error:  # clickhouse-connect raises many kinds; all mean "unusable"
-            raise StoreError(f"cannot open ClickHouse at {redact(dsn)}: {error}") from error
+            raise open_error(dsn, error) from error
         _clients[key] = client
         return client
+
+
+def open_error(dsn: str, error: Exception) -> StoreError:
+    if dsn.startswith("chdb:") and "EmbeddedServer" in str(error):
+        return StoreError(
+            f"the embedded ClickHouse at {dsn} is in use by another process (a running worker?). "
+            "Stop it, or let `touchline sql` reach it: TOUCHLINE_WORKER_WEB_PORT must name its web port."
+        )
+    return StoreError(f"cannot open ClickHouse at {redact(dsn)}: {error}")
 
 
 def close_all() -> None:

@@ -12,7 +12,7 @@ from uuid import UUID
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
-from pipeline.store.clickhouse import StoreError, redact
+from pipeline.store.clickhouse import open_error
 
 
 def open_readonly(dsn: str, database: str) -> Client:
@@ -23,7 +23,7 @@ def open_readonly(dsn: str, database: str) -> Client:
         else:
             client = clickhouse_connect.get_client(dsn=dsn, database=database, settings={"readonly": 2})
     except Exception as error:
-        raise StoreError(f"cannot open ClickHouse at {redact(dsn)}: {error}") from error
+        raise open_error(dsn, error) from error
     return client
 
 

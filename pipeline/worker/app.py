@@ -24,6 +24,10 @@ from pipeline.worker.sink import IncomingMessage, IngestSink
 log = logging.getLogger(__name__)
 
 
+# aiohttp refuses a charset inside content_type; the exposition format is UTF-8 by definition
+METRICS_CONTENT_TYPE = "; ".join(p for p in CONTENT_TYPE_LATEST.split("; ") if not p.startswith("charset"))
+
+
 def broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip())
 
@@ -49,7 +53,6 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         web_port=web_port or settings.worker_web_port,
         web_bind=settings.worker_web_host,
         topic_partitions=settings.topic_partitions,
-        topic_allow_declare=False,
         consumer_auto_offset_reset="earliest",
         broker_commit_every=10_000,
         broker_commit_interval=1.0,
@@ -112,7 +115,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
 
     @app.page("/metrics")
     async def prometheus_metrics(web: Any, request: Request) -> Response:
-        response: Response = web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+        response: Response = web.bytes(generate_latest(), content_type=METRICS_CONTENT_TYPE)
         return response
 
     @app.page("/health")

@@ -160,7 +160,8 @@ class Workspace:
         return result
 
     def start_worker(self, port: int | None = None, wait: bool = True) -> Worker:
-        port = port or free_port()
+        # the first worker takes the configured port, so `touchline sql` finds it
+        port = port or (free_port() if self.workers else int(self.env["TOUCHLINE_WORKER_WEB_PORT"]))
         log = self.path / f"worker-{port}.log"
         with log.open("ab") as out:
             process = subprocess.Popen(

@@ -1,0 +1,275 @@
+"""`make bench`: ingest throughput and latency against a real broker, in one run.
+
+1. The simulator produces at least N events (as fast as possible) into fresh channel topics.
+2. Raw pass: an aiokafka consumer reads every message of those topics and does nothing else.
+3. Worker pass: a real `touchline worker` (fresh consumer group, fresh embedded ClickHouse) reads the
+   same messages and writes them; the rate is measured from its first read to its last write.
+4. Latency pass: fresh events stamped with the wall clock are produced at a steady rate below
+   capacity; `ingested_at - occurred_at` of every row gives p50/p99 end-to-end latency.
+Peak RSS is the worker process's VmHWM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, KafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipeline import broker
+from pipeline.events.models import Channel, ContactStarted, to_json
+from pipeline.events.topics import INTERACTION_TOPICS, interaction_topic, topic_specs
+from pipeline.topics import ensure_topics
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def fresh_topics(bootstrap: str, partitions: int) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="touchline-bench")
+    try:
+        ours = [t for t in admin.list_topics() if t.startswith("touchline.")]
+        if ours:
+            admin.delete_topics(ours)
+            while any(t in ours for t in admin.list_topics()):
+                time.sleep(0.2)
+    finally:
+        admin.close()
+    for _ in range(120):
+        try:
+            ensure_topics(bootstrap, topic_specs(partitions))
+            return
+        except Exception:
+            time.sleep(0.5)
+    ensure_topics(bootstrap, topic_specs(partitions))
+
+
+def run_cli(env: dict[str, str], *args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "pipeline", *args], env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise click.ClickException(f"touchline {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def produce_simulated(env: dict[str, str], events: int, workdir: Path) -> tuple[int, float]:
+    """Produce at least `events` simulated events; returns (messages on the topics, seconds)."""
+    probe = workdir / "probe.jsonl"
+    run_cli(
+        env,
+        "simulate",
+        "--seed",
+        "1",
+        "--contacts",
+        "2000",
+        "--profile",
+        "flat",
+        "--speed",
+        "0",
+        "--quiet",
+        "--out",
+        str(probe),
+    )
+    per_contact = sum(1 for _ in probe.open()) / 2000
+    contacts = int(events / per_contact * 1.03) + 1
+    truth = workdir / "truth.jsonl"
+    started = time.monotonic()
+    run_cli(
+        env, "simulate", "--seed", "1", "--contacts", str(contacts), "--profile", "flat", "--speed", "0",
+        "--quiet", "--truth", str(truth),
+    )  # fmt: skip
+    elapsed = time.monotonic() - started
+    summary = json.loads(truth.read_text().splitlines()[-1])
+    return int(summary["messages_delivered"]), elapsed
+
+
+async def raw_consume(bootstrap: str, expected: int) -> float:
+    """Seconds for a bare aiokafka consumer to read `expected` messages from the channel topics."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024,
+    )  # fmt: skip
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in INTERACTION_TOPICS.values()
+            for p in (consumer.partitions_for_topic(topic) or await _partitions(consumer, topic))
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        seen = 0
+        started = time.monotonic()
+        while seen < expected:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=20_000)
+            for records in batches.values():
+                seen += len(records)
+        return time.monotonic() - started
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()
+    return consumer.partitions_for_topic(topic) or set()
+
+
+def metrics(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
+
+
+def sql(url: str, query: str) -> list[list[Any]]:
+    request = urllib.request.Request(f"{url}/sql?format=json", data=query.encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=120) as response:
+        rows: list[list[Any]] = json.loads(response.read())["rows"]
+        return rows
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def worker_pass(env: dict[str, str], port: int, expected: int, log: Path) -> tuple[float, subprocess.Popen[bytes]]:
+    url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "worker", "--web-port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    first_read: float | None = None
+    deadline = time.monotonic() + 1800
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise click.ClickException(f"worker exited; see {log}")
+        try:
+            m = metrics(url)
+        except OSError:
+            time.sleep(0.2)
+            continue
+        now = time.monotonic()
+        consumed = m.get("touchline_events_consumed_total", 0.0)
+        if first_read is None and consumed > 0:
+            first_read = now
+        if consumed >= expected and m.get("touchline_pending_rows", 1) == 0 and first_read is not None:
+            # the in-flight write acks before pending is 0 again only after the last flush
+            written = m.get("touchline_events_written_total", 0) + m.get("touchline_events_duplicate_total", 0)
+            if written + m.get("touchline_events_deadlettered_total", 0) >= expected:
+                return now - first_read, process
+        time.sleep(0.05)
+    raise click.ClickException("the worker did not finish in 30 minutes")
+
+
+def latency_pass(bootstrap: str, url: str, rate: int, seconds: int) -> tuple[float, float, int]:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1)
+    run = uuid.uuid4().hex[:8]
+    topic = interaction_topic(Channel.WEB)
+    sent = 0
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        due = int((time.monotonic() - started) * rate)
+        while sent < due:
+            event = ContactStarted(
+                event_id=f"lat-{run}-{sent}",
+                occurred_at=datetime.now(UTC),
+                channel=Channel.WEB,
+                contact_id=f"lat-{run}-{sent % 500}",
+            )
+            producer.send(topic, key=event.contact_id.encode(), value=to_json(event))
+            sent += 1
+        time.sleep(0.002)
+    producer.flush()
+    producer.close()
+    query = (
+        f"SELECT count(), quantile(0.5)(d), quantile(0.99)(d) FROM (SELECT dateDiff('millisecond', occurred_at, ingested_at) AS d "
+        f"FROM interaction_events WHERE event_id LIKE 'lat-{run}-%')"
+    )
+    for _ in range(120):
+        count, p50, p99 = sql(url, query)[0]
+        if int(count) >= sent:
+            return float(p50), float(p99), sent
+        time.sleep(0.5)
+    raise click.ClickException(f"latency events did not all arrive ({count} of {sent})")
+
+
+@click.command()
+@click.option("--events", type=int, default=1_000_000, show_default=True, help="At least this many simulated events.")
+@click.option("--partitions", type=int, default=4, show_default=True, help="Partitions per channel topic.")
+@click.option("--latency-rate", type=int, default=2000, show_default=True, help="Events/s in the latency pass.")
+@click.option("--latency-seconds", type=int, default=20, show_default=True)
+def main(events: int, partitions: int, latency_rate: int, latency_seconds: int) -> None:
+    """Benchmark the ingest path against a raw aiokafka consumer on the same topics."""
+    with tempfile.TemporaryDirectory(prefix="touchline-bench-") as tmp:
+        workdir = Path(tmp)
+        external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        bootstrap = external or broker.start(workdir / "kafka", port=free_port(), controller_port=free_port())
+        try:
+            fresh_topics(bootstrap, partitions)
+            port = free_port()
+            env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")}
+            env |= {
+                "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+                "TOUCHLINE_DATA_DIR": str(workdir / "data"),
+                "TOUCHLINE_APP_ID": f"touchline-bench-{uuid.uuid4().hex[:6]}",
+                "TOUCHLINE_TOPIC_PARTITIONS": str(partitions),
+                "TOUCHLINE_WORKER_WEB_PORT": str(port),
+                "TOUCHLINE_LOG_LEVEL": "warning",
+            }
+            click.echo(f"producing ≥{events:,} simulated events to {bootstrap} ...")
+            messages, produce_s = produce_simulated(env, events, workdir)
+            click.echo(f"  {messages:,} messages in {produce_s:.1f} s (simulate + produce)")
+            raw_s = asyncio.run(raw_consume(bootstrap, messages))
+            click.echo(f"  raw aiokafka consume: {raw_s:.1f} s")
+            worker_s, process = worker_pass(env, port, messages, workdir / "worker.log")
+            click.echo(f"  worker ingest: {worker_s:.1f} s")
+            try:
+                p50, p99, sent = latency_pass(bootstrap, f"http://127.0.0.1:{port}", latency_rate, latency_seconds)
+                rss = peak_rss_mb(process.pid)
+                stored = sql(f"http://127.0.0.1:{port}", "SELECT count() FROM interaction_events")[0][0]
+            finally:
+                os.killpg(process.pid, signal.SIGINT)
+                process.wait(60)
+        finally:
+            if not external:
+                broker.stop(workdir / "kafka")
+    raw_rate, worker_rate = messages / raw_s, messages / worker_s
+    click.echo("")
+    click.echo("Touchline ingest benchmark")
+    click.echo(f"  events (messages on the channel topics)   {messages:>12,}")
+    click.echo(f"  rows written by the worker                 {int(stored) - sent:>12,}")
+    click.echo(f"  raw aiokafka consume                       {raw_rate:>12,.0f} events/s")
+    click.echo(f"  worker ingest to ClickHouse                {worker_rate:>12,.0f} events/s")
+    click.echo(f"  ratio worker / raw                         {worker_rate / raw_rate:>12.1%}")
+    click.echo(f"  end-to-end latency p50 at {latency_rate}/s          {p50:>12,.0f} ms")
+    click.echo(f"  end-to-end latency p99 at {latency_rate}/s          {p99:>12,.0f} ms")
+    click.echo(f"  worker peak RSS                            {rss:>12,.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
