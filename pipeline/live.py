@@ -195,7 +195,17 @@ def run_command(duration: float | None, speed: float, seed: int, rate: float | N
     try:
         simulated = f"{(duration or 30 * 86400) * max(speed, 1.0):.0f}s"
         # a flat arrival profile so the demo is lively at any hour; `touchline simulate` defaults to the daily one
-        sim_args = ["simulate", "--seed", str(seed), "--speed", str(speed), "--duration", simulated, "--profile", "flat"]
+        sim_args = [
+            "simulate",
+            "--seed",
+            str(seed),
+            "--speed",
+            str(speed),
+            "--duration",
+            simulated,
+            "--profile",
+            "flat",
+        ]
         if rate is not None:
             sim_args += ["--rate", str(rate)]
         with child(["worker"], logs / "worker.log") as worker_process:

@@ -87,9 +87,7 @@ class Identifier(_Strict):
 class EventBase(_Strict):
     """Fields every interaction event carries."""
 
-    schema_version: Literal[1] = Field(
-        1, description="Version of this event schema. Bumped on incompatible change."
-    )
+    schema_version: Literal[1] = Field(1, description="Version of this event schema. Bumped on incompatible change.")
     event_id: Id = Field(
         description="Producer-assigned unique id of this event. Redelivered duplicates carry the same id and are counted once."
     )
