@@ -1,0 +1,550 @@
+"""Per-contact facts: a pure function of the SET of a contact's events.
+
+`contact_facts(events)` deduplicates on `event_id`, sorts by `(occurred_at, event_id)` and derives
+everything the windowed KPIs need. The same set gives the same facts whatever the arrival order and
+however often an event was redelivered.
+
+Rules (times are epoch milliseconds, UTC; durations are seconds):
+
+* **Dimension.** Every measure carries the `(queue, priority)` it is reported under: the queue and
+  priority of the queue leg in force at the completing event (the latest leg opened at or before
+  it, in sort order), or, before any leg, the completing event's own `queue` (empty when none) and
+  `priority`. The contact's channel is the channel of its first event.
+* **Queue legs.** A `queued` opens a leg (queue and priority from that event) unless a leg is still
+  waiting, in which case it is a repeat and ignored. While a leg waits, the first of
+  `agent_assigned` (answered), `abandoned` (abandoned in queue, whatever its `stage`), `transferred`
+  (transferred out of the queue) or `ended` (closed) removes it from the queue. A leg's handling
+  ends at the next `transferred` or `ended`. A later `queued` opens the next leg.
+* **Short abandon.** A queue abandon whose wait is below `short_abandon_seconds` (default 5 s).
+* **Contact start** is the earliest event of the contact (normally `contact_started`).
+* **Waiting on customer.** `waiting_on_customer` .. `waiting_ended` spans (open-ended when not
+  ended) pause response clocks: their overlap is subtracted from FRT and NRT.
+* **First response time** = first agent reply (`first_agent_reply` or `agent_reply`, whichever
+  is first) - contact start - paused time.
+* **Next response time.** After the first agent reply, the first customer message not yet answered
+  starts a clock; the next agent reply stops it (one interval per reply that answers pending
+  customer messages; later messages before that reply do not start their own clocks).
+* **Talk** = first `agent_assigned` .. first `ended`, minus the time later legs spent waiting in
+  queue (so the re-queue wait of a transfer is not talk). Hold time is inside talk.
+  **ACW** = `ended.acw_seconds` of the first `ended`. **Handle** = talk + ACW, only for contacts
+  with an `agent_assigned` that have ended. (For asynchronous channels talk is wall-clock time
+  from assignment to close, including time waiting for the customer.)
+* **Holds** pair `hold_started` with the next `hold_ended`; an unpaired start runs to `ended`.
+* **Transfers**: every `transferred` event.
+* **Bot.** Involved: any `bot_turn`. Handoff: the first `bot_handoff`. Contained (contact level):
+  at the completing instant - the first of `resolved` by the bot and `ended` - there was a
+  `bot_turn` and no `bot_handoff`, `queued`, `agent_assigned` or `abandoned` at or before it.
+  Containment across channels within 24 h (the customer did not come back elsewhere) is a journey
+  measure and belongs to journey stitching, not here.
+* **IVR zero-outs**: every `ivr_zero_out` event.
+* **Resolutions.** A `resolved` while the contact is not resolved is a resolution (counted); a
+  `reopened` while resolved reopens it. **First-contact resolved** (contact level) is decided at the
+  first `ended`: at least one `resolved` and no `reopened` at or before it; it is stamped with the
+  `ended` time. Every rule above looks only at events at or before the completing event, which
+  is what makes windowed results exact under out-of-order arrival (see `pipeline.kpi.windows`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from pipeline.events.models import (
+    Abandoned,
+    Author,
+    Ended,
+    EventBase,
+    InteractionEvent,
+    Resolved,
+    SurveyResponse,
+    Transferred,
+    event_type,
+)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+DEFAULT_SHORT_ABANDON_SECONDS = 5.0
+
+
+def to_ms(moment: datetime) -> int:
+    """Epoch milliseconds of an aware datetime (events carry millisecond precision)."""
+    delta = moment - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def from_ms(epoch_ms: int) -> datetime:
+    return EPOCH + timedelta(milliseconds=epoch_ms)
+
+
+def _seconds(ms: int) -> float:
+    return ms / 1000.0
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """When a measure completed and the (queue, priority) it is reported under."""
+
+    at_ms: int
+    queue: str
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class TimedValue:
+    """A duration or score that completed at `stamp`."""
+
+    stamp: Stamp
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class SurveyAnswer:
+    stamp: Stamp
+    survey: str
+    score: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLeg:
+    """One stay in one queue. `removed_ms` is when it left the queue (None: still waiting)."""
+
+    queue: str
+    priority: int
+    queued_ms: int
+    answered_ms: int | None = None
+    abandoned_ms: int | None = None
+    transferred_ms: int | None = None  # a transfer ended this leg (waiting or handled)
+    closed_ms: int | None = None  # `ended` while still waiting, without an abandon
+
+    @property
+    def removed_ms(self) -> int | None:
+        """Left the queue: answered, abandoned, transferred out while waiting, or closed."""
+        candidates = [
+            t for t in (self.answered_ms, self.abandoned_ms, self.transferred_ms, self.closed_ms) if t is not None
+        ]
+        return min(candidates) if candidates else None
+
+    @property
+    def wait_seconds(self) -> float | None:
+        """Wait of an answered leg (queued -> agent_assigned)."""
+        return None if self.answered_ms is None else _seconds(self.answered_ms - self.queued_ms)
+
+    @property
+    def abandon_wait_seconds(self) -> float | None:
+        return None if self.abandoned_ms is None else _seconds(self.abandoned_ms - self.queued_ms)
+
+    def waiting_at(self, instant_ms: int) -> bool:
+        """In queue just before `instant_ms` (a window's end): queued before it, not removed before it."""
+        removed = self.removed_ms
+        return self.queued_ms < instant_ms and (removed is None or removed >= instant_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class ContactFacts:
+    """Everything the KPIs need about one contact. Build with `contact_facts`."""
+
+    contact_id: str
+    channel: str
+    priority: int
+    segment: str
+    started_ms: int
+    last_ms: int
+    event_count: int
+    legs: tuple[QueueLeg, ...] = ()
+    abandoned_ms: int | None = None
+    abandon_stage: str | None = None
+    short_abandon: bool = False
+    first_reply: TimedValue | None = None  # value: first response time, seconds
+    next_responses: tuple[TimedValue, ...] = ()
+    holds: tuple[tuple[int, int], ...] = ()
+    waiting_spans: tuple[tuple[int, int | None], ...] = ()
+    answered_ms: int | None = None  # first agent_assigned
+    ended: Stamp | None = None
+    talk_seconds: float | None = None
+    acw_seconds: float | None = None
+    handle_seconds: float | None = None
+    transfers: tuple[Stamp, ...] = ()
+    bot_involved: bool = False
+    bot_handoff: Stamp | None = None
+    bot_contained: Stamp | None = None
+    ivr_zero_outs: tuple[Stamp, ...] = ()
+    resolutions: tuple[Stamp, ...] = ()
+    reopens: tuple[Stamp, ...] = ()
+    resolved: bool = False
+    first_contact_resolved: Stamp | None = None
+    surveys: tuple[SurveyAnswer, ...] = ()
+
+    @property
+    def hold_seconds(self) -> float:
+        return sum(_seconds(end - start) for start, end in self.holds)
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        return tuple(leg.queue for leg in self.legs)
+
+    @property
+    def ended_ms(self) -> int | None:
+        return None if self.ended is None else self.ended.at_ms
+
+
+@dataclass(slots=True)
+class _LegBuilder:
+    queue: str
+    priority: int
+    queued_ms: int
+    answered_ms: int | None = None
+    abandoned_ms: int | None = None
+    transferred_ms: int | None = None
+    closed_ms: int | None = None
+
+    @property
+    def waiting(self) -> bool:
+        return (
+            self.answered_ms is None
+            and self.abandoned_ms is None
+            and self.transferred_ms is None
+            and (self.closed_ms is None)
+        )
+
+    @property
+    def handling_open(self) -> bool:
+        return self.transferred_ms is None and self.closed_ms is None
+
+    def freeze(self) -> QueueLeg:
+        return QueueLeg(
+            self.queue,
+            self.priority,
+            self.queued_ms,
+            self.answered_ms,
+            self.abandoned_ms,
+            self.transferred_ms,
+            self.closed_ms,
+        )
+
+
+def sort_events(events: Iterable[EventBase]) -> list[EventBase]:
+    """Deduplicate on event_id (first seen wins) and sort by (occurred_at, event_id)."""
+    unique: dict[str, EventBase] = {}
+    for event in events:
+        unique.setdefault(event.event_id, event)
+    return sorted(unique.values(), key=lambda e: (e.occurred_at, e.event_id))
+
+
+def _overlap_ms(start: int, end: int, spans: Iterable[tuple[int, int | None]]) -> int:
+    total = 0
+    for span_start, span_end in spans:
+        lo = max(start, span_start)
+        hi = end if span_end is None else min(end, span_end)
+        if hi > lo:
+            total += hi - lo
+    return total
+
+
+def contact_facts(
+    events: Iterable[EventBase], *, short_abandon_seconds: float = DEFAULT_SHORT_ABANDON_SECONDS
+) -> ContactFacts:
+    """Facts of one contact from the set of its events (see the module docstring for every rule)."""
+    ordered = sort_events(events)
+    if not ordered:
+        raise ValueError("a contact needs at least one event")
+    first = ordered[0]
+    times = [to_ms(e.occurred_at) for e in ordered]
+    start_ms = times[0]
+    segment = next((e.segment for e in ordered if e.segment), "") or ""
+
+    legs: list[_LegBuilder] = []
+    waiting_spans: list[tuple[int, int | None]] = []
+    holds: list[tuple[int, int]] = []
+    hold_open: int | None = None
+    transfers: list[Stamp] = []
+    ivr_zero_outs: list[Stamp] = []
+    resolutions: list[Stamp] = []
+    reopens: list[Stamp] = []
+    surveys: list[SurveyAnswer] = []
+    replies: list[tuple[int, Stamp | None]] = []  # None marks a customer message
+    customer_messages: list[int] = []
+    is_resolved = False
+    abandoned_ms: int | None = None
+    abandon_stage: str | None = None
+    answered_ms: int | None = None
+    ended: Stamp | None = None
+    acw: float | None = None
+    bot_turn_ms: int | None = None
+    bot_handoff: Stamp | None = None
+    bot_resolved: Stamp | None = None
+    queued_first_ms: int | None = None
+
+    for event, t in zip(ordered, times, strict=True):
+        kind = event_type(event)
+        current = legs[-1] if legs else None
+        stamp = (
+            Stamp(t, current.queue, current.priority)
+            if current is not None
+            else Stamp(t, event.queue or "", event.priority)
+        )
+        if kind == "queued":
+            if current is None or not current.waiting:
+                legs.append(_LegBuilder(event.queue or "", event.priority, t))
+                if queued_first_ms is None:
+                    queued_first_ms = t
+        elif kind == "agent_assigned":
+            if answered_ms is None:
+                answered_ms = t
+            if current is not None and current.waiting:
+                current.answered_ms = t
+        elif kind == "abandoned":
+            assert isinstance(event, Abandoned)
+            if abandoned_ms is None:
+                abandoned_ms, abandon_stage = t, event.stage
+            if current is not None and current.waiting:
+                current.abandoned_ms = t
+        elif kind == "transferred":
+            assert isinstance(event, Transferred)
+            transfers.append(stamp)
+            if current is not None and current.handling_open:
+                current.transferred_ms = t
+        elif kind == "ended":
+            assert isinstance(event, Ended)
+            if ended is None:
+                ended = stamp
+                acw = event.acw_seconds
+                if current is not None and current.waiting:
+                    current.closed_ms = t
+                if hold_open is not None:
+                    holds.append((hold_open, t))
+                    hold_open = None
+        elif kind == "hold_started":
+            if hold_open is None and ended is None:
+                hold_open = t
+        elif kind == "hold_ended":
+            if hold_open is not None:
+                holds.append((hold_open, t))
+                hold_open = None
+        elif kind == "waiting_on_customer":
+            if not waiting_spans or waiting_spans[-1][1] is not None:
+                waiting_spans.append((t, None))
+        elif kind == "waiting_ended":
+            if waiting_spans and waiting_spans[-1][1] is None:
+                waiting_spans[-1] = (waiting_spans[-1][0], t)
+        elif kind in ("first_agent_reply", "agent_reply"):
+            replies.append((t, stamp))
+        elif kind == "customer_message":
+            customer_messages.append(t)
+            replies.append((t, None))
+        elif kind == "bot_turn":
+            if bot_turn_ms is None:
+                bot_turn_ms = t
+        elif kind == "bot_handoff":
+            if bot_handoff is None:
+                bot_handoff = stamp
+        elif kind == "ivr_zero_out":
+            ivr_zero_outs.append(stamp)
+        elif kind == "resolved":
+            assert isinstance(event, Resolved)
+            if not is_resolved:
+                is_resolved = True
+                resolutions.append(stamp)
+            if event.resolved_by == Author.BOT and bot_resolved is None:
+                bot_resolved = stamp
+        elif kind == "reopened":
+            if is_resolved:
+                is_resolved = False
+                reopens.append(stamp)
+        elif kind == "survey_response":
+            assert isinstance(event, SurveyResponse)
+            surveys.append(SurveyAnswer(stamp, event.survey, event.score))
+
+    spans = tuple(waiting_spans)
+
+    # first and next response times, walking replies and customer messages in event order
+    first_reply: TimedValue | None = None
+    next_responses: list[TimedValue] = []
+    pending: int | None = None
+    for t, reply in replies:
+        if reply is None:  # a customer message
+            if first_reply is not None and pending is None:
+                pending = t
+            continue
+        if first_reply is None:
+            first_reply = TimedValue(reply, _seconds(t - start_ms - _overlap_ms(start_ms, t, spans)))
+        elif pending is not None:
+            next_responses.append(TimedValue(reply, _seconds(t - pending - _overlap_ms(pending, t, spans))))
+            pending = None
+
+    frozen_legs = tuple(leg.freeze() for leg in legs)
+
+    short = False
+    for leg in frozen_legs:
+        wait = leg.abandon_wait_seconds
+        if wait is not None and wait < short_abandon_seconds:
+            short = True
+
+    talk: float | None = None
+    handle: float | None = None
+    if ended is not None and answered_ms is not None and ended.at_ms >= answered_ms:
+        end = ended.at_ms
+        requeue_ms = 0
+        for leg in frozen_legs:
+            if leg.queued_ms >= answered_ms and leg.queued_ms < end:
+                removed = leg.removed_ms
+                requeue_ms += min(end if removed is None else removed, end) - leg.queued_ms
+        talk = _seconds(end - answered_ms - requeue_ms)
+        handle = talk + (acw or 0.0)
+
+    contained: Stamp | None = None
+    completion: Stamp | None = bot_resolved
+    if ended is not None and (completion is None or ended.at_ms < completion.at_ms):
+        completion = ended
+    if completion is not None and bot_turn_ms is not None and bot_turn_ms <= completion.at_ms:
+        blockers = (bot_handoff.at_ms if bot_handoff else None, queued_first_ms, answered_ms, abandoned_ms)
+        if not any(b is not None and b <= completion.at_ms for b in blockers):
+            contained = completion
+
+    fcr: Stamp | None = None
+    if ended is not None:
+        resolved_before = any(r.at_ms <= ended.at_ms for r in resolutions)
+        reopened_before = any(r.at_ms <= ended.at_ms for r in reopens)
+        if resolved_before and not reopened_before:
+            fcr = ended
+
+    return ContactFacts(
+        contact_id=first.contact_id,
+        channel=first.channel.value,
+        priority=first.priority,
+        segment=segment,
+        started_ms=start_ms,
+        last_ms=times[-1],
+        event_count=len(ordered),
+        legs=frozen_legs,
+        abandoned_ms=abandoned_ms,
+        abandon_stage=abandon_stage,
+        short_abandon=short,
+        first_reply=first_reply,
+        next_responses=tuple(next_responses),
+        holds=tuple(holds),
+        waiting_spans=spans,
+        answered_ms=answered_ms,
+        ended=ended,
+        talk_seconds=talk,
+        acw_seconds=acw,
+        handle_seconds=handle,
+        transfers=tuple(transfers),
+        bot_involved=bot_turn_ms is not None,
+        bot_handoff=bot_handoff,
+        bot_contained=contained,
+        ivr_zero_outs=tuple(ivr_zero_outs),
+        resolutions=tuple(resolutions),
+        reopens=tuple(reopens),
+        resolved=is_resolved,
+        first_contact_resolved=fcr,
+        surveys=tuple(surveys),
+    )
+
+
+_EVENT_LIST: TypeAdapter[list[InteractionEvent]] = TypeAdapter(list[InteractionEvent])
+
+
+@dataclass(slots=True)
+class _Tracked:
+    events: dict[str, EventBase]
+    ended_ms: int | None = None
+    last_ms: int = 0
+    facts: ContactFacts | None = None
+
+
+class ContactTracker:
+    """The event sets of live contacts, keyed by contact_id, with cached facts.
+
+    A contact is evicted (by `evict(now_ms)`, `now_ms` an event-time clock such as a watermark) once
+    `ended_retention` has passed since its first `ended` (default 26 h, long enough for late surveys,
+    resolution and reopen), or `unended_retention` since its last event when it never ended
+    (default 7 days, so a contact stuck without `ended` cannot hold memory for ever). An event that
+    arrives for an evicted contact starts a fresh event set.
+    """
+
+    def __init__(
+        self,
+        *,
+        ended_retention: timedelta = timedelta(hours=26),
+        unended_retention: timedelta = timedelta(days=7),
+        short_abandon_seconds: float = DEFAULT_SHORT_ABANDON_SECONDS,
+    ) -> None:
+        self.ended_retention_ms = int(ended_retention.total_seconds() * 1000)
+        self.unended_retention_ms = int(unended_retention.total_seconds() * 1000)
+        self.short_abandon_seconds = short_abandon_seconds
+        self._contacts: dict[str, _Tracked] = {}
+
+    def __len__(self) -> int:
+        return len(self._contacts)
+
+    def __contains__(self, contact_id: object) -> bool:
+        return contact_id in self._contacts
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._contacts))
+
+    def add(self, event: EventBase) -> bool:
+        """Add an event; False when its event_id is already in the contact's set (a duplicate)."""
+        tracked = self._contacts.get(event.contact_id)
+        if tracked is None:
+            tracked = self._contacts[event.contact_id] = _Tracked(events={})
+        if event.event_id in tracked.events:
+            return False
+        tracked.events[event.event_id] = event
+        t = to_ms(event.occurred_at)
+        tracked.last_ms = max(tracked.last_ms, t)
+        if event_type(event) == "ended":
+            tracked.ended_ms = t if tracked.ended_ms is None else min(tracked.ended_ms, t)
+        tracked.facts = None
+        return True
+
+    def events(self, contact_id: str) -> list[EventBase]:
+        """The contact's events in (occurred_at, event_id) order."""
+        tracked = self._contacts.get(contact_id)
+        return [] if tracked is None else sort_events(tracked.events.values())
+
+    def facts(self, contact_id: str) -> ContactFacts:
+        tracked = self._contacts[contact_id]
+        if tracked.facts is None:
+            tracked.facts = contact_facts(tracked.events.values(), short_abandon_seconds=self.short_abandon_seconds)
+        return tracked.facts
+
+    def expired(self, now_ms: int) -> list[str]:
+        """Contacts past retention at event time `now_ms` (not removed)."""
+        out = []
+        for contact_id, tracked in self._contacts.items():
+            if tracked.ended_ms is not None:
+                if tracked.ended_ms + self.ended_retention_ms <= now_ms:
+                    out.append(contact_id)
+            elif tracked.last_ms + self.unended_retention_ms <= now_ms:
+                out.append(contact_id)
+        return out
+
+    def forget(self, contact_id: str) -> None:
+        self._contacts.pop(contact_id, None)
+
+    def evict(self, now_ms: int) -> list[str]:
+        """Remove and return the contacts past retention at event time `now_ms`."""
+        gone = self.expired(now_ms)
+        for contact_id in gone:
+            del self._contacts[contact_id]
+        return gone
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-able state: every tracked event in wire form, grouped by contact."""
+        return {
+            "contacts": {
+                cid: [json.loads(e.model_dump_json(exclude_none=True)) for e in sort_events(t.events.values())]
+                for cid, t in self._contacts.items()
+            }
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._contacts.clear()
+        for raw_events in state.get("contacts", {}).values():
+            for event in _EVENT_LIST.validate_python(raw_events):
+                self.add(event)

@@ -1,0 +1,329 @@
+"""Streaming windowed KPIs per source partition: exact, order-independent, duplicate-proof.
+
+`KpiWindows.apply(event, (topic, partition))` adds the event to its contact's event set, recomputes
+the contact's facts and replaces the contact's contributions to every open window (the delta: old
+contributions out, new in). A window's measures are the sum of its contacts' current contributions,
+aggregated in contact-id order with sorted value lists, so any arrival order and any number of
+redeliveries give identical rows.
+
+Watermark and lateness (per partition): watermark = max event time seen - allowed lateness
+(default 5 min); it never moves back. While a partition is idle (no event for `idle_timeout_seconds`
+of wall-clock time), `advance_idle(now_wall)` moves its event clock on with the wall clock, keeping
+the wall/event offset observed when its latest event arrived. A window [start, end) is final once
+watermark >= end. An event whose window is final is late: it is not applied and `apply` returns a
+`LateEvent` (send it to the late-events topic, count it).
+
+Exactness: every measure is decided by events at or before the event that completes it (see
+`pipeline.kpi.facts`), so an event that is not late can only change windows at or after its own,
+which are all still open. Final windows are therefore never touched again.
+
+`emit(now)` returns the rows of windows that changed since the last emit (provisional while open,
+re-emitted with a higher `version` whenever they change) and the final row of every window the
+watermark has passed, after which the window is dropped from memory. Versions are
+max(previous + 1, `now` in epoch ms), so they also increase across restarts and rebalances.
+Backlog and oldest wait at each window's end are computed from the queue legs of live contacts; a
+window with nothing but a backlog still gets a row. Memory holds open windows and live contacts
+only (contacts are forgotten `ended_retention_hours` after `ended`, see `ContactTracker`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from pipeline.events.models import EventBase
+from pipeline.kpi.definitions import (
+    WINDOW_MS,
+    KpiConfig,
+    KpiRow,
+    Measures,
+    WindowKey,
+    backlog_at,
+    build_row,
+    contributions,
+    window_of,
+)
+from pipeline.kpi.facts import ContactTracker, QueueLeg, from_ms, to_ms
+
+PartitionKey = tuple[str, int]  # (source topic, source partition)
+
+SNAPSHOT_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class LateEvent:
+    """An event whose window was already final when it arrived; it was not applied."""
+
+    event: EventBase
+    partition: PartitionKey
+    window_start: datetime
+    watermark: datetime
+
+
+class _Partition:
+    def __init__(self, key: PartitionKey, config: KpiConfig) -> None:
+        self.key = key
+        self.tracker = ContactTracker(
+            ended_retention=timedelta(hours=config.ended_retention_hours),
+            unended_retention=timedelta(days=config.unended_retention_days),
+            short_abandon_seconds=config.short_abandon_seconds,
+        )
+        self.contribs: dict[WindowKey, dict[str, Measures]] = {}
+        self.contact_keys: dict[str, set[WindowKey]] = {}
+        self.legs: dict[str, tuple[tuple[str, QueueLeg], ...]] = {}
+        self.max_event_ms: int | None = None
+        self.watermark_ms: int | None = None
+        self.next_final_ms: int | None = None  # start of the oldest window not yet finalized
+        self.observed_max_ms: int | None = None
+        self.observed_wall_ms: int | None = None
+        self.emitted: dict[WindowKey, tuple[int, str, tuple[int, int] | None]] = {}
+        self.dirty: set[WindowKey] = set()
+
+
+def _digest(row: KpiRow) -> str:
+    return hashlib.sha1(repr(row.content()).encode(), usedforsecurity=False).hexdigest()
+
+
+class KpiWindows:
+    """Open KPI windows and live contacts of the source partitions this worker owns."""
+
+    def __init__(self, config: KpiConfig | None = None) -> None:
+        self.config = config or KpiConfig()
+        self._lateness_ms = int(self.config.allowed_lateness_seconds * 1000)
+        self._idle_ms = int(self.config.idle_timeout_seconds * 1000)
+        self._partitions: dict[PartitionKey, _Partition] = {}
+        self.stats: dict[str, int] = {"applied": 0, "duplicates": 0, "late": 0, "evicted": 0}
+
+    # ------------------------------------------------------------------ input
+
+    def apply(self, event: EventBase, partition: PartitionKey, *, now_wall: datetime | None = None) -> LateEvent | None:
+        """Apply one event read from `partition`. Returns a `LateEvent` (not applied) when its window
+        is already final, else None (applied, or a duplicate that changed nothing). `now_wall`, when
+        given, is the wall-clock arrival time, used to measure the partition's wall/event offset."""
+        p = self._partition(partition)
+        t = to_ms(event.occurred_at)
+        window = window_of(t)
+        if p.watermark_ms is not None and window + WINDOW_MS <= p.watermark_ms:
+            self.stats["late"] += 1
+            return LateEvent(event, partition, from_ms(window), from_ms(p.watermark_ms))
+        if not p.tracker.add(event):
+            self.stats["duplicates"] += 1
+            return None
+        self.stats["applied"] += 1
+        p.max_event_ms = t if p.max_event_ms is None else max(p.max_event_ms, t)
+        self._raise_watermark(p, p.max_event_ms - self._lateness_ms)
+        p.next_final_ms = window if p.next_final_ms is None else min(p.next_final_ms, window)
+        if now_wall is not None:
+            p.observed_max_ms = p.max_event_ms
+            p.observed_wall_ms = to_ms(now_wall)
+        self._recompute(p, event.contact_id)
+        return None
+
+    def advance_idle(self, now_wall: datetime) -> None:
+        """Advance the watermark of partitions idle for `idle_timeout_seconds` with the wall clock:
+        event clock = latest event time + wall time elapsed since that event was observed."""
+        now_ms = to_ms(now_wall)
+        for p in self._partitions.values():
+            if p.max_event_ms is None:
+                continue
+            if p.observed_max_ms != p.max_event_ms or p.observed_wall_ms is None:
+                p.observed_max_ms, p.observed_wall_ms = p.max_event_ms, now_ms
+                continue
+            idle = now_ms - p.observed_wall_ms
+            if idle >= self._idle_ms:
+                self._raise_watermark(p, p.max_event_ms + idle - self._lateness_ms)
+
+    def advance_watermark(self, partition: PartitionKey, to: datetime) -> None:
+        """Move a partition's watermark forward to `to` (never back), e.g. at the end of a replay."""
+        p = self._partitions.get(partition)
+        if p is not None and p.max_event_ms is not None:
+            self._raise_watermark(p, to_ms(to))
+
+    def watermark(self, partition: PartitionKey) -> datetime | None:
+        p = self._partitions.get(partition)
+        return None if p is None or p.watermark_ms is None else from_ms(p.watermark_ms)
+
+    @property
+    def partitions(self) -> list[PartitionKey]:
+        return sorted(self._partitions)
+
+    def drop_partition(self, partition: PartitionKey) -> None:
+        """Forget a partition (revoked in a rebalance); its new owner restores or replays it."""
+        self._partitions.pop(partition, None)
+
+    def open_windows(self, partition: PartitionKey) -> int:
+        p = self._partitions.get(partition)
+        return 0 if p is None else len({k[0] for k in p.contribs} | {k[0] for k in p.emitted})
+
+    def live_contacts(self, partition: PartitionKey) -> int:
+        p = self._partitions.get(partition)
+        return 0 if p is None else len(p.tracker)
+
+    # ------------------------------------------------------------------ output
+
+    def emit(self, now: datetime) -> list[KpiRow]:
+        """Rows of windows changed since the last emit, plus final rows of windows the watermark passed."""
+        rows: list[KpiRow] = []
+        for key in sorted(self._partitions):
+            rows.extend(self._emit_partition(self._partitions[key], now))
+        return rows
+
+    # ------------------------------------------------------------------ persistence
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-able state: live contacts' events, clocks and what was emitted for open windows."""
+        parts = []
+        for key in sorted(self._partitions):
+            p = self._partitions[key]
+            parts.append(
+                {
+                    "topic": key[0],
+                    "partition": key[1],
+                    "tracker": p.tracker.snapshot(),
+                    "max_event_ms": p.max_event_ms,
+                    "watermark_ms": p.watermark_ms,
+                    "next_final_ms": p.next_final_ms,
+                    "observed_max_ms": p.observed_max_ms,
+                    "observed_wall_ms": p.observed_wall_ms,
+                    "emitted": [
+                        [*wkey, version, digest, list(backlog) if backlog is not None else None]
+                        for wkey, (version, digest, backlog) in sorted(p.emitted.items())
+                    ],
+                }
+            )
+        return {"format": SNAPSHOT_FORMAT, "stats": dict(self.stats), "partitions": parts}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Replace this object's state with a `snapshot()`; contributions are recomputed from events."""
+        if state.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"unknown KPI snapshot format {state.get('format')!r}")
+        self._partitions.clear()
+        self.stats = {k: int(v) for k, v in state.get("stats", {}).items()}
+        for raw in state["partitions"]:
+            p = self._partition((str(raw["topic"]), int(raw["partition"])))
+            p.tracker.restore(raw["tracker"])
+            p.max_event_ms = raw["max_event_ms"]
+            p.watermark_ms = raw["watermark_ms"]
+            p.next_final_ms = raw["next_final_ms"]
+            p.observed_max_ms = raw["observed_max_ms"]
+            p.observed_wall_ms = raw["observed_wall_ms"]
+            for w, channel, queue, priority, version, digest, backlog in raw["emitted"]:
+                p.emitted[(int(w), str(channel), str(queue), int(priority))] = (
+                    int(version),
+                    str(digest),
+                    (int(backlog[0]), int(backlog[1])) if backlog is not None else None,
+                )
+            for contact_id in p.tracker:
+                self._recompute(p, contact_id)
+            p.dirty |= p.emitted.keys()  # re-check everything emitted against its digest
+
+    # ------------------------------------------------------------------ internals
+
+    def _partition(self, key: PartitionKey) -> _Partition:
+        p = self._partitions.get(key)
+        if p is None:
+            p = self._partitions[key] = _Partition(key, self.config)
+        return p
+
+    @staticmethod
+    def _raise_watermark(p: _Partition, candidate_ms: int) -> None:
+        if p.watermark_ms is None or candidate_ms > p.watermark_ms:
+            p.watermark_ms = candidate_ms
+
+    def _recompute(self, p: _Partition, contact_id: str) -> None:
+        facts = p.tracker.facts(contact_id)
+        new = contributions(facts, self.config)
+        floor = p.next_final_ms if p.next_final_ms is not None else min((k[0] for k in new), default=0)
+        kept: set[WindowKey] = set()
+        for key in p.contact_keys.get(contact_id, set()) | new.keys():
+            if key[0] < floor:
+                continue  # finalized and dropped; unchanged by construction
+            measures = new.get(key)
+            bucket = p.contribs.get(key)
+            if measures is None:
+                if bucket is not None and bucket.pop(contact_id, None) is not None:
+                    p.dirty.add(key)
+                    if not bucket:
+                        del p.contribs[key]
+                continue
+            kept.add(key)
+            if bucket is None:
+                bucket = p.contribs[key] = {}
+            if bucket.get(contact_id) != measures:
+                bucket[contact_id] = measures
+                p.dirty.add(key)
+        if kept:
+            p.contact_keys[contact_id] = kept
+        else:
+            p.contact_keys.pop(contact_id, None)
+        horizon = floor + WINDOW_MS
+        legs = tuple((facts.channel, leg) for leg in facts.legs if leg.removed_ms is None or leg.removed_ms >= horizon)
+        if legs:
+            p.legs[contact_id] = legs
+        else:
+            p.legs.pop(contact_id, None)
+
+    def _emit_partition(self, p: _Partition, now: datetime) -> list[KpiRow]:
+        if p.next_final_ms is None or p.max_event_ms is None or p.watermark_ms is None:
+            return []
+        now_ms = to_ms(now)
+        last_final = window_of(p.watermark_ms - WINDOW_MS)  # windows starting at or before it are final
+        top = max(window_of(p.max_event_ms), last_final)
+        by_window: dict[int, set[WindowKey]] = {}
+        for key in p.contribs.keys() | p.emitted.keys():
+            by_window.setdefault(key[0], set()).add(key)
+        legs = [leg for contact_legs in p.legs.values() for leg in contact_legs]
+        out: list[KpiRow] = []
+        for window in range(p.next_final_ms, top + 1, WINDOW_MS):
+            is_final = window <= last_final
+            backlog = backlog_at(legs, window + WINDOW_MS) if legs else {}
+            keys = by_window.get(window, set()) | {(window, *dim) for dim in backlog}
+            for key in sorted(keys):
+                dim_backlog = backlog.get(key[1:])
+                previous = p.emitted.get(key)
+                backlog_seen = dim_backlog is None if previous is None else previous[2] == dim_backlog
+                if not is_final and key not in p.dirty and backlog_seen:
+                    continue  # nothing changed since the last emit
+                total = Measures()
+                bucket = p.contribs.get(key, {})
+                for contact_id in sorted(bucket):
+                    total.add(bucket[contact_id])
+                row = build_row(key, total, dim_backlog, self.config, p.key, final=is_final)
+                digest = _digest(row)
+                changed = (previous is None and not row.is_empty()) or (previous is not None and previous[1] != digest)
+                if changed or (is_final and previous is not None):
+                    version = max((previous[0] + 1) if previous is not None else 1, now_ms)
+                    out.append(replace(row, version=version, emitted_at=now))
+                    p.emitted[key] = (version, digest, dim_backlog)
+                p.dirty.discard(key)
+                if is_final:
+                    p.contribs.pop(key, None)
+                    p.emitted.pop(key, None)
+        if last_final >= p.next_final_ms:
+            p.next_final_ms = last_final + WINDOW_MS
+            self._prune(p)
+        return out
+
+    def _prune(self, p: _Partition) -> None:
+        assert p.next_final_ms is not None and p.watermark_ms is not None
+        horizon = p.next_final_ms + WINDOW_MS
+        for contact_id, legs in list(p.legs.items()):
+            kept = tuple(item for item in legs if item[1].removed_ms is None or item[1].removed_ms >= horizon)
+            if kept:
+                p.legs[contact_id] = kept
+            else:
+                del p.legs[contact_id]
+        for contact_id, keys in list(p.contact_keys.items()):
+            open_keys = {k for k in keys if k[0] >= p.next_final_ms}
+            if open_keys:
+                p.contact_keys[contact_id] = open_keys
+            else:
+                del p.contact_keys[contact_id]
+        for contact_id in p.tracker.expired(p.watermark_ms):
+            if contact_id in p.contact_keys:
+                continue  # still contributes to an open window
+            p.tracker.forget(contact_id)
+            p.legs.pop(contact_id, None)
+            self.stats["evicted"] += 1

@@ -1,0 +1,179 @@
+"""Streaming KPI windows: exact and order-independent under any arrival within the allowed
+lateness and any duplicates, late events rejected, snapshot/restore transparent."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import datetime, timedelta
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.events.models import EventBase
+from pipeline.kpi.definitions import KpiConfig, KpiRow, kpi_rows_from_facts
+from pipeline.kpi.facts import contact_facts, sort_events
+from pipeline.kpi.windows import KpiWindows, LateEvent
+from tests.unit.test_kpi_facts import BASE, ev, random_contact
+
+PART = ("touchline.interactions.chat", 3)
+LATENESS = 300.0
+
+
+def _world(seed: int, contacts: int) -> list[EventBase]:
+    rng = random.Random(seed)
+    events: list[EventBase] = []
+    for i in range(contacts):
+        events += random_contact(rng, f"c{i:03d}", "chat", round(rng.uniform(0, 900), 3))
+    return events
+
+
+def _arrivals(events: list[EventBase], rng: random.Random, duplicates: int) -> list[EventBase]:
+    """Arrival order: event time + a random delay below the allowed lateness; some redelivered."""
+    chosen = events + [rng.choice(events) for _ in range(duplicates)]
+    keyed = [(e.occurred_at + timedelta(seconds=rng.uniform(0, LATENESS - 0.01)), i, e) for i, e in enumerate(chosen)]
+    return [e for _, _, e in sorted(keyed, key=lambda k: (k[0], k[1]))]
+
+
+def _run(
+    arrivals: list[EventBase], rng: random.Random, until: datetime, windows: KpiWindows | None = None
+) -> tuple[KpiWindows, list[KpiRow]]:
+    kw = windows or KpiWindows()
+    rows: list[KpiRow] = []
+    wall = BASE + timedelta(hours=1)
+    for event in arrivals:
+        assert kw.apply(event, PART) is None
+        if rng.random() < 0.1:
+            wall += timedelta(seconds=1)
+            rows += kw.emit(wall)
+    kw.advance_watermark(PART, until)
+    rows += kw.emit(wall + timedelta(seconds=1))
+    return kw, rows
+
+
+def _finals(rows: list[KpiRow]) -> list[tuple[Any, ...]]:
+    finals = [r for r in rows if r.final]
+    keys = [r.key for r in finals]
+    assert len(keys) == len(set(keys)), "a window was finalized twice"
+    return sorted(r.content() for r in finals if not r.is_empty())
+
+
+def _expected(events: list[EventBase], until: datetime) -> list[tuple[Any, ...]]:
+    by_contact: dict[str, list[EventBase]] = {}
+    for e in events:
+        by_contact.setdefault(e.contact_id, []).append(e)
+    facts = [contact_facts(v) for v in by_contact.values()]
+    return sorted(r.content() for r in kpi_rows_from_facts(facts, source=PART, until=until))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32), st.integers(0, 2**32), st.integers(0, 30))
+def test_final_rows_independent_of_arrival_order_and_duplicates(seed: int, order_seed: int, dups: int) -> None:
+    events = _world(seed, 12)
+    until = BASE + timedelta(hours=2)
+    in_order = _finals(_run(sort_events(events), random.Random(0), until)[1])
+    rng = random.Random(order_seed)
+    shuffled = _finals(_run(_arrivals(events, rng, dups), rng, until)[1])
+    assert shuffled == in_order == _expected(events, until)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 2**32), st.floats(0.05, 0.95))
+def test_snapshot_and_restore_mid_stream_equals_uninterrupted(seed: int, cut: float) -> None:
+    rng = random.Random(seed)
+    arrivals = _arrivals(_world(seed, 10), rng, 5)
+    until = BASE + timedelta(hours=2)
+    _, straight = _run(arrivals, random.Random(seed), until)
+
+    split = int(len(arrivals) * cut)
+    first = KpiWindows()
+    emit_rng = random.Random(seed)
+    rows: list[KpiRow] = []
+    wall = BASE + timedelta(hours=1)
+    for event in arrivals[:split]:
+        first.apply(event, PART)
+        if emit_rng.random() < 0.1:
+            wall += timedelta(seconds=1)
+            rows += first.emit(wall)
+    state = json.loads(json.dumps(first.snapshot()))
+    second = KpiWindows()
+    second.restore(state)
+    assert json.loads(json.dumps(second.snapshot())) == state
+    for event in arrivals[split:]:
+        second.apply(event, PART)
+        if emit_rng.random() < 0.1:
+            wall += timedelta(seconds=1)
+            rows += second.emit(wall)
+    second.advance_watermark(PART, until)
+    rows += second.emit(wall + timedelta(seconds=1))
+    assert rows == straight
+
+
+def test_provisional_rows_are_reemitted_with_higher_versions_then_final_and_dropped() -> None:
+    kw = KpiWindows()
+    kw.apply(ev("queued", 0, "a", queue="q"), PART)
+    first = kw.emit(BASE + timedelta(minutes=1))
+    assert [(r.final, r.counts["offered"], r.backlog_end) for r in first] == [(False, 1, 1)]
+    assert kw.emit(BASE + timedelta(minutes=1, seconds=1)) == []  # nothing changed
+    kw.apply(ev("queued", 10, "b", queue="q"), PART)
+    again = kw.emit(BASE + timedelta(minutes=1, seconds=2))
+    assert again[0].counts["offered"] == 2 and again[0].version > first[0].version
+    kw.apply(ev("agent_assigned", 400, "a", queue="q"), PART)  # watermark 95 s: minute 0 final
+    rows = kw.emit(BASE + timedelta(minutes=2))
+    final0 = [r for r in rows if r.window_start == BASE]
+    assert len(final0) == 1 and final0[0].final and final0[0].version > again[0].version
+    # minute 1 (still open: watermark 100 s) has nothing but a backlog of two
+    minute1 = [r for r in rows if r.window_start == BASE + timedelta(minutes=1)]
+    assert [(r.final, r.backlog_end, r.counts["offered"]) for r in minute1] == [(False, 2, 0)]
+    assert kw.open_windows(PART) == 6  # minutes 1-6; minute 0 was dropped
+    kw.advance_watermark(PART, BASE + timedelta(minutes=8))
+    rows = kw.emit(BASE + timedelta(minutes=3))
+    assert all(r.final for r in rows) and kw.open_windows(PART) == 0
+    assert [(r.window_start - BASE, r.backlog_end) for r in rows][-2:] == [
+        (timedelta(minutes=6), 1),  # a answered at 400 s, b still waits
+        (timedelta(minutes=7), 1),
+    ]
+
+
+def test_late_events_are_rejected_and_counted() -> None:
+    kw = KpiWindows()
+    kw.apply(ev("queued", 1000, "a", queue="q"), PART)  # watermark = 700 s
+    late = kw.apply(ev("queued", 600, "b", queue="q"), PART)  # its window ends at 660 s
+    assert isinstance(late, LateEvent) and late.window_start == BASE + timedelta(seconds=600)
+    assert kw.apply(ev("queued", 660, "c", queue="q"), PART) is None  # window [660, 720) still open
+    assert kw.stats["late"] == 1 and kw.stats["applied"] == 2
+
+
+def test_idle_partition_advances_with_the_wall_clock() -> None:
+    kw = KpiWindows(KpiConfig(idle_timeout_seconds=30))
+    arrival = BASE + timedelta(seconds=2)
+    kw.apply(ev("queued", 0, "a", queue="q"), PART, now_wall=arrival)
+    assert kw.watermark(PART) == BASE - timedelta(minutes=5)
+    kw.advance_idle(arrival + timedelta(seconds=10))
+    assert kw.watermark(PART) == BASE - timedelta(minutes=5)  # not idle long enough
+    kw.advance_idle(arrival + timedelta(minutes=10))
+    assert kw.watermark(PART) == BASE + timedelta(minutes=5)  # event clock = 0 s + 10 min idle
+    rows = kw.emit(arrival + timedelta(minutes=10))
+    finals = [r for r in rows if r.final]
+    assert [r.backlog_end for r in finals] == [1, 1, 1, 1, 1]  # minutes 0-4, the leg still waits
+    assert finals[-1].oldest_wait_end == 300.0
+
+
+def test_contacts_are_evicted_after_retention_and_restart_fresh() -> None:
+    kw = KpiWindows(KpiConfig(ended_retention_hours=1))
+    kw.apply(ev("queued", 0, "a", queue="q"), PART)
+    kw.apply(ev("ended", 10, "a", queue="q"), PART)
+    kw.apply(ev("contact_started", 3600 + 400, "z"), PART)
+    kw.emit(BASE + timedelta(hours=2))
+    assert kw.live_contacts(PART) == 1 and kw.stats["evicted"] == 1
+
+
+def test_partitions_are_independent() -> None:
+    kw = KpiWindows()
+    other = ("touchline.interactions.chat", 4)
+    kw.apply(ev("queued", 1000, "a", queue="q"), PART)
+    assert kw.apply(ev("queued", 0, "b", queue="q"), other) is None  # not late on its own partition
+    rows = kw.emit(BASE + timedelta(hours=1))
+    assert {(r.source_topic, r.source_partition) for r in rows} == {PART, other}
+    assert kw.partitions == sorted([PART, other])
