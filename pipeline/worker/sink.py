@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from pipeline.events.models import EventBase
 from pipeline.events.topics import channel_of_topic
 from pipeline.ingest.batch import Batch, Batcher
 from pipeline.ingest.decode import Rejection, decode
@@ -65,28 +67,51 @@ class IngestSink:
         self._recent = RecentIds(dedup_capacity)
         self._in_flight: asyncio.Task[None] | None = None
         self._dead_letter_messages: list[tuple[bytes | None, bytes | None, Mapping[str, bytes]]] = []
+        self._channels: dict[str, str] = {}
+        self._pending_acks = 0
+        self._counts: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
 
-    async def handle(self, message: IncomingMessage) -> None:
+    async def handle(self, message: IncomingMessage) -> EventBase | None:
+        """Take one message; returns the event when it is valid and not a recent duplicate, so the
+        caller can feed it to the stateful stages."""
         now = time.monotonic()
-        channel = channel_of_topic(message.topic)
-        channel_label = channel.value if channel else "unknown"
-        metrics.EVENTS_CONSUMED.labels(channel_label).inc()
+        channel = self._channels.get(message.topic)
+        if channel is None:
+            known = channel_of_topic(message.topic)
+            channel = self._channels[message.topic] = known.value if known else "unknown"
+        counts = self._counts[channel]
+        counts[0] += 1
         result = decode(message.value, message.topic, self._max_event_bytes)
+        fresh: EventBase | None = None
         if isinstance(result, Rejection):
-            full = await self._dead_letter(message, result, channel_label, now)
+            full = self._dead_letter(message, result, channel, now)
         else:
-            metrics.EVENTS_VALID.labels(channel_label).inc()
+            counts[1] += 1
             if self._recent.seen(result.event_id):
-                metrics.EVENTS_DUPLICATE.labels(channel_label).inc()
+                counts[2] += 1
                 full = self._batcher.add_event(None, message.ack, now)
             else:
                 row = event_row(result, message.topic, message.partition, message.offset, _UNWRITTEN)
                 full = self._batcher.add_event(row, message.ack, now)
-        metrics.PENDING_ROWS.set(len(self._batcher))
+                fresh = result
         if full:
             await self.flush()
+        return fresh
 
-    async def _dead_letter(self, message: IncomingMessage, rejection: Rejection, channel: str, now: float) -> bool:
+    def _publish_counts(self) -> None:
+        # counted per event in plain ints, published per batch: Prometheus children take a lock each
+        for channel, counts in self._counts.items():
+            consumed, valid, duplicate = counts
+            if consumed:
+                metrics.EVENTS_CONSUMED.labels(channel).inc(consumed)
+            if valid:
+                metrics.EVENTS_VALID.labels(channel).inc(valid)
+            if duplicate:
+                metrics.EVENTS_DUPLICATE.labels(channel).inc(duplicate)
+            counts[:] = [0, 0, 0]
+        metrics.PENDING_ROWS.set(self._pending_acks + len(self._batcher))
+
+    def _dead_letter(self, message: IncomingMessage, rejection: Rejection, channel: str, now: float) -> bool:
         headers = {
             "touchline.reason": rejection.reason.value.encode(),
             "touchline.detail": rejection.detail.encode(),
@@ -118,6 +143,7 @@ class IngestSink:
 
     async def tick(self) -> None:
         """Called periodically: writes a batch whose time is up."""
+        self._publish_counts()
         if self._batcher.due(time.monotonic()):
             await self.flush()
 
@@ -126,12 +152,13 @@ class IngestSink:
         waits for it, which is the back-pressure on the consumer."""
         if self._in_flight is not None:
             await self._in_flight
+        self._publish_counts()
         if not len(self._batcher):
             return
         batch = self._batcher.take()
         dead, self._dead_letter_messages = self._dead_letter_messages, []
+        self._pending_acks += len(batch)
         self._in_flight = asyncio.ensure_future(self._write(batch, dead))
-        metrics.PENDING_ROWS.set(0)
 
     async def drain(self) -> None:
         await self.flush()
@@ -164,6 +191,8 @@ class IngestSink:
                 await asyncio.sleep(pause)
         for ack in batch.tokens:
             ack()
+        self._pending_acks -= len(batch)
+        metrics.PENDING_ROWS.set(self._pending_acks + len(self._batcher))
         metrics.BATCH_ROWS.observe(len(batch.events) + len(batch.dead_letters))
         metrics.FLUSH_SECONDS.observe(time.monotonic() - started)
 
