@@ -38,3 +38,29 @@ CONSUMER_LAG = Gauge(
     ["topic", "partition"],
 )
 PENDING_ROWS = Gauge("touchline_pending_rows", "Messages read but not yet written and acknowledged")
+
+# Stateful stages: KPI windows, SLA clocks, journeys
+EVENTS_LATE = Counter(
+    "touchline_events_late_total",
+    "Events later than the allowed lateness: stored raw and sent to the late-events topic, not counted in KPIs",
+    ["channel"],
+)
+KPI_ROWS = Counter("touchline_kpi_rows_total", "KPI window rows written (each re-emission counts)", ["final"])
+KPI_WATERMARK_LAG = Gauge(
+    "touchline_kpi_watermark_lag_seconds", "Wall clock minus the lowest partition watermark of the KPI windows"
+)
+SLA_EVENTS = Counter(
+    "touchline_sla_events_total",
+    "SLA outcomes raised: at_risk, breached, met, cancelled",
+    ["channel", "target", "kind", "policy"],
+)
+SLA_OPEN = Gauge("touchline_sla_open_obligations", "Response/resolution obligations being timed", ["channel", "target"])
+SLA_DETECTION_SECONDS = Histogram(
+    "touchline_sla_detection_delay_seconds",
+    "Wall-clock delay between an SLA deadline and the worker raising its breach (live mode)",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+)
+JOURNEY_UPDATES = Counter("touchline_journey_updates_total", "Journey snapshots emitted", ["status"])
+IDENTITY_REFUSALS = Counter(
+    "touchline_identity_link_refusals_total", "Identity links refused by the guards", ["reason"]
+)
