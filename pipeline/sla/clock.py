@@ -1,0 +1,574 @@
+"""SLA clocks: a deadline-driven engine that turns canonical interaction events into `SlaEvent`s
+(at risk, breached, met, cancelled) per contact and obligation.
+
+Obligations and their rules
+---------------------------
+* first_response (one per contact). Starts at the first `queued` for voice, chat and web (time in
+  IVR, bot or self-service does not count; a contact that is never queued has none). For email,
+  social and sms it starts when the contact arrives, at `contact_started` (or at `queued` if that
+  comes first); a later `queued` does not restart it, since the customer has been waiting since
+  arrival. Met by `first_agent_reply` or `agent_reply`; for voice also by `agent_assigned` (the
+  agent picking up is the answer).
+* next_response. Once an agent has replied, each `customer_message` opens one unless one is
+  already open; met by the next `agent_reply` / `first_agent_reply`.
+* resolution. Starts at `contact_started`, met by `resolved`. `reopened` starts a new one.
+* `waiting_on_customer` pauses every open obligation until `waiting_ended`: the deadline moves out
+  by the paused span (in business time where the policy uses it). Obligations opened during a
+  pause start paused. Only `waiting_ended` resumes.
+* `resolved` meets the resolution obligation and cancels open response obligations; `abandoned`
+  cancels all open obligations. Either closes the contact: later events other than `reopened` are
+  ignored. `ended` does not stop clocks (resolution needs `resolved`).
+* The policy is chosen once per obligation, when it starts, from what is known about the contact
+  then: its channel, the latest non-empty `queue` (a `transferred` moves it to `to_queue`) and
+  `segment`, and the highest `priority` seen. An obligation keeps its policy, and the attributes
+  it was chosen with are the ones reported on its SlaEvents.
+
+Timing
+------
+An obligation is breached at its deadline, the instant at which the target's worth of
+(business, unpaused) time has elapsed; `breached.at` is the deadline. A reply at the deadline
+instant itself is late. `at_risk` fires at `at_risk_fraction` of the target. A late reply yields
+`breached` (earlier) and then `met` with `seconds_late` > 0 (0 when exactly at the deadline).
+`seconds_late` and `elapsed_seconds` are in the policy's time base (business seconds when it
+uses a calendar), excluding pauses.
+
+`apply(event)` first raises the contact's at-risk and breach events due at or before the event's
+time, then applies it; `advance(now)` raises everything due at or before `now`, in time order.
+So the output does not depend on how events of different contacts interleave, or on when
+`advance` is called, provided `advance(now)` is only called with `now` at or before every event
+still to come (an event-time watermark, or wall-clock time in live mode). Events of one contact
+must come in event-time order; a duplicate `event_id` is ignored.
+
+Identity: `sla_event_id` hashes contact, target, the id of the event that opened the obligation
+(which numbers obligations stably across restarts, replays and eviction) and kind. Each kind is
+raised at most once per obligation.
+
+State: a heap of (due time, version) entries with lazy invalidation; changing an obligation pushes
+new entries and bumps its version, stale entries are skipped when they reach the top. A contact is
+evicted `closed_retention` after it closes (kept until then to absorb duplicates and reopens; a
+reopen after eviction starts a fresh contact with only the new resolution obligation), or after
+`idle_timeout` without events (its open obligations are dropped silently). `snapshot()` returns
+plain JSON-able data; `restore()` rebuilds the heaps, and deadlines that passed while the worker
+was down fire on the first `advance`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from pipeline.events.models import (
+    Abandoned,
+    AgentAssigned,
+    AgentReply,
+    Channel,
+    ContactStarted,
+    CustomerMessage,
+    EventBase,
+    FirstAgentReply,
+    IdentityLink,
+    Queued,
+    Reopened,
+    Resolved,
+    SurveyResponse,
+    Transferred,
+    WaitingEnded,
+    WaitingOnCustomer,
+)
+from pipeline.sla.calendar import ALWAYS, BusinessCalendar, from_ms, to_ms
+from pipeline.sla.policy import Policy, PolicySet, Target
+
+SNAPSHOT_VERSION = 1
+# columns of `sla_events` (schemas/clickhouse/0005_sla_events.sql), in order
+SLA_EVENT_COLUMNS: tuple[str, ...] = (
+    "sla_event_id",
+    "kind",
+    "target",
+    "contact_id",
+    "channel",
+    "queue",
+    "priority",
+    "segment",
+    "policy",
+    "business_time",
+    "started_at",
+    "deadline",
+    "at",
+    "seconds_late",
+    "target_seconds",
+    "elapsed_seconds",
+    "opened_by",
+    "emitted_at",
+)
+_ASYNC_CHANNELS = frozenset({Channel.EMAIL, Channel.SOCIAL, Channel.SMS})
+_TARGET_ORDER = {Target.FIRST_RESPONSE: 0, Target.NEXT_RESPONSE: 1, Target.RESOLUTION: 2}
+_AT_RISK, _BREACH = 0, 1  # heap ranks: at the same instant at-risk comes before breach
+
+
+class SlaKind(StrEnum):
+    AT_RISK = "at_risk"
+    BREACHED = "breached"
+    MET = "met"
+    CANCELLED = "cancelled"
+
+
+def sla_event_id(contact_id: str, target: Target | str, opened_by: str, kind: SlaKind | str) -> str:
+    """Deterministic id of one SLA event (32 hex digits)."""
+    key = "\x1f".join((contact_id, str(target), opened_by, str(kind)))
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class SlaEvent:
+    """One SLA outcome. Times are UTC; durations in seconds of the policy's time base."""
+
+    sla_event_id: str
+    kind: SlaKind
+    target: Target
+    contact_id: str
+    channel: str
+    queue: str | None
+    priority: int
+    segment: str | None
+    policy: str
+    business_time: bool
+    started_at: datetime  # when the obligation started
+    deadline: datetime  # for a paused obligation: the deadline if it resumed at `at`
+    at: datetime  # at_risk/breached: when due; met/cancelled: time of the event that did it
+    seconds_late: float  # met/cancelled after the deadline; 0 otherwise
+    target_seconds: float
+    elapsed_seconds: float  # obligation time used up at `at`, pauses excluded
+    opened_by: str  # event_id of the event that started the obligation
+
+    def to_row(self, emitted_at: datetime) -> tuple[Any, ...]:
+        """A row for `sla_events` in `SLA_EVENT_COLUMNS` order (absent labels as empty strings)."""
+        return (
+            self.sla_event_id,
+            self.kind.value,
+            self.target.value,
+            self.contact_id,
+            self.channel,
+            self.queue or "",
+            self.priority,
+            self.segment or "",
+            self.policy,
+            self.business_time,
+            self.started_at,
+            self.deadline,
+            self.at,
+            self.seconds_late,
+            self.target_seconds,
+            self.elapsed_seconds,
+            self.opened_by,
+            emitted_at,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (times as ISO-8601 `...Z` with milliseconds)."""
+        return {
+            "sla_event_id": self.sla_event_id,
+            "kind": self.kind.value,
+            "target": self.target.value,
+            "contact_id": self.contact_id,
+            "channel": self.channel,
+            "queue": self.queue,
+            "priority": self.priority,
+            "segment": self.segment,
+            "policy": self.policy,
+            "business_time": self.business_time,
+            "started_at": _iso(self.started_at),
+            "deadline": _iso(self.deadline),
+            "at": _iso(self.at),
+            "seconds_late": self.seconds_late,
+            "target_seconds": self.target_seconds,
+            "elapsed_seconds": self.elapsed_seconds,
+            "opened_by": self.opened_by,
+        }
+
+
+@dataclass(slots=True)
+class _Obligation:
+    target: Target
+    opened_by: str
+    started_ms: int
+    policy: str
+    calendar: str
+    business_time: bool
+    target_ms: int
+    at_risk_ms: int  # obligation time at which at-risk fires
+    queue: str | None
+    priority: int
+    segment: str | None
+    elapsed_ms: int = 0  # obligation time used before `resumed_ms`
+    resumed_ms: int | None = None  # start of the current running stretch; None while paused
+    at_risk_fired: bool = False
+    breached: bool = False
+    at_risk_due: int | None = None
+    deadline_ms: int = 0  # latest computed deadline
+    version: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        # heap bookkeeping (version, at_risk_due) is rebuilt on restore
+        data = {name: getattr(self, name) for name in self.__slots__ if name not in ("version", "at_risk_due")}
+        data["target"] = self.target.value
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> _Obligation:
+        return cls(**{**data, "target": Target(data["target"])})
+
+
+@dataclass(slots=True)
+class _Contact:
+    contact_id: str
+    channel: Channel
+    queue: str | None = None
+    priority: int = 0
+    segment: str | None = None
+    seen: set[str] = field(default_factory=set)
+    started: bool = False
+    first_opened: bool = False
+    replied: bool = False
+    paused_since: int | None = None
+    closed_ms: int | None = None
+    last_event_ms: int = 0
+    evict_scheduled: int | None = None
+    open: dict[Target, _Obligation] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in self.__slots__ if name not in ("seen", "open", "evict_scheduled")}
+        data["channel"] = self.channel.value
+        data["seen"] = sorted(self.seen)
+        data["open"] = [ob.to_json() for ob in self.open.values()]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> _Contact:
+        fields = {k: v for k, v in data.items() if k not in ("seen", "open", "channel")}
+        contact = cls(channel=Channel(data["channel"]), seen=set(data["seen"]), **fields)
+        for raw in data["open"]:
+            ob = _Obligation.from_json(raw)
+            contact.open[ob.target] = ob
+        return contact
+
+
+class SlaEngine:
+    """Tracks SLA obligations of open contacts; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        policies: PolicySet,
+        *,
+        closed_retention: timedelta = timedelta(days=1),
+        idle_timeout: timedelta = timedelta(days=30),
+    ) -> None:
+        self.policies = policies
+        self._closed_retention_ms = closed_retention // timedelta(milliseconds=1)
+        self._idle_ms = idle_timeout // timedelta(milliseconds=1)
+        self._contacts: dict[str, _Contact] = {}
+        # (due_ms, rank, contact_id, target order, version)
+        self._due: list[tuple[int, int, str, int, int]] = []
+        self._evictions: list[tuple[int, str]] = []
+        self._versions = itertools.count(1)
+
+    def __len__(self) -> int:
+        """Number of contacts held in memory (open, or closed and awaiting eviction)."""
+        return len(self._contacts)
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def apply(self, event: EventBase) -> list[SlaEvent]:
+        """Apply one event; returns the contact's at-risk/breach events due up to the event's time,
+        then any met/cancelled events it causes."""
+        if isinstance(event, IdentityLink | SurveyResponse):
+            return []
+        contact = self._contacts.get(event.contact_id)
+        if contact is not None and event.event_id in contact.seen:
+            return []
+        t = to_ms(event.occurred_at)
+        if contact is None:
+            contact = _Contact(event.contact_id, event.channel, last_event_ms=t)
+            self._contacts[contact.contact_id] = contact
+            self._schedule_eviction(contact)
+        contact.seen.add(event.event_id)
+        out = self._fire_due(contact, t)
+        contact.last_event_ms = max(contact.last_event_ms, t)
+        if contact.closed_ms is not None:
+            if isinstance(event, Reopened):
+                self._reopen(contact, event, t)
+            return out
+        self._learn(contact, event)
+        out.extend(self._dispatch(contact, event, t))
+        return out
+
+    def advance(self, now: datetime) -> list[SlaEvent]:
+        """Raise every at-risk and breach due at or before `now`, in time order, and evict contacts
+        whose retention has run out."""
+        now_ms = to_ms(now)
+        out: list[SlaEvent] = []
+        while True:
+            due = self._peek_due()
+            evict = self._evictions[0][0] if self._evictions else None
+            if due is not None and due <= now_ms and (evict is None or due <= evict):
+                entry = heapq.heappop(self._due)
+                contact = self._contacts[entry[2]]
+                ob = self._obligation(contact, entry[3])
+                assert ob is not None
+                out.append(self._fire(contact, ob, entry[1]))
+            elif evict is not None and evict <= now_ms:
+                self._pop_eviction(now_ms)
+            else:
+                return out
+
+    def next_due(self) -> datetime | None:
+        """When `advance` will next have an at-risk or breach to raise (None: nothing scheduled)."""
+        due = self._peek_due()
+        return None if due is None else from_ms(due)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole state as plain JSON-able data."""
+        return {
+            "version": SNAPSHOT_VERSION,
+            "contacts": [c.to_json() for c in self._contacts.values()],
+        }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Replace the state with a `snapshot()`; heaps are rebuilt. Obligations keep the targets
+        and calendars they started with (a calendar since removed from the policy file counts as
+        24x7)."""
+        if data.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"unsupported SLA snapshot version {data.get('version')!r}")
+        self._contacts = {}
+        self._due = []
+        self._evictions = []
+        for raw in data["contacts"]:
+            contact = _Contact.from_json(raw)
+            self._contacts[contact.contact_id] = contact
+            self._schedule_eviction(contact)
+            for ob in contact.open.values():
+                self._push(contact, ob)
+
+    # -- event handling ----------------------------------------------------------------------------
+
+    def _learn(self, contact: _Contact, event: EventBase) -> None:
+        if event.queue is not None:
+            contact.queue = event.queue
+        if event.segment is not None:
+            contact.segment = event.segment
+        contact.priority = max(contact.priority, event.priority)
+
+    def _dispatch(self, contact: _Contact, event: EventBase, t: int) -> list[SlaEvent]:
+        out: list[SlaEvent] = []
+        is_async = contact.channel in _ASYNC_CHANNELS
+        if isinstance(event, ContactStarted):
+            if not contact.started:
+                contact.started = True
+                self._open(contact, Target.RESOLUTION, event, t)
+                if is_async and not contact.first_opened:
+                    self._open_first_response(contact, event, t)
+        elif isinstance(event, Queued):
+            if not contact.first_opened and not contact.replied:
+                self._open_first_response(contact, event, t)
+        elif isinstance(event, FirstAgentReply | AgentReply) or (
+            isinstance(event, AgentAssigned) and contact.channel is Channel.VOICE
+        ):
+            contact.replied = True
+            for target in (Target.FIRST_RESPONSE, Target.NEXT_RESPONSE):
+                if target in contact.open:
+                    out.append(self._close(contact, target, SlaKind.MET, t))
+        elif isinstance(event, CustomerMessage):
+            if contact.replied and Target.NEXT_RESPONSE not in contact.open:
+                self._open(contact, Target.NEXT_RESPONSE, event, t)
+        elif isinstance(event, WaitingOnCustomer):
+            if contact.paused_since is None:
+                contact.paused_since = t
+                for ob in contact.open.values():
+                    self._pause(contact, ob, t)
+        elif isinstance(event, WaitingEnded):
+            if contact.paused_since is not None:
+                contact.paused_since = None
+                for ob in contact.open.values():
+                    ob.resumed_ms = t
+                    self._push(contact, ob)
+        elif isinstance(event, Resolved | Abandoned):
+            for target in sorted(contact.open, key=_TARGET_ORDER.__getitem__):
+                resolves = isinstance(event, Resolved) and target is Target.RESOLUTION
+                out.append(self._close(contact, target, SlaKind.MET if resolves else SlaKind.CANCELLED, t))
+            contact.closed_ms = t
+            contact.paused_since = None
+            self._schedule_eviction(contact)
+        elif isinstance(event, Reopened):
+            contact.started = True  # a contact first seen at a reopen: ignore a late contact_started
+            if Target.RESOLUTION not in contact.open:
+                self._open(contact, Target.RESOLUTION, event, t)
+        elif isinstance(event, Transferred) and event.to_queue is not None:
+            contact.queue = event.to_queue
+        return out
+
+    def _open_first_response(self, contact: _Contact, event: EventBase, t: int) -> None:
+        contact.first_opened = True
+        self._open(contact, Target.FIRST_RESPONSE, event, t)
+
+    def _reopen(self, contact: _Contact, event: Reopened, t: int) -> None:
+        contact.closed_ms = None
+        self._learn(contact, event)
+        self._open(contact, Target.RESOLUTION, event, t)
+        self._schedule_eviction(contact)
+
+    # -- obligations ---------------------------------------------------------------------------------
+
+    def _open(self, contact: _Contact, target: Target, event: EventBase, t: int) -> None:
+        policy: Policy = self.policies.match(contact.channel, contact.priority, contact.segment, contact.queue)
+        seconds = policy.target_seconds(target)
+        if seconds is None:
+            return
+        target_ms = round(seconds * 1000)
+        ob = _Obligation(
+            target=target,
+            opened_by=event.event_id,
+            started_ms=t,
+            policy=policy.name,
+            calendar=policy.calendar,
+            business_time=policy.uses_business_time,
+            target_ms=target_ms,
+            at_risk_ms=round(target_ms * policy.at_risk_fraction),
+            queue=contact.queue,
+            priority=contact.priority,
+            segment=contact.segment,
+            resumed_ms=None if contact.paused_since is not None else t,
+        )
+        contact.open[target] = ob
+        if ob.resumed_ms is None:
+            ob.deadline_ms = self._calendar(ob).add_business_ms(t, target_ms)
+        self._push(contact, ob)
+
+    def _calendar(self, ob: _Obligation) -> BusinessCalendar:
+        return self.policies.calendars.get(ob.calendar, ALWAYS)
+
+    def _elapsed(self, ob: _Obligation, t: int) -> int:
+        if ob.resumed_ms is None:
+            return ob.elapsed_ms
+        return ob.elapsed_ms + max(0, self._calendar(ob).business_ms_between(ob.resumed_ms, t))
+
+    def _pause(self, contact: _Contact, ob: _Obligation, t: int) -> None:
+        if ob.resumed_ms is None:
+            return
+        ob.elapsed_ms = self._elapsed(ob, t)
+        ob.resumed_ms = None
+        ob.version = next(self._versions)  # invalidates its heap entries
+
+    def _push(self, contact: _Contact, ob: _Obligation) -> None:
+        """(Re)compute the due times of a running obligation and push them on the heap."""
+        ob.version = next(self._versions)
+        ob.at_risk_due = None
+        if ob.resumed_ms is None:
+            return
+        calendar = self._calendar(ob)
+        order = _TARGET_ORDER[ob.target]
+        if not ob.breached:
+            ob.deadline_ms = calendar.add_business_ms(ob.resumed_ms, max(0, ob.target_ms - ob.elapsed_ms))
+            heapq.heappush(self._due, (ob.deadline_ms, _BREACH, contact.contact_id, order, ob.version))
+        if not ob.at_risk_fired:
+            ob.at_risk_due = calendar.add_business_ms(ob.resumed_ms, max(0, ob.at_risk_ms - ob.elapsed_ms))
+            heapq.heappush(self._due, (ob.at_risk_due, _AT_RISK, contact.contact_id, order, ob.version))
+
+    def _fire_due(self, contact: _Contact, t: int) -> list[SlaEvent]:
+        """Raise the contact's at-risk/breach events due at or before `t`, in time order."""
+        due: list[tuple[int, int, int, _Obligation]] = []
+        for ob in contact.open.values():
+            if ob.resumed_ms is None:
+                continue
+            order = _TARGET_ORDER[ob.target]
+            if not ob.at_risk_fired and ob.at_risk_due is not None and ob.at_risk_due <= t:
+                due.append((ob.at_risk_due, _AT_RISK, order, ob))
+            if not ob.breached and ob.deadline_ms <= t:
+                due.append((ob.deadline_ms, _BREACH, order, ob))
+        return [self._fire(contact, ob, rank) for _, rank, _, ob in sorted(due, key=lambda d: d[:3])]
+
+    def _fire(self, contact: _Contact, ob: _Obligation, rank: int) -> SlaEvent:
+        if rank == _AT_RISK:
+            ob.at_risk_fired = True
+            assert ob.at_risk_due is not None
+            return self._event(contact, ob, SlaKind.AT_RISK, ob.at_risk_due, ob.at_risk_ms)
+        ob.breached = True
+        return self._event(contact, ob, SlaKind.BREACHED, ob.deadline_ms, ob.target_ms)
+
+    def _close(self, contact: _Contact, target: Target, kind: SlaKind, t: int) -> SlaEvent:
+        ob = contact.open.pop(target)
+        elapsed = self._elapsed(ob, t)
+        if ob.resumed_ms is None and elapsed < ob.target_ms:
+            ob.deadline_ms = self._calendar(ob).add_business_ms(t, ob.target_ms - elapsed)
+        return self._event(contact, ob, kind, t, elapsed)
+
+    def _event(self, contact: _Contact, ob: _Obligation, kind: SlaKind, at_ms: int, elapsed_ms: int) -> SlaEvent:
+        late = max(0, elapsed_ms - ob.target_ms) if kind in (SlaKind.MET, SlaKind.CANCELLED) else 0
+        return SlaEvent(
+            sla_event_id=sla_event_id(contact.contact_id, ob.target, ob.opened_by, kind),
+            kind=kind,
+            target=ob.target,
+            contact_id=contact.contact_id,
+            channel=contact.channel.value,
+            queue=ob.queue,
+            priority=ob.priority,
+            segment=ob.segment,
+            policy=ob.policy,
+            business_time=ob.business_time,
+            started_at=from_ms(ob.started_ms),
+            deadline=from_ms(ob.deadline_ms),
+            at=from_ms(at_ms),
+            seconds_late=late / 1000,
+            target_seconds=ob.target_ms / 1000,
+            elapsed_seconds=elapsed_ms / 1000,
+            opened_by=ob.opened_by,
+        )
+
+    # -- heap plumbing -----------------------------------------------------------------------------
+
+    def _obligation(self, contact: _Contact, order: int) -> _Obligation | None:
+        for ob in contact.open.values():
+            if _TARGET_ORDER[ob.target] == order:
+                return ob
+        return None
+
+    def _peek_due(self) -> int | None:
+        """Due time of the earliest live heap entry, dropping stale ones from the top."""
+        while self._due:
+            due, rank, contact_id, order, version = self._due[0]
+            contact = self._contacts.get(contact_id)
+            ob = None if contact is None else self._obligation(contact, order)
+            if ob is not None and ob.version == version and not (ob.at_risk_fired if rank == _AT_RISK else ob.breached):
+                return due
+            heapq.heappop(self._due)
+        return None
+
+    def _eviction_due(self, contact: _Contact) -> int:
+        if contact.closed_ms is not None:
+            return contact.closed_ms + self._closed_retention_ms
+        return contact.last_event_ms + self._idle_ms
+
+    def _schedule_eviction(self, contact: _Contact) -> None:
+        due = self._eviction_due(contact)
+        if contact.evict_scheduled is None or due < contact.evict_scheduled:
+            contact.evict_scheduled = due
+            heapq.heappush(self._evictions, (due, contact.contact_id))
+
+    def _pop_eviction(self, now_ms: int) -> None:
+        scheduled, contact_id = heapq.heappop(self._evictions)
+        contact = self._contacts.get(contact_id)
+        if contact is None or contact.evict_scheduled != scheduled:
+            return  # stale entry
+        due = self._eviction_due(contact)
+        if due <= now_ms:
+            del self._contacts[contact_id]
+        else:  # activity since it was scheduled: look again later
+            contact.evict_scheduled = due
+            heapq.heappush(self._evictions, (due, contact_id))
