@@ -1,0 +1,348 @@
+"""Identity resolution: which identifiers (and so which contacts) belong to one customer.
+
+`IdentityGraph` is a union-find over nodes. A node is a normalised identifier
+(`IdentifierKind` + value) or a contact (`contact_id`). Identifiers carried together on one event's
+`customer` belong together, an `identity_link` event ties its `left` and `right` identifiers, and a
+contact is tied to every usable identifier its events carry. A component is one customer.
+
+Rules:
+
+* **Normalisation.** Every value is trimmed. E-mail addresses are lower-cased. Phone numbers keep
+  their digits and a leading `+` only (`+1 (555) 000-1234` -> `+15550001234`). Customer ids, social
+  handles and cookies are only trimmed.
+* **Blocklist.** A value that is empty after normalisation, or whose lower-cased form is one of
+  `0`, `anonymous`, `unknown`, `null`, `none`, `n/a`, `-` (plus `IdentityConfig.blocked_values`), or
+  a phone number whose digits are all zero (`0000000000`, `+000...`), never links anything: it is
+  ignored (and counted in `blocked`). A contact whose identifiers are all blocked or absent is a
+  customer of its own.
+* **Limits.** A customer may hold at most `IdentityConfig.limits[kind]` identifiers of each kind
+  (defaults: 1 customer_id, 3 phones, 3 e-mails, 3 social handles, 10 web cookies). A union that
+  would exceed a limit is refused: nothing changes, `refusals["limit:<kind>"]` is incremented and
+  the refusal is returned so the caller can log it. (Two different customer ids therefore never
+  merge.) Under conflicting input the outcome depends on arrival order; without conflicts it does
+  not.
+* **Canonical customer key** is a function of the component only, so it does not depend on the
+  order in which links arrived:
+  `cust:<customer_id>` when the component holds a customer id; otherwise `<kind>:<value>` of its
+  smallest identifier ordered by (kind rank, value) with the kind ranks
+  customer_id < phone < email < social_handle < web_cookie (e.g. `phone:+15550001234`); otherwise
+  (a contact without usable identifiers) `anon:<contact_id>`.
+* **Merges.** When a union changes the key of a component that already has contacts (history), a
+  `Merge(survivor=<new key>, absorbed=<old key>)` is returned for it: the journey layer moves the
+  absorbed customer's contacts into the survivor's book. The new key is always one of the two old
+  keys, so a union of two customers with history gives exactly one merge; a merge whose survivor
+  had no contacts yet is a plain rename.
+
+Union by size with path compression (iterative). `snapshot()` / `restore()` give JSON-able dicts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.events.models import CustomerIdentifiers, EventBase, Identifier, IdentifierKind, IdentityLink
+
+KIND_ORDER: tuple[IdentifierKind, ...] = (
+    IdentifierKind.CUSTOMER_ID,
+    IdentifierKind.PHONE,
+    IdentifierKind.EMAIL,
+    IdentifierKind.SOCIAL_HANDLE,
+    IdentifierKind.WEB_COOKIE,
+)
+KIND_RANK: dict[IdentifierKind, int] = {kind: rank for rank, kind in enumerate(KIND_ORDER)}
+CONTACT = "contact"  # node kind of a contact
+
+DEFAULT_BLOCKED_VALUES: frozenset[str] = frozenset({"", "0", "anonymous", "unknown", "null", "none", "n/a", "-"})
+DEFAULT_LIMITS: Mapping[IdentifierKind, int] = {
+    IdentifierKind.CUSTOMER_ID: 1,
+    IdentifierKind.PHONE: 3,
+    IdentifierKind.EMAIL: 3,
+    IdentifierKind.SOCIAL_HANDLE: 3,
+    IdentifierKind.WEB_COOKIE: 10,
+}
+
+SNAPSHOT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityConfig:
+    """Guards of the identity graph. `blocked_values` are added to the defaults (compared
+    lower-cased after normalisation); `limits` override the defaults per kind."""
+
+    blocked_values: frozenset[str] = frozenset()
+    limits: Mapping[IdentifierKind, int] = field(default_factory=dict)
+
+    def limit(self, kind: IdentifierKind) -> int:
+        return self.limits.get(kind, DEFAULT_LIMITS[kind])
+
+    def is_blocked(self, kind: IdentifierKind, value: str) -> bool:
+        lowered = value.lower()
+        if lowered in DEFAULT_BLOCKED_VALUES or lowered in self.blocked_values:
+            return True
+        if kind == IdentifierKind.PHONE:
+            digits = value.lstrip("+")
+            return not digits or set(digits) == {"0"}
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Merge:
+    """Customer `absorbed` is now part of customer `survivor`: move its book."""
+
+    survivor: str
+    absorbed: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A union refused because the merged customer would exceed a per-kind limit."""
+
+    reason: str  # "limit:<kind>"
+    left: tuple[str, str]  # (kind, value) of the nodes whose union was refused
+    right: tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """Outcome of feeding one event (or one contact's identifiers) to the graph."""
+
+    customer: str | None  # the contact's customer key (None for a bare link without a contact)
+    merges: tuple[Merge, ...] = ()
+    refusals: tuple[Refusal, ...] = ()
+
+
+Node = tuple[str, str]  # (kind, value); kind is an IdentifierKind value or CONTACT
+
+
+def normalise(kind: IdentifierKind, value: str) -> str:
+    """The normalised form of an identifier value (see the module docstring)."""
+    value = value.strip()
+    if kind == IdentifierKind.EMAIL:
+        return value.lower()
+    if kind == IdentifierKind.PHONE:
+        digits = "".join(ch for ch in value if ch.isdigit())
+        return ("+" + digits) if value.startswith("+") else digits
+    return value
+
+
+def identifiers_of(customer: CustomerIdentifiers) -> list[Identifier]:
+    """The identifiers present on an event's `customer`, in kind order."""
+    found: list[Identifier] = []
+    for kind in KIND_ORDER:
+        value = getattr(customer, kind.value)
+        if value is not None:
+            found.append(Identifier(kind=kind, value=value))
+    return found
+
+
+def customer_key(kind: str, value: str) -> str:
+    """The key naming a customer whose best node is `(kind, value)`."""
+    if kind == IdentifierKind.CUSTOMER_ID.value:
+        return f"cust:{value}"
+    if kind == CONTACT:
+        return f"anon:{value}"
+    return f"{kind}:{value}"
+
+
+@dataclass(slots=True)
+class _Root:
+    """Aggregates kept on a component's root."""
+
+    size: int = 1
+    counts: dict[str, int] = field(default_factory=dict)  # identifier kind -> how many
+    best: tuple[int, str] | None = None  # (kind rank, value) of the smallest identifier
+    anon: str | None = None  # smallest contact id (names a component without identifiers)
+    contacts: int = 0  # contacts counted as history
+
+    @property
+    def key(self) -> str:
+        if self.best is not None:
+            rank, value = self.best
+            return customer_key(KIND_ORDER[rank].value, value)
+        assert self.anon is not None
+        return customer_key(CONTACT, self.anon)
+
+    def absorb(self, other: _Root) -> None:
+        self.size += other.size
+        for kind, n in other.counts.items():
+            self.counts[kind] = self.counts.get(kind, 0) + n
+        if other.best is not None and (self.best is None or other.best < self.best):
+            self.best = other.best
+        if other.anon is not None and (self.anon is None or other.anon < self.anon):
+            self.anon = other.anon
+        self.contacts += other.contacts
+
+
+class IdentityGraph:
+    """Union-find of identifiers and contacts; see the module docstring for the rules."""
+
+    def __init__(self, config: IdentityConfig | None = None) -> None:
+        self.config = config or IdentityConfig()
+        self._index: dict[Node, int] = {}
+        self._nodes: list[Node] = []
+        self._parent: list[int] = []
+        self._roots: dict[int, _Root] = {}
+        self._counted: set[int] = set()  # contact nodes counted as history
+        self.refusals: Counter[str] = Counter()
+        self.blocked: Counter[str] = Counter()
+
+    # ------------------------------------------------------------------ public API
+
+    def observe(self, event: EventBase) -> Resolution:
+        """Feed one interaction event: its contact and `customer` identifiers, and for an
+        `identity_link` its link. Returns the contact's customer key after both."""
+        first = self.add_contact(event.contact_id, identifiers_of(event.customer))
+        if not isinstance(event, IdentityLink):
+            return first
+        linked = self.link(event.left, event.right)
+        customer = self.customer_of_contact(event.contact_id)
+        return Resolution(customer, first.merges + linked.merges, first.refusals + linked.refusals)
+
+    def resolve(self, contact_id: str, identifiers: Iterable[Identifier] | CustomerIdentifiers) -> str:
+        """The customer key of `contact_id` after tying it to `identifiers` (merges and refusals
+        are in `add_contact`'s result; use that when they matter)."""
+        customer = self.add_contact(contact_id, identifiers).customer
+        assert customer is not None
+        return customer
+
+    def add_contact(self, contact_id: str, identifiers: Iterable[Identifier] | CustomerIdentifiers) -> Resolution:
+        """Tie a contact to its usable identifiers (they are thereby tied together)."""
+        if isinstance(identifiers, CustomerIdentifiers):
+            identifiers = identifiers_of(identifiers)
+        contact = self._node((CONTACT, contact_id))
+        merges: list[Merge] = []
+        refusals: list[Refusal] = []
+        usable = sorted(
+            {node for node in (self._usable(i) for i in identifiers) if node is not None},
+            key=lambda n: (KIND_RANK[IdentifierKind(n[0])], n[1]),
+        )
+        for node in usable:
+            self._union(contact, self._node(node), merges, refusals)
+        if contact not in self._counted:  # counted last: joining its identifiers is not a merge
+            self._counted.add(contact)
+            self._roots[self._find(contact)].contacts += 1
+        return Resolution(self._roots[self._find(contact)].key, tuple(merges), tuple(refusals))
+
+    def link(self, left: Identifier, right: Identifier) -> Resolution:
+        """Tie two identifiers together (an `identity_link`). Blocked values link nothing."""
+        merges: list[Merge] = []
+        refusals: list[Refusal] = []
+        a, b = self._usable(left), self._usable(right)
+        if a is not None and b is not None:
+            self._union(self._node(a), self._node(b), merges, refusals)
+        return Resolution(None, tuple(merges), tuple(refusals))
+
+    def customer_of_contact(self, contact_id: str) -> str | None:
+        index = self._index.get((CONTACT, contact_id))
+        return None if index is None else self._roots[self._find(index)].key
+
+    def customer_of(self, identifier: Identifier) -> str | None:
+        """The customer key of an identifier, None when unknown or blocked."""
+        node = self._usable(identifier)
+        index = None if node is None else self._index.get(node)
+        return None if index is None else self._roots[self._find(index)].key
+
+    def members(self, customer: str) -> list[Node]:
+        """Every node of the component named `customer` (a linear scan: for tests and debugging)."""
+        return sorted(node for i, node in enumerate(self._nodes) if self._roots[self._find(i)].key == customer)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-able state: nodes, their parents (compressed), counted contacts and counters."""
+        parents = [self._find(i) for i in range(len(self._nodes))]
+        return {
+            "version": SNAPSHOT_VERSION,
+            "nodes": [[kind, value] for kind, value in self._nodes],
+            "parent": parents,
+            "counted": sorted(self._counted),
+            "refusals": dict(self.refusals),
+            "blocked": dict(self.blocked),
+        }
+
+    @classmethod
+    def restore(cls, data: Mapping[str, Any], config: IdentityConfig | None = None) -> IdentityGraph:
+        if data.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"unsupported identity snapshot version {data.get('version')!r}")
+        graph = cls(config)
+        for kind, value in data["nodes"]:
+            graph._node((str(kind), str(value)))
+        graph._counted = {int(i) for i in data["counted"]}
+        for i in graph._counted:
+            graph._roots[i].contacts = 1
+        parents = [int(p) for p in data["parent"]]
+        for i, parent in enumerate(parents):
+            if parent == i:
+                continue
+            if parents[parent] != parent:
+                raise ValueError("identity snapshot parents must point at roots")
+            graph._parent[i] = parent
+            graph._roots[parent].absorb(graph._roots.pop(i))
+        graph.refusals = Counter({str(k): int(v) for k, v in data["refusals"].items()})
+        graph.blocked = Counter({str(k): int(v) for k, v in data["blocked"].items()})
+        return graph
+
+    # ------------------------------------------------------------------ internals
+
+    def _usable(self, identifier: Identifier) -> Node | None:
+        kind = IdentifierKind(identifier.kind)
+        value = normalise(kind, identifier.value)
+        if self.config.is_blocked(kind, value):
+            self.blocked[kind.value] += 1
+            return None
+        return (kind.value, value)
+
+    def _node(self, node: Node) -> int:
+        index = self._index.get(node)
+        if index is not None:
+            return index
+        index = len(self._nodes)
+        self._index[node] = index
+        self._nodes.append(node)
+        self._parent.append(index)
+        kind, value = node
+        if kind == CONTACT:
+            self._roots[index] = _Root(anon=value)
+        else:
+            rank = KIND_RANK[IdentifierKind(kind)]
+            self._roots[index] = _Root(counts={kind: 1}, best=(rank, value))
+        return index
+
+    def _find(self, index: int) -> int:
+        parent = self._parent
+        root = index
+        while parent[root] != root:
+            root = parent[root]
+        while parent[index] != root:
+            parent[index], index = root, parent[index]
+        return root
+
+    def _union(self, a: int, b: int, merges: list[Merge], refusals: list[Refusal]) -> None:
+        ra, rb = self._find(a), self._find(b)
+        if ra == rb:
+            return
+        left, right = self._roots[ra], self._roots[rb]
+        for kind in KIND_ORDER:
+            total = left.counts.get(kind.value, 0) + right.counts.get(kind.value, 0)
+            if total > self.config.limit(kind):
+                reason = f"limit:{kind.value}"
+                self.refusals[reason] += 1
+                refusals.append(Refusal(reason, self._nodes[a], self._nodes[b]))
+                return
+        old = [(side.key, side.contacts) for side in (left, right)]
+        survivor = self._roots[self._link_roots(ra, rb)].key
+        for key, contacts in old:
+            if contacts and key != survivor:
+                merges.append(Merge(survivor=survivor, absorbed=key))
+
+    def _link_roots(self, ra: int, rb: int) -> int:
+        """Union by size of two distinct roots; returns the new root."""
+        if self._roots[ra].size < self._roots[rb].size:
+            ra, rb = rb, ra
+        self._parent[rb] = ra
+        self._roots[ra].absorb(self._roots.pop(rb))
+        return ra
