@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -64,6 +64,22 @@ class Settings(BaseSettings):
         description="Recent event ids remembered per worker to drop redelivered duplicates early.",
     )
     log_level: str = Field("info", pattern=r"^(?i:debug|info|warning|error)$")
+    kpi_allowed_lateness_seconds: float = Field(
+        300.0, ge=0, description="Events later than this behind their partition's newest event are late."
+    )
+    kpi_idle_seconds: float = Field(
+        30.0, gt=0, description="A partition without events this long advances its watermark with the wall clock."
+    )
+    kpi_emit_seconds: float = Field(5.0, gt=0, description="How often changed KPI windows are written.")
+    sla_policies_file: Path = Field(
+        Path(__file__).resolve().parents[1] / "deploy" / "sla-policies.yaml", description="SLA policy YAML."
+    )
+    sla_clock: Literal["wall", "event"] = Field(
+        "wall",
+        description="`wall`: deadlines fire on the wall clock (live). `event`: on the event-time watermark (replay).",
+    )
+    sla_tick_seconds: float = Field(0.1, gt=0, le=5, description="How often due SLA deadlines are checked.")
+    checkpoint_seconds: float = Field(60.0, gt=0, description="How often per-partition state is checkpointed.")
 
     @field_validator("clickhouse_dsn")
     @classmethod

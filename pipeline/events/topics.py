@@ -6,6 +6,8 @@ from pipeline.events.models import Channel
 
 INTERACTIONS_PREFIX = "touchline.interactions."
 DEADLETTER_TOPIC = "touchline.deadletter"
+LATE_TOPIC = "touchline.late"
+SLA_TOPIC = "touchline.sla"
 
 
 def interaction_topic(channel: Channel | str) -> str:
@@ -29,4 +31,6 @@ def topic_specs(channel_partitions: int) -> dict[str, int]:
     """Every topic Touchline needs, with its partition count. Created idempotently at start."""
     specs = {topic: channel_partitions for topic in INTERACTION_TOPICS.values()}
     specs[DEADLETTER_TOPIC] = 1
+    specs[LATE_TOPIC] = 1
+    specs[SLA_TOPIC] = channel_partitions
     return specs

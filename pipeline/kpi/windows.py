@@ -157,6 +157,11 @@ class KpiWindows:
         p = self._partitions.get(partition)
         return 0 if p is None else len({k[0] for k in p.contribs} | {k[0] for k in p.emitted})
 
+    def contact_events(self, partition: PartitionKey, contact_id: str) -> list[EventBase]:
+        """The contact's distinct events in event-time order (empty when unknown)."""
+        p = self._partitions.get(partition)
+        return [] if p is None else p.tracker.events(contact_id)
+
     def live_contacts(self, partition: PartitionKey) -> int:
         p = self._partitions.get(partition)
         return 0 if p is None else len(p.tracker)

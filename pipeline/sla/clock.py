@@ -329,6 +329,16 @@ class SlaEngine:
             else:
                 return out
 
+    def last_event_at(self, contact_id: str) -> datetime | None:
+        """Event time of the latest event applied for the contact (None: unknown contact)."""
+        contact = self._contacts.get(contact_id)
+        return None if contact is None else from_ms(contact.last_event_ms)
+
+    def forget(self, contact_id: str) -> None:
+        """Drop a contact's state (its heap entries go stale), e.g. to re-apply its events in
+        event-time order after one arrived out of order."""
+        self._contacts.pop(contact_id, None)
+
     def next_due(self) -> datetime | None:
         """When `advance` will next have an at-risk or breach to raise (None: nothing scheduled)."""
         due = self._peek_due()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
@@ -13,13 +14,19 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.config import Settings
-from pipeline.events.topics import DEADLETTER_TOPIC, INTERACTION_TOPICS, topic_specs
-from pipeline.store.clickhouse import BlockingExecutor, connect
+from pipeline.events.models import to_json
+from pipeline.events.topics import DEADLETTER_TOPIC, INTERACTION_TOPICS, LATE_TOPIC, SLA_TOPIC, topic_specs
+from pipeline.kpi.definitions import PARTIAL_COLUMNS, KpiConfig
+from pipeline.kpi.windows import LateEvent
+from pipeline.sla.clock import SLA_EVENT_COLUMNS, SlaEvent
+from pipeline.sla.policy import load_policies
+from pipeline.store.clickhouse import BlockingExecutor, connect, insert_rows
 from pipeline.store.migrations import migrate
 from pipeline.store.readonly import open_readonly, run_readonly
 from pipeline.topics import ensure_topics
 from pipeline.worker import metrics
 from pipeline.worker.sink import IncomingMessage, IngestSink
+from pipeline.worker.stages import STATE_COLUMNS, PartitionState, Stages, kpi_records, sla_records
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +84,89 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         dedup_capacity=settings.dedup_cache_size,
     )
 
+    late_topic = app.topic(LATE_TOPIC, value_serializer="raw", key_serializer="raw")
+    sla_topic = app.topic(SLA_TOPIC, value_serializer="raw", key_serializer="raw")
+    kpi_config = KpiConfig(
+        allowed_lateness_seconds=settings.kpi_allowed_lateness_seconds,
+        idle_timeout_seconds=settings.kpi_idle_seconds,
+    )
+    stages = Stages(
+        kpi_config, load_policies(settings.sla_policies_file), app_id=settings.app_id, sla_clock=settings.sla_clock
+    )
+
+    async def partition_state(key: tuple[str, int]) -> PartitionState:
+        known = stages.partitions.get(key)
+        if known is not None:
+            return known
+        state, restored = await executor.run(stages.load, client, key)
+        stages.partitions[key] = state
+        await emit_sla(restored.sla)
+        return state
+
+    async def emit_late(late: list[LateEvent]) -> None:
+        for item in late:
+            metrics.EVENTS_LATE.labels(item.event.channel.value).inc()
+            headers = {
+                "touchline.reason": b"late",
+                "touchline.window_start": item.window_start.isoformat().encode(),
+                "touchline.watermark": item.watermark.isoformat().encode(),
+                "touchline.source.topic": item.partition[0].encode(),
+                "touchline.source.partition": str(item.partition[1]).encode(),
+            }
+            await late_topic.send(key=item.event.contact_id.encode(), value=to_json(item.event), headers=headers)
+
+    async def emit_sla(events: list[SlaEvent]) -> None:
+        if not events:
+            return
+        now = datetime.now(UTC)
+        await executor.run(insert_rows, client, "sla_events", SLA_EVENT_COLUMNS, sla_records(events, now))
+        for item in events:
+            metrics.SLA_EVENTS.labels(item.channel, item.target.value, item.kind.value, item.policy).inc()
+            if item.kind.value == "breached" and settings.sla_clock == "wall":
+                metrics.SLA_DETECTION_SECONDS.observe(max(0.0, (now - item.deadline).total_seconds()))
+            body = json.dumps(item.to_dict(), separators=(",", ":"), default=str).encode()
+            await sla_topic.send(key=item.contact_id.encode(), value=body)
+
     @app.agent(channel_topics)
     async def ingest(stream: Any) -> None:
         async for event in stream.noack().events():
             message = event.message
-            await sink.handle(
+            fresh = await sink.handle(
                 IncomingMessage(message.topic, message.partition, message.offset, message.key, message.value, event.ack)
             )
+            if fresh is None:
+                continue
+            state = await partition_state((message.topic, message.partition))
+            outputs = stages.apply(state, fresh, message.offset, datetime.now(UTC))
+            if outputs.late:
+                await emit_late(outputs.late)
+            if outputs.sla:
+                await emit_sla(outputs.sla)
+
+    @app.timer(interval=settings.sla_tick_seconds)
+    async def sla_deadlines() -> None:
+        await emit_sla(stages.tick_sla(datetime.now(UTC)))
+
+    @app.timer(interval=settings.kpi_emit_seconds)
+    async def kpi_windows() -> None:
+        now = datetime.now(UTC)
+        rows = stages.emit_kpis(now)
+        if rows:
+            await executor.run(insert_rows, client, "kpi_minute_partials", PARTIAL_COLUMNS, kpi_records(rows))
+            for row in rows:
+                metrics.KPI_ROWS.labels(str(row.final).lower()).inc()
+        lowest = stages.lowest_watermark()
+        if lowest is not None:
+            metrics.KPI_WATERMARK_LAG.set((now - lowest).total_seconds())
+
+    async def checkpoint(keys: list[tuple[str, int]]) -> None:
+        rows = stages.checkpoint_rows(keys)
+        if rows:
+            await executor.run(insert_rows, client, "worker_state", STATE_COLUMNS, rows)
+
+    @app.timer(interval=settings.checkpoint_seconds)
+    async def checkpoint_all() -> None:
+        await checkpoint(list(stages.partitions))
 
     @app.timer(interval=min(0.2, settings.batch_max_seconds / 2))
     async def flush_due() -> None:
@@ -107,10 +190,16 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust types receivers as sync-or-awaitable unions
     async def write_before_handover(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         await sink.drain()
+        revoked = [(tp.topic, tp.partition) for tp in (args[0] if args else kwargs.get("revoked", ()))]
+        mine = [key for key in revoked if key in stages.partitions]
+        await checkpoint(mine)
+        for key in mine:
+            del stages.partitions[key]
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def write_on_shutdown(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         await sink.drain()
+        await checkpoint(list(stages.partitions))
         executor.shutdown()
 
     @app.page("/metrics")
