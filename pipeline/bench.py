@@ -132,6 +132,20 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     return consumer.partitions_for_topic(topic) or set()
 
 
+def faust_baseline(bootstrap: str, expected: int, workdir: Path) -> float:
+    """Seconds for a bare Faust agent (count and ack, nothing else) to read `expected` messages."""
+    result = workdir / "faust-baseline.txt"
+    subprocess.run(
+        [sys.executable, "-m", "pipeline.bench_faust_baseline", bootstrap, str(expected), str(result)],
+        capture_output=True,
+        timeout=1800,
+        check=False,
+    )
+    if not result.exists():
+        raise click.ClickException("the Faust baseline agent did not finish")
+    return float(result.read_text())
+
+
 def metrics(url: str) -> dict[str, float]:
     with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
         text = response.read().decode()
@@ -246,6 +260,8 @@ def main(events: int, partitions: int, latency_rate: int, latency_seconds: int) 
             click.echo(f"  {messages:,} messages in {produce_s:.1f} s (simulate + produce)")
             raw_s = asyncio.run(raw_consume(bootstrap, messages))
             click.echo(f"  raw aiokafka consume: {raw_s:.1f} s")
+            faust_s = faust_baseline(bootstrap, messages, workdir)
+            click.echo(f"  bare Faust agent: {faust_s:.1f} s")
             worker_s, process = worker_pass(env, port, messages, workdir / "worker.log")
             click.echo(f"  worker ingest: {worker_s:.1f} s")
             try:
@@ -258,14 +274,16 @@ def main(events: int, partitions: int, latency_rate: int, latency_seconds: int) 
         finally:
             if not external:
                 broker.stop(workdir / "kafka")
-    raw_rate, worker_rate = messages / raw_s, messages / worker_s
+    raw_rate, worker_rate, faust_rate = messages / raw_s, messages / worker_s, messages / faust_s
     click.echo("")
     click.echo("Touchline ingest benchmark")
     click.echo(f"  events (messages on the channel topics)   {messages:>12,}")
     click.echo(f"  rows written by the worker                 {int(stored) - sent:>12,}")
     click.echo(f"  raw aiokafka consume                       {raw_rate:>12,.0f} events/s")
+    click.echo(f"  bare Faust agent (count + ack only)        {faust_rate:>12,.0f} events/s")
     click.echo(f"  worker ingest to ClickHouse                {worker_rate:>12,.0f} events/s")
     click.echo(f"  ratio worker / raw                         {worker_rate / raw_rate:>12.1%}")
+    click.echo(f"  ratio worker / bare Faust                  {worker_rate / faust_rate:>12.1%}")
     click.echo(f"  end-to-end latency p50 at {latency_rate}/s          {p50:>12,.0f} ms")
     click.echo(f"  end-to-end latency p99 at {latency_rate}/s          {p99:>12,.0f} ms")
     click.echo(f"  worker peak RSS                            {rss:>12,.0f} MB")
