@@ -79,6 +79,11 @@ class Settings(BaseSettings):
         description="`wall`: deadlines fire on the wall clock (live). `event`: on the event-time watermark (replay).",
     )
     sla_tick_seconds: float = Field(0.1, gt=0, le=5, description="How often due SLA deadlines are checked.")
+    table_store: str = Field(
+        "rocksdb://",
+        pattern=r"^(rocksdb|memory)://",
+        description="Faust table store: rocksdb:// (durable) or memory://.",
+    )
     checkpoint_seconds: float = Field(60.0, gt=0, description="How often per-partition state is checkpointed.")
 
     @field_validator("clickhouse_dsn")

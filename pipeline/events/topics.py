@@ -8,6 +8,10 @@ INTERACTIONS_PREFIX = "touchline.interactions."
 DEADLETTER_TOPIC = "touchline.deadletter"
 LATE_TOPIC = "touchline.late"
 SLA_TOPIC = "touchline.sla"
+# Valid events re-published in batches (newline-separated canonical JSON) for journey stitching.
+# One partition: the identity graph is global, and exactly one worker owns it at a time.
+JOURNEY_EVENTS_TOPIC = "touchline.journey-events"
+JOURNEYS_TOPIC = "touchline.journeys"
 
 
 def interaction_topic(channel: Channel | str) -> str:
@@ -33,4 +37,6 @@ def topic_specs(channel_partitions: int) -> dict[str, int]:
     specs[DEADLETTER_TOPIC] = 1
     specs[LATE_TOPIC] = 1
     specs[SLA_TOPIC] = channel_partitions
+    specs[JOURNEY_EVENTS_TOPIC] = 1
+    specs[JOURNEYS_TOPIC] = channel_partitions
     return specs

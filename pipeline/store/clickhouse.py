@@ -103,3 +103,10 @@ class BlockingExecutor:
 def insert_rows(client: Client, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     if rows:
         client.insert(table, rows, column_names=list(columns))
+
+
+def insert_dicts(client: Client, table: str, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert rows given as column -> value dicts (all with the same keys)."""
+    if rows:
+        columns = list(rows[0])
+        client.insert(table, [[row[c] for c in columns] for row in rows], column_names=columns)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Mapping
@@ -15,15 +16,25 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.config import Settings
 from pipeline.events.models import to_json
-from pipeline.events.topics import DEADLETTER_TOPIC, INTERACTION_TOPICS, LATE_TOPIC, SLA_TOPIC, topic_specs
+from pipeline.events.topics import (
+    DEADLETTER_TOPIC,
+    INTERACTION_TOPICS,
+    JOURNEY_EVENTS_TOPIC,
+    JOURNEYS_TOPIC,
+    LATE_TOPIC,
+    SLA_TOPIC,
+    topic_specs,
+)
+from pipeline.journeys.lifecycle import JourneyVersion, Stitcher, journey_row, step_rows
 from pipeline.kpi.definitions import PARTIAL_COLUMNS, KpiConfig
 from pipeline.kpi.windows import LateEvent
 from pipeline.sla.clock import SLA_EVENT_COLUMNS, SlaEvent
 from pipeline.sla.policy import load_policies
-from pipeline.store.clickhouse import BlockingExecutor, connect, insert_rows
+from pipeline.store.clickhouse import BlockingExecutor, connect, insert_dicts, insert_rows
 from pipeline.store.migrations import migrate
 from pipeline.store.readonly import open_readonly, run_readonly
 from pipeline.topics import ensure_topics
+from pipeline.worker import journeys as journey_stage
 from pipeline.worker import metrics
 from pipeline.worker.sink import IncomingMessage, IngestSink
 from pipeline.worker.stages import STATE_COLUMNS, PartitionState, Stages, kpi_records, sla_records
@@ -49,13 +60,16 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     executor = BlockingExecutor()
     query_executor = BlockingExecutor("sql")
 
+    datadir = settings.data_dir / "faust" / f"{settings.app_id}-{web_port or settings.worker_web_port}"
+    datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
         broker=broker_url(settings.bootstrap_servers),
         value_serializer="raw",
         key_serializer="raw",
-        store="memory://",
-        datadir=str(settings.data_dir / "faust"),
+        store=settings.table_store,
+        # one directory per worker: RocksDB locks its files
+        datadir=str(datadir),
         web_host=settings.worker_web_host,
         web_port=web_port or settings.worker_web_port,
         web_bind=settings.worker_web_host,
@@ -65,6 +79,9 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         broker_commit_interval=1.0,
         broker_max_poll_records=5000,
         stream_buffer_maxsize=max(8192, settings.batch_max_rows * 2),
+        # unacknowledged messages are simply read again after a restart (writes are idempotent), so
+        # shutdown does not wait for the batch in hand: `write_on_shutdown` writes it anyway
+        stream_wait_empty=False,
         producer_acks=-1,
         logging_config=None,
     )
@@ -74,6 +91,13 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     async def send_dead_letter(key: bytes | None, value: bytes | None, headers: Mapping[str, bytes]) -> Any:
         return await deadletter_topic.send(key=key, value=value, headers=dict(headers))
 
+    journey_events_topic = app.topic(JOURNEY_EVENTS_TOPIC, value_serializer="raw", key_serializer="raw")
+    journeys_topic = app.topic(JOURNEYS_TOPIC, value_serializer="raw", key_serializer="raw")
+
+    async def forward_to_journeys(values: list[bytes]) -> None:
+        deliveries = [await journey_events_topic.send(value=chunk) for chunk in journey_stage.chunks(values)]
+        await asyncio.gather(*deliveries)
+
     sink = IngestSink(
         client,
         executor,
@@ -82,6 +106,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         max_seconds=settings.batch_max_seconds,
         max_event_bytes=settings.max_event_bytes,
         dedup_capacity=settings.dedup_cache_size,
+        forward=forward_to_journeys,
     )
 
     late_topic = app.topic(LATE_TOPIC, value_serializer="raw", key_serializer="raw")
@@ -115,17 +140,26 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
             }
             await late_topic.send(key=item.event.contact_id.encode(), value=to_json(item.event), headers=headers)
 
+    sla_rows: list[tuple[Any, ...]] = []  # written in batches by `write_outputs`
+
     async def emit_sla(events: list[SlaEvent]) -> None:
         if not events:
             return
         now = datetime.now(UTC)
-        await executor.run(insert_rows, client, "sla_events", SLA_EVENT_COLUMNS, sla_records(events, now))
+        sla_rows.extend(sla_records(events, now))
         for item in events:
             metrics.SLA_EVENTS.labels(item.channel, item.target.value, item.kind.value, item.policy).inc()
             if item.kind.value == "breached" and settings.sla_clock == "wall":
                 metrics.SLA_DETECTION_SECONDS.observe(max(0.0, (now - item.deadline).total_seconds()))
             body = json.dumps(item.to_dict(), separators=(",", ":"), default=str).encode()
             await sla_topic.send(key=item.contact_id.encode(), value=body)
+
+    @app.timer(interval=0.5)
+    async def write_outputs() -> None:
+        if sla_rows:
+            rows = sla_rows[:]
+            del sla_rows[:]
+            await executor.run(insert_rows, client, "sla_events", SLA_EVENT_COLUMNS, rows)
 
     @app.agent(channel_topics)
     async def ingest(stream: Any) -> None:
@@ -158,6 +192,87 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         lowest = stages.lowest_watermark()
         if lowest is not None:
             metrics.KPI_WATERMARK_LAG.set((now - lowest).total_seconds())
+
+    # ---- journeys: one partition, so one worker at a time owns the identity graph and the books.
+    # Every event it applied is kept per contact in a Faust table (RocksDB + changelog), from
+    # which the stitcher is rebuilt when this worker gets the partition.
+    contact_events = app.Table(
+        "journey-contact-events", default=None, partitions=1
+    )  # key: "contact:<id>" or "link:<event id>"; value: {event_id: canonical event JSON} (JSON-serialised)
+    journey_state: dict[str, Any] = {"stitcher": None, "newest_ms": 0}
+
+    def stitcher() -> Stitcher:
+        current = journey_state["stitcher"]
+        if current is None:
+            current, newest = journey_stage.rebuild(v for v in contact_events.values() if v)
+            journey_state["stitcher"], journey_state["newest_ms"] = current, newest
+        assert isinstance(current, Stitcher)
+        return current
+
+    @app.agent(journey_events_topic)
+    async def stitch(stream: Any) -> None:
+        async for value in stream:
+            core = stitcher()
+            for event in journey_stage.read_batch(value):
+                key = journey_stage.store_key(event)
+                stored = contact_events.get(key) or {}
+                if event.event_id in stored:
+                    continue
+                contact_events[key] = {**stored, event.event_id: to_json(event).decode()}
+                resolution = core.observe(event)
+                for refusal in resolution.refusals:
+                    metrics.IDENTITY_REFUSALS.labels(refusal.reason).inc()
+                    log.warning("identity link refused (%s): %s ~ %s", refusal.reason, refusal.left, refusal.right)
+                journey_state["newest_ms"] = max(journey_state["newest_ms"], int(event.occurred_at.timestamp() * 1000))
+
+    @app.timer(interval=1.0)
+    async def emit_journeys() -> None:
+        core = journey_state["stitcher"]
+        if core is None:
+            return
+        changed: list[JourneyVersion] = core.changes(as_of=journey_state["newest_ms"] or None)
+        if not changed:
+            return
+        await executor.run(insert_dicts, client, "journeys", [journey_row(v) for v in changed])
+        await executor.run(insert_dicts, client, "journey_steps", [r for v in changed for r in step_rows(v)])
+        for version in changed:
+            metrics.JOURNEY_UPDATES.labels("deleted" if version.deleted else version.journey.status).inc()
+            await journeys_topic.send(
+                key=version.journey.journey_id.encode(), value=journey_stage.journey_json(version)
+            )
+
+    @app.page("/journeys/lookup")
+    @app.table_route(table=contact_events, query_param="value")
+    async def journey_lookup(web: Any, request: Request) -> Response:
+        """GET /journeys/lookup?kind=phone&value=%2B44...: the customer's current journey."""
+        kind, value = request.query.get("kind", ""), request.query.get("value", "")
+        if kind not in journey_stage.LOOKUP_KINDS or not value:
+            kinds = ", ".join(sorted(journey_stage.LOOKUP_KINDS))
+            body = {"error": "bad request", "detail": f"give ?kind=<{kinds}>&value=<identifier>"}
+            response: Response = web.json(body, status=400)
+            return response
+        core = journey_state["stitcher"]
+        try:
+            if core is None:
+                raise KeyError(value)
+            customer, current, all_journeys = journey_stage.lookup(
+                core, kind, value, journey_state["newest_ms"] or None
+            )
+        except KeyError:
+            response = web.json({"error": "unknown identifier", "kind": kind, "value": value}, status=404)
+            return response
+        document = {
+            "customer": customer,
+            "current_journey": None if current is None else journey_stage.journey_document(JourneyVersion(current, 0)),
+            "journeys": [j.journey_id for j in all_journeys],
+        }
+        response = web.json(document)
+        return response
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def forget_journeys_on_rebalance(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        # rebuilt lazily from the table once this worker processes the journey partition again
+        journey_state["stitcher"] = None
 
     async def checkpoint(keys: list[tuple[str, int]]) -> None:
         rows = stages.checkpoint_rows(keys)

@@ -27,6 +27,7 @@ from pipeline.worker import metrics
 log = logging.getLogger(__name__)
 
 DeadLetterSender = Callable[[bytes | None, bytes | None, Mapping[str, bytes]], Awaitable[Any]]
+Forwarder = Callable[[list[bytes]], Awaitable[None]]
 RETRY_SECONDS = (0.5, 1, 2, 5, 10, 30)
 # ingested_at is the moment the batch is handed to ClickHouse, so `ingested_at - occurred_at` is
 # the end-to-end latency of each row; it is filled in at write time
@@ -58,6 +59,7 @@ class IngestSink:
         max_seconds: float,
         max_event_bytes: int,
         dedup_capacity: int,
+        forward: Forwarder | None = None,
     ) -> None:
         self._client = client
         self._executor = executor
@@ -67,6 +69,8 @@ class IngestSink:
         self._recent = RecentIds(dedup_capacity)
         self._in_flight: asyncio.Task[None] | None = None
         self._dead_letter_messages: list[tuple[bytes | None, bytes | None, Mapping[str, bytes]]] = []
+        self._forward = forward
+        self._forward_values: list[bytes] = []
         self._channels: dict[str, str] = {}
         self._pending_acks = 0
         self._counts: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
@@ -94,6 +98,8 @@ class IngestSink:
                 row = event_row(result, message.topic, message.partition, message.offset, _UNWRITTEN)
                 full = self._batcher.add_event(row, message.ack, now)
                 fresh = result
+                if self._forward is not None and message.value is not None:
+                    self._forward_values.append(message.value)
         if full:
             await self.flush()
         return fresh
@@ -157,8 +163,9 @@ class IngestSink:
             return
         batch = self._batcher.take()
         dead, self._dead_letter_messages = self._dead_letter_messages, []
+        forward, self._forward_values = self._forward_values, []
         self._pending_acks += len(batch)
-        self._in_flight = asyncio.ensure_future(self._write(batch, dead))
+        self._in_flight = asyncio.ensure_future(self._write(batch, dead, forward))
 
     async def drain(self) -> None:
         await self.flush()
@@ -169,9 +176,11 @@ class IngestSink:
         self,
         batch: Batch[Callable[[], Any]],
         dead: list[tuple[bytes | None, bytes | None, Mapping[str, bytes]]],
+        forward: list[bytes],
     ) -> None:
         started = time.monotonic()
         attempt = 0
+        written = False
         while True:
             try:
                 if dead:
@@ -179,7 +188,12 @@ class IngestSink:
                     deliveries = [await self._send_dead_letter(*message) for message in dead]
                     await asyncio.gather(*deliveries)
                     dead = []
-                await self._executor.run(self._insert, batch)
+                if not written:
+                    await self._executor.run(self._insert, batch)
+                    written = True  # a retry (of the forward) must not insert the rows twice
+                if forward and self._forward is not None:
+                    await self._forward(forward)
+                    forward = []
                 break
             except Exception:
                 # Nothing is acknowledged until the write succeeds, so retrying forever loses nothing;
