@@ -11,6 +11,7 @@ state is complete. Replayed and redelivered events are idempotent (both cores de
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 from collections.abc import Iterable
@@ -20,7 +21,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from pipeline.events.models import EVENT_ADAPTER, EventBase
+from pipeline.events.models import EVENT_ADAPTER, EventBase, to_json
 from pipeline.kpi.definitions import PARTIAL_COLUMNS, KpiConfig, KpiRow
 from pipeline.kpi.windows import KpiWindows, LateEvent
 from pipeline.sla.clock import SLA_EVENT_COLUMNS, SlaEngine, SlaEvent
@@ -50,6 +51,9 @@ class PartitionState:
     sla: SlaEngine
     max_offset: int = -1
     raised: set[str] = field(default_factory=set)
+    # event-clock mode: events wait here until the watermark passes them, so the SLA engine sees
+    # every contact's events in (occurred_at, event_id) order, exactly as a replay would
+    pending: list[tuple[datetime, str, EventBase]] = field(default_factory=list)
 
     def fresh(self, events: list[SlaEvent]) -> list[SlaEvent]:
         """Outcomes not raised before by this worker (a rebuilt contact raises its history again)."""
@@ -58,7 +62,20 @@ class PartitionState:
         return new
 
     def snapshot(self) -> dict[str, Any]:
-        return {"kpi": self.kpi.snapshot(), "sla": self.sla.snapshot()}
+        return {
+            "kpi": self.kpi.snapshot(),
+            "sla": self.sla.snapshot(),
+            "pending": [to_json(event).decode() for _, _, event in sorted(self.pending, key=lambda p: p[:2])],
+        }
+
+    def hold(self, event: EventBase) -> None:
+        heapq.heappush(self.pending, (event.occurred_at, event.event_id, event))
+
+    def release(self, until: datetime) -> list[EventBase]:
+        out = []
+        while self.pending and self.pending[0][0] <= until:
+            out.append(heapq.heappop(self.pending)[2])
+        return out
 
 
 @dataclass
@@ -95,6 +112,8 @@ class Stages:
             saved = json.loads(raw)
             state.kpi.restore(saved["kpi"])
             state.sla.restore(saved["sla"])
+            for raw_event in saved.get("pending", []):
+                state.hold(EVENT_ADAPTER.validate_json(raw_event))
             state.max_offset = int(max_offset)
         outputs = Outputs()
         replayed = 0
@@ -146,14 +165,18 @@ class Stages:
         late = state.kpi.apply(event, state.key, now_wall=now_wall)
         if late is not None:
             outputs.late.append(late)
+        elif self.sla_clock == "event":
+            state.hold(event)
         else:
             outputs.sla.extend(self._sla_apply(state, event))
         state.max_offset = max(state.max_offset, offset)
 
     def _sla_apply(self, state: PartitionState, event: EventBase) -> list[SlaEvent]:
-        # The SLA engine needs a contact's events in event-time order. Late (out-of-order) events
-        # within the allowed lateness are common, so such a contact is rebuilt from its full event
-        # set, which the KPI tracker keeps; outcomes raised before are filtered by id.
+        # Wall-clock (live) mode applies events at once so deadlines fire on time. The SLA engine
+        # needs a contact's events in event-time order, so a contact whose event arrives out of
+        # order is rebuilt from its full event set, which the KPI tracker keeps; outcomes raised
+        # before are filtered by id. (A breach raised at its deadline stays raised even if an
+        # answer stamped before the deadline arrives later: live mode cannot know the future.)
         last = state.sla.last_event_at(event.contact_id)
         if last is None or event.occurred_at >= last:
             raised = state.sla.apply(event)
@@ -174,6 +197,8 @@ class Stages:
             else:
                 watermark = state.kpi.watermark(state.key)
                 if watermark is not None:
+                    for event in state.release(watermark):
+                        due.extend(state.fresh(state.sla.apply(event)))
                     due.extend(state.fresh(state.sla.advance(watermark)))
         return due
 
