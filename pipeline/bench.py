@@ -32,7 +32,7 @@ from kafka import KafkaAdminClient, KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline import broker
-from pipeline.events.models import Channel, ContactStarted, to_json
+from pipeline.events.models import Channel, ContactStarted, Queued, to_json
 from pipeline.events.topics import INTERACTION_TOPICS, interaction_topic, topic_specs
 from pipeline.topics import ensure_topics
 
@@ -232,6 +232,36 @@ def latency_pass(bootstrap: str, url: str, rate: int, seconds: int) -> tuple[flo
     raise click.ClickException(f"latency events did not all arrive ({count} of {sent})")
 
 
+def breach_pass(bootstrap: str, url: str, contacts: int) -> tuple[float, float, int]:
+    """Voice calls queued now and never answered: their first-response breaches fire on the wall
+    clock. Returns p50/p99 of (raised - deadline) in ms and the number of breaches."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    run = uuid.uuid4().hex[:8]
+    topic = interaction_topic(Channel.VOICE)
+    for n in range(contacts):
+        now = datetime.now(UTC)
+        common: dict[str, Any] = {"channel": Channel.VOICE, "contact_id": f"brk-{run}-{n}", "queue": "voice.general"}
+        for event in (
+            ContactStarted(event_id=f"brk-{run}-{n}-s", occurred_at=now, **common),
+            Queued(event_id=f"brk-{run}-{n}-q", occurred_at=now, **common),
+        ):
+            producer.send(topic, key=event.contact_id.encode(), value=to_json(event))
+        time.sleep(5.0 / contacts)  # spread the deadlines over five seconds
+    producer.flush()
+    producer.close()
+    query = (
+        "SELECT count(), quantile(0.5)(d), quantile(0.99)(d) FROM (SELECT dateDiff('millisecond', deadline, emitted_at) AS d "
+        f"FROM sla_events FINAL WHERE kind = 'breached' AND target = 'first_response' AND contact_id LIKE 'brk-{run}-%')"
+    )
+    count = 0
+    for _ in range(120):
+        count, p50, p99 = sql(url, query)[0]
+        if int(count) >= contacts:
+            return float(p50), float(p99), int(count)
+        time.sleep(0.5)
+    raise click.ClickException(f"only {count} of {contacts} breaches were raised")
+
+
 @click.command()
 @click.option("--events", type=int, default=1_000_000, show_default=True, help="At least this many simulated events.")
 @click.option("--partitions", type=int, default=4, show_default=True, help="Partitions per channel topic.")
@@ -266,8 +296,9 @@ def main(events: int, partitions: int, latency_rate: int, latency_seconds: int) 
             click.echo(f"  worker ingest: {worker_s:.1f} s")
             try:
                 p50, p99, sent = latency_pass(bootstrap, f"http://127.0.0.1:{port}", latency_rate, latency_seconds)
+                b50, b99, breaches = breach_pass(bootstrap, f"http://127.0.0.1:{port}", 200)
                 rss = peak_rss_mb(process.pid)
-                stored = sql(f"http://127.0.0.1:{port}", "SELECT count() FROM interaction_events")[0][0]
+                stored = sql(f"http://127.0.0.1:{port}", "SELECT count() FROM interaction_events")[0][0] - 2 * breaches
             finally:
                 os.killpg(process.pid, signal.SIGINT)
                 process.wait(60)
@@ -286,6 +317,8 @@ def main(events: int, partitions: int, latency_rate: int, latency_seconds: int) 
     click.echo(f"  ratio worker / bare Faust                  {worker_rate / faust_rate:>12.1%}")
     click.echo(f"  end-to-end latency p50 at {latency_rate}/s          {p50:>12,.0f} ms")
     click.echo(f"  end-to-end latency p99 at {latency_rate}/s          {p99:>12,.0f} ms")
+    click.echo(f"  SLA breach detection delay p50 ({breaches})    {b50:>12,.0f} ms")
+    click.echo(f"  SLA breach detection delay p99             {b99:>12,.0f} ms")
     click.echo(f"  worker peak RSS                            {rss:>12,.0f} MB")
 
 
