@@ -162,17 +162,26 @@ def print_rows(columns: list[str], rows: list[list[Any]], fmt: str) -> None:
 @main.command()
 @click.option("--check", is_flag=True, help="Exit 1 when schemas/events/ differs from the models instead of writing.")
 def schemas(check: bool) -> None:
-    """Generate schemas/events/*.json (JSON Schema) from the pydantic event models."""
+    """Regenerate what is derived from code: schemas/events/*.json (from the pydantic event models),
+    schemas/clickhouse/0003_kpi_windows.sql and the README's KPI table (from the KPI definitions)."""
     from pipeline.events.jsonschema import EVENTS_SCHEMA_DIR, drift, write
+    from pipeline.kpi import ddl, docs
 
+    kpi_ddl = ddl.DDL_PATH
     if check:
         stale = drift()
         if stale:
             fail(f"schemas/events is out of date ({', '.join(stale)}): run `touchline schemas`")
-        click.echo("schemas/events matches the models")
+        if kpi_ddl.read_text() != ddl.render_kpi_ddl():
+            fail(f"{kpi_ddl.name} differs from the KPI definitions: add a migration, then run `touchline schemas`")
+        if docs.with_table(docs.README.read_text()) != docs.README.read_text():
+            fail("the README's KPI table differs from the KPI definitions: run `touchline schemas`")
+        click.echo("generated files match their sources")
         return
     names = write()
     click.echo(f"wrote {len(names)} schemas to {EVENTS_SCHEMA_DIR}")
+    if docs.write():
+        click.echo("updated the KPI table in README.md")
 
 
 @main.command()

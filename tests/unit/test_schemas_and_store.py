@@ -136,3 +136,13 @@ def clickhouse_dsn(client: Client) -> str:
     from pipeline.store import clickhouse as store
 
     return next(dsn for (dsn, _db), c in store._clients.items() if c is client)
+
+
+def test_readme_kpi_table_is_generated_from_the_definitions() -> None:
+    from pipeline.kpi import docs
+    from pipeline.kpi.definitions import KPIS
+
+    readme = docs.README.read_text()
+    assert docs.with_table(readme) == readme, "run `touchline schemas`"
+    for kpi in KPIS:
+        assert f"| `{kpi.name}` |" in readme
