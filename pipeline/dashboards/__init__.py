@@ -1,0 +1,8 @@
+"""Touchline's operator and analyst faces in Grafana: dashboards (grafana-foundation-sdk) and
+Grafana-managed alert rules on ClickHouse, generated into `grafana/` by `python -m pipeline.dashboards`.
+
+Modules: `queries` (every panel and alert query, written once), `build` (the dashboards), `alerts`
+(alert rules, contact point, notification policy), `clickhouse` (the ClickHouse plugin's query model
+for the SDK), `macros` (Grafana's variable and ClickHouse macro expansion, to run the queries
+outside Grafana), `generate` (files and drift check).
+"""

@@ -1,0 +1,590 @@
+"""Touchline's Grafana dashboards, built with grafana-foundation-sdk. The SQL and PromQL of every
+panel come from `pipeline.dashboards.queries`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from grafana_foundation_sdk.builders import bargauge, dashboard, stat, table, timeseries
+from grafana_foundation_sdk.builders import common as common_builders
+from grafana_foundation_sdk.builders import prometheus as prometheus_builders
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import dashboard as models
+
+from pipeline.dashboards import queries as q
+from pipeline.dashboards.clickhouse import ClickHouseQuery
+from pipeline.dashboards.queries import PanelQuery, PromQuery
+
+CLICKHOUSE = models.DataSourceRef(type_val=q.CLICKHOUSE_TYPE, uid=q.CLICKHOUSE_UID)
+PROMETHEUS = models.DataSourceRef(type_val=q.PROMETHEUS_TYPE, uid=q.PROMETHEUS_UID)
+
+TAGS = ["touchline", "generated"]
+
+P = TypeVar("P", timeseries.Panel, table.Panel, stat.Panel, bargauge.Panel)
+
+
+def _ch(panel: P, query: PanelQuery, description: str) -> P:
+    return (
+        panel.datasource(CLICKHOUSE)
+        .with_target(ClickHouseQuery().raw_sql(query.sql).query_type(query.format))
+        .description(description)
+    )
+
+
+def _prom(panel: P, queries: list[PromQuery], description: str) -> P:
+    panel = panel.datasource(PROMETHEUS).description(description)
+    for ref, query in zip("ABCDEFGH", queries, strict=False):
+        panel = panel.with_target(
+            prometheus_builders.Dataquery()
+            .expr(query.expr)
+            .legend_format(query.legend)
+            .ref_id(ref)
+            .datasource(PROMETHEUS)
+            .range()
+        )
+    return panel
+
+
+def _thresholds(*steps: tuple[float | None, str]) -> dashboard.ThresholdsConfig:
+    return (
+        dashboard.ThresholdsConfig()
+        .mode(models.ThresholdsMode.ABSOLUTE)
+        .steps([models.Threshold(value=value, color=color) for value, color in steps])
+    )
+
+
+SL_THRESHOLDS = _thresholds(
+    (None, "red"), (round(q.DEFAULT_SL_TARGET - 0.1, 2), "orange"), (q.DEFAULT_SL_TARGET, "green")
+)
+
+
+def _series(title: str, unit: str, height: int = 8, span: int = 12) -> timeseries.Panel:
+    return (
+        timeseries.Panel()
+        .title(title)
+        .unit(unit)
+        .height(height)
+        .span(span)
+        .fill_opacity(10)
+        .line_width(1)
+        .span_nulls(False)
+        .legend(
+            common_builders.VizLegendOptions()
+            .display_mode(common.LegendDisplayMode.LIST)
+            .placement(common.LegendPlacement.BOTTOM)
+            .show_legend(True)
+        )
+    )
+
+
+def _table(title: str, height: int = 9, span: int = 24) -> table.Panel:
+    return table.Panel().title(title).height(height).span(span)
+
+
+def _ids(builder: dashboard.Dashboard) -> dict[str, Any]:
+    """The dashboard as JSON, panel ids numbered 1.. in layout order (the SDK leaves them 0)."""
+    data: dict[str, Any] = json.loads(json.dumps(builder.build(), cls=JSONEncoder))
+    for number, panel in enumerate(data.get("panels", []), start=1):
+        panel["id"] = number
+    return data
+
+
+# --------------------------------------------------------------------------------------------------
+# Template variables
+
+
+def _multi_current() -> models.VariableOption:
+    return models.VariableOption(selected=True, text=["All"], value=["$__all"])
+
+
+def clickhouse_variables() -> list[dashboard.QueryVariable | dashboard.CustomVariable]:
+    channel = (
+        dashboard.CustomVariable("channel")
+        .label("Channel")
+        .values(",".join(q.CHANNELS))
+        .multi(True)
+        .include_all(True)
+        .all_value(q.ALL_VALUE)
+        .current(_multi_current())
+    )
+    queue = (
+        dashboard.QueryVariable("queue")
+        .label("Queue")
+        .datasource(CLICKHOUSE)
+        .query(q.VARIABLE_QUERIES["queue"])
+        .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(models.VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .all_value(q.ALL_VALUE)
+        .current(_multi_current())
+    )
+    priority = (
+        dashboard.CustomVariable("priority")
+        .label("Priority")
+        .values(",".join(str(p) for p in range(10)))
+        .multi(True)
+        .include_all(True)
+        .all_value(q.ALL_VALUE)
+        .current(_multi_current())
+    )
+    segment = (
+        dashboard.QueryVariable("segment")
+        .label("Segment")
+        .datasource(CLICKHOUSE)
+        .query(q.VARIABLE_QUERIES["segment"])
+        .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(models.VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .all_value(q.ALL_VALUE)
+        .current(_multi_current())
+    )
+    return [channel, queue, priority, segment]
+
+
+def _base(uid: str, title: str, description: str, refresh: str, time_from: str) -> dashboard.Dashboard:
+    return (
+        dashboard.Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags(TAGS)
+        .editable()
+        .refresh(refresh)
+        .time(time_from, "now")
+        .timezone("browser")
+        .tooltip(models.DashboardCursorSync.CROSSHAIR)
+        .link(
+            dashboard.DashboardLink("Touchline")
+            .type(models.DashboardLinkType.DASHBOARDS)
+            .tags(["touchline"])
+            .as_dropdown(True)
+            .include_vars(True)
+            .keep_time(True)
+        )
+    )
+
+
+_KPI_NOTE = " KPI windows are per channel x queue x priority: the segment filter does not apply."
+_JOURNEY_NOTE = " Journeys filter on the channel they started on; queue, priority and segment do not apply."
+
+# --------------------------------------------------------------------------------------------------
+# Dashboards
+
+
+def realtime_operations() -> dict[str, Any]:
+    board = _base(
+        "touchline-realtime",
+        "Touchline / Real-time operations",
+        "Service level against target, volumes, backlog and ASA per channel and queue; live SLA breaches and at-risk contacts.",
+        "30s",
+        "now-3h",
+    )
+    for variable in clickhouse_variables():
+        board = board.with_variable(variable)
+    board = (
+        board.with_row(dashboard.Row("Now"))
+        .with_panel(
+            _ch(
+                stat.Panel()
+                .title("Service level, offered, abandon rate, ASA, backlog, oldest wait")
+                .height(5)
+                .span(24)
+                .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+                .graph_mode(common.BigValueGraphMode.NONE)
+                .color_mode(common.BigValueColorMode.VALUE)
+                .override_by_name(
+                    "service_level",
+                    [
+                        models.DynamicConfigValue(id_val="unit", value="percentunit"),
+                        models.DynamicConfigValue(id_val="thresholds", value=SL_THRESHOLDS.build()),
+                    ],
+                )
+                .override_by_name("abandon_rate", [models.DynamicConfigValue(id_val="unit", value="percentunit")])
+                .override_by_name("asa_seconds", [models.DynamicConfigValue(id_val="unit", value="s")])
+                .override_by_name("oldest_wait_seconds", [models.DynamicConfigValue(id_val="unit", value="s")]),
+                q.RT_NOW,
+                "Over the time range: headline service level, offered legs, abandon rate and ASA; "
+                "backlog and oldest waiting contact at the end of the latest minute." + _KPI_NOTE,
+            )
+        )
+        .with_row(dashboard.Row("Service level and volume"))
+        .with_panel(
+            _ch(
+                _series("Service level by channel", "percentunit")
+                .min(0)
+                .max(1)
+                .thresholds(SL_THRESHOLDS)
+                .thresholds_style(
+                    common_builders.GraphThresholdsStyleConfig().mode(common.GraphThresholdsStyleMode.DASHED)
+                ),
+                q.RT_SERVICE_LEVEL,
+                "Headline service level (Genesys or Connect formula per channel, see pipeline/kpi/definitions.py). "
+                "Dashed line: the default target." + _KPI_NOTE,
+            )
+        )
+        .with_panel(
+            _ch(
+                _series("Offered, answered, abandoned", "short"),
+                q.RT_VOLUME,
+                "Queue legs offered (at queued time), answered and abandoned (at their time)." + _KPI_NOTE,
+            )
+        )
+        .with_panel(
+            _ch(
+                _series("Backlog by queue", "short"),
+                q.RT_BACKLOG,
+                "Legs waiting at the end of each minute; the worst minute of each interval." + _KPI_NOTE,
+            )
+        )
+        .with_panel(
+            _ch(
+                _series("Oldest waiting contact by queue", "s"),
+                q.RT_OLDEST_WAIT,
+                "Age of the oldest waiting leg at the end of each minute; the worst minute of each interval."
+                + _KPI_NOTE,
+            )
+        )
+        .with_panel(
+            _ch(
+                _series("ASA by channel", "s", span=24),
+                q.RT_ASA,
+                "Average speed of answer: mean wait of the legs answered in each interval." + _KPI_NOTE,
+            )
+        )
+        .with_row(dashboard.Row("Queues and live SLA"))
+        .with_panel(
+            _ch(
+                _table("Service level against target by channel and queue")
+                .override_by_name(
+                    "service_level",
+                    [
+                        models.DynamicConfigValue(id_val="unit", value="percentunit"),
+                        models.DynamicConfigValue(id_val="thresholds", value=SL_THRESHOLDS.build()),
+                        models.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"}),
+                    ],
+                )
+                .override_by_name("sl_target", [models.DynamicConfigValue(id_val="unit", value="percentunit")])
+                .override_by_name("asa_seconds", [models.DynamicConfigValue(id_val="unit", value="s")])
+                .override_by_name("oldest_wait_seconds", [models.DynamicConfigValue(id_val="unit", value="s")]),
+                q.RT_QUEUES,
+                "Per channel and queue over the time range: offered, answered, abandoned, service level and its "
+                "target, ASA; backlog and oldest wait at the latest minute." + _KPI_NOTE,
+            )
+        )
+        .with_panel(
+            _ch(
+                _table("Live: SLA breaches and at-risk contacts", height=10)
+                .override_by_name(
+                    "state",
+                    [
+                        models.DynamicConfigValue(
+                            id_val="mappings",
+                            value=[
+                                {
+                                    "type": "value",
+                                    "options": {
+                                        "breached": {"color": "red", "index": 0, "text": "breached"},
+                                        "at_risk": {"color": "orange", "index": 1, "text": "at risk"},
+                                    },
+                                }
+                            ],
+                        ),
+                        models.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"}),
+                    ],
+                )
+                .override_by_regexp("seconds_.*|target_seconds", [models.DynamicConfigValue(id_val="unit", value="s")]),
+                q.RT_OPEN_OBLIGATIONS,
+                "Obligations (first response, next response, resolution) whose latest SLA event is at_risk or "
+                "breached: not yet answered or closed. Breached first, then by deadline.",
+            )
+        )
+    )
+    return _ids(board)
+
+
+def _sla_series(title: str, query: PanelQuery) -> timeseries.Panel:
+    return _ch(
+        _series(title, "short").draw_style(common.GraphDrawStyle.BARS).fill_opacity(60),
+        query,
+        "SLA events raised per interval: `breached` (deadline passed unanswered) and `at_risk` "
+        "(the policy's at-risk share of the target gone). Counted at their due time.",
+    )
+
+
+def sla() -> dict[str, Any]:
+    board = _base(
+        "touchline-sla",
+        "Touchline / SLA",
+        "SLA breaches and at-risk events by channel, target, policy and queue; time over deadline; top breaching queues.",
+        "1m",
+        "now-24h",
+    )
+    for variable in clickhouse_variables():
+        board = board.with_variable(variable)
+    board = (
+        board.with_row(dashboard.Row("Breaches and at-risk over time"))
+        .with_panel(_sla_series("By channel", q.SLA_BY_CHANNEL))
+        .with_panel(_sla_series("By target type", q.SLA_BY_TARGET))
+        .with_panel(_sla_series("By policy", q.SLA_BY_POLICY))
+        .with_panel(_sla_series("By queue", q.SLA_BY_QUEUE))
+        .with_row(dashboard.Row("Lateness"))
+        .with_panel(
+            _ch(
+                _series("Time over deadline (answered or closed late)", "s", span=24),
+                q.SLA_TIME_OVER_DEADLINE,
+                "seconds_late of obligations met or cancelled after their deadline: median, 90th percentile, "
+                "maximum. In the policy's time base (business seconds for business-time targets).",
+            )
+        )
+        .with_row(dashboard.Row("Who breaches"))
+        .with_panel(
+            _ch(
+                _table("Top breaching queues", span=12)
+                .override_by_name("breach_rate", [models.DynamicConfigValue(id_val="unit", value="percentunit")])
+                .override_by_name("avg_seconds_late", [models.DynamicConfigValue(id_val="unit", value="s")]),
+                q.SLA_TOP_QUEUES,
+                "The 10 channel/queue pairs with the most breached obligations over the time range; breach rate "
+                "= breached obligations / obligations with any SLA event.",
+            )
+        )
+        .with_panel(
+            _ch(
+                _table("Compliance by policy and target", span=12)
+                .override_by_name(
+                    "compliance",
+                    [
+                        models.DynamicConfigValue(id_val="unit", value="percentunit"),
+                        models.DynamicConfigValue(id_val="thresholds", value=SL_THRESHOLDS.build()),
+                        models.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"}),
+                    ],
+                )
+                .override_by_regexp(".*seconds_late", [models.DynamicConfigValue(id_val="unit", value="s")]),
+                q.SLA_BY_POLICY_TABLE,
+                "Per policy (deploy/sla-policies.yaml) and target: obligations, breaches, compliance = 1 - "
+                "breaches / obligations, and lateness of those met late.",
+            )
+        )
+    )
+    return _ids(board)
+
+
+def journeys_cx() -> dict[str, Any]:
+    board = _base(
+        "touchline-journeys",
+        "Touchline / Journeys and CX",
+        "First-contact resolution, channel switching, journey paths, bot containment and escalation, CSAT, CES, NPS and effort.",
+        "5m",
+        "now-7d",
+    )
+    for variable in clickhouse_variables():
+        board = board.with_variable(variable)
+    board = (
+        board.with_row(dashboard.Row("Resolution and paths"))
+        .with_panel(
+            _ch(
+                _table("FCR by first channel", span=10).override_by_regexp(
+                    "fcr_rate.*", [models.DynamicConfigValue(id_val="unit", value="percentunit")]
+                ),
+                q.J_FCR_BY_FIRST_CHANNEL,
+                "Journeys started in the time range, by the channel of their first contact: first-contact "
+                "resolution over all journeys and over resolved ones." + _JOURNEY_NOTE,
+            )
+        )
+        .with_panel(
+            _ch(
+                _series("Channel switches", "percentunit", span=14)
+                .override_by_name("avg_switches", [models.DynamicConfigValue(id_val="unit", value="short")])
+                .override_by_name(
+                    "avg_switches", [models.DynamicConfigValue(id_val="custom.axisPlacement", value="right")]
+                ),
+                q.J_CHANNEL_SWITCHES,
+                "Share of journeys that changed channel, share with more than one contact, and mean switches."
+                + _JOURNEY_NOTE,
+            )
+        )
+        .with_panel(
+            _ch(
+                _table("Top journey paths", height=10).override_by_regexp(
+                    "share|fcr_rate", [models.DynamicConfigValue(id_val="unit", value="percentunit")]
+                ),
+                q.J_TOP_PATHS,
+                "The 20 most common channel paths (channel of each contact in order), their share, FCR, "
+                "contacts and customer effort (0-100, higher = more effort)." + _JOURNEY_NOTE,
+            )
+        )
+        .with_row(dashboard.Row("Bots"))
+        .with_panel(
+            _ch(
+                _series("Bot containment rate", "percentunit", span=10).min(0).max(1),
+                q.J_BOT_CONTAINMENT,
+                "Bot-contained contacts / (contained + handed to a human), per channel." + _KPI_NOTE,
+            )
+        )
+        .with_panel(
+            _ch(
+                _table("Bot escalations: where bot-first journeys reached a human", span=14)
+                .override_by_name("avg_time_to_first_human_s", [models.DynamicConfigValue(id_val="unit", value="s")])
+                .override_by_name("resolved_rate", [models.DynamicConfigValue(id_val="unit", value="percentunit")]),
+                q.J_BOT_ESCALATIONS,
+                "Journeys whose first contact involved a bot and that later reached a human: by the channel of "
+                "the first human response and the path taken." + _JOURNEY_NOTE,
+            )
+        )
+        .with_row(dashboard.Row("Customer experience"))
+        .with_panel(
+            _ch(
+                _series("CSAT", "percentunit", span=8).min(0).max(1),
+                q.J_CSAT,
+                "Share of CSAT answers scoring 4-5, per channel." + _KPI_NOTE,
+            )
+        )
+        .with_panel(
+            _ch(
+                _series("CES (1-7, lower is easier)", "short", span=8).min(1).max(7),
+                q.J_CES,
+                "Mean Customer Effort Score, per channel." + _KPI_NOTE,
+            )
+        )
+        .with_panel(
+            _ch(
+                _series("NPS", "short", span=8).min(-100).max(100),
+                q.J_NPS,
+                "Net Promoter Score = 100 x (promoters 9-10 - detractors 0-6) / answers, per channel." + _KPI_NOTE,
+            )
+        )
+        .with_panel(
+            _ch(
+                _series("Customer effort by first channel", "short", span=24).min(0).max(100),
+                q.J_EFFORT,
+                "Mean journey effort score (0-100, pipeline/journeys/effort.py) of journeys started in each "
+                "interval, by first channel." + _JOURNEY_NOTE,
+            )
+        )
+    )
+    return _ids(board)
+
+
+def pipeline_health() -> dict[str, Any]:
+    board = _base(
+        "touchline-pipeline",
+        "Touchline / Pipeline health",
+        "The pipeline's own metrics from the workers' /metrics: throughput, lag, dead letters, late events, "
+        "ClickHouse flushes, end-to-end latency, workers up.",
+        "30s",
+        "now-1h",
+    )
+    board = board.with_variable(
+        dashboard.QueryVariable("instance")
+        .label("Worker")
+        .datasource(PROMETHEUS)
+        .query({"query": 'label_values(up{job="touchline-worker"}, instance)', "refId": "instance"})
+        .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .multi(True)
+        .include_all(True)
+        .all_value(".*")
+        .current(_multi_current())
+    ).with_variable(
+        dashboard.CustomVariable("channel")
+        .label("Channel")
+        .values(",".join(q.CHANNELS))
+        .multi(True)
+        .include_all(True)
+        .all_value(".*")
+        .current(_multi_current())
+    )
+    board = (
+        board.with_row(dashboard.Row("Workers"))
+        .with_panel(
+            _prom(
+                stat.Panel()
+                .title("Workers up")
+                .height(5)
+                .span(8)
+                .mappings(
+                    [
+                        models.ValueMap(
+                            options={
+                                "0": models.ValueMappingResult(text="DOWN", color="red"),
+                                "1": models.ValueMappingResult(text="UP", color="green"),
+                            }
+                        )
+                    ]
+                )
+                .thresholds(_thresholds((None, "red"), (1, "green"))),
+                [q.P_UP],
+                "Prometheus `up` of each worker's /metrics scrape.",
+            )
+        )
+        .with_panel(
+            _prom(
+                _series("Consumer lag by topic", "short", height=5, span=16),
+                [q.P_LAG],
+                "Messages in the channel topics not yet read by the workers (summed over partitions and workers).",
+            )
+        )
+        .with_row(dashboard.Row("Throughput and rejects"))
+        .with_panel(
+            _prom(
+                _series("Throughput per channel", "ops"),
+                [q.P_THROUGHPUT, q.P_CONSUMED],
+                "Events per second read from Kafka and written to ClickHouse.",
+            )
+        )
+        .with_panel(
+            _prom(
+                _series("Dead-letter rate", "ops"),
+                [q.P_DEADLETTER],
+                "Messages per second sent to touchline.deadletter, by channel and reason.",
+            )
+        )
+        .with_panel(
+            _prom(
+                _series("Late-event rate", "ops"),
+                [q.P_LATE],
+                "Events per second later than the allowed lateness (stored raw, left out of the KPI windows).",
+            )
+        )
+        .with_panel(
+            _prom(
+                _series("SLA events rate", "ops"),
+                [q.P_SLA_EVENTS],
+                "SLA outcomes raised per second by kind (at_risk, breached, met, cancelled).",
+            )
+        )
+        .with_row(dashboard.Row("Latency"))
+        .with_panel(
+            _prom(
+                _series("ClickHouse flush latency and failures", "s"),
+                [q.P_FLUSH_P50, q.P_FLUSH_P99, q.P_FLUSH_FAILURES],
+                "Time to write one batch and release its offsets (p50, p99); failed batches per second.",
+            ).override_by_regexp(".*failures", [models.DynamicConfigValue(id_val="unit", value="ops")])
+        )
+        .with_panel(
+            _prom(
+                _series("End-to-end latency", "s"),
+                [q.P_E2E_P50, q.P_E2E_P99],
+                "Event time to written in ClickHouse, per channel (p50, p99).",
+            )
+        )
+        .with_panel(
+            _prom(
+                _series("Open SLA obligations", "short", span=24),
+                [q.P_SLA_OPEN],
+                "Response and resolution obligations being timed, by channel and target.",
+            )
+        )
+    )
+    return _ids(board)
+
+
+DASHBOARDS: dict[str, Callable[[], dict[str, Any]]] = {
+    "realtime-operations": realtime_operations,
+    "sla": sla,
+    "journeys-cx": journeys_cx,
+    "pipeline-health": pipeline_health,
+}
+"""File stem under grafana/dashboards/ -> builder."""

@@ -1,0 +1,826 @@
+"""Every query behind a Touchline dashboard panel or Grafana alert rule, written once.
+
+ClickHouse queries use the Grafana ClickHouse plugin's macros (`$__timeFilter(col)`,
+`$__timeInterval(col)`, `$__fromTime`, `$__toTime`) and the dashboard's multi-value template
+variables (`${channel:singlequote}` ...). The dashboards (`pipeline.dashboards.build`), the alert
+rules (`pipeline.dashboards.alerts`) and the tests all read the SQL from here, so what the tests
+run is exactly what Grafana runs.
+
+Conventions
+-----------
+* Multi-value variables have the custom "All" value `'__all'` (quotes included: Grafana inserts a
+  custom all value unformatted), and every filter reads
+  `('__all' IN (${v:singlequote}) OR col IN (${v:singlequote}))`, so "All" is one short literal
+  instead of a long IN list and also matches values the variable query has not listed yet.
+* Versioned tables are read with FINAL: kpi_minute_partials, sla_events, journeys.
+* Each `PanelQuery` declares the columns its panel expects and their kind (time, number, string),
+  which the tests check against real results.
+* Alert queries return exactly one numeric column (the value Grafana's threshold tests) and string
+  columns (which become alert labels), and only the rows that breach, so "no rows" = healthy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+CLICKHOUSE_UID = "touchline-clickhouse"
+CLICKHOUSE_TYPE = "grafana-clickhouse-datasource"
+PROMETHEUS_UID = "touchline-prometheus"
+PROMETHEUS_TYPE = "prometheus"
+
+RUNBOOK_BASE = "https://runbooks.touchline.example/alerts"
+"""Where the runbooks live (grafana/README.md "Runbooks" has their text). Set it to your wiki's URL;
+deploy/prometheus/rules/touchline.yml uses the same base."""
+
+ALL_VALUE = "'__all'"
+"""Custom "All" value of the ClickHouse dashboards' multi-value variables (see module docstring)."""
+
+CHANNELS = ("voice", "chat", "email", "social", "sms", "web")
+
+SL_TARGETS: dict[str, float] = {
+    "voice": 0.80,
+    "chat": 0.80,
+    "web": 0.80,
+    "sms": 0.85,
+    "social": 0.85,
+    "email": 0.90,
+}
+"""Service-level target (share answered within the channel's threshold T) per channel."""
+DEFAULT_SL_TARGET = 0.80
+
+BREACH_ALERT_WINDOW_SECONDS = 300
+BREACH_ALERT_MIN_BREACHES = 3
+"""Breach alert: at least this many SLA breaches of one channel/queue in the window."""
+SL_ALERT_WINDOW_SECONDS = 300
+SL_ALERT_MIN_CONTACTS = 10
+"""Service-level alert: only queues with at least this many answered + abandoned legs in the window."""
+OLDEST_WAIT_ALERT_WINDOW_SECONDS = 300
+OLDEST_WAIT_FACTOR = 1.0
+"""Oldest-wait alert: the oldest waiting contact is over this many times the channel's threshold T."""
+
+Kind = Literal["time", "number", "string"]
+Format = Literal["timeseries", "table"]
+
+
+@dataclass(frozen=True)
+class PanelQuery:
+    """One ClickHouse query: its SQL (with macros and variables) and the columns it returns."""
+
+    key: str
+    sql: str
+    format: Format
+    columns: dict[str, Kind]
+    variables: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.format == "timeseries" and next(iter(self.columns.values())) != "time":
+            raise ValueError(f"{self.key}: a time series query starts with its time column")
+
+
+@dataclass(frozen=True)
+class PromQuery:
+    """One PromQL expression of the pipeline-health dashboard."""
+
+    key: str
+    expr: str
+    legend: str
+
+
+def var_filter(variable: str, column: str | None = None, *, as_string: bool = False) -> str:
+    """SQL condition: `column` is one of the selected values of `variable`, or "All" is selected."""
+    expr = column or variable
+    if as_string:
+        expr = f"toString({expr})"
+    values = f"${{{variable}:singlequote}}"
+    return f"({ALL_VALUE} IN ({values}) OR {expr} IN ({values}))"
+
+
+def _filters(*parts: str) -> str:
+    return "\n  AND ".join(parts)
+
+
+KPI_FILTER = _filters(var_filter("channel"), var_filter("queue"), var_filter("priority", as_string=True))
+SLA_FILTER = _filters(KPI_FILTER, var_filter("segment"))
+JOURNEY_FILTER = var_filter("channel", "channel_path[1]")
+
+
+def sl_target_sql(channel: str = "channel") -> str:
+    """SQL: the service-level target of the channel expression `channel` (SL_TARGETS)."""
+    names = ", ".join(f"'{c}'" for c in SL_TARGETS)
+    values = ", ".join(f"{v:.2f}" for v in SL_TARGETS.values())
+    return f"transform({channel}, [{names}], [{values}], {DEFAULT_SL_TARGET:.2f})"
+
+
+def _service_level(within: str, denom: str, removed: str, offered: str, headline: str) -> str:
+    """Headline service level of aggregated measures (see pipeline/kpi/definitions.py)."""
+    return (
+        f"if({headline} = 'connect', if({offered} = 0, NULL, {removed} / {offered}), "
+        f"if({denom} = 0, NULL, {within} / {denom}))"
+    )
+
+
+SL_OF_PARTIALS = _service_level(
+    "sum(answered_within_sl)",
+    "(sum(answered) + sum(abandoned) - sum(short_abandoned))",
+    "sum(removed_within_sl)",
+    "sum(offered)",
+    "max(sl_headline)",
+)
+
+KPI_VARS = ("channel", "queue", "priority")
+SLA_VARS = ("channel", "queue", "priority", "segment")
+
+# --------------------------------------------------------------------------------------------------
+# Template variables
+
+VARIABLE_QUERIES: dict[str, str] = {
+    "queue": f"""SELECT DISTINCT queue
+FROM kpi_minute_partials
+WHERE $__timeFilter(window_start)
+  AND queue != ''
+  AND {var_filter("channel")}
+ORDER BY queue""",
+    "segment": """SELECT DISTINCT segment
+FROM interaction_events
+WHERE $__timeFilter(occurred_at)
+  AND segment != ''
+ORDER BY segment""",
+}
+
+# --------------------------------------------------------------------------------------------------
+# Real-time operations
+
+RT_SERVICE_LEVEL = PanelQuery(
+    "rt_service_level",
+    f"""SELECT
+  $__timeInterval(window_start) AS time,
+  channel,
+  {SL_OF_PARTIALS} AS service_level
+FROM kpi_minute_partials FINAL
+WHERE $__timeFilter(window_start)
+  AND {KPI_FILTER}
+GROUP BY time, channel
+ORDER BY time, channel""",
+    "timeseries",
+    {"time": "time", "channel": "string", "service_level": "number"},
+    KPI_VARS,
+)
+
+RT_VOLUME = PanelQuery(
+    "rt_volume",
+    f"""SELECT
+  $__timeInterval(window_start) AS time,
+  sum(offered) AS offered,
+  sum(answered) AS answered,
+  sum(abandoned) AS abandoned
+FROM kpi_minute_partials FINAL
+WHERE $__timeFilter(window_start)
+  AND {KPI_FILTER}
+GROUP BY time
+ORDER BY time""",
+    "timeseries",
+    {"time": "time", "offered": "number", "answered": "number", "abandoned": "number"},
+    KPI_VARS,
+)
+
+RT_ASA = PanelQuery(
+    "rt_asa",
+    f"""SELECT
+  $__timeInterval(window_start) AS time,
+  channel,
+  if(sum(length(answer_waits)) = 0, NULL, sum(arraySum(answer_waits)) / sum(length(answer_waits))) AS asa_seconds
+FROM kpi_minute_partials FINAL
+WHERE $__timeFilter(window_start)
+  AND {KPI_FILTER}
+GROUP BY time, channel
+ORDER BY time, channel""",
+    "timeseries",
+    {"time": "time", "channel": "string", "asa_seconds": "number"},
+    KPI_VARS,
+)
+
+# Backlog and oldest wait are states at each minute's end: summed (backlog) or maxed (oldest wait)
+# over source partitions and priorities per minute first, then the worst minute of each bucket.
+RT_BACKLOG = PanelQuery(
+    "rt_backlog",
+    f"""SELECT
+  $__timeInterval(minute) AS time,
+  queue,
+  max(minute_backlog) AS backlog
+FROM
+(
+  SELECT window_start AS minute, queue, sum(backlog_end) AS minute_backlog
+  FROM kpi_minute_partials FINAL
+  WHERE $__timeFilter(window_start)
+    AND {KPI_FILTER}
+  GROUP BY minute, queue
+)
+GROUP BY time, queue
+ORDER BY time, queue""",
+    "timeseries",
+    {"time": "time", "queue": "string", "backlog": "number"},
+    KPI_VARS,
+)
+
+RT_OLDEST_WAIT = PanelQuery(
+    "rt_oldest_wait",
+    f"""SELECT
+  $__timeInterval(minute) AS time,
+  queue,
+  max(minute_oldest) AS oldest_wait_seconds
+FROM
+(
+  SELECT window_start AS minute, queue, max(oldest_wait_end) AS minute_oldest
+  FROM kpi_minute_partials FINAL
+  WHERE $__timeFilter(window_start)
+    AND {KPI_FILTER}
+  GROUP BY minute, queue
+)
+GROUP BY time, queue
+ORDER BY time, queue""",
+    "timeseries",
+    {"time": "time", "queue": "string", "oldest_wait_seconds": "number"},
+    KPI_VARS,
+)
+
+_QUEUE_MINUTES = f"""SELECT
+    window_start AS minute,
+    channel AS m_channel,
+    queue AS m_queue,
+    max(sl_headline) AS m_headline,
+    sum(offered) AS m_offered,
+    sum(answered) AS m_answered,
+    sum(abandoned) AS m_abandoned,
+    sum(answered_within_sl) AS m_within,
+    sum(answered) + sum(abandoned) - sum(short_abandoned) AS m_denom,
+    sum(removed_within_sl) AS m_removed,
+    sum(arraySum(answer_waits)) AS m_wait_sum,
+    sum(length(answer_waits)) AS m_waits,
+    sum(backlog_end) AS m_backlog,
+    max(oldest_wait_end) AS m_oldest
+  FROM kpi_minute_partials FINAL
+  WHERE $__timeFilter(window_start)
+    AND {KPI_FILTER}
+  GROUP BY minute, m_channel, m_queue"""
+
+RT_QUEUES = PanelQuery(
+    "rt_queues",
+    f"""SELECT
+  m_channel AS channel,
+  m_queue AS queue,
+  sum(m_offered) AS offered,
+  sum(m_answered) AS answered,
+  sum(m_abandoned) AS abandoned,
+  {_service_level("sum(m_within)", "sum(m_denom)", "sum(m_removed)", "sum(m_offered)", "max(m_headline)")} AS service_level,
+  {sl_target_sql("any(m_channel)")} AS sl_target,
+  if(sum(m_waits) = 0, NULL, sum(m_wait_sum) / sum(m_waits)) AS asa_seconds,
+  argMax(m_backlog, minute) AS backlog,
+  argMax(m_oldest, minute) AS oldest_wait_seconds
+FROM
+(
+  {_QUEUE_MINUTES}
+)
+GROUP BY channel, queue
+ORDER BY channel, queue""",
+    "table",
+    {
+        "channel": "string",
+        "queue": "string",
+        "offered": "number",
+        "answered": "number",
+        "abandoned": "number",
+        "service_level": "number",
+        "sl_target": "number",
+        "asa_seconds": "number",
+        "backlog": "number",
+        "oldest_wait_seconds": "number",
+    },
+    KPI_VARS,
+)
+
+RT_NOW = PanelQuery(
+    "rt_now",
+    f"""SELECT
+  {_service_level("sum(m_within)", "sum(m_denom)", "sum(m_removed)", "sum(m_offered)", "max(m_headline)")} AS service_level,
+  sum(m_offered) AS offered,
+  if(sum(m_offered) = 0, NULL, sum(m_abandoned) / sum(m_offered)) AS abandon_rate,
+  if(sum(m_waits) = 0, NULL, sum(m_wait_sum) / sum(m_waits)) AS asa_seconds,
+  argMax(m_backlog, minute) AS backlog,
+  argMax(m_oldest, minute) AS oldest_wait_seconds
+FROM
+(
+  SELECT
+    minute,
+    max(m_headline) AS m_headline,
+    sum(m_offered) AS m_offered,
+    sum(m_abandoned) AS m_abandoned,
+    sum(m_within) AS m_within,
+    sum(m_denom) AS m_denom,
+    sum(m_removed) AS m_removed,
+    sum(m_wait_sum) AS m_wait_sum,
+    sum(m_waits) AS m_waits,
+    sum(m_backlog) AS m_backlog,
+    max(m_oldest) AS m_oldest
+  FROM
+  (
+  {_QUEUE_MINUTES}
+  )
+  GROUP BY minute
+)""",
+    "table",
+    {
+        "service_level": "number",
+        "offered": "number",
+        "abandon_rate": "number",
+        "asa_seconds": "number",
+        "backlog": "number",
+        "oldest_wait_seconds": "number",
+    },
+    KPI_VARS,
+)
+
+# One obligation = (contact, target, opened_by). Its state is its latest SLA event; at equal times
+# the later stage wins (at_risk < breached < met/cancelled).
+_OBLIGATIONS = f"""SELECT
+    contact_id AS o_contact,
+    target AS o_target,
+    opened_by AS o_opened_by,
+    any(channel) AS o_channel,
+    any(queue) AS o_queue,
+    max(priority) AS o_priority,
+    any(segment) AS o_segment,
+    any(policy) AS o_policy,
+    max(deadline) AS o_deadline,
+    max(target_seconds) AS o_target_seconds,
+    argMax(kind, (at, multiIf(kind = 'at_risk', 1, kind = 'breached', 2, 3))) AS o_state
+  FROM sla_events FINAL
+  WHERE $__timeFilter(at)
+    AND {SLA_FILTER}
+  GROUP BY o_contact, o_target, o_opened_by"""
+
+RT_OPEN_OBLIGATIONS = PanelQuery(
+    "rt_open_obligations",
+    f"""SELECT
+  o_state AS state,
+  o_contact AS contact_id,
+  o_channel AS channel,
+  o_queue AS queue,
+  o_priority AS priority,
+  o_segment AS segment,
+  o_policy AS policy,
+  o_target AS target,
+  o_deadline AS deadline,
+  o_target_seconds AS target_seconds,
+  greatest(0, toUnixTimestamp($__toTime) - toUnixTimestamp64Milli(o_deadline) / 1000) AS seconds_over_deadline,
+  greatest(0, toUnixTimestamp64Milli(o_deadline) / 1000 - toUnixTimestamp($__toTime)) AS seconds_to_deadline
+FROM
+(
+  {_OBLIGATIONS}
+)
+WHERE o_state IN ('at_risk', 'breached')
+ORDER BY state = 'breached' DESC, deadline ASC
+LIMIT 500""",
+    "table",
+    {
+        "state": "string",
+        "contact_id": "string",
+        "channel": "string",
+        "queue": "string",
+        "priority": "number",
+        "segment": "string",
+        "policy": "string",
+        "target": "string",
+        "deadline": "time",
+        "target_seconds": "number",
+        "seconds_over_deadline": "number",
+        "seconds_to_deadline": "number",
+    },
+    SLA_VARS,
+)
+
+# --------------------------------------------------------------------------------------------------
+# SLA
+
+
+def _sla_over_time(key: str, dimension: str) -> PanelQuery:
+    return PanelQuery(
+        key,
+        f"""SELECT
+  $__timeInterval(at) AS time,
+  {dimension},
+  countIf(kind = 'breached') AS breached,
+  countIf(kind = 'at_risk') AS at_risk
+FROM sla_events FINAL
+WHERE $__timeFilter(at)
+  AND kind IN ('breached', 'at_risk')
+  AND {SLA_FILTER}
+GROUP BY time, {dimension}
+ORDER BY time, {dimension}""",
+        "timeseries",
+        {"time": "time", dimension: "string", "breached": "number", "at_risk": "number"},
+        SLA_VARS,
+    )
+
+
+SLA_BY_CHANNEL = _sla_over_time("sla_by_channel", "channel")
+SLA_BY_TARGET = _sla_over_time("sla_by_target", "target")
+SLA_BY_POLICY = _sla_over_time("sla_by_policy", "policy")
+SLA_BY_QUEUE = _sla_over_time("sla_by_queue", "queue")
+
+SLA_TIME_OVER_DEADLINE = PanelQuery(
+    "sla_time_over_deadline",
+    f"""SELECT
+  $__timeInterval(at) AS time,
+  quantileExact(0.5)(seconds_late) AS p50_seconds_late,
+  quantileExact(0.9)(seconds_late) AS p90_seconds_late,
+  max(seconds_late) AS max_seconds_late
+FROM sla_events FINAL
+WHERE $__timeFilter(at)
+  AND kind IN ('met', 'cancelled')
+  AND seconds_late > 0
+  AND {SLA_FILTER}
+GROUP BY time
+ORDER BY time""",
+    "timeseries",
+    {
+        "time": "time",
+        "p50_seconds_late": "number",
+        "p90_seconds_late": "number",
+        "max_seconds_late": "number",
+    },
+    SLA_VARS,
+)
+
+SLA_TOP_QUEUES = PanelQuery(
+    "sla_top_queues",
+    f"""SELECT
+  channel,
+  queue,
+  uniqExactIf((contact_id, target, opened_by), kind = 'breached') AS breaches,
+  uniqExactIf((contact_id, target, opened_by), kind = 'at_risk') AS at_risk,
+  uniqExact((contact_id, target, opened_by)) AS obligations,
+  breaches / obligations AS breach_rate,
+  avgIf(seconds_late, kind IN ('met', 'cancelled') AND seconds_late > 0) AS avg_seconds_late
+FROM sla_events FINAL
+WHERE $__timeFilter(at)
+  AND {SLA_FILTER}
+GROUP BY channel, queue
+HAVING breaches > 0
+ORDER BY breaches DESC, breach_rate DESC, channel, queue
+LIMIT 10""",
+    "table",
+    {
+        "channel": "string",
+        "queue": "string",
+        "breaches": "number",
+        "at_risk": "number",
+        "obligations": "number",
+        "breach_rate": "number",
+        "avg_seconds_late": "number",
+    },
+    SLA_VARS,
+)
+
+SLA_BY_POLICY_TABLE = PanelQuery(
+    "sla_policy_compliance",
+    f"""SELECT
+  policy,
+  target,
+  uniqExact((contact_id, opened_by)) AS obligations,
+  uniqExactIf((contact_id, opened_by), kind = 'breached') AS breaches,
+  1 - breaches / obligations AS compliance,
+  countIf(kind = 'met' AND seconds_late > 0) AS met_late,
+  quantileExactIf(0.9)(seconds_late, kind IN ('met', 'cancelled') AND seconds_late > 0) AS p90_seconds_late,
+  maxIf(seconds_late, kind IN ('met', 'cancelled')) AS max_seconds_late
+FROM sla_events FINAL
+WHERE $__timeFilter(at)
+  AND {SLA_FILTER}
+GROUP BY policy, target
+ORDER BY compliance ASC, policy, target""",
+    "table",
+    {
+        "policy": "string",
+        "target": "string",
+        "obligations": "number",
+        "breaches": "number",
+        "compliance": "number",
+        "met_late": "number",
+        "p90_seconds_late": "number",
+        "max_seconds_late": "number",
+    },
+    SLA_VARS,
+)
+
+# --------------------------------------------------------------------------------------------------
+# Journeys and CX
+
+_JOURNEYS = f"""FROM journeys FINAL
+WHERE is_deleted = 0
+  AND $__timeFilter(started_at)
+  AND {JOURNEY_FILTER}"""
+
+J_FCR_BY_FIRST_CHANNEL = PanelQuery(
+    "j_fcr_by_first_channel",
+    f"""SELECT
+  channel_path[1] AS first_channel,
+  count() AS journeys,
+  countIf(first_contact_resolved = 1) / count() AS fcr_rate,
+  if(countIf(resolved = 1) = 0, NULL, countIf(first_contact_resolved = 1) / countIf(resolved = 1)) AS fcr_rate_of_resolved,
+  avg(contacts) AS avg_contacts
+{_JOURNEYS}
+GROUP BY first_channel
+ORDER BY journeys DESC, first_channel""",
+    "table",
+    {
+        "first_channel": "string",
+        "journeys": "number",
+        "fcr_rate": "number",
+        "fcr_rate_of_resolved": "number",
+        "avg_contacts": "number",
+    },
+    ("channel",),
+)
+
+J_CHANNEL_SWITCHES = PanelQuery(
+    "j_channel_switches",
+    f"""SELECT
+  $__timeInterval(started_at) AS time,
+  countIf(channel_switches > 0) / count() AS switch_rate,
+  countIf(contacts > 1) / count() AS repeat_contact_rate,
+  avg(channel_switches) AS avg_switches
+{_JOURNEYS}
+GROUP BY time
+ORDER BY time""",
+    "timeseries",
+    {"time": "time", "switch_rate": "number", "repeat_contact_rate": "number", "avg_switches": "number"},
+    ("channel",),
+)
+
+J_TOP_PATHS = PanelQuery(
+    "j_top_paths",
+    f"""SELECT
+  arrayStringConcat(channel_path, ' > ') AS path,
+  count() AS journeys,
+  count() / sum(count()) OVER () AS share,
+  countIf(first_contact_resolved = 1) / count() AS fcr_rate,
+  avg(contacts) AS avg_contacts,
+  avg(effort_score) AS avg_effort
+{_JOURNEYS}
+GROUP BY path
+ORDER BY journeys DESC, path
+LIMIT 20""",
+    "table",
+    {
+        "path": "string",
+        "journeys": "number",
+        "share": "number",
+        "fcr_rate": "number",
+        "avg_contacts": "number",
+        "avg_effort": "number",
+    },
+    ("channel",),
+)
+
+J_BOT_CONTAINMENT = PanelQuery(
+    "j_bot_containment",
+    f"""SELECT
+  $__timeInterval(window_start) AS time,
+  channel,
+  if(sum(bot_contained) + sum(bot_handoffs) = 0, NULL, sum(bot_contained) / (sum(bot_contained) + sum(bot_handoffs))) AS containment_rate
+FROM kpi_minute_partials FINAL
+WHERE $__timeFilter(window_start)
+  AND {KPI_FILTER}
+GROUP BY time, channel
+ORDER BY time, channel""",
+    "timeseries",
+    {"time": "time", "channel": "string", "containment_rate": "number"},
+    KPI_VARS,
+)
+
+J_BOT_ESCALATIONS = PanelQuery(
+    "j_bot_escalations",
+    f"""SELECT
+  first_human_channel,
+  arrayStringConcat(channel_path, ' > ') AS path,
+  count() AS journeys,
+  avg(time_to_first_human_s) AS avg_time_to_first_human_s,
+  countIf(resolved = 1) / count() AS resolved_rate,
+  avg(bot_handoffs) AS avg_bot_handoffs
+{_JOURNEYS}
+  AND starts_with_bot = 1
+  AND first_human_at IS NOT NULL
+GROUP BY first_human_channel, path
+ORDER BY journeys DESC, first_human_channel, path
+LIMIT 20""",
+    "table",
+    {
+        "first_human_channel": "string",
+        "path": "string",
+        "journeys": "number",
+        "avg_time_to_first_human_s": "number",
+        "resolved_rate": "number",
+        "avg_bot_handoffs": "number",
+    },
+    ("channel",),
+)
+
+
+def _survey(key: str, value_sql: str, column: str) -> PanelQuery:
+    return PanelQuery(
+        key,
+        f"""SELECT
+  $__timeInterval(window_start) AS time,
+  channel,
+  {value_sql} AS {column}
+FROM kpi_minute_partials FINAL
+WHERE $__timeFilter(window_start)
+  AND {KPI_FILTER}
+GROUP BY time, channel
+ORDER BY time, channel""",
+        "timeseries",
+        {"time": "time", "channel": "string", column: "number"},
+        KPI_VARS,
+    )
+
+
+J_CSAT = _survey("j_csat", "if(sum(csat_responses) = 0, NULL, sum(csat_satisfied) / sum(csat_responses))", "csat")
+J_CES = _survey("j_ces", "if(sum(ces_responses) = 0, NULL, sum(ces_score_sum) / sum(ces_responses))", "ces")
+J_NPS = _survey(
+    "j_nps",
+    "if(sum(nps_responses) = 0, NULL, 100 * (toInt64(sum(nps_promoters)) - toInt64(sum(nps_detractors))) / sum(nps_responses))",
+    "nps",
+)
+
+J_EFFORT = PanelQuery(
+    "j_effort",
+    f"""SELECT
+  $__timeInterval(started_at) AS time,
+  channel_path[1] AS first_channel,
+  avg(effort_score) AS avg_effort
+{_JOURNEYS}
+GROUP BY time, first_channel
+ORDER BY time, first_channel""",
+    "timeseries",
+    {"time": "time", "first_channel": "string", "avg_effort": "number"},
+    ("channel",),
+)
+
+# --------------------------------------------------------------------------------------------------
+# Grafana-managed alert rules (one numeric column, string label columns, only breaching rows)
+
+ALERT_SLA_BREACHES = PanelQuery(
+    "alert_sla_breaches",
+    f"""SELECT
+  channel,
+  queue,
+  toFloat64(uniqExact((contact_id, target, opened_by))) AS breaches
+FROM sla_events FINAL
+WHERE $__timeFilter(at)
+  AND kind = 'breached'
+GROUP BY channel, queue
+HAVING breaches >= {BREACH_ALERT_MIN_BREACHES}
+ORDER BY channel, queue""",
+    "table",
+    {"channel": "string", "queue": "string", "breaches": "number"},
+)
+
+ALERT_SERVICE_LEVEL = PanelQuery(
+    "alert_service_level",
+    f"""SELECT
+  channel,
+  queue,
+  toFloat64({SL_OF_PARTIALS}) AS service_level
+FROM kpi_minute_partials FINAL
+WHERE $__timeFilter(window_start)
+  AND queue != ''
+GROUP BY channel, queue
+HAVING sum(answered) + sum(abandoned) - sum(short_abandoned) >= {SL_ALERT_MIN_CONTACTS}
+  AND service_level < {sl_target_sql()}
+ORDER BY channel, queue""",
+    "table",
+    {"channel": "string", "queue": "string", "service_level": "number"},
+)
+
+ALERT_OLDEST_WAIT = PanelQuery(
+    "alert_oldest_wait",
+    f"""SELECT
+  m_channel AS channel,
+  m_queue AS queue,
+  argMax(m_oldest, minute) AS oldest_wait_seconds
+FROM
+(
+  SELECT
+    window_start AS minute,
+    channel AS m_channel,
+    queue AS m_queue,
+    max(oldest_wait_end) AS m_oldest,
+    max(sl_threshold_seconds) AS m_threshold
+  FROM kpi_minute_partials FINAL
+  WHERE $__timeFilter(window_start)
+    AND queue != ''
+  GROUP BY minute, m_channel, m_queue
+)
+GROUP BY channel, queue
+HAVING oldest_wait_seconds > {OLDEST_WAIT_FACTOR} * argMax(m_threshold, minute)
+ORDER BY channel, queue""",
+    "table",
+    {"channel": "string", "queue": "string", "oldest_wait_seconds": "number"},
+)
+
+ALERT_QUERIES: tuple[PanelQuery, ...] = (ALERT_SLA_BREACHES, ALERT_SERVICE_LEVEL, ALERT_OLDEST_WAIT)
+
+# --------------------------------------------------------------------------------------------------
+# Pipeline health (Prometheus)
+
+_CH = 'channel=~"${channel:regex}"'
+_INST = 'instance=~"${instance:regex}"'
+
+P_THROUGHPUT = PromQuery(
+    "p_throughput",
+    f"sum by (channel) (rate(touchline_events_written_total{{{_CH}, {_INST}}}[$__rate_interval]))",
+    "{{channel}} written",
+)
+P_CONSUMED = PromQuery(
+    "p_consumed",
+    f"sum by (channel) (rate(touchline_events_consumed_total{{{_CH}, {_INST}}}[$__rate_interval]))",
+    "{{channel}} consumed",
+)
+P_LAG = PromQuery(
+    "p_lag",
+    f"sum by (topic) (touchline_consumer_lag_messages{{{_INST}}})",
+    "{{topic}}",
+)
+P_DEADLETTER = PromQuery(
+    "p_deadletter",
+    f"sum by (channel, reason) (rate(touchline_events_deadlettered_total{{{_CH}, {_INST}}}[$__rate_interval]))",
+    "{{channel}} {{reason}}",
+)
+P_LATE = PromQuery(
+    "p_late",
+    f"sum by (channel) (rate(touchline_events_late_total{{{_CH}, {_INST}}}[$__rate_interval]))",
+    "{{channel}}",
+)
+P_FLUSH_P50 = PromQuery(
+    "p_flush_p50",
+    f"histogram_quantile(0.5, sum by (le) (rate(touchline_flush_seconds_bucket{{{_INST}}}[$__rate_interval])))",
+    "p50",
+)
+P_FLUSH_P99 = PromQuery(
+    "p_flush_p99",
+    f"histogram_quantile(0.99, sum by (le) (rate(touchline_flush_seconds_bucket{{{_INST}}}[$__rate_interval])))",
+    "p99",
+)
+P_FLUSH_FAILURES = PromQuery(
+    "p_flush_failures",
+    f"sum by (instance) (rate(touchline_flush_failures_total{{{_INST}}}[$__rate_interval]))",
+    "{{instance}} failures",
+)
+P_E2E_P50 = PromQuery(
+    "p_e2e_p50",
+    f"histogram_quantile(0.5, sum by (le, channel) (rate(touchline_end_to_end_seconds_bucket{{{_CH}, {_INST}}}[$__rate_interval])))",
+    "{{channel}} p50",
+)
+P_E2E_P99 = PromQuery(
+    "p_e2e_p99",
+    f"histogram_quantile(0.99, sum by (le, channel) (rate(touchline_end_to_end_seconds_bucket{{{_CH}, {_INST}}}[$__rate_interval])))",
+    "{{channel}} p99",
+)
+P_UP = PromQuery("p_up", f'up{{job="touchline-worker", {_INST}}}', "{{instance}}")
+P_SLA_EVENTS = PromQuery(
+    "p_sla_events",
+    f"sum by (channel, kind) (rate(touchline_sla_events_total{{{_CH}, {_INST}}}[$__rate_interval]))",
+    "{{channel}} {{kind}}",
+)
+P_SLA_OPEN = PromQuery(
+    "p_sla_open",
+    f"sum by (channel, target) (touchline_sla_open_obligations{{{_CH}, {_INST}}})",
+    "{{channel}} {{target}}",
+)
+
+PANEL_QUERIES: tuple[PanelQuery, ...] = (
+    RT_NOW,
+    RT_SERVICE_LEVEL,
+    RT_VOLUME,
+    RT_ASA,
+    RT_BACKLOG,
+    RT_OLDEST_WAIT,
+    RT_QUEUES,
+    RT_OPEN_OBLIGATIONS,
+    SLA_BY_CHANNEL,
+    SLA_BY_TARGET,
+    SLA_BY_POLICY,
+    SLA_BY_QUEUE,
+    SLA_TIME_OVER_DEADLINE,
+    SLA_TOP_QUEUES,
+    SLA_BY_POLICY_TABLE,
+    J_FCR_BY_FIRST_CHANNEL,
+    J_CHANNEL_SWITCHES,
+    J_TOP_PATHS,
+    J_BOT_CONTAINMENT,
+    J_BOT_ESCALATIONS,
+    J_CSAT,
+    J_CES,
+    J_NPS,
+    J_EFFORT,
+)

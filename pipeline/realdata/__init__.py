@@ -1,0 +1,1 @@
+"""Converters from real, public contact-centre data sets to canonical interaction events."""
