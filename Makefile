@@ -25,10 +25,15 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/touchline run --speed $(SPEED) --seed $(SEED) $(if $(DURATION),--duration $(DURATION))
 
-## make test: lint, types, schema drift, unit and integration tests against a real broker
-test: $(STAMP) lint typecheck
+## make test: lint, types, generated-file drift, unit and integration tests against a real broker
+test: $(STAMP) system-deps lint typecheck
 	$(BIN)/touchline schemas --check
+	$(BIN)/python -m pipeline.dashboards --check
 	$(BIN)/pytest -q tests
+
+## Prometheus and Alertmanager (Debian packages) for the alerting tests; skipped with a message when not root
+system-deps:
+	@bash deploy/install-system-deps.sh
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
