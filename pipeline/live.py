@@ -69,7 +69,52 @@ def query(url: str, sql: str) -> list[list[object]]:
     return rows
 
 
-def render(first: Snapshot, prev: Snapshot, now: Snapshot, stored: dict[str, int], status: str) -> Group:
+KPI_QUERY = """
+SELECT k.channel, k.n_offered, k.n_answered, k.n_abandoned, k.sl, k.asa, k.n_backlog, b.breaches
+FROM (
+    SELECT channel, sum(offered) AS n_offered, sum(answered) AS n_answered, sum(abandoned) AS n_abandoned,
+           sum(answered_within_sl) / nullIf(sum(answered) + sum(abandoned) - sum(short_abandoned), 0) AS sl,
+           arrayAvg(arrayFlatten(groupArray(answer_waits))) AS asa,
+           sumIf(backlog, window_start = last) AS n_backlog
+    FROM (SELECT *, max(window_start) OVER (PARTITION BY channel) AS last
+          FROM kpi_minute WHERE window_start >= (SELECT max(window_start) FROM kpi_minute) - INTERVAL 15 MINUTE)
+    GROUP BY channel
+) AS k
+LEFT JOIN (
+    SELECT channel, count() AS breaches FROM sla_events FINAL
+    WHERE kind = 'breached' AND at >= (SELECT max(at) FROM sla_events) - INTERVAL 15 MINUTE GROUP BY channel
+) AS b ON b.channel = k.channel
+ORDER BY k.channel
+"""
+
+
+def kpi_table(rows: list[list[object]]) -> Table:
+    """The last 15 minutes of event time: service level, speed of answer, backlog, breaches."""
+    table = Table(title="KPIs, last 15 minutes of event time (kpi_minute, sla_events)", expand=True)
+    for column in ("channel", "offered", "answered", "abandoned", "service level", "ASA s", "backlog", "breaches"):
+        table.add_column(column, justify="right" if column != "channel" else "left")
+    for channel, offered, answered, abandoned, sl, asa, backlog, breaches in rows:
+        table.add_row(
+            str(channel),
+            str(offered),
+            str(answered),
+            str(abandoned),
+            "-" if sl is None else f"{float(str(sl)):.1%}",
+            "-" if asa is None or asa != asa else f"{float(str(asa)):.1f}",
+            str(backlog),
+            str(breaches or 0),
+        )
+    return table
+
+
+def render(
+    first: Snapshot,
+    prev: Snapshot,
+    now: Snapshot,
+    stored: dict[str, int],
+    status: str,
+    kpis: list[list[object]] | None = None,
+) -> Group:
     table = Table(title="Touchline: events by channel", expand=True)
     for column in (
         "channel",
@@ -101,7 +146,7 @@ def render(first: Snapshot, prev: Snapshot, now: Snapshot, stored: dict[str, int
         f"throughput {total_rate:,.0f} events/s now, {overall:,.0f} events/s on average   "
         f"consumer lag {now.lag:,.0f}   {status}"
     )
-    return Group(table, Panel(summary, title="pipeline"))
+    return Group(table, kpi_table(kpis or []), Panel(summary, title="pipeline"))
 
 
 @contextmanager
@@ -208,7 +253,10 @@ def run_command(duration: float | None, speed: float, seed: int, rate: float | N
         ]
         if rate is not None:
             sim_args += ["--rate", str(rate)]
-        with child(["worker"], logs / "worker.log") as worker_process:
+        # simulated time runs `speed` times faster than the wall clock: SLA deadlines must then
+        # follow event time, as when replaying history
+        worker_env = {} if speed == 1 else {"TOUCHLINE_SLA_CLOCK": "event", "TOUCHLINE_KPI_IDLE_SECONDS": "5"}
+        with child(["worker"], logs / "worker.log", worker_env) as worker_process:
             click.echo(f"starting the worker (log: {logs / 'worker.log'})...")
             wait_for_worker(settings.worker_url, worker_process, logs / "worker.log")
             with child(sim_args, logs / "simulator.log") as sim_process:
@@ -250,6 +298,7 @@ def watch(
                     str(c): int(str(n))
                     for c, n in query(url, "SELECT channel, count() FROM interaction_events GROUP BY channel")
                 }
+                kpis = query(url, KPI_QUERY)
             except OSError:
                 continue
             elapsed = time.monotonic() - started
@@ -257,9 +306,9 @@ def watch(
             status = f"running {elapsed:,.0f} s" + (f" of {duration:,.0f} s" if duration else "  (Ctrl-C to stop)")
             if sim_done:
                 status += "   simulator finished"
-            live.update(render(first, prev, now, stored, status))
+            live.update(render(first, prev, now, stored, status, kpis))
             # stop once time is up and the worker has written everything it was sent
-            caught_up = now.lag == 0 and sum(now.written.values()) == sum(prev.written.values())
+            caught_up = sim_done and sum(now.written.values()) == sum(prev.written.values()) == sum(stored.values())
             if (duration is not None and elapsed >= duration) or sim_done:
                 drained_since = drained_since or time.monotonic()
                 if caught_up or time.monotonic() - drained_since > 30:
