@@ -150,7 +150,7 @@ def render(
 
 
 @contextmanager
-def child(args: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def child(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
@@ -158,6 +158,7 @@ def child(args: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
     try:
         yield process
