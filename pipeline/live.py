@@ -37,7 +37,7 @@ class Snapshot:
     dead: dict[str, float] = field(default_factory=dict)
     duplicates: dict[str, float] = field(default_factory=dict)
     lag: float = 0.0
-    flush_p: float = 0.0
+    pending: float = 0.0
 
 
 def scrape(url: str) -> Snapshot:
@@ -59,6 +59,8 @@ def scrape(url: str) -> Snapshot:
                 target[channel] = target.get(channel, 0.0) + sample.value
             elif family.name == "touchline_consumer_lag_messages":
                 snap.lag += sample.value
+            elif family.name == "touchline_pending_rows":
+                snap.pending = sample.value
     return snap
 
 
@@ -309,7 +311,7 @@ def watch(
                 status += "   simulator finished"
             live.update(render(first, prev, now, stored, status, kpis))
             # stop once time is up and the worker has written everything it was sent
-            caught_up = sim_done and sum(now.written.values()) == sum(prev.written.values()) == sum(stored.values())
+            caught_up = sim_done and now.pending == 0 and sum(now.written.values()) == sum(prev.written.values())
             if (duration is not None and elapsed >= duration) or sim_done:
                 drained_since = drained_since or time.monotonic()
                 if caught_up or time.monotonic() - drained_since > 30:

@@ -299,7 +299,9 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
             if high is None:
                 continue
             position = read.get(tp)
-            lag = high - (position + 1 if position is not None else 0)
+            if position is None:  # nothing read from it by this process yet: unknown, not "all"
+                continue
+            lag = high - (position + 1)
             metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, lag))
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust types receivers as sync-or-awaitable unions
