@@ -4,19 +4,25 @@ canonical JSONL into the broker, let a worker compute the KPI windows into Click
 in `tests/anonbank_oracle.py` (its docstring pins the definitions; the unit test
 `tests/unit/test_anonbank.py` makes the same comparison in-process).
 
-Replay settings: the JSONL is in event-time order, so no event of a partition is behind another
-(lateness 60 s is ample); partitions idle for 2 s advance their watermark with the wall clock so
-the last windows become final soon after the replay; SLA clocks run on event time (`event`), as a
-replay of 1999 calls needs.
+Finality without the wall clock: the JSONL is in event-time order, so no event of a partition is
+behind another. The wall-clock idle advance of the watermark is switched off (idle timeout 1 h): on
+a busy machine a worker stall longer than idle timeout + lateness would otherwise push a partition's
+watermark past events still in flight and make them late. Instead, after the month, a second file
+of `FLUSH_CONTACTS` lone `contact_started` events one day after the last call is replayed: spread
+over every partition (by key hash), they move each partition's event-time watermark past October,
+so every October window becomes final; a `contact_started` alone has no KPI measure. SLA clocks run
+on event time (`event`), as a replay of 1999 calls needs.
 """
 
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
+from pipeline.events.models import Channel, ContactStarted, EventBase
 from pipeline.realdata.anonbank import convert, write_jsonl
 
 from ..anonbank_oracle import ANONBANK_TSV, MALFORMED_LINES, Tally, compute, summary
@@ -31,6 +37,7 @@ COUNTS = ("offered", "answered", "answered_within_sl", "abandoned", "short_aband
 SUMS = ("wait_sum", "handle_sum")
 RATIOS = ("service_level", "asa_seconds", "abandonment_rate", "aht_seconds")
 FIGURES = COUNTS + SUMS + RATIOS
+FLUSH_CONTACTS = 64  # P(some of the 4 partitions gets none) = 4 * (3/4)**64, about 4e-8
 
 # day x queue x priority rows of kpi_1d, with the view's own KPI columns
 PER_KEY_SQL = """
@@ -89,6 +96,16 @@ def as_figures(values: list[Any]) -> dict[str, Any]:
     return out
 
 
+def flush_events(after: EventBase) -> list[EventBase]:
+    at = after.occurred_at + timedelta(days=1)
+    return [
+        ContactStarted(
+            event_id=f"anonbank-flush-{n}-1", occurred_at=at, channel=Channel.VOICE, contact_id=f"anonbank-flush-{n}"
+        )
+        for n in range(FLUSH_CONTACTS)
+    ]
+
+
 def assert_same(where: str, ours: dict[str, Any], theirs: dict[str, float | int | None]) -> None:
     for name in FIGURES:
         expected = theirs[name]
@@ -109,11 +126,12 @@ def test_anonbank_month_kpis_through_the_real_pipeline(workspace: Workspace) -> 
     assert result.calls == oracle.rows
     path = workspace.path / "anonbank-1999-10.jsonl"
     assert write_jsonl(result.events, path) == len(result.events)
+    flush = workspace.path / "flush.jsonl"
+    write_jsonl(flush_events(result.events[-1]), flush)
 
     workspace.env.update(
         {
-            "TOUCHLINE_KPI_ALLOWED_LATENESS_SECONDS": "60",
-            "TOUCHLINE_KPI_IDLE_SECONDS": "2",
+            "TOUCHLINE_KPI_IDLE_SECONDS": "3600",
             "TOUCHLINE_KPI_EMIT_SECONDS": "2",
             "TOUCHLINE_SLA_CLOCK": "event",
         }
@@ -123,11 +141,12 @@ def test_anonbank_month_kpis_through_the_real_pipeline(workspace: Workspace) -> 
     replay = workspace.cli("replay", path, "--speed", "0", timeout=1200)
     print(replay.stdout.strip())
     assert f"{len(result.events):,} events sent" in replay.stdout and ", 0 bad lines skipped" in replay.stdout
+    workspace.cli("replay", flush, "--speed", "0", timeout=300)
 
-    expected_events = len(result.events)
+    expected_events = len(result.events) + FLUSH_CONTACTS
     wait_until(
         lambda: worker.sql("SELECT uniqExact(event_id) FROM interaction_events")[0][0] == expected_events,
-        1200,
+        1800,
         f"{expected_events:,} events stored",
         interval=2,
     )
