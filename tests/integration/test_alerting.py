@@ -1,9 +1,11 @@
 """Prometheus rules and Alertmanager config, checked with the real tools, and paging end to end.
 
-`promtool` and `amtool` check the shipped files; then, on loopback, a real Prometheus scrapes a
-metrics endpoint that reports a breach storm, a rule fires, a real Alertmanager routes it and the
-webhook receiver started here gets the page. The test configs are generated from the shipped ones
-with 1 s intervals. Needs Debian's `prometheus` and `prometheus-alertmanager`
+`promtool` and `amtool` check the shipped files; then, on loopback, a real Prometheus scrapes a real
+worker (wall-clock SLA mode) while the test queues 30 voice contacts nobody answers: their
+first-response deadlines pass 20 s later, the worker raises the breaches on the wall clock and
+counts them in touchline_sla_events_total, the breach-storm rule fires, a real Alertmanager routes
+it and the webhook receiver started here gets the page. The test configs are generated from the
+shipped ones with 1 s intervals and pending periods. Needs Debian's `prometheus` and `prometheus-alertmanager`
 (deploy/install-system-deps.sh); skips with the reason when they are missing.
 """
 
@@ -17,17 +19,19 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from kafka import KafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import free_port
+from pipeline.events.models import Channel, ContactStarted, CustomerIdentifiers, Queued, to_json
+from pipeline.events.topics import interaction_topic
+from tests.integration.conftest import Worker, Workspace, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -126,78 +130,6 @@ def test_alertmanager_config_groups_and_inhibits() -> None:
 
 # --------------------------------------------------------------------------------------------------
 # End to end: metrics -> Prometheus -> rule fires -> Alertmanager -> webhook
-
-
-@dataclass
-class MetricsSource:
-    """What Prometheus scrapes: `target` (host:port) and `storm()`, which starts raising
-    touchline_sla_events_total{kind="breached"} on the voice channel. A real worker can take its
-    place: anything that serves the touchline metrics and can be driven into a breach storm."""
-
-    target: str
-    storm: Callable[[], None]
-
-
-class _MetricsHandler(BaseHTTPRequestHandler):
-    registry: CollectorRegistry
-
-    def do_GET(self) -> None:
-        if self.path.split("?")[0] != "/metrics":
-            self.send_error(404)
-            return
-        body = generate_latest(self.registry)
-        self.send_response(200)
-        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def metrics_source() -> Iterator[MetricsSource]:
-    registry = CollectorRegistry()
-    sla = Counter(
-        "touchline_sla_events_total",
-        "SLA outcomes raised: at_risk, breached, met, cancelled",
-        ["channel", "target", "kind", "policy"],
-        registry=registry,
-    )
-    consumed = Counter("touchline_events_consumed_total", "Messages read", ["channel"], registry=registry)
-    lag = Gauge("touchline_consumer_lag_messages", "Lag", ["topic", "partition"], registry=registry)
-    for channel in ("voice", "chat"):
-        consumed.labels(channel).inc(0)
-        sla.labels(channel, "first_response", "met", channel).inc(0)
-        sla.labels(channel, "first_response", "breached", channel).inc(0)
-        lag.labels(f"touchline.interactions.{channel}", "0").set(3)
-
-    stop = threading.Event()
-    storming = threading.Event()
-
-    def traffic() -> None:
-        while not stop.wait(0.2):
-            consumed.labels("voice").inc(20)
-            consumed.labels("chat").inc(20)
-            sla.labels("chat", "first_response", "met", "chat").inc(5)  # chat is healthy throughout
-            if storming.is_set():
-                sla.labels("voice", "first_response", "breached", "voice").inc(10)  # 50 breaches a second
-
-    handler = type("Handler", (_MetricsHandler,), {"registry": registry})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threads = [
-        threading.Thread(target=server.serve_forever, daemon=True),
-        threading.Thread(target=traffic, daemon=True),
-    ]
-    for thread in threads:
-        thread.start()
-    try:
-        yield MetricsSource(f"127.0.0.1:{server.server_address[1]}", storming.set)
-    finally:
-        stop.set()
-        server.shutdown()
-        server.server_close()
 
 
 class WebhookReceiver:
@@ -315,13 +247,58 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
                 process.wait()
 
 
+STORM_CONTACTS = 30
+STORM_SPREAD_S = 6.0
+"""The storm's contacts are queued over this many seconds, so the breach counter is first scraped
+low and then seen rising (a series born at its final value has no increase in PromQL)."""
+FIRST_RESPONSE_S = 20  # deploy/sla-policies.yaml, policy "voice"
+
+
+@pytest.fixture
+def pager_tools() -> tuple[str, str]:
+    """Prometheus and Alertmanager, or a skip saying how to install them (before a worker starts)."""
+    return tool("prometheus"), tool("prometheus-alertmanager", "alertmanager")
+
+
+def start_storm(workspace: Workspace) -> list[str]:
+    """`contact_started` + `queued` on voice.general, stamped now, for STORM_CONTACTS voice contacts
+    that are never answered: their first-response obligations breach 20 s after each `queued`."""
+    producer = KafkaProducer(bootstrap_servers=workspace.env["KAFKA_BOOTSTRAP_SERVERS"], acks="all")
+    contact_ids = []
+    try:
+        for n in range(STORM_CONTACTS):
+            contact_id = f"storm-{n:02d}"
+            now = datetime.now(UTC)
+            common = {
+                "channel": Channel.VOICE,
+                "contact_id": contact_id,
+                "customer": CustomerIdentifiers(phone=f"+4416329600{n:02d}"),
+                "queue": "voice.general",
+                "segment": "retail",
+            }
+            for event in (
+                ContactStarted(event_id=f"{contact_id}-start", occurred_at=now - timedelta(seconds=2), **common),
+                Queued(event_id=f"{contact_id}-queued", occurred_at=now, **common),
+            ):
+                producer.send(interaction_topic(Channel.VOICE), key=contact_id.encode(), value=to_json(event))
+            producer.flush()
+            contact_ids.append(contact_id)
+            time.sleep(STORM_SPREAD_S / STORM_CONTACTS)
+    finally:
+        producer.close()
+    return contact_ids
+
+
 @pytest.mark.timeout(90)
-def test_breach_storm_pages_through_prometheus_and_alertmanager(
-    tmp_path: Path, metrics_source: MetricsSource, processes: list[subprocess.Popen[bytes]]
+def test_breach_storm_on_a_real_worker_pages_through_prometheus_and_alertmanager(
+    pager_tools: tuple[str, str],
+    workspace: Workspace,
+    tmp_path: Path,
+    processes: list[subprocess.Popen[bytes]],
 ) -> None:
-    prometheus = tool("prometheus")
-    alertmanager = tool("prometheus-alertmanager", "alertmanager")
+    prometheus, alertmanager = pager_tools
     started = time.monotonic()
+    worker = workspace.start_worker(wait=False)  # default sla_clock = wall
     webhook = WebhookReceiver()
     try:
         prometheus_port, alertmanager_port = free_port(), free_port()
@@ -330,7 +307,7 @@ def test_breach_storm_pages_through_prometheus_and_alertmanager(
             tmp_path / "prometheus.yml",
             prometheus_port,
             alertmanager_port,
-            metrics_source.target,
+            f"127.0.0.1:{worker.port}",
             tmp_path / "rules.yml",
         )
         fast_alertmanager(tmp_path / "alertmanager.yml", webhook.port)
@@ -366,34 +343,45 @@ def test_breach_storm_pages_through_prometheus_and_alertmanager(
             )
         wait_ready(f"http://127.0.0.1:{alertmanager_port}/-/ready", processes[0], am_log)
         wait_ready(f"http://127.0.0.1:{prometheus_port}/-/ready", processes[1], prom_log)
+        wait_until(worker.ready, 60, "the worker to get its partitions", interval=0.2)
 
         # The worker is scraped and healthy before the storm: nothing pages.
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
+        def scraped() -> bool:
             targets = get_json(f"http://127.0.0.1:{prometheus_port}/api/v1/targets")["data"]["activeTargets"]
-            if any(t["labels"]["job"] == "touchline-worker" and t["health"] == "up" for t in targets):
-                break
-            time.sleep(0.3)
-        else:
-            raise AssertionError(f"the metrics endpoint was never scraped:\n{prom_log.read_text()[-3000:]}")
+            return any(t["labels"]["job"] == "touchline-worker" and t["health"] == "up" for t in targets)
+
+        wait_until(scraped, 15, f"Prometheus to scrape the worker:\n{prom_log.read_text()[-3000:]}", interval=0.3)
         time.sleep(2)
         assert webhook.received.empty(), "a page before the breach storm"
+        assert worker.metric("touchline_sla_events_total") == 0
+        ready_s = time.monotonic() - started
 
-        metrics_source.storm()
+        storm_at = time.monotonic()
+        start_storm(workspace)
 
         path, payload = webhook.wait_for(
             lambda _path, body: any(
                 a["labels"].get("alertname") == "TouchlineSlaBreachStorm" and a["status"] == "firing"
                 for a in body["alerts"]
             ),
-            timeout=40,
+            timeout=FIRST_RESPONSE_S + STORM_SPREAD_S + 25,
         )
+        paged_s = time.monotonic() - storm_at
+        breached = sum(
+            sample.value
+            for sample in _samples(worker, "touchline_sla_events_total")
+            if sample.labels["kind"] == "breached" and sample.labels["channel"] == "voice"
+        )
+        print(
+            f"\nworker + Prometheus + Alertmanager ready in {ready_s:.1f} s; paged {paged_s:.1f} s after the storm began"
+        )
+        assert breached > 20, "the page came before the worker had counted a storm"
         assert path == "/touchline/live-channels"  # critical + voice -> the live-channel rotation
         assert payload["version"] == "4" and payload["status"] == "firing"
         assert payload["receiver"] == "pager-live-channels"
         assert payload["groupLabels"] == {"alertname": "TouchlineSlaBreachStorm", "channel": "voice"}
         alerts = [a for a in payload["alerts"] if a["labels"]["alertname"] == "TouchlineSlaBreachStorm"]
-        assert len(alerts) == 1  # one incident, one alert: chat stays quiet
+        assert len(alerts) == 1  # one incident, one alert
         alert = alerts[0]
         assert alert["labels"]["channel"] == "voice"
         assert alert["labels"]["severity"] == "critical"
@@ -402,17 +390,26 @@ def test_breach_storm_pages_through_prometheus_and_alertmanager(
         assert alert["annotations"]["runbook_url"].endswith("#sla-breach-storm")
 
         # The warning about the same channel's rising breaches is inhibited by the critical page.
-        deadline = time.monotonic() + 15
         rising: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
+
+        def rising_inhibited() -> bool:
+            nonlocal rising
             rising = get_json(
                 f"http://127.0.0.1:{alertmanager_port}/api/v2/alerts?filter=alertname%3D%22TouchlineSlaBreachesRising%22"
             )
-            if rising and all(a["status"]["inhibitedBy"] for a in rising):
-                break
-            time.sleep(0.3)
-        assert rising, "TouchlineSlaBreachesRising never reached Alertmanager"
+            return bool(rising) and all(a["status"]["inhibitedBy"] for a in rising)
+
+        wait_until(rising_inhibited, 15, "TouchlineSlaBreachesRising to reach Alertmanager, inhibited", interval=0.3)
         assert all(a["labels"]["channel"] == "voice" and a["status"]["state"] == "suppressed" for a in rising), rising
-        assert time.monotonic() - started < 60
+        assert all(a["labels"]["policy"] == "voice" for a in rising), rising
     finally:
         webhook.close()
+
+
+def _samples(worker: Worker, name: str) -> list[Any]:
+    return [
+        sample
+        for family in text_string_to_metric_families(worker.get("/metrics").decode())
+        for sample in family.samples
+        if sample.name == name
+    ]
