@@ -44,10 +44,15 @@ def main() -> None:
 
 
 @main.command()
-def migrate() -> None:
+@click.option(
+    "--with-optional",
+    is_flag=True,
+    help="Also apply schemas/clickhouse/optional/ (e.g. the read-only analyst role, for a ClickHouse server).",
+)
+def migrate(with_optional: bool) -> None:
     """Apply pending ClickHouse migrations from schemas/clickhouse/ (each file once)."""
     from pipeline.store.clickhouse import StoreError, connect
-    from pipeline.store.migrations import MigrationError
+    from pipeline.store.migrations import MigrationError, discover
     from pipeline.store.migrations import migrate as run_migrations
 
     settings = settings_or_exit()
@@ -55,7 +60,8 @@ def migrate() -> None:
         click.echo("a worker holds the embedded store and applied the migrations when it started")
         return
     try:
-        applied = run_migrations(connect(settings.clickhouse_url, settings.clickhouse_database))
+        client = connect(settings.clickhouse_url, settings.clickhouse_database)
+        applied = run_migrations(client, discover(include_optional=with_optional))
     except (StoreError, MigrationError) as error:
         fail(str(error))
     click.echo(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
