@@ -56,6 +56,8 @@ def migrate(with_optional: bool) -> None:
     from pipeline.store.migrations import migrate as run_migrations
 
     settings = settings_or_exit()
+    if with_optional and settings.embedded_clickhouse:
+        fail("the optional migrations (the analyst role) need a ClickHouse server with SQL access control", 2)
     if settings.embedded_clickhouse and worker_answers(settings):
         click.echo("a worker holds the embedded store and applied the migrations when it started")
         return
