@@ -14,6 +14,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,23 +185,31 @@ class Workspace:
         return worker
 
 
-@pytest.fixture
-def workspace(kafka: str, tmp_path: Path) -> Iterator[Workspace]:
+@contextmanager
+def open_workspace(kafka: str, path: Path, extra_env: dict[str, str] | None = None) -> Iterator[Workspace]:
+    """Fresh topics, a data directory under `path`, a new consumer group; workers stopped at the end."""
     recreate_topics(kafka)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")}
     env.update(
         {
             "KAFKA_BOOTSTRAP_SERVERS": kafka,
-            "TOUCHLINE_DATA_DIR": str(tmp_path / "data"),
+            "TOUCHLINE_DATA_DIR": str(path / "data"),
             "TOUCHLINE_APP_ID": f"touchline-test-{uuid.uuid4().hex[:8]}",
             "TOUCHLINE_TOPIC_PARTITIONS": str(PARTITIONS),
             "TOUCHLINE_WORKER_WEB_PORT": str(free_port()),
             "PYTHONPATH": str(REPO),
+            **(extra_env or {}),
         }
     )
-    space = Workspace(tmp_path, env)
+    space = Workspace(path, env)
     try:
         yield space
     finally:
         for worker in space.workers:
             worker.stop()
+
+
+@pytest.fixture
+def workspace(kafka: str, tmp_path: Path) -> Iterator[Workspace]:
+    with open_workspace(kafka, tmp_path) as space:
+        yield space

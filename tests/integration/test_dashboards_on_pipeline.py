@@ -20,11 +20,9 @@ pipeline's code):
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,7 +39,7 @@ from pipeline.simulator.truth import read_truth
 from tests.oracles import ms_of
 from tests.oracles.sla_truth import Breach, sla_oracle
 
-from .conftest import PARTITIONS, REPO, Worker, Workspace, free_port, recreate_topics, wait_until
+from .conftest import REPO, Worker, open_workspace, wait_until
 from .test_kpi_sla_e2e import WORKER_ENV, lowest_watermark_ms, send_end_of_stream
 
 pytestmark = pytest.mark.integration
@@ -134,22 +132,8 @@ def window(end_ms: int, seconds: int) -> TimeRange:
 
 @pytest.fixture(scope="module")
 def run(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    recreate_topics(kafka)
     path = tmp_path_factory.mktemp("dashboards")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")}
-    env.update(
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": kafka,
-            "TOUCHLINE_DATA_DIR": str(path / "data"),
-            "TOUCHLINE_APP_ID": f"touchline-test-{uuid.uuid4().hex[:8]}",
-            "TOUCHLINE_TOPIC_PARTITIONS": str(PARTITIONS),
-            "TOUCHLINE_WORKER_WEB_PORT": str(free_port()),
-            "PYTHONPATH": str(REPO),
-            **WORKER_ENV,
-        }
-    )
-    space = Workspace(path, env)
-    try:
+    with open_workspace(kafka, path, WORKER_ENV) as space:
         began = time.monotonic()
         truth_path = path / "truth.jsonl"
         space.cli(
@@ -190,9 +174,6 @@ def run(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             f"{journeys[-1]} journeys in {time.monotonic() - began:.0f} s"
         )
         yield Run(worker, contacts, int(ms_of(summary["start"]) or 0), horizon_ms, oracle.breaches)
-    finally:
-        for worker in space.workers:
-            worker.stop()
 
 
 # --------------------------------------------------------------------------------------------------
