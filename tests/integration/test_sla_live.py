@@ -13,7 +13,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from pipeline.events.models import Channel, ContactStarted, CustomerIdentifiers, Queued, to_json
 from pipeline.events.topics import SLA_TOPIC, interaction_topic
 
-from .conftest import Workspace, wait_until
+from .conftest import Worker, Workspace, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -71,3 +71,43 @@ def test_breach_is_raised_within_a_second_of_its_deadline(workspace: Workspace) 
     consumer.close()
     assert ("first_response", "at_risk") in kinds and ("first_response", "breached") in kinds
     assert worker.metric("touchline_sla_events_total") >= 2
+
+
+def test_deadline_survives_a_restart_and_fires_right_after_recovery(workspace: Workspace) -> None:
+    """The worker stops with an obligation open; its deadline passes while no worker runs; the next
+    worker restores the partition's checkpoint and raises the overdue breach at once."""
+    first = workspace.start_worker()
+    bootstrap = workspace.env["KAFKA_BOOTSTRAP_SERVERS"]
+    now = datetime.now(UTC)
+    common = {"channel": Channel.VOICE, "contact_id": "restart-breach-1", "queue": "voice.general"}
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    for event in (
+        ContactStarted(event_id="restart-1", occurred_at=now, **common),
+        Queued(event_id="restart-2", occurred_at=now, **common),
+    ):
+        producer.send(interaction_topic(Channel.VOICE), key=b"restart-breach-1", value=to_json(event))
+    producer.flush()
+    producer.close()
+    query = "SELECT kind FROM sla_events FINAL WHERE contact_id = 'restart-breach-1'"
+    wait_until(lambda: worker_has_read(first), 30, "the worker to read the contact")
+    first.stop()  # clean stop: the batch is written and the partition state checkpointed
+    assert first.process.returncode == 0
+    deadline = now + timedelta(seconds=20)
+    time.sleep(max(0.0, (deadline - datetime.now(UTC)).total_seconds()) + 2)  # the deadline passes with no worker
+
+    second = workspace.start_worker()
+    rows: list[list[object]] = []
+
+    def breached() -> bool:
+        nonlocal rows
+        rows = second.sql(query)
+        return ["breached"] in rows
+
+    wait_until(breached, 30, "the overdue breach after recovery", interval=0.2)
+    raised_after = datetime.now(UTC) - deadline
+    print(f"overdue breach raised {raised_after.total_seconds():.1f} s after its deadline, right after recovery")
+    assert ["breached"] in rows
+
+
+def worker_has_read(worker: Worker) -> bool:
+    return worker.metric("touchline_events_written_total") >= 2
