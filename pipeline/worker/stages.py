@@ -164,8 +164,9 @@ class Stages:
     ) -> None:
         late = state.kpi.apply(event, state.key, now_wall=now_wall)
         if late is not None:
+            # too late for the KPI windows, not for the contact's SLA clocks
             outputs.late.append(late)
-        elif self.sla_clock == "event":
+        if self.sla_clock == "event":
             state.hold(event)
         else:
             outputs.sla.extend(self._sla_apply(state, event))
