@@ -83,22 +83,30 @@ def worker(web_port: int | None) -> None:
     """
     import faust
 
+    from pipeline.sla.policy import PolicyError, load_policies
     from pipeline.store.clickhouse import StoreError
     from pipeline.topics import wait_for_broker
 
     settings = settings_or_exit()
     setup_logging(settings.log_level)
     try:
+        load_policies(settings.sla_policies_file)  # configuration first: fail before touching Kafka
+    except (PolicyError, OSError) as error:
+        fail(f"invalid SLA policies in {settings.sla_policies_file}:\n{error}", 2)
+    try:
         wait_for_broker(settings.bootstrap_servers, timeout=10)
     except Exception as error:
         hint = " (start it with `touchline broker start`)" if settings.uses_local_broker else ""
         fail(f"no Kafka broker at {settings.bootstrap_servers}{hint}: {error}")
+    from pipeline.store.migrations import MigrationError
     from pipeline.worker.app import create_app
 
     try:
         app = create_app(settings, web_port=web_port)
-    except StoreError as error:
+    except (StoreError, MigrationError) as error:
         fail(str(error))
+    except PolicyError as error:
+        fail(f"invalid SLA policies in {settings.sla_policies_file}:\n{error}", 2)
     faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()
 
 
