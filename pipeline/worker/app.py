@@ -270,9 +270,16 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         return response
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
-    async def forget_journeys_on_rebalance(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
-        # rebuilt lazily from the table once this worker processes the journey partition again
+    async def on_assignment(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        # journeys: rebuilt lazily from the table once this worker processes the journey partition
         journey_state["stitcher"] = None
+        # KPI windows and SLA clocks: restored now, not at the partition's next event, so deadlines
+        # that fell due while no worker owned the partition fire right after recovery
+        assigned = args[0] if args else kwargs.get("assigned", ())
+        channel_topics_names = set(INTERACTION_TOPICS.values())
+        for tp in sorted(assigned):
+            if tp.topic in channel_topics_names:
+                await partition_state((tp.topic, tp.partition))
 
     async def checkpoint(keys: list[tuple[str, int]]) -> None:
         rows = stages.checkpoint_rows(keys)

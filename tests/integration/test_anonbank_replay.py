@@ -25,12 +25,12 @@ import pytest
 from pipeline.events.models import Channel, ContactStarted, EventBase
 from pipeline.realdata.anonbank import convert, write_jsonl
 
-from ..anonbank_oracle import ANONBANK_TSV, MALFORMED_LINES, Tally, compute, summary
+from ..anonbank_oracle import ANONBANK_TSV, MALFORMED_LINES, SKIP_WITHOUT_DATA, Tally, compute, summary
 from .conftest import Workspace, wait_until
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not ANONBANK_TSV.exists(), reason=f"real data not present: {ANONBANK_TSV}"),
+    pytest.mark.skipif(SKIP_WITHOUT_DATA, reason=f"real data not present: {ANONBANK_TSV} (set TOUCHLINE_SHARED_DIR)"),
 ]
 
 COUNTS = ("offered", "answered", "answered_within_sl", "abandoned", "short_abandoned", "handled")

@@ -30,7 +30,7 @@ from pipeline.kpi.windows import KpiWindows
 from pipeline.realdata.anonbank import FIELDS, ConversionResult, convert, convert_lines, write_jsonl
 from pipeline.replay import ReplayStats, read_events
 
-from ..anonbank_oracle import ANONBANK_TSV, MALFORMED_LINES, OracleResult, Tally, compute, summary
+from ..anonbank_oracle import ANONBANK_TSV, MALFORMED_LINES, SKIP_WITHOUT_DATA, OracleResult, Tally, compute, summary
 
 HEADER = "\t".join(FIELDS)
 BASE = {
@@ -267,7 +267,9 @@ TOPIC = "touchline.interactions.voice"
 PARTITIONS = 4
 FIGURES = ("service_level", "asa_seconds", "abandonment_rate", "aht_seconds")
 
-needs_real_data = pytest.mark.skipif(not ANONBANK_TSV.exists(), reason=f"real data not present: {ANONBANK_TSV}")
+needs_real_data = pytest.mark.skipif(
+    SKIP_WITHOUT_DATA, reason=f"real data not present: {ANONBANK_TSV} (set TOUCHLINE_SHARED_DIR)"
+)
 
 
 @pytest.fixture(scope="module")
