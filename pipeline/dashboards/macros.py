@@ -205,3 +205,18 @@ def expand(sql: str, time_range: TimeRange, variables: Mapping[str, Variable] | 
     if leftover:
         raise MacroError(f"unexpanded variable {leftover.group(0)!r} in:\n{expanded}")
     return expanded
+
+
+def column_kind(clickhouse_type: str) -> str:
+    """What a panel sees in a column of this ClickHouse type: `time`, `number`, `string` (else the type)."""
+    base = clickhouse_type
+    for wrapper in ("Nullable(", "LowCardinality("):
+        while base.startswith(wrapper):
+            base = base[len(wrapper) : -1]
+    if base.startswith(("DateTime", "Date")):
+        return "time"
+    if base.startswith(("UInt", "Int", "Float", "Decimal", "Bool")):
+        return "number"
+    if base.startswith(("String", "FixedString", "Enum")):
+        return "string"
+    return base

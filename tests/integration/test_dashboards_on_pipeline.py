@@ -33,7 +33,7 @@ import pytest
 
 from pipeline.dashboards import queries as q
 from pipeline.dashboards.alerts import ALERTS, AlertSpec
-from pipeline.dashboards.macros import ALL, TimeRange, Variable, expand
+from pipeline.dashboards.macros import ALL, TimeRange, Variable, column_kind, expand
 from pipeline.kpi.definitions import DEFAULT_SL_THRESHOLDS
 from pipeline.simulator.truth import read_truth
 from tests.oracles import ms_of
@@ -92,23 +92,9 @@ def sql(worker: Worker, query: str) -> Result:
     return Result(body["columns"], body["rows"])
 
 
-def kind_of(clickhouse_type: str) -> str:
-    base = clickhouse_type
-    for wrapper in ("Nullable(", "LowCardinality("):
-        while base.startswith(wrapper):
-            base = base[len(wrapper) : -1]
-    if base.startswith(("DateTime", "Date")):
-        return "time"
-    if base.startswith(("UInt", "Int", "Float", "Decimal", "Bool")):
-        return "number"
-    if base.startswith(("String", "FixedString", "Enum")):
-        return "string"
-    return base
-
-
 def column_kinds(worker: Worker, expanded: str) -> dict[str, str]:
     """Result columns of an expanded query and their kind, from ClickHouse's own DESCRIBE."""
-    return {name: kind_of(kind) for name, kind, *_ in sql(worker, f"DESCRIBE TABLE ({expanded})").rows}
+    return {name: column_kind(kind) for name, kind, *_ in sql(worker, f"DESCRIBE TABLE ({expanded})").rows}
 
 
 def value_matches(value: Any, kind: str) -> bool:

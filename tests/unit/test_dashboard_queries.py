@@ -22,7 +22,7 @@ from clickhouse_connect.driver.client import Client
 
 from pipeline.dashboards import queries as q
 from pipeline.dashboards.alerts import ALERTS
-from pipeline.dashboards.macros import ALL, TimeRange, Variable, expand
+from pipeline.dashboards.macros import ALL, TimeRange, Variable, column_kind, expand
 from pipeline.kpi.definitions import DEFAULT_SL_THRESHOLDS
 
 
@@ -322,21 +322,7 @@ def columns(
 ) -> dict[str, str]:
     """Result columns of the expanded query and their kind (time, number, string), rows or not."""
     expanded = expand(sql, time_range, ALL_SELECTED if variables is None else variables)
-    return {name: kind_of(kind) for name, kind, *_ in db.query(f"DESCRIBE TABLE ({expanded})").result_rows}
-
-
-def kind_of(clickhouse_type: str) -> str:
-    base = clickhouse_type
-    for wrapper in ("Nullable(", "LowCardinality("):
-        while base.startswith(wrapper):
-            base = base[len(wrapper) : -1]
-    if base.startswith(("DateTime", "Date")):
-        return "time"
-    if base.startswith(("UInt", "Int", "Float", "Decimal", "Bool")):
-        return "number"
-    if base.startswith(("String", "FixedString", "Enum")):
-        return "string"
-    return base
+    return {name: column_kind(kind) for name, kind, *_ in db.query(f"DESCRIBE TABLE ({expanded})").result_rows}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -348,7 +334,7 @@ def test_panel_query_returns_the_columns_and_types_its_panel_expects(db: Client,
     result = run(db, query.sql, INCIDENT.dashboard_range)
     assert result.result_rows, f"{query.key}: no rows"
     assert list(result.column_names) == list(query.columns)
-    kinds = {name: kind_of(t.name) for name, t in zip(result.column_names, result.column_types, strict=True)}
+    kinds = {name: column_kind(t.name) for name, t in zip(result.column_names, result.column_types, strict=True)}
     assert kinds == query.columns
     assert columns(db, query.sql, INCIDENT.dashboard_range) == query.columns
     if query.format == "timeseries":
