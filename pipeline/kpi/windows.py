@@ -29,23 +29,24 @@ only (contacts are forgotten `ended_retention_hours` after `ended`, see `Contact
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from pipeline.events.models import EventBase
+from pipeline.kpi.backlog import WaitingLegs
 from pipeline.kpi.definitions import (
     WINDOW_MS,
     KpiConfig,
     KpiRow,
     Measures,
     WindowKey,
-    backlog_at,
     build_row,
     contributions,
     window_of,
 )
-from pipeline.kpi.facts import ContactTracker, QueueLeg, from_ms, to_ms
+from pipeline.kpi.facts import ContactTracker, from_ms, to_ms
 
 PartitionKey = tuple[str, int]  # (source topic, source partition)
 
@@ -72,7 +73,7 @@ class _Partition:
         )
         self.contribs: dict[WindowKey, dict[str, Measures]] = {}
         self.contact_keys: dict[str, set[WindowKey]] = {}
-        self.legs: dict[str, tuple[tuple[str, QueueLeg], ...]] = {}
+        self.legs = WaitingLegs()
         self.max_event_ms: int | None = None
         self.watermark_ms: int | None = None
         self.next_final_ms: int | None = None  # start of the oldest window not yet finalized
@@ -179,14 +180,18 @@ class KpiWindows:
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-able state: live contacts' events, clocks and what was emitted for open windows."""
+        state: dict[str, Any] = json.loads(self.snapshot_json())
+        return state
+
+    def snapshot_json(self) -> str:
+        """`snapshot()` as JSON text (contacts' events come cached from the tracker)."""
         parts = []
         for key in sorted(self._partitions):
             p = self._partitions[key]
-            parts.append(
+            head = json.dumps(
                 {
                     "topic": key[0],
                     "partition": key[1],
-                    "tracker": p.tracker.snapshot(),
                     "max_event_ms": p.max_event_ms,
                     "watermark_ms": p.watermark_ms,
                     "next_final_ms": p.next_final_ms,
@@ -196,9 +201,12 @@ class KpiWindows:
                         [*wkey, version, digest, list(backlog) if backlog is not None else None]
                         for wkey, (version, digest, backlog) in sorted(p.emitted.items())
                     ],
-                }
+                },
+                separators=(",", ":"),
             )
-        return {"format": SNAPSHOT_FORMAT, "stats": dict(self.stats), "partitions": parts}
+            parts.append(f'{head[:-1]},"tracker":{p.tracker.snapshot_json()}}}')
+        stats = json.dumps(dict(self.stats), separators=(",", ":"))
+        return f'{{"format":{SNAPSHOT_FORMAT},"stats":{stats},"partitions":[' + ",".join(parts) + "]}"
 
     def restore(self, state: dict[str, Any]) -> None:
         """Replace this object's state with a `snapshot()`; contributions are recomputed from events."""
@@ -264,11 +272,10 @@ class KpiWindows:
         else:
             p.contact_keys.pop(contact_id, None)
         horizon = floor + WINDOW_MS
-        legs = tuple((facts.channel, leg) for leg in facts.legs if leg.removed_ms is None or leg.removed_ms >= horizon)
-        if legs:
-            p.legs[contact_id] = legs
-        else:
-            p.legs.pop(contact_id, None)
+        p.legs.set(
+            contact_id,
+            tuple((facts.channel, leg) for leg in facts.legs if leg.removed_ms is None or leg.removed_ms >= horizon),
+        )
 
     def _emit_partition(self, p: _Partition, now: datetime) -> list[KpiRow]:
         if p.next_final_ms is None or p.max_event_ms is None or p.watermark_ms is None:
@@ -279,11 +286,10 @@ class KpiWindows:
         by_window: dict[int, set[WindowKey]] = {}
         for key in p.contribs.keys() | p.emitted.keys():
             by_window.setdefault(key[0], set()).add(key)
-        legs = [leg for contact_legs in p.legs.values() for leg in contact_legs]
         out: list[KpiRow] = []
         for window in range(p.next_final_ms, top + 1, WINDOW_MS):
             is_final = window <= last_final
-            backlog = backlog_at(legs, window + WINDOW_MS) if legs else {}
+            backlog = p.legs.at(window + WINDOW_MS) if p.legs else {}
             keys = by_window.get(window, set()) | {(window, *dim) for dim in backlog}
             for key in sorted(keys):
                 dim_backlog = backlog.get(key[1:])
@@ -314,12 +320,7 @@ class KpiWindows:
     def _prune(self, p: _Partition) -> None:
         assert p.next_final_ms is not None and p.watermark_ms is not None
         horizon = p.next_final_ms + WINDOW_MS
-        for contact_id, legs in list(p.legs.items()):
-            kept = tuple(item for item in legs if item[1].removed_ms is None or item[1].removed_ms >= horizon)
-            if kept:
-                p.legs[contact_id] = kept
-            else:
-                del p.legs[contact_id]
+        p.legs.prune(horizon)
         for contact_id, keys in list(p.contact_keys.items()):
             open_keys = {k for k in keys if k[0] >= p.next_final_ms}
             if open_keys:
@@ -330,5 +331,5 @@ class KpiWindows:
             if contact_id in p.contact_keys:
                 continue  # still contributes to an open window
             p.tracker.forget(contact_id)
-            p.legs.pop(contact_id, None)
+            p.legs.discard(contact_id)
             self.stats["evicted"] += 1

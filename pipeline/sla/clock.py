@@ -57,6 +57,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -243,9 +244,14 @@ class _Contact:
     last_event_ms: int = 0
     evict_scheduled: int | None = None
     open: dict[Target, _Obligation] = field(default_factory=dict)
+    wire: str | None = None  # `to_json()` as text, cached until the contact changes
 
     def to_json(self) -> dict[str, Any]:
-        data = {name: getattr(self, name) for name in self.__slots__ if name not in ("seen", "open", "evict_scheduled")}
+        data = {
+            name: getattr(self, name)
+            for name in self.__slots__
+            if name not in ("seen", "open", "evict_scheduled", "wire")
+        }
         data["channel"] = self.channel.value
         data["seen"] = sorted(self.seen)
         data["open"] = [ob.to_json() for ob in self.open.values()]
@@ -253,7 +259,7 @@ class _Contact:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> _Contact:
-        fields = {k: v for k, v in data.items() if k not in ("seen", "open", "channel")}
+        fields = {k: v for k, v in data.items() if k not in ("seen", "open", "channel", "wire")}
         contact = cls(channel=Channel(data["channel"]), seen=set(data["seen"]), **fields)
         for raw in data["open"]:
             ob = _Obligation.from_json(raw)
@@ -292,8 +298,10 @@ class SlaEngine:
         if isinstance(event, IdentityLink | SurveyResponse):
             return []
         contact = self._contacts.get(event.contact_id)
-        if contact is not None and event.event_id in contact.seen:
-            return []
+        if contact is not None:
+            if event.event_id in contact.seen:
+                return []
+            contact.wire = None
         t = to_ms(event.occurred_at)
         if contact is None:
             contact = _Contact(event.contact_id, event.channel, last_event_ms=t)
@@ -323,6 +331,7 @@ class SlaEngine:
                 contact = self._contacts[entry[2]]
                 ob = self._obligation(contact, entry[3])
                 assert ob is not None
+                contact.wire = None
                 out.append(self._fire(contact, ob, entry[1]))
             elif evict is not None and evict <= now_ms:
                 self._pop_eviction(now_ms)
@@ -346,10 +355,17 @@ class SlaEngine:
 
     def snapshot(self) -> dict[str, Any]:
         """The whole state as plain JSON-able data."""
-        return {
-            "version": SNAPSHOT_VERSION,
-            "contacts": [c.to_json() for c in self._contacts.values()],
-        }
+        state: dict[str, Any] = json.loads(self.snapshot_json())
+        return state
+
+    def snapshot_json(self) -> str:
+        """`snapshot()` as JSON text; each contact's part is cached until the contact changes."""
+        parts = []
+        for contact in self._contacts.values():
+            if contact.wire is None:
+                contact.wire = json.dumps(contact.to_json(), separators=(",", ":"), default=str)
+            parts.append(contact.wire)
+        return f'{{"version":{SNAPSHOT_VERSION},"contacts":[' + ",".join(parts) + "]}"
 
     def restore(self, data: dict[str, Any]) -> None:
         """Replace the state with a `snapshot()`; heaps are rebuilt. Obligations keep the targets

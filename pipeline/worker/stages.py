@@ -61,12 +61,11 @@ class PartitionState:
         self.raised.update(e.sla_event_id for e in new)
         return new
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "kpi": self.kpi.snapshot(),
-            "sla": self.sla.snapshot(),
-            "pending": [to_json(event).decode() for _, _, event in sorted(self.pending, key=lambda p: p[:2])],
-        }
+    def snapshot_json(self) -> str:
+        """The checkpoint: {"kpi": ..., "sla": ..., "pending": [...]} as JSON text. Both cores
+        cache each contact's part, so a checkpoint re-serializes only what changed since the last."""
+        pending = json.dumps([to_json(event).decode() for _, _, event in sorted(self.pending, key=lambda p: p[:2])])
+        return f'{{"kpi":{self.kpi.snapshot_json()},"sla":{self.sla.snapshot_json()},"pending":{pending}}}'
 
     def hold(self, event: EventBase) -> None:
         heapq.heappush(self.pending, (event.occurred_at, event.event_id, event))
@@ -148,7 +147,7 @@ class Stages:
         for key in keys:
             state = self.partitions.get(key)
             if state is not None:
-                snapshot = json.dumps(state.snapshot(), separators=(",", ":"), default=str)
+                snapshot = state.snapshot_json()
                 rows.append((self.app_id, COMPONENT, key[0], key[1], state.max_offset, snapshot, now, version))
         return rows
 

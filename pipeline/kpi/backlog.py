@@ -1,0 +1,88 @@
+"""Queue legs that can still be waiting at the end of an open window, indexed so that the backlog
+at an instant costs O(dimensions x log legs) rather than O(legs).
+
+`backlog_at` in `pipeline.kpi.definitions` is the definition; `WaitingLegs.at` returns exactly the
+same mapping (a property test holds them equal). Legs still in queue sit in one sorted list per
+(channel, queue, priority), so with 100,000 contacts waiting, counting those queued before an
+instant is a bisection. Legs already removed from their queue, kept until no open window can see
+them waiting, are few and are checked one by one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from sortedcontainers import SortedList
+
+from pipeline.kpi.definitions import DimKey, backlog_at
+from pipeline.kpi.facts import QueueLeg
+
+ContactLegs = tuple[tuple[str, QueueLeg], ...]  # ((channel, leg), ...) of one contact
+
+
+class WaitingLegs:
+    def __init__(self) -> None:
+        self._legs: dict[str, ContactLegs] = {}
+        self._waiting: dict[DimKey, SortedList[tuple[int, str, int]]] = {}  # of (queued_ms, contact_id, leg index)
+        self._removed: dict[str, ContactLegs] = {}  # contacts with legs already out of their queue
+
+    def __bool__(self) -> bool:
+        return bool(self._legs)
+
+    def __len__(self) -> int:
+        return len(self._legs)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._legs)
+
+    def set(self, contact_id: str, legs: ContactLegs) -> None:
+        """Replace the contact's legs (none: forget the contact)."""
+        if self._legs.get(contact_id) == legs:
+            return
+        self.discard(contact_id)
+        if not legs:
+            return
+        self._legs[contact_id] = legs
+        removed = []
+        for index, (channel, leg) in enumerate(legs):
+            if leg.removed_ms is None:
+                dim = (channel, leg.queue, leg.priority)
+                waiting = self._waiting.get(dim)
+                if waiting is None:
+                    waiting = self._waiting[dim] = SortedList()
+                waiting.add((leg.queued_ms, contact_id, index))
+            else:
+                removed.append((channel, leg))
+        if removed:
+            self._removed[contact_id] = tuple(removed)
+
+    def discard(self, contact_id: str) -> None:
+        legs = self._legs.pop(contact_id, None)
+        if legs is None:
+            return
+        self._removed.pop(contact_id, None)
+        for index, (channel, leg) in enumerate(legs):
+            if leg.removed_ms is None:
+                dim = (channel, leg.queue, leg.priority)
+                waiting = self._waiting[dim]
+                waiting.remove((leg.queued_ms, contact_id, index))
+                if not waiting:
+                    del self._waiting[dim]
+
+    def prune(self, horizon_ms: int) -> None:
+        """Drop legs removed from their queue before `horizon_ms` (no open window can see them)."""
+        for contact_id in list(self._removed):
+            legs = self._legs[contact_id]
+            kept = tuple(item for item in legs if item[1].removed_ms is None or item[1].removed_ms >= horizon_ms)
+            if kept != legs:
+                self.set(contact_id, kept)
+
+    def at(self, end_ms: int) -> dict[DimKey, tuple[int, int]]:
+        """(channel, queue, priority) -> (legs waiting at the instant `end_ms`, earliest queued_ms)."""
+        out = backlog_at((leg for legs in self._removed.values() for leg in legs), end_ms)
+        for dim, waiting in self._waiting.items():
+            n = waiting.bisect_left((end_ms, "", -1))  # sorts before every leg queued at end_ms
+            if n:
+                seen, oldest = out.get(dim, (0, waiting[0][0]))
+                out[dim] = (seen + n, min(oldest, waiting[0][0]))
+        return out
