@@ -348,6 +348,15 @@ class SlaEngine:
         event-time order after one arrived out of order."""
         self._contacts.pop(contact_id, None)
 
+    def open_counts(self) -> dict[tuple[str, str], int]:
+        """(channel, target) -> obligations being timed (running or paused), for the gauges."""
+        counts: dict[tuple[str, str], int] = {}
+        for contact in self._contacts.values():
+            for target in contact.open:
+                key = (contact.channel.value, target.value)
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
     def next_due(self) -> datetime | None:
         """When `advance` will next have an at-risk or breach to raise (None: nothing scheduled)."""
         due = self._peek_due()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -140,6 +141,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
             }
             await late_topic.send(key=item.event.contact_id.encode(), value=to_json(item.event), headers=headers)
 
+    metrics_open_labels: set[tuple[str, str]] = set()
     sla_rows: list[tuple[Any, ...]] = []  # written in batches by `write_outputs`
 
     async def emit_sla(events: list[SlaEvent]) -> None:
@@ -179,7 +181,19 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
 
     @app.timer(interval=settings.sla_tick_seconds)
     async def sla_deadlines() -> None:
-        await emit_sla(stages.tick_sla(datetime.now(UTC)))
+        started = time.perf_counter()
+        due = stages.tick_sla(datetime.now(UTC))
+        metrics.SLA_TICK_SECONDS.observe(time.perf_counter() - started)
+        await emit_sla(due)
+
+    @app.timer(interval=5.0)
+    async def count_open_obligations() -> None:
+        counts = stages.open_obligations()
+        for labels in set(metrics_open_labels) - counts.keys():
+            metrics.SLA_OPEN.labels(*labels).set(0)
+        for labels, n in counts.items():
+            metrics.SLA_OPEN.labels(*labels).set(n)
+        metrics_open_labels.update(counts)
 
     @app.timer(interval=settings.kpi_emit_seconds)
     async def kpi_windows() -> None:

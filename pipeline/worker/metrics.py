@@ -60,6 +60,11 @@ SLA_DETECTION_SECONDS = Histogram(
     "Wall-clock delay between an SLA deadline and the worker raising its breach (live mode)",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
 )
+SLA_TICK_SECONDS = Histogram(
+    "touchline_sla_tick_seconds",
+    "Time one pass of the SLA deadline check takes (it runs every sla_tick_seconds)",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
 JOURNEY_UPDATES = Counter("touchline_journey_updates_total", "Journey snapshots emitted", ["status"])
 IDENTITY_REFUSALS = Counter(
     "touchline_identity_link_refusals_total", "Identity links refused by the guards", ["reason"]

@@ -202,6 +202,14 @@ class Stages:
                     due.extend(state.fresh(state.sla.advance(watermark)))
         return due
 
+    def open_obligations(self) -> dict[tuple[str, str], int]:
+        """(channel, target) -> SLA obligations being timed across this worker's partitions."""
+        total: dict[tuple[str, str], int] = {}
+        for state in self.partitions.values():
+            for key, n in state.sla.open_counts().items():
+                total[key] = total.get(key, 0) + n
+        return total
+
     def emit_kpis(self, now_wall: datetime) -> list[KpiRow]:
         rows: list[KpiRow] = []
         for state in self.partitions.values():

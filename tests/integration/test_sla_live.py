@@ -71,6 +71,8 @@ def test_breach_is_raised_within_a_second_of_its_deadline(workspace: Workspace) 
     consumer.close()
     assert ("first_response", "at_risk") in kinds and ("first_response", "breached") in kinds
     assert worker.metric("touchline_sla_events_total") >= 2
+    # the call's resolution clock still runs, and its first response is still owed: both are timed
+    wait_until(lambda: worker.metric("touchline_sla_open_obligations") >= 2, 30, "the open-obligations gauge")
 
 
 def test_deadline_survives_a_restart_and_fires_right_after_recovery(workspace: Workspace) -> None:

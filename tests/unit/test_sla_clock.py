@@ -354,6 +354,16 @@ def test_nothing_due_with_many_open_contacts(policies: PolicySet) -> None:
     assert engine.next_due() == at + timedelta(minutes=15)
     for _ in range(1000):
         assert engine.advance(at + timedelta(minutes=1)) == []
+    assert engine.open_counts() == {("chat", "resolution"): 100_000}
+
+
+def test_open_counts_follow_obligations_as_they_open_and_close(policies: PolicySet) -> None:
+    engine = SlaEngine(policies)
+    run(engine, ev("queued", "a", 0, "voice"), ev("queued", "b", 0, "voice"), ev("contact_started", "m", 0, "email"))
+    email = {("email", "first_response"): 1, ("email", "resolution"): 1}
+    assert engine.open_counts() == {("voice", "first_response"): 2, **email}
+    run(engine, ev("agent_assigned", "a", 5, "voice"))
+    assert engine.open_counts() == {("voice", "first_response"): 1, **email}
 
 
 def test_rows_follow_the_ddl(policies: PolicySet) -> None:
