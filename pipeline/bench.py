@@ -32,7 +32,18 @@ from kafka import KafkaAdminClient, KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline import broker
-from pipeline.events.models import Channel, ContactStarted, Queued, to_json
+from pipeline.events.models import (
+    AgentAssigned,
+    AgentReply,
+    Channel,
+    ContactStarted,
+    Ended,
+    EventBase,
+    FirstAgentReply,
+    Queued,
+    Resolved,
+    to_json,
+)
 from pipeline.events.topics import INTERACTION_TOPICS, interaction_topic, topic_specs
 from pipeline.topics import ensure_topics
 
@@ -264,6 +275,116 @@ def breach_pass(bootstrap: str, url: str, contacts: int) -> tuple[float, float, 
     raise click.ClickException(f"only {count} of {contacts} breaches were raised")
 
 
+def histogram(url: str, name: str) -> dict[float, float]:
+    """Cumulative bucket counts (upper bound -> count) of a Prometheus histogram."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == f"{name}_bucket":
+                bound = float(sample.labels["le"])
+                buckets[bound] = buckets.get(bound, 0.0) + sample.value
+    return buckets
+
+
+def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """Upper bound of the bucket holding the q-quantile of the observations made between two scrapes."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return float("nan")
+    return next(b for b, c in zip(bounds, counts, strict=True) if c >= q * counts[-1])
+
+
+def timed_ingest(url: str, producer: KafkaProducer, messages: list[tuple[str, str, bytes]]) -> float:
+    """Produce `messages` (topic, key, value) and return the seconds from the worker's first read
+    of them to the last written."""
+    before = metrics(url)
+    done_before = sum(before.get(k, 0.0) for k in _DONE)
+    for topic, key, value in messages:
+        producer.send(topic, key=key.encode(), value=value)
+    producer.flush()
+    first: float | None = None
+    deadline = time.monotonic() + 1800
+    while time.monotonic() < deadline:
+        try:
+            m = metrics(url)
+        except OSError:  # the worker is busy; the pass's clock runs on
+            continue
+        now = time.monotonic()
+        if first is None and m.get("touchline_events_consumed_total", 0.0) > before["touchline_events_consumed_total"]:
+            first = now
+        if first is not None and sum(m.get(k, 0.0) for k in _DONE) - done_before >= len(messages):
+            return now - first
+        time.sleep(0.1)
+    raise click.ClickException("the worker did not ingest the pass in 30 minutes")
+
+
+_DONE = ("touchline_events_written_total", "touchline_events_duplicate_total", "touchline_events_deadlettered_total")
+
+
+def closed_chats(run: str, contacts: int) -> list[tuple[str, str, bytes]]:
+    """Chats stamped now that are queued, answered, replied to, resolved and ended: 7 events each."""
+    topic = interaction_topic(Channel.CHAT)
+    out = []
+    for n in range(contacts):
+        now = datetime.now(UTC)
+        contact = f"{run}-{n}"
+        common: dict[str, Any] = {"channel": Channel.CHAT, "contact_id": contact, "queue": "chat.general"}
+        steps: tuple[tuple[type[EventBase], dict[str, Any]], ...] = (
+            (ContactStarted, {}), (Queued, {}), (AgentAssigned, {"agent_id": "a1"}),
+            (FirstAgentReply, {"agent_id": "a1"}), (AgentReply, {"agent_id": "a1"}),
+            (Resolved, {}), (Ended, {}),
+        )  # fmt: skip
+        for i, (model, extra) in enumerate(steps):
+            event = model(event_id=f"{contact}-{i}", occurred_at=now + timedelta(milliseconds=i), **common, **extra)
+            out.append((topic, contact, to_json(event)))
+    return out
+
+
+def open_emails(run: str, contacts: int) -> list[tuple[str, str, bytes]]:
+    """Emails stamped now that start and wait in queue: each holds first-response and resolution
+    obligations open for hours (24 business hours by the shipped policy)."""
+    topic = interaction_topic(Channel.EMAIL)
+    out = []
+    for n in range(contacts):
+        now = datetime.now(UTC)
+        contact = f"{run}-{n}"
+        common: dict[str, Any] = {"channel": Channel.EMAIL, "contact_id": contact, "queue": "email.general"}
+        for i, model in enumerate((ContactStarted, Queued)):
+            out.append((topic, contact, to_json(model(event_id=f"{contact}-{i}", occurred_at=now, **common))))
+    return out
+
+
+def open_contacts_pass(bootstrap: str, url: str, contacts: int, open_contacts: int) -> dict[str, float]:
+    """Throughput of the same workload (closed chats) before and after `open_contacts` emails are
+    left open, and what one SLA deadline check costs with them open."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024, acks=1)
+    run = uuid.uuid4().hex[:8]
+    try:
+        workload = closed_chats(f"chat-a-{run}", contacts)
+        before_s = timed_ingest(url, producer, workload)
+        emails = open_emails(f"open-{run}", open_contacts)
+        open_s = timed_ingest(url, producer, emails)
+        time.sleep(6)  # the open-obligation gauges refresh every 5 s
+        opened = metrics(url).get("touchline_sla_open_obligations", 0.0)
+        ticks_before = histogram(url, "touchline_sla_tick_seconds")
+        after_s = timed_ingest(url, producer, closed_chats(f"chat-b-{run}", contacts))
+        ticks_after = histogram(url, "touchline_sla_tick_seconds")
+    finally:
+        producer.close()
+    return {
+        "workload_events": len(workload),
+        "rate_before": len(workload) / before_s,
+        "rate_open": len(emails) / open_s,
+        "rate_after": len(workload) / after_s,
+        "open_obligations": opened,
+        "tick_p50_ms": bucket_quantile(ticks_before, ticks_after, 0.5) * 1000,
+        "tick_p99_ms": bucket_quantile(ticks_before, ticks_after, 0.99) * 1000,
+    }
+
+
 @click.command()
 @click.option("--events", type=int, default=1_000_000, show_default=True, help="At least this many simulated events.")
 @click.option("--partitions", type=int, default=4, show_default=True, help="Partitions per channel topic.")
@@ -275,7 +396,15 @@ def breach_pass(bootstrap: str, url: str, contacts: int) -> tuple[float, float, 
     help="Events/s in the latency pass (keep it below the worker's capacity).",
 )
 @click.option("--latency-seconds", type=int, default=20, show_default=True)
-def main(events: int, partitions: int, latency_rate: int, latency_seconds: int) -> None:
+@click.option(
+    "--open-contacts", type=int, default=100_000, show_default=True, help="Contacts left open in the SLA pass."
+)
+@click.option(
+    "--workload-contacts", type=int, default=15_000, show_default=True, help="Chats (7 events each) per SLA pass."
+)
+def main(
+    events: int, partitions: int, latency_rate: int, latency_seconds: int, open_contacts: int, workload_contacts: int
+) -> None:
     """Benchmark the ingest path against a raw aiokafka consumer on the same topics."""
     with tempfile.TemporaryDirectory(prefix="touchline-bench-") as tmp:
         workdir = Path(tmp)
@@ -305,8 +434,13 @@ def main(events: int, partitions: int, latency_rate: int, latency_seconds: int) 
             try:
                 p50, p99, sent = latency_pass(bootstrap, f"http://127.0.0.1:{port}", latency_rate, latency_seconds)
                 b50, b99, breaches = breach_pass(bootstrap, f"http://127.0.0.1:{port}", 200)
+                stored_before_open = sql(f"http://127.0.0.1:{port}", "SELECT count() FROM interaction_events")[0][0]
+                click.echo(
+                    f"  SLA pass: {workload_contacts:,} chats, {open_contacts:,} emails left open, chats again ..."
+                )
+                opened = open_contacts_pass(bootstrap, f"http://127.0.0.1:{port}", workload_contacts, open_contacts)
                 rss = peak_rss_mb(process.pid)
-                stored = sql(f"http://127.0.0.1:{port}", "SELECT count() FROM interaction_events")[0][0] - 2 * breaches
+                stored = stored_before_open - 2 * breaches
             finally:
                 os.killpg(process.pid, signal.SIGINT)
                 process.wait(60)
@@ -328,6 +462,15 @@ def main(events: int, partitions: int, latency_rate: int, latency_seconds: int) 
     click.echo(f"  SLA breach detection delay p50 ({breaches})    {b50:>12,.0f} ms")
     click.echo(f"  SLA breach detection delay p99             {b99:>12,.0f} ms")
     click.echo(f"  worker peak RSS                            {rss:>12,.0f} MB")
+    click.echo(f"  SLA pass: closed chats, {opened['workload_events']:,.0f} events")
+    click.echo(f"    worker rate, nothing else open           {opened['rate_before']:>12,.0f} events/s")
+    click.echo(f"    worker rate opening {open_contacts:,} emails      {opened['rate_open']:>12,.0f} events/s")
+    click.echo(f"    obligations open after that               {opened['open_obligations']:>12,.0f}")
+    click.echo(f"    worker rate with them open                {opened['rate_after']:>12,.0f} events/s")
+    click.echo(f"    ratio open / not open                     {opened['rate_after'] / opened['rate_before']:>12.1%}")
+    click.echo(
+        f"    SLA deadline check p50 / p99 (bucket)     {opened['tick_p50_ms']:>8.2f} / {opened['tick_p99_ms']:.2f} ms"
+    )
 
 
 if __name__ == "__main__":

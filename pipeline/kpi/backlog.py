@@ -77,6 +77,13 @@ class WaitingLegs:
             if kept != legs:
                 self.set(contact_id, kept)
 
+    def earliest_queued_ms(self) -> int | None:
+        """When the longest-known leg joined its queue (None: no legs): no window ending at or
+        before it has a backlog."""
+        firsts = [waiting[0][0] for waiting in self._waiting.values()]
+        firsts += [leg.queued_ms for legs in self._removed.values() for _, leg in legs]
+        return min(firsts) if firsts else None
+
     def at(self, end_ms: int) -> dict[DimKey, tuple[int, int]]:
         """(channel, queue, priority) -> (legs waiting at the instant `end_ms`, earliest queued_ms)."""
         out = backlog_at((leg for legs in self._removed.values() for leg in legs), end_ms)

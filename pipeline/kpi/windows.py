@@ -286,8 +286,14 @@ class KpiWindows:
         by_window: dict[int, set[WindowKey]] = {}
         for key in p.contribs.keys() | p.emitted.keys():
             by_window.setdefault(key[0], set()).add(key)
+        # only windows with contributions, earlier rows or a possible backlog: after a jump of the
+        # event clock (a replayed day, then live traffic) the minutes in between are all empty
+        windows = {w for w in by_window if p.next_final_ms <= w <= top}
+        earliest = p.legs.earliest_queued_ms()
+        if earliest is not None:
+            windows.update(range(max(p.next_final_ms, window_of(earliest)), top + 1, WINDOW_MS))
         out: list[KpiRow] = []
-        for window in range(p.next_final_ms, top + 1, WINDOW_MS):
+        for window in sorted(windows):
             is_final = window <= last_final
             backlog = p.legs.at(window + WINDOW_MS) if p.legs else {}
             keys = by_window.get(window, set()) | {(window, *dim) for dim in backlog}

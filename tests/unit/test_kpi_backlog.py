@@ -59,6 +59,7 @@ def test_index_equals_the_definition_after_any_updates(
                     del model[cid]
     assert set(index) == set(model)
     everything = [leg for legs in model.values() for leg in legs]
+    assert index.earliest_queued_ms() == min((leg.queued_ms for _, leg in everything), default=None)
     for instant in instants:
         assert index.at(instant) == backlog_at(everything, instant)
 
