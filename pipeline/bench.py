@@ -324,36 +324,28 @@ def timed_ingest(url: str, producer: KafkaProducer, messages: list[tuple[str, st
 _DONE = ("touchline_events_written_total", "touchline_events_duplicate_total", "touchline_events_deadlettered_total")
 
 
-def closed_chats(run: str, contacts: int) -> list[tuple[str, str, bytes]]:
-    """Chats stamped now that are queued, answered, replied to, resolved and ended: 7 events each."""
-    topic = interaction_topic(Channel.CHAT)
+Steps = tuple[tuple[type[EventBase], dict[str, Any]], ...]
+CLOSED_CHAT: Steps = (
+    (ContactStarted, {}), (Queued, {}), (AgentAssigned, {"agent_id": "a1"}), (FirstAgentReply, {"agent_id": "a1"}),
+    (AgentReply, {"agent_id": "a1"}), (Resolved, {}), (Ended, {}),
+)  # fmt: skip
+OPEN_EMAIL: Steps = ((ContactStarted, {}), (Queued, {}))
+
+
+def contacts_now(run: str, contacts: int, channel: Channel, queue: str, steps: Steps) -> list[tuple[str, str, bytes]]:
+    """`contacts` contacts stamped with the wall clock, each going through `steps` a millisecond apart.
+    CLOSED_CHAT contacts are answered, resolved and ended; OPEN_EMAIL contacts wait in queue and
+    hold first-response and resolution obligations open for hours (24 business hours by the
+    shipped policy)."""
+    topic = interaction_topic(channel)
     out = []
     for n in range(contacts):
         now = datetime.now(UTC)
         contact = f"{run}-{n}"
-        common: dict[str, Any] = {"channel": Channel.CHAT, "contact_id": contact, "queue": "chat.general"}
-        steps: tuple[tuple[type[EventBase], dict[str, Any]], ...] = (
-            (ContactStarted, {}), (Queued, {}), (AgentAssigned, {"agent_id": "a1"}),
-            (FirstAgentReply, {"agent_id": "a1"}), (AgentReply, {"agent_id": "a1"}),
-            (Resolved, {}), (Ended, {}),
-        )  # fmt: skip
+        common: dict[str, Any] = {"channel": channel, "contact_id": contact, "queue": queue}
         for i, (model, extra) in enumerate(steps):
             event = model(event_id=f"{contact}-{i}", occurred_at=now + timedelta(milliseconds=i), **common, **extra)
             out.append((topic, contact, to_json(event)))
-    return out
-
-
-def open_emails(run: str, contacts: int) -> list[tuple[str, str, bytes]]:
-    """Emails stamped now that start and wait in queue: each holds first-response and resolution
-    obligations open for hours (24 business hours by the shipped policy)."""
-    topic = interaction_topic(Channel.EMAIL)
-    out = []
-    for n in range(contacts):
-        now = datetime.now(UTC)
-        contact = f"{run}-{n}"
-        common: dict[str, Any] = {"channel": Channel.EMAIL, "contact_id": contact, "queue": "email.general"}
-        for i, model in enumerate((ContactStarted, Queued)):
-            out.append((topic, contact, to_json(model(event_id=f"{contact}-{i}", occurred_at=now, **common))))
     return out
 
 
@@ -363,14 +355,16 @@ def open_contacts_pass(bootstrap: str, url: str, contacts: int, open_contacts: i
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024, acks=1)
     run = uuid.uuid4().hex[:8]
     try:
-        workload = closed_chats(f"chat-a-{run}", contacts)
+        workload = contacts_now(f"chat-a-{run}", contacts, Channel.CHAT, "chat.general", CLOSED_CHAT)
         before_s = timed_ingest(url, producer, workload)
-        emails = open_emails(f"open-{run}", open_contacts)
+        emails = contacts_now(f"open-{run}", open_contacts, Channel.EMAIL, "email.general", OPEN_EMAIL)
         open_s = timed_ingest(url, producer, emails)
         time.sleep(6)  # the open-obligation gauges refresh every 5 s
         opened = metrics(url).get("touchline_sla_open_obligations", 0.0)
         ticks_before = histogram(url, "touchline_sla_tick_seconds")
-        after_s = timed_ingest(url, producer, closed_chats(f"chat-b-{run}", contacts))
+        after_s = timed_ingest(
+            url, producer, contacts_now(f"chat-b-{run}", contacts, Channel.CHAT, "chat.general", CLOSED_CHAT)
+        )
         ticks_after = histogram(url, "touchline_sla_tick_seconds")
     finally:
         producer.close()
