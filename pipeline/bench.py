@@ -313,7 +313,9 @@ def timed_ingest(url: str, producer: KafkaProducer, messages: list[tuple[str, st
         except OSError:  # the worker is busy; the pass's clock runs on
             continue
         now = time.monotonic()
-        if first is None and m.get("touchline_events_consumed_total", 0.0) > before["touchline_events_consumed_total"]:
+        if first is None and m.get("touchline_events_consumed_total", 0.0) > before.get(
+            "touchline_events_consumed_total", 0.0
+        ):
             first = now
         if first is not None and sum(m.get(k, 0.0) for k in _DONE) - done_before >= len(messages):
             return now - first

@@ -208,36 +208,41 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
             metrics.KPI_WATERMARK_LAG.set((now - lowest).total_seconds())
 
     # ---- journeys: one partition, so one worker at a time owns the identity graph and the books.
-    # Every event it applied is kept per contact in a Faust table (RocksDB + changelog), from
-    # which the stitcher is rebuilt when this worker gets the partition.
-    contact_events = app.Table(
-        "journey-contact-events", default=None, partitions=1
-    )  # key: "contact:<id>" or "link:<event id>"; value: {event_id: canonical event JSON} (JSON-serialised)
-    journey_state: dict[str, Any] = {"stitcher": None, "newest_ms": 0}
+    # Every forwarded batch's new events are logged in a Faust table (RocksDB + changelog), one
+    # entry per batch, from which the stitcher is rebuilt when this worker gets the partition.
+    journey_log = app.Table(  # batch_key -> batch_value
+        "journey-event-batches", default=None, partitions=1, key_type=bytes, value_type=bytes
+    )
+    journey_state: dict[str, Any] = {"stitcher": None, "newest_ms": 0, "seen": set()}
 
     def stitcher() -> Stitcher:
         current = journey_state["stitcher"]
         if current is None:
-            current, newest = journey_stage.rebuild(v for v in contact_events.values() if v)
-            journey_state["stitcher"], journey_state["newest_ms"] = current, newest
+            current, newest, seen = journey_stage.rebuild(v for v in journey_log.values() if v)
+            journey_state["stitcher"], journey_state["newest_ms"], journey_state["seen"] = current, newest, seen
         assert isinstance(current, Stitcher)
         return current
 
     @app.agent(journey_events_topic)
     async def stitch(stream: Any) -> None:
-        async for value in stream:
+        async for event in stream.events():
             core = stitcher()
-            for event in journey_stage.read_batch(value):
-                key = journey_stage.store_key(event)
-                stored = contact_events.get(key) or {}
-                if event.event_id in stored:
-                    continue
-                contact_events[key] = {**stored, event.event_id: to_json(event).decode()}
-                resolution = core.observe(event)
+            seen: set[str] = journey_state["seen"]
+            fresh = [e for e in journey_stage.read_batch(event.value) if e.event_id not in seen]
+            if not fresh:
+                continue
+            journey_log[journey_stage.batch_key(event.message.partition, event.message.offset)] = (
+                journey_stage.batch_value(fresh)
+            )
+            newest = journey_state["newest_ms"]
+            for item in fresh:
+                seen.add(item.event_id)
+                resolution = core.observe(item)
                 for refusal in resolution.refusals:
                     metrics.IDENTITY_REFUSALS.labels(refusal.reason).inc()
                     log.warning("identity link refused (%s): %s ~ %s", refusal.reason, refusal.left, refusal.right)
-                journey_state["newest_ms"] = max(journey_state["newest_ms"], int(event.occurred_at.timestamp() * 1000))
+                newest = max(newest, int(item.occurred_at.timestamp() * 1000))
+            journey_state["newest_ms"] = newest
 
     @app.timer(interval=1.0)
     async def emit_journeys() -> None:
@@ -256,7 +261,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
             )
 
     @app.page("/journeys/lookup")
-    @app.table_route(table=contact_events, query_param="value")
+    @app.table_route(table=journey_log, query_param="value")
     async def journey_lookup(web: Any, request: Request) -> Response:
         """GET /journeys/lookup?kind=phone&value=%2B44...: the customer's current journey."""
         kind, value = request.query.get("kind", ""), request.query.get("value", "")

@@ -1,6 +1,8 @@
-"""The journey stage's plain parts: how forwarded event batches are cut and read, how the per-contact
-event store is keyed, how journeys are rendered for the topic and the lookup endpoint. The Faust
-shell (`pipeline.worker.app`) owns the table, the agent and the timers."""
+"""The journey stage's plain parts: how forwarded event batches are cut and read, how they are kept
+in the stage's event log (one table entry per batch, so a table write and its changelog message
+serve thousands of events) and replayed into a stitcher, how journeys are rendered for the topic and
+the lookup endpoint. The Faust shell (`pipeline.worker.app`) owns the table, the agent and the
+timers."""
 
 from __future__ import annotations
 
@@ -9,10 +11,11 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
-from pipeline.events.models import EVENT_ADAPTER, EventBase, Identifier, IdentifierKind, IdentityLink
+from pipeline.events.models import EVENT_ADAPTER, EventBase, Identifier, IdentifierKind, to_json
 from pipeline.journeys.lifecycle import Journey, JourneyVersion, Stitcher, journey_row, step_rows
 
-MAX_FORWARD_BYTES = 900_000  # stay well under the broker's 2 MB message limit
+# stay under the producer's 1 MB request limit, also when the journey stage logs a batch re-serialized
+MAX_FORWARD_BYTES = 700_000
 
 
 def chunks(values: list[bytes], limit: int = MAX_FORWARD_BYTES) -> Iterator[bytes]:
@@ -34,21 +37,31 @@ def read_batch(value: bytes) -> list[EventBase]:
     return [EVENT_ADAPTER.validate_json(line) for line in value.split(b"\n") if line]
 
 
-def store_key(event: EventBase) -> str:
-    """Key of the per-contact event store. Identity links are filed on their own: a CRM merge may
-    carry a contact id that no conversation has."""
-    return f"link:{event.event_id}" if isinstance(event, IdentityLink) else f"contact:{event.contact_id}"
+def batch_key(partition: int, offset: int) -> str:
+    """Key of one forwarded batch in the journey stage's event log table (redelivery: same key)."""
+    return f"batch:{partition}:{offset}"
 
 
-def rebuild(stored: Iterable[dict[str, str]]) -> tuple[Stitcher, int]:
-    """A stitcher from the stored events, applied in event-time order; and the newest event time."""
-    events = [EVENT_ADAPTER.validate_json(raw) for per_key in stored for raw in per_key.values()]
-    events.sort(key=lambda e: (e.occurred_at, e.event_id))
+def batch_value(events: Iterable[EventBase]) -> bytes:
+    """What the log table keeps of a batch: its new events, one canonical JSON per line."""
+    return b"\n".join(to_json(event) for event in events)
+
+
+def rebuild(batches: Iterable[bytes]) -> tuple[Stitcher, int, set[str]]:
+    """A stitcher from the logged batches, events applied once each in event-time order; the newest
+    event time (epoch ms) and the ids of the events applied."""
+    events: dict[str, EventBase] = {}
+    for batch in batches:
+        for line in batch.split(b"\n"):
+            if line:
+                event = EVENT_ADAPTER.validate_json(line)
+                events.setdefault(event.event_id, event)
+    ordered = sorted(events.values(), key=lambda e: (e.occurred_at, e.event_id))
     stitcher = Stitcher()
-    for event in events:
-        stitcher.observe(event)
-    newest = int(events[-1].occurred_at.timestamp() * 1000) if events else 0
-    return stitcher, newest
+    for item in ordered:
+        stitcher.observe(item)
+    newest = int(ordered[-1].occurred_at.timestamp() * 1000) if ordered else 0
+    return stitcher, newest, set(events)
 
 
 def _plain(value: Any) -> Any:
