@@ -458,7 +458,8 @@ class JourneyStore:
                 heapq.heappush(deadlines, (journey.last_activity_at + self.config.dormancy_ms, journey.customer))
             out.append(emitted)
         for customer in sorted(dirty):
-            for journey_id in sorted(self._journeys_of.get(customer, set()) - current.keys()):
+            # not `set - current.keys()`: that copies all of `current` once per customer
+            for journey_id in sorted(j for j in self._journeys_of.get(customer, ()) if j not in current):
                 previous = self._emitted[journey_id]
                 self._journeys_of[customer].discard(journey_id)
                 if previous.deleted:
