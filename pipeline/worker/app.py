@@ -60,6 +60,10 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     reader = open_readonly(settings.clickhouse_url, settings.clickhouse_database)
     executor = BlockingExecutor()
     query_executor = BlockingExecutor("sql")
+    # raw events get their own connection and thread, so a batch is never queued behind the
+    # stages' writes (KPI rows, journeys, checkpoints); chDB serializes calls per connection only
+    ingest_client = connect(settings.clickhouse_url, settings.clickhouse_database)
+    ingest_executor = BlockingExecutor("ingest")
 
     datadir = settings.data_dir / "faust" / f"{settings.app_id}-{web_port or settings.worker_web_port}"
     datadir.parent.mkdir(parents=True, exist_ok=True)
@@ -100,8 +104,8 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         await asyncio.gather(*deliveries)
 
     sink = IngestSink(
-        client,
-        executor,
+        ingest_client,
+        ingest_executor,
         send_dead_letter,
         max_rows=settings.batch_max_rows,
         max_seconds=settings.batch_max_seconds,
@@ -344,6 +348,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         await sink.drain()
         await checkpoint(list(stages.partitions))
         executor.shutdown()
+        ingest_executor.shutdown()
 
     @app.page("/metrics")
     async def prometheus_metrics(web: Any, request: Request) -> Response:
