@@ -210,9 +210,13 @@ class Stages:
                 total[key] = total.get(key, 0) + n
         return total
 
-    def emit_kpis(self, now_wall: datetime) -> list[KpiRow]:
+    def emit_kpis(self, now_wall: datetime, keys: Iterable[PartitionKey] | None = None) -> list[KpiRow]:
+        """KPI rows due from the partitions `keys` (all when None)."""
         rows: list[KpiRow] = []
-        for state in self.partitions.values():
+        for key in self.partitions if keys is None else keys:
+            state = self.partitions.get(key)
+            if state is None:
+                continue
             state.kpi.advance_idle(now_wall)
             rows.extend(state.kpi.emit(now_wall))
         return rows
