@@ -259,7 +259,7 @@ class _Contact:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> _Contact:
-        fields = {k: v for k, v in data.items() if k not in ("seen", "open", "channel", "wire")}
+        fields = {k: v for k, v in data.items() if k not in ("seen", "open", "channel")}
         contact = cls(channel=Channel(data["channel"]), seen=set(data["seen"]), **fields)
         for raw in data["open"]:
             ob = _Obligation.from_json(raw)

@@ -64,7 +64,7 @@ def test_index_equals_the_definition_after_any_updates(
         assert index.at(instant) == backlog_at(everything, instant)
 
 
-def test_a_hundred_thousand_waiting_contacts_are_counted_without_visiting_them() -> None:
+def test_a_hundred_thousand_waiting_contacts_are_counted_by_when_they_queued() -> None:
     index = WaitingLegs()
     for n in range(100_000):
         index.set(f"c{n}", (("email", QueueLeg("email.general", 0, n)),))
