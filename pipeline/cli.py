@@ -19,9 +19,9 @@ def fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
-def settings_or_exit() -> Settings:
+def settings_or_exit(**overrides: Any) -> Settings:
     try:
-        return load_settings()
+        return load_settings(**overrides)
     except ConfigError as error:
         fail(str(error), 2)
 
@@ -76,10 +76,20 @@ def migrate(with_optional: bool) -> None:
     default=None,
     help="Port for /metrics, /health and /sql (default from settings: 6066).",
 )
-def worker(web_port: int | None) -> None:
-    """Run the Faust worker: validate channel events, dead-letter bad ones, write to ClickHouse.
+@click.option(
+    "--role",
+    type=click.Choice(["all", "ingest", "analytics"]),
+    default=None,
+    help="Stages to run (default from settings: all). ingest: validate, dead-letter, write raw events. "
+    "analytics: KPI windows, SLA clocks, journeys.",
+)
+def worker(web_port: int | None, role: str | None) -> None:
+    """Run the worker: validate channel events, dead-letter bad ones, write them to ClickHouse, and
+    compute KPI windows, SLA clocks and journeys.
 
-    Start more than one (each with its own --web-port) to share the partitions.
+    Start more than one (each with its own --web-port) to share the partitions. Ingest and analytics
+    read the channel topics in consumer groups of their own (<app_id>-ingest, <app_id>-analytics),
+    so `--role ingest` and `--role analytics` workers can be scaled separately.
     """
     import faust
 
@@ -87,7 +97,7 @@ def worker(web_port: int | None) -> None:
     from pipeline.store.clickhouse import StoreError
     from pipeline.topics import wait_for_broker
 
-    settings = settings_or_exit()
+    settings = settings_or_exit(**({"worker_role": role} if role else {}))
     setup_logging(settings.log_level)
     try:
         load_policies(settings.sla_policies_file)  # configuration first: fail before touching Kafka

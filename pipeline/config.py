@@ -85,6 +85,12 @@ class Settings(BaseSettings):
         description="Faust table store: rocksdb:// (durable) or memory://.",
     )
     checkpoint_seconds: float = Field(60.0, gt=0, description="How often per-partition state is checkpointed.")
+    worker_role: Literal["all", "ingest", "analytics"] = Field(
+        "all",
+        description="Stages this worker runs: `ingest` (validate, dead-letter, write raw events), `analytics` "
+        "(KPI windows, SLA clocks, journeys) or `all`. Each stage has its own consumer group, so ingest and "
+        "analytics workers scale separately.",
+    )
 
     @field_validator("clickhouse_dsn")
     @classmethod

@@ -1,55 +1,57 @@
-"""Size- and time-bounded batches of rows with the acknowledgements to release once the batch is
-durably written. Pure: the caller supplies the clock."""
+"""Size- and time-bounded batches of rows, with the highest source offset of each partition they
+cover: those offsets may be committed once the batch is durably written. Pure: the caller supplies
+the clock."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any
 
-Token = TypeVar("Token")
+Source = tuple[str, int]  # (topic, partition)
 
 
 @dataclass
-class Batch(Generic[Token]):
+class Batch:
     events: list[tuple[Any, ...]] = field(default_factory=list)
     dead_letters: list[tuple[Any, ...]] = field(default_factory=list)
-    tokens: list[Token] = field(default_factory=list)
+    offsets: dict[Source, int] = field(default_factory=dict)
+    messages: int = 0
     opened_at: float | None = None
 
     def __len__(self) -> int:
-        return len(self.tokens)
+        return self.messages
 
 
-class Batcher(Generic[Token]):
+class Batcher:
     def __init__(self, max_rows: int, max_seconds: float) -> None:
         self.max_rows = max_rows
         self.max_seconds = max_seconds
-        self._current: Batch[Token] = Batch()
+        self._current = Batch()
 
-    def _open(self, now: float) -> Batch[Token]:
-        if self._current.opened_at is None:
-            self._current.opened_at = now
-        return self._current
+    def _add(self, source: Source, offset: int, now: float) -> bool:
+        batch = self._current
+        if batch.opened_at is None:
+            batch.opened_at = now
+        if offset > batch.offsets.get(source, -1):
+            batch.offsets[source] = offset
+        batch.messages += 1
+        return batch.messages >= self.max_rows
 
-    def add_event(self, row: tuple[Any, ...] | None, token: Token, now: float) -> bool:
-        """Add a row (None for a message that only needs acknowledging). True when the batch is full."""
-        batch = self._open(now)
+    def add_event(self, row: tuple[Any, ...] | None, source: Source, offset: int, now: float) -> bool:
+        """Add a row (None for a message that is only covered, e.g. a duplicate). True when full."""
         if row is not None:
-            batch.events.append(row)
-        batch.tokens.append(token)
-        return len(batch) >= self.max_rows
+            self._current.events.append(row)
+        return self._add(source, offset, now)
 
-    def add_dead_letter(self, row: tuple[Any, ...], token: Token, now: float) -> bool:
-        batch = self._open(now)
-        batch.dead_letters.append(row)
-        batch.tokens.append(token)
-        return len(batch) >= self.max_rows
+    def add_dead_letter(self, row: tuple[Any, ...], source: Source, offset: int, now: float) -> bool:
+        self._current.dead_letters.append(row)
+        return self._add(source, offset, now)
 
     def due(self, now: float) -> bool:
         opened = self._current.opened_at
         return opened is not None and now - opened >= self.max_seconds
 
-    def take(self) -> Batch[Token]:
+    def take(self) -> Batch:
         batch, self._current = self._current, Batch()
         return batch
 

@@ -1,17 +1,27 @@
-"""The Faust application: a thin shell that feeds channel-topic messages to the ingest sink and serves
-`/metrics`, `/health` and the read-only `/sql` endpoint on the worker's web port."""
+"""The worker: a Faust application that hosts the stages and serves `/metrics`, `/health`, the
+journey lookup and the read-only `/sql` endpoint on its web port.
+
+The channel topics are read in batches by aiokafka consumers, one consumer group per stage (see
+`pipeline.worker.consumer` for why not a Faust agent): ingest (`IngestSink`: validate, dead-letter,
+write raw events) and analytics (`AnalyticsStage`: KPI windows, SLA clocks, the forward to the
+journey stage). Faust runs the rest: timers, the journey agent and its table, producing, the web
+server. `worker_role` chooses the stages a process runs."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from aiokafka import TopicPartition
+from clickhouse_connect.driver.client import Client
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -37,8 +47,10 @@ from pipeline.store.readonly import open_readonly, run_readonly
 from pipeline.topics import ensure_topics
 from pipeline.worker import journeys as journey_stage
 from pipeline.worker import metrics
-from pipeline.worker.sink import IncomingMessage, IngestSink
-from pipeline.worker.stages import STATE_COLUMNS, PartitionState, Stages, kpi_records, sla_records
+from pipeline.worker.analytics import AnalyticsStage
+from pipeline.worker.consumer import BatchConsumer, Records, StageHooks
+from pipeline.worker.sink import IngestSink
+from pipeline.worker.stages import Stages, kpi_records, sla_records
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +63,29 @@ def broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip())
 
 
+@dataclass
+class Shared:
+    """What the stages of one worker share."""
+
+    settings: Settings
+    app: faust.App
+    client: Client  # KPI rows, SLA events, journeys, checkpoints: one thread, in order
+    executor: BlockingExecutor
+    consumers: list[BatchConsumer]
+
+    def channel_consumer(self, stage: str, hooks: StageHooks) -> BatchConsumer:
+        consumer = BatchConsumer(
+            stage,
+            self.settings.bootstrap_servers,
+            f"{self.settings.app_id}-{stage}",
+            list(INTERACTION_TOPICS.values()),
+            hooks,
+            max_records=self.settings.batch_max_rows,
+        )
+        self.consumers.append(consumer)
+        return consumer
+
+
 def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     ensure_topics(settings.bootstrap_servers, topic_specs(settings.topic_partitions))
     client = connect(settings.clickhouse_url, settings.clickhouse_database)
@@ -60,10 +95,6 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     reader = open_readonly(settings.clickhouse_url, settings.clickhouse_database)
     executor = BlockingExecutor()
     query_executor = BlockingExecutor("sql")
-    # raw events get their own connection and thread, so a batch is never queued behind the
-    # stages' writes (KPI rows, journeys, checkpoints); chDB serializes calls per connection only
-    ingest_client = connect(settings.clickhouse_url, settings.clickhouse_database)
-    ingest_executor = BlockingExecutor("ingest")
 
     datadir = settings.data_dir / "faust" / f"{settings.app_id}-{web_port or settings.worker_web_port}"
     datadir.parent.mkdir(parents=True, exist_ok=True)
@@ -82,40 +113,136 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         consumer_auto_offset_reset="earliest",
         broker_commit_every=10_000,
         broker_commit_interval=1.0,
-        broker_max_poll_records=5000,
-        stream_buffer_maxsize=max(8192, settings.batch_max_rows * 2),
-        # unacknowledged messages are simply read again after a restart (writes are idempotent), so
-        # shutdown does not wait for the batch in hand: `write_on_shutdown` writes it anyway
-        stream_wait_empty=False,
         producer_acks=-1,
         logging_config=None,
     )
-    channel_topics = app.topic(*INTERACTION_TOPICS.values(), value_serializer="raw", key_serializer="raw")
+    shared = Shared(settings, app, client, executor, [])
+    sink = _ingest(shared) if settings.worker_role in ("all", "ingest") else None
+    analytics = _analytics(shared) if settings.worker_role in ("all", "analytics") else None
+
+    @app.task
+    async def start_consumers() -> None:
+        # the stages' state grows to millions of long-lived objects; the collector need not scan
+        # what was there at start, and a larger first generation keeps full collections rare
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
+        for consumer in shared.consumers:
+            await consumer.start()
+
+    @app.timer(interval=5.0)
+    async def measure_lag() -> None:
+        for consumer in shared.consumers:
+            consumer.measure_lag()
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # faust types receivers as sync-or-awaitable unions
+    async def stop_stages(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        for consumer in shared.consumers:
+            await consumer.halt()
+        if sink is not None:
+            await sink.drain()
+        if analytics is not None:
+            await analytics.checkpoint_all()
+        for consumer in shared.consumers:
+            await consumer.close()
+        executor.shutdown()
+
+    @app.page("/metrics")
+    async def prometheus_metrics(web: Any, request: Request) -> Response:
+        response: Response = web.bytes(generate_latest(), content_type=METRICS_CONTENT_TYPE)
+        return response
+
+    @app.page("/health")
+    async def health(web: Any, request: Request) -> Response:
+        stages = {c.stage: len(c.assignment()) for c in shared.consumers}
+        response: Response = web.json(
+            {
+                "status": "ok",
+                "app_id": settings.app_id,
+                "role": settings.worker_role,
+                "embedded_clickhouse": settings.embedded_clickhouse,
+                "clickhouse_database": settings.clickhouse_database,
+                # channel-topic partitions of the stage holding fewest: > 0 once every stage reads
+                "assigned_partitions": min(stages.values(), default=0),
+                "stages": stages,
+            }
+        )
+        return response
+
+    class SqlView(View):
+        """POST a read-only SQL query as the body; answers TSV with a header row, or JSON with
+        `?format=json`. Writes are refused by ClickHouse itself (see pipeline.store.readonly)."""
+
+        async def post(self, request: Request) -> Response:
+            sql = (await request.text()).strip()
+            as_json = request.query.get("format") == "json"
+            if not sql:
+                return self.text("send a SQL query as the request body\n", status=400)
+            try:
+                columns, rows = await query_executor.run(run_readonly, reader, sql)
+            except Exception as error:
+                return self.text(f"{error}\n", status=400)
+            if as_json:
+                return self.json({"columns": columns, "rows": rows})
+            lines = ["\t".join(columns), *("\t".join(_cell(v) for v in row) for row in rows)]
+            return self.text("\n".join(lines) + "\n")
+
+    app.page("/sql")(SqlView)
+    return app
+
+
+def _ingest(shared: Shared) -> IngestSink:
+    """Validate, dead-letter, deduplicate and write raw events; commit offsets once written."""
+    settings, app = shared.settings, shared.app
     deadletter_topic = app.topic(DEADLETTER_TOPIC, value_serializer="raw", key_serializer="raw")
 
     async def send_dead_letter(key: bytes | None, value: bytes | None, headers: Mapping[str, bytes]) -> Any:
         return await deadletter_topic.send(key=key, value=value, headers=dict(headers))
 
-    journey_events_topic = app.topic(JOURNEY_EVENTS_TOPIC, value_serializer="raw", key_serializer="raw")
-    journeys_topic = app.topic(JOURNEYS_TOPIC, value_serializer="raw", key_serializer="raw")
+    consumer: BatchConsumer | None = None
 
-    async def forward_to_journeys(values: list[bytes]) -> None:
-        deliveries = [await journey_events_topic.send(value=chunk) for chunk in journey_stage.chunks(values)]
-        await asyncio.gather(*deliveries)
+    def written(offsets: dict[tuple[str, int], int]) -> None:
+        assert consumer is not None
+        consumer.ready(offsets)
 
+    # raw events get their own connection and thread, so a batch is never queued behind the
+    # analytics writes (KPI rows, journeys, checkpoints); chDB serializes calls per connection only
     sink = IngestSink(
-        ingest_client,
-        ingest_executor,
+        connect(settings.clickhouse_url, settings.clickhouse_database),
+        BlockingExecutor("ingest"),
         send_dead_letter,
         max_rows=settings.batch_max_rows,
         max_seconds=settings.batch_max_seconds,
         max_event_bytes=settings.max_event_bytes,
         dedup_capacity=settings.dedup_cache_size,
-        forward=forward_to_journeys,
+        on_written=written,
     )
 
+    async def handle(batches: Records) -> None:
+        for tp, records in batches.items():
+            await sink.handle(tp.topic, tp.partition, records)
+
+    async def assigned(partitions: Sequence[TopicPartition]) -> None:
+        return None
+
+    async def revoked(partitions: Sequence[TopicPartition]) -> None:
+        await sink.drain()  # the batch in hand, so its offsets are committed before the handover
+
+    consumer = shared.channel_consumer("ingest", StageHooks(handle, assigned, revoked))
+
+    @app.timer(interval=min(0.2, settings.batch_max_seconds / 2))
+    async def flush_due() -> None:
+        await sink.tick()
+
+    return sink
+
+
+def _analytics(shared: Shared) -> AnalyticsStage:
+    """KPI windows and SLA clocks per source partition, and the journey stage."""
+    settings, app, client, executor = shared.settings, shared.app, shared.client, shared.executor
     late_topic = app.topic(LATE_TOPIC, value_serializer="raw", key_serializer="raw")
     sla_topic = app.topic(SLA_TOPIC, value_serializer="raw", key_serializer="raw")
+    journey_events_topic = app.topic(JOURNEY_EVENTS_TOPIC, value_serializer="raw", key_serializer="raw")
+    journeys_topic = app.topic(JOURNEYS_TOPIC, value_serializer="raw", key_serializer="raw")
     kpi_config = KpiConfig(
         allowed_lateness_seconds=settings.kpi_allowed_lateness_seconds,
         idle_timeout_seconds=settings.kpi_idle_seconds,
@@ -124,16 +251,8 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         kpi_config, load_policies(settings.sla_policies_file), app_id=settings.app_id, sla_clock=settings.sla_clock
     )
 
-    async def partition_state(key: tuple[str, int]) -> PartitionState:
-        known = stages.partitions.get(key)
-        if known is not None:
-            return known
-        state, restored = await executor.run(stages.load, client, key)
-        stages.partitions[key] = state
-        await emit_sla(restored.sla)
-        return state
-
     async def emit_late(late: list[LateEvent]) -> None:
+        deliveries = []
         for item in late:
             metrics.EVENTS_LATE.labels(item.event.channel.value).inc()
             headers = {
@@ -143,7 +262,10 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
                 "touchline.source.topic": item.partition[0].encode(),
                 "touchline.source.partition": str(item.partition[1]).encode(),
             }
-            await late_topic.send(key=item.event.contact_id.encode(), value=to_json(item.event), headers=headers)
+            deliveries.append(
+                await late_topic.send(key=item.event.contact_id.encode(), value=to_json(item.event), headers=headers)
+            )
+        await asyncio.gather(*deliveries)
 
     metrics_open_labels: set[tuple[str, str]] = set()
     sla_rows: list[tuple[Any, ...]] = []  # written in batches by `write_outputs`
@@ -160,28 +282,30 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
             body = json.dumps(item.to_dict(), separators=(",", ":"), default=str).encode()
             await sla_topic.send(key=item.contact_id.encode(), value=body)
 
+    async def forward_to_journeys(values: list[bytes]) -> None:
+        deliveries = [await journey_events_topic.send(value=chunk) for chunk in journey_stage.chunks(values)]
+        await asyncio.gather(*deliveries)
+
+    analytics = AnalyticsStage(
+        stages,
+        client,
+        executor,
+        max_event_bytes=settings.max_event_bytes,
+        dedup_capacity=settings.dedup_cache_size,
+        emit_late=emit_late,
+        emit_sla=emit_sla,
+        forward=forward_to_journeys,
+    )
+    analytics.consumer = shared.channel_consumer(
+        "analytics", StageHooks(analytics.handle, analytics.assigned, analytics.revoked)
+    )
+
     @app.timer(interval=0.5)
     async def write_outputs() -> None:
         if sla_rows:
             rows = sla_rows[:]
             del sla_rows[:]
             await executor.run(insert_rows, client, "sla_events", SLA_EVENT_COLUMNS, rows)
-
-    @app.agent(channel_topics)
-    async def ingest(stream: Any) -> None:
-        async for event in stream.noack().events():
-            message = event.message
-            fresh = await sink.handle(
-                IncomingMessage(message.topic, message.partition, message.offset, message.key, message.value, event.ack)
-            )
-            if fresh is None:
-                continue
-            state = await partition_state((message.topic, message.partition))
-            outputs = stages.apply(state, fresh, message.offset, datetime.now(UTC))
-            if outputs.late:
-                await emit_late(outputs.late)
-            if outputs.sla:
-                await emit_sla(outputs.sla)
 
     @app.timer(interval=settings.sla_tick_seconds)
     async def sla_deadlines() -> None:
@@ -214,9 +338,19 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         if lowest is not None:
             metrics.KPI_WATERMARK_LAG.set((now - lowest).total_seconds())
 
-    # ---- journeys: one partition, so one worker at a time owns the identity graph and the books.
-    # Every forwarded batch's new events are logged in a Faust table (RocksDB + changelog), one
-    # entry per batch, from which the stitcher is rebuilt when this worker gets the partition.
+    @app.timer(interval=settings.checkpoint_seconds)
+    async def checkpoint_all() -> None:
+        await analytics.checkpoint_all()
+
+    _journeys(shared, journey_events_topic, journeys_topic)
+    return analytics
+
+
+def _journeys(shared: Shared, journey_events_topic: Any, journeys_topic: Any) -> None:
+    # one partition, so one worker at a time owns the identity graph and the books. Every forwarded
+    # batch's new events are logged in a Faust table (RocksDB + changelog), one entry per batch,
+    # from which the stitcher is rebuilt when this worker gets the partition.
+    app, client, executor = shared.app, shared.client, shared.executor
     journey_log = app.Table(  # batch_key -> batch_value
         "journey-event-batches", default=None, partitions=1, key_type=bytes, value_type=bytes
     )
@@ -297,101 +431,8 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assignment(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
-        # journeys: rebuilt lazily from the table once this worker processes the journey partition
+        # rebuilt lazily from the table once this worker processes the journey partition
         journey_state["stitcher"] = None
-        # KPI windows and SLA clocks: restored now, not at the partition's next event, so deadlines
-        # that fell due while no worker owned the partition fire right after recovery
-        assigned = args[0] if args else kwargs.get("assigned", ())
-        channel_topics_names = set(INTERACTION_TOPICS.values())
-        for tp in sorted(assigned):
-            if tp.topic in channel_topics_names:
-                await partition_state((tp.topic, tp.partition))
-
-    async def checkpoint(keys: list[tuple[str, int]]) -> None:
-        for key in keys:  # one partition at a time, so the loop (and the SLA check) runs in between
-            rows = stages.checkpoint_rows([key])
-            if rows:
-                await executor.run(insert_rows, client, "worker_state", STATE_COLUMNS, rows)
-
-    @app.timer(interval=settings.checkpoint_seconds)
-    async def checkpoint_all() -> None:
-        await checkpoint(list(stages.partitions))
-
-    @app.timer(interval=min(0.2, settings.batch_max_seconds / 2))
-    async def flush_due() -> None:
-        await sink.tick()
-
-    @app.timer(interval=5.0)
-    async def measure_lag() -> None:
-        consumer = app.consumer
-        read = getattr(consumer, "_read_offset", {})
-        for tp in consumer.assignment():
-            try:
-                high = consumer.highwater(tp)
-            except Exception:  # not yet known right after assignment
-                continue
-            if high is None:
-                continue
-            position = read.get(tp)
-            if position is None:  # nothing read from it by this process yet: unknown, not "all"
-                continue
-            lag = high - (position + 1)
-            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, lag))
-
-    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust types receivers as sync-or-awaitable unions
-    async def write_before_handover(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
-        await sink.drain()
-        revoked = [(tp.topic, tp.partition) for tp in (args[0] if args else kwargs.get("revoked", ()))]
-        mine = [key for key in revoked if key in stages.partitions]
-        await checkpoint(mine)
-        for key in mine:
-            del stages.partitions[key]
-
-    @app.on_before_shutdown.connect  # type: ignore[arg-type]
-    async def write_on_shutdown(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
-        await sink.drain()
-        await checkpoint(list(stages.partitions))
-        executor.shutdown()
-        ingest_executor.shutdown()
-
-    @app.page("/metrics")
-    async def prometheus_metrics(web: Any, request: Request) -> Response:
-        response: Response = web.bytes(generate_latest(), content_type=METRICS_CONTENT_TYPE)
-        return response
-
-    @app.page("/health")
-    async def health(web: Any, request: Request) -> Response:
-        response: Response = web.json(
-            {
-                "status": "ok",
-                "app_id": settings.app_id,
-                "embedded_clickhouse": settings.embedded_clickhouse,
-                "clickhouse_database": settings.clickhouse_database,
-                "assigned_partitions": len(app.consumer.assignment()) if app.consumer else 0,
-            }
-        )
-        return response
-
-    class SqlView(View):
-        """POST a read-only SQL query as the body; answers TSV with a header row, or JSON with
-        `?format=json`. Writes are refused by ClickHouse itself (see pipeline.store.readonly)."""
-
-        async def post(self, request: Request) -> Response:
-            sql = (await request.text()).strip()
-            as_json = request.query.get("format") == "json"
-            if not sql:
-                return self.text("send a SQL query as the request body\n", status=400)
-            try:
-                columns, rows = await query_executor.run(run_readonly, reader, sql)
-            except Exception as error:
-                return self.text(f"{error}\n", status=400)
-            if as_json:
-                return self.json({"columns": columns, "rows": rows})
-            lines = ["\t".join(columns), *("\t".join(_cell(v) for v in row) for row in rows)]
-            return self.text("\n".join(lines) + "\n")
-
-    app.page("/sql")(SqlView)
-    return app
 
 
 def _cell(value: Any) -> str:

@@ -34,12 +34,17 @@ E2E_SECONDS = Histogram(
 )
 CONSUMER_LAG = Gauge(
     "touchline_consumer_lag_messages",
-    "Messages in the partition not yet read by this worker",
-    ["topic", "partition"],
+    "Messages in the partition not yet read by this worker's stage (ingest or analytics)",
+    ["stage", "topic", "partition"],
 )
 PENDING_ROWS = Gauge("touchline_pending_rows", "Messages read but not yet written and acknowledged")
 
 # Stateful stages: KPI windows, SLA clocks, journeys
+EVENTS_ANALYSED = Counter(
+    "touchline_events_analysed_total",
+    "Valid events applied to the KPI windows and SLA clocks (the analytics stage; redeliveries count again)",
+    ["channel"],
+)
 EVENTS_LATE = Counter(
     "touchline_events_late_total",
     "Events later than the allowed lateness: stored raw and sent to the late-events topic, not counted in KPIs",

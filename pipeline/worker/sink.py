@@ -1,6 +1,6 @@
 """The ingest path: decode each message, drop duplicates, batch rows, write them to ClickHouse off the
-event loop, dead-letter what is bad, and only then acknowledge the messages so their offsets can be
-committed. Transport-agnostic: the Faust agent hands in messages and an `ack` for each."""
+event loop, dead-letter what is bad, and only then report the batch's offsets as safe to commit.
+Transport-agnostic: the consumer hands in runs of messages of one partition."""
 
 from __future__ import annotations
 
@@ -8,16 +8,14 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from clickhouse_connect.driver.client import Client
 
-from pipeline.events.models import EventBase
 from pipeline.events.topics import channel_of_topic
-from pipeline.ingest.batch import Batch, Batcher
+from pipeline.ingest.batch import Batch, Batcher, Source
 from pipeline.ingest.decode import Rejection, decode
 from pipeline.ingest.dedup import RecentIds
 from pipeline.store.clickhouse import BlockingExecutor, insert_rows
@@ -27,7 +25,6 @@ from pipeline.worker import metrics
 log = logging.getLogger(__name__)
 
 DeadLetterSender = Callable[[bytes | None, bytes | None, Mapping[str, bytes]], Awaitable[Any]]
-Forwarder = Callable[[list[bytes]], Awaitable[None]]
 RETRY_SECONDS = (0.5, 1, 2, 5, 10, 30)
 # ingested_at is the moment the batch is handed to ClickHouse, so `ingested_at - occurred_at` is
 # the end-to-end latency of each row; it is filled in at write time
@@ -38,14 +35,12 @@ _OCCURRED = EVENT_COLUMNS.index("occurred_at")
 _CHANNEL = EVENT_COLUMNS.index("channel")
 
 
-@dataclass(frozen=True, slots=True)
-class IncomingMessage:
-    topic: str
-    partition: int
+class Message(Protocol):
+    """What the sink needs of a consumed message (aiokafka's ConsumerRecord has it)."""
+
     offset: int
     key: bytes | None
     value: bytes | None
-    ack: Callable[[], Any]
 
 
 class IngestSink:
@@ -59,50 +54,48 @@ class IngestSink:
         max_seconds: float,
         max_event_bytes: int,
         dedup_capacity: int,
-        forward: Forwarder | None = None,
+        on_written: Callable[[dict[Source, int]], None],
     ) -> None:
         self._client = client
         self._executor = executor
         self._send_dead_letter = send_dead_letter
         self._max_event_bytes = max_event_bytes
-        self._batcher: Batcher[Callable[[], Any]] = Batcher(max_rows, max_seconds)
+        self._batcher = Batcher(max_rows, max_seconds)
         self._recent = RecentIds(dedup_capacity)
         self._in_flight: asyncio.Task[None] | None = None
         self._dead_letter_messages: list[tuple[bytes | None, bytes | None, Mapping[str, bytes]]] = []
-        self._forward = forward
-        self._forward_values: list[bytes] = []
+        self._on_written = on_written
         self._channels: dict[str, str] = {}
-        self._pending_acks = 0
+        self._pending = 0
         self._counts: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
 
-    async def handle(self, message: IncomingMessage) -> EventBase | None:
-        """Take one message; returns the event when it is valid and not a recent duplicate, so the
-        caller can feed it to the stateful stages."""
+    async def handle(self, topic: str, partition: int, messages: Sequence[Message]) -> None:
+        """Take a run of messages of one partition, in offset order."""
         now = time.monotonic()
-        channel = self._channels.get(message.topic)
+        channel = self._channels.get(topic)
         if channel is None:
-            known = channel_of_topic(message.topic)
-            channel = self._channels[message.topic] = known.value if known else "unknown"
+            known = channel_of_topic(topic)
+            channel = self._channels[topic] = known.value if known else "unknown"
         counts = self._counts[channel]
-        counts[0] += 1
-        result = decode(message.value, message.topic, self._max_event_bytes)
-        fresh: EventBase | None = None
-        if isinstance(result, Rejection):
-            full = self._dead_letter(message, result, channel, now)
-        else:
-            counts[1] += 1
-            if self._recent.seen(result.event_id):
-                counts[2] += 1
-                full = self._batcher.add_event(None, message.ack, now)
+        source = (topic, partition)
+        max_bytes = self._max_event_bytes
+        batcher = self._batcher
+        recent = self._recent
+        for message in messages:
+            counts[0] += 1
+            result = decode(message.value, topic, max_bytes)
+            if isinstance(result, Rejection):
+                full = self._dead_letter(topic, partition, message, result, channel, now)
             else:
-                row = event_row(result, message.topic, message.partition, message.offset, _UNWRITTEN)
-                full = self._batcher.add_event(row, message.ack, now)
-                fresh = result
-                if self._forward is not None and message.value is not None:
-                    self._forward_values.append(message.value)
-        if full:
-            await self.flush()
-        return fresh
+                counts[1] += 1
+                if recent.seen(result.event_id):
+                    counts[2] += 1
+                    full = batcher.add_event(None, source, message.offset, now)
+                else:
+                    row = event_row(result, topic, partition, message.offset, _UNWRITTEN)
+                    full = batcher.add_event(row, source, message.offset, now)
+            if full:
+                await self.flush()
 
     def _publish_counts(self) -> None:
         # counted per event in plain ints, published per batch: Prometheus children take a lock each
@@ -115,37 +108,39 @@ class IngestSink:
             if duplicate:
                 metrics.EVENTS_DUPLICATE.labels(channel).inc(duplicate)
             counts[:] = [0, 0, 0]
-        metrics.PENDING_ROWS.set(self._pending_acks + len(self._batcher))
+        metrics.PENDING_ROWS.set(self._pending + len(self._batcher))
 
-    def _dead_letter(self, message: IncomingMessage, rejection: Rejection, channel: str, now: float) -> bool:
+    def _dead_letter(
+        self, topic: str, partition: int, message: Message, rejection: Rejection, channel: str, now: float
+    ) -> bool:
         headers = {
             "touchline.reason": rejection.reason.value.encode(),
             "touchline.detail": rejection.detail.encode(),
-            "touchline.source.topic": message.topic.encode(),
-            "touchline.source.partition": str(message.partition).encode(),
+            "touchline.source.topic": topic.encode(),
+            "touchline.source.partition": str(partition).encode(),
             "touchline.source.offset": str(message.offset).encode(),
         }
         self._dead_letter_messages.append((message.key, message.value, headers))
         metrics.EVENTS_DEADLETTERED.labels(channel, rejection.reason.value).inc()
         log.warning(
             "dead-lettered %s[%d]@%d: %s: %s",
-            message.topic,
-            message.partition,
+            topic,
+            partition,
             message.offset,
             rejection.reason.value,
             rejection.detail,
         )
         row = dead_letter_row(
             datetime.now(UTC),
-            message.topic,
-            message.partition,
+            topic,
+            partition,
             message.offset,
             rejection.reason.value,
             rejection.detail,
             message.key,
             message.value,
         )
-        return self._batcher.add_dead_letter(row, message.ack, now)
+        return self._batcher.add_dead_letter(row, (topic, partition), message.offset, now)
 
     async def tick(self) -> None:
         """Called periodically: writes a batch whose time is up."""
@@ -163,24 +158,17 @@ class IngestSink:
             return
         batch = self._batcher.take()
         dead, self._dead_letter_messages = self._dead_letter_messages, []
-        forward, self._forward_values = self._forward_values, []
-        self._pending_acks += len(batch)
-        self._in_flight = asyncio.ensure_future(self._write(batch, dead, forward))
+        self._pending += len(batch)
+        self._in_flight = asyncio.ensure_future(self._write(batch, dead))
 
     async def drain(self) -> None:
         await self.flush()
         if self._in_flight is not None:
             await self._in_flight
 
-    async def _write(
-        self,
-        batch: Batch[Callable[[], Any]],
-        dead: list[tuple[bytes | None, bytes | None, Mapping[str, bytes]]],
-        forward: list[bytes],
-    ) -> None:
+    async def _write(self, batch: Batch, dead: list[tuple[bytes | None, bytes | None, Mapping[str, bytes]]]) -> None:
         started = time.monotonic()
         attempt = 0
-        written = False
         while True:
             try:
                 if dead:
@@ -188,29 +176,23 @@ class IngestSink:
                     deliveries = [await self._send_dead_letter(*message) for message in dead]
                     await asyncio.gather(*deliveries)
                     dead = []
-                if not written:
-                    await self._executor.run(self._insert, batch)
-                    written = True  # a retry (of the forward) must not insert the rows twice
-                if forward and self._forward is not None:
-                    await self._forward(forward)
-                    forward = []
+                await self._executor.run(self._insert, batch)
                 break
             except Exception:
-                # Nothing is acknowledged until the write succeeds, so retrying forever loses nothing;
+                # No offset is released until the write succeeds, so retrying forever loses nothing;
                 # the growing lag and the failure counter tell the operator.
                 pause = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)]
                 attempt += 1
                 metrics.FLUSH_FAILURES.inc()
                 log.exception("writing a batch of %d failed (attempt %d); retrying in %ss", len(batch), attempt, pause)
                 await asyncio.sleep(pause)
-        for ack in batch.tokens:
-            ack()
-        self._pending_acks -= len(batch)
-        metrics.PENDING_ROWS.set(self._pending_acks + len(self._batcher))
+        self._on_written(batch.offsets)
+        self._pending -= len(batch)
+        metrics.PENDING_ROWS.set(self._pending + len(self._batcher))
         metrics.BATCH_ROWS.observe(len(batch.events) + len(batch.dead_letters))
         metrics.FLUSH_SECONDS.observe(time.monotonic() - started)
 
-    def _insert(self, batch: Batch[Callable[[], Any]]) -> None:
+    def _insert(self, batch: Batch) -> None:
         written_at = datetime.now(UTC)
         rows = [(*row[:_INGESTED], written_at) for row in batch.events]
         insert_rows(self._client, "interaction_events", EVENT_COLUMNS, rows)

@@ -4,9 +4,9 @@ and writes what comes out.
 
 Recovery: a partition's state is checkpointed to `worker_state` (with the highest source offset
 it reflects) every `checkpoint_seconds` and when the partition is revoked. A worker that takes a
-partition over restores the checkpoint and replays the partition's raw events after that offset
-from `interaction_events`: every consumed event is there before its offset is committed, so the
-state is complete. Replayed and redelivered events are idempotent (both cores dedupe on event_id).
+partition over restores the checkpoint and reads the partition again from the offset after it
+(the analytics consumer seeks there), so the state is complete. Replayed and redelivered events
+are idempotent (both cores dedupe on event_id).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from pipeline.kpi.definitions import PARTIAL_COLUMNS, KpiConfig, KpiRow
 from pipeline.kpi.windows import KpiWindows, LateEvent
 from pipeline.sla.clock import SLA_EVENT_COLUMNS, SlaEngine, SlaEvent
 from pipeline.sla.policy import PolicySet
-from pipeline.store.rows import EVENT_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +95,9 @@ class Stages:
 
     # ------------------------------------------------------------------ recovery (blocking: run off the loop)
 
-    def load(self, client: Client, key: PartitionKey) -> tuple[PartitionState, Outputs]:
-        """Restore `key` from its checkpoint plus the raw events after it. Returns the state and the
-        SLA outcomes the replay produced (re-raised ones are idempotent by sla_event_id)."""
+    def load(self, client: Client, key: PartitionKey) -> PartitionState:
+        """Restore `key` from its checkpoint (a fresh state when there is none); the caller reads
+        the partition from `max_offset + 1` on."""
         state = self.new_state(key)
         topic, partition = key
         rows = client.query(
@@ -114,31 +113,8 @@ class Stages:
             for raw_event in saved.get("pending", []):
                 state.hold(EVENT_ADAPTER.validate_json(raw_event))
             state.max_offset = int(max_offset)
-        outputs = Outputs()
-        replayed = 0
-        for event, offset in self._events_after(client, key, state.max_offset):
-            self._apply(state, event, offset, outputs, now_wall=None)
-            replayed += 1
-        if rows or replayed:
-            log.info(
-                "restored %s[%d]: checkpoint at offset %s, %d events replayed",
-                topic,
-                partition,
-                state.max_offset,
-                replayed,
-            )
-        return state, outputs
-
-    def _events_after(self, client: Client, key: PartitionKey, offset: int) -> Iterable[tuple[EventBase, int]]:
-        columns = ", ".join(EVENT_COLUMNS)
-        result = client.query(
-            f"SELECT {columns} FROM interaction_events FINAL WHERE source_topic = {{t:String}}"
-            " AND source_partition = {p:UInt16} AND source_offset > {o:Int64} ORDER BY source_offset",
-            parameters={"t": key[0], "p": key[1], "o": offset},
-        )
-        for row in result.result_rows:
-            record = dict(zip(EVENT_COLUMNS, row, strict=True))
-            yield event_from_row(record), int(record["source_offset"])
+            log.info("restored %s[%d] from its checkpoint at offset %d", topic, partition, state.max_offset)
+        return state
 
     def checkpoint_rows(self, keys: Iterable[PartitionKey]) -> list[tuple[Any, ...]]:
         now = datetime.now(UTC)
@@ -154,13 +130,8 @@ class Stages:
     # ------------------------------------------------------------------ streaming
 
     def apply(self, state: PartitionState, event: EventBase, offset: int, now_wall: datetime) -> Outputs:
+        """Feed one event of `state`'s partition; returns what it raises."""
         outputs = Outputs()
-        self._apply(state, event, offset, outputs, now_wall=now_wall)
-        return outputs
-
-    def _apply(
-        self, state: PartitionState, event: EventBase, offset: int, outputs: Outputs, *, now_wall: datetime | None
-    ) -> None:
         late = state.kpi.apply(event, state.key, now_wall=now_wall)
         if late is not None:
             # too late for the KPI windows, not for the contact's SLA clocks
@@ -170,6 +141,7 @@ class Stages:
         else:
             outputs.sla.extend(self._sla_apply(state, event))
         state.max_offset = max(state.max_offset, offset)
+        return outputs
 
     def _sla_apply(self, state: PartitionState, event: EventBase) -> list[SlaEvent]:
         # Wall-clock (live) mode applies events at once so deadlines fire on time. The SLA engine
@@ -234,31 +206,6 @@ def sla_records(events: Iterable[SlaEvent], emitted_at: datetime) -> list[tuple[
     return [event.to_row(emitted_at) for event in events]
 
 
-def event_from_row(record: dict[str, Any]) -> EventBase:
-    """Rebuild a canonical event from its `interaction_events` row (the inverse of `event_row`)."""
-    payload: dict[str, Any] = {
-        "type": record["event_type"],
-        "schema_version": record["schema_version"],
-        "event_id": record["event_id"],
-        "occurred_at": record["occurred_at"].replace(tzinfo=UTC)
-        if record["occurred_at"].tzinfo is None
-        else record["occurred_at"],
-        "channel": record["channel"],
-        "contact_id": record["contact_id"],
-        "customer": {
-            k: record[k] for k in ("customer_id", "phone", "email", "social_handle", "web_cookie") if record[k]
-        },
-        "priority": record["priority"],
-    }
-    for name in ("queue", "segment", "intent", "agent_id", "bot_id", "author"):
-        if record[name]:
-            payload[name] = record[name]
-    if record["details"]:
-        payload.update(json.loads(record["details"]))
-    event: EventBase = EVENT_ADAPTER.validate_python(payload)
-    return event
-
-
 __all__ = [
     "PARTIAL_COLUMNS",
     "SLA_EVENT_COLUMNS",
@@ -266,7 +213,6 @@ __all__ = [
     "Outputs",
     "PartitionState",
     "Stages",
-    "event_from_row",
     "kpi_records",
     "sla_records",
 ]

@@ -7,23 +7,25 @@ from pipeline.ingest.batch import Batcher
 from pipeline.ingest.dedup import RecentIds
 
 
-def test_batch_closes_on_size() -> None:
-    batcher: Batcher[int] = Batcher(max_rows=3, max_seconds=10)
-    assert not batcher.add_event(("a",), 1, now=0)
-    assert not batcher.add_event(None, 2, now=0)
-    assert batcher.add_dead_letter(("bad",), 3, now=0)
+def test_batch_closes_on_size_and_covers_the_highest_offset_of_each_partition() -> None:
+    batcher = Batcher(max_rows=4, max_seconds=10)
+    assert not batcher.add_event(("a",), ("t", 0), 7, now=0)
+    assert not batcher.add_event(None, ("t", 1), 3, now=0)
+    assert not batcher.add_event(("b",), ("t", 0), 5, now=0)  # redelivered: lower offset
+    assert batcher.add_dead_letter(("bad",), ("t", 0), 8, now=0)
     batch = batcher.take()
-    assert batch.events == [("a",)]
+    assert batch.events == [("a",), ("b",)]
     assert batch.dead_letters == [("bad",)]
-    assert batch.tokens == [1, 2, 3]
+    assert batch.offsets == {("t", 0): 8, ("t", 1): 3}
+    assert len(batch) == 4
     assert len(batcher) == 0
 
 
 def test_batch_is_due_after_max_seconds_from_first_row() -> None:
-    batcher: Batcher[int] = Batcher(max_rows=100, max_seconds=1.0)
+    batcher = Batcher(max_rows=100, max_seconds=1.0)
     assert not batcher.due(now=50)
-    batcher.add_event(("a",), 1, now=10)
-    batcher.add_event(("b",), 2, now=10.9)
+    batcher.add_event(("a",), ("t", 0), 1, now=10)
+    batcher.add_event(("b",), ("t", 0), 2, now=10.9)
     assert not batcher.due(now=10.99)
     assert batcher.due(now=11.0)
     batcher.take()

@@ -1,0 +1,165 @@
+"""Batch consumption of the channel topics with aiokafka, inside the Faust app.
+
+Why not a Faust agent: Faust hands an agent one message at a time through its conductor, channel
+queue and stream, which caps even an agent that only counts and acknowledges at about 10,000
+messages/s on one core (`make bench` measures it), while aiokafka's `getmany` delivers whole
+fetches. The worker's stages work on batches, so the channel topics are read here, one consumer
+group per stage, and Faust runs everything else (web, timers, tables, the journey agent, producing).
+
+A stage supplies three coroutines: `handle` for every fetched batch, `assigned` and `revoked` for
+rebalances. `handle` and the rebalance callbacks never overlap. Offsets are committed only when the
+stage says they are safe (`ready`), by this loop, so a commit never waits inside `handle`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+
+from pipeline.worker import metrics
+
+log = logging.getLogger(__name__)
+
+Records = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+PartitionsHook = Callable[[Sequence[TopicPartition]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class StageHooks:
+    handle: Callable[[Records], Awaitable[None]]
+    assigned: PartitionsHook
+    revoked: PartitionsHook
+
+
+class BatchConsumer:
+    def __init__(
+        self,
+        stage: str,
+        bootstrap_servers: str,
+        group_id: str,
+        topics: Sequence[str],
+        hooks: StageHooks,
+        *,
+        max_records: int,
+    ) -> None:
+        self.stage = stage
+        self._topics = list(topics)
+        self._hooks = hooks
+        self._max_records = max_records
+        self._lock = asyncio.Lock()  # a batch and a rebalance callback never interleave
+        self._ready: dict[TopicPartition, int] = {}
+        self._handed: dict[TopicPartition, int] = {}
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            group_id=group_id,
+            client_id=f"{group_id}-{stage}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+        )
+
+    # ------------------------------------------------------------------ called by the stage
+
+    def ready(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Mark the highest offset of each partition that is safely processed; it is committed soon."""
+        for (topic, partition), offset in offsets.items():
+            tp = TopicPartition(topic, partition)
+            if offset >= self._ready.get(tp, -1):
+                self._ready[tp] = offset
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.consumer.seek(tp, offset)
+
+    async def seek_to_beginning(self, tp: TopicPartition) -> None:
+        await self.consumer.seek_to_beginning(tp)
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.consumer.assignment())
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        self.consumer.subscribe(self._topics, listener=_Listener(self))
+        self._task = asyncio.ensure_future(self._run())
+
+    async def halt(self) -> None:
+        """Stop reading. What was handed to the stage is the stage's to finish before `close`."""
+        self._stopping.set()
+        if self._task is not None:
+            await asyncio.wait([self._task], timeout=30)
+
+    async def close(self) -> None:
+        """Commit what the stage marked ready and leave the group."""
+        async with self._lock:
+            await self.commit()
+        await self.consumer.stop()
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                batches = await self.consumer.getmany(timeout_ms=100, max_records=self._max_records)
+            except KafkaError:
+                log.exception("%s: fetching failed; retrying", self.stage)
+                await asyncio.sleep(1)
+                continue
+            if batches and not self._stopping.is_set():
+                async with self._lock:
+                    for tp, records in batches.items():
+                        self._handed[tp] = records[-1].offset
+                    try:
+                        await self._hooks.handle(batches)
+                    except Exception:
+                        # a stage bug must not silently stop consumption: stop the worker loudly
+                        log.exception("%s: handling a batch failed; stopping", self.stage)
+                        raise
+            await self.commit()
+
+    async def commit(self) -> None:
+        if not self._ready:
+            return
+        offsets = {tp: offset + 1 for tp, offset in self._ready.items() if tp in self.consumer.assignment()}
+        self._ready.clear()
+        if not offsets:
+            return
+        try:
+            await self.consumer.commit(offsets)
+        except KafkaError as error:  # rebalancing: the partitions' new owners redo what is uncommitted
+            log.info("%s: commit skipped (%s); uncommitted messages are read again", self.stage, error)
+
+    def measure_lag(self) -> None:
+        """Set the lag gauge of every assigned partition: messages after the last one handed to the
+        stage (unknown, so not set, until this process has read from the partition)."""
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            handed = self._handed.get(tp)
+            if high is None or handed is None:
+                continue
+            metrics.CONSUMER_LAG.labels(self.stage, tp.topic, str(tp.partition)).set(max(0, high - handed - 1))
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: BatchConsumer) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        owner = self._owner
+        async with owner._lock:
+            await owner._hooks.revoked(list(revoked))
+            await owner.commit()
+        for tp in revoked:
+            if owner._handed.pop(tp, None) is not None:
+                metrics.CONSUMER_LAG.remove(owner.stage, tp.topic, str(tp.partition))
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        async with self._owner._lock:
+            await self._owner._hooks.assigned(list(assigned))
