@@ -17,6 +17,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -57,15 +58,16 @@ class BatchConsumer:
         self._handed: dict[TopicPartition, int] = {}
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers,
-            group_id=group_id,
-            client_id=f"{group_id}-{stage}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            fetch_max_bytes=64 * 1024 * 1024,
-        )
+        self._options: dict[str, Any] = {
+            "bootstrap_servers": bootstrap_servers,
+            "group_id": group_id,
+            "client_id": group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "max_partition_fetch_bytes": 4 * 1024 * 1024,
+            "fetch_max_bytes": 64 * 1024 * 1024,
+        }
+        self._consumer: AIOKafkaConsumer | None = None
 
     # ------------------------------------------------------------------ called by the stage
 
@@ -83,11 +85,18 @@ class BatchConsumer:
         await self.consumer.seek_to_beginning(tp)
 
     def assignment(self) -> set[TopicPartition]:
-        return set(self.consumer.assignment())
+        return set(self._consumer.assignment()) if self._consumer is not None else set()
 
     # ------------------------------------------------------------------ lifecycle
 
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError(f"the {self.stage} consumer is not started")
+        return self._consumer
+
     async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(**self._options)  # needs the running loop
         await self.consumer.start()
         self.consumer.subscribe(self._topics, listener=_Listener(self))
         self._task = asyncio.ensure_future(self._run())
@@ -100,6 +109,8 @@ class BatchConsumer:
 
     async def close(self) -> None:
         """Commit what the stage marked ready and leave the group."""
+        if self._consumer is None:
+            return
         async with self._lock:
             await self.commit()
         await self.consumer.stop()
@@ -139,7 +150,7 @@ class BatchConsumer:
     def measure_lag(self) -> None:
         """Set the lag gauge of every assigned partition: messages after the last one handed to the
         stage (unknown, so not set, until this process has read from the partition)."""
-        for tp in self.consumer.assignment():
+        for tp in self.assignment():
             high = self.consumer.highwater(tp)
             handed = self._handed.get(tp)
             if high is None or handed is None:
