@@ -6,7 +6,7 @@ These models are the single source of truth for the wire format. `touchline sche
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -53,6 +53,7 @@ class IdentifierKind(StrEnum):
     WEB_COOKIE = "web_cookie"
 
 
+_ZERO = timedelta(0)
 Id = Annotated[str, Field(min_length=1, max_length=128)]
 OptionalLabel = Annotated[str | None, Field(default=None, max_length=128)]
 
@@ -121,6 +122,8 @@ class EventBase(_Strict):
     @field_validator("occurred_at")
     @classmethod
     def _utc_millis(cls, value: datetime) -> datetime:
+        if value.microsecond % 1000 == 0 and value.utcoffset() == _ZERO:
+            return value.replace(tzinfo=UTC)  # already UTC with milliseconds, as producers send it
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError("occurred_at must carry a time zone (use UTC, e.g. 2026-03-01T09:15:02.250Z)")
         return utc_ms(value)

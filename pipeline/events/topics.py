@@ -21,14 +21,12 @@ def interaction_topic(channel: Channel | str) -> str:
 INTERACTION_TOPICS: dict[Channel, str] = {c: interaction_topic(c) for c in Channel}
 
 
+_CHANNEL_OF_TOPIC: dict[str, Channel] = {topic: channel for channel, topic in INTERACTION_TOPICS.items()}
+
+
 def channel_of_topic(topic: str) -> Channel | None:
     """The channel a topic carries, or None when the topic is not a channel topic."""
-    if not topic.startswith(INTERACTIONS_PREFIX):
-        return None
-    try:
-        return Channel(topic[len(INTERACTIONS_PREFIX) :])
-    except ValueError:
-        return None
+    return _CHANNEL_OF_TOPIC.get(topic)
 
 
 def topic_specs(channel_partitions: int) -> dict[str, int]:

@@ -2,7 +2,53 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import threading
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Sequence
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+
+class BatchHistogram(Collector):
+    """A labelled histogram observed a batch of values at a time. prometheus_client's Histogram
+    takes a lock per observation (about 2.5 µs), which at ingest rates is a noticeable share of a
+    core; this one takes it once per batch. Exposed exactly like a Histogram (`_bucket`, `_sum`,
+    `_count`)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]) -> None:
+        self._name, self._documentation, self._labelnames = name, documentation, list(labelnames)
+        self._bounds = [float(b) for b in sorted(buckets)]
+        self._lock = threading.Lock()
+        self._series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}  # counts (+Inf last), [sum]
+        REGISTRY.register(self)
+
+    def observe_many(self, labels: tuple[str, ...], values: Iterable[float]) -> None:
+        bounds = self._bounds
+        counts = [0] * (len(bounds) + 1)
+        total = 0.0
+        for value in values:
+            counts[bisect_left(bounds, value)] += 1  # a value equal to a bound is in that bucket
+            total += value
+        with self._lock:
+            known, sums = self._series.setdefault(labels, ([0] * (len(bounds) + 1), [0.0]))
+            for i, n in enumerate(counts):
+                known[i] += n
+            sums[0] += total
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        with self._lock:
+            series = {labels: (list(counts), sums[0]) for labels, (counts, sums) in self._series.items()}
+        for labels, (counts, total) in sorted(series.items()):
+            cumulative, running = [], 0
+            for bound, n in zip([*self._bounds, float("inf")], counts, strict=True):
+                running += n
+                cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
+            family.add_metric(list(labels), cumulative, total)
+        yield family
+
 
 EVENTS_CONSUMED = Counter("touchline_events_consumed_total", "Messages read from the channel topics", ["channel"])
 EVENTS_VALID = Counter("touchline_events_valid_total", "Messages that validated as events", ["channel"])
@@ -26,7 +72,7 @@ FLUSH_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 FLUSH_FAILURES = Counter("touchline_flush_failures_total", "Batches that failed to write and were retried")
-E2E_SECONDS = Histogram(
+E2E_SECONDS = BatchHistogram(
     "touchline_end_to_end_seconds",
     "Event time to written in ClickHouse, in seconds",
     ["channel"],

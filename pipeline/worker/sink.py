@@ -9,7 +9,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from clickhouse_connect.driver.client import Client
@@ -28,7 +28,9 @@ DeadLetterSender = Callable[[bytes | None, bytes | None, Mapping[str, bytes]], A
 RETRY_SECONDS = (0.5, 1, 2, 5, 10, 30)
 # ingested_at is the moment the batch is handed to ClickHouse, so `ingested_at - occurred_at` is
 # the end-to-end latency of each row; it is filled in at write time
-_UNWRITTEN = datetime.fromtimestamp(0, UTC)
+_EPOCH = datetime.fromtimestamp(0, UTC)
+_UNWRITTEN = _EPOCH
+_MS = timedelta(milliseconds=1)
 _INGESTED = EVENT_COLUMNS.index("ingested_at")
 assert len(EVENT_COLUMNS) - 1 == _INGESTED, "ingested_at must stay the last column"
 _OCCURRED = EVENT_COLUMNS.index("occurred_at")
@@ -194,14 +196,18 @@ class IngestSink:
 
     def _insert(self, batch: Batch) -> None:
         written_at = datetime.now(UTC)
-        rows = [(*row[:_INGESTED], written_at) for row in batch.events]
+        written_ms = (written_at - _EPOCH) // _MS
+        # DateTime64(3) columns as integer milliseconds: clickhouse-connect converts datetimes
+        # one by one at about three times the cost
+        rows = [
+            (*r[:_OCCURRED], (r[_OCCURRED] - _EPOCH) // _MS, *r[_OCCURRED + 1 : _INGESTED], written_ms)
+            for r in batch.events
+        ]
         insert_rows(self._client, "interaction_events", EVENT_COLUMNS, rows)
         insert_rows(self._client, "dead_letters", DEAD_LETTER_COLUMNS, batch.dead_letters)
-        written = written_at.timestamp()
-        counts: dict[str, int] = {}
+        latencies: defaultdict[str, list[float]] = defaultdict(list)
         for row in rows:
-            channel = row[_CHANNEL]
-            counts[channel] = counts.get(channel, 0) + 1
-            metrics.E2E_SECONDS.labels(channel).observe(max(0.0, written - row[_OCCURRED].timestamp()))
-        for channel, count in counts.items():
-            metrics.EVENTS_WRITTEN.labels(channel).inc(count)
+            latencies[row[_CHANNEL]].append(max(0.0, (written_ms - row[_OCCURRED]) / 1000))
+        for channel, values in latencies.items():
+            metrics.E2E_SECONDS.observe_many((channel,), values)
+            metrics.EVENTS_WRITTEN.labels(channel).inc(len(values))
