@@ -36,7 +36,7 @@ class Snapshot:
     written: dict[str, float] = field(default_factory=dict)
     dead: dict[str, float] = field(default_factory=dict)
     duplicates: dict[str, float] = field(default_factory=dict)
-    lag: float = 0.0
+    lag: float = 0.0  # of the stage furthest behind
     pending: float = 0.0
 
 
@@ -51,6 +51,7 @@ def scrape(url: str) -> Snapshot:
         "touchline_events_deadlettered": snap.dead,
         "touchline_events_duplicate": snap.duplicates,
     }
+    lags: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             target = targets.get(family.name)
@@ -58,9 +59,11 @@ def scrape(url: str) -> Snapshot:
                 channel = sample.labels.get("channel", "?")
                 target[channel] = target.get(channel, 0.0) + sample.value
             elif family.name == "touchline_consumer_lag_messages":
-                snap.lag += sample.value
+                stage = sample.labels.get("stage", "")
+                lags[stage] = lags.get(stage, 0.0) + sample.value
             elif family.name == "touchline_pending_rows":
                 snap.pending = sample.value
+    snap.lag = max(lags.values(), default=0.0)
     return snap
 
 

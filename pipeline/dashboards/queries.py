@@ -748,8 +748,8 @@ P_CONSUMED = PromQuery(
 )
 P_LAG = PromQuery(
     "p_lag",
-    f"sum by (topic) (touchline_consumer_lag_messages{{{_INST}}})",
-    "{{topic}}",
+    f"sum by (stage, topic) (touchline_consumer_lag_messages{{{_INST}}})",
+    "{{stage}} {{topic}}",
 )
 P_DEADLETTER = PromQuery(
     "p_deadletter",
