@@ -4,17 +4,19 @@ at an instant costs O(dimensions x log legs) rather than O(legs).
 `backlog_at` in `pipeline.kpi.definitions` is the definition; `WaitingLegs.at` returns exactly the
 same mapping (a property test holds them equal). Legs still in queue sit in one sorted list per
 (channel, queue, priority), so with 100,000 contacts waiting, counting those queued before an
-instant is a bisection. Legs already removed from their queue, kept until no open window can see
-them waiting, are few and are checked one by one.
+instant is a bisection. Legs already removed from their queue are kept until no open window can
+see them waiting; there can be many (a replayed day emitted at once), so `at_each` answers a whole
+ascending run of instants in one sweep over them: O((legs + instants) log legs), not their product.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import heapq
+from collections.abc import Iterable, Iterator
 
 from sortedcontainers import SortedList
 
-from pipeline.kpi.definitions import DimKey, backlog_at
+from pipeline.kpi.definitions import DimKey
 from pipeline.kpi.facts import QueueLeg
 
 ContactLegs = tuple[tuple[str, QueueLeg], ...]  # ((channel, leg), ...) of one contact
@@ -86,10 +88,46 @@ class WaitingLegs:
 
     def at(self, end_ms: int) -> dict[DimKey, tuple[int, int]]:
         """(channel, queue, priority) -> (legs waiting at the instant `end_ms`, earliest queued_ms)."""
-        out = backlog_at((leg for legs in self._removed.values() for leg in legs), end_ms)
-        for dim, waiting in self._waiting.items():
-            n = waiting.bisect_left((end_ms, "", -1))  # sorts before every leg queued at end_ms
-            if n:
-                seen, oldest = out.get(dim, (0, waiting[0][0]))
-                out[dim] = (seen + n, min(oldest, waiting[0][0]))
-        return out
+        return next(self.at_each([end_ms]))
+
+    def at_each(self, ends_ms: Iterable[int]) -> Iterator[dict[DimKey, tuple[int, int]]]:
+        """`at(end)` for each of the ascending instants `ends_ms`, lazily, in order."""
+        # removed legs, by when they joined the queue; one that left no later than it joined never waits
+        arrivals = sorted(
+            (leg.queued_ms, removed, channel, leg.queue, leg.priority)
+            for legs in self._removed.values()
+            for channel, leg in legs
+            if (removed := leg.removed_ms) is not None and removed > leg.queued_ms
+        )
+        next_arrival = 0
+        departures: list[tuple[int, DimKey]] = []  # heap of (removed_ms, dim) of arrived legs
+        oldest: dict[DimKey, list[tuple[int, int]]] = {}  # dim -> heap of (queued_ms, removed_ms)
+        counts: dict[DimKey, int] = {}
+        previous: int | None = None
+        for end in ends_ms:
+            if previous is not None and end < previous:
+                raise ValueError("instants must ascend")
+            previous = end
+            while next_arrival < len(arrivals) and arrivals[next_arrival][0] < end:
+                queued, removed, channel, queue, priority = arrivals[next_arrival]
+                dim = (channel, queue, priority)
+                heapq.heappush(departures, (removed, dim))
+                heapq.heappush(oldest.setdefault(dim, []), (queued, removed))
+                counts[dim] = counts.get(dim, 0) + 1
+                next_arrival += 1
+            while departures and departures[0][0] < end:  # left before the instant: not waiting at it
+                _, dim = heapq.heappop(departures)
+                counts[dim] -= 1
+            out: dict[DimKey, tuple[int, int]] = {}
+            for dim, n in counts.items():
+                if n:
+                    heap = oldest[dim]
+                    while heap[0][1] < end:  # departed; ends ascend, so it never waits again
+                        heapq.heappop(heap)
+                    out[dim] = (n, heap[0][0])
+            for dim, waiting in self._waiting.items():
+                n = waiting.bisect_left((end, "", -1))  # sorts before every leg queued at `end`
+                if n:
+                    seen, first = out.get(dim, (0, waiting[0][0]))
+                    out[dim] = (seen + n, min(first, waiting[0][0]))
+            yield out

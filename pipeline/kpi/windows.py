@@ -293,9 +293,11 @@ class KpiWindows:
         if earliest is not None:
             windows.update(range(max(p.next_final_ms, window_of(earliest)), top + 1, WINDOW_MS))
         out: list[KpiRow] = []
-        for window in sorted(windows):
+        ordered = sorted(windows)
+        backlogs = p.legs.at_each(w + WINDOW_MS for w in ordered) if p.legs else None
+        for window in ordered:
             is_final = window <= last_final
-            backlog = p.legs.at(window + WINDOW_MS) if p.legs else {}
+            backlog = next(backlogs) if backlogs is not None else {}
             keys = by_window.get(window, set()) | {(window, *dim) for dim in backlog}
             for key in sorted(keys):
                 dim_backlog = backlog.get(key[1:])

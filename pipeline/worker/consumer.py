@@ -66,6 +66,10 @@ class BatchConsumer:
             "auto_offset_reset": "earliest",
             "max_partition_fetch_bytes": 4 * 1024 * 1024,
             "fetch_max_bytes": 64 * 1024 * 1024,
+            # heartbeats share the event loop with the stages: a long checkpoint or a restore must
+            # not cost the partitions (Faust's own consumer heartbeats from a thread of its own)
+            "session_timeout_ms": 45_000,
+            "heartbeat_interval_ms": 3_000,
         }
         self._consumer: AIOKafkaConsumer | None = None
 
