@@ -71,6 +71,9 @@ class AnalyticsStage:
                     continue
                 applied = 0
                 for record in records:
+                    if record.offset <= state.max_offset:
+                        # read again: a seek on assignment can overtake a fetch already returned
+                        continue
                     event = decode(record.value, tp.topic, max_bytes)
                     if isinstance(event, Rejection):
                         continue  # the ingest stage dead-letters it
