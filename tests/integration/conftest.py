@@ -115,6 +115,11 @@ class Worker:
                     total += sample.value
         return total
 
+    def stage_partitions(self) -> dict[str, int]:
+        """Channel-topic partitions each of the worker's stages holds now."""
+        stages: dict[str, int] = json.loads(self.get("/health"))["stages"]
+        return stages
+
     def ready(self) -> bool:
         if self.process.poll() is not None:
             raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.tail()}")

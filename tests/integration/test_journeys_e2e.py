@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from pipeline.events.topics import INTERACTION_TOPICS
 from pipeline.simulator.truth import read_truth
 
-from .conftest import Worker, Workspace, wait_until
+from .conftest import PARTITIONS, Worker, Workspace, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -138,10 +139,21 @@ def test_a_day_of_journeys_matches_the_truth_and_lookup_works(workspace: Workspa
 
 
 def test_two_workers_sharing_partitions_give_the_same_journeys(workspace: Workspace) -> None:
-    records = simulate_day(workspace, seed=32)
-    summary = next(r for r in records if r["kind"] == "summary")
     first = workspace.start_worker()
     second = workspace.start_worker(own_store=True)  # embedded ClickHouse: one store per process
+    both = [first, second]
+    channel_partitions = PARTITIONS * len(INTERACTION_TOPICS)
+
+    def shared() -> bool:  # each stage's group has settled, with partitions on both workers
+        held = [w.stage_partitions() for w in both]
+        return all(
+            sum(h[stage] for h in held) == channel_partitions and all(h[stage] > 0 for h in held)
+            for stage in ("ingest", "analytics")
+        )
+
+    wait_until(shared, 120, "both workers to share the partitions of both stages")
+    records = simulate_day(workspace, seed=32)
+    summary = next(r for r in records if r["kind"] == "summary")
     wait_until(
         lambda: (
             first.metric("touchline_events_consumed_total") + second.metric("touchline_events_consumed_total")
@@ -150,7 +162,6 @@ def test_two_workers_sharing_partitions_give_the_same_journeys(workspace: Worksp
         300,
         "all messages read by the two workers",
     )
-    both = [first, second]
     assert all(w.metric("touchline_events_consumed_total") > 0 for w in both), "both workers should get partitions"
 
     # each worker writes to its own embedded store; the journeys are in the store of the worker
