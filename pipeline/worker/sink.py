@@ -10,7 +10,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
 from clickhouse_connect.driver.client import Client
 
@@ -24,7 +24,8 @@ from pipeline.worker import metrics
 
 log = logging.getLogger(__name__)
 
-DeadLetterSender = Callable[[bytes | None, bytes | None, Mapping[str, bytes]], Awaitable[Any]]
+# sends (key, value, headers) messages and returns once all are delivered
+DeadLetterSender = Callable[[list[tuple[bytes | None, bytes | None, Mapping[str, bytes] | None]]], Awaitable[None]]
 RETRY_SECONDS = (0.5, 1, 2, 5, 10, 30)
 # ingested_at is the moment the batch is handed to ClickHouse, so `ingested_at - occurred_at` is
 # the end-to-end latency of each row; it is filled in at write time
@@ -50,7 +51,7 @@ class IngestSink:
         self,
         client: Client,
         executor: BlockingExecutor,
-        send_dead_letter: DeadLetterSender,
+        send_dead_letters: DeadLetterSender,
         *,
         max_rows: int,
         max_seconds: float,
@@ -60,12 +61,12 @@ class IngestSink:
     ) -> None:
         self._client = client
         self._executor = executor
-        self._send_dead_letter = send_dead_letter
+        self._send_dead_letters = send_dead_letters
         self._max_event_bytes = max_event_bytes
         self._batcher = Batcher(max_rows, max_seconds)
         self._recent = RecentIds(dedup_capacity)
         self._in_flight: asyncio.Task[None] | None = None
-        self._dead_letter_messages: list[tuple[bytes | None, bytes | None, Mapping[str, bytes]]] = []
+        self._dead_letter_messages: list[tuple[bytes | None, bytes | None, Mapping[str, bytes] | None]] = []
         self._on_written = on_written
         self._channels: dict[str, str] = {}
         self._pending = 0
@@ -168,15 +169,15 @@ class IngestSink:
         if self._in_flight is not None:
             await self._in_flight
 
-    async def _write(self, batch: Batch, dead: list[tuple[bytes | None, bytes | None, Mapping[str, bytes]]]) -> None:
+    async def _write(
+        self, batch: Batch, dead: list[tuple[bytes | None, bytes | None, Mapping[str, bytes] | None]]
+    ) -> None:
         started = time.monotonic()
         attempt = 0
         while True:
             try:
                 if dead:
-                    # send all, then wait for every delivery: the producer batches them
-                    deliveries = [await self._send_dead_letter(*message) for message in dead]
-                    await asyncio.gather(*deliveries)
+                    await self._send_dead_letters(dead)
                     dead = []
                 await self._executor.run(self._insert, batch)
                 break
