@@ -81,6 +81,7 @@ class _Partition:
         self.observed_wall_ms: int | None = None
         self.emitted: dict[WindowKey, tuple[int, str, tuple[int, int] | None]] = {}
         self.dirty: set[WindowKey] = set()
+        self.unsettled: set[str] = set()  # contacts applied with `defer`, contributions not yet recomputed
 
 
 def _digest(row: KpiRow) -> str:
@@ -99,10 +100,14 @@ class KpiWindows:
 
     # ------------------------------------------------------------------ input
 
-    def apply(self, event: EventBase, partition: PartitionKey, *, now_wall: datetime | None = None) -> LateEvent | None:
+    def apply(
+        self, event: EventBase, partition: PartitionKey, *, now_wall: datetime | None = None, defer: bool = False
+    ) -> LateEvent | None:
         """Apply one event read from `partition`. Returns a `LateEvent` (not applied) when its window
         is already final, else None (applied, or a duplicate that changed nothing). `now_wall`, when
-        given, is the wall-clock arrival time, used to measure the partition's wall/event offset."""
+        given, is the wall-clock arrival time, used to measure the partition's wall/event offset.
+        `defer`: leave the contact's contributions to `settle` (or the next `emit`), so a batch
+        recomputes each contact once however many of its events it holds."""
         p = self._partition(partition)
         t = to_ms(event.occurred_at)
         window = window_of(t)
@@ -119,8 +124,19 @@ class KpiWindows:
         if now_wall is not None:
             p.observed_max_ms = p.max_event_ms
             p.observed_wall_ms = to_ms(now_wall)
-        self._recompute(p, event.contact_id)
+        if defer:
+            p.unsettled.add(event.contact_id)
+        else:
+            p.unsettled.discard(event.contact_id)
+            self._recompute(p, event.contact_id)
         return None
+
+    def settle(self) -> None:
+        """Recompute the contributions of contacts applied with `defer`."""
+        for p in self._partitions.values():
+            for contact_id in p.unsettled:
+                self._recompute(p, contact_id)
+            p.unsettled.clear()
 
     def advance_idle(self, now_wall: datetime) -> None:
         """Advance the watermark of partitions idle for `idle_timeout_seconds` with the wall clock:
@@ -171,6 +187,7 @@ class KpiWindows:
 
     def emit(self, now: datetime) -> list[KpiRow]:
         """Rows of windows changed since the last emit, plus final rows of windows the watermark passed."""
+        self.settle()
         rows: list[KpiRow] = []
         for key in sorted(self._partitions):
             rows.extend(self._emit_partition(self._partitions[key], now))

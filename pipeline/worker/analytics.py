@@ -77,7 +77,7 @@ class AnalyticsStage:
                     event = decode(record.value, tp.topic, max_bytes)
                     if isinstance(event, Rejection):
                         continue  # the ingest stage dead-letters it
-                    outputs = stages.apply(state, event, record.offset, now)
+                    outputs = stages.apply(state, event, record.offset, now, defer=True)
                     applied += 1
                     if outputs.late:
                         late += outputs.late
@@ -85,6 +85,7 @@ class AnalyticsStage:
                         sla += outputs.sla
                     if record.value is not None and not forwarded.seen(event.event_id):
                         forward.append(record.value)
+                state.kpi.settle()  # each contact's KPI contributions once per batch, not once per event
                 channel = channel_of_topic(tp.topic)
                 metrics.EVENTS_ANALYSED.labels(channel.value if channel else "unknown").inc(applied)
             if late:

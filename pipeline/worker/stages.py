@@ -129,10 +129,13 @@ class Stages:
 
     # ------------------------------------------------------------------ streaming
 
-    def apply(self, state: PartitionState, event: EventBase, offset: int, now_wall: datetime) -> Outputs:
-        """Feed one event of `state`'s partition; returns what it raises."""
+    def apply(
+        self, state: PartitionState, event: EventBase, offset: int, now_wall: datetime, *, defer: bool = False
+    ) -> Outputs:
+        """Feed one event of `state`'s partition; returns what it raises. `defer`: the KPI
+        contributions of its contact wait for `state.kpi.settle()` (call it after a batch)."""
         outputs = Outputs()
-        late = state.kpi.apply(event, state.key, now_wall=now_wall)
+        late = state.kpi.apply(event, state.key, now_wall=now_wall, defer=defer)
         if late is not None:
             # too late for the KPI windows, not for the contact's SLA clocks
             outputs.late.append(late)

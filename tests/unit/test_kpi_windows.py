@@ -78,6 +78,33 @@ def test_final_rows_independent_of_arrival_order_and_duplicates(seed: int, order
     assert shuffled == in_order == _expected(events, until)
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32), st.integers(0, 2**32), st.integers(0, 30))
+def test_deferred_recompute_emits_exactly_what_immediate_recompute_emits(seed: int, order_seed: int, dups: int) -> None:
+    """Applying a batch with `defer` and settling once gives every row (provisional ones and their
+    versions included) that applying event by event gives."""
+    arrivals = _arrivals(_world(seed, 12), random.Random(order_seed), dups)
+    immediate, deferred = KpiWindows(), KpiWindows()
+    rng = random.Random(seed)
+    wall = BASE + timedelta(hours=1)
+    rows: tuple[list[KpiRow], list[KpiRow]] = ([], [])
+    for event in arrivals:
+        assert immediate.apply(event, PART) is None
+        assert deferred.apply(event, PART, defer=True) is None
+        if rng.random() < 0.3:
+            deferred.settle()  # the end of a batch
+        if rng.random() < 0.1:  # an emit settles what is left
+            wall += timedelta(seconds=1)
+            rows[0].extend(immediate.emit(wall))
+            rows[1].extend(deferred.emit(wall))
+    until = BASE + timedelta(hours=2)
+    for windows, out in zip((immediate, deferred), rows, strict=True):
+        windows.advance_watermark(PART, until)
+        out.extend(windows.emit(wall + timedelta(seconds=1)))
+    assert rows[1] == rows[0]
+    assert [r for r in rows[0] if r.final]
+
+
 @settings(max_examples=15, deadline=None)
 @given(st.integers(0, 2**32), st.floats(0.05, 0.95))
 def test_snapshot_and_restore_mid_stream_equals_uninterrupted(seed: int, cut: float) -> None:
