@@ -14,7 +14,7 @@ import gc
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -49,7 +49,7 @@ from pipeline.worker import journeys as journey_stage
 from pipeline.worker import metrics
 from pipeline.worker.analytics import AnalyticsStage
 from pipeline.worker.consumer import BatchConsumer, Records, StageHooks
-from pipeline.worker.sink import IngestSink
+from pipeline.worker.sink import IngestSink, Outgoing
 from pipeline.worker.stages import Stages, kpi_records, sla_records
 
 log = logging.getLogger(__name__)
@@ -63,10 +63,7 @@ def broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip())
 
 
-Message = tuple[bytes | None, bytes | None, Mapping[str, bytes] | None]  # key, value, headers
-
-
-async def produce(app: faust.App, topic: str, messages: Iterable[Message]) -> None:
+async def produce(app: faust.App, topic: str, messages: Iterable[Outgoing]) -> None:
     """Send `messages` and wait until every one is delivered. Straight to the producer: Faust's
     `Topic.send` adds per-message machinery (futures, channel, callbacks) that costs more than the
     send itself, and these outputs come by the thousand."""
@@ -92,6 +89,7 @@ class Shared:
             list(INTERACTION_TOPICS.values()),
             hooks,
             max_records=self.settings.batch_max_rows,
+            on_failure=self.app.crash,
         )
         self.consumers.append(consumer)
         return consumer
@@ -205,7 +203,7 @@ def _ingest(shared: Shared) -> IngestSink:
     """Validate, dead-letter, deduplicate and write raw events; commit offsets once written."""
     settings, app = shared.settings, shared.app
 
-    async def send_dead_letters(messages: list[Message]) -> None:
+    async def send_dead_letters(messages: list[Outgoing]) -> None:
         await produce(app, DEADLETTER_TOPIC, messages)
 
     consumer: BatchConsumer | None = None
@@ -259,7 +257,7 @@ def _analytics(shared: Shared) -> AnalyticsStage:
     )
 
     async def emit_late(late: list[LateEvent]) -> None:
-        messages: list[Message] = []
+        messages: list[Outgoing] = []
         for item in late:
             metrics.EVENTS_LATE.labels(item.event.channel.value).inc()
             headers = {
@@ -280,7 +278,7 @@ def _analytics(shared: Shared) -> AnalyticsStage:
             return
         now = datetime.now(UTC)
         sla_rows.extend(sla_records(events, now))
-        messages: list[Message] = []
+        messages: list[Outgoing] = []
         for item in events:
             metrics.SLA_EVENTS.labels(item.channel, item.target.value, item.kind.value, item.policy).inc()
             if item.kind.value == "breached" and settings.sla_clock == "wall":

@@ -48,8 +48,10 @@ class BatchConsumer:
         hooks: StageHooks,
         *,
         max_records: int,
+        on_failure: Callable[[BaseException], Awaitable[None]],
     ) -> None:
         self.stage = stage
+        self._on_failure = on_failure
         self._topics = list(topics)
         self._hooks = hooks
         self._max_records = max_records
@@ -133,10 +135,12 @@ class BatchConsumer:
                         self._handed[tp] = records[-1].offset
                     try:
                         await self._hooks.handle(batches)
-                    except Exception:
-                        # a stage bug must not silently stop consumption: stop the worker loudly
-                        log.exception("%s: handling a batch failed; stopping", self.stage)
-                        raise
+                    except Exception as error:
+                        # a stage that cannot go on must not leave the worker up but deaf: stop it
+                        # (its partitions go to other workers, which read on from the last commit)
+                        log.exception("%s: handling a batch failed; stopping the worker", self.stage)
+                        await self._on_failure(error)
+                        return
             await self.commit()
 
     async def commit(self) -> None:

@@ -24,8 +24,8 @@ from pipeline.worker import metrics
 
 log = logging.getLogger(__name__)
 
-# sends (key, value, headers) messages and returns once all are delivered
-DeadLetterSender = Callable[[list[tuple[bytes | None, bytes | None, Mapping[str, bytes] | None]]], Awaitable[None]]
+Outgoing = tuple[bytes | None, bytes | None, Mapping[str, bytes] | None]  # key, value, headers
+DeadLetterSender = Callable[[list[Outgoing]], Awaitable[None]]  # returns once all are delivered
 RETRY_SECONDS = (0.5, 1, 2, 5, 10, 30)
 # ingested_at is the moment the batch is handed to ClickHouse, so `ingested_at - occurred_at` is
 # the end-to-end latency of each row; it is filled in at write time
@@ -66,7 +66,7 @@ class IngestSink:
         self._batcher = Batcher(max_rows, max_seconds)
         self._recent = RecentIds(dedup_capacity)
         self._in_flight: asyncio.Task[None] | None = None
-        self._dead_letter_messages: list[tuple[bytes | None, bytes | None, Mapping[str, bytes] | None]] = []
+        self._dead_letter_messages: list[Outgoing] = []
         self._on_written = on_written
         self._channels: dict[str, str] = {}
         self._pending = 0
@@ -169,9 +169,7 @@ class IngestSink:
         if self._in_flight is not None:
             await self._in_flight
 
-    async def _write(
-        self, batch: Batch, dead: list[tuple[bytes | None, bytes | None, Mapping[str, bytes] | None]]
-    ) -> None:
+    async def _write(self, batch: Batch, dead: list[Outgoing]) -> None:
         started = time.monotonic()
         attempt = 0
         while True:
