@@ -165,9 +165,11 @@ class Workspace:
             )
         return result
 
-    def start_worker(self, port: int | None = None, wait: bool = True, own_store: bool = False) -> Worker:
-        """Start `touchline worker`. `own_store`: its own data directory, hence its own embedded
-        ClickHouse (chDB allows one process per store; several workers share a ClickHouse server)."""
+    def start_worker(
+        self, port: int | None = None, wait: bool = True, own_store: bool = False, role: str = "all"
+    ) -> Worker:
+        """Start `touchline worker --role ROLE`. `own_store`: its own data directory, hence its own
+        embedded ClickHouse (chDB allows one process per store; several workers share a server)."""
         # the first worker takes the configured port, so `touchline sql` finds it
         port = port or (free_port() if self.workers else int(self.env["TOUCHLINE_WORKER_WEB_PORT"]))
         log = self.path / f"worker-{port}.log"
@@ -176,7 +178,7 @@ class Workspace:
             env["TOUCHLINE_DATA_DIR"] = str(self.path / f"data-{port}")
         with log.open("ab") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "pipeline", "worker", "--web-port", str(port)],
+                [sys.executable, "-m", "pipeline", "worker", "--web-port", str(port), "--role", role],
                 env=env,
                 cwd=self.path,
                 stdout=out,

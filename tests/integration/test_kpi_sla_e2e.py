@@ -109,7 +109,8 @@ def pipeline_breaches(worker: Any) -> set[Breach]:
     return {b for b in found if not b.contact_id.startswith(EOS_PREFIX)}
 
 
-def test_kpi_windows_and_sla_breaches_equal_the_truth(workspace: Workspace) -> None:
+@pytest.mark.parametrize("topology", ["one worker", "ingest and analytics workers"])
+def test_kpi_windows_and_sla_breaches_equal_the_truth(workspace: Workspace, topology: str) -> None:
     workspace.env.update(WORKER_ENV)
     contacts, summary = simulate(workspace)
     horizon_ms = ms_of(summary["as_of"])
@@ -120,13 +121,23 @@ def test_kpi_windows_and_sla_breaches_equal_the_truth(workspace: Workspace) -> N
         at = datetime.fromtimestamp(horizon_ms / 1000, UTC) + END_OF_STREAM
         expected_messages += send_end_of_stream(workspace, at)
 
-    worker = workspace.start_worker()
+    if topology == "one worker":
+        worker = ingest = workspace.start_worker()
+    else:  # each role in a process of its own, each with its own embedded store
+        worker = workspace.start_worker(role="analytics")
+        ingest = workspace.start_worker(role="ingest", own_store=True)
     wait_until(
-        lambda: worker.metric("touchline_events_consumed_total") >= expected_messages,
+        lambda: ingest.metric("touchline_events_consumed_total") >= expected_messages,
         CONSUME_TIMEOUT_S,
         f"{expected_messages} messages read",
     )
-    wait_until(lambda: worker.metric("touchline_pending_rows") == 0, 60, "the last batch to be written")
+    wait_until(lambda: ingest.metric("touchline_pending_rows") == 0, 60, "the last batch to be written")
+    stored_events = ingest.sql("SELECT uniqExact(event_id) FROM interaction_events")[0][0]
+    end_of_stream = expected_messages - int(summary["messages_delivered"])
+    assert stored_events == sum(int(c["events"]) for c in contacts) + end_of_stream
+    if worker is not ingest:
+        assert worker.sql("SELECT count() FROM interaction_events")[0][0] == 0, "analytics wrote raw events"
+        assert ingest.sql("SELECT count() FROM kpi_minute_partials")[0][0] == 0, "ingest computed KPIs"
     wait_until(
         lambda: (lowest_watermark_ms(worker) or 0) >= horizon_ms,
         FINAL_TIMEOUT_S,
