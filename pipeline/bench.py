@@ -164,8 +164,8 @@ def faust_baseline(bootstrap: str, expected: int, workdir: Path) -> float:
     return float(result.read_text())
 
 
-def metrics(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+def metrics(url: str, timeout: float = 5) -> dict[str, float]:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=timeout) as response:
         text = response.read().decode()
     totals: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
@@ -300,7 +300,7 @@ def breach_pass(bootstrap: str, url: str, contacts: int) -> tuple[float, float, 
 
 def histogram(url: str, name: str) -> dict[float, float]:
     """Cumulative bucket counts (upper bound -> count) of a Prometheus histogram."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=120) as response:
         text = response.read().decode()
     buckets: dict[float, float] = {}
     for family in text_string_to_metric_families(text):
@@ -389,7 +389,8 @@ def open_contacts_pass(bootstrap: str, url: str, contacts: int, open_contacts: i
         emails = contacts_now(f"open-{run}", open_contacts, Channel.EMAIL, "email.general", OPEN_EMAIL)
         open_s = timed_ingest(url, producer, emails)
         time.sleep(6)  # the open-obligation gauges refresh every 5 s
-        opened = metrics(url).get("touchline_sla_open_obligations", 0.0)
+        # the worker may be busy (its first checkpoint of the new contacts): wait for the answer
+        opened = metrics(url, timeout=120).get("touchline_sla_open_obligations", 0.0)
         ticks_before = histogram(url, "touchline_sla_tick_seconds")
         after_s = timed_ingest(
             url, producer, contacts_now(f"chat-b-{run}", contacts, Channel.CHAT, "chat.general", CLOSED_CHAT)
