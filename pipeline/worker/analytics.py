@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from aiokafka import TopicPartition
 from clickhouse_connect.driver.client import Client
 
-from pipeline.events.topics import INTERACTION_TOPICS, channel_of_topic
+from pipeline.events.topics import channel_of_topic
 from pipeline.ingest.decode import Rejection, decode
 from pipeline.ingest.dedup import RecentIds
 from pipeline.kpi.windows import LateEvent
@@ -30,8 +30,6 @@ from pipeline.worker.consumer import BatchConsumer, Records
 from pipeline.worker.stages import STATE_COLUMNS, PartitionKey, Stages
 
 log = logging.getLogger(__name__)
-
-_CHANNEL_TOPICS = frozenset(INTERACTION_TOPICS.values())
 
 
 class AnalyticsStage:
@@ -100,9 +98,7 @@ class AnalyticsStage:
         # worker owned the partition fire right after recovery
         consumer = self.consumer
         assert consumer is not None
-        for tp in sorted(partitions):
-            if tp.topic not in _CHANNEL_TOPICS:
-                continue
+        for tp in sorted(partitions):  # the consumer reads the channel topics only
             key = (tp.topic, tp.partition)
             state = self.stages.partitions.get(key)
             if state is None:
