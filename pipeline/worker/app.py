@@ -14,7 +14,7 @@ import gc
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 import faust
 from aiokafka import TopicPartition
 from clickhouse_connect.driver.client import Client
-from faust.web import Request, Response, View
+from faust.web import Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.config import Settings
@@ -31,25 +31,26 @@ from pipeline.events.topics import (
     DEADLETTER_TOPIC,
     INTERACTION_TOPICS,
     JOURNEY_EVENTS_TOPIC,
-    JOURNEYS_TOPIC,
     LATE_TOPIC,
     SLA_TOPIC,
     topic_specs,
 )
-from pipeline.journeys.lifecycle import JourneyVersion, Stitcher, journey_row, step_rows
 from pipeline.kpi.definitions import PARTIAL_COLUMNS, KpiConfig
 from pipeline.kpi.windows import LateEvent
 from pipeline.sla.clock import SLA_EVENT_COLUMNS, SlaEvent
 from pipeline.sla.policy import load_policies
-from pipeline.store.clickhouse import BlockingExecutor, connect, insert_dicts, insert_rows
+from pipeline.store.clickhouse import BlockingExecutor, connect, insert_rows
 from pipeline.store.migrations import migrate
-from pipeline.store.readonly import open_readonly, run_readonly
+from pipeline.store.readonly import open_readonly
 from pipeline.topics import ensure_topics
 from pipeline.worker import journeys as journey_stage
 from pipeline.worker import metrics
 from pipeline.worker.analytics import AnalyticsStage
 from pipeline.worker.consumer import BatchConsumer, Records, StageHooks
+from pipeline.worker.journey_agent import install_journey_stage
+from pipeline.worker.produce import produce
 from pipeline.worker.sink import IngestSink, Outgoing
+from pipeline.worker.sql_view import install_sql_view
 from pipeline.worker.stages import Stages, kpi_records, sla_records
 
 log = logging.getLogger(__name__)
@@ -61,14 +62,6 @@ METRICS_CONTENT_TYPE = "; ".join(p for p in CONTENT_TYPE_LATEST.split("; ") if n
 
 def broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip())
-
-
-async def produce(app: faust.App, topic: str, messages: Iterable[Outgoing]) -> None:
-    """Send `messages` and wait until every one is delivered. Straight to the producer: Faust's
-    `Topic.send` adds per-message machinery (futures, channel, callbacks) that costs more than the
-    send itself, and these outputs come by the thousand."""
-    deliveries = [await app.producer.send(topic, key, value, None, None, headers) for key, value, headers in messages]
-    await asyncio.gather(*deliveries)
 
 
 @dataclass
@@ -179,25 +172,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         )
         return response
 
-    class SqlView(View):
-        """POST a read-only SQL query as the body; answers TSV with a header row, or JSON with
-        `?format=json`. Writes are refused by ClickHouse itself (see pipeline.store.readonly)."""
-
-        async def post(self, request: Request) -> Response:
-            sql = (await request.text()).strip()
-            as_json = request.query.get("format") == "json"
-            if not sql:
-                return self.text("send a SQL query as the request body\n", status=400)
-            try:
-                columns, rows = await query_executor.run(run_readonly, reader, sql)
-            except Exception as error:
-                return self.text(f"{error}\n", status=400)
-            if as_json:
-                return self.json({"columns": columns, "rows": rows})
-            lines = ["\t".join(columns), *("\t".join(_cell(v) for v in row) for row in rows)]
-            return self.text("\n".join(lines) + "\n")
-
-    app.page("/sql")(SqlView)
+    install_sql_view(app, reader, query_executor)
     return app
 
 
@@ -348,104 +323,5 @@ def _analytics(shared: Shared) -> AnalyticsStage:
     async def checkpoint_all() -> None:
         await analytics.checkpoint_all()
 
-    _journeys(shared, journey_events_topic)
+    install_journey_stage(app, client, executor, journey_events_topic)
     return analytics
-
-
-def _journeys(shared: Shared, journey_events_topic: Any) -> None:
-    # one partition, so one worker at a time owns the identity graph and the books. Every forwarded
-    # batch's new events are logged in a Faust table (RocksDB + changelog), one entry per batch,
-    # from which the stitcher is rebuilt when this worker gets the partition.
-    app, client, executor = shared.app, shared.client, shared.executor
-    journey_log = app.Table(  # batch_key -> batch_value
-        "journey-event-batches", default=None, partitions=1, key_type=bytes, value_type=bytes
-    )
-    journey_state: dict[str, Any] = {"stitcher": None, "newest_ms": 0, "seen": set()}
-
-    def stitcher() -> Stitcher:
-        current = journey_state["stitcher"]
-        if current is None:
-            current, newest, seen = journey_stage.rebuild(v for v in journey_log.values() if v)
-            journey_state["stitcher"], journey_state["newest_ms"], journey_state["seen"] = current, newest, seen
-        assert isinstance(current, Stitcher)
-        return current
-
-    @app.agent(journey_events_topic)
-    async def stitch(stream: Any) -> None:
-        async for event in stream.events():
-            core = stitcher()
-            seen: set[str] = journey_state["seen"]
-            fresh = [e for e in journey_stage.read_batch(event.value) if e.event_id not in seen]
-            if not fresh:
-                continue
-            journey_log[journey_stage.batch_key(event.message.partition, event.message.offset)] = (
-                journey_stage.batch_value(fresh)
-            )
-            newest = journey_state["newest_ms"]
-            for item in fresh:
-                seen.add(item.event_id)
-                resolution = core.observe(item)
-                for refusal in resolution.refusals:
-                    metrics.IDENTITY_REFUSALS.labels(refusal.reason).inc()
-                    log.warning("identity link refused (%s): %s ~ %s", refusal.reason, refusal.left, refusal.right)
-                newest = max(newest, int(item.occurred_at.timestamp() * 1000))
-            journey_state["newest_ms"] = newest
-
-    @app.timer(interval=1.0)
-    async def emit_journeys() -> None:
-        core = journey_state["stitcher"]
-        if core is None:
-            return
-        changed: list[JourneyVersion] = core.changes(as_of=journey_state["newest_ms"] or None)
-        if not changed:
-            return
-        await executor.run(insert_dicts, client, "journeys", [journey_row(v) for v in changed])
-        await executor.run(insert_dicts, client, "journey_steps", [r for v in changed for r in step_rows(v)])
-        for version in changed:
-            metrics.JOURNEY_UPDATES.labels("deleted" if version.deleted else version.journey.status).inc()
-        await produce(
-            app,
-            JOURNEYS_TOPIC,
-            ((v.journey.journey_id.encode(), journey_stage.journey_json(v), None) for v in changed),
-        )
-
-    @app.page("/journeys/lookup")
-    @app.table_route(table=journey_log, query_param="value")
-    async def journey_lookup(web: Any, request: Request) -> Response:
-        """GET /journeys/lookup?kind=phone&value=%2B44...: the customer's current journey."""
-        kind, value = request.query.get("kind", ""), request.query.get("value", "")
-        if kind not in journey_stage.LOOKUP_KINDS or not value:
-            kinds = ", ".join(sorted(journey_stage.LOOKUP_KINDS))
-            body = {"error": "bad request", "detail": f"give ?kind=<{kinds}>&value=<identifier>"}
-            response: Response = web.json(body, status=400)
-            return response
-        core = journey_state["stitcher"]
-        try:
-            if core is None:
-                raise KeyError(value)
-            customer, current, all_journeys = journey_stage.lookup(
-                core, kind, value, journey_state["newest_ms"] or None
-            )
-        except KeyError:
-            response = web.json({"error": "unknown identifier", "kind": kind, "value": value}, status=404)
-            return response
-        document = {
-            "customer": customer,
-            "current_journey": None if current is None else journey_stage.journey_document(JourneyVersion(current, 0)),
-            "journeys": [j.journey_id for j in all_journeys],
-        }
-        response = web.json(document)
-        return response
-
-    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
-    async def on_assignment(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
-        # rebuilt lazily from the table once this worker processes the journey partition
-        journey_state["stitcher"] = None
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, dict | list):
-        return json.dumps(value, default=str)
-    return str(value)
