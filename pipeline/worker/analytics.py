@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from aiokafka import TopicPartition
 from clickhouse_connect.driver.client import Client
 
+from pipeline.events.models import EventBase
 from pipeline.events.topics import channel_of_topic
 from pipeline.ingest.decode import Rejection, decode
 from pipeline.ingest.dedup import RecentIds
@@ -43,7 +44,7 @@ class AnalyticsStage:
         dedup_capacity: int,
         emit_late: Callable[[list[LateEvent]], Awaitable[None]],
         emit_sla: Callable[[list[SlaEvent]], Awaitable[None]],
-        forward: Callable[[list[bytes]], Awaitable[None]],
+        forward: Callable[[list[tuple[EventBase, bytes]]], Awaitable[None]],
     ) -> None:
         self.stages = stages
         self._client = client
@@ -61,7 +62,7 @@ class AnalyticsStage:
             now = datetime.now(UTC)
             late: list[LateEvent] = []
             sla: list[SlaEvent] = []
-            forward: list[bytes] = []
+            forward: list[tuple[EventBase, bytes]] = []
             stages, max_bytes, forwarded = self.stages, self._max_event_bytes, self._forwarded
             for tp, records in batches.items():
                 state = stages.partitions.get((tp.topic, tp.partition))
@@ -82,7 +83,7 @@ class AnalyticsStage:
                     if outputs.sla:
                         sla += outputs.sla
                     if record.value is not None and not forwarded.seen(event.event_id):
-                        forward.append(record.value)
+                        forward.append((event, record.value))
                 state.kpi.settle()  # each contact's KPI contributions once per batch, not once per event
                 channel = channel_of_topic(tp.topic)
                 metrics.EVENTS_ANALYSED.labels(channel.value if channel else "unknown").inc(applied)

@@ -26,7 +26,7 @@ from faust.web import Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.config import Settings
-from pipeline.events.models import to_json
+from pipeline.events.models import EventBase, to_json
 from pipeline.events.topics import (
     DEADLETTER_TOPIC,
     INTERACTION_TOPICS,
@@ -43,11 +43,10 @@ from pipeline.store.clickhouse import BlockingExecutor, connect, insert_rows
 from pipeline.store.migrations import migrate
 from pipeline.store.readonly import open_readonly
 from pipeline.topics import ensure_topics
-from pipeline.worker import journeys as journey_stage
 from pipeline.worker import metrics
 from pipeline.worker.analytics import AnalyticsStage
 from pipeline.worker.consumer import BatchConsumer, Records, StageHooks
-from pipeline.worker.journey_agent import install_journey_stage
+from pipeline.worker.journey_agent import forward_events, install_journey_stage
 from pipeline.worker.produce import produce
 from pipeline.worker.sink import IngestSink, Outgoing
 from pipeline.worker.sql_view import install_sql_view
@@ -264,8 +263,8 @@ def _analytics(shared: Shared) -> AnalyticsStage:
             messages.append((item.contact_id.encode(), body, None))
         await produce(app, SLA_TOPIC, messages)
 
-    async def forward_to_journeys(values: list[bytes]) -> None:
-        await produce(app, JOURNEY_EVENTS_TOPIC, ((None, chunk, None) for chunk in journey_stage.chunks(values)))
+    async def forward_to_journeys(events: list[tuple[EventBase, bytes]]) -> None:
+        await forward_events(app, events)
 
     analytics = AnalyticsStage(
         stages,

@@ -11,7 +11,8 @@ import faust
 from clickhouse_connect.driver.client import Client
 from faust.web import Request, Response
 
-from pipeline.events.topics import JOURNEYS_TOPIC
+from pipeline.events.models import EventBase
+from pipeline.events.topics import JOURNEY_EVENTS_TOPIC, JOURNEYS_TOPIC
 from pipeline.journeys.lifecycle import JourneyVersion, Stitcher, journey_row, step_rows
 from pipeline.store.clickhouse import BlockingExecutor, insert_dicts
 from pipeline.worker import journeys as journey_stage
@@ -19,6 +20,14 @@ from pipeline.worker import metrics
 from pipeline.worker.produce import produce
 
 log = logging.getLogger(__name__)
+
+
+async def forward_events(app: faust.App, events: list[tuple[EventBase, bytes]]) -> None:
+    """What the analytics stage hands the journey stage: each new valid event (decoded, and its raw
+    bytes), once per batch, delivered before the batch counts as checkpointable."""
+    await produce(
+        app, JOURNEY_EVENTS_TOPIC, ((None, chunk, None) for chunk in journey_stage.chunks([raw for _, raw in events]))
+    )
 
 
 def install_journey_stage(
