@@ -354,8 +354,12 @@ def _java_base_cmd(java: str, paths: BrokerPaths, classpath: str) -> list[str]:
 
 
 def _new_cluster_id() -> str:
-    # Kafka cluster ids are base64url-encoded 16-byte UUIDs without padding.
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
+    # Kafka cluster ids are base64url-encoded 16-byte UUIDs without padding. About 1 in 64 begins
+    # with '-', which the storage tool reads as an option; Kafka's own Uuid.randomUuid() redraws those.
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _format_storage(java: str, paths: BrokerPaths, classpath: str) -> None:
