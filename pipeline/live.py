@@ -197,8 +197,29 @@ def wait_for_worker(url: str, process: subprocess.Popen[bytes], log: Path, timeo
     raise click.ClickException(f"the worker did not become ready in {timeout:.0f} s; see {log}")
 
 
+class WallDuration(click.ParamType):
+    """The simulator's duration syntax (`90s`, `10m`, `1h30m`, `45`), in seconds."""
+
+    name = "DURATION"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        from pipeline.simulator.cli import parse_duration
+
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            return parse_duration(str(value)) / 1000.0
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
 @click.command(name="run")
-@click.option("--duration", type=float, default=None, help="Stop by itself after this many wall-clock seconds.")
+@click.option(
+    "--duration",
+    type=WallDuration(),
+    default=None,
+    help="Stop by itself after this much wall-clock time: 90s, 10m, 1h30m, or a number of seconds.",
+)
 @click.option("--speed", type=float, default=1.0, show_default=True, help="Simulated seconds per wall-clock second.")
 @click.option("--seed", type=int, default=7, show_default=True, help="Simulator seed.")
 @click.option(
