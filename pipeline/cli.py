@@ -12,11 +12,17 @@ from typing import Any, NoReturn
 import click
 
 from pipeline.config import ConfigError, Settings, load_settings
+from pipeline.errors import port_in_use, store_error_message
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"touchline: {message}", err=True)
     sys.exit(code)
+
+
+def quiet_driver() -> None:
+    """The ClickHouse driver logs "Unexpected Http Driver Exception" ahead of our one-line cause."""
+    logging.getLogger("clickhouse_connect").setLevel(logging.CRITICAL)
 
 
 def settings_or_exit(**overrides: Any) -> Settings:
@@ -56,6 +62,7 @@ def migrate(with_optional: bool) -> None:
     from pipeline.store.migrations import migrate as run_migrations
 
     settings = settings_or_exit()
+    quiet_driver()
     if with_optional and settings.embedded_clickhouse:
         fail("the optional migrations (the analyst role) need a ClickHouse server with SQL access control", 2)
     if settings.embedded_clickhouse and worker_answers(settings):
@@ -65,7 +72,7 @@ def migrate(with_optional: bool) -> None:
         client = connect(settings.clickhouse_url, settings.clickhouse_database)
         applied = run_migrations(client, discover(include_optional=with_optional))
     except (StoreError, MigrationError) as error:
-        fail(str(error))
+        fail(store_error_message(error))
     click.echo(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
 
 
@@ -93,16 +100,23 @@ def worker(web_port: int | None, role: str | None) -> None:
     """
     import faust
 
-    from pipeline.sla.policy import PolicyError, load_policies
+    from pipeline.checks import policy_problems
+    from pipeline.sla.policy import PolicyError
     from pipeline.store.clickhouse import StoreError
     from pipeline.topics import wait_for_broker
 
     settings = settings_or_exit(**({"worker_role": role} if role else {}))
     setup_logging(settings.log_level)
-    try:
-        load_policies(settings.sla_policies_file)  # configuration first: fail before touching Kafka
-    except (PolicyError, OSError) as error:
-        fail(f"invalid SLA policies in {settings.sla_policies_file}:\n{error}", 2)
+    problems = policy_problems(settings.sla_policies_file)  # configuration first: fail before touching Kafka
+    if problems:
+        fail("invalid SLA policies: " + "\n".join(problems), 2)
+    port = web_port or settings.worker_web_port
+    taken = port_in_use(settings.worker_web_host, port)
+    if taken:
+        fail(
+            f"web port {settings.worker_web_host}:{port}: {taken} (another worker?); choose another with "
+            "--web-port or TOUCHLINE_WORKER_WEB_PORT"
+        )
     try:
         wait_for_broker(settings.bootstrap_servers, timeout=10)
     except Exception as error:
@@ -114,7 +128,7 @@ def worker(web_port: int | None, role: str | None) -> None:
     try:
         app = create_app(settings, web_port=web_port)
     except (StoreError, MigrationError) as error:
-        fail(str(error))
+        fail(store_error_message(error))
     except PolicyError as error:
         fail(f"invalid SLA policies in {settings.sla_policies_file}:\n{error}", 2)
     faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()
@@ -144,6 +158,7 @@ def sql(query: str | None, fmt: str) -> None:
     from pipeline.store.readonly import open_readonly, run_readonly
 
     settings = settings_or_exit()
+    quiet_driver()
     text = query if query is not None else sys.stdin.read()
     if not text.strip():
         fail("no query given", 2)
@@ -161,7 +176,7 @@ def sql(query: str | None, fmt: str) -> None:
         try:
             columns, rows = run_readonly(open_readonly(settings.clickhouse_url, settings.clickhouse_database), text)
         except StoreError as error:
-            fail(str(error))
+            fail(store_error_message(error))
         except Exception as error:
             fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
     print_rows(columns, rows, fmt)
@@ -208,6 +223,41 @@ def schemas(check: bool) -> None:
     click.echo(f"wrote {len(names)} schemas to {EVENTS_SCHEMA_DIR}")
     if docs.write():
         click.echo("updated the KPI table in README.md")
+
+
+@main.command()
+def check() -> None:
+    """Validate the configuration (environment and touchline.toml) and the SLA policy file.
+
+    Prints OK, or one `file:line: problem` per problem and exits 2. Starts nothing.
+    """
+    from pipeline.checks import config_problems, policy_problems
+
+    path, problems = config_problems()
+    if problems:
+        fail("configuration is invalid: " + "\n  ".join(problems), 2)
+    settings = settings_or_exit()
+    policy = policy_problems(settings.sla_policies_file)
+    if policy:
+        fail("SLA policies are invalid: " + "\n  ".join(policy), 2)
+    click.echo(f"OK: configuration ({path or 'environment and defaults, no touchline.toml'})")
+    click.echo(f"OK: SLA policies ({settings.sla_policies_file})")
+
+
+@main.command(name="config")
+def config_command() -> None:
+    """Print the effective configuration: every setting, its value and where it came from
+    (an environment variable, the config file and line, or the default). Secrets are masked."""
+    from pipeline.config import config_file, effective_settings
+
+    settings = settings_or_exit()
+    path = config_file()
+    rows = effective_settings(settings)
+    width = max(len(name) for name, _, _ in rows)
+    value_width = min(60, max(len(value) for _, value, _ in rows))
+    click.echo(f"# configuration file: {path or 'none (touchline.toml not found, TOUCHLINE_CONFIG unset)'}")
+    for name, value, source in rows:
+        click.echo(f"{name:<{width}}  {value:<{value_width}}  {source}")
 
 
 @main.command()

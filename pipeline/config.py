@@ -8,8 +8,11 @@ Precedence, highest first: environment, config file, defaults. Settings are vali
 from __future__ import annotations
 
 import os
+import re
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -20,6 +23,8 @@ from pydantic_settings import (
 )
 
 DEFAULT_CONFIG_FILE = "touchline.toml"
+#: Settings whose values `touchline config` never prints.
+SECRET_SETTINGS: frozenset[str] = frozenset()
 
 
 class ConfigError(Exception):
@@ -135,14 +140,85 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
-def _describe(error: ValidationError) -> str:
+def config_file() -> Path | None:
+    """The TOML file settings are read from, if there is one."""
+    path = Path(os.environ.get("TOUCHLINE_CONFIG", DEFAULT_CONFIG_FILE))
+    return path if path.is_file() else None
+
+
+def env_names(name: str) -> tuple[str, ...]:
+    """Environment variables that set the field `name`, in the order pydantic-settings tries them."""
+    alias = Settings.model_fields[name].validation_alias
+    if isinstance(alias, AliasChoices):
+        return tuple(str(choice) for choice in alias.choices if str(choice).isupper())
+    return (f"TOUCHLINE_{name.upper()}",)
+
+
+def _env_value(name: str) -> tuple[str, str] | None:
+    upper = {key.upper(): key for key in os.environ}
+    for variable in env_names(name):
+        if variable in upper:
+            return variable, os.environ[upper[variable]]
+    return None
+
+
+def _file_lines(path: Path, text: str) -> dict[str, int]:
+    """Line of each top-level key in a TOML file (settings are flat keys)."""
+    lines: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        match = re.match(r"\s*([A-Za-z0-9_\-]+|\"[^\"]+\")\s*=", line)
+        if match:
+            lines.setdefault(match.group(1).strip('"'), number)
+    return lines
+
+
+def read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """The file's settings and the line of each; ConfigError (file:line first) when it is not valid TOML."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise ConfigError(f"{path}: cannot read the Touchline configuration file: {reason}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        message = str(error)
+        where = re.search(r"\(at line (\d+), column (\d+)\)", message)
+        cause = message[: where.start()].strip() if where else message
+        place = f"{path}:{where.group(1)}:{where.group(2)}" if where else str(path)
+        raise ConfigError(f"{place}: the Touchline configuration file is not valid TOML: {cause}") from None
+    return data, _file_lines(path, text)
+
+
+def setting_sources(file_data: dict[str, Any], file_lines: dict[str, int], path: Path | None) -> dict[str, str]:
+    """Where each setting's value comes from: an environment variable, the file (with its line), or the default."""
+    sources: dict[str, str] = {}
+    for name in Settings.model_fields:
+        env = _env_value(name)
+        if env is not None:
+            sources[name] = f"env {env[0]}"
+        elif name in file_data and path is not None:
+            sources[name] = f"{path}:{file_lines.get(name, 1)}"
+        else:
+            sources[name] = "default"
+    return sources
+
+
+def _describe(error: ValidationError, sources: dict[str, str]) -> str:
     lines = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "settings"
-        env = f"TOUCHLINE_{where.upper()}" if item["loc"] else ""
+        field = str(item["loc"][0]) if item["loc"] else ""
+        source = sources.get(field, "")
+        if source.startswith("env "):
+            where += f" / {source.removeprefix('env ')}"
+        elif source and source != "default":
+            where = f"{source}: {where}"
+        elif field in Settings.model_fields:
+            where += f" / {env_names(field)[0]}"
         given = item.get("input")
         shown = f" (got {given!r})" if given is not None and not isinstance(given, dict) else ""
-        lines.append(f"  {where}{f' / {env}' if env else ''}: {item['msg']}{shown}")
+        lines.append(f"  {where}: {item['msg']}{shown}")
     return "invalid Touchline configuration:\n" + "\n".join(lines)
 
 
@@ -151,7 +227,33 @@ def load_settings(**overrides: Any) -> Settings:
     config_path = os.environ.get("TOUCHLINE_CONFIG")
     if config_path and not Path(config_path).is_file():
         raise ConfigError(f"invalid Touchline configuration:\n  TOUCHLINE_CONFIG: no such file {config_path!r}")
+    path = config_file()
+    file_data, file_lines = read_config_file(path) if path is not None else ({}, {})
     try:
         return Settings(**overrides)
     except ValidationError as error:
-        raise ConfigError(_describe(error)) from None
+        raise ConfigError(_describe(error, setting_sources(file_data, file_lines, path))) from None
+
+
+def _masked(name: str, value: Any) -> str:
+    if value is None:
+        return "(unset)"
+    text = str(value)
+    if name in SECRET_SETTINGS:
+        return "***" if text else ""
+    if "://" in text:
+        parsed = urlsplit(text)
+        if parsed.password:
+            return text.replace(f":{parsed.password}@", ":***@", 1)
+    return text
+
+
+def effective_settings(settings: Settings) -> list[tuple[str, str, str]]:
+    """(setting, value with secrets masked, source) for every setting, in model order."""
+    path = config_file()
+    file_data, file_lines = read_config_file(path) if path is not None else ({}, {})
+    sources = setting_sources(file_data, file_lines, path)
+    rows = [(name, _masked(name, getattr(settings, name)), sources[name]) for name in Settings.model_fields]
+    rows.append(("(derived) bootstrap_servers", settings.bootstrap_servers, "kafka_bootstrap_servers"))
+    rows.append(("(derived) clickhouse_url", _masked("clickhouse_url", settings.clickhouse_url), "clickhouse_dsn"))
+    return rows

@@ -25,6 +25,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from pipeline.config import ConfigError, Settings, load_settings
+from pipeline.errors import first_cause, port_in_use
 from pipeline.events.models import Channel
 
 
@@ -184,12 +185,18 @@ def stop_child(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
         process.wait()
 
 
-def wait_for_worker(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
+def wait_for_worker(
+    url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 120, offset: int = 0
+) -> None:
+    """Wait until the worker has partitions; if it exits, the first line says why (from its log after `offset`)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            tail = log.read_text(errors="replace").splitlines()[-20:]
-            raise click.ClickException("the worker exited while starting:\n" + "\n".join(tail))
+            text = log.read_text(errors="replace")[offset:]
+            cause = first_cause(text)
+            tail = text.splitlines()[-20:]
+            headline = f"the worker exited while starting: {cause}" if cause else "the worker exited while starting"
+            raise click.ClickException(f"{headline}\n(full log: {log})\n" + "\n".join(tail))
         with suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=1) as response:
             if json.loads(response.read()).get("assigned_partitions", 0) > 0:
                 return
@@ -234,6 +241,7 @@ def run_command(duration: float | None, speed: float, seed: int, rate: float | N
     Logs go to <data dir>/logs/. Afterwards, query the data with `touchline sql`.
     """
     from pipeline import broker
+    from pipeline.checks import policy_problems
     from pipeline.events.topics import topic_specs
     from pipeline.topics import ensure_topics
 
@@ -241,6 +249,15 @@ def run_command(duration: float | None, speed: float, seed: int, rate: float | N
         settings: Settings = load_settings()
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
+    problems = policy_problems(settings.sla_policies_file)
+    if problems:
+        raise click.ClickException("invalid SLA policies: " + "\n".join(problems))
+    taken = port_in_use(settings.worker_web_host, settings.worker_web_port)
+    if taken:
+        raise click.ClickException(
+            f"the worker's web port {settings.worker_web_host}:{settings.worker_web_port}: {taken} "
+            "(another `make run` or worker?); set TOUCHLINE_WORKER_WEB_PORT to another port"
+        )
     logs = settings.data_dir / "logs"
     started_broker = False
     if settings.uses_local_broker:
@@ -283,9 +300,11 @@ def run_command(duration: float | None, speed: float, seed: int, rate: float | N
         # simulated time runs `speed` times faster than the wall clock: SLA deadlines must then
         # follow event time, as when replaying history
         worker_env = {} if speed == 1 else {"TOUCHLINE_SLA_CLOCK": "event", "TOUCHLINE_KPI_IDLE_SECONDS": "5"}
-        with child(["worker"], logs / "worker.log", worker_env) as worker_process:
-            click.echo(f"starting the worker (log: {logs / 'worker.log'})...")
-            wait_for_worker(settings.worker_url, worker_process, logs / "worker.log")
+        worker_log = logs / "worker.log"
+        offset = worker_log.stat().st_size if worker_log.exists() else 0
+        with child(["worker"], worker_log, worker_env) as worker_process:
+            click.echo(f"starting the worker (log: {worker_log})...")
+            wait_for_worker(settings.worker_url, worker_process, worker_log, offset=offset)
             with child(sim_args, logs / "simulator.log") as sim_process:
                 watch(settings, worker_process, sim_process, duration, lambda: interrupted)
             click.echo("stopping the worker...")
