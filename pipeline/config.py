@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -96,6 +97,36 @@ class Settings(BaseSettings):
         "(KPI windows, SLA clocks, journeys) or `all`. Each stage has its own consumer group, so ingest and "
         "analytics workers scale separately.",
     )
+    # privacy and hostile input (README "Privacy and security")
+    max_event_age_days: float = Field(
+        90.0, gt=0, description="Events older than this by the worker's clock are dead-lettered (implausible_time)."
+    )
+    max_event_ahead_seconds: float = Field(
+        300.0, ge=0, description="Events further in the future than this are dead-lettered (implausible_time)."
+    )
+    history_since: datetime | None = Field(
+        None,
+        description="Replaying history: accept events back to this time (ISO-8601, e.g. 2026-01-01T00:00:00Z) "
+        "instead of only max_event_age_days old.",
+    )
+    check_message_key: bool = Field(True, description="Dead-letter events not keyed by their contact_id (wrong_key).")
+    pseudonymise: bool = Field(
+        True, description="Replace customer identifiers by keyed HMAC-SHA256 pseudonyms before storing them."
+    )
+    pseudonymise_customer_id: bool = Field(False, description="Pseudonymise the customer id too.")
+    pseudonym_key: SecretStr | None = Field(None, description="The pseudonymisation key (else pseudonym_key_file).")
+    pseudonym_key_file: Path | None = Field(
+        None, description="File holding the key; default <data_dir>/privacy/pseudonym.key, created on first use."
+    )
+    worker_token: SecretStr | None = Field(
+        None,
+        description="Bearer token for /sql, /journeys/lookup and /forget; required when worker_web_host is not loopback.",
+    )
+    sql_max_execution_seconds: float = Field(30.0, gt=0, description="Analyst queries are cancelled after this.")
+    sql_max_memory_bytes: int = Field(2_000_000_000, ge=1_000_000, description="Memory one analyst query may use.")
+    sql_max_result_rows: int = Field(100_000, ge=1, description="Rows one analyst query may return.")
+    sql_max_result_bytes: int = Field(100_000_000, ge=1000, description="Bytes one analyst query may return.")
+    sql_connections: int = Field(4, ge=1, le=64, description="Analyst queries running at once (one per connection).")
 
     @field_validator("clickhouse_dsn")
     @classmethod

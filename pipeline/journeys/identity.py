@@ -33,7 +33,16 @@ Rules:
   keys, so a union of two customers with history gives exactly one merge; a merge whose survivor
   had no contacts yet is a plain rename.
 
-Union by size with path compression (iterative). `snapshot()` / `restore()` give JSON-able dicts.
+* **Bad values never raise.** Identifiers arrive as plain `(kind, value)` strings from the compact
+  contact records; an unknown kind or an unusable value is skipped and counted in `blocked` (by
+  kind), never turned into a model that could fail validation.
+* **Retention.** `drop(contact_id)` forgets the whole component of a contact (every identifier and
+  contact in it); the journey stage calls it once no contact of that customer can join a journey
+  any more and its identity retention has passed (`pipeline.journeys.lifecycle`).
+
+Union by size; each component keeps its member list, so a node is re-labelled only when it is on
+the smaller side of a union (O(log n) times) and a component can be dropped in O(its size).
+`snapshot()` / `restore()` give JSON-able dicts.
 """
 
 from __future__ import annotations
@@ -117,7 +126,7 @@ class Resolution:
 Node = tuple[str, str]  # (kind, value); kind is an IdentifierKind value or CONTACT
 
 
-def normalise(kind: IdentifierKind, value: str) -> str:
+def normalise(kind: IdentifierKind | str, value: str) -> str:
     """The normalised form of an identifier value (see the module docstring)."""
     value = value.strip()
     if kind == IdentifierKind.EMAIL:
@@ -151,7 +160,7 @@ def customer_key(kind: str, value: str) -> str:
 class _Root:
     """Aggregates kept on a component's root."""
 
-    size: int = 1
+    members: list[Node]
     counts: dict[str, int] = field(default_factory=dict)  # identifier kind -> how many
     best: tuple[int, str] | None = None  # (kind rank, value) of the smallest identifier
     anon: str | None = None  # smallest contact id (names a component without identifiers)
@@ -166,7 +175,7 @@ class _Root:
         return customer_key(CONTACT, self.anon)
 
     def absorb(self, other: _Root) -> None:
-        self.size += other.size
+        self.members.extend(other.members)
         for kind, n in other.counts.items():
             self.counts[kind] = self.counts.get(kind, 0) + n
         if other.best is not None and (self.best is None or other.best < self.best):
@@ -176,16 +185,17 @@ class _Root:
         self.contacts += other.contacts
 
 
+KIND_BY_NAME: dict[str, IdentifierKind] = {kind.value: kind for kind in KIND_ORDER}
+
+
 class IdentityGraph:
     """Union-find of identifiers and contacts; see the module docstring for the rules."""
 
     def __init__(self, config: IdentityConfig | None = None) -> None:
         self.config = config or IdentityConfig()
-        self._index: dict[Node, int] = {}
-        self._nodes: list[Node] = []
-        self._parent: list[int] = []
-        self._roots: dict[int, _Root] = {}
-        self._counted: set[int] = set()  # contact nodes counted as history
+        self._root_of: dict[Node, Node] = {}
+        self._roots: dict[Node, _Root] = {}
+        self._counted: set[Node] = set()  # contact nodes counted as history
         self.refusals: Counter[str] = Counter()
         self.blocked: Counter[str] = Counter()
 
@@ -212,54 +222,86 @@ class IdentityGraph:
         """Tie a contact to its usable identifiers (they are thereby tied together)."""
         if isinstance(identifiers, CustomerIdentifiers):
             identifiers = identifiers_of(identifiers)
+        return self.add_contact_values(contact_id, ((str(i.kind.value), i.value) for i in identifiers))
+
+    def add_contact_values(self, contact_id: str, identifiers: Iterable[tuple[str, str]]) -> Resolution:
+        """`add_contact` with identifiers as plain `(kind, value)` strings (values as carried)."""
         contact = self._node((CONTACT, contact_id))
         merges: list[Merge] = []
         refusals: list[Refusal] = []
         usable = sorted(
-            {node for node in (self._usable(i) for i in identifiers) if node is not None},
-            key=lambda n: (KIND_RANK[IdentifierKind(n[0])], n[1]),
+            {node for node in (self._usable(k, v) for k, v in identifiers) if node is not None},
+            key=lambda n: (KIND_RANK[KIND_BY_NAME[n[0]]], n[1]),
         )
         for node in usable:
             self._union(contact, self._node(node), merges, refusals)
         if contact not in self._counted:  # counted last: joining its identifiers is not a merge
             self._counted.add(contact)
-            self._roots[self._find(contact)].contacts += 1
-        return Resolution(self._roots[self._find(contact)].key, tuple(merges), tuple(refusals))
+            self._roots[self._root_of[contact]].contacts += 1
+        return Resolution(self._roots[self._root_of[contact]].key, tuple(merges), tuple(refusals))
 
     def link(self, left: Identifier, right: Identifier) -> Resolution:
         """Tie two identifiers together (an `identity_link`). Blocked values link nothing."""
+        return self.link_values(str(left.kind.value), left.value, str(right.kind.value), right.value)
+
+    def link_values(self, left_kind: str, left: str, right_kind: str, right: str) -> Resolution:
         merges: list[Merge] = []
         refusals: list[Refusal] = []
-        a, b = self._usable(left), self._usable(right)
+        a, b = self._usable(left_kind, left), self._usable(right_kind, right)
         if a is not None and b is not None:
             self._union(self._node(a), self._node(b), merges, refusals)
         return Resolution(None, tuple(merges), tuple(refusals))
 
     def customer_of_contact(self, contact_id: str) -> str | None:
-        index = self._index.get((CONTACT, contact_id))
-        return None if index is None else self._roots[self._find(index)].key
+        root = self._root_of.get((CONTACT, contact_id))
+        return None if root is None else self._roots[root].key
 
     def customer_of(self, identifier: Identifier) -> str | None:
         """The customer key of an identifier, None when unknown or blocked."""
-        node = self._usable(identifier)
-        index = None if node is None else self._index.get(node)
-        return None if index is None else self._roots[self._find(index)].key
+        return self.customer_of_value(str(identifier.kind.value), identifier.value)
+
+    def customer_of_value(self, kind: str, value: str) -> str | None:
+        """The customer key of an identifier given as strings, None when unknown or unusable
+        (looking up does not count as blocked input)."""
+        node = self._usable(kind, value, count=False)
+        root = None if node is None else self._root_of.get(node)
+        return None if root is None else self._roots[root].key
 
     def members(self, customer: str) -> list[Node]:
         """Every node of the component named `customer` (a linear scan: for tests and debugging)."""
-        return sorted(node for i, node in enumerate(self._nodes) if self._roots[self._find(i)].key == customer)
+        return sorted(node for root in self._roots.values() if root.key == customer for node in root.members)
+
+    def contacts_with(self, contact_id: str) -> list[str]:
+        """Ids of every contact in the component of `contact_id` (itself included)."""
+        root = self._root_of.get((CONTACT, contact_id))
+        if root is None:
+            return []
+        return [value for kind, value in self._roots[root].members if kind == CONTACT]
+
+    def drop(self, contact_id: str) -> int:
+        """Forget the component of `contact_id` (every identifier and contact in it); returns the
+        number of nodes forgotten."""
+        root = self._root_of.get((CONTACT, contact_id))
+        if root is None:
+            return 0
+        component = self._roots.pop(root)
+        for node in component.members:
+            del self._root_of[node]
+            self._counted.discard(node)
+        return len(component.members)
 
     def __len__(self) -> int:
-        return len(self._nodes)
+        return len(self._root_of)
 
     def snapshot(self) -> dict[str, Any]:
-        """JSON-able state: nodes, their parents (compressed), counted contacts and counters."""
-        parents = [self._find(i) for i in range(len(self._nodes))]
+        """JSON-able state: nodes, the index of their root, counted contacts and counters."""
+        nodes = sorted(self._root_of)
+        index = {node: i for i, node in enumerate(nodes)}
         return {
             "version": SNAPSHOT_VERSION,
-            "nodes": [[kind, value] for kind, value in self._nodes],
-            "parent": parents,
-            "counted": sorted(self._counted),
+            "nodes": [[kind, value] for kind, value in nodes],
+            "parent": [index[self._root_of[node]] for node in nodes],
+            "counted": sorted(index[node] for node in self._counted),
             "refusals": dict(self.refusals),
             "blocked": dict(self.blocked),
         }
@@ -269,60 +311,56 @@ class IdentityGraph:
         if data.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"unsupported identity snapshot version {data.get('version')!r}")
         graph = cls(config)
-        for kind, value in data["nodes"]:
-            graph._node((str(kind), str(value)))
-        graph._counted = {int(i) for i in data["counted"]}
-        for i in graph._counted:
-            graph._roots[i].contacts = 1
+        nodes: list[Node] = [(str(kind), str(value)) for kind, value in data["nodes"]]
+        for node in nodes:
+            graph._node(node)
+        counted = {nodes[int(i)] for i in data["counted"]}
+        graph._counted = counted
+        for node in counted:
+            graph._roots[node].contacts = 1
         parents = [int(p) for p in data["parent"]]
         for i, parent in enumerate(parents):
             if parent == i:
                 continue
             if parents[parent] != parent:
                 raise ValueError("identity snapshot parents must point at roots")
-            graph._parent[i] = parent
-            graph._roots[parent].absorb(graph._roots.pop(i))
+            root, node = nodes[parent], nodes[i]
+            absorbed = graph._roots.pop(node)
+            graph._roots[root].absorb(absorbed)
+            graph._root_of[node] = root
         graph.refusals = Counter({str(k): int(v) for k, v in data["refusals"].items()})
         graph.blocked = Counter({str(k): int(v) for k, v in data["blocked"].items()})
         return graph
 
     # ------------------------------------------------------------------ internals
 
-    def _usable(self, identifier: Identifier) -> Node | None:
-        kind = IdentifierKind(identifier.kind)
-        value = normalise(kind, identifier.value)
+    def _usable(self, kind_name: str, raw: str, *, count: bool = True) -> Node | None:
+        kind = KIND_BY_NAME.get(kind_name)
+        if kind is None or not isinstance(raw, str):
+            if count:
+                self.blocked["unknown_kind"] += 1
+            return None
+        value = normalise(kind, raw)
         if self.config.is_blocked(kind, value):
-            self.blocked[kind.value] += 1
+            if count:
+                self.blocked[kind.value] += 1
             return None
         return (kind.value, value)
 
-    def _node(self, node: Node) -> int:
-        index = self._index.get(node)
-        if index is not None:
-            return index
-        index = len(self._nodes)
-        self._index[node] = index
-        self._nodes.append(node)
-        self._parent.append(index)
+    def _node(self, node: Node) -> Node:
+        if node in self._root_of:
+            return node
+        self._root_of[node] = node
         kind, value = node
         if kind == CONTACT:
-            self._roots[index] = _Root(anon=value)
+            self._roots[node] = _Root([node], anon=value)
         else:
-            rank = KIND_RANK[IdentifierKind(kind)]
-            self._roots[index] = _Root(counts={kind: 1}, best=(rank, value))
-        return index
+            rank = KIND_RANK[KIND_BY_NAME[kind]]
+            self._roots[node] = _Root([node], counts={kind: 1}, best=(rank, value))
+        return node
 
-    def _find(self, index: int) -> int:
-        parent = self._parent
-        root = index
-        while parent[root] != root:
-            root = parent[root]
-        while parent[index] != root:
-            parent[index], index = root, parent[index]
-        return root
-
-    def _union(self, a: int, b: int, merges: list[Merge], refusals: list[Refusal]) -> None:
-        ra, rb = self._find(a), self._find(b)
+    def _union(self, a: Node, b: Node, merges: list[Merge], refusals: list[Refusal]) -> None:
+        ra, rb = self._root_of[a], self._root_of[b]
         if ra == rb:
             return
         left, right = self._roots[ra], self._roots[rb]
@@ -331,18 +369,16 @@ class IdentityGraph:
             if total > self.config.limit(kind):
                 reason = f"limit:{kind.value}"
                 self.refusals[reason] += 1
-                refusals.append(Refusal(reason, self._nodes[a], self._nodes[b]))
+                refusals.append(Refusal(reason, a, b))
                 return
         old = [(side.key, side.contacts) for side in (left, right)]
-        survivor = self._roots[self._link_roots(ra, rb)].key
+        if len(left.members) < len(right.members):
+            ra, rb, left, right = rb, ra, right, left
+        root_of = self._root_of
+        for node in right.members:
+            root_of[node] = ra
+        left.absorb(self._roots.pop(rb))
+        survivor = left.key
         for key, contacts in old:
             if contacts and key != survivor:
                 merges.append(Merge(survivor=survivor, absorbed=key))
-
-    def _link_roots(self, ra: int, rb: int) -> int:
-        """Union by size of two distinct roots; returns the new root."""
-        if self._roots[ra].size < self._roots[rb].size:
-            ra, rb = rb, ra
-        self._parent[rb] = ra
-        self._roots[ra].absorb(self._roots.pop(rb))
-        return ra

@@ -37,6 +37,7 @@ from pipeline.events.topics import (
 )
 from pipeline.kpi.definitions import PARTIAL_COLUMNS, KpiConfig
 from pipeline.kpi.windows import LateEvent
+from pipeline.privacy.runtime import configure_worker
 from pipeline.sla.clock import SLA_EVENT_COLUMNS, SlaEvent
 from pipeline.sla.policy import load_policies
 from pipeline.store.clickhouse import BlockingExecutor, connect, insert_rows
@@ -88,6 +89,7 @@ class Shared:
 
 
 def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
+    configure_worker(settings)  # plausible times, message keys, pseudonyms: before any stage decodes
     ensure_topics(settings.bootstrap_servers, topic_specs(settings.topic_partitions))
     client = connect(settings.clickhouse_url, settings.clickhouse_database)
     applied = migrate(client)

@@ -204,6 +204,8 @@ def open_workspace(kafka: str, path: Path, extra_env: dict[str, str] | None = No
             "TOUCHLINE_APP_ID": f"touchline-test-{uuid.uuid4().hex[:8]}",
             "TOUCHLINE_TOPIC_PARTITIONS": str(PARTITIONS),
             "TOUCHLINE_WORKER_WEB_PORT": str(free_port()),
+            # the scenarios replay days of 2026-03 and of the anonymised bank data: history, explicitly
+            "TOUCHLINE_HISTORY_SINCE": "2000-01-01T00:00:00Z",
             "PYTHONPATH": str(REPO),
             **(extra_env or {}),
         }

@@ -1,0 +1,346 @@
+"""The journey stage's input and state per contact: a compact, mergeable `ContactRecord`.
+
+The analytics stage turns each batch of new events into one record per contact (`records_of`) and
+sends it to the journey stage instead of the raw events; the journey stage keeps one merged record
+per contact (`merge`). A record holds exactly what `pipeline.journeys.contact.summarise` reads, in a
+form whose merge is idempotent, commutative and associative: merging the records of any split of a
+contact's event set, in any order and with any duplicates, gives the record of the whole set, so
+`summary()` equals `summarise(events)` (property-tested against it). Redelivered or re-forwarded
+input is therefore harmless and the stage needs no set of seen event ids.
+
+How each summary field is kept (`us` = epoch microseconds, orders ties by event id like `summarise`):
+
+* channel: of the first activity event, min `(us, event_id)`; started_at its time; last activity:
+  max `us`; intent: the max `(us, event_id)` event carrying one; ended: max `us` of `ended`.
+* first human: min `us` of `agent_assigned` and, separately, of `first_agent_reply`/`agent_reply`
+  (which one counts depends on the channel, known only after the merge).
+* resolution: every `resolved` / `reopened` event as `event_id -> (us, kind, resolved_by)` (a few per
+  contact), folded in order by `summary()`; transfers: the ids of `transferred` events.
+* flags (OR): bot involved, bot handoff, routed (`queued`/`agent_assigned`), IVR zero-out, abandoned.
+* surveys: per survey the max `(us, event_id)` answer.
+* identity: the identifiers carried on the contact's events (`kind`, value as sent) and its
+  `identity_link`s, each with the arrival `seq` at which the journey stage first saw it (min on
+  merge), so the identity graph can be rebuilt in its original union order (the graph's result
+  under conflicting links depends on that order).
+* `seen`: max `us` of any event, links included (retention of identity-only records).
+
+Wire/state form: `to_json` / `from_json`, a JSON object with `"v": RECORD_VERSION`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pipeline.events.models import EventBase, IdentityLink, event_type
+from pipeline.journeys.contact import EPOCH, ContactSummary, Score
+
+RECORD_VERSION = 1
+
+BOT = 1
+HANDOFF = 2
+ROUTED = 4
+ZERO_OUT = 8
+ABANDONED = 16
+
+IDENTIFIER_KINDS = ("customer_id", "phone", "email", "social_handle", "web_cookie")
+
+Stamp = tuple[int, str]  # (epoch us, event_id): the order `summarise` sorts events in
+Ident = tuple[str, str]  # (kind, value as carried)
+Link = tuple[str, str, str, str]  # left kind, left value, right kind, right value
+
+
+def to_us(moment: datetime) -> int:
+    delta = moment - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+class RecordError(ValueError):
+    """A forwarded record that cannot be read (bad JSON, unknown version, wrong shape)."""
+
+
+@dataclass(slots=True)
+class ContactRecord:
+    """What the journey stage knows about one contact (rules in the module docstring)."""
+
+    contact_id: str
+    first: tuple[int, str, str] | None = None  # (us, event_id, channel) of the first activity event
+    last_us: int = 0
+    intent: tuple[int, str, str] | None = None  # (us, event_id, intent)
+    ended_us: int | None = None
+    assigned_us: int | None = None
+    reply_us: int | None = None
+    marks: dict[str, tuple[int, str, str]] = field(default_factory=dict)  # event_id -> (us, "r"|"o", by)
+    transfers: set[str] = field(default_factory=set)
+    flags: int = 0
+    surveys: dict[str, tuple[int, str, int]] = field(default_factory=dict)  # survey -> (us, event_id, score)
+    ids: dict[Ident, int] = field(default_factory=dict)  # identifier -> first arrival seq
+    links: dict[Link, int] = field(default_factory=dict)  # link -> first arrival seq
+    seq: int = 0  # first arrival seq of the contact itself
+    seen_us: int = 0
+
+    @property
+    def active(self) -> bool:
+        """True when the contact has activity (it is a step of a journey), not identity only."""
+        return self.first is not None
+
+    # ------------------------------------------------------------------ building
+
+    def add(self, event: EventBase) -> None:
+        """Fold one event in (idempotent: adding an event twice changes nothing)."""
+        us = to_us(event.occurred_at)
+        self.seen_us = max(self.seen_us, us)
+        customer = event.customer
+        for kind in IDENTIFIER_KINDS:
+            value = getattr(customer, kind)
+            if value is not None:
+                self.ids.setdefault((kind, value), self.seq)
+        if isinstance(event, IdentityLink):
+            link = (str(event.left.kind.value), event.left.value, str(event.right.kind.value), event.right.value)
+            self.links.setdefault(link, self.seq)
+            return
+        eid = event.event_id
+        stamp = (us, eid)
+        if self.first is None or stamp < self.first[:2]:
+            self.first = (us, eid, str(event.channel.value))
+        self.last_us = max(self.last_us, us)
+        if event.intent and (self.intent is None or stamp > self.intent[:2]):
+            self.intent = (us, eid, event.intent)
+        if event.bot_id:
+            self.flags |= BOT
+        kind = event_type(event)
+        if kind == "resolved":
+            self.marks[eid] = (us, "r", str(getattr(event, "resolved_by").value))
+        elif kind == "reopened":
+            self.marks[eid] = (us, "o", "")
+        elif kind == "ended":
+            self.ended_us = us if self.ended_us is None else max(self.ended_us, us)
+        elif kind == "transferred":
+            self.transfers.add(eid)
+        elif kind == "bot_turn":
+            self.flags |= BOT
+        elif kind == "bot_handoff":
+            self.flags |= BOT | HANDOFF
+        elif kind == "ivr_zero_out":
+            self.flags |= ZERO_OUT
+        elif kind == "abandoned":
+            self.flags |= ABANDONED
+        elif kind == "survey_response":
+            survey, score = str(getattr(event, "survey")), int(getattr(event, "score"))
+            known = self.surveys.get(survey)
+            if known is None or stamp > known[:2]:
+                self.surveys[survey] = (us, eid, score)
+        if kind == "agent_assigned":
+            self.flags |= ROUTED
+            self.assigned_us = us if self.assigned_us is None else min(self.assigned_us, us)
+        elif kind == "queued":
+            self.flags |= ROUTED
+        elif kind in ("first_agent_reply", "agent_reply"):
+            self.reply_us = us if self.reply_us is None else min(self.reply_us, us)
+
+    def merge(self, other: ContactRecord) -> bool:
+        """Fold another record of the same contact in. True when this record changed."""
+        before = self.state_key()
+        if other.first is not None and (self.first is None or other.first[:2] < self.first[:2]):
+            self.first = other.first
+        self.last_us = max(self.last_us, other.last_us)
+        if other.intent is not None and (self.intent is None or other.intent[:2] > self.intent[:2]):
+            self.intent = other.intent
+        self.ended_us = _max(self.ended_us, other.ended_us)
+        self.assigned_us = _min(self.assigned_us, other.assigned_us)
+        self.reply_us = _min(self.reply_us, other.reply_us)
+        self.marks.update(other.marks)
+        self.transfers |= other.transfers
+        self.flags |= other.flags
+        for survey, answer in other.surveys.items():
+            known = self.surveys.get(survey)
+            if known is None or answer[:2] > known[:2]:
+                self.surveys[survey] = answer
+        for ident, seq in other.ids.items():
+            self.ids[ident] = min(seq, self.ids.get(ident, seq))
+        for link, seq in other.links.items():
+            self.links[link] = min(seq, self.links.get(link, seq))
+        self.seq = min(self.seq, other.seq)
+        self.seen_us = max(self.seen_us, other.seen_us)
+        return self.state_key() != before
+
+    def state_key(self) -> tuple[Any, ...]:
+        return (
+            self.first,
+            self.last_us,
+            self.intent,
+            self.ended_us,
+            self.assigned_us,
+            self.reply_us,
+            len(self.marks),
+            len(self.transfers),
+            self.flags,
+            tuple(sorted(self.surveys.items())),
+            tuple(sorted(self.ids.items())),
+            tuple(sorted(self.links.items())),
+            self.seq,
+            self.seen_us,
+        )
+
+    def with_seq(self, seq: int) -> ContactRecord:
+        """This record (a forwarded delta) stamped with its arrival order in the journey stage."""
+        self.seq = seq
+        self.ids = dict.fromkeys(self.ids, seq)
+        self.links = dict.fromkeys(self.links, seq)
+        return self
+
+    def strip(self) -> None:
+        """Forget the contact's activity, keep its identity (an evicted contact of a live customer)."""
+        self.first = self.intent = None
+        self.last_us = 0
+        self.ended_us = self.assigned_us = self.reply_us = None
+        self.marks, self.transfers, self.surveys = {}, set(), {}
+        self.flags = 0
+
+    # ------------------------------------------------------------------ reading
+
+    def summary(self) -> ContactSummary:
+        """The contact's summary: equal to `summarise` of the events folded in."""
+        if self.first is None:
+            raise ValueError("a contact needs at least one event")
+        channel = self.first[2]
+        resolved_us: int | None = None
+        resolved_by: str | None = None
+        resolutions = 0
+        reopened = False
+        for eid in sorted(self.marks, key=lambda e: (self.marks[e][0], e)):
+            us, kind, by = self.marks[eid]
+            if kind == "r":
+                if resolved_us is None:
+                    resolved_us, resolved_by = us, by
+                    resolutions += 1
+            else:
+                reopened = True
+                resolved_us = resolved_by = None
+        human = self.assigned_us if channel == "voice" else self.reply_us
+        flags = self.flags
+        bot = bool(flags & BOT)
+        handoff = bool(flags & HANDOFF)
+
+        def score(name: str) -> Score | None:
+            answer = self.surveys.get(name)
+            return None if answer is None else Score(answer[2], answer[0] // 1000)
+
+        return ContactSummary(
+            contact_id=self.contact_id,
+            channel=channel,
+            intent=None if self.intent is None else self.intent[2],
+            started_at=self.first[0] // 1000,
+            last_activity_at=self.last_us // 1000,
+            ended_at=None if self.ended_us is None else self.ended_us // 1000,
+            first_human_at=None if human is None else human // 1000,
+            resolved_at=None if resolved_us is None else resolved_us // 1000,
+            resolved_by=resolved_by,
+            resolutions=resolutions,
+            reopened=reopened,
+            transfers=len(self.transfers),
+            bot_involved=bot,
+            bot_handoff=handoff,
+            bot_contained=bot and resolved_us is not None and not handoff and not flags & ROUTED,
+            ivr_zero_out=bool(flags & ZERO_OUT),
+            abandoned=bool(flags & ABANDONED),
+            csat=score("csat"),
+            ces=score("ces"),
+            nps=score("nps"),
+        )
+
+    # ------------------------------------------------------------------ wire and state form
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"v": RECORD_VERSION, "c": self.contact_id, "q": self.seq, "s": self.seen_us}
+        if self.first is not None:
+            out["f"] = list(self.first)
+            out["l"] = self.last_us
+        if self.intent is not None:
+            out["i"] = list(self.intent)
+        for key, value in (("e", self.ended_us), ("a", self.assigned_us), ("r", self.reply_us)):
+            if value is not None:
+                out[key] = value
+        if self.marks:
+            out["m"] = {eid: list(mark) for eid, mark in self.marks.items()}
+        if self.transfers:
+            out["t"] = sorted(self.transfers)
+        if self.flags:
+            out["g"] = self.flags
+        if self.surveys:
+            out["u"] = {name: list(answer) for name, answer in self.surveys.items()}
+        if self.ids:
+            out["id"] = [[kind, value, seq] for (kind, value), seq in self.ids.items()]
+        if self.links:
+            out["ln"] = [[*link, seq] for link, seq in self.links.items()]
+        return out
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ContactRecord:
+        try:
+            if not isinstance(data, dict) or data.get("v") != RECORD_VERSION:
+                version = data.get("v") if isinstance(data, dict) else None
+                raise RecordError(f"unsupported contact record version {version!r}")
+            contact_id = data["c"]
+            if not isinstance(contact_id, str) or not contact_id:
+                raise RecordError("contact record without a contact id")
+            first = data.get("f")
+            intent = data.get("i")
+            return cls(
+                contact_id=contact_id,
+                first=None if first is None else (int(first[0]), str(first[1]), str(first[2])),
+                last_us=int(data.get("l", 0)),
+                intent=None if intent is None else (int(intent[0]), str(intent[1]), str(intent[2])),
+                ended_us=_opt_int(data.get("e")),
+                assigned_us=_opt_int(data.get("a")),
+                reply_us=_opt_int(data.get("r")),
+                marks={str(k): (int(m[0]), str(m[1]), str(m[2])) for k, m in data.get("m", {}).items()},
+                transfers={str(t) for t in data.get("t", ())},
+                flags=int(data.get("g", 0)),
+                surveys={str(k): (int(a[0]), str(a[1]), int(a[2])) for k, a in data.get("u", {}).items()},
+                ids={(str(k), str(v)): int(q) for k, v, q in data.get("id", ())},
+                links={(str(a), str(b), str(c), str(d)): int(q) for a, b, c, d, q in data.get("ln", ())},
+                seq=int(data.get("q", 0)),
+                seen_us=int(data.get("s", 0)),
+            )
+        except RecordError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+            raise RecordError(f"malformed contact record: {type(error).__name__}") from None
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> ContactRecord:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise RecordError("contact record is not JSON") from None
+        return cls.from_dict(data)
+
+
+def _max(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _min(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def records_of(events: Iterable[EventBase]) -> list[ContactRecord]:
+    """One record per contact of `events`, in order of each contact's first event."""
+    records: dict[str, ContactRecord] = {}
+    for event in events:
+        record = records.get(event.contact_id)
+        if record is None:
+            record = records[event.contact_id] = ContactRecord(event.contact_id)
+        record.add(event)
+    return list(records.values())
