@@ -2,6 +2,7 @@
 
 - `model`: the discrete-event model (pure) producing canonical events and recording ground truth.
 - `profiles`: arrival curves, channels, intents, queues, staffing plan.
+- `tickets`: the ticket-desk profile (`--profile tickets`): teams, business hours, ticket behaviour.
 - `faults`: duplicates, late delivery and malformed messages (pure, streaming).
 - `truth`: ground-truth records and the truth JSONL writer.
 - `produce`: the paced Kafka / JSONL delivery (the only Kafka-touching module).

@@ -13,7 +13,7 @@ import click
 
 from pipeline.config import ConfigError, Settings, load_settings
 from pipeline.events.topics import topic_specs
-from pipeline.simulator import BackgroundRun, delivered, summary_of
+from pipeline.simulator import BackgroundRun, delivered, summary_of, tickets
 from pipeline.simulator.faults import FaultConfig, FaultInjector, Message
 from pipeline.simulator.model import SimConfig, Simulation, start_ms_of
 from pipeline.simulator.produce import (
@@ -142,9 +142,9 @@ def _progress_printer(enabled: bool) -> Any:
 @click.option(
     "--rate",
     type=click.FloatRange(min=0.001),
-    default=1000.0,
-    show_default=True,
-    help="New issues per hour at the daily peak, all channels together (quiet at night).",
+    default=None,
+    help="New issues per hour at the daily peak, all channels together (quiet at night). "
+    "Default 1000; 6 with --profile tickets.",
 )
 @click.option(
     "--customers",
@@ -155,10 +155,12 @@ def _progress_printer(enabled: bool) -> Any:
 )
 @click.option(
     "--profile",
-    type=click.Choice(["daily", "flat"]),
+    type=click.Choice(["daily", "flat", "tickets"]),
     default="daily",
     show_default=True,
-    help="Arrival curve: 'daily' (hour-of-day and weekday shape, UTC) or 'flat' (peak rate all day).",
+    help="Arrival curve: 'daily' (hour-of-day and weekday shape, UTC) or 'flat' (peak rate all day); "
+    "'tickets': a back-office ticket desk instead (long e-mail/social threads, waits on customer, vendor "
+    "or team, transfers, reopens, quiet weekends; default duration 90d).",
 )
 @click.option(
     "--seed",
@@ -227,7 +229,7 @@ def simulate_command(
     start: str | None,
     duration: int | None,
     contacts: int | None,
-    rate: float,
+    rate: float | None,
     customers: int,
     profile: str,
     seed: int,
@@ -269,7 +271,9 @@ def simulate_command(
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--start") from None
     if duration is None and contacts is None:
-        duration = DEFAULT_DURATION_MS
+        duration = tickets.DEFAULT_DURATION_MS if profile == "tickets" else DEFAULT_DURATION_MS
+    if rate is None:
+        rate = tickets.DEFAULT_RATE if profile == "tickets" else 1000.0
     config = SimConfig(
         seed=seed,
         start_ms=start_ms_of(start_at),
@@ -277,7 +281,7 @@ def simulate_command(
         max_contacts=contacts,
         rate=rate,
         customers=customers,
-        profile="flat" if profile == "flat" else "daily",
+        profile="tickets" if profile == "tickets" else "flat" if profile == "flat" else "daily",
     )
     faults = FaultConfig(duplicate_rate, late_rate, max_lateness, bad_rate)
     # At full speed the model runs in its own process (started before Kafka's client threads exist).

@@ -51,7 +51,7 @@ from pipeline.events.models import (
     WaitingEnded,
     WaitingOnCustomer,
 )
-from pipeline.simulator import profiles
+from pipeline.simulator import profiles, tickets
 from pipeline.simulator.profiles import (
     ANONYMOUS_PHONE,
     ASYNC_CHANNELS,
@@ -232,10 +232,15 @@ class Simulation:
         self._journey_seq = 0
         seed_hex = hashlib.sha256(str(config.seed).encode()).hexdigest()
         self._id_prefix = f"{self.tag}-{seed_hex[:4]}-{seed_hex[4:8]}"
-        self._plan = profiles.staffing_plan(config.rate, config.profile)
+        self._tickets = config.profile == "tickets"
+        self._plan = {} if self._tickets else profiles.staffing_plan(config.rate, config.profile)
         self._pools: dict[str, Pool] = {q.name: Pool(q, q.name.replace(".", "-")) for q in QUEUES}
         self._intent_weights = {ch: [i.weight[ch] for i in INTENTS] for ch in Channel}
-        self._peak_rate = {ch: config.rate * CHANNEL_MIX[ch] for ch in Channel}
+        mix = tickets.CHANNEL_MIX if self._tickets else CHANNEL_MIX
+        self._peak_rate = {ch: config.rate * mix[ch] for ch in Channel if ch in mix}
+        self._team_agents = {
+            team: [Agent(a, n) for n, a in enumerate(tickets.agent_ids(team), 1)] for team in tickets.TEAMS
+        }
         self._dt_cache: tuple[int, datetime] = (0, EPOCH)
         self._by_type: dict[type[EventBase], int] = {}
 
@@ -244,9 +249,10 @@ class Simulation:
     def run(self) -> Iterator[SimEvent]:
         """Yield `(epoch_ms, event)` in event-time order until the horizon, the contact budget or
         the end of all activity."""
-        for channel in Channel:
+        for channel in self._peak_rate:
             self._schedule_arrival(channel)
-        self._staffing_tick()
+        if not self._tickets:
+            self._staffing_tick()
         agenda = self._agenda
         out = self._out
         while agenda and not self.stopped:
@@ -380,7 +386,10 @@ class Simulation:
 
     def _arrival(self, channel: Channel) -> None:
         # Thinning: a candidate at the peak rate is kept with the profile's share at this moment.
-        factor = profiles.arrival_factor(channel, self.now / HOUR, self.config.profile)
+        if self._tickets:
+            factor = tickets.arrival_factor(channel, self.now / HOUR)
+        else:
+            factor = profiles.arrival_factor(channel, self.now / HOUR, self.config.profile)
         if self.rng.random() < factor and self._budget_left():
             self._new_issue(channel)
         self._schedule_arrival(channel)
@@ -545,6 +554,8 @@ class Simulation:
             self._at(self.now + self._ms(rng.uniform(2, 5)), self._ivr_step, contact, 0)
         elif channel in BOT_CHANNELS:
             self._at(self.now + self._ms(rng.uniform(3, 15)), self._bot_turn, contact, 0, rng.randint(2, 8))
+        elif self._tickets:
+            self._ticket_queue(contact, tickets.first_team(contact.intent.name, rng))
         else:
             self._enqueue(contact, profiles.queue_for(channel, contact.intent), "first")
 
@@ -556,7 +567,7 @@ class Simulation:
         contact.token += 1
         journey = contact.journey
         journey.active = False
-        if contact.customer.anonymous:
+        if contact.customer.anonymous or self._tickets:  # a ticket's follow-ups are its reopens
             return
         rng = self.rng
         if contact.truth.resolved_at is not None:
@@ -858,6 +869,7 @@ class Simulation:
             self._at(self.now + HOUR, self._close_thread, contact, contact.token)
         elif rng.random() < 0.6:
             contact.truth.waiting.append([self.now, None])
+            contact.truth.waiting_reasons.append("customer")
             self._emit(contact, WaitingOnCustomer)
             if rng.random() < 0.85:
                 delay = int(pace * rng.lognormvariate(0, 0.8))
@@ -869,20 +881,26 @@ class Simulation:
             delay = int(pace * rng.lognormvariate(-0.3, 0.8))
             self._at(self.now + max(delay, MINUTE), self._customer_writes, contact, contact.token)
 
-    def _customer_writes(self, contact: Contact, token: int) -> None:
+    def _customer_answers(self, contact: Contact, token: int) -> bool:
+        """The customer writes on the thread (ending a wait); False when the timer is stale."""
         if token != contact.token:
-            return
+            return False
         contact.token += 1
         if contact.truth.waiting and contact.truth.waiting[-1][1] is None:
             contact.truth.waiting[-1][1] = self.now
             self._emit(contact, WaitingEnded)
         contact.truth.customer_messages.append(self.now)
         self._emit(contact, CustomerMessage)
-        self._enqueue(contact, contact.queue or profiles.queue_for(contact.channel, contact.intent), "reply")
+        return True
 
-    def _reopen(self, contact: Contact, token: int) -> None:
+    def _customer_writes(self, contact: Contact, token: int) -> None:
+        if self._customer_answers(contact, token):
+            self._enqueue(contact, contact.queue or profiles.queue_for(contact.channel, contact.intent), "reply")
+
+    def _customer_reopens(self, contact: Contact, token: int) -> bool:
+        """The customer writes back on a resolved thread; False when the timer is stale."""
         if token != contact.token:
-            return
+            return False
         contact.token += 1
         contact.resolved = False
         contact.truth.resolved_at = None
@@ -892,12 +910,153 @@ class Simulation:
         self._emit(contact, Reopened)
         contact.truth.customer_messages.append(self.now)
         self._emit(contact, CustomerMessage)
-        self._enqueue(contact, contact.queue or profiles.queue_for(contact.channel, contact.intent), "reply")
+        return True
+
+    def _reopen(self, contact: Contact, token: int) -> None:
+        if self._customer_reopens(contact, token):
+            self._enqueue(contact, contact.queue or profiles.queue_for(contact.channel, contact.intent), "reply")
 
     def _close_thread(self, contact: Contact, token: int) -> None:
         if token != contact.token:
             return
         self._end(contact)
+
+    # ------------------------------------------------------------------ tickets (profile "tickets")
+    # Every handler emits its events in the order a ticketing system would (transferred before
+    # queued, a reply before the wait or resolution it leads to, waiting_ended before the customer's
+    # message), and separate steps are separate handlers at later, random instants.
+
+    def _work(self, mean_seconds: float, sigma: float = 0.9) -> int:
+        """When work of about `mean_seconds` (business time) started now is done."""
+        return tickets.add_business(self.now, self._ms(self._lognormal(mean_seconds, sigma)))
+
+    def _ticket_queue(self, contact: Contact, team: str) -> None:
+        contact.queue = team
+        contact.agent = None
+        contact.truth.legs.append(Leg(team, self.now))
+        self._emit(contact, Queued)
+        contact.token += 1
+        pickup = self._work(tickets.PICKUP_MEAN.get(contact.customer.priority, tickets.PICKUP_MEAN[0]), 1.0)
+        self._at(pickup, self._ticket_assign, contact, contact.token)
+
+    def _ticket_assign(self, contact: Contact, token: int) -> None:
+        if token != contact.token:
+            return
+        rng = self.rng
+        team = contact.queue or tickets.SERVICEDESK
+        agent = rng.choice(self._team_agents[team])
+        contact.agent = agent
+        leg = contact.truth.legs[-1]
+        leg.answered_at = self.now
+        leg.agent_id = agent.agent_id
+        self._emit(contact, AgentAssigned)
+        contact.token += 1
+        triage = (
+            team == tickets.SERVICEDESK
+            and tickets.TEAM_OF_INTENT[contact.intent.name] != team
+            and contact.truth.transfers < tickets.MAX_TRANSFERS
+            and rng.random() < tickets.TRIAGE_TRANSFER
+        )
+        if triage:
+            self._at(self._work(20 * 60.0), self._ticket_transfer, contact, contact.token)
+        else:
+            self._at(self._work(tickets.WORK_MEAN), self._ticket_reply, contact, contact.token)
+
+    def _ticket_transfer(self, contact: Contact, token: int) -> None:
+        if token != contact.token:
+            return
+        team = contact.queue or tickets.SERVICEDESK
+        to_team = tickets.transfer_target(team, contact.intent.name, self.rng)
+        contact.truth.transfers += 1
+        leg = contact.truth.legs[-1]
+        leg.transferred_at = self.now
+        leg.to_queue = to_team
+        self._emit(contact, Transferred, to_queue=to_team)
+        self._ticket_queue(contact, to_team)
+
+    def _ticket_reply(self, contact: Contact, token: int) -> None:
+        if token != contact.token:
+            return
+        rng = self.rng
+        contact.rounds += 1
+        self._greet(contact)
+        contact.token += 1
+        token = contact.token
+        if rng.random() < tickets.resolve_chance(contact.rounds):
+            self._ticket_resolve(contact)
+            return
+        roll = rng.random()
+        action = "customer_writes"
+        for name, share in tickets.AFTER_REPLY:
+            if roll < share:
+                action = name
+                break
+            roll -= share
+        if action == "transfer" and contact.truth.transfers >= tickets.MAX_TRANSFERS:
+            action = "customer_writes"
+        if action == "transfer":
+            self._at(self._work(15 * 60.0), self._ticket_transfer, contact, token)
+        elif action == "customer_writes":
+            self._at(self.now + self._customer_delay(8 * HOUR), self._ticket_customer_writes, contact, token)
+        else:
+            reason = action.removeprefix("wait_")
+            contact.truth.waiting.append([self.now, None])
+            contact.truth.waiting_reasons.append(reason)
+            self._emit(contact, WaitingOnCustomer)
+            if reason == "customer":
+                roll = rng.random()
+                if roll < 0.87:
+                    self._at(self.now + self._customer_delay(20 * HOUR), self._ticket_customer_writes, contact, token)
+                elif roll < 0.94:  # answers after more than a month of silence
+                    later = int(rng.uniform(31 * DAY, 45 * DAY))
+                    self._at(self.now + later, self._ticket_customer_writes, contact, token)
+                self._at(self.now + tickets.CUSTOMER_SILENT_CLOSE, self._close_thread, contact, token)
+            elif reason == "vendor":
+                if rng.random() < 0.85:
+                    done = self._work(self._lognormal(2 * 86_400.0, 0.8), 0.3)
+                else:  # a vendor that takes one to two months
+                    done = tickets.add_business(self.now + int(rng.uniform(30 * DAY, 50 * DAY)), MINUTE)
+                self._at(done, self._ticket_wait_over, contact, token)
+            else:
+                self._at(self._work(6 * 3600.0), self._ticket_wait_over, contact, token)
+
+    def _customer_delay(self, mean_ms: float) -> int:
+        """How long a customer takes to write back; the answer slips past a weekend half of the time."""
+        delay = int(self._lognormal(mean_ms / 1000, 1.0) * 1000)
+        weekday = ((self.now + delay) // DAY + 3) % 7
+        if weekday >= 5 and self.rng.random() < 0.85:
+            delay += (7 - weekday) * DAY
+        return max(delay, MINUTE)
+
+    def _ticket_customer_writes(self, contact: Contact, token: int) -> None:
+        if self._customer_answers(contact, token):
+            self._at(self._work(tickets.WORK_MEAN), self._ticket_reply, contact, contact.token)
+
+    def _ticket_wait_over(self, contact: Contact, token: int) -> None:
+        """The vendor or the other team came back (logged by the agent): the agent carries on."""
+        if token != contact.token:
+            return
+        contact.token += 1
+        contact.truth.waiting[-1][1] = self.now
+        self._emit(contact, WaitingEnded)
+        self._at(self._work(tickets.WORK_MEAN), self._ticket_reply, contact, contact.token)
+
+    def _ticket_resolve(self, contact: Contact) -> None:
+        rng = self.rng
+        self._resolve(contact, Author.AGENT)
+        token = contact.token
+        self._at(self.now + tickets.RESOLVE_AFTER_DAYS * DAY, self._close_thread, contact, token)
+        reopens = len(contact.truth.reopened_at)
+        chance = tickets.REOPEN_FIRST if reopens == 0 else tickets.REOPEN_AGAIN
+        if reopens < tickets.MAX_REOPENS and rng.random() < chance:
+            later = int(rng.uniform(2 * HOUR, (tickets.RESOLVE_AFTER_DAYS - 1) * DAY))
+            self._at(self.now + later, self._ticket_reopen, contact, token)
+        if rng.random() < 0.2:
+            self._at(self.now + int(rng.uniform(10 * MINUTE, 2 * DAY)), self._survey, contact)
+
+    def _ticket_reopen(self, contact: Contact, token: int) -> None:
+        if self._customer_reopens(contact, token):
+            self._at(self._work(tickets.WORK_MEAN), self._ticket_reply, contact, contact.token)
 
     # ------------------------------------------------------------------ surveys
 

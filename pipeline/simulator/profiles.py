@@ -13,7 +13,7 @@ from typing import Literal
 
 from pipeline.events.models import Channel
 
-ProfileName = Literal["daily", "flat"]
+ProfileName = Literal["daily", "flat", "tickets"]  # tickets: see `tickets.py`
 
 # Share of the peak arrival rate by hour of day: quiet at night, a mid-morning peak, a lunch dip and
 # a second peak after lunch, tailing off in the evening. Linearly interpolated between hour centres.

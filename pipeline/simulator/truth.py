@@ -90,6 +90,7 @@ class ContactTruth:
     agent_replies: list[int] = field(default_factory=list)
     customer_messages: list[int] = field(default_factory=list)
     waiting: list[list[int | None]] = field(default_factory=list)
+    waiting_reasons: list[str] = field(default_factory=list)  # who each `waiting` span waits on
     transfers: int = 0
     hold_ms: int = 0
     talk_ms: int = 0
@@ -151,6 +152,7 @@ class ContactTruth:
             "agent_replies": [iso_ms(t) for t in self.agent_replies],
             "customer_messages": [iso_ms(t) for t in self.customer_messages],
             "waiting_on_customer": [[iso_ms(a), iso_ms(b)] for a, b in self.waiting],
+            "waiting_reasons": list(self.waiting_reasons),
             "transfers": self.transfers,
             "hold_seconds": _seconds(self.hold_ms),
             "talk_seconds": _seconds(self.talk_ms),
