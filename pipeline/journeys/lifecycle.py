@@ -35,21 +35,22 @@ longer exist (their contacts were regrouped after a merge or a late event).
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from pipeline.events.models import EVENT_ADAPTER, EventBase, IdentityLink, to_json
-from pipeline.journeys.contact import ContactSummary, Score, from_ms, summarise
+from pipeline.events.models import EventBase
+from pipeline.journeys.contact import ContactSummary, Score, from_ms
 from pipeline.journeys.effort import EffortInputs, effort_score
 from pipeline.journeys.identity import IdentityConfig, IdentityGraph, Merge, Resolution
+from pipeline.journeys.record import ContactRecord
 
 SECOND = 1000
 DAY = 86_400 * SECOND
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 
 Status = Literal["open", "resolved", "dormant"]
 
@@ -320,41 +321,40 @@ def _journey(group: _Open, customer: str, config: JourneyConfig, as_of: int | No
 
 
 class CustomerBook:
-    """One customer's contacts: the event set of each (by contact_id) and cached summaries."""
+    """One customer's contacts with activity: their merged records (by contact_id) and cached
+    summaries."""
 
     def __init__(self, customer: str) -> None:
         self.customer = customer
-        self.events: dict[str, dict[str, EventBase]] = {}
+        self.records: dict[str, ContactRecord] = {}
         self._summaries: dict[str, ContactSummary] = {}
 
-    def add(self, event: EventBase) -> bool:
-        """Add an event; False when it was a duplicate (same event_id)."""
-        known = self.events.setdefault(event.contact_id, {})
-        if event.event_id in known:
-            return False
-        known[event.event_id] = event
-        self._summaries.pop(event.contact_id, None)
-        return True
+    def file(self, record: ContactRecord) -> None:
+        """File (or re-file after it changed) a contact's record."""
+        self.records[record.contact_id] = record
+        self._summaries.pop(record.contact_id, None)
 
-    def take(self, contact_id: str) -> dict[str, EventBase]:
-        """Remove a contact, returning its events."""
+    def take(self, contact_id: str) -> ContactRecord | None:
+        """Remove a contact, returning its record."""
         self._summaries.pop(contact_id, None)
-        return self.events.pop(contact_id, {})
+        return self.records.pop(contact_id, None)
 
     def merge(self, other: CustomerBook) -> None:
-        """Absorb another book (the union of both event sets)."""
-        for contact_id, events in other.events.items():
-            mine = self.events.setdefault(contact_id, {})
-            for event_id, event in events.items():
-                mine.setdefault(event_id, event)
+        """Absorb another book."""
+        for contact_id, record in other.records.items():
+            mine = self.records.get(contact_id)
+            if mine is None:
+                self.records[contact_id] = record
+            elif mine is not record:
+                mine.merge(record)
             self._summaries.pop(contact_id, None)
 
     @property
     def summaries(self) -> dict[str, ContactSummary]:
-        """Contact summaries by contact_id (recomputed for contacts whose events changed)."""
-        for contact_id, events in self.events.items():
+        """Contact summaries by contact_id (recomputed for contacts whose records changed)."""
+        for contact_id, record in self.records.items():
             if contact_id not in self._summaries:
-                self._summaries[contact_id] = summarise(events.values())
+                self._summaries[contact_id] = record.summary()
         return self._summaries
 
     def journeys(self, config: JourneyConfig, as_of: int | None = None) -> list[Journey]:
@@ -373,37 +373,90 @@ class JourneyVersion:
     removed_contacts: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Emitted:
+    """What the store remembers of a journey it wrote (the journey stage persists it per journey
+    id, so versions keep growing across restarts and owners): its version, whether that version
+    retracted it, its customer and contacts, a digest of its content (unchanged content is not
+    written again), and its last activity while it is open (when it turns dormant)."""
+
+    version: int
+    deleted: bool
+    customer: str
+    contact_ids: tuple[str, ...]
+    digest: str
+    open_since: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": self.version,
+            "x": int(self.deleted),
+            "c": self.customer,
+            "ids": list(self.contact_ids),
+            "d": self.digest,
+            "o": self.open_since,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Emitted:
+        return cls(
+            int(data["v"]),
+            bool(data["x"]),
+            str(data["c"]),
+            tuple(str(c) for c in data["ids"]),
+            str(data["d"]),
+            None if data.get("o") is None else int(data["o"]),
+        )
+
+
+def digest(journey: Journey) -> str:
+    """A stable digest of a journey's content (the same in every process, unlike `hash`)."""
+    return hashlib.blake2b(repr(journey).encode(), digest_size=12).hexdigest()
+
+
 class JourneyStore:
-    """Customer books, identity merges, and change tracking with per-journey versions."""
+    """Customer books, identity merges, and change tracking with per-journey versions.
+
+    Versions: a journey written before gets its last version + 1; a journey written for the first
+    time (or again after it was evicted) gets `as_of * 1000` (epoch ms of the newest event seen,
+    times 1000), which exceeds every version written at an earlier `as_of`. Both are monotonic
+    across restarts because the last versions are persisted (`Emitted`) and `as_of` only grows."""
 
     def __init__(self, config: JourneyConfig | None = None) -> None:
         self.config = config or JourneyConfig()
         self.books: dict[str, CustomerBook] = {}
-        self._customer_of: dict[str, str] = {}  # contact_id -> customer key
+        self._customer_of: dict[str, str] = {}  # contact_id -> customer key (contacts with activity)
         self._dirty: set[str] = set()
-        self._emitted: dict[str, JourneyVersion] = {}
+        self._emitted: dict[str, Emitted] = {}
         self._journeys_of: dict[str, set[str]] = {}  # customer -> journey ids emitted live under it
         self._deadlines: list[tuple[int, str]] = []  # (dormant after, customer)
+        self.emitted_changes: set[str] = set()  # journey ids whose `Emitted` changed (to persist)
 
-    def apply(self, event: EventBase, customer: str) -> bool:
-        """Add a contact's event under `customer` (its key from the identity graph). A contact
-        filed under another key before is moved. False for a duplicate event, and for an
-        `identity_link`: links are identity, not contact activity, and are not filed (so a CRM
-        merge sent with a synthetic contact id never becomes a contact of a journey)."""
-        if isinstance(event, IdentityLink):
-            return False
-        previous = self._customer_of.get(event.contact_id)
+    def file(self, record: ContactRecord, customer: str, *, dirty: bool = True) -> None:
+        """File a contact's (merged) record under `customer` (its key from the identity graph). A
+        contact filed under another key before is moved."""
+        contact_id = record.contact_id
+        previous = self._customer_of.get(contact_id)
         if previous is not None and previous != customer:
-            moved = self.books[previous].take(event.contact_id)
+            old = self.books.get(previous)
+            if old is not None:
+                old.take(contact_id)
+                if not old.records:
+                    del self.books[previous]
             self._dirty.add(previous)
-            book = self._book(customer)
-            for old in moved.values():
-                book.add(old)
-        self._customer_of[event.contact_id] = customer
-        added = self._book(customer).add(event)
-        if added:
+        self._customer_of[contact_id] = customer
+        self._book(customer).file(record)
+        if dirty:
             self._dirty.add(customer)
-        return added
+
+    def remove(self, contact_id: str) -> None:
+        """Forget a contact (evicted)."""
+        customer = self._customer_of.pop(contact_id, None)
+        book = None if customer is None else self.books.get(customer)
+        if book is not None:
+            book.take(contact_id)
+            if not book.records:
+                del self.books[book.customer]
 
     def apply_merge(self, merge: Merge) -> None:
         """Move the absorbed customer's book into the survivor's."""
@@ -416,7 +469,7 @@ class JourneyStore:
         if absorbed is None:
             return
         self._book(merge.survivor).merge(absorbed)
-        for contact_id in absorbed.events:
+        for contact_id in absorbed.records:
             self._customer_of[contact_id] = merge.survivor
         self._dirty.add(merge.survivor)
 
@@ -430,6 +483,13 @@ class JourneyStore:
     def all_journeys(self, as_of: int | None = None) -> list[Journey]:
         return [j for customer in sorted(self.books) for j in self.journeys(customer, as_of)]
 
+    def emitted(self, journey_id: str) -> Emitted | None:
+        return self._emitted.get(journey_id)
+
+    def _emit(self, journey_id: str, entry: Emitted) -> None:
+        self._emitted[journey_id] = entry
+        self.emitted_changes.add(journey_id)
+
     def changes(self, as_of: int | None = None) -> list[JourneyVersion]:
         """Journeys that changed since the last call (including open journeys that became dormant
         by `as_of`) and deletions of journeys that no longer exist."""
@@ -437,6 +497,7 @@ class JourneyStore:
         while deadlines and as_of is not None and deadlines[0][0] < as_of:
             self._dirty.add(heapq.heappop(deadlines)[1])
         dirty, self._dirty = self._dirty, set()
+        floor = 1 if as_of is None else max(1, as_of * 1000)
         current: dict[str, Journey] = {}
         for customer in sorted(dirty):
             for journey in self.journeys(customer, as_of):
@@ -444,100 +505,91 @@ class JourneyStore:
         out: list[JourneyVersion] = []
         for journey_id, journey in current.items():
             previous = self._emitted.get(journey_id)
-            if previous is not None and not previous.deleted and previous.journey == journey:
+            content = digest(journey)
+            if previous is not None and not previous.deleted and previous.digest == content:
+                if previous.customer != journey.customer:  # renamed only: keep the index right
+                    self._journeys_of.get(previous.customer, set()).discard(journey_id)
+                    self._journeys_of.setdefault(journey.customer, set()).add(journey_id)
                 continue
             removed: tuple[str, ...] = ()
             if previous is not None and not previous.deleted:
                 keep = set(journey.contact_ids)
-                removed = tuple(c for c in previous.journey.contact_ids if c not in keep)
-                self._journeys_of.get(previous.journey.customer, set()).discard(journey_id)
-            emitted = JourneyVersion(journey, (previous.version if previous else 0) + 1, False, removed)
-            self._emitted[journey_id] = emitted
+                removed = tuple(c for c in previous.contact_ids if c not in keep)
+                self._journeys_of.get(previous.customer, set()).discard(journey_id)
+            version = previous.version + 1 if previous is not None else floor
+            open_since = journey.last_activity_at if journey.status == "open" else None
+            self._emit(journey_id, Emitted(version, False, journey.customer, journey.contact_ids, content, open_since))
             self._journeys_of.setdefault(journey.customer, set()).add(journey_id)
-            if journey.status == "open":
-                heapq.heappush(deadlines, (journey.last_activity_at + self.config.dormancy_ms, journey.customer))
-            out.append(emitted)
+            if open_since is not None:
+                heapq.heappush(deadlines, (open_since + self.config.dormancy_ms, journey.customer))
+            out.append(JourneyVersion(journey, version, False, removed))
         for customer in sorted(dirty):
             # not `set - current.keys()`: that copies all of `current` once per customer
             for journey_id in sorted(j for j in self._journeys_of.get(customer, ()) if j not in current):
-                previous = self._emitted[journey_id]
                 self._journeys_of[customer].discard(journey_id)
-                if previous.deleted:
+                previous = self._emitted.get(journey_id)
+                if previous is None or previous.deleted:
                     continue
-                gone = JourneyVersion(previous.journey, previous.version + 1, True, previous.journey.contact_ids)
-                self._emitted[journey_id] = gone
-                out.append(gone)
+                last = self._retracted(journey_id, previous)
+                self._emit(journey_id, Emitted(previous.version + 1, True, previous.customer, (), previous.digest))
+                out.append(JourneyVersion(last, previous.version + 1, True, previous.contact_ids))
         return out
+
+    def _retracted(self, journey_id: str, previous: Emitted) -> Journey:
+        """A stand-in of a retracted journey for its deletion rows (only id, customer and contacts
+        matter in a retraction)."""
+        steps = tuple(
+            JourneyStep(n, c, "", 0, 0, None, None, None, None, False, False, False, 0, False, False, False)
+            for n, c in enumerate(previous.contact_ids, start=1)
+        )
+        return Journey(
+            journey_id, previous.customer, None, "open", 0, 0, steps, False, None, None, None, None,
+            None, None, None, 0.0,
+        )  # fmt: skip
+
+    def forget_journey(self, journey: Journey) -> None:
+        """Drop what is remembered of an evicted journey (and of retracted journeys named after
+        its contacts)."""
+        for journey_id in (journey.journey_id, *(f"j-{c}" for c in journey.contact_ids)):
+            if self._emitted.pop(journey_id, None) is not None:
+                self.emitted_changes.add(journey_id)
+            for owned in self._journeys_of.values():
+                owned.discard(journey_id)
+        owned_by = self._journeys_of.get(journey.customer)
+        if owned_by is not None and not owned_by:
+            del self._journeys_of[journey.customer]
+
+    def close_time(self, journey: Journey, keep_ms: int) -> int:
+        """Event time after which no later contact can join `journey` (and late events of its
+        contacts, up to `keep_ms` late, have arrived)."""
+        if journey.resolved_at is not None:
+            closed = journey.resolved_at + self.config.repeat_window_ms + keep_ms
+        else:
+            closed = journey.last_activity_at + self.config.dormancy_ms + keep_ms
+        return max(closed, journey.last_activity_at + keep_ms)
 
     def evict(self, as_of: int, *, keep_ms: int = DAY) -> int:
         """Forget contacts of journeys no later contact can join any more - resolved more than
         `repeat_window + keep_ms` ago, or inactive for more than `dormancy + keep_ms` - together
-        with their emitted versions. `keep_ms` must exceed the lateness bound of events: an event
-        of an evicted contact would start a journey afresh. Returns the contacts forgotten."""
+        with their emitted versions, scanning every book (the running stage evicts incrementally
+        through `Stitcher.evict_due`). Returns the contacts forgotten."""
         forgotten = 0
         for customer in sorted(self.books):
-            book = self.books[customer]
-            for journey in book.journeys(self.config, as_of):
-                if journey.resolved_at is not None:
-                    closed = as_of - journey.resolved_at > self.config.repeat_window_ms + keep_ms
-                else:
-                    closed = as_of - journey.last_activity_at > self.config.dormancy_ms + keep_ms
-                closed = closed and as_of - journey.last_activity_at > keep_ms
-                if not closed:
+            for journey in self.journeys(customer, as_of):
+                if self.close_time(journey, keep_ms) >= as_of:
                     continue
                 for contact_id in journey.contact_ids:
-                    book.take(contact_id)
-                    self._customer_of.pop(contact_id, None)
+                    self.remove(contact_id)
                     forgotten += 1
-                self._emitted.pop(journey.journey_id, None)
-                self._journeys_of.get(customer, set()).discard(journey.journey_id)
-            if not book.events:
-                del self.books[customer]
-                self._journeys_of.pop(customer, None)
+                self.forget_journey(journey)
         return forgotten
 
-    def snapshot(self) -> dict[str, Any]:
-        """JSON-able state: every book's events, the emitted versions and pending changes."""
-        return {
-            "version": SNAPSHOT_VERSION,
-            "books": {
-                customer: [json.loads(to_json(e)) for events in book.events.values() for e in events.values()]
-                for customer, book in sorted(self.books.items())
-            },
-            "emitted": {
-                journey_id: {
-                    "version": v.version,
-                    "deleted": v.deleted,
-                    "removed_contacts": list(v.removed_contacts),
-                    "journey": v.journey.as_dict(),
-                }
-                for journey_id, v in sorted(self._emitted.items())
-            },
-            "journeys_of": {c: sorted(ids) for c, ids in sorted(self._journeys_of.items())},
-            "dirty": sorted(self._dirty),
-        }
-
-    @classmethod
-    def restore(cls, data: Mapping[str, Any], config: JourneyConfig | None = None) -> JourneyStore:
-        if data.get("version") != SNAPSHOT_VERSION:
-            raise ValueError(f"unsupported journey snapshot version {data.get('version')!r}")
-        store = cls(config)
-        for customer, events in data["books"].items():
-            book = store._book(str(customer))
-            for raw in events:
-                event = EVENT_ADAPTER.validate_python(raw)
-                book.add(event)
-                store._customer_of[event.contact_id] = book.customer
-        for journey_id, raw in data["emitted"].items():
-            journey = journey_from_dict(raw["journey"])
-            version = JourneyVersion(journey, int(raw["version"]), bool(raw["deleted"]), tuple(raw["removed_contacts"]))
-            store._emitted[str(journey_id)] = version
-            if not version.deleted and journey.status == "open":
-                store._deadlines.append((journey.last_activity_at + store.config.dormancy_ms, journey.customer))
-        heapq.heapify(store._deadlines)
-        store._journeys_of = {str(c): set(ids) for c, ids in data["journeys_of"].items()}
-        store._dirty = set(data["dirty"])
-        return store
+    def restore_emitted(self, journey_id: str, entry: Emitted) -> None:
+        self._emitted[journey_id] = entry
+        if not entry.deleted:
+            self._journeys_of.setdefault(entry.customer, set()).add(journey_id)
+            if entry.open_since is not None:
+                self._deadlines.append((entry.open_since + self.config.dormancy_ms, entry.customer))
 
     def _book(self, customer: str) -> CustomerBook:
         book = self.books.get(customer)
@@ -546,8 +598,29 @@ class JourneyStore:
         return book
 
 
+@dataclass(slots=True)
+class Evicted:
+    """What one eviction pass changed: contacts whose activity was forgotten (their records are
+    identity only now) and contacts forgotten entirely (with their customer's identities)."""
+
+    stripped: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    journeys: int = 0
+
+
 class Stitcher:
-    """An identity graph and a journey store fed together: the pure core of the journey worker."""
+    """The identity graph, every contact's merged record and the journey store, fed together: the
+    pure core of the journey stage.
+
+    Retention (`evict_due`, event time, driven by a heap of due times so a pass touches only what
+    is due): a journey is evicted `close_time` after its last change - `repeat_window + keep`
+    after its resolution, or `dormancy + keep` after its last activity when unresolved, and never
+    before `keep` after its last activity - by when no later contact can join it and late events
+    (bounded by `keep`) have arrived. Its contacts keep only their identity (identifiers and
+    links), so the customer is recognised when they come back. A customer none of whose contacts
+    is in a journey any more is forgotten entirely (identifiers released, records deleted)
+    `identity_retention` after its newest event, links included. Every map of the stage (records,
+    books, the graph, emitted versions, both heaps) is pruned by these two rules."""
 
     def __init__(
         self,
@@ -556,24 +629,115 @@ class Stitcher:
         *,
         graph: IdentityGraph | None = None,
         store: JourneyStore | None = None,
+        keep_ms: int = DAY,
+        identity_retention_ms: int = 30 * DAY,
     ) -> None:
         self.graph = graph or IdentityGraph(identity)
         self.store = store or JourneyStore(journeys)
+        self.records: dict[str, ContactRecord] = {}
+        self.keep_ms = keep_ms
+        self.identity_retention_ms = identity_retention_ms
+        self.as_of_ms = 0  # newest event time seen (epoch ms)
+        self.record_changes: set[str] = set()  # contact ids whose record changed or went (to persist)
+        self._expiry: list[tuple[int, str]] = []  # (check at, contact_id): one entry per record
+        self._seq = 0  # arrival order of `observe`d events (the stage uses source offsets)
 
     def observe(self, event: EventBase) -> Resolution:
-        """Resolve the event's customer, apply the merges it caused, then file the event."""
-        resolution = self.graph.observe(event)
-        for merge in resolution.merges:
+        """Feed one event (as a one-event record)."""
+        self._seq += 1
+        record = ContactRecord(event.contact_id).with_seq(self._seq)
+        record.add(event)
+        return self.apply(record.with_seq(self._seq))
+
+    def apply(self, delta: ContactRecord) -> Resolution:
+        """Merge a contact record (a forwarded delta stamped with its arrival `seq`): tie its
+        identifiers, apply the merges it caused, file the contact under its customer."""
+        contact_id = delta.contact_id
+        record = self.records.get(contact_id)
+        if record is None:
+            record = self.records[contact_id] = ContactRecord(contact_id, seq=delta.seq)
+            record.merge(delta)
+            heapq.heappush(self._expiry, (self._first_check(record), contact_id))
+            self.record_changes.add(contact_id)
+        elif record.merge(delta):
+            self.record_changes.add(contact_id)
+        self.as_of_ms = max(self.as_of_ms, record.seen_us // 1000)
+        first = self.graph.add_contact_values(contact_id, delta.ids)
+        merges, refusals = list(first.merges), list(first.refusals)
+        for link in delta.links:
+            linked = self.graph.link_values(*link)
+            merges += linked.merges
+            refusals += linked.refusals
+        for merge in merges:
             self.store.apply_merge(merge)
-        assert resolution.customer is not None
-        self.store.apply(event, resolution.customer)
-        return resolution
+        customer = self.graph.customer_of_contact(contact_id)
+        assert customer is not None
+        if record.active:
+            # dirty even when nothing changed: after a crash the re-read input must recompute what
+            # the lost process had not written yet (unchanged journeys are skipped by digest)
+            self.store.file(record, customer)
+        return Resolution(customer, tuple(merges), tuple(refusals))
 
     def changes(self, as_of: int | None = None) -> list[JourneyVersion]:
         return self.store.changes(as_of)
 
+    def _first_check(self, record: ContactRecord) -> int:
+        return record.seen_us // 1000 + min(self.store.config.repeat_window_ms, self.store.config.dormancy_ms)
+
+    def evict_due(self, as_of: int, budget: int = 10_000) -> Evicted:
+        """Evict what is due at `as_of` (rules in the class docstring), at most `budget` heap
+        entries per call (the rest stays due for the next call)."""
+        out = Evicted()
+        heap = self._expiry
+        store, graph, records = self.store, self.graph, self.records
+        while heap and heap[0][0] < as_of and budget > 0:
+            budget -= 1
+            _, contact_id = heapq.heappop(heap)
+            record = records.get(contact_id)
+            if record is None:
+                continue
+            customer = graph.customer_of_contact(contact_id)
+            if record.active and customer is not None:
+                journey = next((j for j in store.journeys(customer, as_of) if contact_id in j.contact_ids), None)
+                if journey is not None:
+                    closes = store.close_time(journey, self.keep_ms)
+                    if closes >= as_of:
+                        heapq.heappush(heap, (closes, contact_id))
+                        continue
+                    for member in journey.contact_ids:
+                        store.remove(member)
+                        records[member].strip()
+                        self.record_changes.add(member)
+                        out.stripped.append(member)
+                    store.forget_journey(journey)
+                    out.journeys += 1
+            # identity only now: forget the customer once none of its contacts is in a journey
+            members = graph.contacts_with(contact_id) or [contact_id]
+            if any(records[m].active for m in members if m in records):
+                heapq.heappush(heap, (as_of + self.keep_ms, contact_id))
+                continue
+            newest = max((records[m].seen_us for m in members if m in records), default=0) // 1000
+            drop_at = newest + self.identity_retention_ms
+            if drop_at >= as_of:
+                heapq.heappush(heap, (drop_at, contact_id))
+                continue
+            graph.drop(contact_id)
+            for member in members:
+                if records.pop(member, None) is not None:
+                    self.record_changes.add(member)
+                    out.dropped.append(member)
+        return out
+
     def snapshot(self) -> dict[str, Any]:
-        return {"identity": self.graph.snapshot(), "journeys": self.store.snapshot()}
+        """JSON-able state: every contact record and the emitted journeys (what the stage keeps in
+        its tables) plus the pending changes."""
+        return {
+            "version": SNAPSHOT_VERSION,
+            "records": [self.records[c].to_dict() for c in sorted(self.records)],
+            "emitted": {j: e.to_dict() for j, e in sorted(self.store._emitted.items())},
+            "dirty": sorted(self.store._dirty),
+            "seq": self._seq,
+        }
 
     @classmethod
     def restore(
@@ -582,10 +746,70 @@ class Stitcher:
         identity: IdentityConfig | None = None,
         journeys: JourneyConfig | None = None,
     ) -> Stitcher:
-        return cls(
-            graph=IdentityGraph.restore(data["identity"], identity),
-            store=JourneyStore.restore(data["journeys"], journeys),
+        if data.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"unsupported journey snapshot version {data.get('version')!r}")
+        stitcher = cls.from_state(
+            (ContactRecord.from_dict(r) for r in data["records"]),
+            ((str(j), Emitted.from_dict(e)) for j, e in data["emitted"].items()),
+            identity,
+            journeys,
         )
+        stitcher.store._dirty = set(data["dirty"])
+        stitcher._seq = int(data["seq"])
+        return stitcher
+
+    @classmethod
+    def from_state(
+        cls,
+        records: Iterable[ContactRecord],
+        emitted: Iterable[tuple[str, Emitted]],
+        identity: IdentityConfig | None = None,
+        journeys: JourneyConfig | None = None,
+        *,
+        keep_ms: int = DAY,
+        identity_retention_ms: int = 30 * DAY,
+    ) -> Stitcher:
+        """The stitcher the persisted state describes: the identity graph rebuilt from the records'
+        identifiers and links in their original arrival order (`seq`), so it equals the graph of
+        the process that wrote them; no event is re-read."""
+        stitcher = cls(identity, journeys, keep_ms=keep_ms, identity_retention_ms=identity_retention_ms)
+        ops: list[tuple[int, int, int, str, Any]] = []
+        n = 0
+        for record in records:
+            stitcher.records[record.contact_id] = record
+            by_seq: dict[int, list[tuple[str, str]]] = {record.seq: []}
+            for ident, seq in record.ids.items():
+                by_seq.setdefault(seq, []).append(ident)
+            for seq, idents in by_seq.items():
+                ops.append((seq, 0, n, record.contact_id, idents))
+                n += 1
+            for link, seq in record.links.items():
+                ops.append((seq, 1, n, record.contact_id, link))
+                n += 1
+        ops.sort(key=lambda op: op[:3])
+        graph = stitcher.graph
+        for _, kind, _, contact_id, payload in ops:
+            if kind == 0:
+                graph.add_contact_values(contact_id, payload)
+            else:
+                graph.link_values(*payload)
+        store = stitcher.store
+        as_of = 0
+        expiry = stitcher._expiry
+        for contact_id, record in stitcher.records.items():
+            as_of = max(as_of, record.seen_us)
+            expiry.append((stitcher._first_check(record), contact_id))
+            if record.active:
+                customer = graph.customer_of_contact(contact_id)
+                assert customer is not None
+                store.file(record, customer, dirty=False)
+        heapq.heapify(expiry)
+        stitcher.as_of_ms = as_of // 1000
+        for journey_id, entry in emitted:
+            store.restore_emitted(journey_id, entry)
+        heapq.heapify(store._deadlines)
+        stitcher._seq = max((r.seq for r in stitcher.records.values()), default=0)
+        return stitcher
 
 
 # --------------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pipeline.events.models import EventBase, IdentityLink, event_type
+from pipeline.events.models import EventBase, IdentityLink, Resolved, SurveyResponse, event_type
 from pipeline.journeys.contact import EPOCH, ContactSummary, Score
 
 RECORD_VERSION = 1
@@ -113,7 +113,8 @@ class ContactRecord:
             self.flags |= BOT
         kind = event_type(event)
         if kind == "resolved":
-            self.marks[eid] = (us, "r", str(getattr(event, "resolved_by").value))
+            assert isinstance(event, Resolved)
+            self.marks[eid] = (us, "r", str(event.resolved_by.value))
         elif kind == "reopened":
             self.marks[eid] = (us, "o", "")
         elif kind == "ended":
@@ -129,7 +130,8 @@ class ContactRecord:
         elif kind == "abandoned":
             self.flags |= ABANDONED
         elif kind == "survey_response":
-            survey, score = str(getattr(event, "survey")), int(getattr(event, "score"))
+            assert isinstance(event, SurveyResponse)
+            survey, score = str(event.survey), int(event.score)
             known = self.surveys.get(survey)
             if known is None or stamp > known[:2]:
                 self.surveys[survey] = (us, eid, score)
