@@ -56,6 +56,8 @@ class IdentifierKind(StrEnum):
 _ZERO = timedelta(0)
 Id = Annotated[str, Field(min_length=1, max_length=128)]
 OptionalLabel = Annotated[str | None, Field(default=None, max_length=128)]
+# an empty identifier would stitch every customer who sent one into one journey
+OptionalId = Annotated[str | None, Field(default=None, min_length=1, max_length=128)]
 
 
 class _Strict(BaseModel):
@@ -66,16 +68,16 @@ class CustomerIdentifiers(_Strict):
     """Every identifier of the customer known at the touchpoint. Any may be absent; they are
     resolved to one canonical customer by journey stitching."""
 
-    customer_id: OptionalLabel = Field(
+    customer_id: OptionalId = Field(
         None,
         description="The company's own customer id, when the customer is known (logged in, verified in IVR).",
     )
-    phone: OptionalLabel = Field(None, description="Phone number in E.164 form (voice, SMS).")
-    email: OptionalLabel = Field(None, description="E-mail address, lower-cased (email channel, web forms).")
-    social_handle: OptionalLabel = Field(
+    phone: OptionalId = Field(None, description="Phone number in E.164 form (voice, SMS).")
+    email: OptionalId = Field(None, description="E-mail address, lower-cased (email channel, web forms).")
+    social_handle: OptionalId = Field(
         None, description="Handle on a social network, e.g. `twitter:@ann` (social channel)."
     )
-    web_cookie: OptionalLabel = Field(None, description="First-party web cookie id (web self-service, web chat).")
+    web_cookie: OptionalId = Field(None, description="First-party web cookie id (web self-service, web chat).")
 
 
 class Identifier(_Strict):

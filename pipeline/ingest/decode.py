@@ -1,10 +1,15 @@
 """Turns one Kafka message into a validated event or a rejection with a readable reason.
-Pure: no Kafka, no I/O."""
+Pure: no Kafka, no I/O; the clock for the plausibility check is read here (or passed in).
+
+Shared by the ingest and analytics stages, so an event refused here reaches neither ClickHouse nor
+a watermark. What "plausible" means is a process-wide `Policy`, set once by the worker at start
+(`configure`) from its settings."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from pydantic import ValidationError
@@ -22,6 +27,8 @@ class Reason(StrEnum):
     WRONG_CHANNEL = "wrong_channel"
     INVALID = "invalid"
     UNKNOWN_TOPIC = "unknown_topic"
+    IMPLAUSIBLE_TIME = "implausible_time"
+    WRONG_KEY = "wrong_key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +37,60 @@ class Rejection:
     detail: str
 
 
-def decode(value: bytes | None, topic: str, max_bytes: int) -> EventBase | Rejection:
-    """Validate `value` read from `topic`. Events must be on their own channel's topic."""
+# ClickHouse `DateTime` (KPI windows, SLA rows) spans 1970-01-01 to 2106-02-07: nothing outside
+# that range is ever accepted, whatever the settings say
+EARLIEST = datetime(1970, 1, 2, tzinfo=UTC)
+LATEST = datetime(2106, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Which event times are plausible, relative to the worker's clock: at most `max_age` old
+    (unless `history_since` says a replay of history accepts older ones) and at most `max_ahead` in
+    the future. `check_key`: the message key must be the event's contact_id."""
+
+    max_age: timedelta = timedelta(days=90)
+    max_ahead: timedelta = timedelta(minutes=5)
+    history_since: datetime | None = None
+    check_key: bool = True
+
+    def earliest(self, now: datetime) -> datetime:
+        if self.history_since is not None:
+            return max(EARLIEST, min(self.history_since, now - self.max_age))
+        return max(EARLIEST, now - self.max_age)
+
+
+_policy = Policy()
+
+
+def configure(policy: Policy) -> None:
+    """Set the process-wide policy (the worker does, from its settings, before consuming)."""
+    global _policy
+    _policy = policy
+
+
+def current_policy() -> Policy:
+    return _policy
+
+
+class _Unkeyed:
+    """The message's key is not known (the caller does not check it)."""
+
+
+UNKEYED = _Unkeyed()
+
+
+def decode(
+    value: bytes | None,
+    topic: str,
+    max_bytes: int,
+    key: bytes | _Unkeyed | None = UNKEYED,
+    *,
+    now: datetime | None = None,
+    policy: Policy | None = None,
+) -> EventBase | Rejection:
+    """Validate `value` read from `topic`. Events must be on their own channel's topic, at a
+    plausible time and, when `key` is given, keyed by their contact_id."""
     if not value:
         return Rejection(Reason.EMPTY, "message has no value")
     if len(value) > max_bytes:
@@ -43,12 +102,37 @@ def decode(value: bytes | None, topic: str, max_bytes: int) -> EventBase | Rejec
         event = EVENT_ADAPTER.validate_json(value)
     except ValidationError as error:
         return _explain(value, error)
+    except OverflowError:
+        # e.g. 0001-01-01T00:00:00+05:00: a valid ISO time whose UTC form is outside any datetime
+        return Rejection(Reason.IMPLAUSIBLE_TIME, "occurred_at is outside the representable range of times")
     if event.channel is not topic_channel:
         return Rejection(
             Reason.WRONG_CHANNEL,
             f"event {event.event_id} says channel {event.channel.value!r} but arrived on {topic!r}",
         )
+    rules = policy or _policy
+    when = now or datetime.now(UTC)
+    occurred = event.occurred_at
+    earliest = rules.earliest(when)
+    if occurred < earliest or occurred > min(LATEST, when + rules.max_ahead):
+        hint = "" if rules.history_since is not None else " (replaying history? set TOUCHLINE_HISTORY_SINCE)"
+        return Rejection(
+            Reason.IMPLAUSIBLE_TIME,
+            f"event {_short(event.event_id)} occurred_at {occurred.isoformat()} is outside "
+            f"{earliest.isoformat()} .. {(when + rules.max_ahead).isoformat()} by the worker's clock{hint}",
+        )
+    if not isinstance(key, _Unkeyed) and rules.check_key and key != event.contact_id.encode():
+        given = "no key" if key is None else f"key {_short(key.decode('utf-8', 'replace'))!r}"
+        return Rejection(
+            Reason.WRONG_KEY,
+            f"event {_short(event.event_id)} has {given}; events must be keyed by their contact_id "
+            f"{_short(event.contact_id)!r} so a contact stays on one partition",
+        )
     return event
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _explain(value: bytes, error: ValidationError) -> Rejection:

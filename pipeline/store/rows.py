@@ -53,6 +53,7 @@ _DETAIL_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 RAW_LIMIT = 65536
+KEY_LIMIT = 1024
 
 
 def event_row(event: EventBase, topic: str, partition: int, offset: int, ingested_at: datetime) -> tuple[Any, ...]:
@@ -102,4 +103,14 @@ def dead_letter_row(
     value: bytes | None,
 ) -> tuple[Any, ...]:
     raw = value or b""
-    return (received_at, topic, partition, offset, reason, detail, key or b"", raw[:RAW_LIMIT], len(raw))
+    return (
+        received_at,
+        topic,
+        partition,
+        offset,
+        reason,
+        detail[:4096],
+        (key or b"")[:KEY_LIMIT],
+        raw[:RAW_LIMIT],
+        len(raw),
+    )

@@ -5,12 +5,15 @@ Transport-agnostic: the consumer hands in runs of messages of one partition."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
+import re
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from clickhouse_connect.driver.client import Client
 
@@ -27,6 +30,19 @@ log = logging.getLogger(__name__)
 Outgoing = tuple[bytes | None, bytes | None, Mapping[str, bytes] | None]  # key, value, headers
 DeadLetterSender = Callable[[list[Outgoing]], Awaitable[None]]  # returns once all are delivered
 RETRY_SECONDS = (0.5, 1, 2, 5, 10, 30)
+# the worker's producer refuses requests over 1,000,000 bytes (Kafka's default max.request.size),
+# and a refused dead letter would be retried forever: anything larger is cut to a prefix
+DEAD_LETTER_MAX_BYTES = 900_000
+DEAD_LETTER_PREFIX_BYTES = 65_536
+DEAD_LETTER_KEY_BYTES = 1024
+REFUSED_BY_STORE = "refused_by_store"
+# ClickHouse errors about what is inserted, not about the server's health: retrying the same rows can
+# never succeed, so the batch is split and the rows it refuses alone are dead-lettered.
+# 252 too many partitions for one INSERT block, 6/27/38/41/72 cannot parse, 53 type mismatch,
+# 69 argument out of bound, 70 cannot convert, 117 incorrect data, 131 string too large,
+# 321 value out of range, 407 decimal overflow, 469 violated constraint
+CONTENT_ERROR_CODES = frozenset({6, 27, 38, 41, 53, 69, 70, 72, 117, 131, 252, 321, 407, 469})
+_CODE = re.compile(r"\bCode: (\d+)\b")
 # ingested_at is the moment the batch is handed to ClickHouse, so `ingested_at - occurred_at` is
 # the end-to-end latency of each row; it is filled in at write time
 _EPOCH = datetime.fromtimestamp(0, UTC)
@@ -86,7 +102,7 @@ class IngestSink:
         recent = self._recent
         for message in messages:
             counts[0] += 1
-            result = decode(message.value, topic, max_bytes)
+            result = decode(message.value, topic, max_bytes, message.key)
             if isinstance(result, Rejection):
                 full = self._dead_letter(topic, partition, message, result, channel, now)
             else:
@@ -123,7 +139,7 @@ class IngestSink:
             "touchline.source.partition": str(partition).encode(),
             "touchline.source.offset": str(message.offset).encode(),
         }
-        self._dead_letter_messages.append((message.key, message.value, headers))
+        self._dead_letter_messages.append(fitted_dead_letter(message.key, message.value, headers))
         metrics.EVENTS_DEADLETTERED.labels(channel, rejection.reason.value).inc()
         log.warning(
             "dead-lettered %s[%d]@%d: %s: %s",
@@ -172,12 +188,17 @@ class IngestSink:
     async def _write(self, batch: Batch, dead: list[Outgoing]) -> None:
         started = time.monotonic()
         attempt = 0
+        refused: list[tuple[tuple[Any, ...], str]] | None = None
         while True:
             try:
                 if dead:
                     await self._send_dead_letters(dead)
                     dead = []
-                await self._executor.run(self._insert, batch)
+                if refused is None:
+                    refused = await self._executor.run(self._insert, batch)
+                if refused:
+                    await self._dead_letter_refused(refused)
+                    refused = []
                 break
             except Exception:
                 # No offset is released until the write succeeds, so retrying forever loses nothing;
@@ -193,7 +214,35 @@ class IngestSink:
         metrics.BATCH_ROWS.observe(len(batch.events) + len(batch.dead_letters))
         metrics.FLUSH_SECONDS.observe(time.monotonic() - started)
 
-    def _insert(self, batch: Batch) -> None:
+    async def _dead_letter_refused(self, refused: list[tuple[tuple[Any, ...], str]]) -> None:
+        """Rows ClickHouse refused for their content: to the dead-letter topic and table, as the
+        event's stored form (the raw message is not kept past decoding)."""
+        messages: list[Outgoing] = []
+        rows: list[tuple[Any, ...]] = []
+        received = datetime.now(UTC)
+        for row, error in refused:
+            fields = dict(zip(EVENT_COLUMNS, row, strict=True))
+            topic, partition, offset = fields["source_topic"], fields["source_partition"], fields["source_offset"]
+            value = json.dumps(fields, default=str).encode()
+            key = str(fields["contact_id"]).encode()
+            detail = f"ClickHouse refused the row: {error[:500]}"
+            headers = {
+                "touchline.reason": REFUSED_BY_STORE.encode(),
+                "touchline.detail": detail.encode(),
+                "touchline.source.topic": str(topic).encode(),
+                "touchline.source.partition": str(partition).encode(),
+                "touchline.source.offset": str(offset).encode(),
+            }
+            messages.append(fitted_dead_letter(key, value, headers))
+            channel = str(fields["channel"])
+            metrics.EVENTS_DEADLETTERED.labels(channel, REFUSED_BY_STORE).inc()
+            log.warning("dead-lettered %s[%s]@%s: %s: %s", topic, partition, offset, REFUSED_BY_STORE, detail)
+            rows.append(dead_letter_row(received, topic, partition, offset, REFUSED_BY_STORE, detail, key, value))
+        await self._send_dead_letters(messages)
+        await self._executor.run(insert_rows, self._client, "dead_letters", DEAD_LETTER_COLUMNS, rows)
+
+    def _insert(self, batch: Batch) -> list[tuple[tuple[Any, ...], str]]:
+        """Write the batch; the rows ClickHouse refuses for their content, with its reason."""
         written_at = datetime.now(UTC)
         written_ms = (written_at - _EPOCH) // _MS
         # DateTime64(3) columns as integer milliseconds: clickhouse-connect converts datetimes
@@ -202,11 +251,69 @@ class IngestSink:
             (*r[:_OCCURRED], (r[_OCCURRED] - _EPOCH) // _MS, *r[_OCCURRED + 1 : _INGESTED], written_ms)
             for r in batch.events
         ]
-        insert_rows(self._client, "interaction_events", EVENT_COLUMNS, rows)
+        refused_at = insert_splitting(self._client, "interaction_events", EVENT_COLUMNS, rows)
         insert_rows(self._client, "dead_letters", DEAD_LETTER_COLUMNS, batch.dead_letters)
+        refused_rows = {i for i, _ in refused_at}
         latencies: defaultdict[str, list[float]] = defaultdict(list)
-        for row in rows:
-            latencies[row[_CHANNEL]].append(max(0.0, (written_ms - row[_OCCURRED]) / 1000))
+        for i, row in enumerate(rows):
+            if i not in refused_rows:
+                latencies[row[_CHANNEL]].append(max(0.0, (written_ms - row[_OCCURRED]) / 1000))
         for channel, values in latencies.items():
             metrics.E2E_SECONDS.observe_many((channel,), values)
             metrics.EVENTS_WRITTEN.labels(channel).inc(len(values))
+        return [(batch.events[i], error) for i, error in refused_at]
+
+
+def content_error(error: BaseException) -> bool:
+    """True when ClickHouse (or the client, serializing) refused an insert for what it holds."""
+    if isinstance(error, OverflowError | TypeError | ValueError | UnicodeError) and not isinstance(
+        error, ConnectionError
+    ):
+        return "Code:" not in str(error) or _code(error) in CONTENT_ERROR_CODES
+    return _code(error) in CONTENT_ERROR_CODES
+
+
+def _code(error: BaseException) -> int | None:
+    match = _CODE.search(str(error))
+    return int(match.group(1)) if match else None
+
+
+def insert_splitting(
+    client: Client, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], start: int = 0
+) -> list[tuple[int, str]]:
+    """Insert `rows`; when ClickHouse refuses them for their content, insert each half on its own,
+    down to single rows. Returns (index, error) of each row refused alone. Transient errors raise."""
+    try:
+        insert_rows(client, table, columns, rows)
+        return []
+    except Exception as error:
+        if not content_error(error):
+            raise
+        if len(rows) == 1:
+            return [(start, str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)]
+        middle = len(rows) // 2
+        return insert_splitting(client, table, columns, rows[:middle], start) + insert_splitting(
+            client, table, columns, rows[middle:], start + middle
+        )
+
+
+def fitted_dead_letter(key: bytes | None, value: bytes | None, headers: dict[str, bytes]) -> Outgoing:
+    """A dead letter the producer accepts: a larger one keeps a prefix of its value, with the
+    whole value's SHA-256 and size in headers; a long key is cut likewise."""
+    size = len(value or b"") + len(key or b"") + sum(len(k) + len(v) for k, v in headers.items())
+    if size <= DEAD_LETTER_MAX_BYTES and len(key or b"") <= DEAD_LETTER_KEY_BYTES:
+        return key, value, headers
+    headers = dict(headers)
+    if value is not None and len(value) > DEAD_LETTER_PREFIX_BYTES:
+        headers["touchline.truncated"] = b"true"
+        headers["touchline.original.sha256"] = hashlib.sha256(value).hexdigest().encode()
+        headers["touchline.original.size"] = str(len(value)).encode()
+        value = value[:DEAD_LETTER_PREFIX_BYTES]
+    if key is not None and len(key) > DEAD_LETTER_KEY_BYTES:
+        headers["touchline.key.sha256"] = hashlib.sha256(key).hexdigest().encode()
+        headers["touchline.key.size"] = str(len(key)).encode()
+        key = key[:DEAD_LETTER_KEY_BYTES]
+    for name, text in list(headers.items()):
+        if len(text) > 4096:
+            headers[name] = text[:4096]
+    return key, value, headers

@@ -1,16 +1,28 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.events.models import ContactStarted, EventBase, SurveyResponse, to_json
+from pipeline.ingest import decode as decoding
 from pipeline.ingest.decode import Reason, Rejection, decode
 
 TOPIC = "touchline.interactions.voice"
 LIMIT = 65536
+
+
+@pytest.fixture(autouse=True)
+def history() -> Iterator[None]:
+    """These events are dated 2026-03: decoded as a replay of history."""
+    before = decoding.current_policy()
+    decoding.configure(decoding.Policy(history_since=datetime(2000, 1, 1, tzinfo=UTC)))
+    yield
+    decoding.configure(before)
 
 
 def started(**overrides: object) -> dict[str, object]:
