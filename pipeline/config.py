@@ -90,6 +90,19 @@ class Settings(BaseSettings):
         pattern=r"^(rocksdb|memory)://",
         description="Faust table store: rocksdb:// (durable) or memory://.",
     )
+    journey_keep_hours: float = Field(
+        24.0,
+        gt=0,
+        description="Journey retention margin (event time): a journey is evicted this long after no later "
+        "contact can join it (7 days after its resolution, or 14 days after its last activity when "
+        "unresolved); it must exceed how late events arrive.",
+    )
+    journey_identity_retention_days: float = Field(
+        30.0,
+        gt=0,
+        description="A customer none of whose contacts is in a journey any more is forgotten (identifiers "
+        "released) this long after their newest event.",
+    )
     checkpoint_seconds: float = Field(60.0, gt=0, description="How often per-partition state is checkpointed.")
     worker_role: Literal["all", "ingest", "analytics"] = Field(
         "all",

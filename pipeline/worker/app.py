@@ -324,5 +324,5 @@ def _analytics(shared: Shared) -> AnalyticsStage:
     async def checkpoint_all() -> None:
         await analytics.checkpoint_all()
 
-    install_journey_stage(app, client, executor, journey_events_topic)
+    install_journey_stage(app, client, executor, journey_events_topic, settings)
     return analytics

@@ -1,95 +1,236 @@
-"""The journey stage's Faust shell: the agent on `touchline.journey-events`, its table, the timer
-that emits changed journeys, and the lookup endpoint. The plain parts are in
-`pipeline.worker.journeys`."""
+"""The journey stage's Faust shell: the forward from the analytics stage, the agent on
+`touchline.journey-events`, its two changelogged tables and the lookup endpoint. The plain parts
+are in `pipeline.worker.journeys`, the rules in `pipeline.journeys`.
+
+State, keyed and changelogged (RocksDB + compacted changelog topic, one partition like its input):
+
+* `journey-contacts`: contact id -> merged `ContactRecord` (identifiers, links, milestones).
+* `journey-emitted`: journey id -> `Emitted` (last version written, contacts, content digest).
+
+The identity graph and the customer books are derived from `journey-contacts` when this worker gets
+the partition (`Stitcher.from_state`: no event is re-read or re-validated), then kept in memory and
+updated per message. Each message (one analytics batch's contact records) is finished before the
+next is taken: apply the records -> journeys that changed -> retention pass -> write the journey
+rows to ClickHouse and the documents to `touchline.journeys` (retried) -> write the changed keys to
+the tables -> only then is the message acknowledged; Faust flushes the producer (changelog
+included) before it commits an offset. A crash anywhere re-reads the unacknowledged messages;
+records merge idempotently and versions continue from `journey-emitted`, so the result is the
+same."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 from clickhouse_connect.driver.client import Client
 from faust.web import Request, Response
 
+from pipeline.config import Settings
 from pipeline.events.models import EventBase
 from pipeline.events.topics import JOURNEY_EVENTS_TOPIC, JOURNEYS_TOPIC
-from pipeline.journeys.lifecycle import JourneyVersion, Stitcher, journey_row, step_rows
+from pipeline.journeys.lifecycle import DAY, JourneyConfig, JourneyVersion, Stitcher, journey_row, step_rows
+from pipeline.journeys.record import ContactRecord
 from pipeline.store.clickhouse import BlockingExecutor, insert_dicts
+from pipeline.worker import journey_metrics as jm
 from pipeline.worker import journeys as journey_stage
 from pipeline.worker import metrics
 from pipeline.worker.produce import produce
 
 log = logging.getLogger(__name__)
 
+APPLY_SLICE = 500  # records applied between yields to the loop (~25 ms)
+EVICT_BUDGET = 2_000  # retention heap entries visited per message
+RESTORE_SLICE = 5_000  # table entries read between yields to the loop
+LOOKUP_WAIT_SECONDS = 30.0
+
 
 async def forward_events(app: faust.App, events: list[tuple[EventBase, bytes]]) -> None:
-    """What the analytics stage hands the journey stage: each new valid event (decoded, and its raw
-    bytes), once per batch, delivered before the batch counts as checkpointable."""
+    """What the analytics stage hands the journey stage: one compact record per contact of the
+    batch's new valid events, delivered before the batch counts as checkpointable."""
     await produce(
-        app, JOURNEY_EVENTS_TOPIC, ((None, chunk, None) for chunk in journey_stage.chunks([raw for _, raw in events]))
+        app,
+        JOURNEY_EVENTS_TOPIC,
+        ((key, value, None) for key, value in journey_stage.forward_messages(e for e, _ in events)),
     )
+
+
+@dataclass
+class _State:
+    core: Stitcher | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    builder: asyncio.Task[None] | None = None
+    blocked: dict[str, int] = field(default_factory=dict)
+    refusals: dict[str, int] = field(default_factory=dict)
 
 
 def install_journey_stage(
-    app: faust.App, client: Client, executor: BlockingExecutor, journey_events_topic: Any
+    app: faust.App,
+    client: Client,
+    executor: BlockingExecutor,
+    journey_events_topic: Any,
+    settings: Settings | None = None,
 ) -> None:
-    # one partition, so one worker at a time owns the identity graph and the books. Every forwarded
-    # batch's new events are logged in a Faust table (RocksDB + changelog), one entry per batch,
-    # from which the stitcher is rebuilt when this worker gets the partition.
-    journey_log = app.Table(  # batch_key -> batch_value
-        "journey-event-batches", default=None, partitions=1, key_type=bytes, value_type=bytes
-    )
-    journey_state: dict[str, Any] = {"stitcher": None, "newest_ms": 0, "seen": set()}
+    config = JourneyConfig()  # the journey rules (7-day repeat window, 14-day dormancy)
+    keep_ms = DAY if settings is None else int(settings.journey_keep_hours * 3_600_000)
+    identity_ms = 30 * DAY if settings is None else int(settings.journey_identity_retention_days * DAY)
+    contacts = app.Table("journey-contacts", default=None, partitions=1, key_type=bytes, value_type=bytes)
+    emitted = app.Table("journey-emitted", default=None, partitions=1, key_type=bytes, value_type=bytes)
+    state = _State()
 
-    def stitcher() -> Stitcher:
-        current = journey_state["stitcher"]
-        if current is None:
-            current, newest, seen = journey_stage.rebuild(v for v in journey_log.values() if v)
-            journey_state["stitcher"], journey_state["newest_ms"], journey_state["seen"] = current, newest, seen
-        assert isinstance(current, Stitcher)
-        return current
+    async def build() -> None:
+        """The stitcher the tables describe (the tables hold only this worker's active partition)."""
+        started = time.perf_counter()
+        records: list[ContactRecord] = []
+        for n, (_, value) in enumerate(contacts.items()):
+            if value:
+                records.append(ContactRecord.from_json(value))
+            if n % RESTORE_SLICE == RESTORE_SLICE - 1:
+                await asyncio.sleep(0)
+        entries = []
+        for n, (key, value) in enumerate(emitted.items()):
+            if value:
+                entries.append((key.decode(), journey_stage.emitted_entry(value)))
+            if n % RESTORE_SLICE == RESTORE_SLICE - 1:
+                await asyncio.sleep(0)
+        core = Stitcher.from_state(
+            records, entries, journeys=config, keep_ms=keep_ms, identity_retention_ms=identity_ms
+        )
+        state.core = core
+        state.blocked, state.refusals = dict(core.graph.blocked), dict(core.graph.refusals)
+        took = time.perf_counter() - started
+        jm.JOURNEY_RESTORE_SECONDS.set(took)
+        jm.JOURNEY_RESTORED_CONTACTS.set(len(records))
+        gauges(core)
+        log.info("journey state restored: %d contacts, %d journeys in %.2f s", len(records), len(entries), took)
+        state.ready.set()
+
+    async def core_ready(timeout: float | None = None) -> Stitcher | None:
+        if state.core is None and state.builder is None:
+            state.builder = asyncio.ensure_future(build())
+        try:
+            await asyncio.wait_for(asyncio.shield(state.ready.wait()), timeout)
+        except TimeoutError:
+            return None
+        return state.core
+
+    def gauges(core: Stitcher) -> None:
+        jm.JOURNEY_STATE.labels("contacts").set(len(core.records))
+        jm.JOURNEY_STATE.labels("customers").set(len(core.store.books))
+        jm.JOURNEY_STATE.labels("identity_nodes").set(len(core.graph))
+        jm.JOURNEY_STATE.labels("journeys").set(len(core.store._emitted))
+
+    def count_identity(core: Stitcher) -> None:
+        # counters only: identifier values never reach the log
+        for kind, n in core.graph.blocked.items():
+            new = n - state.blocked.get(kind, 0)
+            if new > 0:
+                jm.JOURNEY_IDENTIFIERS_SKIPPED.labels(kind).inc(new)
+                log.warning("skipped %d unusable %s identifier(s) (empty or placeholder values)", new, kind)
+        for reason, n in core.graph.refusals.items():
+            new = n - state.refusals.get(reason, 0)
+            if new > 0:
+                metrics.IDENTITY_REFUSALS.labels(reason).inc(new)
+                log.warning("refused %d identity link(s) (%s)", new, reason)
+        state.blocked, state.refusals = dict(core.graph.blocked), dict(core.graph.refusals)
+
+    async def write_outputs(changed: list[JourneyVersion]) -> None:
+        journey_rows = [journey_row(v) for v in changed]
+        steps = [r for v in changed for r in step_rows(v)]
+
+        async def insert() -> None:
+            await executor.run(insert_dicts, client, "journey_steps", steps)
+            await executor.run(insert_dicts, client, "journeys", journey_rows)
+
+        await journey_stage.retried(
+            "journey rows insert", insert, on_retry=jm.JOURNEY_FLUSH_RETRIES.labels("clickhouse").inc
+        )
+        documents = [(v.journey.journey_id.encode(), journey_stage.journey_json(v), None) for v in changed]
+        await journey_stage.retried(
+            "journey documents send",
+            lambda: produce(app, JOURNEYS_TOPIC, documents),
+            on_retry=jm.JOURNEY_FLUSH_RETRIES.labels("topic").inc,
+        )
+        for version in changed:
+            metrics.JOURNEY_UPDATES.labels("deleted" if version.deleted else version.journey.status).inc()
+
+    def persist(core: Stitcher) -> None:
+        for contact_id in core.record_changes:
+            key = contact_id.encode()
+            record = core.records.get(contact_id)
+            if record is not None:
+                contacts[key] = record.to_json()
+            elif key in contacts:
+                del contacts[key]
+        core.record_changes.clear()
+        store = core.store
+        for journey_id in store.emitted_changes:
+            key = journey_id.encode()
+            entry = store.emitted(journey_id)
+            if entry is not None:
+                emitted[key] = journey_stage.emitted_value(entry)
+            elif key in emitted:
+                del emitted[key]
+        store.emitted_changes.clear()
 
     @app.agent(journey_events_topic)
     async def stitch(stream: Any) -> None:
         async for event in stream.events():
-            core = stitcher()
-            seen: set[str] = journey_state["seen"]
-            fresh = [e for e in journey_stage.read_batch(event.value) if e.event_id not in seen]
-            if not fresh:
-                continue
-            journey_log[journey_stage.batch_key(event.message.partition, event.message.offset)] = (
-                journey_stage.batch_value(fresh)
-            )
-            newest = journey_state["newest_ms"]
-            for item in fresh:
-                seen.add(item.event_id)
-                resolution = core.observe(item)
-                for refusal in resolution.refusals:
-                    metrics.IDENTITY_REFUSALS.labels(refusal.reason).inc()
-                    log.warning("identity link refused (%s): %s ~ %s", refusal.reason, refusal.left, refusal.right)
-                newest = max(newest, int(item.occurred_at.timestamp() * 1000))
-            journey_state["newest_ms"] = newest
+            core = await core_ready()
+            assert core is not None
+            records, rejected = journey_stage.read_records(event.value)
+            if rejected:
+                jm.JOURNEY_RECORDS.labels("unreadable").inc(len(rejected))
+                log.warning(
+                    "skipped %d unreadable contact record(s): %s", len(rejected), "; ".join(sorted(set(rejected)))
+                )
+            offset = event.message.offset
+            for index, record in enumerate(records):
+                try:
+                    core.apply(record.with_seq(journey_stage.arrival_seq(offset, index)))
+                except Exception as error:  # one bad record must not stop the stage
+                    jm.JOURNEY_RECORDS.labels("failed").inc()
+                    log.error("contact record skipped (%s: %s)", type(error).__name__, error.__class__.__doc__)
+                if index % APPLY_SLICE == APPLY_SLICE - 1:
+                    await asyncio.sleep(0)
+            jm.JOURNEY_RECORDS.labels("applied").inc(len(records))
+            count_identity(core)
+            as_of = core.as_of_ms or None
+            changed = core.changes(as_of)
+            if as_of is not None:
+                evicted = core.evict_due(as_of, EVICT_BUDGET)
+                if evicted.journeys:
+                    jm.JOURNEY_EVICTED.labels("journeys").inc(evicted.journeys)
+                    jm.JOURNEY_EVICTED.labels("contacts_stripped").inc(len(evicted.stripped))
+                if evicted.dropped:
+                    jm.JOURNEY_EVICTED.labels("contacts_dropped").inc(len(evicted.dropped))
+            if changed:
+                await write_outputs(changed)
+            persist(core)
+            gauges(core)
+            jm.JOURNEY_BATCHES.inc()
 
-    @app.timer(interval=1.0)
-    async def emit_journeys() -> None:
-        core = journey_state["stitcher"]
-        if core is None:
-            return
-        changed: list[JourneyVersion] = core.changes(as_of=journey_state["newest_ms"] or None)
-        if not changed:
-            return
-        await executor.run(insert_dicts, client, "journeys", [journey_row(v) for v in changed])
-        await executor.run(insert_dicts, client, "journey_steps", [r for v in changed for r in step_rows(v)])
-        for version in changed:
-            metrics.JOURNEY_UPDATES.labels("deleted" if version.deleted else version.journey.status).inc()
-        await produce(
-            app,
-            JOURNEYS_TOPIC,
-            ((v.journey.journey_id.encode(), journey_stage.journey_json(v), None) for v in changed),
-        )
+    def invalidate() -> None:
+        if state.builder is not None:
+            state.builder.cancel()
+        state.core, state.builder = None, None
+        state.ready.clear()
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def on_revoked(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        invalidate()
+
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]
+    async def on_recovered(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        # the tables are recovered: restore now, so lookups answer before the next message
+        invalidate()
+        state.builder = asyncio.ensure_future(build())
 
     @app.page("/journeys/lookup")
-    @app.table_route(table=journey_log, query_param="value")
+    @app.table_route(table=contacts, query_param="value")
     async def journey_lookup(web: Any, request: Request) -> Response:
         """GET /journeys/lookup?kind=phone&value=%2B44...: the customer's current journey."""
         kind, value = request.query.get("kind", ""), request.query.get("value", "")
@@ -98,13 +239,12 @@ def install_journey_stage(
             body = {"error": "bad request", "detail": f"give ?kind=<{kinds}>&value=<identifier>"}
             response: Response = web.json(body, status=400)
             return response
-        core = journey_state["stitcher"]
+        core = await core_ready(LOOKUP_WAIT_SECONDS)
+        if core is None:
+            response = web.json({"error": "journey state is being restored, retry shortly"}, status=503)
+            return response
         try:
-            if core is None:
-                raise KeyError(value)
-            customer, current, all_journeys = journey_stage.lookup(
-                core, kind, value, journey_state["newest_ms"] or None
-            )
+            customer, current, all_journeys = journey_stage.lookup(core, kind, value, core.as_of_ms or None)
         except KeyError:
             response = web.json({"error": "unknown identifier", "kind": kind, "value": value}, status=404)
             return response
@@ -115,8 +255,3 @@ def install_journey_stage(
         }
         response = web.json(document)
         return response
-
-    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
-    async def on_assignment(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
-        # rebuilt lazily from the table once this worker processes the journey partition
-        journey_state["stitcher"] = None

@@ -1,10 +1,12 @@
-"""The journey stage's event log: batches are cut under the size limit and replayed once per event."""
+"""The journey stage's wire format: contact records cut under the size limit, read back, bad lines
+skipped; arrival order stable under redelivery."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
 from pipeline.events.models import Channel, ContactStarted, CustomerIdentifiers, Queued, to_json
+from pipeline.journeys.record import records_of
 from pipeline.worker import journeys as stage
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -28,13 +30,31 @@ def test_chunks_stay_under_the_limit_and_keep_every_value_in_order() -> None:
     assert [line for chunk in cut for line in chunk.split(b"\n")] == values
 
 
-def test_rebuild_applies_each_event_once_in_event_time_order() -> None:
-    late = started(1, minutes=5)
+def test_one_record_per_contact_is_forwarded_and_read_back() -> None:
     queued = Queued(event_id="q0", occurred_at=T0 + timedelta(seconds=1), channel=Channel.CHAT, contact_id="c0")
-    batches = [stage.batch_value([late, started(0)]), stage.batch_value([started(0), queued])]  # e0 twice
-    stitcher, newest, seen = stage.rebuild(batches)
-    assert seen == {"e0", "e1", "q0"}
-    assert newest == int(late.occurred_at.timestamp() * 1000)
-    journeys = stitcher.store.journeys("cust:C1", None)
-    assert [c for j in journeys for c in j.contact_ids] == ["c0", "c1"]
-    assert stage.batch_key(0, 42) == "batch:0:42"
+    events = [started(0), started(1, minutes=5), queued, started(0)]  # e0 twice
+    messages = stage.forward_messages(events)
+    assert [key for key, _ in messages] == [b"shard-0"]
+    records, rejected = stage.read_records(messages[0][1])
+    assert rejected == []
+    assert [r.contact_id for r in records] == ["c0", "c1"]
+    assert records == records_of(events)
+    assert records[0].summary().first_human_at is None and records[0].flags  # queued: routed
+    # smaller than the events they stand for
+    assert len(messages[0][1]) < sum(len(to_json(e)) for e in events)
+
+
+def test_unreadable_lines_are_skipped_with_a_reason_and_no_value() -> None:
+    good = records_of([started(0)])[0].to_json()
+    value = b"\n".join([good, b"{not json", b'{"v": 99, "c": "x"}', b'{"v": 1}', good])
+    records, rejected = stage.read_records(value)
+    assert [r.contact_id for r in records] == ["c0", "c0"]
+    assert rejected == [
+        "contact record is not JSON",
+        "unsupported contact record version 99",
+        "malformed contact record: KeyError",
+    ]
+
+
+def test_arrival_order_is_the_offset_then_the_position() -> None:
+    assert stage.arrival_seq(7, 3) < stage.arrival_seq(7, 4) < stage.arrival_seq(8, 0)

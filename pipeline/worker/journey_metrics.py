@@ -1,0 +1,37 @@
+"""Metrics of the journey stage (kept apart from `pipeline.worker.metrics`, which the other stages
+own)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+JOURNEY_RECORDS = Counter(
+    "touchline_journey_records_total",
+    "Contact records read by the journey stage: applied, or skipped because unreadable or failing",
+    ["outcome"],
+)
+JOURNEY_IDENTIFIERS_SKIPPED = Counter(
+    "touchline_journey_identifiers_skipped_total",
+    "Identifiers the identity graph refused to use (empty, placeholder or unknown kind), by kind",
+    ["kind"],
+)
+JOURNEY_STATE = Gauge(
+    "touchline_journey_state", "What the journey stage holds: contacts, customers, identity nodes, journeys", ["what"]
+)
+JOURNEY_EVICTED = Counter(
+    "touchline_journey_evicted_total",
+    "Journey state released by retention: journeys evicted, contacts stripped to identity, contacts dropped",
+    ["what"],
+)
+JOURNEY_FLUSH_RETRIES = Counter(
+    "touchline_journey_flush_retries_total", "Journey outputs (ClickHouse rows, topic messages) retried", ["output"]
+)
+JOURNEY_RESTORE_SECONDS = Gauge(
+    "touchline_journey_restore_seconds", "How long the last restore of the journey state took"
+)
+JOURNEY_RESTORED_CONTACTS = Gauge(
+    "touchline_journey_restored_contacts", "Contact records read by the last restore of the journey state"
+)
+JOURNEY_BATCHES = Counter(
+    "touchline_journey_batches_total", "Messages of contact records the journey stage finished (outputs and state)"
+)
