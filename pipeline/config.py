@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -44,6 +44,29 @@ class Settings(BaseSettings):
             "KAFKA_BOOTSTRAP_SERVERS", "TOUCHLINE_KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers"
         ),
         description="Your Kafka cluster (host:port,...). Unset: the local broker that `touchline broker start` runs.",
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="How every Touchline client (worker, admin, simulator, replay) talks to Kafka. Managed "
+        "clusters usually need `SASL_SSL`.",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism with `SASL_PLAINTEXT` / `SASL_SSL`."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user (required with SASL_*).")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (required with SASL_*).")
+    kafka_ssl_cafile: Path | None = Field(
+        None,
+        description="PEM file of the CA(s) that signed the brokers' certificates (SSL / SASL_SSL). "
+        "Unset: the system's trusted CAs.",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="PEM client certificate, for brokers that require client authentication (mutual TLS)."
+    )
+    kafka_ssl_keyfile: Path | None = Field(None, description="PEM private key of the client certificate.")
+    kafka_ssl_key_password: SecretStr | None = Field(None, description="Password of the client key, if encrypted.")
+    kafka_ssl_check_hostname: bool = Field(
+        True, description="Verify that the broker's certificate names the host connected to."
     )
     local_kafka_port: int = Field(9092, ge=1, le=65535, description="Port of the local broker.")
     topic_partitions: int = Field(
@@ -103,7 +126,42 @@ class Settings(BaseSettings):
         description="A customer none of whose contacts is in a journey any more is forgotten (identifiers "
         "released) this long after their newest event.",
     )
-    checkpoint_seconds: float = Field(60.0, gt=0, description="How often per-partition state is checkpointed.")
+    checkpoint_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How often the analytics stage checkpoints: outputs flushed, changed contacts written, "
+        "offsets committed. A crash re-reads at most this much of each partition.",
+    )
+    kpi_ended_retention_hours: float = Field(
+        26.0,
+        gt=0,
+        description="KPI state keeps a contact this long (event time) after its first `ended`: late surveys, "
+        "resolutions and reopens within it still count.",
+    )
+    kpi_open_retention_days: float = Field(
+        0.0,
+        ge=0,
+        description="Drop a contact that never ended this long after its last event. 0 (default): keep open "
+        "contacts however long they stay silent (exact; any other value trades exactness for memory).",
+    )
+    sla_closed_retention_hours: float = Field(
+        24.0,
+        gt=0,
+        description="SLA clocks of a resolved or abandoned contact are kept this long (event time) to absorb "
+        "duplicates and a reopen; a reopen after it starts a fresh resolution obligation.",
+    )
+    sla_open_retention_days: float = Field(
+        0.0,
+        ge=0,
+        description="Drop the SLA clocks of an open contact silent this long. 0 (default): never (exact).",
+    )
+    kafka_session_timeout_seconds: float = Field(
+        10.0,
+        ge=6,
+        le=300,
+        description="Consumer-group session timeout of the channel-topic consumers: how long a dead worker "
+        "holds its partitions before the group gives them to another.",
+    )
     worker_role: Literal["all", "ingest", "analytics"] = Field(
         "all",
         description="Stages this worker runs: `ingest` (validate, dead-letter, write raw events), `analytics` "
@@ -140,6 +198,27 @@ class Settings(BaseSettings):
     sql_max_result_rows: int = Field(100_000, ge=1, description="Rows one analyst query may return.")
     sql_max_result_bytes: int = Field(100_000_000, ge=1000, description="Bytes one analyst query may return.")
     sql_connections: int = Field(4, ge=1, le=64, description="Analyst queries running at once (one per connection).")
+
+    @model_validator(mode="after")
+    def _kafka_security_complete(self) -> Settings:
+        problems = []
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            problems.append(f"{self.kafka_security_protocol} needs kafka_sasl_username and kafka_sasl_password")
+        if self.kafka_security_protocol in ("PLAINTEXT", "SASL_PLAINTEXT") and (
+            self.kafka_ssl_cafile or self.kafka_ssl_certfile or self.kafka_ssl_keyfile
+        ):
+            problems.append(f"kafka_ssl_* files are set but kafka_security_protocol is {self.kafka_security_protocol}")
+        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+            problems.append("kafka_ssl_certfile and kafka_ssl_keyfile go together")
+        for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                problems.append(f"{name}: no such file {str(path)!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @field_validator("clickhouse_dsn")
     @classmethod
@@ -283,7 +362,7 @@ def _masked(name: str, value: Any) -> str:
     if value is None:
         return "(unset)"
     text = str(value)
-    if name in SECRET_SETTINGS:
+    if name in SECRET_SETTINGS or isinstance(value, SecretStr):
         return "***" if text else ""
     if "://" in text:
         parsed = urlsplit(text)

@@ -76,7 +76,9 @@ class KpiConfig(BaseModel):
         30.0, gt=0, description="A partition without events this long (wall clock) advances with the wall clock."
     )
     ended_retention_hours: float = Field(26.0, gt=0, description="Contacts are forgotten this long after `ended`.")
-    unended_retention_days: float = Field(7.0, gt=0, description="Contacts that never end are forgotten after this.")
+    unended_retention_days: float = Field(
+        0.0, ge=0, description="Contacts that never end are forgotten this long after their last event; 0: never."
+    )
 
     def threshold(self, channel: str) -> float:
         return self.sl_threshold_seconds.get(channel, self.default_sl_threshold_seconds)

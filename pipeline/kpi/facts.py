@@ -478,6 +478,8 @@ class ContactTracker:
         self.unended_retention_ms = int(unended_retention.total_seconds() * 1000)
         self.short_abandon_seconds = short_abandon_seconds
         self._contacts: dict[str, _Tracked] = {}
+        # contacts added to or removed since the last `drain_changes` (incremental checkpoints)
+        self._changed: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._contacts)
@@ -502,6 +504,7 @@ class ContactTracker:
             tracked.ended_ms = t if tracked.ended_ms is None else min(tracked.ended_ms, t)
         tracked.facts = None
         tracked.wire = None
+        self._changed.add(event.contact_id)
         return True
 
     def events(self, contact_id: str) -> list[EventBase]:
@@ -516,25 +519,48 @@ class ContactTracker:
         return tracked.facts
 
     def expired(self, now_ms: int) -> list[str]:
-        """Contacts past retention at event time `now_ms` (not removed)."""
+        """Contacts past retention at event time `now_ms` (not removed). An unended contact is kept
+        for ever when `unended_retention` is 0."""
         out = []
         for contact_id, tracked in self._contacts.items():
             if tracked.ended_ms is not None:
                 if tracked.ended_ms + self.ended_retention_ms <= now_ms:
                     out.append(contact_id)
-            elif tracked.last_ms + self.unended_retention_ms <= now_ms:
+            elif self.unended_retention_ms and tracked.last_ms + self.unended_retention_ms <= now_ms:
                 out.append(contact_id)
         return out
 
     def forget(self, contact_id: str) -> None:
-        self._contacts.pop(contact_id, None)
+        if self._contacts.pop(contact_id, None) is not None:
+            self._changed.add(contact_id)
 
     def evict(self, now_ms: int) -> list[str]:
         """Remove and return the contacts past retention at event time `now_ms`."""
         gone = self.expired(now_ms)
         for contact_id in gone:
             del self._contacts[contact_id]
+        self._changed.update(gone)
         return gone
+
+    def drain_changes(self) -> set[str]:
+        """Contacts added to, changed or removed since the last call (present or not now)."""
+        changed, self._changed = self._changed, set()
+        return changed
+
+    def contact_wire(self, contact_id: str) -> str | None:
+        """The contact's events as a JSON array (cached until its next event); None when unknown."""
+        tracked = self._contacts.get(contact_id)
+        if tracked is None:
+            return None
+        if tracked.wire is None:
+            events = sort_events(tracked.events.values())
+            tracked.wire = "[" + ",".join(e.model_dump_json(exclude_none=True) for e in events) + "]"
+        return tracked.wire
+
+    def restore_contact(self, wire: str | bytes) -> None:
+        """Add a contact from its `contact_wire` (one pydantic-core parse for all its events)."""
+        for event in _EVENT_LIST.validate_json(wire):
+            self.add(event)
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-able state: every tracked event in wire form, grouped by contact."""
@@ -544,12 +570,7 @@ class ContactTracker:
     def snapshot_json(self) -> str:
         """`snapshot()` as JSON text. Each contact's part is cached until its next event, so a
         checkpoint with 100,000 quiet contacts serializes only those that changed."""
-        parts = []
-        for cid, tracked in self._contacts.items():
-            if tracked.wire is None:
-                events = sort_events(tracked.events.values())
-                tracked.wire = "[" + ",".join(e.model_dump_json(exclude_none=True) for e in events) + "]"
-            parts.append(f"{json.dumps(cid)}:{tracked.wire}")
+        parts = [f"{json.dumps(cid)}:{self.contact_wire(cid)}" for cid in self._contacts]
         return '{"contacts":{' + ",".join(parts) + "}}"
 
     def restore(self, state: dict[str, Any]) -> None:

@@ -51,6 +51,10 @@ from pipeline.kpi.facts import ContactTracker, from_ms, to_ms
 PartitionKey = tuple[str, int]  # (source topic, source partition)
 
 SNAPSHOT_FORMAT = 1
+# Windows one `emit` visits per partition at most. A jump of the event clock (a backfill, a ticket
+# waiting for weeks) leaves a row per minute and queue behind it; they are produced this many
+# windows at a time (`behind` says more is due), so no emit holds the loop for long.
+MAX_WINDOWS_PER_EMIT = 2_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +86,7 @@ class _Partition:
         self.emitted: dict[WindowKey, tuple[int, str, tuple[int, int] | None]] = {}
         self.dirty: set[WindowKey] = set()
         self.unsettled: set[str] = set()  # contacts applied with `defer`, contributions not yet recomputed
+        self.behind = False  # the last emit stopped at MAX_WINDOWS_PER_EMIT
 
 
 def _digest(row: KpiRow) -> str:
@@ -170,6 +175,11 @@ class KpiWindows:
         """Forget a partition (revoked in a rebalance); its new owner restores or replays it."""
         self._partitions.pop(partition, None)
 
+    @property
+    def behind(self) -> bool:
+        """The last `emit` left windows due for the next one."""
+        return any(p.behind for p in self._partitions.values())
+
     def open_windows(self, partition: PartitionKey) -> int:
         p = self._partitions.get(partition)
         return 0 if p is None else len({k[0] for k in p.contribs} | {k[0] for k in p.emitted})
@@ -178,6 +188,20 @@ class KpiWindows:
         """The contact's distinct events in event-time order (empty when unknown)."""
         p = self._partitions.get(partition)
         return [] if p is None else p.tracker.events(contact_id)
+
+    def forget_contact(self, partition: PartitionKey, contact_id: str) -> None:
+        """Drop a contact (erasure): its events and queue legs go; the open windows keep the
+        contributions it already made."""
+        p = self._partitions.get(partition)
+        if p is not None:
+            p.tracker.forget(contact_id)
+            p.legs.discard(contact_id)
+            p.contact_keys.pop(contact_id, None)
+            p.unsettled.discard(contact_id)
+
+    def contact_ids(self, partition: PartitionKey) -> list[str]:
+        p = self._partitions.get(partition)
+        return [] if p is None else list(p.tracker)
 
     def live_contacts(self, partition: PartitionKey) -> int:
         p = self._partitions.get(partition)
@@ -225,6 +249,77 @@ class KpiWindows:
         stats = json.dumps(dict(self.stats), separators=(",", ":"))
         return f'{{"format":{SNAPSHOT_FORMAT},"stats":{stats},"partitions":[' + ",".join(parts) + "]}"
 
+    # -- keyed persistence: a partition's head plus one record per contact (see pipeline.worker.stages)
+
+    def head(self, partition: PartitionKey) -> dict[str, Any] | None:
+        """The partition's clocks, stats and open emitted windows, without its contacts (None: unknown).
+        Small: open windows only."""
+        p = self._partitions.get(partition)
+        if p is None:
+            return None
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "stats": dict(self.stats),
+            "max_event_ms": p.max_event_ms,
+            "watermark_ms": p.watermark_ms,
+            "next_final_ms": p.next_final_ms,
+            "emitted": [
+                [*wkey, version, digest, list(backlog) if backlog is not None else None]
+                for wkey, (version, digest, backlog) in sorted(p.emitted.items())
+            ],
+        }
+
+    def drain_changes(self, partition: PartitionKey) -> set[str]:
+        """Contacts of `partition` added, changed or evicted since the last call."""
+        p = self._partitions.get(partition)
+        return set() if p is None else p.tracker.drain_changes()
+
+    def contact_wire(self, partition: PartitionKey, contact_id: str) -> str | None:
+        p = self._partitions.get(partition)
+        return None if p is None else p.tracker.contact_wire(contact_id)
+
+    def restore_partition(self, partition: PartitionKey, head: dict[str, Any], contacts: list[str | bytes]) -> None:
+        """Rebuild `partition` from its `head` and its contacts' `contact_wire`s. The wall-clock
+        observation is not restored: the time the partition was down is not idle time (the idle
+        clock starts again from the first emit after the restore)."""
+        if head.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"unknown KPI snapshot format {head.get('format')!r}")
+        self._partitions.pop(partition, None)
+        p = self._partition(partition)
+        for name, value in head.get("stats", {}).items():
+            self.stats[name] = max(self.stats.get(name, 0), int(value))
+        for wire in contacts:
+            p.tracker.restore_contact(wire)
+        p.tracker.drain_changes()
+        p.max_event_ms = head["max_event_ms"]
+        p.watermark_ms = head["watermark_ms"]
+        p.next_final_ms = head["next_final_ms"]
+        for w, channel, queue, priority, version, digest, backlog in head["emitted"]:
+            p.emitted[(int(w), str(channel), str(queue), int(priority))] = (
+                int(version),
+                str(digest),
+                (int(backlog[0]), int(backlog[1])) if backlog is not None else None,
+            )
+        for contact_id in p.tracker:
+            self._recompute(p, contact_id)
+        p.dirty |= p.emitted.keys()
+
+    def adopt_written(self, partition: PartitionKey, written: list[tuple[int, str, str, int, int]]) -> None:
+        """Rows already in the sink for open windows of `partition` that its restored head does not
+        know: (window start ms, channel, queue, priority, version). They were written after the last
+        checkpoint; each is re-checked at the next emit and replaced (by an empty row if nothing
+        contributes to it any more), so no provisional row is left behind by a crash."""
+        p = self._partition(partition)
+        floor = p.next_final_ms if p.next_final_ms is not None else 0
+        for window, channel, queue, priority, version in written:
+            key = (int(window), str(channel), str(queue), int(priority))
+            if key[0] >= floor and key not in p.emitted:
+                p.emitted[key] = (int(version), "", (-1, -1))  # matches no digest and no backlog
+                p.dirty.add(key)
+                if p.next_final_ms is None:
+                    p.next_final_ms = key[0]
+                p.next_final_ms = min(p.next_final_ms, key[0])
+
     def restore(self, state: dict[str, Any]) -> None:
         """Replace this object's state with a `snapshot()`; contributions are recomputed from events."""
         if state.get("format") != SNAPSHOT_FORMAT:
@@ -237,8 +332,7 @@ class KpiWindows:
             p.max_event_ms = raw["max_event_ms"]
             p.watermark_ms = raw["watermark_ms"]
             p.next_final_ms = raw["next_final_ms"]
-            p.observed_max_ms = raw["observed_max_ms"]
-            p.observed_wall_ms = raw["observed_wall_ms"]
+            # not restored: the time the partition was down is not idle time
             for w, channel, queue, priority, version, digest, backlog in raw["emitted"]:
                 p.emitted[(int(w), str(channel), str(queue), int(priority))] = (
                     int(version),
@@ -311,6 +405,11 @@ class KpiWindows:
             windows.update(range(max(p.next_final_ms, window_of(earliest)), top + 1, WINDOW_MS))
         out: list[KpiRow] = []
         ordered = sorted(windows)
+        p.behind = len(ordered) > MAX_WINDOWS_PER_EMIT
+        if p.behind:
+            cut = ordered[MAX_WINDOWS_PER_EMIT]  # the first window left for the next emit
+            ordered = ordered[:MAX_WINDOWS_PER_EMIT]
+            last_final = min(last_final, cut - WINDOW_MS)
         backlogs = p.legs.at_each(w + WINDOW_MS for w in ordered) if p.legs else None
         for window in ordered:
             is_final = window <= last_final

@@ -1,5 +1,5 @@
 """What a worker process sets up from its settings before it consumes anything: the decode policy
-(plausible times, message keys). Shared by the ingest and analytics stages of the process."""
+(plausible times, message keys) shared by its stages, and who may use its analyst endpoints."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 from pipeline.config import Settings
 from pipeline.ingest import decode
+from pipeline.privacy import access
+from pipeline.store.readonly import Limits
 
 
 def aware(value: datetime | None) -> datetime | None:
@@ -26,4 +28,15 @@ def decode_policy(settings: Settings) -> decode.Policy:
 
 
 def configure_worker(settings: Settings) -> None:
+    """ConfigError when the worker must not start (listening beyond loopback without a token)."""
+    access.configure(access.token_of(settings))
     decode.configure(decode_policy(settings))
+
+
+def limits_of(settings: Settings) -> Limits:
+    return Limits(
+        max_execution_seconds=settings.sql_max_execution_seconds,
+        max_memory_bytes=settings.sql_max_memory_bytes,
+        max_result_rows=settings.sql_max_result_rows,
+        max_result_bytes=settings.sql_max_result_bytes,
+    )

@@ -12,9 +12,13 @@ Obligations and their rules
 * next_response. Once an agent has replied, each `customer_message` opens one unless one is
   already open; met by the next `agent_reply` / `first_agent_reply`.
 * resolution. Starts at `contact_started`, met by `resolved`. `reopened` starts a new one.
-* `waiting_on_customer` pauses every open obligation until `waiting_ended`: the deadline moves out
-  by the paused span (in business time where the policy uses it). Obligations opened during a
-  pause start paused. Only `waiting_ended` resumes.
+* `waiting_on_customer` pauses every open obligation whose policy lists the wait's `reason` in its
+  `pause_on` for that target (no reason means `customer`; the default `pause_on` is `[customer]`)
+  until `waiting_ended`: the deadline moves out by the paused span (in business time where the
+  policy uses it). Obligations opened during a wait start paused when the wait's reason pauses
+  them. A `waiting_on_customer` with another reason during a wait switches the reason (pausing or
+  resuming each obligation accordingly); one with the same reason changes nothing. Only
+  `waiting_ended` ends the wait.
 * `resolved` meets the resolution obligation and cancels open response obligations; `abandoned`
   cancels all open obligations. Either closes the contact: later events other than `reopened` are
   ignored. `ended` does not stop clocks (resolution needs `resolved`).
@@ -46,8 +50,11 @@ raised at most once per obligation.
 State: a heap of (due time, version) entries with lazy invalidation; changing an obligation pushes
 new entries and bumps its version, stale entries are skipped when they reach the top. A contact is
 evicted `closed_retention` after it closes (kept until then to absorb duplicates and reopens; a
-reopen after eviction starts a fresh contact with only the new resolution obligation), or after
-`idle_timeout` without events (its open obligations are dropped silently). `snapshot()` returns
+reopen after eviction starts a fresh contact with only the new resolution obligation). An open
+contact is kept however long it stays silent, unless `idle_timeout` is set (then it is dropped that
+long after its last event, open obligations silently: a result-changing trade of memory, off by
+default). `drain_changes()` names the contacts changed since the last call, and `contact_wire()` /
+`restore_contact()` save and restore one contact: checkpoints are per contact and incremental. `snapshot()` returns
 plain JSON-able data; `restore()` rebuilds the heaps, and deadlines that passed while the worker
 was down fire on the first `advance`.
 """
@@ -64,6 +71,7 @@ from enum import StrEnum
 from typing import Any
 
 from pipeline.events.models import (
+    DEFAULT_WAIT_REASON,
     Abandoned,
     AgentAssigned,
     AgentReply,
@@ -209,6 +217,7 @@ class _Obligation:
     queue: str | None
     priority: int
     segment: str | None
+    pause_on: list[str] = field(default_factory=lambda: [DEFAULT_WAIT_REASON])  # reasons that pause it
     elapsed_ms: int = 0  # obligation time used before `resumed_ms`
     resumed_ms: int | None = None  # start of the current running stretch; None while paused
     at_risk_fired: bool = False
@@ -239,7 +248,8 @@ class _Contact:
     started: bool = False
     first_opened: bool = False
     replied: bool = False
-    paused_since: int | None = None
+    paused_since: int | None = None  # start of the current wait (any reason)
+    wait_reason: str | None = None  # reason of the current wait
     closed_ms: int | None = None
     last_event_ms: int = 0
     evict_scheduled: int | None = None
@@ -267,6 +277,14 @@ class _Contact:
         return contact
 
 
+def _waiting_reason(contact: _Contact) -> str | None:
+    """The current wait's reason, None when not waiting (a contact restored from a checkpoint
+    written before reasons existed waits on the customer)."""
+    if contact.paused_since is None:
+        return None
+    return contact.wait_reason or DEFAULT_WAIT_REASON
+
+
 class SlaEngine:
     """Tracks SLA obligations of open contacts; see the module docstring for the rules."""
 
@@ -275,7 +293,7 @@ class SlaEngine:
         policies: PolicySet,
         *,
         closed_retention: timedelta = timedelta(days=1),
-        idle_timeout: timedelta = timedelta(days=30),
+        idle_timeout: timedelta = timedelta(0),
     ) -> None:
         self.policies = policies
         self._closed_retention_ms = closed_retention // timedelta(milliseconds=1)
@@ -285,6 +303,8 @@ class SlaEngine:
         self._due: list[tuple[int, int, str, int, int]] = []
         self._evictions: list[tuple[int, str]] = []
         self._versions = itertools.count(1)
+        # contacts changed, added or removed since the last `drain_changes` (incremental checkpoints)
+        self._changed: set[str] = set()
 
     def __len__(self) -> int:
         """Number of contacts held in memory (open, or closed and awaiting eviction)."""
@@ -302,6 +322,7 @@ class SlaEngine:
             if event.event_id in contact.seen:
                 return []
             contact.wire = None
+        self._changed.add(event.contact_id)
         t = to_ms(event.occurred_at)
         if contact is None:
             contact = _Contact(event.contact_id, event.channel, last_event_ms=t)
@@ -332,6 +353,7 @@ class SlaEngine:
                 ob = self._obligation(contact, entry[3])
                 assert ob is not None
                 contact.wire = None
+                self._changed.add(contact.contact_id)
                 out.append(self._fire(contact, ob, entry[1]))
             elif evict is not None and evict <= now_ms:
                 self._pop_eviction(now_ms)
@@ -346,7 +368,34 @@ class SlaEngine:
     def forget(self, contact_id: str) -> None:
         """Drop a contact's state (its heap entries go stale), e.g. to re-apply its events in
         event-time order after one arrived out of order."""
-        self._contacts.pop(contact_id, None)
+        if self._contacts.pop(contact_id, None) is not None:
+            self._changed.add(contact_id)
+
+    def __contains__(self, contact_id: object) -> bool:
+        return contact_id in self._contacts
+
+    def drain_changes(self) -> set[str]:
+        """Contacts changed, added or removed since the last call (present or not now)."""
+        changed, self._changed = self._changed, set()
+        return changed
+
+    def contact_wire(self, contact_id: str) -> str | None:
+        """The contact's state as JSON text (cached until it changes); None when not held."""
+        contact = self._contacts.get(contact_id)
+        if contact is None:
+            return None
+        if contact.wire is None:
+            contact.wire = json.dumps(contact.to_json(), separators=(",", ":"), default=str)
+        return contact.wire
+
+    def restore_contact(self, data: dict[str, Any]) -> None:
+        """Add one contact from the parsed `contact_wire`; its deadlines are scheduled again (those
+        that passed while nobody held it fire on the next `advance`)."""
+        contact = _Contact.from_json(data)
+        self._contacts[contact.contact_id] = contact
+        self._schedule_eviction(contact)
+        for ob in contact.open.values():
+            self._push(contact, ob)
 
     def open_counts(self) -> dict[tuple[str, str], int]:
         """(channel, target) -> obligations being timed (running or paused), for the gauges."""
@@ -369,11 +418,7 @@ class SlaEngine:
 
     def snapshot_json(self) -> str:
         """`snapshot()` as JSON text; each contact's part is cached until the contact changes."""
-        parts = []
-        for contact in self._contacts.values():
-            if contact.wire is None:
-                contact.wire = json.dumps(contact.to_json(), separators=(",", ":"), default=str)
-            parts.append(contact.wire)
+        parts = [self.contact_wire(contact_id) or "" for contact_id in self._contacts]
         return f'{{"version":{SNAPSHOT_VERSION},"contacts":[' + ",".join(parts) + "]}"
 
     def restore(self, data: dict[str, Any]) -> None:
@@ -424,22 +469,25 @@ class SlaEngine:
             if contact.replied and Target.NEXT_RESPONSE not in contact.open:
                 self._open(contact, Target.NEXT_RESPONSE, event, t)
         elif isinstance(event, WaitingOnCustomer):
-            if contact.paused_since is None:
-                contact.paused_since = t
+            if _waiting_reason(contact) != event.wait_reason:  # a new wait, or a new reason for it
+                if contact.paused_since is None:
+                    contact.paused_since = t
+                contact.wait_reason = event.wait_reason
                 for ob in contact.open.values():
-                    self._pause(contact, ob, t)
+                    self._follow_wait(contact, ob, t)
         elif isinstance(event, WaitingEnded):
             if contact.paused_since is not None:
                 contact.paused_since = None
+                contact.wait_reason = None
                 for ob in contact.open.values():
-                    ob.resumed_ms = t
-                    self._push(contact, ob)
+                    self._follow_wait(contact, ob, t)
         elif isinstance(event, Resolved | Abandoned):
             for target in sorted(contact.open, key=_TARGET_ORDER.__getitem__):
                 resolves = isinstance(event, Resolved) and target is Target.RESOLUTION
                 out.append(self._close(contact, target, SlaKind.MET if resolves else SlaKind.CANCELLED, t))
             contact.closed_ms = t
             contact.paused_since = None
+            contact.wait_reason = None
             self._schedule_eviction(contact)
         elif isinstance(event, Reopened):
             contact.started = True  # a contact first seen at a reopen: ignore a late contact_started
@@ -467,6 +515,7 @@ class SlaEngine:
         if seconds is None:
             return
         target_ms = round(seconds * 1000)
+        pause_on = list(policy.pause_reasons(target))
         ob = _Obligation(
             target=target,
             opened_by=event.event_id,
@@ -479,7 +528,8 @@ class SlaEngine:
             queue=contact.queue,
             priority=contact.priority,
             segment=contact.segment,
-            resumed_ms=None if contact.paused_since is not None else t,
+            pause_on=pause_on,
+            resumed_ms=None if _waiting_reason(contact) in pause_on else t,
         )
         contact.open[target] = ob
         if ob.resumed_ms is None:
@@ -493,6 +543,14 @@ class SlaEngine:
         if ob.resumed_ms is None:
             return ob.elapsed_ms
         return ob.elapsed_ms + max(0, self._calendar(ob).business_ms_between(ob.resumed_ms, t))
+
+    def _follow_wait(self, contact: _Contact, ob: _Obligation, t: int) -> None:
+        """Pause or resume `ob` as the contact's current wait (or its end) requires."""
+        if _waiting_reason(contact) in ob.pause_on:
+            self._pause(contact, ob, t)
+        elif ob.resumed_ms is None:
+            ob.resumed_ms = t
+            self._push(contact, ob)
 
     def _pause(self, contact: _Contact, ob: _Obligation, t: int) -> None:
         if ob.resumed_ms is None:
@@ -585,14 +643,16 @@ class SlaEngine:
             heapq.heappop(self._due)
         return None
 
-    def _eviction_due(self, contact: _Contact) -> int:
+    def _eviction_due(self, contact: _Contact) -> int | None:
+        """When the contact may be dropped: `closed_retention` after it closed, or `idle_timeout`
+        after its last event while open (never when `idle_timeout` is 0)."""
         if contact.closed_ms is not None:
             return contact.closed_ms + self._closed_retention_ms
-        return contact.last_event_ms + self._idle_ms
+        return contact.last_event_ms + self._idle_ms if self._idle_ms else None
 
     def _schedule_eviction(self, contact: _Contact) -> None:
         due = self._eviction_due(contact)
-        if contact.evict_scheduled is None or due < contact.evict_scheduled:
+        if due is not None and (contact.evict_scheduled is None or due < contact.evict_scheduled):
             contact.evict_scheduled = due
             heapq.heappush(self._evictions, (due, contact.contact_id))
 
@@ -602,8 +662,11 @@ class SlaEngine:
         if contact is None or contact.evict_scheduled != scheduled:
             return  # stale entry
         due = self._eviction_due(contact)
-        if due <= now_ms:
+        if due is None:  # reopened since: kept while open
+            contact.evict_scheduled = None
+        elif due <= now_ms:
             del self._contacts[contact_id]
+            self._changed.add(contact_id)
         else:  # activity since it was scheduled: look again later
             contact.evict_scheduled = due
             heapq.heappush(self._evictions, (due, contact_id))

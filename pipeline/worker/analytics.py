@@ -1,36 +1,61 @@
-"""The analytics stage's adapter: batches of channel-topic messages -> KPI windows and SLA clocks
-(`Stages`, one state per source partition) and the forward to the journey stage.
+"""The analytics stage: batches of channel-topic messages -> KPI windows and SLA clocks (`Stages`,
+one state per source partition) and the journey stage's input.
 
-It reads the channel topics in its own consumer group, independently of ingest, so each stage can
-run in its own worker process (`touchline worker --role`). Recovery: on assignment a partition's
-state is restored from its checkpoint and the consumer seeks to the offset after it (to the
-beginning when there is none). A checkpoint is taken under the same lock as a batch, after the
-batch's forward to the journey stage is delivered, so a checkpoint never covers an event the
-journey stage has not got. Offsets are committed only up to a checkpoint, for lag monitoring.
+A stage object with `handle` (a fetched batch), `assigned` / `revoked` (rebalances), `tick_sla`,
+`emit_kpis` and `checkpoint`. It reads the channel topics in its own consumer group, so it can run
+in a worker process of its own (`touchline worker --role analytics`).
+
+Outputs are never written inline: computing them appends them to the `Outbox`, which a background
+flush writes with retries. A checkpoint of a partition, in this order:
+  1. (event-clock mode) release the SLA events the watermark has passed, so nothing is held back;
+  2. collect the partition's changed contacts, tombstones and head (a snapshot, on the loop);
+  3. flush every output computed so far (retried until written);
+  4. write the snapshot's rows (retried);
+  5. only then mark the source offset of the snapshot committable.
+A crash anywhere in between leaves the previous checkpoint and offsets in force: the partition is
+read again from there and re-derives the same outputs, which are idempotent (effectively-once).
+
+Recovery: on assignment a partition's state is restored from its rows and the consumer seeks to the
+offset after the head's (to the beginning when there is none). Downtime is not idle time: the idle
+watermark clock starts again when the partition is restored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from aiokafka import TopicPartition
 from clickhouse_connect.driver.client import Client
 
-from pipeline.events.models import EventBase
-from pipeline.events.topics import channel_of_topic
+from pipeline.events.models import EventBase, to_json
+from pipeline.events.topics import LATE_TOPIC, SLA_TOPIC, channel_of_topic
 from pipeline.ingest.decode import Rejection, decode
 from pipeline.ingest.dedup import RecentIds
 from pipeline.kpi.windows import LateEvent
 from pipeline.sla.clock import SlaEvent
-from pipeline.store.clickhouse import BlockingExecutor, insert_rows
+from pipeline.store.clickhouse import BlockingExecutor
 from pipeline.worker import metrics
 from pipeline.worker.consumer import BatchConsumer, Records
-from pipeline.worker.stages import STATE_COLUMNS, PartitionKey, Stages
+from pipeline.worker.health import Health, TerminalError, retrying
+from pipeline.worker.outbox import Outbox
+from pipeline.worker.sink import Outgoing
+from pipeline.worker.stages import PartitionKey, PartitionState, Stages, kpi_records, sla_records
+from pipeline.worker.state_store import StateStore
 
 log = logging.getLogger(__name__)
+
+STAGE = "analytics"
+T = TypeVar("T")
+# An emit that finds windows still due after MAX_WINDOWS_PER_EMIT goes on, a partition at a time,
+# for at most this long per timer tick; the rest waits for the next tick.
+EMIT_BUDGET_SECONDS = 0.05
 
 
 class AnalyticsStage:
@@ -39,23 +64,29 @@ class AnalyticsStage:
         stages: Stages,
         client: Client,
         executor: BlockingExecutor,
+        outbox: Outbox,
+        health: Health,
         *,
         max_event_bytes: int,
         dedup_capacity: int,
-        emit_late: Callable[[list[LateEvent]], Awaitable[None]],
-        emit_sla: Callable[[list[SlaEvent]], Awaitable[None]],
-        forward: Callable[[list[tuple[EventBase, bytes]]], Awaitable[None]],
+        on_terminal: Callable[[BaseException], Awaitable[None]],
     ) -> None:
         self.stages = stages
+        self.store = StateStore(stages.app_id, STAGE)
+        self.outbox = outbox
         self._client = client
         self._executor = executor
+        self._health = health
         self._max_event_bytes = max_event_bytes
         self._forwarded = RecentIds(dedup_capacity)
-        self._emit_late = emit_late
-        self._emit_sla = emit_sla
-        self._forward = forward
-        self._lock = asyncio.Lock()
+        self._on_terminal = on_terminal
+        self._lock = asyncio.Lock()  # a batch, a snapshot and a revocation never interleave
+        self._checkpointing = asyncio.Lock()  # one checkpoint at a time, written in order
+        self._flush_task: asyncio.Task[None] | None = None
         self.consumer: BatchConsumer | None = None
+        self.sla_clock = stages.sla_clock
+
+    # ------------------------------------------------------------------ input
 
     async def handle(self, batches: Records) -> None:
         async with self._lock:
@@ -87,12 +118,59 @@ class AnalyticsStage:
                 state.kpi.settle()  # each contact's KPI contributions once per batch, not once per event
                 channel = channel_of_topic(tp.topic)
                 metrics.EVENTS_ANALYSED.labels(channel.value if channel else "unknown").inc(applied)
-            if late:
-                await self._emit_late(late)
-            if sla:
-                await self._emit_sla(sla)
+            self._late(late)
+            self._sla(sla, now)
             if forward:
-                await self._forward(forward)
+                self.outbox.forward(forward)
+        self.flush_soon()
+
+    # ------------------------------------------------------------------ timers
+
+    def tick_sla(self, now: datetime) -> None:
+        """Raise the at-risk and breach events now due. Never waits: they go to the outbox, and a
+        flush is started unless one is running."""
+        started = time.perf_counter()
+        due = self.stages.tick_sla(now)
+        metrics.SLA_TICK_SECONDS.observe(time.perf_counter() - started)
+        if due:
+            self._sla(due, now)
+            self.flush_soon()
+
+    async def emit_kpis(self, now: datetime) -> None:
+        """Rows of changed and newly final KPI windows, one partition at a time (the SLA check runs
+        in between), into the outbox."""
+        deadline = time.monotonic() + EMIT_BUDGET_SECONDS
+        for key in list(self.stages.partitions):
+            while True:
+                rows = self.stages.emit_kpis(now, [key])
+                if rows:
+                    self.outbox.kpi_rows(kpi_records(rows))
+                    for row in rows:
+                        metrics.KPI_ROWS.labels(str(row.final).lower()).inc()
+                state = self.stages.partitions.get(key)
+                await asyncio.sleep(0)
+                if state is None or not state.kpi.behind or time.monotonic() > deadline:
+                    break
+        lowest = self.stages.lowest_watermark()
+        if lowest is not None:
+            metrics.KPI_WATERMARK_LAG.set((now - lowest).total_seconds())
+        metrics.STATE_CONTACTS.labels("kpi").set(sum(s.kpi.live_contacts(k) for k, s in self.stages.partitions.items()))
+        metrics.STATE_CONTACTS.labels("sla").set(sum(len(s.sla) for s in self.stages.partitions.values()))
+        self.flush_soon()
+
+    def flush_soon(self) -> None:
+        """Start a background flush of the outbox unless one is running."""
+        if len(self.outbox) and (self._flush_task is None or self._flush_task.done()):
+            self._flush_task = asyncio.ensure_future(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            await self.outbox.flush()
+        except TerminalError as error:
+            log.error("%s", error)
+            await self._on_terminal(error)
+
+    # ------------------------------------------------------------------ rebalances
 
     async def assigned(self, partitions: Sequence[TopicPartition]) -> None:
         # restored now, not at the partition's next message, so deadlines that fell due while no
@@ -103,7 +181,15 @@ class AnalyticsStage:
             key = (tp.topic, tp.partition)
             state = self.stages.partitions.get(key)
             if state is None:
-                state = await self._executor.run(self.stages.load, self._client, key)
+                started = time.perf_counter()
+                loaded = await self._with_retry("clickhouse", self.store.load, self._client, key)
+                state = await self._executor.run(self.stages.restore, key, loaded)
+                floor = state.kpi.head(key) or {}
+                written = await self._with_retry(
+                    "clickhouse", provisional_rows, self._client, key, floor.get("next_final_ms") or 0
+                )
+                state.kpi.adopt_written(key, written)
+                metrics.RESTORE_SECONDS.observe(time.perf_counter() - started)
                 self.stages.partitions[key] = state
             if state.max_offset >= 0:
                 consumer.seek(tp, state.max_offset + 1)
@@ -117,18 +203,115 @@ class AnalyticsStage:
         for key in mine:
             del self.stages.partitions[key]
 
+    # ------------------------------------------------------------------ checkpoints
+
     async def checkpoint(self, keys: list[PartitionKey]) -> None:
-        """Save the state of `keys`, one partition at a time so the loop (and the SLA check) runs in
-        between, and mark their offsets safe to commit."""
-        for key in keys:
-            async with self._lock:
-                rows = self.stages.checkpoint_rows([key])
-                if not rows:
-                    continue
-                await self._executor.run(insert_rows, self._client, "worker_state", STATE_COLUMNS, rows)
-                state = self.stages.partitions.get(key)
-                if self.consumer is not None and state is not None and state.max_offset >= 0:
-                    self.consumer.ready({key: state.max_offset})
+        """Checkpoint `keys` one partition at a time (see the module docstring for the order)."""
+        async with self._checkpointing:
+            for key in keys:
+                started = time.perf_counter()
+                async with self._lock:
+                    state = self.stages.partitions.get(key)
+                    if state is None:
+                        continue
+                    if self.sla_clock == "event":
+                        self._sla(self.stages.tick_partition(state, datetime.now(UTC)), datetime.now(UTC))
+                    snapshot = self.stages.checkpoint(state, self.store)
+                try:
+                    await self.outbox.flush()
+                    await self._with_retry("clickhouse", self.store.write, self._client, snapshot)
+                except TerminalError as error:
+                    log.error("%s", error)
+                    await self._on_terminal(error)
+                    raise
+                if self.consumer is not None and snapshot.max_offset >= 0:
+                    self.consumer.ready({key: snapshot.max_offset})
+                metrics.CHECKPOINT_ROWS.inc(snapshot.rows)
+                metrics.CHECKPOINT_BYTES.inc(snapshot.bytes)
+                metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
 
     async def checkpoint_all(self) -> None:
         await self.checkpoint(list(self.stages.partitions))
+
+    async def _with_retry(self, dependency: str, fn: Callable[..., T], *args: Any) -> T:
+        """A blocking call off the loop, transient failures retried."""
+        return await retrying(self._health, dependency, self._executor.run, fn, *args)
+
+    # ------------------------------------------------------------------ outputs
+
+    def _late(self, late: list[LateEvent]) -> None:
+        if not late:
+            return
+        messages: list[Outgoing] = []
+        for item in late:
+            metrics.EVENTS_LATE.labels(item.event.channel.value).inc()
+            headers = {
+                "touchline.reason": b"late",
+                "touchline.window_start": item.window_start.isoformat().encode(),
+                "touchline.watermark": item.watermark.isoformat().encode(),
+                "touchline.source.topic": item.partition[0].encode(),
+                "touchline.source.partition": str(item.partition[1]).encode(),
+            }
+            messages.append((item.event.contact_id.encode(), to_json(item.event), headers))
+        self.outbox.messages(LATE_TOPIC, messages)
+
+    def _sla(self, events: list[SlaEvent], now: datetime) -> None:
+        if not events:
+            return
+        self.outbox.sla_rows(sla_records(events, now))
+        messages: list[Outgoing] = []
+        wall = self.sla_clock == "wall"
+        for item in events:
+            metrics.SLA_EVENTS.labels(item.channel, item.target.value, item.kind.value, item.policy).inc()
+            if wall and item.kind.value == "breached":
+                metrics.SLA_DETECTION_SECONDS.observe(max(0.0, (now - item.deadline).total_seconds()))
+            body = json.dumps(item.to_dict(), separators=(",", ":"), default=str).encode()
+            messages.append((item.contact_id.encode(), body, None))
+        self.outbox.messages(SLA_TOPIC, messages)
+
+    # ------------------------------------------------------------------ erasure, introspection
+
+    def forget(self, contact_ids: set[str]) -> int:
+        """Drop these contacts from the in-memory state (erasure); their windows keep the aggregates
+        they already count. Returns how many contacts were held. The next checkpoint writes their
+        tombstones."""
+        held = 0
+        for state in self.stages.partitions.values():
+            held += _forget_in(state, contact_ids)
+        return held
+
+    def state_sizes(self) -> dict[str, int]:
+        return {
+            "partitions": len(self.stages.partitions),
+            "contacts": sum(s.contacts() for s in self.stages.partitions.values()),
+            "outbox": len(self.outbox),
+        }
+
+
+def provisional_rows(client: Client, key: PartitionKey, from_ms: int) -> list[tuple[int, str, str, int, int]]:
+    """KPI rows of the partition's open windows whose latest version is not final: written after
+    the last checkpoint, perhaps for a dimension the replay will not fill again (blocking)."""
+    result = client.query(
+        "SELECT toUnixTimestamp(window_start) * 1000, channel, queue, priority, max(version)"
+        " FROM kpi_minute_partials WHERE source_topic = {t:String} AND source_partition = {p:UInt16}"
+        " AND window_start >= toDateTime(intDiv({f:Int64}, 1000), 'UTC')"
+        " GROUP BY window_start, channel, queue, priority HAVING argMax(final, version) = 0",
+        parameters={"t": key[0], "p": key[1], "f": from_ms},
+    )
+    return [(int(w), str(c), str(q), int(p), int(v)) for w, c, q, p, v in result.result_rows]
+
+
+def _forget_in(state: PartitionState, contact_ids: set[str]) -> int:
+    held = 0
+    for contact_id in contact_ids:
+        known = contact_id in state.sla or bool(state.kpi.contact_events(state.key, contact_id))
+        if known:
+            held += 1
+            state.kpi.forget_contact(state.key, contact_id)
+            state.sla.forget(contact_id)
+            state.pending = [p for p in state.pending if p[2].contact_id != contact_id]
+            state.raised.pop(contact_id, None)
+            state.raised_changed.add(contact_id)
+    if held:
+        heapq.heapify(state.pending)
+    return held

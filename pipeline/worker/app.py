@@ -9,14 +9,11 @@ server. `worker_role` chooses the stages a process runs."""
 
 from __future__ import annotations
 
-import asyncio
 import gc
-import json
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
@@ -26,32 +23,31 @@ from faust.web import Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.config import Settings
-from pipeline.events.models import EventBase, to_json
+from pipeline.events.models import EventBase
 from pipeline.events.topics import (
     DEADLETTER_TOPIC,
     INTERACTION_TOPICS,
     JOURNEY_EVENTS_TOPIC,
-    LATE_TOPIC,
-    SLA_TOPIC,
     topic_specs,
 )
-from pipeline.kpi.definitions import PARTIAL_COLUMNS, KpiConfig
-from pipeline.kpi.windows import LateEvent
-from pipeline.privacy.runtime import configure_worker
-from pipeline.sla.clock import SLA_EVENT_COLUMNS, SlaEvent
+from pipeline.kafka_security import client_options, faust_credentials
+from pipeline.kpi.definitions import KpiConfig
+from pipeline.privacy.runtime import configure_worker, limits_of
 from pipeline.sla.policy import load_policies
-from pipeline.store.clickhouse import BlockingExecutor, connect, insert_rows
+from pipeline.store.clickhouse import BlockingExecutor, connect
 from pipeline.store.migrations import migrate
-from pipeline.store.readonly import open_readonly
 from pipeline.topics import ensure_topics
 from pipeline.worker import metrics
 from pipeline.worker.analytics import AnalyticsStage
 from pipeline.worker.consumer import BatchConsumer, Records, StageHooks
+from pipeline.worker.health import Health
 from pipeline.worker.journey_agent import forward_events, install_journey_stage
+from pipeline.worker.loop_watch import watch_loop
+from pipeline.worker.outbox import Outbox
 from pipeline.worker.produce import produce
 from pipeline.worker.sink import IngestSink, Outgoing
-from pipeline.worker.sql_view import install_sql_view
-from pipeline.worker.stages import Stages, kpi_records, sla_records
+from pipeline.worker.sql_view import ReadonlyPool, install_sql_view
+from pipeline.worker.stages import Stages
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +69,7 @@ class Shared:
     client: Client  # KPI rows, SLA events, journeys, checkpoints: one thread, in order
     executor: BlockingExecutor
     consumers: list[BatchConsumer]
+    health: Health
 
     def channel_consumer(self, stage: str, hooks: StageHooks) -> BatchConsumer:
         consumer = BatchConsumer(
@@ -81,8 +78,11 @@ class Shared:
             f"{self.settings.app_id}-{stage}",
             list(INTERACTION_TOPICS.values()),
             hooks,
+            security=client_options(self.settings),
             max_records=self.settings.batch_max_rows,
             on_failure=self.app.crash,
+            health=self.health,
+            session_timeout_seconds=self.settings.kafka_session_timeout_seconds,
         )
         self.consumers.append(consumer)
         return consumer
@@ -90,20 +90,22 @@ class Shared:
 
 def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     configure_worker(settings)  # plausible times, message keys, pseudonyms: before any stage decodes
-    ensure_topics(settings.bootstrap_servers, topic_specs(settings.topic_partitions))
+    ensure_topics(settings.bootstrap_servers, topic_specs(settings.topic_partitions), options=client_options(settings))
     client = connect(settings.clickhouse_url, settings.clickhouse_database)
     applied = migrate(client)
     if applied:
         log.info("applied migrations: %s", ", ".join(applied))
-    reader = open_readonly(settings.clickhouse_url, settings.clickhouse_database)
+    sql_pool = ReadonlyPool(
+        settings.clickhouse_url, settings.clickhouse_database, limits_of(settings), settings.sql_connections
+    )
     executor = BlockingExecutor()
-    query_executor = BlockingExecutor("sql")
 
     datadir = settings.data_dir / "faust" / f"{settings.app_id}-{web_port or settings.worker_web_port}"
     datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
         broker=broker_url(settings.bootstrap_servers),
+        broker_credentials=faust_credentials(settings),
         value_serializer="raw",
         key_serializer="raw",
         store=settings.table_store,
@@ -119,7 +121,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         producer_acks=-1,
         logging_config=None,
     )
-    shared = Shared(settings, app, client, executor, [])
+    shared = Shared(settings, app, client, executor, [], Health())
     sink = _ingest(shared) if settings.worker_role in ("all", "ingest") else None
     analytics = _analytics(shared) if settings.worker_role in ("all", "analytics") else None
 
@@ -133,6 +135,10 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         gc.set_threshold(50_000, 20, 10)
         for consumer in shared.consumers:
             await consumer.start()
+
+    @app.task
+    async def watch_the_loop() -> None:
+        await watch_loop()
 
     @app.timer(interval=5.0)
     async def measure_lag() -> None:
@@ -159,9 +165,13 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     @app.page("/health")
     async def health(web: Any, request: Request) -> Response:
         stages = {c.stage: len(c.assignment()) for c in shared.consumers}
+        failing = shared.health.report()
         response: Response = web.json(
             {
-                "status": "ok",
+                # degraded: a dependency (ClickHouse, the broker) is failing and being retried
+                "status": "degraded" if failing else "ok",
+                "failing": failing,
+                "state": analytics.state_sizes() if analytics is not None else {},
                 "app_id": settings.app_id,
                 "role": settings.worker_role,
                 "embedded_clickhouse": settings.embedded_clickhouse,
@@ -173,7 +183,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         )
         return response
 
-    install_sql_view(app, reader, query_executor)
+    install_sql_view(app, sql_pool)
     return app
 
 
@@ -229,41 +239,20 @@ def _analytics(shared: Shared) -> AnalyticsStage:
     kpi_config = KpiConfig(
         allowed_lateness_seconds=settings.kpi_allowed_lateness_seconds,
         idle_timeout_seconds=settings.kpi_idle_seconds,
+        ended_retention_hours=settings.kpi_ended_retention_hours,
+        unended_retention_days=settings.kpi_open_retention_days,
     )
     stages = Stages(
-        kpi_config, load_policies(settings.sla_policies_file), app_id=settings.app_id, sla_clock=settings.sla_clock
+        kpi_config,
+        load_policies(settings.sla_policies_file),
+        app_id=settings.app_id,
+        sla_clock=settings.sla_clock,
+        sla_closed_retention=timedelta(hours=settings.sla_closed_retention_hours),
+        sla_open_retention=timedelta(days=settings.sla_open_retention_days),
     )
 
-    async def emit_late(late: list[LateEvent]) -> None:
-        messages: list[Outgoing] = []
-        for item in late:
-            metrics.EVENTS_LATE.labels(item.event.channel.value).inc()
-            headers = {
-                "touchline.reason": b"late",
-                "touchline.window_start": item.window_start.isoformat().encode(),
-                "touchline.watermark": item.watermark.isoformat().encode(),
-                "touchline.source.topic": item.partition[0].encode(),
-                "touchline.source.partition": str(item.partition[1]).encode(),
-            }
-            messages.append((item.event.contact_id.encode(), to_json(item.event), headers))
-        await produce(app, LATE_TOPIC, messages)
-
-    metrics_open_labels: set[tuple[str, str]] = set()
-    sla_rows: list[tuple[Any, ...]] = []  # written in batches by `write_outputs`
-
-    async def emit_sla(events: list[SlaEvent]) -> None:
-        if not events:
-            return
-        now = datetime.now(UTC)
-        sla_rows.extend(sla_records(events, now))
-        messages: list[Outgoing] = []
-        for item in events:
-            metrics.SLA_EVENTS.labels(item.channel, item.target.value, item.kind.value, item.policy).inc()
-            if item.kind.value == "breached" and settings.sla_clock == "wall":
-                metrics.SLA_DETECTION_SECONDS.observe(max(0.0, (now - item.deadline).total_seconds()))
-            body = json.dumps(item.to_dict(), separators=(",", ":"), default=str).encode()
-            messages.append((item.contact_id.encode(), body, None))
-        await produce(app, SLA_TOPIC, messages)
+    async def send(topic: str, messages: list[Outgoing]) -> None:
+        await produce(app, topic, messages)
 
     async def forward_to_journeys(events: list[tuple[EventBase, bytes]]) -> None:
         await forward_events(app, events)
@@ -272,29 +261,20 @@ def _analytics(shared: Shared) -> AnalyticsStage:
         stages,
         client,
         executor,
+        Outbox(client, executor, send, forward_to_journeys, shared.health),
+        shared.health,
         max_event_bytes=settings.max_event_bytes,
         dedup_capacity=settings.dedup_cache_size,
-        emit_late=emit_late,
-        emit_sla=emit_sla,
-        forward=forward_to_journeys,
+        on_terminal=app.crash,
     )
     analytics.consumer = shared.channel_consumer(
         "analytics", StageHooks(analytics.handle, analytics.assigned, analytics.revoked)
     )
-
-    @app.timer(interval=0.5)
-    async def write_outputs() -> None:
-        if sla_rows:
-            rows = sla_rows[:]
-            del sla_rows[:]
-            await executor.run(insert_rows, client, "sla_events", SLA_EVENT_COLUMNS, rows)
+    metrics_open_labels: set[tuple[str, str]] = set()
 
     @app.timer(interval=settings.sla_tick_seconds)
     async def sla_deadlines() -> None:
-        started = time.perf_counter()
-        due = stages.tick_sla(datetime.now(UTC))
-        metrics.SLA_TICK_SECONDS.observe(time.perf_counter() - started)
-        await emit_sla(due)
+        analytics.tick_sla(datetime.now(UTC))
 
     @app.timer(interval=5.0)
     async def count_open_obligations() -> None:
@@ -307,18 +287,7 @@ def _analytics(shared: Shared) -> AnalyticsStage:
 
     @app.timer(interval=settings.kpi_emit_seconds)
     async def kpi_windows() -> None:
-        now = datetime.now(UTC)
-        rows = []
-        for key in list(stages.partitions):
-            rows += stages.emit_kpis(now, [key])
-            await asyncio.sleep(0)  # one partition at a time: the SLA check must not wait behind all
-        if rows:
-            await executor.run(insert_rows, client, "kpi_minute_partials", PARTIAL_COLUMNS, kpi_records(rows))
-            for row in rows:
-                metrics.KPI_ROWS.labels(str(row.final).lower()).inc()
-        lowest = stages.lowest_watermark()
-        if lowest is not None:
-            metrics.KPI_WATERMARK_LAG.set((now - lowest).total_seconds())
+        await analytics.emit_kpis(datetime.now(UTC))
 
     @app.timer(interval=settings.checkpoint_seconds)
     async def checkpoint_all() -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from pipeline.worker import metrics
+from pipeline.worker.health import Health
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,15 @@ class BatchConsumer:
         topics: Sequence[str],
         hooks: StageHooks,
         *,
+        security: Mapping[str, Any] | None = None,
         max_records: int,
         on_failure: Callable[[BaseException], Awaitable[None]],
+        health: Health | None = None,
+        session_timeout_seconds: float = 10.0,
     ) -> None:
         self.stage = stage
         self._on_failure = on_failure
+        self._health = health
         self._topics = list(topics)
         self._hooks = hooks
         self._max_records = max_records
@@ -62,16 +67,18 @@ class BatchConsumer:
         self._task: asyncio.Task[None] | None = None
         self._options: dict[str, Any] = {
             "bootstrap_servers": bootstrap_servers,
+            **(security or {}),  # TLS / SASL: pipeline.kafka_security.client_options
             "group_id": group_id,
             "client_id": group_id,
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
             "max_partition_fetch_bytes": 4 * 1024 * 1024,
             "fetch_max_bytes": 64 * 1024 * 1024,
-            # heartbeats share the event loop with the stages: a long checkpoint or a restore must
-            # not cost the partitions (Faust's own consumer heartbeats from a thread of its own)
-            "session_timeout_ms": 45_000,
-            "heartbeat_interval_ms": 3_000,
+            # heartbeats share the event loop with the stages, which never block it for more than
+            # a second (touchline_loop_stall_seconds); a short session lets a restarted or
+            # replacement worker take a dead worker's partitions within seconds
+            "session_timeout_ms": int(session_timeout_seconds * 1000),
+            "heartbeat_interval_ms": max(500, int(session_timeout_seconds * 1000) // 4),
         }
         self._consumer: AIOKafkaConsumer | None = None
 
@@ -125,10 +132,15 @@ class BatchConsumer:
         while not self._stopping.is_set():
             try:
                 batches = await self.consumer.getmany(timeout_ms=100, max_records=self._max_records)
-            except KafkaError:
-                log.exception("%s: fetching failed; retrying", self.stage)
+            except KafkaError as error:
+                if self._health is not None:
+                    self._health.failed(f"kafka-consumer-{self.stage}", error)
+                else:
+                    log.warning("%s: fetching failed (%s); retrying", self.stage, error)
                 await asyncio.sleep(1)
                 continue
+            if self._health is not None:
+                self._health.ok(f"kafka-consumer-{self.stage}")
             if batches and not self._stopping.is_set():
                 async with self._lock:
                     for tp, records in batches.items():

@@ -120,3 +120,35 @@ JOURNEY_UPDATES = Counter("touchline_journey_updates_total", "Journey snapshots 
 IDENTITY_REFUSALS = Counter(
     "touchline_identity_link_refusals_total", "Identity links refused by the guards", ["reason"]
 )
+
+# -- the analytics stage's state, checkpoints and outputs (pipeline.worker.analytics)
+DEPENDENCY_UP = Gauge(
+    "touchline_dependency_up", "1 while the dependency answers, 0 while it is failing (retried)", ["dependency"]
+)
+DEPENDENCY_ERRORS = Counter(
+    "touchline_dependency_errors_total", "Failed attempts to use a dependency (each is retried)", ["dependency"]
+)
+OUTBOX_PENDING = Gauge(
+    "touchline_outbox_pending", "Outputs computed but not yet written (KPI rows, SLA rows and messages)"
+)
+CHECKPOINT_SECONDS = Histogram(
+    "touchline_checkpoint_seconds",
+    "One partition's checkpoint: outputs flushed, changed state written, offsets marked",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+CHECKPOINT_ROWS = Counter(
+    "touchline_checkpoint_rows_total", "State rows written by checkpoints (changed contacts, tombstones, heads)"
+)
+CHECKPOINT_BYTES = Counter("touchline_checkpoint_bytes_total", "State bytes written by checkpoints")
+STATE_CONTACTS = Gauge("touchline_state_contacts", "Contacts held by the analytics stage (KPI + SLA)", ["core"])
+LOOP_STALL_SECONDS = Histogram(
+    "touchline_loop_stall_seconds",
+    "How late the event loop ran a 100 ms timer (time the loop was blocked)",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+LOOP_STALL_MAX = Gauge("touchline_loop_stall_max_seconds", "Longest event-loop stall since the worker started")
+RESTORE_SECONDS = Histogram(
+    "touchline_restore_seconds",
+    "Restoring one partition's state on assignment",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)

@@ -1,12 +1,19 @@
 """Per-source-partition state of the worker: KPI windows and SLA clocks, one pair per Kafka
-partition it owns. Transport-agnostic (no Faust): the Faust shell feeds events, ticks the clocks
-and writes what comes out.
+partition it owns. Transport-agnostic (no Faust, no Kafka): the shell feeds events, ticks the
+clocks, writes what comes out and checkpoints.
 
-Recovery: a partition's state is checkpointed to `worker_state` (with the highest source offset
-it reflects) every `checkpoint_seconds` and when the partition is revoked. A worker that takes a
-partition over restores the checkpoint and reads the partition again from the offset after it
-(the analytics consumer seeks there), so the state is complete. Replayed and redelivered events
-are idempotent (both cores dedupe on event_id).
+State is keyed by contact. `checkpoint(state, store)` collects only the contacts that changed since
+the previous checkpoint (their KPI events, SLA clocks and raised outcomes) plus tombstones for those
+dropped by retention and the partition's small head (clocks, open emitted windows, the highest
+source offset applied); `restore(key, loaded)` rebuilds a partition from those rows, and the worker
+reads the partition again from the offset after the head's. Replayed and redelivered events are
+idempotent: both cores ignore an event_id a contact already holds.
+
+Retention (event time, so replays and live runs drop the same contacts): the KPI stage keeps a
+contact `ended_retention_hours` after its first `ended` and the SLA engine `sla_closed_retention`
+after it closes; a contact that is still open is kept however long it stays silent (unless a
+retention for open contacts is set, which trades exactness for memory). The SLA outcomes raised for
+a contact are kept while the SLA engine holds it.
 """
 
 from __future__ import annotations
@@ -16,31 +23,21 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from clickhouse_connect.driver.client import Client
-
-from pipeline.events.models import EVENT_ADAPTER, EventBase, to_json
+from pipeline.events.models import EventBase
 from pipeline.kpi.definitions import PARTIAL_COLUMNS, KpiConfig, KpiRow
+from pipeline.kpi.facts import to_ms
 from pipeline.kpi.windows import KpiWindows, LateEvent
 from pipeline.sla.clock import SLA_EVENT_COLUMNS, SlaEngine, SlaEvent
 from pipeline.sla.policy import PolicySet
+from pipeline.worker.state_store import Checkpoint, ContactRecord, Loaded, StateStore
 
 log = logging.getLogger(__name__)
 
 PartitionKey = tuple[str, int]
-COMPONENT = "partition"
-STATE_COLUMNS = (
-    "app_id",
-    "component",
-    "source_topic",
-    "source_partition",
-    "max_offset",
-    "state",
-    "saved_at",
-    "version",
-)
+HEAD_FORMAT = 1
 
 
 @dataclass
@@ -49,22 +46,24 @@ class PartitionState:
     kpi: KpiWindows
     sla: SlaEngine
     max_offset: int = -1
-    raised: set[str] = field(default_factory=set)
+    version: int = 0  # of the last checkpoint written or restored
+    raised: dict[str, set[str]] = field(default_factory=dict)  # contact -> sla_event_ids raised
     # event-clock mode: events wait here until the watermark passes them, so the SLA engine sees
     # every contact's events in (occurred_at, event_id) order, exactly as a replay would
     pending: list[tuple[datetime, str, EventBase]] = field(default_factory=list)
+    released_ms: int | None = None  # event-clock mode: events at or before this went to the SLA engine
+    raised_changed: set[str] = field(default_factory=set)
 
     def fresh(self, events: list[SlaEvent]) -> list[SlaEvent]:
-        """Outcomes not raised before by this worker (a rebuilt contact raises its history again)."""
-        new = [e for e in events if e.sla_event_id not in self.raised]
-        self.raised.update(e.sla_event_id for e in new)
+        """Outcomes not raised before for their contact (a rebuilt contact raises its history again)."""
+        new = []
+        for event in events:
+            seen = self.raised.setdefault(event.contact_id, set())
+            if event.sla_event_id not in seen:
+                seen.add(event.sla_event_id)
+                self.raised_changed.add(event.contact_id)
+                new.append(event)
         return new
-
-    def snapshot_json(self) -> str:
-        """The checkpoint: {"kpi": ..., "sla": ..., "pending": [...]} as JSON text. Both cores
-        cache each contact's part, so a checkpoint re-serializes only what changed since the last."""
-        pending = json.dumps([to_json(event).decode() for _, _, event in sorted(self.pending, key=lambda p: p[:2])])
-        return f'{{"kpi":{self.kpi.snapshot_json()},"sla":{self.sla.snapshot_json()},"pending":{pending}}}'
 
     def hold(self, event: EventBase) -> None:
         heapq.heappush(self.pending, (event.occurred_at, event.event_id, event))
@@ -73,7 +72,11 @@ class PartitionState:
         out = []
         while self.pending and self.pending[0][0] <= until:
             out.append(heapq.heappop(self.pending)[2])
+        self.released_ms = to_ms(until) if self.released_ms is None else max(self.released_ms, to_ms(until))
         return out
+
+    def contacts(self) -> int:
+        return self.kpi.live_contacts(self.key) + len(self.sla)
 
 
 @dataclass
@@ -83,49 +86,84 @@ class Outputs:
 
 
 class Stages:
-    def __init__(self, kpi_config: KpiConfig, policies: PolicySet, *, app_id: str, sla_clock: str) -> None:
+    def __init__(
+        self,
+        kpi_config: KpiConfig,
+        policies: PolicySet,
+        *,
+        app_id: str,
+        sla_clock: str,
+        sla_closed_retention: timedelta = timedelta(days=1),
+        sla_open_retention: timedelta = timedelta(0),
+    ) -> None:
         self.kpi_config = kpi_config
         self.policies = policies
         self.app_id = app_id
         self.sla_clock = sla_clock
+        self.sla_closed_retention = sla_closed_retention
+        self.sla_open_retention = sla_open_retention
         self.partitions: dict[PartitionKey, PartitionState] = {}
 
     def new_state(self, key: PartitionKey) -> PartitionState:
-        return PartitionState(key, KpiWindows(self.kpi_config), SlaEngine(self.policies))
+        sla = SlaEngine(self.policies, closed_retention=self.sla_closed_retention, idle_timeout=self.sla_open_retention)
+        return PartitionState(key, KpiWindows(self.kpi_config), sla)
 
-    # ------------------------------------------------------------------ recovery (blocking: run off the loop)
+    # ------------------------------------------------------------------ keyed checkpoints
 
-    def load(self, client: Client, key: PartitionKey) -> PartitionState:
-        """Restore `key` from its checkpoint (a fresh state when there is none); the caller reads
-        the partition from `max_offset + 1` on."""
+    def checkpoint(self, state: PartitionState, store: StateStore) -> Checkpoint:
+        """The rows of `state`'s checkpoint: contacts changed since the last one, tombstones for
+        contacts no core holds any more, the head. Cost: proportional to the changes."""
+        key = state.key
+        touched = state.kpi.drain_changes(key) | state.sla.drain_changes() | state.raised_changed
+        state.raised_changed = set()
+        changed: list[ContactRecord] = []
+        dropped: list[str] = []
+        for contact_id in sorted(touched):
+            kpi = state.kpi.contact_wire(key, contact_id)
+            sla = state.sla.contact_wire(contact_id)
+            if sla is None:
+                state.raised.pop(contact_id, None)  # its obligations are gone: nothing can raise again
+            if kpi is None and sla is None:
+                dropped.append(contact_id)
+                continue
+            raised = sorted(state.raised.get(contact_id, ()))
+            changed.append(ContactRecord(contact_id, kpi or "", sla or "", raised))
+        head = json.dumps(
+            {"format": HEAD_FORMAT, "kpi": state.kpi.head(key), "released_ms": state.released_ms},
+            separators=(",", ":"),
+        )
+        state.version = store.next_version(state.version)
+        return store.checkpoint(key, state.version, state.max_offset, head, changed, dropped)
+
+    def restore(self, key: PartitionKey, loaded: Loaded) -> PartitionState:
+        """A partition's state from its checkpoint rows (a fresh state when there are none). Blocking
+        (one pydantic-core parse per contact): run it off the event loop."""
         state = self.new_state(key)
-        topic, partition = key
-        rows = client.query(
-            "SELECT max_offset, state FROM worker_state FINAL WHERE app_id = {a:String} AND component = {c:String}"
-            " AND source_topic = {t:String} AND source_partition = {p:UInt16}",
-            parameters={"a": self.app_id, "c": COMPONENT, "t": topic, "p": partition},
-        ).result_rows
-        if rows:
-            max_offset, raw = rows[0]
-            saved = json.loads(raw)
-            state.kpi.restore(saved["kpi"])
-            state.sla.restore(saved["sla"])
-            for raw_event in saved.get("pending", []):
-                state.hold(EVENT_ADAPTER.validate_json(raw_event))
-            state.max_offset = int(max_offset)
-            log.info("restored %s[%d] from its checkpoint at offset %d", topic, partition, state.max_offset)
+        if loaded.head is None:
+            return state
+        head = json.loads(loaded.head)
+        if head.get("format") != HEAD_FORMAT:
+            raise ValueError(f"unknown checkpoint format {head.get('format')!r} for {key}")
+        if head["kpi"] is not None:
+            state.kpi.restore_partition(key, head["kpi"], [c.kpi for c in loaded.contacts if c.kpi])
+        for contact in loaded.contacts:
+            if contact.sla:
+                state.sla.restore_contact(json.loads(contact.sla))
+            if contact.raised:
+                state.raised[contact.key] = set(contact.raised)
+        state.sla.drain_changes()
+        state.max_offset, state.version = loaded.max_offset, loaded.version
+        state.released_ms = head.get("released_ms")
+        if self.sla_clock == "event":
+            # events not yet released to the SLA engine are the KPI events after the released
+            # watermark (an event at or before it was released before the checkpoint was taken)
+            released = state.released_ms
+            for contact_id in state.kpi.contact_ids(key):
+                for event in state.kpi.contact_events(key, contact_id):
+                    if released is None or to_ms(event.occurred_at) > released:
+                        state.hold(event)
+        log.info("restored %s[%d] at offset %d: %d contacts", key[0], key[1], state.max_offset, len(loaded.contacts))
         return state
-
-    def checkpoint_rows(self, keys: Iterable[PartitionKey]) -> list[tuple[Any, ...]]:
-        now = datetime.now(UTC)
-        version = int(now.timestamp() * 1000)
-        rows = []
-        for key in keys:
-            state = self.partitions.get(key)
-            if state is not None:
-                snapshot = state.snapshot_json()
-                rows.append((self.app_id, COMPONENT, key[0], key[1], state.max_offset, snapshot, now, version))
-        return rows
 
     # ------------------------------------------------------------------ streaming
 
@@ -167,14 +205,18 @@ class Stages:
         event-time watermark (replay of history)."""
         due: list[SlaEvent] = []
         for state in self.partitions.values():
-            if self.sla_clock == "wall":
-                due.extend(state.fresh(state.sla.advance(now_wall)))
-            else:
-                watermark = state.kpi.watermark(state.key)
-                if watermark is not None:
-                    for event in state.release(watermark):
-                        due.extend(state.fresh(state.sla.apply(event)))
-                    due.extend(state.fresh(state.sla.advance(watermark)))
+            due.extend(self.tick_partition(state, now_wall))
+        return due
+
+    def tick_partition(self, state: PartitionState, now_wall: datetime) -> list[SlaEvent]:
+        if self.sla_clock == "wall":
+            return state.fresh(state.sla.advance(now_wall))
+        due: list[SlaEvent] = []
+        watermark = state.kpi.watermark(state.key)
+        if watermark is not None:
+            for event in state.release(watermark):
+                due.extend(state.fresh(state.sla.apply(event)))
+            due.extend(state.fresh(state.sla.advance(watermark)))
         return due
 
     def open_obligations(self) -> dict[tuple[str, str], int]:
@@ -212,7 +254,6 @@ def sla_records(events: Iterable[SlaEvent], emitted_at: datetime) -> list[tuple[
 __all__ = [
     "PARTIAL_COLUMNS",
     "SLA_EVENT_COLUMNS",
-    "STATE_COLUMNS",
     "Outputs",
     "PartitionState",
     "Stages",
