@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +43,7 @@ __all__ = [
     "BrokerError",
     "BrokerPaths",
     "BrokerStatus",
+    "SecureListener",
     "classpath_is_cached",
     "resolve_classpath",
     "start",
@@ -120,6 +121,51 @@ class BrokerPaths:
         object.__setattr__(self, "config_file", base / "server.properties")
         object.__setattr__(self, "broker_log", base / "broker.log")
         object.__setattr__(self, "lock_file", base / ".lock")
+
+
+@dataclass(frozen=True)
+class SecureListener:
+    """An extra SASL_SSL listener on 127.0.0.1, for testing clients against TLS and SASL.
+
+    `keystore` is one PEM file with the broker's private key (PKCS#8) and certificate chain;
+    `truststore` the PEM CA that client certificates must be signed by (with `client_auth`).
+    Every user in `users` may log in with PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 (SCRAM
+    credentials are stored when the storage is formatted, so use a fresh data dir).
+    """
+
+    port: int
+    keystore: Path
+    truststore: Path
+    users: tuple[tuple[str, str], ...]
+    client_auth: bool = True
+
+    def properties(self) -> str:
+        plain_users = " ".join(f'user_{name}="{password}"' for name, password in self.users)
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        return "\n".join(
+            [
+                "",
+                "# extra SASL_SSL listener (pipeline.broker.SecureListener)",
+                "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+                "listener.name.sasl_ssl.plain.sasl.jaas.config="
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};",
+                f"listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram}",
+                f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram}",
+                "listener.name.sasl_ssl.ssl.keystore.type=PEM",
+                f"listener.name.sasl_ssl.ssl.keystore.location={_escape_property(str(self.keystore))}",
+                "listener.name.sasl_ssl.ssl.truststore.type=PEM",
+                f"listener.name.sasl_ssl.ssl.truststore.location={_escape_property(str(self.truststore))}",
+                f"listener.name.sasl_ssl.ssl.client.auth={'required' if self.client_auth else 'none'}",
+                "",
+            ]
+        )
+
+    def scram_arguments(self) -> list[str]:
+        arguments = []
+        for name, password in self.users:
+            for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+                arguments += ["--add-scram", f"{mechanism}=[name={name},password={password}]"]
+        return arguments
 
 
 @dataclass(frozen=True)
@@ -324,7 +370,7 @@ def _escape_property(value: str) -> str:
     return value.replace("\\", "\\\\")
 
 
-def _render_config(paths: BrokerPaths, port: int, controller_port: int) -> None:
+def _render_config(paths: BrokerPaths, port: int, controller_port: int, secure: SecureListener | None = None) -> None:
     try:
         template = string.Template(TEMPLATE_FILE.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -337,6 +383,14 @@ def _render_config(paths: BrokerPaths, port: int, controller_port: int) -> None:
         )
     except (KeyError, ValueError) as exc:
         raise BrokerError(f"Bad placeholder in {TEMPLATE_FILE}: {exc}") from exc
+    if secure is not None:
+        extra = f"SASL_SSL://{HOST}:{secure.port}"
+        rendered = re.sub(r"^(listeners=.*)$", rf"\1,{extra}", rendered, count=1, flags=re.MULTILINE)
+        rendered = re.sub(r"^(advertised\.listeners=.*)$", rf"\1,{extra}", rendered, count=1, flags=re.MULTILINE)
+        rendered = re.sub(
+            r"^(listener\.security\.protocol\.map=.*)$", r"\1,SASL_SSL:SASL_SSL", rendered, count=1, flags=re.MULTILINE
+        )
+        rendered += secure.properties()
     tmp = paths.config_file.with_suffix(".properties.tmp")
     tmp.write_text(rendered, encoding="utf-8")
     tmp.replace(paths.config_file)
@@ -362,7 +416,7 @@ def _new_cluster_id() -> str:
             return cluster_id
 
 
-def _format_storage(java: str, paths: BrokerPaths, classpath: str) -> None:
+def _format_storage(java: str, paths: BrokerPaths, classpath: str, extra: Sequence[str] = ()) -> None:
     """Format the KRaft metadata/log dir once; later starts reuse it."""
     if (paths.data_dir / "meta.properties").exists():
         return
@@ -375,6 +429,7 @@ def _format_storage(java: str, paths: BrokerPaths, classpath: str) -> None:
         str(paths.config_file),
         "--cluster-id",
         _new_cluster_id(),
+        *extra,
     ]
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, cwd=paths.base)
@@ -551,6 +606,7 @@ def start(
     port: int = 9092,
     controller_port: int | None = None,
     timeout: float = 60,
+    secure: SecureListener | None = None,
 ) -> str:
     """Start the local broker for *data_dir* and return its bootstrap string.
 
@@ -558,7 +614,8 @@ def start(
     its bootstrap is returned and nothing is started. *controller_port* is the
     KRaft controller listener (a free port is picked when None). *timeout*
     bounds the wait for the broker to answer (Maven's first resolution is not
-    counted). Raises :class:`BrokerError` with a readable message on failure.
+    counted). *secure* adds a SASL_SSL listener (tests of TLS and SASL clients). Raises
+    :class:`BrokerError` with a readable message on failure.
     """
     paths = BrokerPaths(Path(data_dir))
     bootstrap = f"{HOST}:{port}"
@@ -580,7 +637,7 @@ def start(
         _check_java(java)
         if controller_port is None:
             _check_port_free(port, "Kafka")
-            controller_port = _free_port(exclude={port})
+            controller_port = _free_port(exclude={port} | ({secure.port} if secure else set()))
         else:
             if controller_port == port:
                 raise BrokerError("The Kafka port and the controller port must differ.")
@@ -597,8 +654,10 @@ def start(
                 f"{_START_MARKER} {KAFKA_VERSION} on {bootstrap} "
                 f"(controller {HOST}:{controller_port}) at {stamp} ====\n"
             )
-        _render_config(paths, port, controller_port)
-        _format_storage(java, paths, classpath)
+        if secure is not None:
+            _check_port_free(secure.port, "Kafka SASL_SSL")
+        _render_config(paths, port, controller_port, secure)
+        _format_storage(java, paths, classpath, secure.scram_arguments() if secure else ())
         cmd = [
             *_java_base_cmd(java, paths, classpath),
             KAFKA_MAIN_CLASS,

@@ -117,8 +117,10 @@ def worker(web_port: int | None, role: str | None) -> None:
             f"web port {settings.worker_web_host}:{port}: {taken} (another worker?); choose another with "
             "--web-port or TOUCHLINE_WORKER_WEB_PORT"
         )
+    from pipeline.kafka_security import client_options
+
     try:
-        wait_for_broker(settings.bootstrap_servers, timeout=10)
+        wait_for_broker(settings.bootstrap_servers, timeout=10, options=client_options(settings))
     except Exception as error:
         hint = " (start it with `touchline broker start`)" if settings.uses_local_broker else ""
         fail(f"no Kafka broker at {settings.bootstrap_servers}{hint}: {error}")
@@ -264,11 +266,14 @@ def config_command() -> None:
 def topics() -> None:
     """Create Touchline's Kafka topics (idempotent) with their partition counts."""
     from pipeline.events.topics import topic_specs
+    from pipeline.kafka_security import client_options
     from pipeline.topics import ensure_topics
 
     settings = settings_or_exit()
     try:
-        created = ensure_topics(settings.bootstrap_servers, topic_specs(settings.topic_partitions))
+        created = ensure_topics(
+            settings.bootstrap_servers, topic_specs(settings.topic_partitions), options=client_options(settings)
+        )
     except Exception as error:
         fail(f"cannot create topics on {settings.bootstrap_servers}: {error}")
     click.echo(f"created: {', '.join(created)}" if created else "all topics exist")

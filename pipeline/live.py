@@ -243,6 +243,7 @@ def run_command(duration: float | None, speed: float, seed: int, rate: float | N
     from pipeline import broker
     from pipeline.checks import policy_problems
     from pipeline.events.topics import topic_specs
+    from pipeline.kafka_security import client_options
     from pipeline.topics import ensure_topics
 
     try:
@@ -273,7 +274,7 @@ def run_command(duration: float | None, speed: float, seed: int, rate: float | N
         except broker.BrokerError as error:
             raise click.ClickException(str(error)) from None
         started_broker = not already
-    ensure_topics(settings.bootstrap_servers, topic_specs(settings.topic_partitions))
+    ensure_topics(settings.bootstrap_servers, topic_specs(settings.topic_partitions), options=client_options(settings))
     interrupted = False
 
     def on_sigint(signum: int, frame: object) -> None:

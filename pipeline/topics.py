@@ -55,26 +55,28 @@ def _tcp_reachable(bootstrap: str, timeout: float) -> bool:
     return False
 
 
-def _admin(bootstrap: str, timeout: float) -> Any:
+def _admin(bootstrap: str, timeout: float, options: Mapping[str, Any] | None = None) -> Any:
     timeout_ms = max(1000, int(timeout * 1000))
     return KafkaAdminClient(
         bootstrap_servers=bootstrap,
         client_id="touchline-admin",
         request_timeout_ms=timeout_ms,
         bootstrap_timeout_ms=timeout_ms,
+        **(options or {}),
     )
 
 
-def probe_broker(bootstrap: str, timeout: float = 5.0) -> bool:
+def probe_broker(bootstrap: str, timeout: float = 5.0, *, options: Mapping[str, Any] | None = None) -> bool:
     """Return True if a broker at *bootstrap* answers a metadata request with live brokers.
 
     A cheap TCP connect is tried first so that a closed port is reported quickly
-    without kafka-python logging connection errors.
+    without kafka-python logging connection errors. *options*: the client's security settings
+    (`pipeline.kafka_security.client_options`).
     """
     if not _tcp_reachable(bootstrap, timeout=min(timeout, 2.0)):
         return False
     try:
-        admin = _admin(bootstrap, timeout)
+        admin = _admin(bootstrap, timeout, options)
     except (kafka_errors.KafkaError, OSError):
         return False
     try:
@@ -87,12 +89,12 @@ def probe_broker(bootstrap: str, timeout: float = 5.0) -> bool:
         admin.close()
 
 
-def wait_for_broker(bootstrap: str, timeout: float) -> None:
+def wait_for_broker(bootstrap: str, timeout: float, *, options: Mapping[str, Any] | None = None) -> None:
     """Block until the Kafka cluster at *bootstrap* answers, or raise ``TimeoutError``."""
     deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()
-        if probe_broker(bootstrap, timeout=max(1.0, min(5.0, remaining))):
+        if probe_broker(bootstrap, timeout=max(1.0, min(5.0, remaining)), options=options):
             return
         if time.monotonic() >= deadline:
             raise TimeoutError(
@@ -120,6 +122,7 @@ def ensure_topics(
     replication: int = 1,
     configs: Mapping[str, Mapping[str, str]] | None = None,
     timeout: float = 30.0,
+    options: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Create the topics in *specs* (name -> partition count) that do not exist yet.
 
@@ -144,7 +147,7 @@ def ensure_topics(
     if not specs:
         return []
 
-    admin = _admin(bootstrap, timeout)
+    admin = _admin(bootstrap, timeout, options)
     try:
         existing = {str(name) for name in admin.list_topics()}
         present = [name for name in specs if name in existing]

@@ -89,21 +89,23 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 def open_kafka(settings: Settings, client_id: str) -> KafkaSink:
     """Check the broker answers, create the topics, return a producer; DeliveryError otherwise."""
+    from pipeline.kafka_security import client_options
     from pipeline.topics import ensure_topics, probe_broker
 
     bootstrap = settings.bootstrap_servers
+    security = client_options(settings)
     hint = (
         " (start it with `touchline broker start`)"
         if settings.uses_local_broker
         else " (check KAFKA_BOOTSTRAP_SERVERS)"
     )
-    if not probe_broker(bootstrap, timeout=5.0):
+    if not probe_broker(bootstrap, timeout=5.0, options=security):
         raise DeliveryError(f"cannot reach Kafka at {bootstrap}{hint}")
     try:
-        ensure_topics(bootstrap, topic_specs(settings.topic_partitions))
+        ensure_topics(bootstrap, topic_specs(settings.topic_partitions), options=security)
     except Exception as error:
         raise DeliveryError(f"cannot create topics on Kafka at {bootstrap}: {error}{hint}") from None
-    return KafkaSink(bootstrap, client_id=client_id)
+    return KafkaSink(bootstrap, client_id=client_id, security=security)
 
 
 def _progress_printer(enabled: bool) -> Any:

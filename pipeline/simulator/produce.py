@@ -17,7 +17,7 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -88,6 +88,7 @@ class KafkaSink:
         compression: str | None = "lz4",
         max_request_size: int = 2 * 1024 * 1024,
         connect_timeout_s: float = 10.0,
+        security: Mapping[str, Any] | None = None,
     ) -> None:
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
@@ -107,6 +108,7 @@ class KafkaSink:
             "max_in_flight_requests_per_connection": 5,
             "request_timeout_ms": 30_000,
             "retries": 5,
+            **(security or {}),  # TLS / SASL: pipeline.kafka_security.client_options
         }
         if idempotent:
             options["enable_idempotence"] = True

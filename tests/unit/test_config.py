@@ -55,3 +55,37 @@ def test_unknown_key_in_file_is_an_error(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("TOUCHLINE_CONFIG", str(config))
     with pytest.raises(ConfigError, match="batch_max_rowz"):
         load_settings()
+
+
+def test_sasl_needs_credentials_and_tls_files_must_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOUCHLINE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("TOUCHLINE_KAFKA_SSL_CAFILE", str(tmp_path / "missing-ca.pem"))
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert "SASL_SSL needs kafka_sasl_username and kafka_sasl_password" in message
+    assert "kafka_ssl_cafile: no such file" in message
+
+
+def test_security_settings_map_to_every_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import faust
+
+    from pipeline.kafka_security import client_options, faust_credentials
+
+    monkeypatch.setenv("TOUCHLINE_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("TOUCHLINE_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("TOUCHLINE_KAFKA_SASL_USERNAME", "svc")
+    monkeypatch.setenv("TOUCHLINE_KAFKA_SASL_PASSWORD", "p@ss")
+    settings = load_settings()
+    assert client_options(settings) == {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "svc",
+        "sasl_plain_password": "p@ss",
+    }
+    credentials = faust_credentials(settings)
+    assert isinstance(credentials, faust.SASLCredentials)
+    assert credentials.protocol.value == "SASL_PLAINTEXT" and credentials.mechanism.value == "SCRAM-SHA-512"
+    assert "p@ss" not in repr(settings)
+    monkeypatch.delenv("TOUCHLINE_KAFKA_SECURITY_PROTOCOL")
+    assert client_options(load_settings()) == {} and faust_credentials(load_settings()) is None
