@@ -34,6 +34,7 @@ from pipeline.events.models import EventBase
 from pipeline.events.topics import JOURNEY_EVENTS_TOPIC, JOURNEYS_TOPIC
 from pipeline.journeys.lifecycle import DAY, JourneyConfig, JourneyVersion, Stitcher, journey_row, step_rows
 from pipeline.journeys.record import ContactRecord
+from pipeline.privacy import access
 from pipeline.store.clickhouse import BlockingExecutor, insert_dicts
 from pipeline.worker import journey_metrics as jm
 from pipeline.worker import journeys as journey_stage
@@ -65,6 +66,7 @@ class _State:
     builder: asyncio.Task[None] | None = None
     blocked: dict[str, int] = field(default_factory=dict)
     refusals: dict[str, int] = field(default_factory=dict)
+    first_offset: int = -1
 
 
 def install_journey_stage(
@@ -80,6 +82,13 @@ def install_journey_stage(
     contacts = app.Table("journey-contacts", default=None, partitions=1, key_type=bytes, value_type=bytes)
     emitted = app.Table("journey-emitted", default=None, partitions=1, key_type=bytes, value_type=bytes)
     state = _State()
+    # Faust's consumer reads only this stage's input (the channel topics have their own consumers):
+    # a worker killed with SIGKILL holds the journey partition until its session times out, 60 s by
+    # Faust's default, so take the channel consumers' timeout when there is one.
+    session = getattr(settings, "kafka_session_timeout_seconds", None) if settings is not None else None
+    if session is not None:
+        app.conf.broker_session_timeout = float(session)
+        app.conf.broker_heartbeat_interval = min(3.0, float(session) / 3)
 
     async def build() -> None:
         """The stitcher the tables describe (the tables hold only this worker's active partition)."""
@@ -100,6 +109,8 @@ def install_journey_stage(
             records, entries, journeys=config, keep_ms=keep_ms, identity_retention_ms=identity_ms
         )
         state.core = core
+        changelog = contacts.changelog_topic.get_topic_name()
+        jm.JOURNEY_PARTITIONS.set(sum(1 for tp in app.assignor.assigned_actives() if tp.topic == changelog))
         state.blocked, state.refusals = dict(core.graph.blocked), dict(core.graph.refusals)
         took = time.perf_counter() - started
         jm.JOURNEY_RESTORE_SECONDS.set(took)
@@ -212,6 +223,10 @@ def install_journey_stage(
             persist(core)
             gauges(core)
             jm.JOURNEY_BATCHES.inc()
+            if state.first_offset < 0:
+                state.first_offset = offset
+                jm.JOURNEY_FIRST_OFFSET.set(offset)
+            jm.JOURNEY_OFFSET.set(offset)
 
     def invalidate() -> None:
         if state.builder is not None:
@@ -233,11 +248,15 @@ def install_journey_stage(
     @app.table_route(table=contacts, query_param="value")
     async def journey_lookup(web: Any, request: Request) -> Response:
         """GET /journeys/lookup?kind=phone&value=%2B44...: the customer's current journey."""
+        refused = access.refusal(request.headers)
+        if refused is not None:
+            response: Response = web.json({"error": refused[1]}, status=refused[0])
+            return response
         kind, value = request.query.get("kind", ""), request.query.get("value", "")
         if kind not in journey_stage.LOOKUP_KINDS or not value:
             kinds = ", ".join(sorted(journey_stage.LOOKUP_KINDS))
             body = {"error": "bad request", "detail": f"give ?kind=<{kinds}>&value=<identifier>"}
-            response: Response = web.json(body, status=400)
+            response = web.json(body, status=400)
             return response
         core = await core_ready(LOOKUP_WAIT_SECONDS)
         if core is None:

@@ -35,3 +35,16 @@ JOURNEY_RESTORED_CONTACTS = Gauge(
 JOURNEY_BATCHES = Counter(
     "touchline_journey_batches_total", "Messages of contact records the journey stage finished (outputs and state)"
 )
+JOURNEY_OFFSET = Gauge(
+    "touchline_journey_offset", "Offset of the last message of contact records the journey stage finished (-1: none)"
+)
+JOURNEY_FIRST_OFFSET = Gauge(
+    "touchline_journey_first_offset",
+    "Offset of the first message this process finished (-1: none yet); at or below the previous process's last "
+    "finished offset after a crash, the message was read again",
+)
+JOURNEY_PARTITIONS = Gauge(
+    "touchline_journey_partitions", "Partitions of the journey state this worker owns (restored and served here)"
+)
+JOURNEY_OFFSET.set(-1)
+JOURNEY_FIRST_OFFSET.set(-1)
