@@ -206,7 +206,9 @@ def print_rows(columns: list[str], rows: list[list[Any]], fmt: str) -> None:
 @click.option("--check", is_flag=True, help="Exit 1 when schemas/events/ differs from the models instead of writing.")
 def schemas(check: bool) -> None:
     """Regenerate what is derived from code: schemas/events/*.json (from the pydantic event models),
-    schemas/clickhouse/0003_kpi_windows.sql and the README's KPI table (from the KPI definitions)."""
+    schemas/clickhouse/0003_kpi_windows.sql and the README's KPI table (from the KPI definitions), and the
+    README's configuration table (from the settings model)."""
+    from pipeline import config_docs
     from pipeline.events.jsonschema import EVENTS_SCHEMA_DIR, drift, write
     from pipeline.kpi import ddl, docs
 
@@ -219,12 +221,16 @@ def schemas(check: bool) -> None:
             fail(f"{kpi_ddl.name} differs from the KPI definitions: add a migration, then run `touchline schemas`")
         if docs.with_table(docs.README.read_text()) != docs.README.read_text():
             fail("the README's KPI table differs from the KPI definitions: run `touchline schemas`")
+        if config_docs.with_table(config_docs.README.read_text()) != config_docs.README.read_text():
+            fail("the README's configuration table differs from pipeline/config.py: run `touchline schemas`")
         click.echo("generated files match their sources")
         return
     names = write()
     click.echo(f"wrote {len(names)} schemas to {EVENTS_SCHEMA_DIR}")
     if docs.write():
         click.echo("updated the KPI table in README.md")
+    if config_docs.write():
+        click.echo("updated the configuration table in README.md")
 
 
 @main.command()

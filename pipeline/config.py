@@ -74,13 +74,22 @@ class Settings(BaseSettings):
     )
     clickhouse_dsn: str | None = Field(
         None,
-        description="`chdb://<dir>` (embedded, default `chdb://<data_dir>/clickhouse`) or `http(s)://user:pass@host:port`.",
+        description="`chdb://<dir>` (embedded, default `chdb://<data_dir>/clickhouse`) or "
+        "`http(s)://user:password@host:port`; URL-encode `@ / # ? % :` in the user and password (`p@ss` -> `p%40ss`).",
     )
-    clickhouse_database: str = Field("touchline", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    clickhouse_database: str = Field(
+        "touchline",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="ClickHouse database of Touchline's tables (created at start if missing and allowed).",
+    )
     app_id: str = Field(
         "touchline", min_length=1, description="Faust app id: consumer group and internal topic prefix."
     )
-    worker_web_host: str = Field("127.0.0.1")
+    worker_web_host: str = Field(
+        "127.0.0.1",
+        description="Address the worker's HTTP server binds to and advertises to other workers for forwarded "
+        "lookups: set it to this worker's own reachable address (not 0.0.0.0) when workers run on several hosts.",
+    )
     worker_web_port: int = Field(6066, ge=1, le=65535, description="Worker HTTP port: /metrics, /sql, lookups.")
     batch_max_rows: int = Field(5000, ge=1, le=1_000_000, description="Rows per ClickHouse insert at most.")
     batch_max_seconds: float = Field(
@@ -92,7 +101,9 @@ class Settings(BaseSettings):
         ge=0,
         description="Recent event ids remembered per worker to drop redelivered duplicates early.",
     )
-    log_level: str = Field("info", pattern=r"^(?i:debug|info|warning|error)$")
+    log_level: str = Field(
+        "info", pattern=r"^(?i:debug|info|warning|error)$", description="`debug`, `info`, `warning` or `error`."
+    )
     kpi_allowed_lateness_seconds: float = Field(
         300.0, ge=0, description="Events later than this behind their partition's newest event are late."
     )

@@ -89,3 +89,32 @@ def test_security_settings_map_to_every_client(tmp_path: Path, monkeypatch: pyte
     assert "p@ss" not in repr(settings)
     monkeypatch.delenv("TOUCHLINE_KAFKA_SECURITY_PROTOCOL")
     assert client_options(load_settings()) == {} and faust_credentials(load_settings()) is None
+
+
+def test_readme_configuration_table_is_generated_from_the_settings_model() -> None:
+    from pipeline import config_docs
+    from pipeline.config import Settings
+
+    readme = config_docs.README.read_text()
+    assert config_docs.with_table(readme) == readme, "README configuration table drifted: run `touchline schemas`"
+    assert config_docs.undocumented() == []
+    table = readme.split(config_docs.START)[1].split(config_docs.END)[0]
+    for name in Settings.model_fields:
+        assert f"| `{name}` |" in table
+    assert "`TOUCHLINE_WORKER_WEB_HOST`" in table
+
+
+def test_schemas_check_fails_when_the_configuration_table_drifts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from pipeline import config_docs
+    from pipeline.cli import main
+
+    stale = tmp_path / "README.md"
+    stale.write_text(config_docs.README.read_text().replace("| `batch_max_rows` |", "| `batch_rows` |"))
+    monkeypatch.setattr(config_docs, "README", stale)
+    result = CliRunner().invoke(main, ["schemas", "--check"])
+    assert result.exit_code == 1
+    assert "configuration table differs from pipeline/config.py" in result.output
