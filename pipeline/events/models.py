@@ -20,7 +20,11 @@ from pydantic import (
     model_validator,
 )
 
-SCHEMA_VERSION = 1  # keep equal to the Literal on EventBase.schema_version
+SCHEMA_VERSION = 2  # the newest value of EventBase.schema_version
+# Version history (a consumer accepts every version up to SCHEMA_VERSION):
+#   1  the original events.
+#   2  `waiting_on_customer` / `waiting_ended` may carry `reason` (who is waited on); an event
+#      that carries a version-2 field must say `schema_version: 2`.
 
 
 class Channel(StrEnum):
@@ -90,7 +94,11 @@ class Identifier(_Strict):
 class EventBase(_Strict):
     """Fields every interaction event carries."""
 
-    schema_version: Literal[1] = Field(1, description="Version of this event schema. Bumped on incompatible change.")
+    schema_version: Literal[1, 2] = Field(
+        1,
+        description="Version of this event schema: 1, or 2 for events that use a version-2 field "
+        "(`reason` on waiting events). Bumped on incompatible change.",
+    )
     event_id: Id = Field(
         description="Producer-assigned unique id of this event. Redelivered duplicates carry the same id and are counted once."
     )
@@ -226,14 +234,43 @@ class Transferred(EventBase):
     to_agent_id: OptionalLabel = Field(None, description="Agent the contact is transferred to, for a direct transfer.")
 
 
-class WaitingOnCustomer(EventBase):
-    """The contact now waits for the customer (information requested); SLA clocks pause."""
+# Well-known wait reasons; any other lower-case label (e.g. `legal`) is accepted too, so a new
+# reason needs no schema change. No reason means `customer` (what version 1 meant).
+WAIT_REASONS: tuple[str, ...] = ("customer", "vendor", "internal", "other")
+DEFAULT_WAIT_REASON = "customer"
+WaitReason = Annotated[str | None, Field(default=None, pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+
+
+class _Waiting(EventBase):
+    reason: WaitReason = Field(
+        None,
+        description="Who is waited on: `customer` (the default when absent), `vendor`, `internal` (another "
+        "team) or `other`; any other lower-case label is accepted. Needs `schema_version: 2`.",
+    )
+
+    @model_validator(mode="after")
+    def _reason_needs_version_2(self) -> _Waiting:
+        if self.reason is not None and self.schema_version < 2:
+            raise ValueError("`reason` is a schema version 2 field: send `schema_version: 2` with it")
+        return self
+
+    @property
+    def wait_reason(self) -> str:
+        """The reason, `customer` when none was given."""
+        return self.reason or DEFAULT_WAIT_REASON
+
+
+class WaitingOnCustomer(_Waiting):
+    """The contact now waits on someone: the customer (information requested), a vendor or another
+    team (`reason`). SLA clocks pause for the reasons their policy names (by default: customer). A
+    new `waiting_on_customer` with another reason while waiting switches the reason."""
 
     type: Literal["waiting_on_customer"] = "waiting_on_customer"
 
 
-class WaitingEnded(EventBase):
-    """The customer answered after `waiting_on_customer`; SLA clocks resume."""
+class WaitingEnded(_Waiting):
+    """The wait started by `waiting_on_customer` is over (the customer answered, the vendor came
+    back); paused SLA clocks resume. `reason`, when given, is informational."""
 
     type: Literal["waiting_ended"] = "waiting_ended"
 

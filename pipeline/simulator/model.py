@@ -888,7 +888,10 @@ class Simulation:
         contact.token += 1
         if contact.truth.waiting and contact.truth.waiting[-1][1] is None:
             contact.truth.waiting[-1][1] = self.now
-            self._emit(contact, WaitingEnded)
+            if self._tickets:  # ticket waits carry their reason (event schema version 2)
+                self._emit(contact, WaitingEnded, schema_version=2, reason=contact.truth.waiting_reasons[-1])
+            else:
+                self._emit(contact, WaitingEnded)
         contact.truth.customer_messages.append(self.now)
         self._emit(contact, CustomerMessage)
         return True
@@ -1002,7 +1005,7 @@ class Simulation:
             reason = action.removeprefix("wait_")
             contact.truth.waiting.append([self.now, None])
             contact.truth.waiting_reasons.append(reason)
-            self._emit(contact, WaitingOnCustomer)
+            self._emit(contact, WaitingOnCustomer, schema_version=2, reason=reason)
             if reason == "customer":
                 roll = rng.random()
                 if roll < 0.87:
@@ -1038,7 +1041,7 @@ class Simulation:
             return
         contact.token += 1
         contact.truth.waiting[-1][1] = self.now
-        self._emit(contact, WaitingEnded)
+        self._emit(contact, WaitingEnded, schema_version=2, reason=contact.truth.waiting_reasons[-1])
         self._at(self._work(tickets.WORK_MEAN), self._ticket_reply, contact, contact.token)
 
     def _ticket_resolve(self, contact: Contact) -> None:

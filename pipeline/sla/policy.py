@@ -12,6 +12,9 @@ File layout::
         next_response: 24h
         resolution: 50h
         calendar: uk_office         # targets count open time of this calendar (business time)
+        pause_on:                   # wait reasons that stop each target's clock (default: customer)
+          first_response: [customer]
+          resolution: [customer, vendor]
       - name: default               # a catch-all (no match) is required
         resolution: 24h
 
@@ -23,6 +26,11 @@ Rules:
 * A target that is left out is not tracked for contacts under that policy.
 * `at_risk_fraction` (default 0.8, strictly between 0 and 1): an at-risk alert is raised once
   that fraction of a target has elapsed.
+* `pause_on` names the wait reasons (`reason` of `waiting_on_customer`: customer, vendor,
+  internal, other, or any other lower-case label) that stop the clock: a list for every target,
+  or a mapping per target (a target left out of the mapping keeps the default). Default
+  `[customer]` for every target, which is what a `waiting_on_customer` without a reason means;
+  `[]` never pauses.
 * `calendar` defaults to `always` (24x7, elapsed time). Naming another calendar makes the targets
   count business time on it; `business_time: false` with a calendar, or `business_time: true`
   without one, is an error. `always` is reserved and cannot be redefined.
@@ -45,7 +53,7 @@ from typing import Annotated, Any, Self
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from pipeline.events.models import Channel
+from pipeline.events.models import DEFAULT_WAIT_REASON, Channel
 from pipeline.sla.calendar import ALWAYS, BusinessCalendar
 
 ALWAYS_CALENDAR = "always"
@@ -101,6 +109,8 @@ def _priority_form(value: Any) -> Any:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+DEFAULT_PAUSE_ON: tuple[str, ...] = (DEFAULT_WAIT_REASON,)
+ReasonList = Annotated[tuple[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")], ...], BeforeValidator(_as_list)]
 Priority = Annotated[int, Field(ge=0, le=9)]
 
 
@@ -156,6 +166,25 @@ class Match(_Strict):
         return self.queue is None or queue in self.queue
 
 
+def _pause_form(value: Any) -> Any:
+    if isinstance(value, list | tuple | str):
+        reasons = _as_list(value)
+        return {"first_response": reasons, "next_response": reasons, "resolution": reasons}
+    return value
+
+
+class PauseOn(_Strict):
+    """Per target, the wait reasons that stop its clock."""
+
+    first_response: ReasonList = DEFAULT_PAUSE_ON
+    next_response: ReasonList = DEFAULT_PAUSE_ON
+    resolution: ReasonList = DEFAULT_PAUSE_ON
+
+    def reasons(self, target: Target) -> tuple[str, ...]:
+        value: tuple[str, ...] = getattr(self, target.value)
+        return value
+
+
 class Policy(_Strict):
     """One SLA policy: targets (seconds) for the contacts it matches."""
 
@@ -166,6 +195,7 @@ class Policy(_Strict):
     next_response: Duration | None = None
     resolution: Duration | None = None
     at_risk_fraction: float = Field(0.8, gt=0, lt=1)
+    pause_on: Annotated[PauseOn, BeforeValidator(_pause_form)] = Field(default_factory=PauseOn)
     calendar: str = ALWAYS_CALENDAR
     business_time: bool | None = Field(
         None, description="Whether targets count business time; implied by naming a calendar."
@@ -186,6 +216,10 @@ class Policy(_Strict):
     def target_seconds(self, target: Target) -> float | None:
         value: float | None = getattr(self, target.value)
         return value
+
+    def pause_reasons(self, target: Target) -> tuple[str, ...]:
+        """The wait reasons that stop this target's clock."""
+        return self.pause_on.reasons(target)
 
 
 class PolicyFile(_Strict):

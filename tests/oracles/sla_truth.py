@@ -22,8 +22,11 @@ Rules (from clock.py):
 * next_response: once an agent has replied, a customer message opens one unless one is open; met
   by the next agent reply.
 * resolution: from `contact_started`, met by `resolved`; `reopened` starts a new one.
-* `waiting_on_customer` pauses every open obligation until `waiting_ended`; obligations opened
-  during a pause start paused.
+* `waiting_on_customer` pauses every open obligation whose policy lists the wait's reason under
+  `pause_on` for its target (truth `waiting_reasons[]`, `customer` when absent; `pause_on` is a
+  list for all targets or a mapping per target, default `[customer]`) until `waiting_ended`;
+  obligations opened during a wait start paused when its reason pauses them. A new wait with
+  another reason during a wait switches the reason (the simulator never does this).
 * `resolved` / `abandoned` close every open obligation and the contact: later events other than
   `reopened` are ignored.
 * The policy is chosen when the obligation starts (first match in file order) from channel,
@@ -124,6 +127,10 @@ class Policy:
     match: Mapping[str, Any]
     targets_ms: Mapping[str, int]
     calendar: str = "always"
+    pause_on: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # target -> reasons
+
+    def pauses(self, target: str, reason: str | None) -> bool:
+        return reason is not None and reason in self.pause_on.get(target, ("customer",))
 
     def matches(self, channel: str, priority: int, segment: str | None, queue: str | None) -> bool:
         m = self.match
@@ -190,7 +197,11 @@ def load_policies(path: str | Path) -> Policies:
     policies = []
     for raw in data["policies"]:
         targets = {t: round(_duration_seconds(raw[t]) * 1000) for t in TARGETS if raw.get(t) is not None}
-        policies.append(Policy(raw["name"], raw.get("match") or {}, targets, raw.get("calendar", "always")))
+        spec = raw.get("pause_on", ["customer"])
+        if not isinstance(spec, dict):
+            spec = {t: spec for t in TARGETS}
+        pause_on = {t: tuple(_as_list(spec.get(t, ["customer"]))) for t in TARGETS}
+        policies.append(Policy(raw["name"], raw.get("match") or {}, targets, raw.get("calendar", "always"), pause_on))
     return Policies(tuple(policies), calendars)
 
 
@@ -264,13 +275,13 @@ class _Contact:
     started: bool = False
     first_opened: bool = False
     replied: bool = False
-    paused: bool = False
+    waiting: str | None = None  # reason of the current wait
     closed: bool = False
     open: dict[str, Obligation] = field(default_factory=dict)
 
 
 def _timeline(record: Mapping[str, Any]) -> list[tuple[int, int, int, str, str | None]]:
-    """(time, rank, seq, kind, queue) pseudo-events of one contact, in event order."""
+    """(time, rank, seq, kind, queue or wait reason) pseudo-events of one contact, in event order."""
     raw: list[tuple[int, str, str | None]] = []
 
     def add(t: int | None, kind: str, queue: str | None = None) -> None:
@@ -286,8 +297,9 @@ def _timeline(record: Mapping[str, Any]) -> list[tuple[int, int, int, str, str |
         add(ms_of(t), "reply")
     for t in record["customer_messages"]:
         add(ms_of(t), "customer_message")
-    for a, b in record["waiting_on_customer"]:
-        add(ms_of(a), "waiting_on_customer")
+    reasons = record.get("waiting_reasons") or ["customer"] * len(record["waiting_on_customer"])
+    for (a, b), reason in zip(record["waiting_on_customer"], reasons, strict=True):
+        add(ms_of(a), "waiting_on_customer", reason)
         add(ms_of(b), "waiting_ended")
     for t in record["resolutions"]:
         add(ms_of(t), "resolved")
@@ -306,7 +318,7 @@ def obligations(record: Mapping[str, Any], policies: Policies) -> list[Obligatio
         policy = policies.match(c.channel, c.priority, c.segment, c.queue)
         if target not in policy.targets_ms:
             return
-        ob = Obligation(target, t, policy, [[t, None]] if c.paused else [])
+        ob = Obligation(target, t, policy, [[t, None]] if policy.pauses(target, c.waiting) else [])
         c.open[target] = ob
         out.append(ob)
 
@@ -342,14 +354,17 @@ def obligations(record: Mapping[str, Any], policies: Policies) -> list[Obligatio
             if c.replied and "next_response" not in c.open:
                 open_("next_response", t)
         elif kind == "waiting_on_customer":
-            if not c.paused:
-                c.paused = True
+            if c.waiting != queue:
+                c.waiting = queue
                 for ob in c.open.values():
-                    if not ob.pauses or ob.pauses[-1][1] is not None:
+                    paused = bool(ob.pauses) and ob.pauses[-1][1] is None
+                    if ob.policy.pauses(ob.target, c.waiting) and not paused:
                         ob.pauses.append([t, None])
+                    elif paused and not ob.policy.pauses(ob.target, c.waiting):
+                        ob.pauses[-1][1] = t
         elif kind == "waiting_ended":
-            if c.paused:
-                c.paused = False
+            if c.waiting is not None:
+                c.waiting = None
                 for ob in c.open.values():
                     if ob.pauses and ob.pauses[-1][1] is None:
                         ob.pauses[-1][1] = t
@@ -357,7 +372,7 @@ def obligations(record: Mapping[str, Any], policies: Policies) -> list[Obligatio
             for target in list(c.open):
                 close(target, t)
             c.closed = True
-            c.paused = False
+            c.waiting = None
         elif kind == "reopened":
             c.started = True
             if "resolution" not in c.open:
