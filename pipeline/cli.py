@@ -13,6 +13,7 @@ import click
 
 from pipeline.config import ConfigError, Settings, load_settings
 from pipeline.errors import port_in_use, store_error_message
+from pipeline.sql_client import clickhouse_message, result_columns, route, rows_label, write_table, write_tsv
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -147,12 +148,20 @@ def worker_answers(settings: Settings) -> bool:
 
 @main.command()
 @click.argument("query", required=False)
-@click.option("--format", "fmt", type=click.Choice(["table", "tsv", "json"]), default="table", show_default=True)
-def sql(query: str | None, fmt: str) -> None:
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "tsv", "json"]),
+    default=None,
+    help="table (aligned, every cell in full) on a terminal, tsv when piped, or json. [default: by output]",
+)
+def sql(query: str | None, fmt: str | None) -> None:
     """Run a read-only SQL QUERY (or read it from stdin) against Touchline's ClickHouse.
 
-    With the embedded store and a running worker, the query goes to the worker's /sql endpoint
-    (the worker holds the store); otherwise Touchline opens the store itself. Writes are refused.
+    It reads the store the configuration names (TOUCHLINE_DATA_DIR / TOUCHLINE_CLICKHOUSE_DSN) and
+    says which on stderr. The embedded store is held by its running worker, so the query goes
+    through that worker's /sql, but only when the worker's /health names the same store, database
+    and app id; otherwise Touchline opens the store itself. Writes are refused.
 
     Example: touchline sql "SELECT channel, count() FROM interaction_events FINAL GROUP BY channel"
     """
@@ -166,13 +175,15 @@ def sql(query: str | None, fmt: str) -> None:
         fail("no query given", 2)
     columns: list[str]
     rows: list[list[Any]]
-    if settings.embedded_clickhouse and worker_answers(settings):
+    target = route(settings)
+    click.echo(f"touchline sql: {target.describe()}", err=True)
+    if target.worker_url is not None:
         request = urllib.request.Request(f"{settings.worker_url}/sql?format=json", data=text.encode(), method="POST")
         try:
             with urllib.request.urlopen(request, timeout=300) as response:
                 body = json.loads(response.read())
         except urllib.error.HTTPError as error:
-            fail(error.read().decode().strip())
+            fail(clickhouse_message(error.read().decode()))
         columns, rows = body["columns"], body["rows"]
     else:
         try:
@@ -180,26 +191,22 @@ def sql(query: str | None, fmt: str) -> None:
         except StoreError as error:
             fail(store_error_message(error))
         except Exception as error:
-            fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
-    print_rows(columns, rows, fmt)
+            fail(clickhouse_message(str(error)) if str(error) else type(error).__name__)
+    if not columns:
+        columns = result_columns(settings, target, text)
+    print_rows(columns, rows, fmt or ("table" if sys.stdout.isatty() else "tsv"))
 
 
 def print_rows(columns: list[str], rows: list[list[Any]], fmt: str) -> None:
     if fmt == "json":
         click.echo(json.dumps([dict(zip(columns, row, strict=True)) for row in rows], default=str))
         return
+    out = click.get_text_stream("stdout")
     if fmt == "tsv":
-        click.echo("\t".join(columns))
-        for row in rows:
-            click.echo("\t".join(str(v) for v in row))
+        write_tsv(columns, rows, out)
+        click.echo(f"touchline sql: {rows_label(len(rows))}", err=True)
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(*columns)
-    for row in rows:
-        table.add_row(*(str(v) for v in row))
-    Console().print(table)
+    write_table(columns, rows, out)
 
 
 @main.command()

@@ -34,7 +34,12 @@ def store_error_message(error: Exception) -> str:
     cause = store_cause(text)
     if cause is None:
         return text
-    head = re.match(r"(cannot open ClickHouse at \S+): ", text)
+    head = re.match(r"(cannot open ClickHouse at (\S+)): ", text)
+    if head and head.group(2).startswith("chdb:") and "does not exist" in cause:
+        return (
+            f"{head.group(1)}: no Touchline store there yet (nothing ran with this data directory; "
+            "`make run` or `touchline migrate` creates it)"
+        )
     return f"{head.group(1) if head else 'ClickHouse'}: {cause}"
 
 

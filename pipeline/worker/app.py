@@ -34,7 +34,7 @@ from pipeline.kafka_security import client_options, faust_credentials
 from pipeline.kpi.definitions import KpiConfig
 from pipeline.privacy.runtime import configure_worker, limits_of
 from pipeline.sla.policy import load_policies
-from pipeline.store.clickhouse import BlockingExecutor, connect
+from pipeline.store.clickhouse import BlockingExecutor, connect, redact
 from pipeline.store.migrations import migrate
 from pipeline.topics import ensure_topics
 from pipeline.worker import metrics
@@ -176,6 +176,8 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
                 "role": settings.worker_role,
                 "embedded_clickhouse": settings.embedded_clickhouse,
                 "clickhouse_database": settings.clickhouse_database,
+                # identity of the store it holds: `touchline sql` uses this worker only when it names its own
+                "store": redact(settings.clickhouse_url),
                 # channel-topic partitions of the stage holding fewest: > 0 once every stage reads
                 "assigned_partitions": min(stages.values(), default=0),
                 "stages": stages,
