@@ -290,6 +290,32 @@ class IdentityGraph:
             self._counted.discard(node)
         return len(component.members)
 
+    def forget_contact(self, contact_id: str) -> bool:
+        """Remove one contact node from its component (its identifiers stay: another contact of the
+        customer carries them). False when the contact is unknown or alone in its component."""
+        node = (CONTACT, contact_id)
+        root = self._root_of.get(node)
+        if root is None:
+            return False
+        component = self._roots[root]
+        if len(component.members) == 1:
+            return False
+        component.members.remove(node)
+        del self._root_of[node]
+        if node in self._counted:
+            self._counted.discard(node)
+            component.contacts -= 1
+        if root == node:  # the component is filed under its root node: re-file it under another
+            new_root = component.members[0]
+            del self._roots[root]
+            self._roots[new_root] = component
+            for member in component.members:
+                self._root_of[member] = new_root
+        if component.anon == contact_id:
+            anons = [value for kind, value in component.members if kind == CONTACT]
+            component.anon = min(anons) if anons else None
+        return True
+
     def __len__(self) -> int:
         return len(self._root_of)
 

@@ -711,6 +711,7 @@ class Stitcher:
                         out.stripped.append(member)
                     store.forget_journey(journey)
                     out.journeys += 1
+                    contact_id = self._compact_identity(contact_id)
             # identity only now: forget the customer once none of its contacts is in a journey
             members = graph.contacts_with(contact_id) or [contact_id]
             if any(records[m].active for m in members if m in records):
@@ -727,6 +728,26 @@ class Stitcher:
                     self.record_changes.add(member)
                     out.dropped.append(member)
         return out
+
+    def _compact_identity(self, contact_id: str) -> str:
+        """Fold the identity of every contact of `contact_id`'s customer that is not in a journey
+        (evicted contacts, identity links) into one of them, the carrier (the earliest to arrive),
+        and forget the others, so a customer who keeps coming back holds one identity-only record,
+        not one per contact ever made. Returns the carrier's contact id."""
+        records = self.records
+        idle = [m for m in self.graph.contacts_with(contact_id) if m in records and not records[m].active]
+        if len(idle) < 2:
+            return contact_id
+        carrier_id = min(idle, key=lambda m: (records[m].seq, m))
+        carrier = records[carrier_id]
+        for member in idle:
+            if member == carrier_id:
+                continue
+            carrier.merge(records.pop(member))
+            self.graph.forget_contact(member)
+            self.record_changes.add(member)
+        self.record_changes.add(carrier_id)
+        return carrier_id
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-able state: every contact record and the emitted journeys (what the stage keeps in

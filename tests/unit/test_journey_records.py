@@ -1,0 +1,192 @@
+"""Contact records (the journey stage's compact input and state), restore from persisted state,
+retention, and bad identifiers. Oracles: `summarise` over the raw events, the simulator's truth,
+and an uninterrupted run of the same input."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.events.models import EventBase
+from pipeline.journeys import Stitcher, summarise
+from pipeline.journeys.contact import to_ms
+from pipeline.journeys.lifecycle import DAY, Emitted, Journey, JourneyVersion
+from pipeline.journeys.record import ContactRecord, records_of
+from pipeline.simulator.model import SimConfig, Simulation
+from pipeline.worker.journeys import arrival_seq
+
+START = to_ms(datetime(2026, 3, 2, tzinfo=UTC))
+
+
+def simulated(seed: int, days: float, rate: float, customers: int) -> tuple[Simulation, list[EventBase]]:
+    sim = Simulation(SimConfig(seed=seed, start_ms=START, duration_ms=int(days * DAY), rate=rate, customers=customers))
+    return sim, [event for _, event in sim.run()]
+
+
+DAY_EVENTS = simulated(5, 0.5, 150.0, 5_000)
+
+
+def by_contact(events: list[EventBase]) -> dict[str, list[EventBase]]:
+    grouped: dict[str, list[EventBase]] = defaultdict(list)
+    for event in events:
+        grouped[event.contact_id].append(event)
+    return grouped
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.randoms(use_true_random=False))
+def test_merged_records_of_any_split_summarise_like_the_events(rnd: random.Random) -> None:
+    """Every contact of a simulated half day (voice with IVR, bots, transfers, surveys, reopens...):
+    records of random pieces of its events, with duplicates, merged in random order, give the
+    summary `summarise` gives for the whole event set."""
+    contacts = by_contact(DAY_EVENTS[1])
+    for contact_id in rnd.sample(sorted(contacts), 60):
+        events = contacts[contact_id]
+        if all(e.__class__.__name__ == "IdentityLink" for e in events):
+            continue
+        pieces: list[list[EventBase]] = [[] for _ in range(rnd.randint(1, 4))]
+        for event in events + rnd.sample(events, len(events) // 3):
+            rnd.choice(pieces).append(event)
+        rnd.shuffle(pieces)
+        merged = ContactRecord(contact_id)
+        for piece in pieces:
+            for record in records_of(piece):
+                merged.merge(ContactRecord.from_json(record.to_json()))
+        assert merged.summary() == replace(summarise(events), events=0)
+
+
+def test_records_are_smaller_than_the_events() -> None:
+    events = DAY_EVENTS[1]
+    raw = sum(len(e.model_dump_json()) for e in events)
+    compact = sum(len(r.to_json()) for r in records_of(events))
+    print(f"{len(events)} events, {raw:,} bytes as JSON; {compact:,} bytes as contact records")
+    assert compact < raw / 3
+
+
+def feed(
+    stitcher: Stitcher, batches: list[list[EventBase]], first_offset: int, *, evict: bool = True
+) -> list[JourneyVersion]:
+    """What the journey stage does per message: apply its records, take the changes, evict."""
+    out: list[JourneyVersion] = []
+    for n, batch in enumerate(batches, start=first_offset):
+        for index, record in enumerate(records_of(batch)):
+            stitcher.apply(ContactRecord.from_json(record.to_json()).with_seq(arrival_seq(n, index)))
+        as_of = stitcher.as_of_ms or None
+        out += stitcher.changes(as_of)
+        if evict and as_of is not None:
+            stitcher.evict_due(as_of)
+    return out
+
+
+def batched(events: list[EventBase], size: int, rnd: random.Random) -> list[list[EventBase]]:
+    """Events slightly out of order (up to 2 minutes late), 5 % duplicated, cut into batches."""
+    keyed = [(to_ms(e.occurred_at) + rnd.uniform(0, 120_000), e) for e in events]
+    keyed += [(to_ms(e.occurred_at) + rnd.uniform(0, 120_000), e) for e in rnd.sample(events, len(events) // 20)]
+    keyed.sort(key=lambda pair: pair[0])
+    ordered = [e for _, e in keyed]
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+
+
+def final(emitted: list[JourneyVersion]) -> dict[str, Journey]:
+    """The journeys table as FINAL shows it; versions must only grow per journey."""
+    best: dict[str, JourneyVersion] = {}
+    for v in emitted:
+        known = best.get(v.journey.journey_id)
+        assert known is None or v.version > known.version, f"{v.journey.journey_id}: version went back"
+        best[v.journey.journey_id] = v
+    return {j: v.journey for j, v in best.items() if not v.deleted}
+
+
+def persisted(stitcher: Stitcher) -> tuple[list[ContactRecord], list[tuple[str, Emitted]]]:
+    """What the stage's tables hold: records and emitted entries (copied through their wire form)."""
+    records = [ContactRecord.from_json(r.to_json()) for r in stitcher.records.values()]
+    emitted = [(j, Emitted.from_dict(e.to_dict())) for j, e in stitcher.store._emitted.items()]
+    return records, emitted
+
+
+@pytest.mark.parametrize(
+    ("seed", "days", "rate", "customers", "size"),
+    [
+        (9, 2, 60.0, 400, 400),  # a busy stretch, identity links and merges
+        (4, 40, 20.0, 100, 200),  # weeks of returning customers: evictions and identity carriers before the cut
+    ],
+)
+def test_restored_state_continues_exactly_like_an_uninterrupted_run(
+    seed: int, days: int, rate: float, customers: int, size: int
+) -> None:
+    """Crash mid-run: restore from the persisted records and versions (no event re-read), then
+    re-read the last batches again (they were not acknowledged) and go on. The journeys and
+    versions equal an uninterrupted run's; versions keep growing across the restore."""
+    _, events = simulated(seed, days, rate, customers)
+    batches = batched(events, size, random.Random(seed))
+    whole = Stitcher()
+    reference = final(feed(whole, batches, 0))
+    cut = len(batches) // 2
+    first = Stitcher()
+    emitted = feed(first, batches[:cut], 0)
+    records, entries = persisted(first)
+    restored = Stitcher.from_state(records, entries)
+    graph = {k: v for k, v in restored.graph.snapshot().items() if k not in ("blocked", "refusals")}
+    assert graph == {k: v for k, v in first.graph.snapshot().items() if k not in ("blocked", "refusals")}
+    assert restored.as_of_ms == first.as_of_ms
+    emitted += feed(restored, batches[cut - 3 :], cut - 3)  # three unacknowledged batches again
+    assert final(emitted) == reference
+    assert sorted(restored.records) == sorted(whole.records)
+
+
+def test_retention_keeps_results_and_bounds_the_state() -> None:
+    """Forty days of few customers who come back (repeat contacts, reopened and new journeys):
+    with eviction every batch the journeys equal the simulator's truth, and the state holds only
+    what the retention rules keep."""
+    sim, events = simulated(4, 40, 20.0, 100)
+    stitcher = Stitcher(identity_retention_ms=20 * DAY)
+    emitted = feed(stitcher, batched(events, 200, random.Random(4)), 0)
+    emitted += stitcher.changes(sim.as_of_ms)
+    table = final(emitted)
+    ours = {frozenset(j.contact_ids): j for j in table.values()}
+    for truth in sim.journeys:
+        t = truth.as_dict()
+        journey = ours.get(frozenset(t["contact_ids"]))
+        assert journey is not None, f"{t['journey_id']} is not one journey"
+        assert (journey.resolved, journey.reopened, journey.first_contact_resolved) == (
+            t["resolved"],
+            t["reopened"],
+            t["first_contact_resolved"],
+        )
+    assert len(table) == len(sim.journeys)
+    contacts = {e.contact_id for e in events}
+    active = [r for r in stitcher.records.values() if r.active]
+    print(f"{len(contacts)} contacts over 40 days; {len(stitcher.records)} records kept ({len(active)} with activity)")
+    store, as_of = stitcher.store, stitcher.as_of_ms
+    held = store.all_journeys(as_of)
+    # every journey still held can be joined (or get late events) now, give or take one batch
+    assert all(store.close_time(j, stitcher.keep_ms) >= as_of - 3_600_000 for j in held)
+    assert sum(j.contacts for j in held) == len(active)
+    assert len(stitcher.store._emitted) < len(table)
+    assert len(active) < len(contacts) / 2
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        {("phone", ""): 1},
+        {("phone", "   "): 1, ("email", "NULL"): 1},
+        {("fax", "12345"): 1},
+        {("phone", "+000 000"): 1, ("customer_id", "unknown"): 1},
+    ],
+)
+def test_unusable_identifiers_are_skipped_and_counted(ids: dict[tuple[str, str], int]) -> None:
+    stitcher = Stitcher()
+    record = ContactRecord("c-bad", first=(START * 1000, "e1", "voice"), last_us=START * 1000, ids=ids, seq=1)
+    record.links[("phone", "", "customer_id", "C1")] = 1
+    resolution = stitcher.apply(record)
+    assert resolution.customer == "anon:c-bad"
+    assert sum(stitcher.graph.blocked.values()) >= len(ids)
+    (version,) = stitcher.changes()
+    assert version.journey.customer == "anon:c-bad"
