@@ -100,7 +100,7 @@ def compare(rows: list[list[Any]], records: list[dict[str, Any]]) -> tuple[int, 
             t["resolved_at"],
         )
         if t["resolved"]:
-            got += (round(float(row[9]), 3), bool(row[10]))
+            got += (None if row[9] is None else round(float(row[9]), 3), bool(row[10]))
             want += (t["resolution_seconds"], t["reopened"])
         if got != want:
             mismatches.append(f"{t['journey_id']}: got {got}, truth {want}")
