@@ -134,6 +134,8 @@ def worker(web_port: int | None, role: str | None) -> None:
         fail(store_error_message(error))
     except PolicyError as error:
         fail(f"invalid SLA policies in {settings.sla_policies_file}:\n{error}", 2)
+    except ConfigError as error:  # e.g. listening beyond loopback without a token
+        fail(str(error), 2)
     faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()
 
 
@@ -165,6 +167,8 @@ def sql(query: str | None, fmt: str | None) -> None:
 
     Example: touchline sql "SELECT channel, count() FROM interaction_events FINAL GROUP BY channel"
     """
+    from pipeline.privacy.access import client_headers
+    from pipeline.privacy.runtime import limits_of
     from pipeline.store.clickhouse import StoreError
     from pipeline.store.readonly import open_readonly, run_readonly
 
@@ -178,7 +182,12 @@ def sql(query: str | None, fmt: str | None) -> None:
     target = route(settings)
     click.echo(f"touchline sql: {target.describe()}", err=True)
     if target.worker_url is not None:
-        request = urllib.request.Request(f"{settings.worker_url}/sql?format=json", data=text.encode(), method="POST")
+        request = urllib.request.Request(
+            f"{settings.worker_url}/sql?format=json",
+            data=text.encode(),
+            method="POST",
+            headers=client_headers(settings),
+        )
         try:
             with urllib.request.urlopen(request, timeout=300) as response:
                 body = json.loads(response.read())
@@ -187,13 +196,14 @@ def sql(query: str | None, fmt: str | None) -> None:
         columns, rows = body["columns"], body["rows"]
     else:
         try:
-            columns, rows = run_readonly(open_readonly(settings.clickhouse_url, settings.clickhouse_database), text)
+            client = open_readonly(settings.clickhouse_url, settings.clickhouse_database, limits_of(settings))
+            columns, rows = run_readonly(client, text)
         except StoreError as error:
             fail(store_error_message(error))
         except Exception as error:
             fail(clickhouse_message(str(error)) if str(error) else type(error).__name__)
     if not columns:
-        columns = result_columns(settings, target, text)
+        columns = result_columns(settings, target, text, client_headers(settings))
     print_rows(columns, rows, fmt or ("table" if sys.stdout.isatty() else "tsv"))
 
 
