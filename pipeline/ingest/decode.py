@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from pipeline.events.models import EVENT_ADAPTER, EVENT_TYPES, EventBase
 from pipeline.events.topics import channel_of_topic
+from pipeline.privacy import pseudonym
 
 
 class Reason(StrEnum):
@@ -128,7 +129,7 @@ def decode(
             f"event {_short(event.event_id)} has {given}; events must be keyed by their contact_id "
             f"{_short(event.contact_id)!r} so a contact stays on one partition",
         )
-    return event
+    return pseudonym.apply(event)  # nothing after decode sees a clear customer identifier
 
 
 def _short(text: str, limit: int = 80) -> str:

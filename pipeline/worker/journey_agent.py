@@ -34,7 +34,7 @@ from pipeline.events.models import EventBase
 from pipeline.events.topics import JOURNEY_EVENTS_TOPIC, JOURNEYS_TOPIC
 from pipeline.journeys.lifecycle import DAY, JourneyConfig, JourneyVersion, Stitcher, journey_row, step_rows
 from pipeline.journeys.record import ContactRecord
-from pipeline.privacy import access
+from pipeline.privacy import access, pseudonym
 from pipeline.store.clickhouse import BlockingExecutor, insert_dicts
 from pipeline.worker import journey_metrics as jm
 from pipeline.worker import journeys as journey_stage
@@ -263,7 +263,9 @@ def install_journey_stage(
             response = web.json({"error": "journey state is being restored, retry shortly"}, status=503)
             return response
         try:
-            customer, current, all_journeys = journey_stage.lookup(core, kind, value, core.as_of_ms or None)
+            # journeys hold pseudonyms: the value is hashed with the same key (one copied from a table is kept)
+            hidden = pseudonym.lookup_value(kind, value)
+            customer, current, all_journeys = journey_stage.lookup(core, kind, hidden, core.as_of_ms or None)
         except KeyError:
             response = web.json({"error": "unknown identifier", "kind": kind, "value": value}, status=404)
             return response

@@ -29,6 +29,7 @@ from pipeline.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parents[2]
 PARTITIONS = 4
+PSEUDONYM_KEY = "integration-tests-pseudonym-key-0123456789abcdef"
 
 
 def free_port() -> int:
@@ -206,6 +207,8 @@ def open_workspace(kafka: str, path: Path, extra_env: dict[str, str] | None = No
             "TOUCHLINE_WORKER_WEB_PORT": str(free_port()),
             # the scenarios replay days of 2026-03 and of the anonymised bank data: history, explicitly
             "TOUCHLINE_HISTORY_SINCE": "2000-01-01T00:00:00Z",
+            # workers with their own data directories share one key, as the workers of a deployment must
+            "TOUCHLINE_PSEUDONYM_KEY": PSEUDONYM_KEY,
             "PYTHONPATH": str(REPO),
             **(extra_env or {}),
         }
