@@ -150,7 +150,8 @@ def install_journey_stage(
 
     async def write_outputs(changed: list[JourneyVersion]) -> None:
         journey_rows = [journey_row(v) for v in changed]
-        steps = [r for v in changed for r in step_rows(v)]
+        steps_of = [step_rows(v) for v in changed]
+        steps = [r for rows in steps_of for r in rows]
 
         async def insert() -> None:
             await executor.run(insert_dicts, client, "journey_steps", steps)
@@ -159,7 +160,10 @@ def install_journey_stage(
         await journey_stage.retried(
             "journey rows insert", insert, on_retry=jm.JOURNEY_FLUSH_RETRIES.labels("clickhouse").inc
         )
-        documents = [(v.journey.journey_id.encode(), journey_stage.journey_json(v), None) for v in changed]
+        documents = [
+            (v.journey.journey_id.encode(), journey_stage.journey_json(v, row, rows), None)
+            for v, row, rows in zip(changed, journey_rows, steps_of, strict=True)
+        ]
         await journey_stage.retried(
             "journey documents send",
             lambda: produce(app, JOURNEYS_TOPIC, documents),

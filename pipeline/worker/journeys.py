@@ -101,17 +101,24 @@ def _plain(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
-def journey_document(version: JourneyVersion) -> dict[str, Any]:
-    """The JSON a consumer of `touchline.journeys` (or the lookup endpoint) sees."""
-    row = {k: _plain(v) for k, v in journey_row(version).items()}
-    row["steps"] = [
-        {k: _plain(v) for k, v in step.items()} for step in step_rows(version) if not step.get("is_deleted")
+def journey_document(
+    version: JourneyVersion, row: dict[str, Any] | None = None, steps: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The JSON a consumer of `touchline.journeys` (or the lookup endpoint) sees (from the
+    ClickHouse rows of the version when the caller has them already)."""
+    document = {k: _plain(v) for k, v in (journey_row(version) if row is None else row).items()}
+    document["steps"] = [
+        {k: _plain(v) for k, v in step.items()}
+        for step in (step_rows(version) if steps is None else steps)
+        if not step.get("is_deleted")
     ]
-    return row
+    return document
 
 
-def journey_json(version: JourneyVersion) -> bytes:
-    return json.dumps(journey_document(version), separators=(",", ":")).encode()
+def journey_json(
+    version: JourneyVersion, row: dict[str, Any] | None = None, steps: list[dict[str, Any]] | None = None
+) -> bytes:
+    return json.dumps(journey_document(version, row, steps), separators=(",", ":")).encode()
 
 
 LOOKUP_KINDS = {kind.value: kind for kind in IdentifierKind}

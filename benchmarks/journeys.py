@@ -1,0 +1,181 @@
+"""Journey stage benchmark: how many contacts/s one partition of the journey stage handles, how its
+state grows with simulated days, and how long a restore of that state takes.
+
+    .venv/bin/python -m benchmarks.journeys --days 7 --rate 4000
+
+The simulator's events (the `make soak` rate by default) are cut into batches as the analytics stage
+forwards them, turned into contact-record messages (`forward_messages`), and run through what the
+journey agent does per message: read the records, apply them (identity graph + books), take the
+changed journeys, evict what retention allows, build the ClickHouse rows and topic documents, and
+write every changed key of state to RocksDB (rocksdict, the store Faust's tables use). Not
+measured here: the ClickHouse insert (on the writer thread) and Kafka (the changelog and topic
+sends); the integration tests cover those. Then the state as the tables would hold it is read back
+from RocksDB and restored (`Stitcher.from_state`), timed.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import resource
+import shutil
+import tempfile
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+from rocksdict import Rdict
+
+from pipeline.journeys.contact import to_ms
+from pipeline.journeys.lifecycle import DAY, Stitcher, journey_row, step_rows
+from pipeline.journeys.record import ContactRecord
+from pipeline.simulator.model import SimConfig, Simulation
+from pipeline.worker import journeys as stage
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@click.command()
+@click.option("--days", type=float, default=7.0, show_default=True, help="Simulated days.")
+@click.option("--rate", type=float, default=4000.0, show_default=True, help="Simulator rate (the `make soak` rate).")
+@click.option("--customers", type=int, default=20_000, show_default=True)
+@click.option("--batch", type=int, default=5000, show_default=True, help="Events per forwarded analytics batch.")
+@click.option("--seed", type=int, default=7, show_default=True)
+def main(days: float, rate: float, customers: int, batch: int, seed: int) -> None:
+    start = to_ms(datetime(2026, 3, 2, tzinfo=UTC))
+    config = SimConfig(seed=seed, start_ms=start, duration_ms=int(days * DAY), rate=rate, customers=customers)
+    workdir = Path(tempfile.mkdtemp(prefix="touchline-journey-bench-"))
+    contacts_db, emitted_db = Rdict(str(workdir / "contacts")), Rdict(str(workdir / "emitted"))
+    box = [Stitcher()]  # the journey stage's core (a box, so it can be let go before the restore)
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 10)
+    counts: Counter[str] = Counter()
+    seconds: Counter[str] = Counter()
+    day_end = start + DAY
+    pending: list = []
+    offset = 0
+    click.echo(f"simulating {days:g} days at rate {rate:g} ({customers:,} customers), batches of {batch:,} events")
+
+    def run_batch(events: list) -> None:
+        nonlocal offset
+        stitcher = box[0]
+        t0 = time.perf_counter()
+        messages = stage.forward_messages(events)
+        t1 = time.perf_counter()
+        for _, value in messages:
+            records, rejected = stage.read_records(value)
+            counts["unreadable"] += len(rejected)
+            for index, record in enumerate(records):
+                stitcher.apply(record.with_seq(stage.arrival_seq(offset, index)))
+            counts["records"] += len(records)
+            as_of = stitcher.as_of_ms or None
+            changed = stitcher.changes(as_of)
+            if as_of is not None:
+                evicted = stitcher.evict_due(as_of, 2_000)
+                counts["evicted_journeys"] += evicted.journeys
+                counts["dropped_contacts"] += len(evicted.dropped)
+            rows = [journey_row(v) for v in changed]
+            steps_of = [step_rows(v) for v in changed]
+            steps = [r for rows in steps_of for r in rows]
+            documents = [stage.journey_json(v, r, s) for v, r, s in zip(changed, rows, steps_of, strict=True)]
+            counts["journey_versions"] += len(rows)
+            counts["step_rows"] += len(steps)
+            counts["document_bytes"] += sum(len(d) for d in documents)
+            for contact_id in stitcher.record_changes:
+                kept = stitcher.records.get(contact_id)
+                if kept is not None:
+                    contacts_db[contact_id.encode()] = kept.to_json()
+                else:
+                    contacts_db.delete(contact_id.encode())
+                counts["record_writes"] += 1
+            stitcher.record_changes.clear()
+            for journey_id in stitcher.store.emitted_changes:
+                entry = stitcher.store.emitted(journey_id)
+                if entry is not None:
+                    emitted_db[journey_id.encode()] = stage.emitted_value(entry)
+                else:
+                    emitted_db.delete(journey_id.encode())
+                counts["emitted_writes"] += 1
+            stitcher.store.emitted_changes.clear()
+            offset += 1
+        t2 = time.perf_counter()
+        seconds["forward"] += t1 - t0
+        seconds["stage"] += t2 - t1
+        counts["events"] += len(events)
+        counts["messages"] += len(messages)
+
+    contacts_seen: set[str] = set()
+    for _, event in Simulation(config).run():
+        if to_ms(event.occurred_at) >= day_end and pending:
+            run_batch(pending)
+            pending = []
+            stitcher = box[0]
+            active = sum(1 for r in stitcher.records.values() if r.active)
+            click.echo(
+                f"  day {(day_end - start) // DAY:>2}: {counts['events']:>10,} events, {len(contacts_seen):>9,} contacts "
+                f"so far | held: {len(stitcher.records):>8,} records ({active:,} in journeys), "
+                f"{len(stitcher.graph):>8,} identity nodes, {len(stitcher.store._emitted):>8,} journeys | RSS {rss_mb():,.0f} MB"
+            )
+            day_end += DAY
+        pending.append(event)
+        contacts_seen.add(event.contact_id)
+        if len(pending) >= batch:
+            run_batch(pending)
+            pending = []
+    if pending:
+        run_batch(pending)
+    stage_s, forward_s = seconds["stage"], seconds["forward"]
+    click.echo(
+        f"\n{counts['events']:,} events, {len(contacts_seen):,} contacts, {counts['records']:,} contact records in {counts['messages']:,} messages"
+    )
+    click.echo(f"  analytics side, events -> record messages     {counts['events'] / forward_s:>12,.0f} events/s")
+    click.echo(
+        f"  journey stage (one partition), records        {counts['records'] / stage_s:>12,.0f} contact records/s"
+    )
+    click.echo(
+        f"  journey stage (one partition), contacts       {len(contacts_seen) / stage_s:>12,.0f} contacts/s ({counts['records'] / len(contacts_seen):.2f} records per contact)"
+    )
+    click.echo(f"  journey stage, events it stands for           {counts['events'] / stage_s:>12,.0f} events/s")
+    click.echo(
+        f"  outputs: {counts['journey_versions']:,} journey versions, {counts['step_rows']:,} step rows; state writes: "
+        f"{counts['record_writes']:,} records, {counts['emitted_writes']:,} journey versions"
+    )
+    click.echo(
+        f"  evicted: {counts['evicted_journeys']:,} journeys; {counts['dropped_contacts']:,} contacts dropped entirely"
+    )
+
+    # restore: what the tables hold, read back and rebuilt
+    held = len(box[0].records)
+    record_bytes = sum(len(r.to_json()) for r in box[0].records.values())
+    box.clear()
+    gc.collect()
+    before = rss_mb()
+    started = time.perf_counter()
+    records = [ContactRecord.from_json(value) for _, value in contacts_db.items()]
+    read_s = time.perf_counter() - started
+    entries = [(key.decode(), stage.emitted_entry(value)) for key, value in emitted_db.items()]
+    restored = Stitcher.from_state(records, entries)
+    took = time.perf_counter() - started
+    click.echo(
+        f"\nrestore of {held:,} contact records ({record_bytes / 1e6:,.1f} MB) and {len(entries):,} journey versions: "
+        f"{took:.2f} s (reading and decoding {read_s:.2f} s); RSS +{rss_mb() - before:,.0f} MB"
+    )
+    click.echo(
+        json.dumps({"restore_seconds": round(took, 2), "contacts_per_second": round(len(contacts_seen) / stage_s)})
+    )
+    assert len(restored.records) == held
+    contacts_db.close()
+    emitted_db.close()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
