@@ -18,7 +18,18 @@ Rules (times are epoch milliseconds, UTC; durations are seconds):
 * **Short abandon.** A queue abandon whose wait is below `short_abandon_seconds` (default 5 s).
 * **Contact start** is the earliest event of the contact (normally `contact_started`).
 * **Waiting on customer.** `waiting_on_customer` .. `waiting_ended` spans (open-ended when not
-  ended) pause response clocks: their overlap is subtracted from FRT and NRT.
+  ended) pause response clocks: their overlap is subtracted from FRT and NRT, whatever the reason.
+* **Waits by reason** (`waits`). A `waiting_on_customer` opens a wait with its `reason` (`customer`
+  when absent) unless one is open; one with another reason while a wait is open closes it and opens
+  a wait with the new reason (same instant); the same reason again changes nothing;
+  `waiting_ended` closes the open wait. `waiting_ms_by_reason` sums the closed waits per reason.
+* **Segment at an instant**: the latest non-empty `segment` of the events at or before it in sort
+  order (the contact's first non-empty segment when none is).
+* **Ticket facts.** Reopen count = counted reopens (below). Time to first resolution = first
+  counted resolution - contact start; time to final resolution = the last counted resolution -
+  contact start, only while the contact is resolved (a reopen withdraws it until the next
+  resolution). The (queue, priority) at first response and at each resolution are those of its
+  Stamp; the segment is the segment at that instant.
 * **First response time** = first agent reply (`first_agent_reply` or `agent_reply`, whichever
   is first) - contact start - paused time.
 * **Next response time.** After the first agent reply, the first customer message not yet answered
@@ -63,6 +74,7 @@ from pipeline.events.models import (
     Resolved,
     SurveyResponse,
     Transferred,
+    WaitingOnCustomer,
     event_type,
 )
 
@@ -144,6 +156,24 @@ class QueueLeg:
 
 
 @dataclass(frozen=True, slots=True)
+class Wait:
+    """One wait on someone: [start_ms, end_ms) (end None: still waiting) and who is waited on."""
+
+    start_ms: int
+    end_ms: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dims:
+    """Where a ticket measure is reported: queue, priority and segment at an instant."""
+
+    queue: str
+    priority: int
+    segment: str
+
+
+@dataclass(frozen=True, slots=True)
 class ContactFacts:
     """Everything the KPIs need about one contact. Build with `contact_facts`."""
 
@@ -177,6 +207,63 @@ class ContactFacts:
     resolved: bool = False
     first_contact_resolved: Stamp | None = None
     surveys: tuple[SurveyAnswer, ...] = ()
+    waits: tuple[Wait, ...] = ()
+    first_reply_segment: str = ""  # segment at the first agent reply
+    resolution_segments: tuple[str, ...] = ()  # segment at each counted resolution
+
+    @property
+    def reopen_count(self) -> int:
+        return len(self.reopens)
+
+    @property
+    def first_resolution(self) -> Stamp | None:
+        return self.resolutions[0] if self.resolutions else None
+
+    @property
+    def final_resolution(self) -> Stamp | None:
+        """The last resolution while the contact is resolved; None while it is not."""
+        return self.resolutions[-1] if self.resolved and self.resolutions else None
+
+    @property
+    def ttr_first_seconds(self) -> float | None:
+        first = self.first_resolution
+        return None if first is None else _seconds(first.at_ms - self.started_ms)
+
+    @property
+    def ttr_final_seconds(self) -> float | None:
+        final = self.final_resolution
+        return None if final is None else _seconds(final.at_ms - self.started_ms)
+
+    @property
+    def first_response_dims(self) -> Dims | None:
+        if self.first_reply is None:
+            return None
+        stamp = self.first_reply.stamp
+        return Dims(stamp.queue, stamp.priority, self.first_reply_segment)
+
+    @property
+    def resolution_dims(self) -> Dims | None:
+        """Dims at the final resolution (None while not resolved)."""
+        final = self.final_resolution
+        return None if final is None else Dims(final.queue, final.priority, self.resolution_segments[-1])
+
+    @property
+    def first_resolution_dims(self) -> Dims | None:
+        first = self.first_resolution
+        return None if first is None else Dims(first.queue, first.priority, self.resolution_segments[0])
+
+    @property
+    def waiting_now(self) -> str | None:
+        """Reason of the wait still open, None when not waiting."""
+        return self.waits[-1].reason if self.waits and self.waits[-1].end_ms is None else None
+
+    def waiting_ms_by_reason(self) -> dict[str, int]:
+        """Milliseconds of closed waits per reason."""
+        out: dict[str, int] = {}
+        for wait in self.waits:
+            if wait.end_ms is not None:
+                out[wait.reason] = out.get(wait.reason, 0) + wait.end_ms - wait.start_ms
+        return out
 
     @property
     def hold_seconds(self) -> float:
@@ -277,9 +364,15 @@ def contact_facts(
     bot_handoff: Stamp | None = None
     bot_resolved: Stamp | None = None
     queued_first_ms: int | None = None
+    waits: list[Wait] = []
+    segment_now = segment
+    first_reply_segment: str | None = None
+    resolution_segments: list[str] = []
 
     for event, t in zip(ordered, times, strict=True):
         kind = event_type(event)
+        if event.segment:
+            segment_now = event.segment
         current = legs[-1] if legs else None
         stamp = (
             Stamp(t, current.queue, current.priority)
@@ -325,12 +418,22 @@ def contact_facts(
                 holds.append((hold_open, t))
                 hold_open = None
         elif kind == "waiting_on_customer":
+            assert isinstance(event, WaitingOnCustomer)
             if not waiting_spans or waiting_spans[-1][1] is not None:
                 waiting_spans.append((t, None))
+            reason = event.wait_reason
+            if waits and waits[-1].end_ms is None and waits[-1].reason != reason:
+                waits[-1] = Wait(waits[-1].start_ms, t, waits[-1].reason)
+            if not waits or waits[-1].end_ms is not None:
+                waits.append(Wait(t, None, reason))
         elif kind == "waiting_ended":
             if waiting_spans and waiting_spans[-1][1] is None:
                 waiting_spans[-1] = (waiting_spans[-1][0], t)
+            if waits and waits[-1].end_ms is None:
+                waits[-1] = Wait(waits[-1].start_ms, t, waits[-1].reason)
         elif kind in ("first_agent_reply", "agent_reply"):
+            if first_reply_segment is None:
+                first_reply_segment = segment_now
             replies.append((t, stamp))
         elif kind == "customer_message":
             customer_messages.append(t)
@@ -348,6 +451,7 @@ def contact_facts(
             if not is_resolved:
                 is_resolved = True
                 resolutions.append(stamp)
+                resolution_segments.append(segment_now)
             if event.resolved_by == Author.BOT and bot_resolved is None:
                 bot_resolved = stamp
         elif kind == "reopened":
@@ -442,6 +546,9 @@ def contact_facts(
         resolved=is_resolved,
         first_contact_resolved=fcr,
         surveys=tuple(surveys),
+        waits=tuple(waits),
+        first_reply_segment=first_reply_segment or "",
+        resolution_segments=tuple(resolution_segments),
     )
 
 
