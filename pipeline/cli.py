@@ -305,6 +305,7 @@ def topics() -> None:
 def _register() -> None:
     from pipeline.broker_cli import broker_group
     from pipeline.live import run_command
+    from pipeline.privacy.forget_cli import forget_command
     from pipeline.replay import replay_command
     from pipeline.simulator.cli import simulate_command
 
@@ -312,6 +313,7 @@ def _register() -> None:
     main.add_command(simulate_command)
     main.add_command(replay_command)
     main.add_command(run_command)
+    main.add_command(forget_command)
 
 
 _register()

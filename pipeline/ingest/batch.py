@@ -4,6 +4,7 @@ the clock."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,15 @@ class Batcher:
     def add_dead_letter(self, row: tuple[Any, ...], source: Source, offset: int, now: float) -> bool:
         self._current.dead_letters.append(row)
         return self._add(source, offset, now)
+
+    def drop(self, unwanted: Callable[[tuple[Any, ...]], bool]) -> int:
+        """Remove the rows `unwanted` selects from the batch being filled (their offsets stay
+        covered: they are handled, just not written). How many were removed."""
+        batch = self._current
+        kept = [row for row in batch.events if not unwanted(row)]
+        removed = len(batch.events) - len(kept)
+        batch.events = kept
+        return removed
 
     def due(self, now: float) -> bool:
         opened = self._current.opened_at

@@ -32,6 +32,7 @@ from pipeline.events.topics import (
 )
 from pipeline.kafka_security import client_options, faust_credentials
 from pipeline.kpi.definitions import KpiConfig
+from pipeline.privacy import erasure
 from pipeline.privacy.runtime import configure_worker, limits_of
 from pipeline.sla.policy import load_policies
 from pipeline.store.clickhouse import BlockingExecutor, connect, redact
@@ -40,6 +41,7 @@ from pipeline.topics import ensure_topics
 from pipeline.worker import metrics
 from pipeline.worker.analytics import AnalyticsStage
 from pipeline.worker.consumer import BatchConsumer, Records, StageHooks
+from pipeline.worker.forget_view import install_forget_view
 from pipeline.worker.health import Health
 from pipeline.worker.journey_agent import forward_events, install_journey_stage
 from pipeline.worker.loop_watch import watch_loop
@@ -186,6 +188,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         return response
 
     install_sql_view(app, sql_pool)
+    install_forget_view(app, client, executor)  # stages register their hooks in pipeline.privacy.erasure
     return app
 
 
@@ -214,6 +217,7 @@ def _ingest(shared: Shared) -> IngestSink:
         dedup_capacity=settings.dedup_cache_size,
         on_written=written,
     )
+    erasure.register("ingest", sink.forget)
 
     async def handle(batches: Records) -> None:
         for tp, records in batches.items():

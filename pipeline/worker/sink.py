@@ -21,6 +21,7 @@ from pipeline.events.topics import channel_of_topic
 from pipeline.ingest.batch import Batch, Batcher, Source
 from pipeline.ingest.decode import Rejection, decode
 from pipeline.ingest.dedup import RecentIds
+from pipeline.privacy.erasure import Subject
 from pipeline.store.clickhouse import BlockingExecutor, insert_rows
 from pipeline.store.rows import DEAD_LETTER_COLUMNS, EVENT_COLUMNS, dead_letter_row, event_row
 from pipeline.worker import metrics
@@ -160,6 +161,21 @@ class IngestSink:
             message.value,
         )
         return self._batcher.add_dead_letter(row, (topic, partition), message.offset, now)
+
+    async def forget(self, subject: Subject) -> int:
+        """Erasure hook: the person's rows not yet handed to ClickHouse are dropped; a write in
+        flight is waited for, so the store's delete that follows covers it. Rows dropped."""
+        contacts, identifiers = subject.contact_ids, subject.identifiers
+        kinds = [(EVENT_COLUMNS.index(kind), value) for kind, value in identifiers]
+        contact_at = EVENT_COLUMNS.index("contact_id")
+
+        def theirs(row: tuple[Any, ...]) -> bool:
+            return row[contact_at] in contacts or any(row[i] == v for i, v in kinds)
+
+        dropped = self._batcher.drop(theirs)
+        if self._in_flight is not None:
+            await self._in_flight
+        return dropped
 
     async def tick(self) -> None:
         """Called periodically: writes a batch whose time is up."""
