@@ -8,6 +8,7 @@ import asyncio
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from clickhouse_connect.driver.client import Client
@@ -165,3 +166,18 @@ def test_a_worker_beyond_loopback_needs_a_token(host: str, needs_token: bool) ->
     assert access.token_of(Settings(worker_web_host=host, worker_token="x" * 32)) == "x" * 32
     with pytest.raises(ConfigError, match="16 characters"):
         access.token_of(Settings(worker_web_host=host, worker_token="short"))
+
+
+def test_the_compose_workers_listening_on_all_interfaces_have_a_token() -> None:
+    import yaml
+
+    compose = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy" / "docker-compose.yml").read_text())
+    exposed = 0
+    for name, service in compose["services"].items():
+        environment = service.get("environment") or {}
+        if "TOUCHLINE_WORKER_WEB_HOST" in environment and not access.is_loopback(
+            environment["TOUCHLINE_WORKER_WEB_HOST"]
+        ):
+            exposed += 1
+            assert environment.get("TOUCHLINE_WORKER_TOKEN"), f"{name} listens beyond loopback without a token"
+    assert exposed >= 1

@@ -1,0 +1,85 @@
+"""Right to erasure end to end: a simulated day through the real broker and worker, then
+`touchline forget --customer-id` through the running worker; no row of that customer remains in any
+table, every other customer's rows are untouched, and KPI aggregates keep their counts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from pipeline.simulator.truth import read_truth
+
+from .conftest import Workspace, wait_until
+
+pytestmark = pytest.mark.integration
+
+START = "2026-03-02T00:00:00Z"
+PER_CONTACT = {
+    "interaction_events": "SELECT count() FROM interaction_events WHERE contact_id IN {c}",
+    "sla_events": "SELECT count() FROM sla_events WHERE contact_id IN {c}",
+    "journey_steps": "SELECT count() FROM journey_steps WHERE contact_id IN {c}",
+    "journeys": "SELECT count() FROM journeys WHERE hasAny(contact_ids, {c})",
+    "stage_state": "SELECT count() FROM stage_state WHERE key IN {c}",
+}
+TOTALS = {
+    "interaction_events": "SELECT count() FROM interaction_events",
+    "sla_events": "SELECT count() FROM sla_events",
+    "journey_steps": "SELECT count() FROM journey_steps",
+    "journeys": "SELECT count() FROM journeys",
+    "kpi_minute_partials": "SELECT count() FROM kpi_minute_partials",
+}
+
+
+def counts(worker_sql: Any, queries: dict[str, str], contacts: list[str] | None = None) -> dict[str, int]:
+    listed = "[" + ",".join(f"'{c}'" for c in contacts or []) + "]"
+    return {table: int(worker_sql(sql.format(c=listed))[0][0]) for table, sql in queries.items()}
+
+
+def test_a_forgotten_customer_leaves_no_row_and_nobody_else_changes(workspace: Workspace) -> None:
+    truth = workspace.path / "truth.jsonl"
+    workspace.cli(
+        "simulate", "--seed", "41", "--start", START, "--duration", "6h", "--rate", "200", "--speed", "0", "--truth", truth
+    )  # fmt: skip
+    records = read_truth(truth)
+    summary = next(r for r in records if r["kind"] == "summary")
+    worker = workspace.start_worker()
+    wait_until(
+        lambda: worker.metric("touchline_events_consumed_total") >= summary["messages_delivered"], 300, "all read"
+    )
+    wanted = sum(1 for r in records if r["kind"] == "journey")
+    wait_until(
+        lambda: (
+            worker.sql("SELECT count() FROM journeys FINAL")[0][0] >= wanted
+            and worker.metric("touchline_pending_rows") == 0
+        ),
+        300,
+        f"{wanted} journeys",
+        interval=2,
+    )
+    journey = next(r for r in records if r["kind"] == "journey" and r["contacts"] > 1 and r["customer_id"])
+    customer = journey["customer_id"]
+    contacts = sorted(
+        {c for r in records if r["kind"] == "journey" and r["customer_id"] == customer for c in r["contact_ids"]}
+    )
+    theirs_before = counts(worker.sql, PER_CONTACT, contacts)
+    totals_before = counts(worker.sql, TOTALS)
+    assert theirs_before["interaction_events"] > 0 and theirs_before["journeys"] > 0
+
+    answer = json.loads(workspace.cli("forget", "--customer-id", customer, "--format", "json").stdout)
+    print(f"forgot customer with {len(contacts)} contacts: {answer}")
+    assert answer["subject"]["contacts"] >= len(contacts)
+    assert "ingest" in answer["state"]
+    assert answer["tables"]["interaction_events"] == theirs_before["interaction_events"]
+
+    theirs_after = counts(worker.sql, PER_CONTACT, contacts)
+    assert theirs_after == dict.fromkeys(PER_CONTACT, 0)
+    assert worker.sql(f"SELECT count() FROM interaction_events WHERE customer_id = '{customer}'")[0][0] == 0
+    totals_after = counts(worker.sql, TOTALS)
+    for table in ("interaction_events", "sla_events", "journey_steps"):
+        assert totals_after[table] == totals_before[table] - answer["tables"][table], table
+    # the rule: the person goes, aggregates stay
+    assert totals_after["kpi_minute_partials"] >= totals_before["kpi_minute_partials"]
+    log = worker.log.read_text(errors="replace")
+    assert customer not in log.split("forgot one person")[-1]
