@@ -2,7 +2,9 @@
 
 A `BusinessCalendar` is open at an instant when that instant's *local wall-clock reading* in the
 calendar's time zone falls inside one of the opening intervals of its local weekday, and the
-local date is not a holiday. Intervals are half-open, `[start, end)`; `"00:00-24:00"` is the
+local date is not a holiday: neither listed in `holidays` nor a public holiday of the calendar's
+`public_holidays` country (and subdivision), which the `holidays` library computes by rule for any
+year (Easter, "first Monday in May", substitute days), so no dates need typing in each year. Intervals are half-open, `[start, end)`; `"00:00-24:00"` is the
 whole day. A 24x7 calendar (`always_open: true`) is open at every instant.
 
 DST follows from that rule, with no special cases:
@@ -35,6 +37,7 @@ from itertools import pairwise
 from typing import Any, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import holidays as holiday_rules
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 MS_PER_DAY = 86_400_000
@@ -143,6 +146,36 @@ def _open_on_day(tz: str, day_intervals: tuple[Interval, ...], ordinal: int) -> 
     return tuple(_merge(pieces))
 
 
+class PublicHolidays(BaseModel):
+    """Recurring public holidays of a country, optionally of one subdivision (region), by rule for
+    every year, from the `holidays` library."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    country: str = Field(description="ISO 3166-1 alpha-2 country code, e.g. `GB`, `US`, `DE`.")
+    subdivision: str | None = Field(
+        None,
+        description="Region code, e.g. `ENG` or `SCT` (GB), `CA` (US), `BY` (DE); national holidays only when absent.",
+    )
+    observed: bool = Field(True, description="Include substitute days (a holiday on a weekend observed on a weekday).")
+
+    @model_validator(mode="after")
+    def _known(self) -> Self:
+        supported = holiday_rules.list_supported_countries()
+        if self.country not in supported:
+            raise ValueError(f"unknown country {self.country!r} for public holidays (ISO codes, e.g. GB, US, DE)")
+        regions = supported[self.country]
+        if self.subdivision is not None and self.subdivision not in regions:
+            raise ValueError(
+                f"unknown subdivision {self.subdivision!r} of {self.country} (known: {', '.join(regions) or 'none'})"
+            )
+        return self
+
+    def rules(self) -> holiday_rules.HolidayBase:
+        """The library's holiday table (filled in per year on first use)."""
+        return holiday_rules.country_holidays(self.country, subdiv=self.subdivision, observed=self.observed)
+
+
 class BusinessCalendar(BaseModel):
     """Opening hours in one time zone. See the module docstring for the exact rules.
 
@@ -150,7 +183,8 @@ class BusinessCalendar(BaseModel):
 
         timezone: Europe/London
         weekly: {mon: ["08:00-12:00", "13:00-18:00"], tue: ["08:00-18:00"]}   # missing day = closed
-        holidays: [2026-12-25]                                                 # whole local days
+        holidays: [2026-12-24]                                                 # whole local days
+        public_holidays: {country: GB, subdivision: ENG}                       # by rule, every year
     or ``always_open: true`` for 24x7.
     """
 
@@ -161,10 +195,14 @@ class BusinessCalendar(BaseModel):
         default_factory=dict, description="Opening hours per weekday (`mon`..`sun`); a missing day is closed."
     )
     holidays: list[date] = Field(default_factory=list, description="Local dates closed all day.")
+    public_holidays: PublicHolidays | None = Field(
+        None, description="Also closed on the public holidays of this country (and subdivision), every year."
+    )
     always_open: bool = Field(False, description="Open 24x7 (then `weekly` and `holidays` must be empty).")
 
     _week: tuple[tuple[Interval, ...], ...] = PrivateAttr(default=((),) * 7)
     _holiday_ordinals: frozenset[int] = PrivateAttr(default=frozenset())
+    _public: holiday_rules.HolidayBase | None = PrivateAttr(default=None)
 
     @classmethod
     def always(cls) -> BusinessCalendar:
@@ -192,7 +230,7 @@ class BusinessCalendar(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        if self.always_open and (self.weekly or self.holidays):
+        if self.always_open and (self.weekly or self.holidays or self.public_holidays):
             raise ValueError("an always_open calendar takes no weekly hours or holidays")
         if not self.always_open and not any(self.weekly.values()):
             raise ValueError("weekly has no opening hours (use always_open: true for 24x7)")
@@ -201,6 +239,11 @@ class BusinessCalendar(BaseModel):
     def model_post_init(self, context: Any, /) -> None:
         self._week = tuple(tuple(_merge([_parse_shift(s) for s in self.weekly.get(day, [])])) for day in _WEEKDAYS)
         self._holiday_ordinals = frozenset(d.toordinal() for d in self.holidays)
+        self._public = self.public_holidays.rules() if self.public_holidays is not None else None
+
+    def is_holiday(self, day: date) -> bool:
+        """Closed all day `day` (local date): a listed holiday or a public holiday."""
+        return day.toordinal() in self._holiday_ordinals or (self._public is not None and day in self._public)
 
     # -- epoch-millisecond core -------------------------------------------------------------
 
@@ -208,9 +251,10 @@ class BusinessCalendar(BaseModel):
         return from_ms(ms).astimezone(ZoneInfo(self.timezone)).date().toordinal()
 
     def _day(self, ordinal: int) -> tuple[Interval, ...]:
-        if ordinal in self._holiday_ordinals:
+        day = date.fromordinal(ordinal)
+        if self.is_holiday(day):
             return ()
-        return _open_on_day(self.timezone, self._week[date.fromordinal(ordinal).weekday()], ordinal)
+        return _open_on_day(self.timezone, self._week[day.weekday()], ordinal)
 
     def is_open_ms(self, ms: int) -> bool:
         if self.always_open:

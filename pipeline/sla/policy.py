@@ -4,7 +4,8 @@
 File layout::
 
     calendars:                      # named business calendars (see pipeline.sla.calendar)
-      uk_office: {timezone: Europe/London, weekly: {mon: ["08:00-18:00"]}, holidays: [2026-12-25]}
+      uk_office: {timezone: Europe/London, weekly: {mon: ["08:00-18:00"]}, holidays: [2026-12-24],
+                  public_holidays: {country: GB, subdivision: ENG}}   # by rule, every year
     policies:                       # ordered: the first policy whose `match` fits wins
       - name: email
         match: {channel: email}     # channel, priority, segment, queue; each a value or a list

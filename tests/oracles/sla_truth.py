@@ -102,6 +102,7 @@ class Calendar:
     timezone: str = "UTC"
     weekly: tuple[tuple[tuple[int, int], ...], ...] = ((),) * 7  # minutes of the local day, [start, end)
     holidays: frozenset[date] = frozenset()
+    public: tuple[str, str | None, bool] | None = None  # (country, subdivision, observed)
 
     def open_minute(self, minute_ms: int) -> bool:
         """Open during the UTC minute starting at `minute_ms`."""
@@ -115,10 +116,20 @@ def _open_minute(cal: Calendar, minute_ms: int) -> bool:
     local = datetime.fromtimestamp(minute_ms // 1000, ZoneInfo(cal.timezone))
     offset = local.utcoffset()
     assert offset is not None and offset.total_seconds() % 60 == 0, "minute stepping needs whole-minute offsets"
-    if local.date() in cal.holidays:
+    if local.date() in cal.holidays or (cal.public is not None and local.date() in _public_days(cal.public)):
         return False
     minute = local.hour * 60 + local.minute
     return any(start <= minute < end for start, end in cal.weekly[local.weekday()])
+
+
+@lru_cache(maxsize=16)
+def _public_days(public: tuple[str, str | None, bool]) -> Any:
+    """Public holidays by rule from the `holidays` library (the oracle's only shared dependency with
+    the pipeline's calendar; which dates it gives is checked against published lists in the tests)."""
+    import holidays
+
+    country, subdivision, observed = public
+    return holidays.country_holidays(country, subdiv=subdivision, observed=observed)
 
 
 @dataclass(frozen=True)
@@ -193,7 +204,9 @@ def load_policies(path: str | Path) -> Policies:
             continue
         weekly = tuple(tuple(sorted(_shift(s) for s in raw.get("weekly", {}).get(day, []))) for day in _WEEKDAYS)
         holidays = frozenset(h if isinstance(h, date) else date.fromisoformat(str(h)) for h in raw.get("holidays", []))
-        calendars[name] = Calendar(name, False, raw.get("timezone", "UTC"), weekly, holidays)
+        spec = raw.get("public_holidays")
+        public = None if spec is None else (spec["country"], spec.get("subdivision"), spec.get("observed", True))
+        calendars[name] = Calendar(name, False, raw.get("timezone", "UTC"), weekly, holidays, public)
     policies = []
     for raw in data["policies"]:
         targets = {t: round(_duration_seconds(raw[t]) * 1000) for t in TARGETS if raw.get(t) is not None}

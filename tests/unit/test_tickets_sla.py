@@ -5,6 +5,7 @@ vendor and internal waits pause some targets (`pause_on`)."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -50,11 +51,18 @@ def ticket_run() -> TicketRun:
     return events, [c.as_dict() for c in sim.contacts], sim.as_of_ms
 
 
+# The shipped file with its typed-in 2026 holiday dates replaced by the rule-based public holidays.
+PUBLIC = re.sub(
+    r"    holidays:\n(      - .*\n)+", "    public_holidays: {country: GB, subdivision: ENG}\n", SHIPPED.read_text()
+)
+
+
 @pytest.fixture(scope="module")
 def policy_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    reasoned = tmp_path_factory.mktemp("policies") / "reasoned.yaml"
-    reasoned.write_text(REASONED)
-    return {"shipped": SHIPPED, "reasoned": reasoned}
+    folder = tmp_path_factory.mktemp("policies")
+    (folder / "reasoned.yaml").write_text(REASONED)
+    (folder / "public.yaml").write_text(PUBLIC)
+    return {"shipped": SHIPPED, "reasoned": folder / "reasoned.yaml", "public": folder / "public.yaml"}
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +92,7 @@ def test_ticket_waits_carry_their_reason(ticket_run: TicketRun) -> None:
     assert sorted(r or "" for r in reasons) == sorted(r for c in truth for r in c["waiting_reasons"])
 
 
-@pytest.mark.parametrize("policies", ["shipped", "reasoned"])
+@pytest.mark.parametrize("policies", ["shipped", "reasoned", "public"])
 def test_ticket_sla_breaches_equal_the_oracle(
     ticket_run: TicketRun, policy_files: dict[str, Path], oracle_breaches: dict[str, set[Breach]], policies: str
 ) -> None:
@@ -95,12 +103,20 @@ def test_ticket_sla_breaches_equal_the_oracle(
     assert email.pause_reasons(Target.RESOLUTION) == (
         ("customer", "vendor") if policies == "reasoned" else ("customer",)
     )
+    if policies == "public":
+        assert "public_holidays" in path.read_text() and "2026-04-03" not in path.read_text()
     expected = oracle_breaches[policies]
     actual = engine_breaches(events, path, horizon)
     diffs = compare_breaches(expected, actual)
     print(f"\n{policies}: {len(expected)} oracle breaches, {len(actual)} engine breaches, {len(diffs)} mismatches")
     assert len(expected) > 200
     assert not diffs, "\n".join(diffs[:15])
+
+
+def test_rule_based_holidays_give_the_listed_dates_breaches(oracle_breaches: dict[str, set[Breach]]) -> None:
+    """The run crosses Good Friday and Easter Monday 2026: public holidays by rule give exactly the
+    breaches of the shipped, typed-in 2026 dates."""
+    assert oracle_breaches["public"] == oracle_breaches["shipped"]
 
 
 def test_pause_on_changes_the_breaches(oracle_breaches: dict[str, set[Breach]]) -> None:
