@@ -468,6 +468,92 @@ def journeys_cx() -> dict[str, Any]:
     return _ids(board)
 
 
+_TICKET_NOTE = (
+    " From the ticket views over the stored events (contact_facts, ticket_kpi_hour), so replayed"
+    " history shows too; queue = team."
+)
+
+
+def tickets() -> dict[str, Any]:
+    board = _base(
+        "touchline-tickets",
+        "Touchline / Ticket queues",
+        "Ticket-style work (e-mail, social, cases): backlog by age, time to resolution by team and priority, "
+        "reopens, created vs resolved, waits by reason.",
+        "5m",
+        "now-30d",
+    )
+    for variable in clickhouse_variables():
+        board = board.with_variable(variable)
+    days = [models.DynamicConfigValue(id_val="unit", value="d")]
+    hours = [models.DynamicConfigValue(id_val="unit", value="h")]
+    share = [models.DynamicConfigValue(id_val="unit", value="percentunit")]
+    board = (
+        board.with_row(dashboard.Row("Backlog"))
+        .with_panel(
+            _ch(
+                _series("Open tickets and their age", "short", span=14)
+                .override_by_regexp("age_.*", days)
+                .override_by_regexp(
+                    "age_.*", [models.DynamicConfigValue(id_val="custom.axisPlacement", value="right")]
+                ),
+                q.TK_BACKLOG,
+                "Open tickets (started, not ended, not resolved) at the end of each hour, and their median and "
+                "90th-percentile age in days." + _TICKET_NOTE,
+            )
+        )
+        .with_panel(
+            _ch(
+                _table("Backlog by team, latest hour", span=10).override_by_regexp(".*_days", days),
+                q.TK_BACKLOG_BY_TEAM,
+                "Open tickets per team at the last hour end of the range, with age percentiles and the oldest."
+                + _TICKET_NOTE,
+            )
+        )
+        .with_row(dashboard.Row("Resolution"))
+        .with_panel(
+            _ch(
+                _table("Time to resolution by team and priority", span=14)
+                .override_by_regexp("ttr_.*", hours)
+                .override_by_name("reopened_share", share),
+                q.TK_TTR_BY_TEAM,
+                "Tickets resolved in the range per team (queue at the resolution) and priority: time to first and "
+                "to final resolution (hours) and the share reopened at least once." + _TICKET_NOTE,
+            )
+        )
+        .with_panel(
+            _ch(
+                _series("Created vs resolved", "short", span=10)
+                .override_by_name("reopened_share", share)
+                .override_by_name(
+                    "reopened_share", [models.DynamicConfigValue(id_val="custom.axisPlacement", value="right")]
+                ),
+                q.TK_CREATED_RESOLVED,
+                "Tickets created and finally resolved per interval, and the reopened share of the resolved."
+                + _TICKET_NOTE,
+            )
+        )
+        .with_row(dashboard.Row("Reopens and waits"))
+        .with_panel(
+            _ch(
+                _table("Tickets by number of reopens", span=12).override_by_regexp("avg_ttr_.*", hours),
+                q.TK_REOPENS,
+                "Tickets started in the range that were resolved at least once, by how often they were reopened: "
+                "how many are resolved now and their mean times to first and final resolution." + _TICKET_NOTE,
+            )
+        )
+        .with_panel(
+            _ch(
+                _table("Waiting by reason", span=12).override_by_regexp(".*wait_hours", hours),
+                q.TK_WAITS_BY_REASON,
+                "Closed waits (waiting_on_customer .. waiting_ended) of tickets started in the range, by reason "
+                "(customer, vendor, internal, ...): tickets that waited, total and mean hours." + _TICKET_NOTE,
+            )
+        )
+    )
+    return _ids(board)
+
+
 def pipeline_health() -> dict[str, Any]:
     board = _base(
         "touchline-pipeline",
@@ -585,6 +671,7 @@ DASHBOARDS: dict[str, Callable[[], dict[str, Any]]] = {
     "realtime-operations": realtime_operations,
     "sla": sla,
     "journeys-cx": journeys_cx,
+    "tickets": tickets,
     "pipeline-health": pipeline_health,
 }
 """File stem under grafana/dashboards/ -> builder."""

@@ -667,6 +667,174 @@ ORDER BY time, first_channel""",
 )
 
 # --------------------------------------------------------------------------------------------------
+# Ticket queues (views contact_facts, ticket_kpi_hour: schemas/clickhouse/0009, 0010)
+
+TICKET_FILTER = SLA_FILTER
+TICKET_FACTS_FILTER = _filters(
+    var_filter("channel"),
+    var_filter("queue", "current_queue"),
+    var_filter("priority", as_string=True),
+    var_filter("segment"),
+)
+
+
+def _pct(column: str, level: float, scale: float) -> str:
+    """Percentile of the concatenated value lists of `column`, divided by `scale`; NULL when empty."""
+    values = f"groupArrayArray({column})"
+    return f"if(empty({values}), NULL, arrayReduce('quantileExact({level})', {values}) / {scale})"
+
+
+TK_BACKLOG = PanelQuery(
+    "tk_backlog",
+    f"""SELECT
+  $__timeInterval(as_of) AS time,
+  argMax(open_tickets, as_of) AS open_tickets,
+  argMax(age_p50_days, as_of) AS age_p50_days,
+  argMax(age_p90_days, as_of) AS age_p90_days
+FROM
+(
+  SELECT
+    window_end AS as_of,
+    sum(backlog) AS open_tickets,
+    {_pct("backlog_ages", 0.5, 86400)} AS age_p50_days,
+    {_pct("backlog_ages", 0.9, 86400)} AS age_p90_days
+  FROM ticket_kpi_hour
+  WHERE $__timeFilter(window_end)
+    AND backlog > 0
+    AND {TICKET_FILTER}
+  GROUP BY as_of
+)
+GROUP BY time
+ORDER BY time""",
+    "timeseries",
+    {"time": "time", "open_tickets": "number", "age_p50_days": "number", "age_p90_days": "number"},
+    SLA_VARS,
+)
+
+TK_BACKLOG_BY_TEAM = PanelQuery(
+    "tk_backlog_by_team",
+    f"""SELECT
+  queue AS team,
+  sum(backlog) AS open_tickets,
+  {_pct("backlog_ages", 0.5, 86400)} AS age_p50_days,
+  {_pct("backlog_ages", 0.9, 86400)} AS age_p90_days,
+  {_pct("backlog_ages", 1.0, 86400)} AS oldest_days
+FROM ticket_kpi_hour
+WHERE window_end = (SELECT max(window_end) FROM ticket_kpi_hour WHERE $__timeFilter(window_end) AND backlog > 0)
+  AND backlog > 0
+  AND {TICKET_FILTER}
+GROUP BY team
+ORDER BY open_tickets DESC, team""",
+    "table",
+    {
+        "team": "string",
+        "open_tickets": "number",
+        "age_p50_days": "number",
+        "age_p90_days": "number",
+        "oldest_days": "number",
+    },
+    SLA_VARS,
+)
+
+TK_TTR_BY_TEAM = PanelQuery(
+    "tk_ttr_by_team",
+    f"""SELECT
+  queue AS team,
+  priority,
+  sum(final_resolved) AS resolved_tickets,
+  {_pct("ttr_first_times", 0.5, 3600)} AS ttr_first_p50_hours,
+  {_pct("ttr_final_times", 0.5, 3600)} AS ttr_final_p50_hours,
+  {_pct("ttr_final_times", 0.9, 3600)} AS ttr_final_p90_hours,
+  if(resolved_tickets = 0, NULL, sum(reopened_resolved) / resolved_tickets) AS reopened_share
+FROM ticket_kpi_hour
+WHERE $__timeFilter(window_start)
+  AND {TICKET_FILTER}
+GROUP BY team, priority
+HAVING resolved_tickets + sum(first_resolved) > 0
+ORDER BY team, priority""",
+    "table",
+    {
+        "team": "string",
+        "priority": "number",
+        "resolved_tickets": "number",
+        "ttr_first_p50_hours": "number",
+        "ttr_final_p50_hours": "number",
+        "ttr_final_p90_hours": "number",
+        "reopened_share": "number",
+    },
+    SLA_VARS,
+)
+
+TK_CREATED_RESOLVED = PanelQuery(
+    "tk_created_resolved",
+    f"""SELECT
+  $__timeInterval(window_start) AS time,
+  sum(created) AS created_tickets,
+  sum(final_resolved) AS resolved_tickets,
+  if(sum(final_resolved) = 0, NULL, sum(reopened_resolved) / sum(final_resolved)) AS reopened_share
+FROM ticket_kpi_hour
+WHERE $__timeFilter(window_start)
+  AND {TICKET_FILTER}
+GROUP BY time
+ORDER BY time""",
+    "timeseries",
+    {"time": "time", "created_tickets": "number", "resolved_tickets": "number", "reopened_share": "number"},
+    SLA_VARS,
+)
+
+TK_WAITS_BY_REASON = PanelQuery(
+    "tk_waits_by_reason",
+    f"""SELECT
+  reason,
+  count() AS tickets,
+  sum(waited_ms) / 3600000 AS wait_hours,
+  avg(waited_ms) / 3600000 AS avg_wait_hours
+FROM contact_facts
+ARRAY JOIN mapKeys(waiting_ms_by_reason) AS reason, mapValues(waiting_ms_by_reason) AS waited_ms
+WHERE $__timeFilter(started_at)
+  AND {TICKET_FACTS_FILTER}
+GROUP BY reason
+ORDER BY wait_hours DESC, reason""",
+    "table",
+    {"reason": "string", "tickets": "number", "wait_hours": "number", "avg_wait_hours": "number"},
+    SLA_VARS,
+)
+
+TK_REOPENS = PanelQuery(
+    "tk_reopens",
+    f"""SELECT
+  toString(reopen_count) AS reopens,
+  count() AS tickets,
+  countIf(resolved = 1) AS resolved_now,
+  avg(ttr_first_seconds) / 3600 AS avg_ttr_first_hours,
+  avg(ttr_final_seconds) / 3600 AS avg_ttr_final_hours
+FROM contact_facts
+WHERE $__timeFilter(started_at)
+  AND resolution_count > 0
+  AND {TICKET_FACTS_FILTER}
+GROUP BY reopens
+ORDER BY toUInt32(reopens)""",
+    "table",
+    {
+        "reopens": "string",
+        "tickets": "number",
+        "resolved_now": "number",
+        "avg_ttr_first_hours": "number",
+        "avg_ttr_final_hours": "number",
+    },
+    SLA_VARS,
+)
+
+TICKET_QUERIES: tuple[PanelQuery, ...] = (
+    TK_BACKLOG,
+    TK_BACKLOG_BY_TEAM,
+    TK_TTR_BY_TEAM,
+    TK_CREATED_RESOLVED,
+    TK_WAITS_BY_REASON,
+    TK_REOPENS,
+)
+
+# --------------------------------------------------------------------------------------------------
 # Grafana-managed alert rules (one numeric column, string label columns, only breaching rows)
 
 ALERT_SLA_BREACHES = PanelQuery(
@@ -823,4 +991,5 @@ PANEL_QUERIES: tuple[PanelQuery, ...] = (
     J_CES,
     J_NPS,
     J_EFFORT,
+    *TICKET_QUERIES,
 )

@@ -11,7 +11,8 @@ Window columns and where each measure lands (dimensions in brackets):
   its Stamp, segment at it]; the value is the time to first resolution (seconds).
 * final_resolved, ttr_final_times, reopened_resolved: the final resolution of a contact resolved now,
   in its window [dims at it]; reopened_resolved counts those with at least one reopen.
-* backlog_end, backlog_ages: tickets open at the window end instant E: started before E, not ended
+* backlog_end, backlog_ages (views: up to the later of now() and the latest stored event): tickets
+  open at the window end instant E: started before E, not ended
   before E (`ended` at E still counts, like a queue leg removed at E) and not resolved just before E
   (the last resolution/reopen before E was not a resolution); age = E - start (seconds) [queue and
   priority of the latest leg queued before E (else "" and the first event's priority), the contact's
@@ -228,6 +229,7 @@ def _view(view: str, minutes: int) -> str:
         {"backlog_ages": "[(end_ms - start_ms) / 1000]"},
         "FROM\n    (\n"
         "        SELECT *, toUnixTimestamp64Milli(started_at) AS start_ms,\n"
+        "            greatest(now64(3), (SELECT max(occurred_at) FROM interaction_events)) AS as_of,\n"
         "            arraySort(arrayConcat(arrayMap(t -> (t, 1), resolved_ms), arrayMap(t -> (t, 0), reopened_ms))) AS changes\n"
         "        FROM contact_facts\n"
         "    )\n"
@@ -235,7 +237,7 @@ def _view(view: str, minutes: int) -> str:
         "        end -> end > start_ms AND (ended_at IS NULL OR toUnixTimestamp64Milli(assumeNotNull(ended_at)) >= end)\n"
         "            AND arrayLast(c -> c.1 < end, changes).2 != 1,\n"
         f"        range(intDiv(start_ms, {step}) * {step} + {step},\n"
-        "              least(toUnixTimestamp64Milli(ifNull(ended_at, now64(3))), toUnixTimestamp64Milli(now64(3))) + 1,\n"
+        "              least(toUnixTimestamp64Milli(ifNull(ended_at, as_of)), toUnixTimestamp64Milli(as_of)) + 1,\n"
         f"              {step})) AS end_ms\n"
         "    ARRAY JOIN [arrayLast(l -> l.1 < end_ms, legs)] AS leg",
     )
@@ -263,7 +265,7 @@ def _view(view: str, minutes: int) -> str:
     return (
         f"-- {view}: ticket KPIs per {'hour' if minutes == 60 else 'UTC day'} x channel x queue x priority x"
         " segment, from contact_facts\n"
-        "-- (as of the events stored now; backlog rows run up to now()).\n"
+        "-- (as of the events stored now; backlog rows run up to now(), or the latest event when later).\n"
         f"CREATE VIEW IF NOT EXISTS {view} AS\n"
         "SELECT\n    " + ",\n    ".join(outer) + "\nFROM\n(\n"
         "SELECT\n    " + ",\n    ".join(inner) + "\nFROM\n(\n" + union + "\n)\n"

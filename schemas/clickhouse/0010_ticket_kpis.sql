@@ -18,7 +18,7 @@
 --   backlog_age_max_seconds [s]: Age of the oldest open ticket at the window end.
 
 -- ticket_kpi_hour: ticket KPIs per hour x channel x queue x priority x segment, from contact_facts
--- (as of the events stored now; backlog rows run up to now()).
+-- (as of the events stored now; backlog rows run up to now(), or the latest event when later).
 CREATE VIEW IF NOT EXISTS ticket_kpi_hour AS
 SELECT
     window_start,
@@ -79,6 +79,7 @@ FROM
     FROM
     (
         SELECT *, toUnixTimestamp64Milli(started_at) AS start_ms,
+            greatest(now64(3), (SELECT max(occurred_at) FROM interaction_events)) AS as_of,
             arraySort(arrayConcat(arrayMap(t -> (t, 1), resolved_ms), arrayMap(t -> (t, 0), reopened_ms))) AS changes
         FROM contact_facts
     )
@@ -86,7 +87,7 @@ FROM
         end -> end > start_ms AND (ended_at IS NULL OR toUnixTimestamp64Milli(assumeNotNull(ended_at)) >= end)
             AND arrayLast(c -> c.1 < end, changes).2 != 1,
         range(intDiv(start_ms, 3600000) * 3600000 + 3600000,
-              least(toUnixTimestamp64Milli(ifNull(ended_at, now64(3))), toUnixTimestamp64Milli(now64(3))) + 1,
+              least(toUnixTimestamp64Milli(ifNull(ended_at, as_of)), toUnixTimestamp64Milli(as_of)) + 1,
               3600000)) AS end_ms
     ARRAY JOIN [arrayLast(l -> l.1 < end_ms, legs)] AS leg
 )
@@ -94,7 +95,7 @@ GROUP BY window_start, channel, queue, priority, segment
 );
 
 -- ticket_kpi_day: ticket KPIs per UTC day x channel x queue x priority x segment, from contact_facts
--- (as of the events stored now; backlog rows run up to now()).
+-- (as of the events stored now; backlog rows run up to now(), or the latest event when later).
 CREATE VIEW IF NOT EXISTS ticket_kpi_day AS
 SELECT
     window_start,
@@ -155,6 +156,7 @@ FROM
     FROM
     (
         SELECT *, toUnixTimestamp64Milli(started_at) AS start_ms,
+            greatest(now64(3), (SELECT max(occurred_at) FROM interaction_events)) AS as_of,
             arraySort(arrayConcat(arrayMap(t -> (t, 1), resolved_ms), arrayMap(t -> (t, 0), reopened_ms))) AS changes
         FROM contact_facts
     )
@@ -162,7 +164,7 @@ FROM
         end -> end > start_ms AND (ended_at IS NULL OR toUnixTimestamp64Milli(assumeNotNull(ended_at)) >= end)
             AND arrayLast(c -> c.1 < end, changes).2 != 1,
         range(intDiv(start_ms, 86400000) * 86400000 + 86400000,
-              least(toUnixTimestamp64Milli(ifNull(ended_at, now64(3))), toUnixTimestamp64Milli(now64(3))) + 1,
+              least(toUnixTimestamp64Milli(ifNull(ended_at, as_of)), toUnixTimestamp64Milli(as_of)) + 1,
               86400000)) AS end_ms
     ARRAY JOIN [arrayLast(l -> l.1 < end_ms, legs)] AS leg
 )

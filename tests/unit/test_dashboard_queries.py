@@ -228,6 +228,50 @@ def _event_rows(s: Scenario) -> list[dict[str, Any]]:
                 "ingested_at": at + timedelta(milliseconds=300),
             }
         )
+    return rows + _ticket_rows(s)
+
+
+# One e-mail ticket per scenario: queued to `claims`, answered, waits on a vendor, resolved, reopened
+# and resolved again; another one stays open (backlog).
+_TICKET_STEPS: tuple[tuple[str, str, int, str], ...] = (
+    ("t1", "contact_started", 150, ""),
+    ("t1", "queued", 150, ""),
+    ("t1", "agent_assigned", 145, ""),
+    ("t1", "first_agent_reply", 140, ""),
+    ("t1", "waiting_on_customer", 139, "vendor"),
+    ("t1", "waiting_ended", 100, "vendor"),
+    ("t1", "agent_reply", 90, ""),
+    ("t1", "resolved", 89, ""),
+    ("t1", "reopened", 60, ""),
+    ("t1", "customer_message", 60, ""),
+    ("t1", "agent_reply", 40, ""),
+    ("t1", "resolved", 39, ""),
+    ("t2", "contact_started", 170, ""),
+    ("t2", "queued", 170, ""),
+)
+
+
+def _ticket_rows(s: Scenario) -> list[dict[str, Any]]:
+    rows = []
+    for n, (ticket, kind, minutes_ago, reason) in enumerate(_TICKET_STEPS):
+        at = s.now - timedelta(minutes=minutes_ago)
+        rows.append(
+            {
+                "event_id": f"dash-{s.name}-tk{n}",
+                "event_type": kind,
+                "schema_version": 2 if reason else 1,
+                "occurred_at": at,
+                "channel": "email",
+                "contact_id": f"dash-{s.name}-{ticket}",
+                "queue": "claims",
+                "priority": 0,
+                "segment": "premium",
+                "intent": "billing",
+                "details": f'{{"reason":"{reason}"}}' if reason else "{}",
+                "source_topic": "touchline.interactions.email",
+                "ingested_at": at + timedelta(milliseconds=300),
+            }
+        )
     return rows
 
 

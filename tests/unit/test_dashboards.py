@@ -49,16 +49,17 @@ def test_generator_check_fails_on_drift(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_the_four_dashboards_and_their_variables() -> None:
+def test_the_dashboards_and_their_variables() -> None:
     boards = {stem: build() for stem, build in DASHBOARDS.items()}
     assert {b["title"] for b in boards.values()} == {
         "Touchline / Real-time operations",
         "Touchline / SLA",
         "Touchline / Journeys and CX",
+        "Touchline / Ticket queues",
         "Touchline / Pipeline health",
     }
-    assert len({b["uid"] for b in boards.values()}) == 4
-    for stem in ("realtime-operations", "sla", "journeys-cx"):
+    assert len({b["uid"] for b in boards.values()}) == 5
+    for stem in ("realtime-operations", "sla", "journeys-cx", "tickets"):
         variables = {v["name"]: v for v in boards[stem]["templating"]["list"]}
         assert list(variables) == ["channel", "queue", "priority", "segment"]
         for variable in variables.values():
