@@ -66,7 +66,7 @@ def migrate(with_optional: bool) -> None:
     quiet_driver()
     if with_optional and settings.embedded_clickhouse:
         fail("the optional migrations (the analyst role) need a ClickHouse server with SQL access control", 2)
-    if settings.embedded_clickhouse and worker_answers(settings):
+    if route(settings).worker_url is not None:  # the worker holding this very store
         click.echo("a worker holds the embedded store and applied the migrations when it started")
         return
     try:
@@ -137,15 +137,6 @@ def worker(web_port: int | None, role: str | None) -> None:
     except ConfigError as error:  # e.g. listening beyond loopback without a token
         fail(str(error), 2)
     faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()
-
-
-def worker_answers(settings: Settings) -> bool:
-    try:
-        with urllib.request.urlopen(f"{settings.worker_url}/health", timeout=1) as response:
-            health = json.loads(response.read())
-        return bool(health.get("status") == "ok")
-    except (OSError, ValueError):
-        return False
 
 
 @main.command()
