@@ -10,16 +10,16 @@ prefix says which key generation made it and lets a lookup by a value copied fro
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
 import re
 import secrets
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.events.models import CustomerIdentifiers, EventBase, Identifier, IdentifierKind
+from pipeline.events.models import EventBase, IdentifierKind
 
 PREFIX = "h1:"
 _PSEUDONYM = re.compile(r"^h1:[0-9a-f]{32}$")
@@ -45,40 +45,59 @@ def is_pseudonym(value: str) -> bool:
     return bool(_PSEUDONYM.match(value))
 
 
-@dataclass(frozen=True)
 class Pseudonymiser:
-    key: bytes
-    customer_id: bool = False  # the company's own id is often needed in clear by its other systems
+    """Hashes identifiers with one key. Recent results are cached (identifiers repeat: a customer's
+    every event carries them), at most CACHE_SIZE of them."""
+
+    CACHE_SIZE = 200_000
+
+    def __init__(self, key: bytes, customer_id: bool = False) -> None:
+        self.key = key
+        self.customer_id = customer_id  # the company's own id is often needed in clear by its other systems
+        self._mac = hmac.new(key, digestmod=hashlib.sha256)
+        self.value = functools.lru_cache(maxsize=self.CACHE_SIZE)(self._value)  # type: ignore[method-assign]
 
     def __repr__(self) -> str:  # never show the key
         return f"Pseudonymiser(customer_id={self.customer_id})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Pseudonymiser) and (other.key, other.customer_id) == (self.key, self.customer_id)
+
+    def __hash__(self) -> int:
+        return hash((self.key, self.customer_id))
 
     def hides(self, kind: str) -> bool:
         return kind != "customer_id" or self.customer_id
 
     def value(self, kind: str, value: str) -> str:
+        return self._value(kind, value)
+
+    def _value(self, kind: str, value: str) -> str:
         if not self.hides(kind):
             return value
-        message = f"{kind}\x00{normalise(kind, value)}".encode()
-        return PREFIX + hmac.new(self.key, message, hashlib.sha256).hexdigest()[:32]
+        mac = self._mac.copy()
+        mac.update(f"{kind}\x00{normalise(kind, value)}".encode())
+        return PREFIX + mac.hexdigest()[:32]
 
     def lookup(self, kind: str, value: str) -> str:
         """What to look up for a value an agent types in (or copies from a table: kept)."""
         return value if is_pseudonym(value) else self.value(kind, value)
 
     def event(self, event: EventBase) -> EventBase:
-        ids: dict[str, Any] = event.customer.__dict__
-        update: dict[str, Any] = {}
-        if any(v is not None for v in ids.values()):
-            hidden: dict[str, Any] = {k: (self.value(k, v) if v is not None else None) for k, v in ids.items()}
-            update["customer"] = CustomerIdentifiers.model_construct(**hidden)
-        if getattr(event, "type", None) == "identity_link":
+        """The event with its identifiers hashed, in place: a freshly decoded event and its parts
+        are nobody else's yet, and building new models would cost more than the hashing (8 us
+        for a CustomerIdentifiers by model_construct, 0.3 us for a cached hash)."""
+        fields = event.__dict__
+        ids: dict[str, Any] = fields["customer"].__dict__
+        value = self.value
+        for kind, given in ids.items():
+            if given is not None:
+                ids[kind] = value(kind, given)
+        if fields.get("type") == "identity_link":
             for side in ("left", "right"):
-                ident: Identifier = getattr(event, side)
-                update[side] = Identifier.model_construct(
-                    kind=ident.kind, value=self.value(ident.kind.value, ident.value)
-                )
-        return event.model_copy(update=update) if update else event
+                ident: dict[str, Any] = fields[side].__dict__
+                ident["value"] = value(ident["kind"].value, ident["value"])
+        return event
 
 
 _active: Pseudonymiser | None = None
