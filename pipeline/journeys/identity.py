@@ -33,6 +33,9 @@ Rules:
   keys, so a union of two customers with history gives exactly one merge; a merge whose survivor
   had no contacts yet is a plain rename.
 
+* **Pseudonyms.** With pseudonymisation on, identifiers arrive as `h1:<hex>` pseudonyms; they are
+  used as they are, and the stage blocks the pseudonyms of `placeholder_values()` (add them to
+  `IdentityConfig.blocked_values`), so placeholders stay unusable after hashing.
 * **Bad values never raise.** Identifiers arrive as plain `(kind, value)` strings from the compact
   contact records; an unknown kind or an unusable value is skipped and counted in `blocked` (by
   kind), never turned into a model that could fail validation.
@@ -74,6 +77,19 @@ DEFAULT_LIMITS: Mapping[IdentifierKind, int] = {
 }
 
 SNAPSHOT_VERSION = 1
+PSEUDONYM_PREFIX = "h1:"
+
+
+def placeholder_values() -> dict[IdentifierKind, list[str]]:
+    """Values as a source may send them that the blocklist refuses, per kind: what a pseudonymiser
+    must be shown to learn the pseudonyms of placeholders (identifiers arrive pseudonymised when
+    pseudonymisation is on, and a hashed `0000000000` would otherwise tie every anonymous caller
+    into one customer). Phone numbers: all-zero numbers of 1 to 20 digits, with and without `+`."""
+    words = sorted(DEFAULT_BLOCKED_VALUES)
+    variants = sorted({v for w in words for v in (w, w.upper(), w.title())})
+    out: dict[IdentifierKind, list[str]] = {kind: list(variants) for kind in KIND_ORDER}
+    out[IdentifierKind.PHONE] += [prefix + "0" * n for n in range(1, 21) for prefix in ("", "+")]
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +143,11 @@ Node = tuple[str, str]  # (kind, value); kind is an IdentifierKind value or CONT
 
 
 def normalise(kind: IdentifierKind | str, value: str) -> str:
-    """The normalised form of an identifier value (see the module docstring)."""
+    """The normalised form of an identifier value (see the module docstring). A pseudonym
+    (`h1:` + hex, `pipeline.privacy.pseudonym`) is kept as it is."""
     value = value.strip()
+    if value.startswith(PSEUDONYM_PREFIX):
+        return value
     if kind == IdentifierKind.EMAIL:
         return value.lower()
     if kind == IdentifierKind.PHONE:

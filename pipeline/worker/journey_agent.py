@@ -32,6 +32,7 @@ from faust.web import Request, Response
 from pipeline.config import Settings
 from pipeline.events.models import EventBase
 from pipeline.events.topics import JOURNEY_EVENTS_TOPIC, JOURNEYS_TOPIC
+from pipeline.journeys.identity import IdentityConfig, placeholder_values
 from pipeline.journeys.lifecycle import DAY, JourneyConfig, JourneyVersion, Stitcher, journey_row, step_rows
 from pipeline.journeys.record import ContactRecord
 from pipeline.privacy import access, pseudonym
@@ -105,8 +106,14 @@ def install_journey_stage(
                 entries.append((key.decode(), journey_stage.emitted_entry(value)))
             if n % RESTORE_SLICE == RESTORE_SLICE - 1:
                 await asyncio.sleep(0)
+        identity = placeholder_pseudonyms()
         core = Stitcher.from_state(
-            records, entries, journeys=config, keep_ms=keep_ms, identity_retention_ms=identity_ms
+            records,
+            entries,
+            IdentityConfig(blocked_values=identity),
+            config,
+            keep_ms=keep_ms,
+            identity_retention_ms=identity_ms,
         )
         state.core = core
         changelog = contacts.changelog_topic.get_topic_name()
@@ -118,6 +125,16 @@ def install_journey_stage(
         gauges(core)
         log.info("journey state restored: %d contacts, %d journeys in %.2f s", len(records), len(entries), took)
         state.ready.set()
+
+    def placeholder_pseudonyms() -> frozenset[str]:
+        """The pseudonyms of identity placeholders under this worker's key (none when identifiers
+        are not pseudonymised): the graph must refuse them like the clear placeholders."""
+        hider = pseudonym.active()
+        if hider is None:
+            return frozenset()
+        return frozenset(
+            hider.value(kind.value, raw).lower() for kind, values in placeholder_values().items() for raw in values
+        )
 
     async def core_ready(timeout: float | None = None) -> Stitcher | None:
         if state.core is None and state.builder is None:

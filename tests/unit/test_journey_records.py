@@ -16,8 +16,10 @@ from hypothesis import strategies as st
 from pipeline.events.models import EventBase
 from pipeline.journeys import Stitcher, summarise
 from pipeline.journeys.contact import to_ms
+from pipeline.journeys.identity import IdentityConfig, placeholder_values
 from pipeline.journeys.lifecycle import DAY, Emitted, Journey, JourneyVersion
 from pipeline.journeys.record import ContactRecord, records_of
+from pipeline.privacy.pseudonym import Pseudonymiser
 from pipeline.simulator.model import SimConfig, Simulation
 from pipeline.worker.journeys import arrival_seq
 
@@ -190,3 +192,25 @@ def test_unusable_identifiers_are_skipped_and_counted(ids: dict[tuple[str, str],
     assert sum(stitcher.graph.blocked.values()) >= len(ids)
     (version,) = stitcher.changes()
     assert version.journey.customer == "anon:c-bad"
+
+
+def test_pseudonymised_placeholders_stay_unusable_and_pseudonyms_link() -> None:
+    """Identifiers arrive pseudonymised: the hashed `0000000000` of anonymous callers must not tie
+    them into one customer, while one person's hashed number still links their contacts."""
+    hider = Pseudonymiser(key=b"k" * 32)
+    blocked = frozenset(
+        hider.value(kind.value, raw).lower() for kind, values in placeholder_values().items() for raw in values
+    )
+    stitcher = Stitcher(IdentityConfig(blocked_values=blocked))
+
+    def contact(n: int, phone: str) -> ContactRecord:
+        at = (START + n * 60_000) * 1000
+        ids = {("phone", hider.value("phone", phone)): n}
+        return ContactRecord(f"c{n}", first=(at, f"e{n}", "voice"), last_us=at, ids=ids, seq=n)
+
+    for n, phone in enumerate(["0000000000", "+000 000 0000", "0000000000", "+44 1632 960123", "0044 1632 960123"]):
+        stitcher.apply(contact(n, phone))
+    keys = [stitcher.graph.customer_of_contact(f"c{n}") for n in range(5)]
+    assert keys[:3] == ["anon:c0", "anon:c1", "anon:c2"]
+    assert keys[3] == keys[4] and keys[3] is not None and keys[3].startswith("phone:h1:")
+    assert stitcher.graph.customer_of_value("phone", hider.lookup("phone", "+441632960123")) == keys[3]
