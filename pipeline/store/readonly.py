@@ -100,7 +100,7 @@ def check_parsed(ast: list[str]) -> None:
     """Judge ClickHouse's `EXPLAIN AST` of a statement (one node per line, indented by depth)."""
     root = ast[0].split()[0] if ast and ast[0].strip() else ""
     if not (root.startswith(("Select", "Show", "Describe")) or root == "Explain"):
-        raise QueryRefused(f"{root or 'this statement'} is refused: {ALLOWED}")
+        raise QueryRefused(f"{root or 'this statement'} is refused: the analyst connection is readonly; {ALLOWED}")
     for number, line in enumerate(ast):
         node = line.strip()
         depth = len(line) - len(line.lstrip(" "))

@@ -125,6 +125,8 @@ def test_readonly_client_refuses_writes(clickhouse: Client) -> None:
     ):
         with pytest.raises(Exception, match="readonly"):
             run_readonly(reader, statement)
+        with pytest.raises(Exception, match="readonly"):
+            reader.query(statement)  # the engine refuses too, without the statement check
     # the writer is unaffected
     assert clickhouse.query("SELECT count() FROM dead_letters").result_rows[0][0] >= 0
     clickhouse.command("CREATE TABLE IF NOT EXISTS scratch (x UInt8) ENGINE = Memory")
