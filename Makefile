@@ -8,8 +8,10 @@ DURATION ?=
 SPEED ?= 1
 SEED ?= 7
 BENCH_EVENTS ?= 1000000
+SOAK_DAYS ?= 4
+SOAK_RATE ?= 4000
 
-.PHONY: run test unit integration lint typecheck schemas bench clean install system-deps
+.PHONY: run test unit integration lint typecheck schemas bench soak clean install system-deps
 
 $(STAMP): pyproject.toml
 	@command -v java >/dev/null || { echo "Java (JDK 17+) is needed for the local Kafka broker: apt-get install openjdk-17-jdk-headless"; exit 1; }
@@ -53,6 +55,10 @@ schemas: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pipeline.bench --events $(BENCH_EVENTS)
+
+## make soak [SOAK_DAYS=4] [SOAK_RATE=4000]: simulated days through one worker; RSS, state, stalls, stop/restart
+soak: $(STAMP)
+	$(BIN)/python -m benchmarks.soak --days $(SOAK_DAYS) --rate $(SOAK_RATE)
 
 clean:
 	-$(BIN)/touchline broker stop 2>/dev/null

@@ -54,7 +54,7 @@ SNAPSHOT_FORMAT = 1
 # Windows one `emit` visits per partition at most. A jump of the event clock (a backfill, a ticket
 # waiting for weeks) leaves a row per minute and queue behind it; they are produced this many
 # windows at a time (`behind` says more is due), so no emit holds the loop for long.
-MAX_WINDOWS_PER_EMIT = 2_000
+MAX_WINDOWS_PER_EMIT = 60
 
 
 @dataclass(frozen=True, slots=True)

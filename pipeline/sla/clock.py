@@ -78,6 +78,7 @@ from pipeline.events.models import (
     Channel,
     ContactStarted,
     CustomerMessage,
+    Ended,
     EventBase,
     FirstAgentReply,
     IdentityLink,
@@ -251,6 +252,7 @@ class _Contact:
     paused_since: int | None = None  # start of the current wait (any reason)
     wait_reason: str | None = None  # reason of the current wait
     closed_ms: int | None = None
+    ended_ms: int | None = None  # the first `ended`: the contact is finished (retention counts from here)
     last_event_ms: int = 0
     evict_scheduled: int | None = None
     open: dict[Target, _Obligation] = field(default_factory=dict)
@@ -331,6 +333,9 @@ class SlaEngine:
         contact.seen.add(event.event_id)
         out = self._fire_due(contact, t)
         contact.last_event_ms = max(contact.last_event_ms, t)
+        if isinstance(event, Ended) and (contact.ended_ms is None or t < contact.ended_ms):
+            contact.ended_ms = t
+            self._schedule_eviction(contact)
         if contact.closed_ms is not None:
             if isinstance(event, Reopened):
                 self._reopen(contact, event, t)
@@ -644,10 +649,12 @@ class SlaEngine:
         return None
 
     def _eviction_due(self, contact: _Contact) -> int | None:
-        """When the contact may be dropped: `closed_retention` after it closed, or `idle_timeout`
-        after its last event while open (never when `idle_timeout` is 0)."""
-        if contact.closed_ms is not None:
-            return contact.closed_ms + self._closed_retention_ms
+        """When the contact may be dropped: `closed_retention` after its first `ended` and after it
+        closed (resolved or abandoned) if it did; until then a reopen or a late answer can still
+        change its outcomes, so it is kept however long it is silent (a ticket resolved, then
+        reopened days later), unless `idle_timeout` is set."""
+        if contact.ended_ms is not None:
+            return max(contact.ended_ms, contact.closed_ms or 0) + self._closed_retention_ms
         return contact.last_event_ms + self._idle_ms if self._idle_ms else None
 
     def _schedule_eviction(self, contact: _Contact) -> None:

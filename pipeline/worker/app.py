@@ -278,6 +278,12 @@ def _analytics(shared: Shared) -> AnalyticsStage:
     )
     metrics_open_labels: set[tuple[str, str]] = set()
 
+    async def forget(subject: erasure.Subject) -> int:
+        # the contacts leave memory now; the next checkpoint writes their tombstones
+        return analytics.forget(set(subject.contact_ids))
+
+    erasure.register("analytics", forget)
+
     @app.timer(interval=settings.sla_tick_seconds)
     async def sla_deadlines() -> None:
         analytics.tick_sla(datetime.now(UTC))

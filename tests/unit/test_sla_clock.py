@@ -313,7 +313,8 @@ def test_duplicates_and_repeated_advances_change_nothing(policies: PolicySet) ->
 
 def test_closed_and_idle_contacts_are_evicted(policies: PolicySet) -> None:
     engine = SlaEngine(policies, closed_retention=timedelta(hours=1), idle_timeout=timedelta(days=2))
-    run(engine, ev("contact_started", "k", 0), ev("resolved", "k", 10), ev("contact_started", "idle", 0))
+    run(engine, ev("contact_started", "k", 0), ev("resolved", "k", 10), ev("ended", "k", 10))
+    run(engine, ev("contact_started", "idle", 0))
     run(engine, ev("bot_turn", "idle", 3000, author="customer"))
     engine.advance(T0 + timedelta(seconds=3609))
     assert len(engine) == 2
@@ -461,3 +462,16 @@ def test_any_interleaving_with_watermark_advances_duplicates_and_a_restart_gives
             engine = restored
     out += engine.advance(T0 + timedelta(days=90))
     assert Counter(out) == expected
+
+
+def test_a_resolved_contact_that_has_not_ended_is_kept_for_its_reopen(policies: PolicySet) -> None:
+    """A ticket resolved, then reopened days later by a customer message: retention must not have
+    dropped it, so the message after the reopen opens a next-response clock as for any contact."""
+    engine = SlaEngine(policies, closed_retention=timedelta(hours=1))
+    run(engine, ev("contact_started", "t", 0), ev("queued", "t", 1), ev("first_agent_reply", "t", 5))
+    run(engine, ev("resolved", "t", 10))
+    engine.advance(T0 + timedelta(days=3))
+    assert len(engine) == 1
+    run(engine, ev("reopened", "t", 3 * 86_400 + 1), ev("customer_message", "t", 3 * 86_400 + 2))
+    out = engine.advance(T0 + timedelta(days=4))
+    assert ("breached", "next_response") in kinds(out)

@@ -1,0 +1,188 @@
+"""`make soak`: N simulated days at a realistic rate through one worker, then a stop and a restart.
+
+The simulator writes `--days` of traffic (`touchline simulate --duration <days>d --rate <rate>
+--speed 0`) into fresh channel topics while one `touchline worker` (all stages, fresh store and
+consumer groups) reads them. Every few seconds the worker's metrics are sampled; the samples are
+grouped by the simulated day the lowest KPI watermark has reached. Printed per simulated day: the
+worker's RSS at the end of the day, contacts held in state, checkpoint bytes written during the
+day and the longest event-loop stall seen during the day (histogram bucket bound). Then the worker
+is stopped with SIGINT (time to exit) and started again (time until its stages hold partitions).
+
+Targets (issue 10): RSS on day 4 <= 1.1 x day 2 and <= 1.5 GB; stop <= 5 s; restart <= 10 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import click
+
+from pipeline import broker
+from pipeline.bench import free_port, fresh_topics, metrics, start_worker
+
+DAY_MS = 86_400_000
+START = "2026-03-02T00:00:00Z"
+START_MS = 1_772_409_600_000  # START in epoch ms
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def histogram(m: dict[str, float], name: str) -> dict[float, float]:
+    return {float(k.split('le="')[1].split('"')[0]): v for k, v in m.items() if k.startswith(f"{name}_bucket")}
+
+
+def raw_metrics(url: str) -> dict[str, float]:
+    """Every sample with its labels as the key (pipeline.bench.metrics sums over labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
+
+
+def wait_partitions(url: str, process: subprocess.Popen[bytes], timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if process.poll() is not None:
+            raise click.ClickException("the worker exited")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                health = json.loads(response.read())
+            if health.get("assigned_partitions", 0) > 0:
+                return time.monotonic() - started
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise click.ClickException(f"no partitions after {timeout:.0f} s")
+
+
+@click.command()
+@click.option("--days", default=4, show_default=True, help="Simulated days.")
+@click.option("--rate", default=4000, show_default=True, help="Simulator --rate (new contacts per hour at peak).")
+@click.option("--partitions", default=4, show_default=True)
+@click.option("--sample-seconds", default=5.0, show_default=True)
+def main(days: int, rate: int, partitions: int, sample_seconds: float) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="touchline-soak-"))
+    data = workdir / "broker"
+    bootstrap = broker.start(data, port=free_port(), controller_port=free_port())
+    producer: subprocess.Popen[bytes] | None = None
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        fresh_topics(bootstrap, partitions)
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")}
+        env.update(
+            KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+            TOUCHLINE_DATA_DIR=str(workdir / "data"),
+            TOUCHLINE_APP_ID=f"touchline-soak-{uuid.uuid4().hex[:6]}",
+            TOUCHLINE_TOPIC_PARTITIONS=str(partitions),
+            TOUCHLINE_SLA_CLOCK="event",
+            TOUCHLINE_HISTORY_SINCE="2026-01-01T00:00:00Z",
+        )
+        url = f"http://127.0.0.1:{port}"
+        worker = start_worker(env, port, "all", workdir / "worker.log")
+        wait_partitions(url, worker, 120)
+        truth = workdir / "truth.jsonl"
+        with (workdir / "simulate.log").open("wb") as out:
+            producer = subprocess.Popen(
+                [sys.executable, "-m", "pipeline", "simulate", "--seed", "1", "--start", START,
+                 "--duration", f"{days}d", "--rate", str(rate), "--speed", "0", "--quiet", "--truth", str(truth)],
+                env=env, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        click.echo(f"soak: {days} simulated days at --rate {rate} -> one worker (logs in {workdir})")
+        per_day: dict[int, dict[str, float]] = {}
+        previous_bytes = 0.0
+        previous_stalls: dict[float, float] = {}
+        stop_sampling = threading.Event()
+        produced: int | None = None
+        while not stop_sampling.is_set():
+            time.sleep(sample_seconds)
+            if worker.poll() is not None:
+                raise click.ClickException(f"the worker exited; see {workdir / 'worker.log'}")
+            if produced is None and producer.poll() is not None:
+                if producer.returncode != 0:
+                    raise click.ClickException(f"the simulator failed; see {workdir / 'simulate.log'}")
+                produced = int(json.loads(truth.read_text().splitlines()[-1])["messages_delivered"])
+                click.echo(f"  simulator done: {produced} messages")
+            m = metrics(url)
+            raw = raw_metrics(url)
+            lag = m.get("touchline_kpi_watermark_lag_seconds", 0.0)
+            if not lag:
+                continue
+            day = int(((time.time() - lag) * 1000 - START_MS) // DAY_MS) + 1
+            stalls = histogram(raw, "touchline_loop_stall_seconds")
+            new = [b for b, n in stalls.items() if n > previous_stalls.get(b, 0.0)]
+            longest_bucket = min(new) if new else 0.0  # the smallest bound holding every new stall
+            previous_stalls = stalls
+            written = m.get("touchline_checkpoint_bytes_total", 0.0)
+            row = per_day.setdefault(day, {"checkpoint_mb": 0.0, "stall_le_s": 0.0})
+            row["rss_mb"] = rss_mb(worker.pid)
+            row["contacts"] = m.get("touchline_state_contacts", 0.0)
+            row["checkpoint_mb"] += (written - previous_bytes) / 1e6
+            row["stall_le_s"] = max(row["stall_le_s"], longest_bucket)
+            row["events"] = m.get("touchline_events_analysed_total", 0.0)
+            previous_bytes = written
+            click.echo(
+                f"  day {day}: rss {row['rss_mb']:.0f} MB, contacts {row['contacts']:.0f}, "
+                f"analysed {row['events']:.0f}, checkpoints {row['checkpoint_mb']:.1f} MB"
+            )
+            if (
+                produced is not None
+                and m.get("touchline_events_analysed_total", 0.0) >= m.get("touchline_events_valid_total", 1.0)
+                and m.get("touchline_events_consumed_total", 0.0) >= produced
+            ):
+                stop_sampling.set()
+        started = time.monotonic()
+        os.killpg(worker.pid, signal.SIGINT)
+        worker.wait(300)
+        stop_s = time.monotonic() - started
+        started = time.monotonic()
+        worker = start_worker(env, port, "all", workdir / "worker-restart.log")
+        restart_s = wait_partitions(url, worker, 300)
+        time.sleep(10)
+        rss_after = rss_mb(worker.pid)
+
+        click.echo("\nsimulated day | RSS MB | contacts in state | checkpoint MB written | longest loop stall <= s")
+        for day in sorted(per_day):
+            r = per_day[day]
+            click.echo(
+                f"{day:>13} | {r['rss_mb']:>6.0f} | {r['contacts']:>17.0f} | {r['checkpoint_mb']:>21.1f} | {r['stall_le_s']:>6}"
+            )
+        days_seen = sorted(per_day)
+        if len(days_seen) >= 4:
+            d2, d4 = per_day[days_seen[1]]["rss_mb"], per_day[days_seen[3]]["rss_mb"]
+            click.echo(f"RSS day 4 / day 2: {d4 / d2:.2f} (target <= 1.10); day 4: {d4:.0f} MB (target <= 1536)")
+        click.echo(
+            f"graceful stop: {stop_s:.1f} s (target <= 5); restart to partitions: {restart_s:.1f} s (target <= 10)"
+        )
+        click.echo(f"RSS 10 s after the restart: {rss_after:.0f} MB")
+    finally:
+        for process in (producer, worker):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL) if process is worker else process.kill()
+                process.wait()
+        broker.stop(data)
+
+
+if __name__ == "__main__":
+    main()
