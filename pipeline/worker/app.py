@@ -38,7 +38,7 @@ from pipeline.sla.policy import load_policies
 from pipeline.store.clickhouse import BlockingExecutor, connect, redact
 from pipeline.store.migrations import migrate
 from pipeline.topics import ensure_topics
-from pipeline.worker import metrics
+from pipeline.worker import log_throttle, metrics
 from pipeline.worker.analytics import AnalyticsStage
 from pipeline.worker.consumer import BatchConsumer, Records, StageHooks
 from pipeline.worker.forget_view import install_forget_view
@@ -140,6 +140,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
 
     @app.task
     async def watch_the_loop() -> None:
+        log_throttle.install()  # Faust has set up logging by now
         await watch_loop()
 
     @app.timer(interval=5.0)
