@@ -65,6 +65,8 @@ KIND_ORDER: tuple[IdentifierKind, ...] = (
     IdentifierKind.WEB_COOKIE,
 )
 KIND_RANK: dict[IdentifierKind, int] = {kind: rank for rank, kind in enumerate(KIND_ORDER)}
+KIND_VALUES: tuple[str, ...] = tuple(kind.value for kind in KIND_ORDER)
+RANK_OF_VALUE: dict[str, int] = {kind.value: rank for rank, kind in enumerate(KIND_ORDER)}
 CONTACT = "contact"  # node kind of a contact
 
 DEFAULT_BLOCKED_VALUES: frozenset[str] = frozenset({"", "0", "anonymous", "unknown", "null", "none", "n/a", "-"})
@@ -189,7 +191,7 @@ class _Root:
     def key(self) -> str:
         if self.best is not None:
             rank, value = self.best
-            return customer_key(KIND_ORDER[rank].value, value)
+            return customer_key(KIND_VALUES[rank], value)
         assert self.anon is not None
         return customer_key(CONTACT, self.anon)
 
@@ -212,6 +214,7 @@ class IdentityGraph:
 
     def __init__(self, config: IdentityConfig | None = None) -> None:
         self.config = config or IdentityConfig()
+        self._limits = {kind.value: self.config.limit(kind) for kind in KIND_ORDER}
         self._root_of: dict[Node, Node] = {}
         self._roots: dict[Node, _Root] = {}
         self._counted: set[Node] = set()  # contact nodes counted as history
@@ -250,7 +253,7 @@ class IdentityGraph:
         refusals: list[Refusal] = []
         usable = sorted(
             {node for node in (self._usable(k, v) for k, v in identifiers) if node is not None},
-            key=lambda n: (KIND_RANK[KIND_BY_NAME[n[0]]], n[1]),
+            key=lambda n: (RANK_OF_VALUE[n[0]], n[1]),
         )
         for node in usable:
             self._union(contact, self._node(node), merges, refusals)
@@ -400,7 +403,7 @@ class IdentityGraph:
         if kind == CONTACT:
             self._roots[node] = _Root([node], anon=value)
         else:
-            rank = KIND_RANK[KIND_BY_NAME[kind]]
+            rank = RANK_OF_VALUE[kind]
             self._roots[node] = _Root([node], counts={kind: 1}, best=(rank, value))
         return node
 
@@ -409,14 +412,14 @@ class IdentityGraph:
         if ra == rb:
             return
         left, right = self._roots[ra], self._roots[rb]
-        for kind in KIND_ORDER:
-            total = left.counts.get(kind.value, 0) + right.counts.get(kind.value, 0)
-            if total > self.config.limit(kind):
-                reason = f"limit:{kind.value}"
+        mine = left.counts
+        for kind, n in right.counts.items():  # only kinds both sides hold can exceed a limit
+            if n + mine.get(kind, 0) > self._limits[kind]:
+                reason = f"limit:{kind}"
                 self.refusals[reason] += 1
                 refusals.append(Refusal(reason, a, b))
                 return
-        old = [(side.key, side.contacts) for side in (left, right)]
+        old = [(side.key, side.contacts) for side in (left, right) if side.contacts]
         if len(left.members) < len(right.members):
             ra, rb, left, right = rb, ra, right, left
         root_of = self._root_of
