@@ -34,7 +34,7 @@ from pipeline.events.models import EventBase
 from pipeline.events.topics import JOURNEY_EVENTS_TOPIC, JOURNEYS_TOPIC
 from pipeline.journeys.identity import IdentityConfig, placeholder_values
 from pipeline.journeys.lifecycle import DAY, JourneyConfig, JourneyVersion, Stitcher, journey_row, step_rows
-from pipeline.journeys.record import ContactRecord
+from pipeline.journeys.record import ContactRecord, RecordError
 from pipeline.privacy import access, pseudonym
 from pipeline.store.clickhouse import BlockingExecutor, insert_dicts
 from pipeline.worker import journey_metrics as jm
@@ -94,36 +94,52 @@ def install_journey_stage(
     async def build() -> None:
         """The stitcher the tables describe (the tables hold only this worker's active partition)."""
         started = time.perf_counter()
-        records: list[ContactRecord] = []
+        raw_records: list[bytes] = []
         for n, (_, value) in enumerate(contacts.items()):
             if value:
-                records.append(ContactRecord.from_json(value))
+                raw_records.append(value)
             if n % RESTORE_SLICE == RESTORE_SLICE - 1:
                 await asyncio.sleep(0)
-        entries = []
+        raw_entries: list[tuple[bytes, bytes]] = []
         for n, (key, value) in enumerate(emitted.items()):
             if value:
-                entries.append((key.decode(), journey_stage.emitted_entry(value)))
+                raw_entries.append((key, value))
             if n % RESTORE_SLICE == RESTORE_SLICE - 1:
                 await asyncio.sleep(0)
-        identity = placeholder_pseudonyms()
-        core = Stitcher.from_state(
-            records,
-            entries,
-            IdentityConfig(blocked_values=identity),
-            config,
-            keep_ms=keep_ms,
-            identity_retention_ms=identity_ms,
-        )
+        identity = IdentityConfig(blocked_values=placeholder_pseudonyms())
+
+        def readable(values: list[bytes]) -> list[ContactRecord]:
+            out = []
+            for value in values:
+                try:
+                    out.append(ContactRecord.from_json(value))
+                except RecordError as error:  # never seen; a restore must not fail on one entry
+                    jm.JOURNEY_RECORDS.labels("unreadable").inc()
+                    log.error("journey state entry skipped at restore (%s)", error)
+            return out
+
+        def restore() -> Stitcher:
+            return Stitcher.from_state(
+                readable(raw_records),
+                [(key.decode(), journey_stage.emitted_entry(value)) for key, value in raw_entries],
+                identity,
+                config,
+                keep_ms=keep_ms,
+                identity_retention_ms=identity_ms,
+            )
+
+        # decoding and the graph's unions are seconds of CPU for a week of contacts: on a thread (the
+        # core is not shared until built), so the loop keeps serving /health, /metrics and timers
+        core = await asyncio.to_thread(restore)
         state.core = core
         changelog = contacts.changelog_topic.get_topic_name()
         jm.JOURNEY_PARTITIONS.set(sum(1 for tp in app.assignor.assigned_actives() if tp.topic == changelog))
         state.blocked, state.refusals = dict(core.graph.blocked), dict(core.graph.refusals)
         took = time.perf_counter() - started
         jm.JOURNEY_RESTORE_SECONDS.set(took)
-        jm.JOURNEY_RESTORED_CONTACTS.set(len(records))
+        jm.JOURNEY_RESTORED_CONTACTS.set(len(raw_records))
         gauges(core)
-        log.info("journey state restored: %d contacts, %d journeys in %.2f s", len(records), len(entries), took)
+        log.info("journey state restored: %d contacts, %d journeys in %.2f s", len(raw_records), len(raw_entries), took)
         state.ready.set()
 
     def placeholder_pseudonyms() -> frozenset[str]:
