@@ -241,7 +241,7 @@ def install_journey_stage(
                     core.apply(record.with_seq(journey_stage.arrival_seq(offset, index)))
                 except Exception as error:  # one bad record must not stop the stage
                     jm.JOURNEY_RECORDS.labels("failed").inc()
-                    log.error("contact record skipped (%s: %s)", type(error).__name__, error.__class__.__doc__)
+                    log.error("contact record of %s skipped (%s)", record.contact_id, type(error).__name__)
                 if index % APPLY_SLICE == APPLY_SLICE - 1:
                     await asyncio.sleep(0)
             jm.JOURNEY_RECORDS.labels("applied").inc(len(records))
