@@ -59,11 +59,12 @@ SHOW = 20
 VIEWS = (("kpi_minute", 1), ("kpi_15m", 15), ("kpi_1h", 60))
 
 
-def simulate(workspace: Workspace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def simulate(workspace: Workspace, *args: str | int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The seeded simulation (`args` replace the default start, duration and rate)."""
     truth_path = workspace.path / "truth.jsonl"
+    shape = args or ("--start", START, "--duration", DURATION, "--rate", RATE)
     workspace.cli(
-        "simulate", "--seed", SEED, "--start", START, "--duration", DURATION, "--rate", RATE, "--speed", "0",
-        *FAULTS, "--truth", truth_path,
+        "simulate", "--seed", SEED, *shape, "--speed", "0", *FAULTS, "--truth", truth_path, timeout=1200
     )  # fmt: skip
     records = read_truth(truth_path)
     summary = next(r for r in records if r["kind"] == "summary")
@@ -113,10 +114,10 @@ class Prepared:
     expected_messages: int
 
 
-def prepare(workspace: Workspace) -> Prepared:
+def prepare(workspace: Workspace, *simulation: str | int) -> Prepared:
     """Worker settings for a bounded replay, the seeded simulation and the end-of-stream markers."""
     workspace.env.update(WORKER_ENV)
-    contacts, summary = simulate(workspace)
+    contacts, summary = simulate(workspace, *simulation)
     horizon_ms = ms_of(summary["as_of"])
     assert horizon_ms is not None
     assert summary["duplicates"] > 0 and summary["late"] > 0

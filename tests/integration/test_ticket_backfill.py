@@ -1,0 +1,77 @@
+"""A 90-day ticket-desk backfill through the real broker and one worker: long e-mail and social
+threads open for days to weeks (some silent for more than 30 days), waits on customers and vendors,
+reopens, team transfers, quiet weekends, plus duplicates and late deliveries. Read as fast as the
+worker can (a backfill), it must
+
+* never block the event loop for more than a second (`touchline_loop_stall_max_seconds`), although
+  a ticket waiting in queue for days is a backlog row per minute;
+* give KPI windows and SLA breaches equal to the independent oracles (retention never drops a
+  contact that a later event can still change);
+* give the same rows when the same input is replayed by a second worker (own store and groups).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from itertools import pairwise
+from typing import Any
+
+import pytest
+
+from tests.oracles import ms_of
+from tests.support.kpi_sla import SHOW, finish, prepare
+
+from .conftest import Workspace
+
+pytestmark = pytest.mark.integration
+
+ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:")
+SIMULATION = ("--profile", "tickets", "--start", "2026-01-05T00:00:00Z", "--duration", "90d", "--rate", "2")
+# partial rows without what differs between two writers of the same content (version, emit time)
+ROWS_DIGEST = (
+    "SELECT count(), groupBitXor(cityHash64(*)) FROM "
+    "(SELECT * EXCEPT (version, emitted_at) FROM kpi_minute_partials FINAL)"
+)
+SLA_DIGEST = "SELECT count(), groupBitXor(cityHash64(*)) FROM (SELECT * EXCEPT (emitted_at) FROM sla_events FINAL)"
+
+
+def longest_silence_days(contact: Any) -> float:
+    """The longest gap between the moments the truth records for a ticket, in days."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str) and ISO.match(value):
+            found.append(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(contact)
+    moments = sorted(ms_of(v) or 0 for v in found)
+    return max((b - a for a, b in pairwise(moments)), default=0) / 86_400_000
+
+
+def test_ninety_days_of_tickets_replay_exactly_without_stalling_the_loop(workspace: Workspace) -> None:
+    run = prepare(workspace, *SIMULATION)
+    silent = [c for c in run.contacts if longest_silence_days(c) > 30]
+    print(f"\n{len(run.contacts)} tickets, {run.expected_messages} messages, {len(silent)} silent > 30 days")
+    assert silent, "the backfill must hold tickets silent for more than 30 days"
+
+    first = workspace.start_worker()
+    diffs = finish(run, first, first)
+    stall = first.metric("touchline_loop_stall_max_seconds")
+    digests = (first.sql(ROWS_DIGEST)[0], first.sql(SLA_DIGEST)[0])
+    first.stop()
+    print(f"longest event-loop stall: {stall:.3f} s; rows {digests[0][0]}, SLA events {digests[1][0]}")
+    assert not diffs, f"{len(diffs)} mismatches, first {SHOW}:\n" + "\n".join(diffs[:SHOW])
+    assert stall <= 1.0, f"the event loop was blocked for {stall:.2f} s"
+
+    # the same input again: a fresh worker, store and consumer groups
+    workspace.env["TOUCHLINE_APP_ID"] = f"touchline-replay-{uuid.uuid4().hex[:8]}"
+    second = workspace.start_worker(own_store=True)
+    assert not finish(run, second, second)
+    assert (second.sql(ROWS_DIGEST)[0], second.sql(SLA_DIGEST)[0]) == digests, "a second replay wrote other rows"
