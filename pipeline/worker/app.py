@@ -151,6 +151,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     async def measure_lag() -> None:
         for consumer in shared.consumers:
             consumer.measure_lag()
+            await consumer.probe()
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # faust types receivers as sync-or-awaitable unions
     async def stop_stages(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:

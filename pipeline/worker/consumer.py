@@ -139,7 +139,7 @@ class BatchConsumer:
                     log.warning("%s: fetching failed (%s); retrying", self.stage, error)
                 await asyncio.sleep(1)
                 continue
-            if self._health is not None:
+            if batches and self._health is not None:  # records came: the broker answers
                 self._health.ok(f"kafka-consumer-{self.stage}")
             if batches and not self._stopping.is_set():
                 async with self._lock:
@@ -166,6 +166,23 @@ class BatchConsumer:
             await self.consumer.commit(offsets)
         except KafkaError as error:  # rebalancing: the partitions' new owners redo what is uncommitted
             log.info("%s: commit skipped (%s); uncommitted messages are read again", self.stage, error)
+
+    async def probe(self, timeout: float = 5.0) -> None:
+        """Ask the cluster for its metadata and report the outcome to `/health`: a consumer keeps
+        reconnecting quietly while the broker is down, so fetching alone never says so."""
+        if self._consumer is None or self._health is None:
+            return
+        name = f"kafka-consumer-{self.stage}"
+        try:
+            # aiokafka exposes no public liveness check; its client's metadata refresh is one request
+            updated = await asyncio.wait_for(self._consumer._client.force_metadata_update(), timeout)
+        except (TimeoutError, KafkaError, OSError) as error:
+            self._health.failed(name, error)
+            return
+        if updated:
+            self._health.ok(name)
+        else:
+            self._health.failed(name, ConnectionError("the broker did not answer a metadata request"))
 
     def measure_lag(self) -> None:
         """Set the lag gauge of every assigned partition: messages after the last one handed to the
