@@ -106,6 +106,8 @@ class KpiWindows:
         self._idle_ms = int(self.config.idle_timeout_seconds * 1000)
         self._partitions: dict[PartitionKey, _Partition] = {}
         self.stats: dict[str, int] = {"applied": 0, "duplicates": 0, "late": 0, "evicted": 0}
+        # set while a checkpoint serializes contacts: none may disappear after its head was taken
+        self.hold_evictions = False
 
     # ------------------------------------------------------------------ input
 
@@ -467,6 +469,8 @@ class KpiWindows:
                 p.contact_keys[contact_id] = open_keys
             else:
                 del p.contact_keys[contact_id]
+        if self.hold_evictions:
+            return  # a checkpoint is being taken: contacts are dropped at the next prune
         for contact_id in p.tracker.expired(p.watermark_ms):
             if contact_id in p.contact_keys:
                 continue  # still contributes to an open window

@@ -307,6 +307,8 @@ class SlaEngine:
         self._versions = itertools.count(1)
         # contacts changed, added or removed since the last `drain_changes` (incremental checkpoints)
         self._changed: set[str] = set()
+        # set while a checkpoint serializes contacts: none may disappear after its head was taken
+        self.hold_evictions = False
 
     def __len__(self) -> int:
         """Number of contacts held in memory (open, or closed and awaiting eviction)."""
@@ -360,7 +362,7 @@ class SlaEngine:
                 contact.wire = None
                 self._changed.add(contact.contact_id)
                 out.append(self._fire(contact, ob, entry[1]))
-            elif evict is not None and evict <= now_ms:
+            elif evict is not None and evict <= now_ms and not self.hold_evictions:
                 self._pop_eviction(now_ms)
             else:
                 return out

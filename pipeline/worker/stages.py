@@ -79,6 +79,13 @@ class PartitionState:
         return self.kpi.live_contacts(self.key) + len(self.sla)
 
 
+@dataclass(frozen=True)
+class CheckpointStart:
+    contacts: list[str]  # changed since the previous checkpoint (present or dropped)
+    head: str
+    max_offset: int
+
+
 @dataclass
 class Outputs:
     late: list[LateEvent] = field(default_factory=list)
@@ -113,13 +120,28 @@ class Stages:
     def checkpoint(self, state: PartitionState, store: StateStore) -> Checkpoint:
         """The rows of `state`'s checkpoint: contacts changed since the last one, tombstones for
         contacts no core holds any more, the head. Cost: proportional to the changes."""
-        key = state.key
-        touched = state.kpi.drain_changes(key) | state.sla.drain_changes() | state.raised_changed
+        started = self.begin_checkpoint(state)
+        records, dropped = self.contact_records(state, started.contacts)
+        return self.end_checkpoint(state, store, started, records, dropped)
+
+    # The three steps of `checkpoint`, for a shell that yields the loop between slices of contacts:
+    # the head and the offset are taken first, so a contact serialized later can only be newer than
+    # the head, which a restore tolerates (its re-read events are duplicates to it).
+
+    def begin_checkpoint(self, state: PartitionState) -> CheckpointStart:
+        touched = state.kpi.drain_changes(state.key) | state.sla.drain_changes() | state.raised_changed
         state.raised_changed = set()
+        head = json.dumps(
+            {"format": HEAD_FORMAT, "kpi": state.kpi.head(state.key), "released_ms": state.released_ms},
+            separators=(",", ":"),
+        )
+        return CheckpointStart(sorted(touched), head, state.max_offset)
+
+    def contact_records(self, state: PartitionState, contact_ids: list[str]) -> tuple[list[ContactRecord], list[str]]:
         changed: list[ContactRecord] = []
         dropped: list[str] = []
-        for contact_id in sorted(touched):
-            kpi = state.kpi.contact_wire(key, contact_id)
+        for contact_id in contact_ids:
+            kpi = state.kpi.contact_wire(state.key, contact_id)
             sla = state.sla.contact_wire(contact_id)
             if sla is None:
                 state.raised.pop(contact_id, None)  # its obligations are gone: nothing can raise again
@@ -128,12 +150,18 @@ class Stages:
                 continue
             raised = sorted(state.raised.get(contact_id, ()))
             changed.append(ContactRecord(contact_id, kpi or "", sla or "", raised))
-        head = json.dumps(
-            {"format": HEAD_FORMAT, "kpi": state.kpi.head(key), "released_ms": state.released_ms},
-            separators=(",", ":"),
-        )
+        return changed, dropped
+
+    def end_checkpoint(
+        self,
+        state: PartitionState,
+        store: StateStore,
+        started: CheckpointStart,
+        changed: list[ContactRecord],
+        dropped: list[str],
+    ) -> Checkpoint:
         state.version = store.next_version(state.version)
-        return store.checkpoint(key, state.version, state.max_offset, head, changed, dropped)
+        return store.checkpoint(state.key, state.version, started.max_offset, started.head, changed, dropped)
 
     def restore(self, key: PartitionKey, loaded: Loaded) -> PartitionState:
         """A partition's state from its checkpoint rows (a fresh state when there are none). Blocking
