@@ -13,7 +13,7 @@ import tomllib
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -82,6 +82,14 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="ClickHouse database of Touchline's tables (created at start if missing and allowed).",
     )
+    clickhouse_user: str | None = Field(
+        None, description="ClickHouse server user, if not in the DSN. Any characters: Touchline encodes it."
+    )
+    clickhouse_password: SecretStr | None = Field(
+        None,
+        description="ClickHouse server password, if not in the DSN. Any characters (`@ / # ? %`): Touchline "
+        "encodes it into the URL.",
+    )
     app_id: str = Field(
         "touchline", min_length=1, description="Faust app id: consumer group and internal topic prefix."
     )
@@ -89,6 +97,11 @@ class Settings(BaseSettings):
         "127.0.0.1",
         description="Address the worker's HTTP server binds to and advertises to other workers for forwarded "
         "lookups: set it to this worker's own reachable address (not 0.0.0.0) when workers run on several hosts.",
+    )
+    worker_advertised_host: str | None = Field(
+        None,
+        description="Host other workers use to reach this one (forwarded journey lookups). Unset: "
+        "worker_web_host. Set it when binding to 0.0.0.0, e.g. to the container's service name.",
     )
     worker_web_port: int = Field(6066, ge=1, le=65535, description="Worker HTTP port: /metrics, /sql, lookups.")
     batch_max_rows: int = Field(5000, ge=1, le=1_000_000, description="Rows per ClickHouse insert at most.")
@@ -227,6 +240,11 @@ class Settings(BaseSettings):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 problems.append(f"{name}: no such file {str(path)!r}")
+        if (self.clickhouse_user or self.clickhouse_password) and self.clickhouse_dsn:
+            if not self.clickhouse_dsn.startswith("http"):
+                problems.append("clickhouse_user / clickhouse_password need an http(s):// clickhouse_dsn")
+            elif "@" in urlsplit(self.clickhouse_dsn).netloc:
+                problems.append("clickhouse_dsn has credentials and clickhouse_user/clickhouse_password are set")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -248,7 +266,22 @@ class Settings(BaseSettings):
 
     @property
     def clickhouse_url(self) -> str:
-        return self.clickhouse_dsn or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+        if self.clickhouse_dsn is None:
+            return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+        if self.clickhouse_user is None and self.clickhouse_password is None:
+            return self.clickhouse_dsn
+        # credentials given apart from the DSN: percent-encoded here, so no character of theirs can
+        # end the user, the password or the host part of the URL
+        parsed = urlsplit(self.clickhouse_dsn)
+        user = quote(self.clickhouse_user or "default", safe="")
+        password = self.clickhouse_password.get_secret_value() if self.clickhouse_password else ""
+        host = parsed.netloc.rpartition("@")[2]
+        return parsed._replace(netloc=f"{user}:{quote(password, safe='')}@{host}").geturl()
+
+    @property
+    def worker_advertised_url(self) -> str:
+        """How other workers reach this one."""
+        return f"http://{self.worker_advertised_host or self.worker_web_host}:{self.worker_web_port}"
 
     @property
     def embedded_clickhouse(self) -> bool:

@@ -113,7 +113,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         store=settings.table_store,
         # one directory per worker: RocksDB locks its files
         datadir=str(datadir),
-        web_host=settings.worker_web_host,
+        web_host=settings.worker_advertised_host or settings.worker_web_host,  # other workers reach it there
         web_port=web_port or settings.worker_web_port,
         web_bind=settings.worker_web_host,
         topic_partitions=settings.topic_partitions,

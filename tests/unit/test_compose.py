@@ -5,9 +5,15 @@ builds what the services run."""
 
 from __future__ import annotations
 
+import json
 import re
+import socket
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -149,3 +155,113 @@ def test_dockerfile_builds_the_touchline_image() -> None:
         build = SERVICES[name]["build"]
         assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == REPO / "Dockerfile"
         assert SERVICES[name]["command"][0] in ("touchline", "sh")
+
+
+def _url_host_port(url: str) -> tuple[str, int]:
+    parsed = urlsplit(url)
+    assert parsed.hostname and parsed.port, url
+    return parsed.hostname, parsed.port
+
+
+def test_pages_go_to_a_service_of_the_stack() -> None:
+    alertmanager = yaml.safe_load((DEPLOY / "alertmanager" / "alertmanager.yml").read_text())
+    urls = [hook["url"] for receiver in alertmanager["receivers"] for hook in receiver.get("webhook_configs", [])]
+    grafana_default = re.search(r":-([^}]+)}", env(SERVICES["grafana"])["PAGER_WEBHOOK_URL"])
+    assert urls and grafana_default
+    for url in [*urls, grafana_default.group(1)]:
+        host, port = _url_host_port(url)
+        assert host in SERVICES, f"{url}: no service {host} in the stack"
+        service = SERVICES[host]
+        assert f"--port\x00{port}" in "\x00".join(service["command"]), f"{host} does not listen on {port}"
+        assert service["healthcheck"]["test"]
+        mounted = [v.split(":")[0] for v in service["volumes"]]
+        assert "./pager-webhook/receiver.py" in mounted
+
+
+def test_the_pager_webhook_logs_each_page(tmp_path: Path) -> None:
+    """Runs the receiver the stack mounts and sends it what Alertmanager sends."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    receiver = subprocess.Popen(
+        [
+            sys.executable,
+            "-u",
+            str(DEPLOY / "pager-webhook" / "receiver.py"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert receiver.stdout is not None
+        assert "listening" in receiver.stdout.readline()
+        payload = {
+            "status": "firing",
+            "alerts": [
+                {
+                    "status": "firing",
+                    "labels": {"alertname": "TouchlineSlaBreaches", "channel": "voice", "severity": "critical"},
+                    "annotations": {"summary": "voice first-response breaches"},
+                }
+            ],
+        }
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/touchline/live-channels",
+            data=json.dumps(payload).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+        line = receiver.stdout.readline()
+        assert (
+            "PAGE /touchline/live-channels firing TouchlineSlaBreaches channel=voice severity=critical "
+            ":: voice first-response breaches" in line
+        )
+    finally:
+        receiver.terminate()
+        receiver.wait(10)
+
+
+def test_kafka_is_reachable_from_the_host() -> None:
+    kafka = SERVICES["kafka"]["environment"]
+    listeners = dict(item.split("://") for item in kafka["KAFKA_LISTENERS"].split(","))
+    advertised = dict(item.split("://") for item in kafka["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    protocols = dict(item.split(":") for item in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    host_listeners = [name for name, address in advertised.items() if address.startswith("localhost:")]
+    assert host_listeners, "no listener advertised to the host"
+    (name,) = host_listeners
+    port = advertised[name].split(":")[1]
+    assert listeners[name] == f":{port}" and name in protocols
+    assert f"{port}:{port}" in SERVICES["kafka"]["ports"]
+    assert advertised["PLAINTEXT"] == "kafka:9092"  # the services on the compose network
+    assert f"localhost:{port}" in (REPO / "README.md").read_text()  # documented
+
+
+@pytest.mark.parametrize("password", ["touchline", "p@ss/w#rd?100%", "a:b@c"])
+def test_clickhouse_password_with_url_characters_reaches_clickhouse_intact(password: str) -> None:
+    from clickhouse_connect.driver import _parse_connection_params
+
+    values = env(SERVICES["worker-1"])
+    assert "${CLICKHOUSE_PASSWORD" not in values["TOUCHLINE_CLICKHOUSE_DSN"], "password interpolated into the URL"
+    given = {
+        k.removeprefix("TOUCHLINE_").lower(): v.replace("${CLICKHOUSE_PASSWORD:-touchline}", password)
+        for k, v in values.items()
+        if k.startswith("TOUCHLINE_CLICKHOUSE_")
+    }
+    url = Settings(**given).clickhouse_url  # type: ignore[arg-type]
+    host, user, secret, port, *_ = _parse_connection_params(None, None, "", None, None, None, False, url, {})
+    assert (host, user, secret, port) == ("clickhouse", "touchline", password, 8123)
+
+
+def test_each_worker_advertises_its_own_address() -> None:
+    for name in ("worker-1", "worker-2"):
+        values = env(SERVICES[name])
+        overrides = {k.removeprefix("TOUCHLINE_").lower(): v for k, v in values.items() if k.startswith("TOUCHLINE_W")}
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+        assert settings.worker_web_host == "0.0.0.0"
+        assert settings.worker_advertised_url == f"http://{name}:{values['TOUCHLINE_WORKER_WEB_PORT']}"
