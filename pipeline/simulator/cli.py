@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -226,6 +226,13 @@ def _progress_printer(enabled: bool) -> Any:
     default=None,
     help="Write the ground truth (contacts, journeys, bad messages, summary) to this JSONL file.",
 )
+@click.option(
+    "--allow-future",
+    is_flag=True,
+    help="Let simulated time run ahead of the wall clock. Default (with --speed > 0): no event is sent "
+    "before its time, and without --start a run faster than real time starts in the past so that it "
+    "ends at about now.",
+)
 @click.option("--quiet", is_flag=True, help="No progress lines, only the final summary.")
 def simulate_command(
     start: str | None,
@@ -242,6 +249,7 @@ def simulate_command(
     bad_rate: float,
     out: Path | None,
     truth: Path | None,
+    allow_future: bool,
     quiet: bool,
 ) -> None:
     """Simulate a contact centre and stream its interaction events.
@@ -276,6 +284,11 @@ def simulate_command(
         duration = tickets.DEFAULT_DURATION_MS if profile == "tickets" else DEFAULT_DURATION_MS
     if rate is None:
         rate = tickets.DEFAULT_RATE if profile == "tickets" else 1000.0
+    if start is None and speed > 1 and duration is not None and not allow_future:
+        # faster than real time from "now" would date events in the future: start in the past instead,
+        # so the simulated clock reaches the wall clock as the run ends
+        start_at -= timedelta(milliseconds=duration * (1 - 1 / speed))
+        start_at = start_at.replace(microsecond=0)
     config = SimConfig(
         seed=seed,
         start_ms=start_ms_of(start_at),
@@ -311,7 +324,7 @@ def simulate_command(
             f"{'max' if speed == 0 else f'{speed:g}x'} -> {target}; Ctrl-C stops",
             err=True,
         )
-    summary = _run(config, faults, truth, sink, speed, quiet, background)
+    summary = _run(config, faults, truth, sink, speed, quiet, background, not_ahead=not allow_future)
     _print_summary(summary, target)
 
 
@@ -323,12 +336,14 @@ def _run(
     speed: float,
     quiet: bool,
     background: BackgroundRun | None,
+    *,
+    not_ahead: bool = True,
 ) -> dict[str, Any]:
     """Generate and deliver; returns the summary (plus the delivery report's numbers)."""
     sim: Simulation | None = None
     injector: FaultInjector | None = None
     with StopSignal() as stop:
-        pacer = Pacer(speed, config.start_ms, stop.event)
+        pacer = Pacer(speed, config.start_ms, stop.event, not_ahead=not_ahead)
         if background is not None:
             messages, on_stop = background.messages(), background.stop
         else:

@@ -169,15 +169,21 @@ class Pacer:
     """Maps delivery times (epoch ms of the simulated clock) to the wall clock.
 
     speed 1 = real time, N = N times faster, 0 = as fast as possible. The simulated `origin_ms` maps
-    to the moment of the first `wait` call. A message whose time has passed goes at once.
+    to the moment of the first `wait` call. A message whose time has passed goes at once. With
+    `not_ahead` (and speed > 0) a message also waits until the wall clock reaches its time, so event
+    time never runs ahead of the wall clock: a later run's events are then never behind the watermark
+    an earlier run left in the future.
     """
 
-    def __init__(self, speed: float, origin_ms: int | None, stop: threading.Event | None = None) -> None:
+    def __init__(
+        self, speed: float, origin_ms: int | None, stop: threading.Event | None = None, *, not_ahead: bool = False
+    ) -> None:
         if speed < 0:
             raise ValueError("speed must not be negative")
         self.speed = speed
         self.origin_ms = origin_ms
         self.stop = stop or threading.Event()
+        self.not_ahead = not_ahead
         self._wall_origin: float | None = None
 
     def wait(self, at_ms: int) -> None:
@@ -190,6 +196,8 @@ class Pacer:
         assert self.origin_ms is not None
         due = self._wall_origin + (at_ms - self.origin_ms) / 1000.0 / self.speed
         delay = due - time.monotonic()
+        if self.not_ahead:
+            delay = max(delay, at_ms / 1000.0 - time.time())
         if delay > 0.0005:
             self.stop.wait(delay)
 
