@@ -222,3 +222,19 @@ def ticket_windows_oracle(facts: Iterable[TicketFacts], minutes: int, until_ms: 
         for name in WINDOW_LISTS:
             row[name].sort()
     return dict(sorted(out.items()))
+
+
+def compare_ticket_rows(
+    expected: Mapping[Any, Mapping[str, Any]], actual: Mapping[Any, Mapping[str, Any]], columns: Iterable[str]
+) -> list[str]:
+    """Readable differences between oracle rows and pipeline rows keyed alike (facts by contact id,
+    windows by TicketKey); a key on one side only is a difference."""
+    names = tuple(columns)
+    out = []
+    for key in sorted(set(expected) | set(actual)):
+        e, a = expected.get(key), actual.get(key)
+        if e is None or a is None:
+            out.append(f"{key}: only in the {'pipeline' if e is None else 'oracle'}")
+            continue
+        out += [f"{key}: {c}: oracle {e[c]!r} != pipeline {a[c]!r}" for c in names if e[c] != a[c]]
+    return out

@@ -44,6 +44,7 @@ from pipeline.store.rows import EVENT_COLUMNS, event_row
 from tests.oracles.ticket_truth import (
     COMPARED_FACT_COLUMNS,
     TicketFacts,
+    compare_ticket_rows,
     expected_row,
     ticket_oracle,
     ticket_windows_oracle,
@@ -110,19 +111,6 @@ def python_row(f: ContactFacts) -> dict[str, Any]:
     }
 
 
-def _diffs(
-    expected: dict[Any, dict[str, Any]], actual: dict[Any, dict[str, Any]], columns: tuple[str, ...]
-) -> list[str]:
-    out = []
-    for key in sorted(set(expected) | set(actual)):
-        e, a = expected.get(key), actual.get(key)
-        if e is None or a is None:
-            out.append(f"{key}: only {'pipeline' if e is None else 'oracle'}")
-            continue
-        out += [f"{key}: {c}: oracle {e[c]!r} != pipeline {a[c]!r}" for c in columns if e[c] != a[c]]
-    return out
-
-
 def test_ticket_traffic_exercises_every_fact(run: TicketRun) -> None:
     oracle = run.oracle.values()
     assert sum(1 for f in oracle if f.reopen_count >= 2) > 10
@@ -136,7 +124,7 @@ def test_ticket_traffic_exercises_every_fact(run: TicketRun) -> None:
 def test_contact_facts_equal_the_oracle(run: TicketRun) -> None:
     expected = {cid: expected_row(f) for cid, f in run.oracle.items()}
     actual = {cid: python_row(f) for cid, f in run.facts.items()}
-    diffs = _diffs(expected, actual, COMPARED_FACT_COLUMNS)
+    diffs = compare_ticket_rows(expected, actual, COMPARED_FACT_COLUMNS)
     assert not diffs, f"{len(diffs)} mismatches:\n" + "\n".join(diffs[:SHOW])
 
 
@@ -144,7 +132,7 @@ def test_contact_facts_view_equals_the_oracle(db: Client, run: TicketRun) -> Non
     result = db.query("SELECT contact_id, " + ", ".join(COMPARED_FACT_COLUMNS) + " FROM contact_facts")
     actual = {str(row[0]): dict(zip(COMPARED_FACT_COLUMNS, row[1:], strict=True)) for row in result.result_rows}
     expected = {cid: expected_row(f) for cid, f in run.oracle.items()}
-    diffs = _diffs(expected, actual, COMPARED_FACT_COLUMNS)
+    diffs = compare_ticket_rows(expected, actual, COMPARED_FACT_COLUMNS)
     assert len(actual) == len(run.oracle) > 600
     assert not diffs, f"{len(diffs)} mismatches:\n" + "\n".join(diffs[:SHOW])
 
@@ -175,9 +163,9 @@ def test_ticket_windows_equal_the_oracle(db: Client, run: TicketRun, view: str) 
     python = ticket_windows(run.facts.values(), minutes, run.horizon_ms)
     sql, sql_kpis = _view_windows(db, view, run.horizon_ms)
     columns = (*COUNT_NAMES, *LIST_NAMES)
-    diffs = _diffs(expected, python, columns)
+    diffs = compare_ticket_rows(expected, python, columns)
     assert not diffs, f"python: {len(diffs)} mismatches:\n" + "\n".join(diffs[:SHOW])
-    diffs = _diffs(expected, sql, columns)
+    diffs = compare_ticket_rows(expected, sql, columns)
     assert not diffs, f"{view}: {len(diffs)} mismatches:\n" + "\n".join(diffs[:SHOW])
     for key, columns_of in expected.items():
         want = ticket_kpi_values(columns_of)
