@@ -83,13 +83,6 @@ def install_journey_stage(
     contacts = app.Table("journey-contacts", default=None, partitions=1, key_type=bytes, value_type=bytes)
     emitted = app.Table("journey-emitted", default=None, partitions=1, key_type=bytes, value_type=bytes)
     state = _State()
-    # Faust's consumer reads only this stage's input (the channel topics have their own consumers):
-    # a worker killed with SIGKILL holds the journey partition until its session times out, 60 s by
-    # Faust's default, so take the channel consumers' timeout when there is one.
-    session = getattr(settings, "kafka_session_timeout_seconds", None) if settings is not None else None
-    if session is not None:
-        app.conf.broker_session_timeout = float(session)
-        app.conf.broker_heartbeat_interval = min(3.0, float(session) / 3)
 
     async def build() -> None:
         """The stitcher the tables describe (the tables hold only this worker's active partition)."""
