@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.events.models import EventBase
+from pipeline.events.models import EventBase, event_type
 from pipeline.ingest.decode import decode
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -45,10 +45,10 @@ def test_readme_answered_call_is_accepted_by_the_worker(monkeypatch: pytest.Monk
         event = decode(value, topic, 65536, key)
         assert isinstance(event, EventBase), f"{value!r} rejected: {event}"
         events.append(event)
-    types_sent = [e.type for e in events]
+    types_sent = [event_type(e) for e in events]
     assert types_sent[0] == "contact_started" and types_sent[-1] == "ended"
     assert {"queued", "agent_assigned"} <= set(types_sent)
-    queued = next(e for e in events if e.type == "queued")
-    answered = next(e for e in events if e.type == "agent_assigned")
+    queued = next(e for e in events if event_type(e) == "queued")
+    answered = next(e for e in events if event_type(e) == "agent_assigned")
     assert (answered.occurred_at - queued.occurred_at).total_seconds() == 22
     assert len({e.contact_id for e in events}) == 1 and len({e.event_id for e in events}) == len(events)
