@@ -23,6 +23,7 @@ pytestmark = pytest.mark.integration
 
 TOKEN = "tl-test-token-4f1c2b9e8d7a6c5b"
 LIMIT_SECONDS = 3
+PHONE_DIGITS = "441632960999"
 
 
 @pytest.fixture
@@ -55,6 +56,8 @@ def test_analyst_endpoints_are_bounded_and_authenticated(guarded: Workspace) -> 
     assert call(worker, "/journeys/lookup?kind=phone&value=%2B441632960000")[0] == 401
     status, body = call(worker, "/sql?format=json", b"SELECT 1 AS one", bearer)
     assert status == 200 and json.loads(body)["rows"] == [[1]]
+    # an agent's lookup by phone number: answered, and the number must not reach the log either
+    assert call(worker, f"/journeys/lookup?kind=phone&value=%2B{PHONE_DIGITS}", headers=bearer)[0] in (404, 503)
 
     # a page on another origin posting text/plain, as a browser would
     evil = {**bearer, "Origin": "http://evil.example", "Content-Type": "text/plain"}
@@ -84,6 +87,7 @@ def test_analyst_endpoints_are_bounded_and_authenticated(guarded: Workspace) -> 
     worker.stop()
     log = worker.log.read_text(errors="replace")
     assert TOKEN not in log, "the token appears in the worker's log"
+    assert PHONE_DIGITS not in log, "a looked-up phone number appears in the worker's log"
     assert "Traceback" not in log
 
 
