@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,145 +15,16 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
-from prometheus_client.parser import text_string_to_metric_families
-from rich.console import Group
 from rich.live import Live
-from rich.panel import Panel
-from rich.table import Table
 
 from pipeline.config import ConfigError, Settings, load_settings
 from pipeline.errors import first_cause, port_in_use
-from pipeline.events.models import Channel
-
-
-@dataclass
-class Snapshot:
-    at: float
-    consumed: dict[str, float] = field(default_factory=dict)
-    valid: dict[str, float] = field(default_factory=dict)
-    written: dict[str, float] = field(default_factory=dict)
-    dead: dict[str, float] = field(default_factory=dict)
-    duplicates: dict[str, float] = field(default_factory=dict)
-    lag: float = 0.0  # of the stage furthest behind
-    pending: float = 0.0
-
-
-def scrape(url: str) -> Snapshot:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=2) as response:
-        text = response.read().decode()
-    snap = Snapshot(at=time.monotonic())
-    targets = {
-        "touchline_events_consumed": snap.consumed,
-        "touchline_events_valid": snap.valid,
-        "touchline_events_written": snap.written,
-        "touchline_events_deadlettered": snap.dead,
-        "touchline_events_duplicate": snap.duplicates,
-    }
-    lags: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            target = targets.get(family.name)
-            if target is not None and sample.name.endswith("_total"):
-                channel = sample.labels.get("channel", "?")
-                target[channel] = target.get(channel, 0.0) + sample.value
-            elif family.name == "touchline_consumer_lag_messages":
-                stage = sample.labels.get("stage", "")
-                lags[stage] = lags.get(stage, 0.0) + sample.value
-            elif family.name == "touchline_pending_rows":
-                snap.pending = sample.value
-    snap.lag = max(lags.values(), default=0.0)
-    return snap
-
-
-def query(url: str, sql: str) -> list[list[object]]:
-    request = urllib.request.Request(f"{url}/sql?format=json", data=sql.encode(), method="POST")
-    with urllib.request.urlopen(request, timeout=5) as response:
-        rows: list[list[object]] = json.loads(response.read())["rows"]
-    return rows
-
-
-KPI_QUERY = """
-SELECT k.channel, k.n_offered, k.n_answered, k.n_abandoned, k.sl, k.asa, k.n_backlog, b.breaches
-FROM (
-    SELECT channel, sum(offered) AS n_offered, sum(answered) AS n_answered, sum(abandoned) AS n_abandoned,
-           sum(answered_within_sl) / nullIf(sum(answered) + sum(abandoned) - sum(short_abandoned), 0) AS sl,
-           arrayAvg(arrayFlatten(groupArray(answer_waits))) AS asa,
-           sumIf(backlog, window_start = last) AS n_backlog
-    FROM (SELECT *, max(window_start) OVER (PARTITION BY channel) AS last
-          FROM kpi_minute WHERE window_start >= (SELECT max(window_start) FROM kpi_minute) - INTERVAL 15 MINUTE)
-    GROUP BY channel
-) AS k
-LEFT JOIN (
-    SELECT channel, count() AS breaches FROM sla_events FINAL
-    WHERE kind = 'breached' AND at >= (SELECT max(at) FROM sla_events) - INTERVAL 15 MINUTE GROUP BY channel
-) AS b ON b.channel = k.channel
-ORDER BY k.channel
-"""
-
-
-def kpi_table(rows: list[list[object]]) -> Table:
-    """The last 15 minutes of event time: service level, speed of answer, backlog, breaches."""
-    table = Table(title="KPIs, last 15 minutes of event time (kpi_minute, sla_events)", expand=True)
-    for column in ("channel", "offered", "answered", "abandoned", "service level", "ASA s", "backlog", "breaches"):
-        table.add_column(column, justify="right" if column != "channel" else "left")
-    for channel, offered, answered, abandoned, sl, asa, backlog, breaches in rows:
-        table.add_row(
-            str(channel),
-            str(offered),
-            str(answered),
-            str(abandoned),
-            "-" if sl is None else f"{float(str(sl)):.1%}",
-            "-" if asa is None or asa != asa else f"{float(str(asa)):.1f}",
-            str(backlog),
-            str(breaches or 0),
-        )
-    return table
-
-
-def render(
-    first: Snapshot,
-    prev: Snapshot,
-    now: Snapshot,
-    stored: dict[str, int],
-    status: str,
-    kpis: list[list[object]] | None = None,
-) -> Group:
-    table = Table(title="Touchline: events by channel", expand=True)
-    for column in (
-        "channel",
-        "read",
-        "valid",
-        "written/s",
-        "written",
-        "in ClickHouse",
-        "duplicates",
-        "dead-lettered",
-    ):
-        table.add_column(column, justify="right" if column != "channel" else "left")
-    span = max(now.at - prev.at, 1e-6)
-    for channel in [c.value for c in Channel]:
-        rate = (now.written.get(channel, 0) - prev.written.get(channel, 0)) / span
-        table.add_row(
-            channel,
-            f"{now.consumed.get(channel, 0):,.0f}",
-            f"{now.valid.get(channel, 0):,.0f}",
-            f"{rate:,.1f}",
-            f"{now.written.get(channel, 0):,.0f}",
-            f"{stored.get(channel, 0):,}",
-            f"{now.duplicates.get(channel, 0):,.0f}",
-            f"{now.dead.get(channel, 0):,.0f}",
-        )
-    total_rate = (sum(now.written.values()) - sum(prev.written.values())) / span
-    overall = (sum(now.written.values()) - sum(first.written.values())) / max(now.at - first.at, 1e-6)
-    summary = (
-        f"throughput {total_rate:,.0f} events/s now, {overall:,.0f} events/s on average   "
-        f"consumer lag {now.lag:,.0f}   {status}"
-    )
-    return Group(table, kpi_table(kpis or []), Panel(summary, title="pipeline"))
+from pipeline.live_view import Board, query, read_board, render, scrape
+from pipeline.store.clickhouse import redact
 
 
 @contextmanager
@@ -235,9 +107,18 @@ class WallDuration(click.ParamType):
     default=None,
     help="Simulator contacts per hour at peak (simulator default if unset).",
 )
-def run_command(duration: float | None, speed: float, seed: int, rate: float | None) -> None:
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Start from an empty store: delete the data directory's ClickHouse store, worker tables and local "
+    "Kafka data first. Without it a rerun continues the data already there.",
+)
+def run_command(duration: float | None, speed: float, seed: int, rate: float | None, fresh: bool) -> None:
     """Local demo: broker + worker + traffic simulator, with a live view. Ctrl-C stops it all.
 
+    Simulated time never runs ahead of the wall clock: at --speed N > 1 the simulation starts in the
+    past and catches up with now. A rerun continues the data already in the store (the simulation
+    then starts after its newest event, so nothing is late) unless --fresh is given; it says which.
     Logs go to <data dir>/logs/. Afterwards, query the data with `touchline sql`.
     """
     from pipeline import broker
@@ -259,6 +140,8 @@ def run_command(duration: float | None, speed: float, seed: int, rate: float | N
             f"the worker's web port {settings.worker_web_host}:{settings.worker_web_port}: {taken} "
             "(another `make run` or worker?); set TOUCHLINE_WORKER_WEB_PORT to another port"
         )
+    if fresh:
+        click.echo(start_fresh(settings))
     logs = settings.data_dir / "logs"
     started_broker = False
     if settings.uses_local_broker:
@@ -282,22 +165,8 @@ def run_command(duration: float | None, speed: float, seed: int, rate: float | N
         interrupted = True
 
     previous = signal.signal(signal.SIGINT, on_sigint)
+    late = 0
     try:
-        simulated = f"{(duration or 30 * 86400) * max(speed, 1.0):.0f}s"
-        # a flat arrival profile so the demo is lively at any hour; `touchline simulate` defaults to the daily one
-        sim_args = [
-            "simulate",
-            "--seed",
-            str(seed),
-            "--speed",
-            str(speed),
-            "--duration",
-            simulated,
-            "--profile",
-            "flat",
-        ]
-        if rate is not None:
-            sim_args += ["--rate", str(rate)]
         # simulated time runs `speed` times faster than the wall clock: SLA deadlines must then
         # follow event time, as when replaying history
         worker_env = {} if speed == 1 else {"TOUCHLINE_SLA_CLOCK": "event", "TOUCHLINE_KPI_IDLE_SECONDS": "5"}
@@ -306,14 +175,34 @@ def run_command(duration: float | None, speed: float, seed: int, rate: float | N
         with child(["worker"], worker_log, worker_env) as worker_process:
             click.echo(f"starting the worker (log: {worker_log})...")
             wait_for_worker(settings.worker_url, worker_process, worker_log, offset=offset)
+            start, message = simulation_start(settings, duration, speed)
+            click.echo(message)
+            # a flat arrival profile so the demo is lively at any hour; `touchline simulate` defaults to the daily one
+            sim_args = ["simulate", "--seed", str(seed), "--speed", str(speed), "--profile", "flat"]
+            sim_args += [
+                "--start",
+                start.isoformat(),
+                "--duration",
+                f"{(duration or 30 * 86400) * max(speed, 1.0):.0f}s",
+            ]
+            if rate is not None:
+                sim_args += ["--rate", str(rate)]
             with child(sim_args, logs / "simulator.log") as sim_process:
-                watch(settings, worker_process, sim_process, duration, lambda: interrupted)
+                late = watch(settings, worker_process, sim_process, duration, lambda: interrupted)
             click.echo("stopping the worker...")
     finally:
         signal.signal(signal.SIGINT, previous)
         if started_broker:
             click.echo("stopping the local Kafka broker...")
             broker.stop(settings.data_dir / "kafka")
+    click.echo(
+        f"late events this run: {late:,}"
+        + (
+            " (they arrived behind the watermark: stored raw and on touchline.late, left out of the KPIs)"
+            if late
+            else ""
+        )
+    )
     click.echo(f"done. Data is in {settings.clickhouse_url}; try:")
     click.echo('  touchline sql "SELECT channel, count() FROM interaction_events FINAL GROUP BY channel"')
 
@@ -324,13 +213,15 @@ def watch(
     sim_process: subprocess.Popen[bytes],
     duration: float | None,
     interrupted: object,
-) -> None:
+) -> int:
+    """Refresh the live view every second until the time is up (and the worker has caught up), the
+    simulator is done, or Ctrl-C. Returns the late events counted by the worker in this run."""
     url = settings.worker_url
     started = time.monotonic()
-    first = prev = scrape(url)
-    stored: dict[str, int] = {}
+    first = prev = now = scrape(url)
+    board = Board()
     drained_since: float | None = None
-    with Live(render(first, prev, prev, stored, "starting"), refresh_per_second=2, screen=False) as live:
+    with Live(render(first, prev, prev, board, "starting"), refresh_per_second=2, screen=False) as live:
         while True:
             time.sleep(1.0)
             if callable(interrupted) and interrupted():
@@ -341,11 +232,7 @@ def watch(
                 )
             try:
                 now = scrape(url)
-                stored = {
-                    str(c): int(str(n))
-                    for c, n in query(url, "SELECT channel, count() FROM interaction_events GROUP BY channel")
-                }
-                kpis = query(url, KPI_QUERY)
+                board = read_board(url)
             except OSError:
                 continue
             elapsed = time.monotonic() - started
@@ -353,7 +240,7 @@ def watch(
             status = f"running {elapsed:,.0f} s" + (f" of {duration:,.0f} s" if duration else "  (Ctrl-C to stop)")
             if sim_done:
                 status += "   simulator finished"
-            live.update(render(first, prev, now, stored, status, kpis))
+            live.update(render(first, prev, now, board, status))
             # stop once time is up and the worker has written everything it was sent
             caught_up = sim_done and now.pending == 0 and sum(now.written.values()) == sum(prev.written.values())
             if (duration is not None and elapsed >= duration) or sim_done:
@@ -361,3 +248,57 @@ def watch(
                 if caught_up or time.monotonic() - drained_since > 30:
                     break
             prev = now
+    return now.late_total - first.late_total
+
+
+def simulation_start(settings: Settings, duration: float | None, speed: float) -> tuple[datetime, str]:
+    """Where simulated time starts, and the sentence saying whether this run continues the store.
+
+    Never ahead of the wall clock: at speed N > 1 the simulation starts (duration or 1 h) x (N - 1)
+    in the past so it reaches now as the run ends. A store holding events from an earlier run is
+    continued after its newest event, so none of this run's events falls behind its watermark."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    horizon = duration or 3600.0
+    start = now - timedelta(seconds=horizon * max(speed - 1.0, 0.0))
+    rows = query(settings.worker_url, "SELECT count(), max(occurred_at) FROM interaction_events")
+    count = int(str(rows[0][0])) if rows else 0
+    if count == 0:
+        return (
+            start,
+            f"fresh store ({redact(settings.clickhouse_url)}): simulated time starts at {start:%Y-%m-%d %H:%M:%S} UTC",
+        )
+    newest = datetime.fromisoformat(str(rows[0][1]).replace("Z", "+00:00")).astimezone(UTC)
+    message = (
+        f"continuing the store at {redact(settings.clickhouse_url)}: {count:,} events, the newest at "
+        f"{newest:%Y-%m-%d %H:%M:%S} UTC"
+    )
+    if newest >= start:
+        start = (newest + timedelta(seconds=1)).replace(microsecond=0)
+        message += f"; simulated time starts after it, at {start:%H:%M:%S}, so no event of this run is late"
+        if speed > 1 and (now - start).total_seconds() < horizon * (speed - 1) / 2:
+            message += (
+                " (event time may not run ahead of the wall clock, so after catching up the simulation runs in "
+                "real time; `touchline run --fresh` starts from an empty store)"
+            )
+    else:
+        message += f"; simulated time starts at {start:%Y-%m-%d %H:%M:%S} UTC"
+    return start, message
+
+
+def start_fresh(settings: Settings) -> str:
+    """Delete what a run keeps (ClickHouse store, worker tables, local Kafka data); logs stay."""
+    from pipeline import broker
+
+    if settings.uses_local_broker:
+        broker.stop(settings.data_dir / "kafka")
+    removed = []
+    for part in ["clickhouse", "faust"] + (["kafka"] if settings.uses_local_broker else []):
+        path = settings.data_dir / part
+        if path.exists():
+            shutil.rmtree(path)
+            removed.append(str(path))
+    if not settings.embedded_clickhouse:
+        return "--fresh: the ClickHouse server's tables are not touched (drop the database yourself); removed " + (
+            ", ".join(removed) or "nothing"
+        )
+    return "starting fresh: removed " + (", ".join(removed) if removed else "nothing (no earlier run here)")
