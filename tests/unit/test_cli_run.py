@@ -1,8 +1,16 @@
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
 import pytest
 
-from pipeline.live import run_command
+from pipeline.config import load_settings
+from pipeline.live import run_command, simulation_start, start_fresh
 
 
 @pytest.mark.parametrize(("given", "seconds"), [("1m", 60.0), ("90s", 90.0), ("60", 60.0), ("1h30m", 5400.0)])
@@ -18,3 +26,60 @@ def test_run_duration_rejects_nonsense_readably() -> None:
     assert result.exit_code == 2
     assert "cannot read duration 'soon'" in result.output
     assert "Traceback" not in result.output
+
+
+class _Sql(BaseHTTPRequestHandler):
+    rows: list[list[object]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = json.dumps({"columns": ["count()", "max(occurred_at)"], "rows": self.rows}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def worker_sql(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[type[_Sql]]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Sql)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("TOUCHLINE_WORKER_WEB_PORT", str(server.server_address[1]))
+    monkeypatch.setenv("TOUCHLINE_DATA_DIR", str(tmp_path / "data"))
+    try:
+        yield _Sql
+    finally:
+        server.shutdown()
+
+
+def test_a_fresh_store_starts_in_the_past_and_reaches_now_at_the_end(worker_sql: type[_Sql]) -> None:
+    worker_sql.rows = [[0, None]]
+    before = datetime.now(UTC)
+    start, message = simulation_start(load_settings(), duration=60, speed=30)
+    assert message.startswith("fresh store (chdb://")
+    assert abs((before - start).total_seconds() - 60 * 29) < 3  # 30 min of event time, 1 min of it live
+
+
+def test_a_rerun_continues_after_the_newest_stored_event(worker_sql: type[_Sql]) -> None:
+    newest = datetime.now(UTC) - timedelta(minutes=3)
+    worker_sql.rows = [[9283, newest.isoformat()]]
+    start, message = simulation_start(load_settings(), duration=60, speed=30)
+    assert start > newest and (start - newest).total_seconds() <= 1
+    assert "continuing the store at chdb://" in message and "9,283 events" in message
+    assert "so no event of this run is late" in message and "--fresh" in message
+
+
+def test_fresh_removes_the_store_tables_and_local_kafka_but_keeps_logs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOUCHLINE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    for part in ("clickhouse", "faust", "kafka", "logs"):
+        (tmp_path / "data" / part).mkdir(parents=True)
+        (tmp_path / "data" / part / "file").write_text("x")
+    message = start_fresh(load_settings())
+    assert message.startswith("starting fresh: removed ")
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["logs"]
