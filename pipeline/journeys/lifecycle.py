@@ -386,6 +386,7 @@ class Emitted:
     contact_ids: tuple[str, ...]
     digest: str
     open_since: int | None = None
+    intent: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -395,6 +396,7 @@ class Emitted:
             "ids": list(self.contact_ids),
             "d": self.digest,
             "o": self.open_since,
+            "i": self.intent,
         }
 
     @classmethod
@@ -406,6 +408,7 @@ class Emitted:
             tuple(str(c) for c in data["ids"]),
             str(data["d"]),
             None if data.get("o") is None else int(data["o"]),
+            None if data.get("i") is None else str(data["i"]),
         )
 
 
@@ -426,16 +429,34 @@ class JourneyStore:
         self.config = config or JourneyConfig()
         self.books: dict[str, CustomerBook] = {}
         self._customer_of: dict[str, str] = {}  # contact_id -> customer key (contacts with activity)
-        self._dirty: set[str] = set()
+        # customer -> intents whose journeys may have changed (None: all of them). Journeys of one
+        # intent depend only on the customer's contacts with that intent, so a contact's change
+        # rebuilds its intent's journeys, not all of a long-standing customer's.
+        self._dirty: dict[str, set[str | None] | None] = {}
         self._emitted: dict[str, Emitted] = {}
         self._journeys_of: dict[str, set[str]] = {}  # customer -> journey ids emitted live under it
         self._deadlines: list[tuple[int, str]] = []  # (dormant after, customer)
         self.emitted_changes: set[str] = set()  # journey ids whose `Emitted` changed (to persist)
 
-    def file(self, record: ContactRecord, customer: str, *, dirty: bool = True) -> None:
+    def mark(self, customer: str, intents: Iterable[str | None] | None = None) -> None:
+        """Note that `customer`'s journeys of `intents` (None: all) may have changed."""
+        if intents is None:
+            self._dirty[customer] = None
+            return
+        known = self._dirty.get(customer, set())
+        if known is not None:
+            known.update(intents)
+            self._dirty[customer] = known
+        elif customer not in self._dirty:
+            self._dirty[customer] = set(intents)
+
+    def file(self, record: ContactRecord, customer: str, *, dirty: bool = True, was: str | bool | None = False) -> None:
         """File a contact's (merged) record under `customer` (its key from the identity graph). A
-        contact filed under another key before is moved."""
+        contact filed under another key before is moved. `was`: the contact's intent before this
+        change (False: unknown, so every journey of the customer is recomputed)."""
         contact_id = record.contact_id
+        now = None if record.intent is None else record.intent[2]
+        intents: set[str | None] | None = None if was is False else {was if isinstance(was, str) else None, now}
         previous = self._customer_of.get(contact_id)
         if previous is not None and previous != customer:
             old = self.books.get(previous)
@@ -443,11 +464,11 @@ class JourneyStore:
                 old.take(contact_id)
                 if not old.records:
                     del self.books[previous]
-            self._dirty.add(previous)
+            self.mark(previous, intents)
         self._customer_of[contact_id] = customer
         self._book(customer).file(record)
         if dirty:
-            self._dirty.add(customer)
+            self.mark(customer, intents)
 
     def remove(self, contact_id: str) -> None:
         """Forget a contact (evicted)."""
@@ -463,7 +484,7 @@ class JourneyStore:
         if merge.survivor == merge.absorbed:
             return
         absorbed = self.books.pop(merge.absorbed, None)
-        self._dirty.discard(merge.absorbed)
+        self._dirty.pop(merge.absorbed, None)
         owned = self._journeys_of.pop(merge.absorbed, set())
         self._journeys_of.setdefault(merge.survivor, set()).update(owned)
         if absorbed is None:
@@ -471,7 +492,7 @@ class JourneyStore:
         self._book(merge.survivor).merge(absorbed)
         for contact_id in absorbed.records:
             self._customer_of[contact_id] = merge.survivor
-        self._dirty.add(merge.survivor)
+        self.mark(merge.survivor)
 
     def customer_of(self, contact_id: str) -> str | None:
         return self._customer_of.get(contact_id)
@@ -495,12 +516,21 @@ class JourneyStore:
         by `as_of`) and deletions of journeys that no longer exist."""
         deadlines = self._deadlines
         while deadlines and as_of is not None and deadlines[0][0] < as_of:
-            self._dirty.add(heapq.heappop(deadlines)[1])
-        dirty, self._dirty = self._dirty, set()
+            self.mark(heapq.heappop(deadlines)[1])
+        dirty, self._dirty = self._dirty, {}
         floor = 1 if as_of is None else max(1, as_of * 1000)
         current: dict[str, Journey] = {}
         for customer in sorted(dirty):
-            for journey in self.journeys(customer, as_of):
+            book = self.books.get(customer)
+            if book is None:
+                continue
+            intents = dirty[customer]
+            if intents is None:
+                rebuilt = book.journeys(self.config, as_of)
+            else:
+                contacts = [c for c in book.summaries.values() if c.intent in intents]
+                rebuilt = build_journeys(contacts, self.config, customer=customer, as_of=as_of)
+            for journey in rebuilt:
                 current[journey.journey_id] = journey
         out: list[JourneyVersion] = []
         for journey_id, journey in current.items():
@@ -518,20 +548,29 @@ class JourneyStore:
                 self._journeys_of.get(previous.customer, set()).discard(journey_id)
             version = previous.version + 1 if previous is not None else floor
             open_since = journey.last_activity_at if journey.status == "open" else None
-            self._emit(journey_id, Emitted(version, False, journey.customer, journey.contact_ids, content, open_since))
+            self._emit(
+                journey_id,
+                Emitted(version, False, journey.customer, journey.contact_ids, content, open_since, journey.intent),
+            )
             self._journeys_of.setdefault(journey.customer, set()).add(journey_id)
             if open_since is not None:
                 heapq.heappush(deadlines, (open_since + self.config.dormancy_ms, journey.customer))
             out.append(JourneyVersion(journey, version, False, removed))
         for customer in sorted(dirty):
+            intents = dirty[customer]
             # not `set - current.keys()`: that copies all of `current` once per customer
             for journey_id in sorted(j for j in self._journeys_of.get(customer, ()) if j not in current):
-                self._journeys_of[customer].discard(journey_id)
                 previous = self._emitted.get(journey_id)
+                if previous is not None and intents is not None and previous.intent not in intents:
+                    continue  # another intent's journey: not rebuilt, so not gone
+                self._journeys_of[customer].discard(journey_id)
                 if previous is None or previous.deleted:
                     continue
                 last = self._retracted(journey_id, previous)
-                self._emit(journey_id, Emitted(previous.version + 1, True, previous.customer, (), previous.digest))
+                self._emit(
+                    journey_id,
+                    Emitted(previous.version + 1, True, previous.customer, (), previous.digest, None, previous.intent),
+                )
                 out.append(JourneyVersion(last, previous.version + 1, True, previous.contact_ids))
         return out
 
@@ -654,6 +693,9 @@ class Stitcher:
         identifiers, apply the merges it caused, file the contact under its customer."""
         contact_id = delta.contact_id
         record = self.records.get(contact_id)
+        was: str | bool | None = None  # the contact's intent before this change (a new contact has none)
+        if record is not None and record.active:
+            was = None if record.intent is None else record.intent[2]
         if record is None:
             record = self.records[contact_id] = ContactRecord(contact_id, seq=delta.seq)
             record.merge(delta)
@@ -675,7 +717,7 @@ class Stitcher:
         if record.active:
             # dirty even when nothing changed: after a crash the re-read input must recompute what
             # the lost process had not written yet (unchanged journeys are skipped by digest)
-            self.store.file(record, customer)
+            self.store.file(record, customer, was=was)
         return Resolution(customer, tuple(merges), tuple(refusals))
 
     def changes(self, as_of: int | None = None) -> list[JourneyVersion]:
@@ -756,7 +798,7 @@ class Stitcher:
             "version": SNAPSHOT_VERSION,
             "records": [self.records[c].to_dict() for c in sorted(self.records)],
             "emitted": {j: e.to_dict() for j, e in sorted(self.store._emitted.items())},
-            "dirty": sorted(self.store._dirty),
+            "dirty": {c: None if i is None else sorted(i, key=str) for c, i in sorted(self.store._dirty.items())},
             "seq": self._seq,
         }
 
@@ -775,7 +817,7 @@ class Stitcher:
             identity,
             journeys,
         )
-        stitcher.store._dirty = set(data["dirty"])
+        stitcher.store._dirty = {str(c): None if i is None else set(i) for c, i in data["dirty"].items()}
         stitcher._seq = int(data["seq"])
         return stitcher
 
