@@ -142,6 +142,7 @@ class Resolution:
 
 
 Node = tuple[str, str]  # (kind, value); kind is an IdentifierKind value or CONTACT
+NO_RESOLUTION = Resolution(None)
 
 
 def normalise(kind: IdentifierKind | str, value: str) -> str:
@@ -220,6 +221,8 @@ class IdentityGraph:
         self._counted: set[Node] = set()  # contact nodes counted as history
         self.refusals: Counter[str] = Counter()
         self.blocked: Counter[str] = Counter()
+        # rebuilding from persisted state: merges need not be reported (the books are filed after)
+        self.restoring = False
 
     # ------------------------------------------------------------------ public API
 
@@ -260,6 +263,8 @@ class IdentityGraph:
         if contact not in self._counted:  # counted last: joining its identifiers is not a merge
             self._counted.add(contact)
             self._roots[self._root_of[contact]].contacts += 1
+        if self.restoring:
+            return NO_RESOLUTION
         return Resolution(self._roots[self._root_of[contact]].key, tuple(merges), tuple(refusals))
 
     def link(self, left: Identifier, right: Identifier) -> Resolution:
@@ -391,9 +396,9 @@ class IdentityGraph:
         value = normalise(kind, raw)
         if self.config.is_blocked(kind, value):
             if count:
-                self.blocked[kind.value] += 1
+                self.blocked[kind_name] += 1
             return None
-        return (kind.value, value)
+        return (kind_name, value)
 
     def _node(self, node: Node) -> Node:
         if node in self._root_of:
@@ -419,7 +424,7 @@ class IdentityGraph:
                 self.refusals[reason] += 1
                 refusals.append(Refusal(reason, a, b))
                 return
-        old = [(side.key, side.contacts) for side in (left, right) if side.contacts]
+        old = [] if self.restoring else [(side.key, side.contacts) for side in (left, right) if side.contacts]
         if len(left.members) < len(right.members):
             ra, rb, left, right = rb, ra, right, left
         root_of = self._root_of

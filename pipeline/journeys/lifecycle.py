@@ -35,6 +35,7 @@ longer exist (their contacts were regrouped after a merge or a late event).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import heapq
 import itertools
@@ -835,6 +836,26 @@ class Stitcher:
         """The stitcher the persisted state describes: the identity graph rebuilt from the records'
         identifiers and links in their original arrival order (`seq`), so it equals the graph of
         the process that wrote them; no event is re-read."""
+        # a restore allocates millions of objects that all live on: the cyclic collector would scan
+        # the growing heap again and again for nothing (freed by reference counting when evicted)
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return cls._from_state(records, emitted, identity, journeys, keep_ms, identity_retention_ms)
+        finally:
+            if collecting:
+                gc.enable()
+
+    @classmethod
+    def _from_state(
+        cls,
+        records: Iterable[ContactRecord],
+        emitted: Iterable[tuple[str, Emitted]],
+        identity: IdentityConfig | None,
+        journeys: JourneyConfig | None,
+        keep_ms: int,
+        identity_retention_ms: int,
+    ) -> Stitcher:
         stitcher = cls(identity, journeys, keep_ms=keep_ms, identity_retention_ms=identity_retention_ms)
         ops: list[tuple[int, int, int, str, Any]] = []
         n = 0
@@ -851,11 +872,13 @@ class Stitcher:
                 n += 1
         ops.sort(key=lambda op: op[:3])
         graph = stitcher.graph
+        graph.restoring = True
         for _, kind, _, contact_id, payload in ops:
             if kind == 0:
                 graph.add_contact_values(contact_id, payload)
             else:
                 graph.link_values(*payload)
+        graph.restoring = False
         store = stitcher.store
         as_of = 0
         expiry = stitcher._expiry
