@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from clickhouse_connect.driver.client import Client
 
 from pipeline.events.models import EventBase, to_json
@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 
 STAGE = "analytics"
 T = TypeVar("T")
+# Records applied between two yields of the loop (~100-200 µs each in a ticket backfill)
+HANDLE_SLICE = 500
 # Contacts serialized between two yields of the loop in a checkpoint (~50 µs each: ~100 ms)
 CHECKPOINT_SLICE = 2_000
 # Outputs waiting to be written beyond which a catching-up emit waits for them to be written.
@@ -91,39 +93,46 @@ class AnalyticsStage:
 
     async def handle(self, batches: Records) -> None:
         async with self._lock:
-            now = datetime.now(UTC)
-            late: list[LateEvent] = []
-            sla: list[SlaEvent] = []
-            forward: list[tuple[EventBase, bytes]] = []
-            stages, max_bytes, forwarded = self.stages, self._max_event_bytes, self._forwarded
             for tp, records in batches.items():
-                state = stages.partitions.get((tp.topic, tp.partition))
+                state = self.stages.partitions.get((tp.topic, tp.partition))
                 if state is None:  # not ours (any more): its new owner reads it
                     continue
-                applied = 0
-                for record in records:
-                    if record.offset <= state.max_offset:
-                        # read again: a seek on assignment can overtake a fetch already returned
-                        continue
-                    event = decode(record.value, tp.topic, max_bytes)
-                    if isinstance(event, Rejection):
-                        continue  # the ingest stage dead-letters it
-                    outputs = stages.apply(state, event, record.offset, now, defer=True)
-                    applied += 1
-                    if outputs.late:
-                        late += outputs.late
-                    if outputs.sla:
-                        sla += outputs.sla
-                    if record.value is not None and not forwarded.seen(event.event_id):
-                        forward.append((event, record.value))
-                state.kpi.settle()  # each contact's KPI contributions once per batch, not once per event
                 channel = channel_of_topic(tp.topic)
-                metrics.EVENTS_ANALYSED.labels(channel.value if channel else "unknown").inc(applied)
-            self._late(late)
-            self._sla(sla, now)
-            if forward:
-                self.outbox.forward(forward)
+                label = channel.value if channel else "unknown"
+                for start in range(0, len(records), HANDLE_SLICE):
+                    self._apply(state, records[start : start + HANDLE_SLICE], tp.topic, label)
+                    await asyncio.sleep(0)  # the SLA check runs between slices of a large batch
         self.flush_soon()
+
+    def _apply(
+        self, state: PartitionState, records: Sequence[ConsumerRecord[bytes, bytes]], topic: str, label: str
+    ) -> None:
+        now = datetime.now(UTC)
+        late: list[LateEvent] = []
+        sla: list[SlaEvent] = []
+        forward: list[tuple[EventBase, bytes]] = []
+        stages, max_bytes, forwarded = self.stages, self._max_event_bytes, self._forwarded
+        applied = 0
+        for record in records:
+            if record.offset <= state.max_offset:
+                continue  # read again: a seek on assignment can overtake a fetch already returned
+            event = decode(record.value, topic, max_bytes)
+            if isinstance(event, Rejection):
+                continue  # the ingest stage dead-letters it
+            outputs = stages.apply(state, event, record.offset, now, defer=True)
+            applied += 1
+            if outputs.late:
+                late += outputs.late
+            if outputs.sla:
+                sla += outputs.sla
+            if record.value is not None and not forwarded.seen(event.event_id):
+                forward.append((event, record.value))
+        state.kpi.settle()  # each contact's KPI contributions once per slice, not once per event
+        metrics.EVENTS_ANALYSED.labels(label).inc(applied)
+        self._late(late)
+        self._sla(sla, now)
+        if forward:
+            self.outbox.forward(forward)
 
     # ------------------------------------------------------------------ timers
 

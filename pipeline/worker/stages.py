@@ -68,12 +68,17 @@ class PartitionState:
     def hold(self, event: EventBase) -> None:
         heapq.heappush(self.pending, (event.occurred_at, event.event_id, event))
 
-    def release(self, until: datetime) -> list[EventBase]:
-        out = []
-        while self.pending and self.pending[0][0] <= until:
+    def release(self, until: datetime, limit: int | None = None) -> tuple[list[EventBase], datetime]:
+        """Held events up to `until` in event-time order, at most `limit`; and the instant up to
+        which everything is now released (just before the first event left held, else `until`)."""
+        out: list[EventBase] = []
+        while self.pending and self.pending[0][0] <= until and (limit is None or len(out) < limit):
             out.append(heapq.heappop(self.pending)[2])
-        self.released_ms = to_ms(until) if self.released_ms is None else max(self.released_ms, to_ms(until))
-        return out
+        mark = until
+        if self.pending and self.pending[0][0] <= until:  # stopped by the limit
+            mark = self.pending[0][0] - timedelta(milliseconds=1)
+        self.released_ms = to_ms(mark) if self.released_ms is None else max(self.released_ms, to_ms(mark))
+        return out, mark
 
     def contacts(self) -> int:
         return self.kpi.live_contacts(self.key) + len(self.sla)
@@ -110,6 +115,9 @@ class Stages:
         self.sla_closed_retention = sla_closed_retention
         self.sla_open_retention = sla_open_retention
         self.partitions: dict[PartitionKey, PartitionState] = {}
+        # event-clock mode: events released to the SLA engine per partition and tick at most
+        # (~50 µs each: a tick stays near 100 ms; None: all that are due)
+        self.release_limit: int | None = None
 
     def new_state(self, key: PartitionKey) -> PartitionState:
         sla = SlaEngine(self.policies, closed_retention=self.sla_closed_retention, idle_timeout=self.sla_open_retention)
@@ -242,9 +250,11 @@ class Stages:
         due: list[SlaEvent] = []
         watermark = state.kpi.watermark(state.key)
         if watermark is not None:
-            for event in state.release(watermark):
+            # a backfill moves the watermark by days per batch: released a bounded number at a time
+            released, mark = state.release(watermark, self.release_limit)
+            for event in released:
                 due.extend(state.fresh(state.sla.apply(event)))
-            due.extend(state.fresh(state.sla.advance(watermark)))
+            due.extend(state.fresh(state.sla.advance(mark)))
         return due
 
     def open_obligations(self) -> dict[tuple[str, str], int]:
