@@ -27,7 +27,7 @@ from .conftest import Workspace
 pytestmark = pytest.mark.integration
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:")
-SIMULATION = ("--profile", "tickets", "--start", "2026-01-05T00:00:00Z", "--duration", "90d", "--rate", "2")
+SIMULATION = ("--profile", "tickets", "--start", "2026-01-05T00:00:00Z", "--duration", "90d", "--rate", "1")
 # partial rows without what differs between two writers of the same content (version, emit time)
 ROWS_DIGEST = (
     "SELECT count(), groupBitXor(cityHash64(*)) FROM "
@@ -62,7 +62,7 @@ def test_ninety_days_of_tickets_replay_exactly_without_stalling_the_loop(workspa
     assert silent, "the backfill must hold tickets silent for more than 30 days"
 
     first = workspace.start_worker()
-    diffs = finish(run, first, first)
+    diffs = finish(run, first, first, final_timeout=900)
     stall = first.metric("touchline_loop_stall_max_seconds")
     digests = (first.sql(ROWS_DIGEST)[0], first.sql(SLA_DIGEST)[0])
     first.stop()
@@ -73,5 +73,5 @@ def test_ninety_days_of_tickets_replay_exactly_without_stalling_the_loop(workspa
     # the same input again: a fresh worker, store and consumer groups
     workspace.env["TOUCHLINE_APP_ID"] = f"touchline-replay-{uuid.uuid4().hex[:8]}"
     second = workspace.start_worker(own_store=True)
-    assert not finish(run, second, second)
+    assert not finish(run, second, second, final_timeout=900)
     assert (second.sql(ROWS_DIGEST)[0], second.sql(SLA_DIGEST)[0]) == digests, "a second replay wrote other rows"

@@ -128,7 +128,7 @@ def prepare(workspace: Workspace, *simulation: str | int) -> Prepared:
     return Prepared(contacts, summary, horizon_ms, expected)
 
 
-def finish(run: Prepared, worker: Any, ingest: Any) -> list[str]:
+def finish(run: Prepared, worker: Any, ingest: Any, final_timeout: float = FINAL_TIMEOUT_S) -> list[str]:
     """Wait until every message is read, stored and every window final, then compare with the
     oracles: the mismatches."""
     wait_until(
@@ -142,7 +142,7 @@ def finish(run: Prepared, worker: Any, ingest: Any) -> list[str]:
     assert stored_events == sum(int(c["events"]) for c in run.contacts) + end_of_stream
     wait_until(
         lambda: (lowest_watermark_ms(worker) or 0) >= run.horizon_ms,
-        FINAL_TIMEOUT_S,
+        final_timeout,
         "every partition's KPI watermark to pass the horizon",
         interval=1.0,
     )
