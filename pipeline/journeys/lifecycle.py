@@ -591,13 +591,17 @@ class JourneyStore:
         """Drop what is remembered of an evicted journey (and of retracted journeys named after
         its contacts)."""
         for journey_id in (journey.journey_id, *(f"j-{c}" for c in journey.contact_ids)):
-            if self._emitted.pop(journey_id, None) is not None:
-                self.emitted_changes.add(journey_id)
-            for owned in self._journeys_of.values():
-                owned.discard(journey_id)
-        owned_by = self._journeys_of.get(journey.customer)
-        if owned_by is not None and not owned_by:
-            del self._journeys_of[journey.customer]
+            entry = self._emitted.pop(journey_id, None)
+            if entry is None:
+                continue
+            self.emitted_changes.add(journey_id)
+            # only the customers it was filed under (not a scan of every customer per journey)
+            for customer in {entry.customer, journey.customer}:
+                owned = self._journeys_of.get(customer)
+                if owned is not None:
+                    owned.discard(journey_id)
+                    if not owned:
+                        del self._journeys_of[customer]
 
     def close_time(self, journey: Journey, keep_ms: int) -> int:
         """Event time after which no later contact can join `journey` (and late events of its
