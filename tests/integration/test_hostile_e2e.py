@@ -21,7 +21,7 @@ from pipeline.ingest.decode import Policy, decode
 from tests.hostile import corpus, fuzz
 from tests.support.kpi_sla import SHOW, finish, prepare
 
-from .conftest import Workspace
+from .conftest import Workspace, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -51,9 +51,12 @@ def test_hostile_messages_are_dead_lettered_and_the_kpis_stay_exact(workspace: W
         producer.flush()
     finally:
         producer.close()
-    run.expected_messages += len(hostile)
 
     worker = workspace.start_worker()
+    everything = run.expected_messages + len(hostile)
+    wait_until(
+        lambda: worker.metric("touchline_events_consumed_total") >= everything, 600, f"{everything} messages read"
+    )
     diffs = finish(run, worker, worker)
     assert worker.process.poll() is None, "the worker exited"
     dead = worker.sql("SELECT count(), countIf(reason = '' OR detail = '') FROM dead_letters FINAL")[0]
