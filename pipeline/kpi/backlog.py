@@ -28,6 +28,9 @@ class WaitingLegs:
         self._waiting: dict[DimKey, SortedList[tuple[int, str, int]]] = {}  # of (queued_ms, contact_id, leg index)
         self._removed: dict[str, ContactLegs] = {}  # contacts with legs already out of their queue
 
+    def __contains__(self, contact_id: object) -> bool:
+        return contact_id in self._legs
+
     def __bool__(self) -> bool:
         return bool(self._legs)
 

@@ -557,11 +557,19 @@ _EVENT_LIST: TypeAdapter[list[InteractionEvent]] = TypeAdapter(list[InteractionE
 
 @dataclass(slots=True)
 class _Tracked:
-    events: dict[str, EventBase]
+    # None while frozen: an ended contact with no open window keeps its events as `wire` only
+    events: dict[str, EventBase] | None
     ended_ms: int | None = None
     last_ms: int = 0
     facts: ContactFacts | None = None
     wire: str | None = None  # the events as a JSON array, cached between checkpoints
+
+    def live(self) -> dict[str, EventBase]:
+        """The events, parsed again from `wire` if the contact was frozen (one pydantic-core call)."""
+        if self.events is None:
+            assert self.wire is not None
+            self.events = {e.event_id: e for e in _EVENT_LIST.validate_json(self.wire)}
+        return self.events
 
 
 class ContactTracker:
@@ -602,9 +610,10 @@ class ContactTracker:
         tracked = self._contacts.get(event.contact_id)
         if tracked is None:
             tracked = self._contacts[event.contact_id] = _Tracked(events={})
-        if event.event_id in tracked.events:
+        events = tracked.live()
+        if event.event_id in events:
             return False
-        tracked.events[event.event_id] = event
+        events[event.event_id] = event
         t = to_ms(event.occurred_at)
         tracked.last_ms = max(tracked.last_ms, t)
         if event_type(event) == "ended":
@@ -617,12 +626,12 @@ class ContactTracker:
     def events(self, contact_id: str) -> list[EventBase]:
         """The contact's events in (occurred_at, event_id) order."""
         tracked = self._contacts.get(contact_id)
-        return [] if tracked is None else sort_events(tracked.events.values())
+        return [] if tracked is None else sort_events(tracked.live().values())
 
     def facts(self, contact_id: str) -> ContactFacts:
         tracked = self._contacts[contact_id]
         if tracked.facts is None:
-            tracked.facts = contact_facts(tracked.events.values(), short_abandon_seconds=self.short_abandon_seconds)
+            tracked.facts = contact_facts(tracked.live().values(), short_abandon_seconds=self.short_abandon_seconds)
         return tracked.facts
 
     def expired(self, now_ms: int) -> list[str]:
@@ -660,9 +669,20 @@ class ContactTracker:
         if tracked is None:
             return None
         if tracked.wire is None:
-            events = sort_events(tracked.events.values())
+            events = sort_events(tracked.live().values())
             tracked.wire = "[" + ",".join(e.model_dump_json(exclude_none=True) for e in events) + "]"
         return tracked.wire
+
+    def freeze(self, contact_id: str) -> None:
+        """Keep an ended contact's events as JSON text only, until its next event or read: pydantic
+        events take ~2.1 KB each in memory, their JSON ~0.35 KB (a half-day simulation at rate
+        4000: 204k events held, 498 MB RSS; 72 MB as JSON). Only ended contacts are frozen: most
+        retained contacts are waiting out `ended_retention` for a late survey or reopen."""
+        tracked = self._contacts.get(contact_id)
+        if tracked is not None and tracked.ended_ms is not None and tracked.events is not None:
+            self.contact_wire(contact_id)
+            tracked.events = None
+            tracked.facts = None
 
     def restore_contact(self, wire: str | bytes) -> None:
         """Add a contact from its `contact_wire` (one pydantic-core parse for all its events)."""

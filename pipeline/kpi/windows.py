@@ -469,6 +469,8 @@ class KpiWindows:
                 p.contact_keys[contact_id] = open_keys
             else:
                 del p.contact_keys[contact_id]
+                if contact_id not in p.unsettled and contact_id not in p.legs:
+                    p.tracker.freeze(contact_id)  # no open window left: JSON only until it changes
         if self.hold_evictions:
             return  # a checkpoint is being taken: contacts are dropped at the next prune
         for contact_id in p.tracker.expired(p.watermark_ms):
