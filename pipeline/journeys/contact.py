@@ -43,7 +43,8 @@ def to_ms(moment: datetime) -> int:
 
 
 def from_ms(epoch_ms: int) -> datetime:
-    return EPOCH + timedelta(milliseconds=epoch_ms)
+    seconds, ms = divmod(epoch_ms, 1000)
+    return EPOCH + timedelta(0, seconds, ms * 1000)  # positional: keywords cost 3x here
 
 
 @dataclass(frozen=True, slots=True)

@@ -309,11 +309,9 @@ class ContactRecord:
                 transfers={str(t) for t in data.get("t", ())},
                 flags=int(data.get("g", 0)),
                 surveys={intern(str(k)): (int(a[0]), str(a[1]), int(a[2])) for k, a in data.get("u", {}).items()},
-                ids={(intern(str(k)), intern(str(v))): int(q) for k, v, q in data.get("id", ())},
-                links={
-                    (intern(str(a)), intern(str(b)), intern(str(c)), intern(str(d))): int(q)
-                    for a, b, c, d, q in data.get("ln", ())
-                },
+                # intern() refuses anything but a str: a wrong type is a malformed record
+                ids={(intern(k), intern(v)): int(q) for k, v, q in data.get("id", ())},
+                links={(intern(a), intern(b), intern(c), intern(d)): int(q) for a, b, c, d, q in data.get("ln", ())},
                 seq=int(data.get("q", 0)),
                 seen_us=int(data.get("s", 0)),
             )

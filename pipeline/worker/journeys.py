@@ -97,6 +97,10 @@ def emitted_entry(value: bytes) -> Emitted:
     return Emitted.from_dict(json.loads(value))
 
 
+JOURNEY_TIMES = ("started_at", "last_activity_at", "first_human_at", "resolved_at")
+STEP_TIMES = ("started_at", "ended_at", "first_human_at", "resolved_at")
+
+
 def _plain(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
@@ -106,11 +110,13 @@ def journey_document(
 ) -> dict[str, Any]:
     """The JSON a consumer of `touchline.journeys` (or the lookup endpoint) sees (from the
     ClickHouse rows of the version when the caller has them already)."""
-    document = {k: _plain(v) for k, v in (journey_row(version) if row is None else row).items()}
+    document = dict(journey_row(version) if row is None else row)
+    for key in JOURNEY_TIMES:
+        document[key] = _plain(document[key])
     document["steps"] = [
-        {k: _plain(v) for k, v in step.items()}
+        {**step, **{key: _plain(step[key]) for key in STEP_TIMES}}
         for step in (step_rows(version) if steps is None else steps)
-        if not step.get("is_deleted")
+        if not step["is_deleted"]
     ]
     return document
 
