@@ -57,8 +57,8 @@ T = TypeVar("T")
 HANDLE_SLICE = 500
 # Contacts serialized between two yields of the loop in a checkpoint (~50 µs each: ~100 ms)
 CHECKPOINT_SLICE = 2_000
-# Outputs waiting to be written beyond which a catching-up emit waits for them to be written.
-OUTBOX_HIGH_WATER = 200_000
+# Outputs waiting to be written beyond which the consumer and a catching-up emit wait for them.
+OUTBOX_HIGH_WATER = 50_000
 
 
 class AnalyticsStage:
@@ -147,27 +147,42 @@ class AnalyticsStage:
             self.flush_soon()
 
     async def emit_kpis(self, now: datetime) -> None:
-        """Rows of changed and newly final KPI windows, one partition at a time (the SLA check runs
-        in between), into the outbox."""
-        for key in list(self.stages.partitions):
-            while True:  # a partition far behind (a backfill) in bounded pieces, the loop free between
+        """Rows of changed and newly final KPI windows into the outbox: every partition in turn, at
+        most MAX_WINDOWS_PER_EMIT windows each per pass (the loop free between), passes repeated
+        while a partition is behind (a backfill). While any is behind, or the outbox is over its
+        mark, `busy()` holds the consumer back, so emitting catches up and memory stays bounded."""
+        while True:
+            behind = False
+            for key in list(self.stages.partitions):
                 rows = self.stages.emit_kpis(now, [key], MAX_WINDOWS_PER_EMIT)
                 if rows:
                     self.outbox.kpi_rows(kpi_records(rows))
                     for row in rows:
                         metrics.KPI_ROWS.labels(str(row.final).lower()).inc()
-                    if len(self.outbox) > OUTBOX_HIGH_WATER:
-                        await self.outbox.flush()  # memory stays bounded while catching up
+                    self.flush_soon()
                 state = self.stages.partitions.get(key)
+                behind = behind or (state is not None and state.kpi.behind)
                 await asyncio.sleep(0)
-                if state is None or not state.kpi.behind:
-                    break
+            self._gauges(now)
+            if not behind:
+                return
+            while len(self.outbox) > OUTBOX_HIGH_WATER:  # written before more is computed
+                self.flush_soon()
+                await asyncio.sleep(0.05)
+
+    def busy(self) -> bool:
+        """Hold the consumer back: KPI windows still to emit, or outputs still to write."""
+        if len(self.outbox) > OUTBOX_HIGH_WATER:
+            self.flush_soon()
+            return True
+        return any(state.kpi.behind for state in self.stages.partitions.values())
+
+    def _gauges(self, now: datetime) -> None:
         lowest = self.stages.lowest_watermark()
         if lowest is not None:
             metrics.KPI_WATERMARK_LAG.set((now - lowest).total_seconds())
         metrics.STATE_CONTACTS.labels("kpi").set(sum(s.kpi.live_contacts(k) for k, s in self.stages.partitions.items()))
         metrics.STATE_CONTACTS.labels("sla").set(sum(len(s.sla) for s in self.stages.partitions.values()))
-        self.flush_soon()
 
     def flush_soon(self) -> None:
         """Start a background flush of the outbox unless one is running."""

@@ -286,7 +286,7 @@ def _analytics(shared: Shared) -> AnalyticsStage:
         on_terminal=app.crash,
     )
     analytics.consumer = shared.channel_consumer(
-        "analytics", StageHooks(analytics.handle, analytics.assigned, analytics.revoked)
+        "analytics", StageHooks(analytics.handle, analytics.assigned, analytics.revoked, analytics.busy)
     )
     metrics_open_labels: set[tuple[str, str]] = set()
 

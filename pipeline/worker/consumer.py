@@ -37,6 +37,7 @@ class StageHooks:
     handle: Callable[[Records], Awaitable[None]]
     assigned: PartitionsHook
     revoked: PartitionsHook
+    busy: Callable[[], bool] | None = None  # True: do not fetch now (backpressure)
 
 
 class BatchConsumer:
@@ -130,6 +131,11 @@ class BatchConsumer:
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
+            if self._hooks.busy is not None and self._hooks.busy():
+                # the stage is behind (outputs to write, windows to emit): wait, heartbeats go on
+                await self.commit()
+                await asyncio.sleep(0.05)
+                continue
             try:
                 batches = await self.consumer.getmany(timeout_ms=100, max_records=self._max_records)
             except KafkaError as error:
