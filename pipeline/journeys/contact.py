@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 from pipeline.events.models import Channel, EventBase, IdentityLink, Resolved, SurveyResponse, event_type
 
@@ -42,6 +43,7 @@ def to_ms(moment: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
+@lru_cache(maxsize=1 << 16)  # a journey's times are rendered again at each of its versions
 def from_ms(epoch_ms: int) -> datetime:
     seconds, ms = divmod(epoch_ms, 1000)
     return EPOCH + timedelta(0, seconds, ms * 1000)  # positional: keywords cost 3x here
