@@ -684,6 +684,15 @@ class ContactTracker:
             tracked.events = None
             tracked.facts = None
 
+    def contact_meta(self, contact_id: str) -> tuple[int | None, int] | None:
+        """(first `ended` ms or None, latest event ms) of a held contact."""
+        tracked = self._contacts.get(contact_id)
+        return None if tracked is None else (tracked.ended_ms, tracked.last_ms)
+
+    def restore_frozen(self, contact_id: str, wire: str, ended_ms: int, last_ms: int) -> None:
+        """Add an ended contact as JSON only, without parsing its events (see `freeze`)."""
+        self._contacts[contact_id] = _Tracked(events=None, ended_ms=ended_ms, last_ms=last_ms, wire=wire)
+
     def restore_contact(self, wire: str | bytes) -> None:
         """Add a contact from its `contact_wire` (one pydantic-core parse for all its events)."""
         for event in _EVENT_LIST.validate_json(wire):

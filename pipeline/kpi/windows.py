@@ -286,18 +286,35 @@ class KpiWindows:
         p = self._partitions.get(partition)
         return None if p is None else p.tracker.contact_wire(contact_id)
 
-    def restore_partition(self, partition: PartitionKey, head: dict[str, Any], contacts: list[str | bytes]) -> None:
-        """Rebuild `partition` from its `head` and its contacts' `contact_wire`s. The wall-clock
-        observation is not restored: the time the partition was down is not idle time (the idle
-        clock starts again from the first emit after the restore)."""
+    def contact_meta(self, partition: PartitionKey, contact_id: str) -> tuple[int | None, int] | None:
+        p = self._partitions.get(partition)
+        return None if p is None else p.tracker.contact_meta(contact_id)
+
+    def restore_partition(
+        self,
+        partition: PartitionKey,
+        head: dict[str, Any],
+        contacts: list[tuple[str, str, tuple[int | None, int] | None]],
+    ) -> None:
+        """Rebuild `partition` from its `head` and its contacts: (contact_id, `contact_wire`, its
+        (ended ms, last event ms) or None). An ended contact whose last event is before the first
+        open window cannot contribute to any open window: it is restored as JSON only, unparsed.
+        The wall-clock observation is not restored: the time the partition was down is not idle
+        time (the idle clock starts again from the first emit after the restore)."""
         if head.get("format") != SNAPSHOT_FORMAT:
             raise ValueError(f"unknown KPI snapshot format {head.get('format')!r}")
         self._partitions.pop(partition, None)
         p = self._partition(partition)
         for name, value in head.get("stats", {}).items():
             self.stats[name] = max(self.stats.get(name, 0), int(value))
-        for wire in contacts:
-            p.tracker.restore_contact(wire)
+        floor = head["next_final_ms"]
+        parsed: list[str] = []
+        for contact_id, wire, meta in contacts:
+            if meta is not None and meta[0] is not None and floor is not None and meta[1] < floor:
+                p.tracker.restore_frozen(contact_id, wire, meta[0], meta[1])
+            else:
+                p.tracker.restore_contact(wire)
+                parsed.append(contact_id)
         p.tracker.drain_changes()
         p.max_event_ms = head["max_event_ms"]
         p.watermark_ms = head["watermark_ms"]
@@ -308,7 +325,7 @@ class KpiWindows:
                 str(digest),
                 (int(backlog[0]), int(backlog[1])) if backlog is not None else None,
             )
-        for contact_id in p.tracker:
+        for contact_id in parsed:
             self._recompute(p, contact_id)
         p.dirty |= p.emitted.keys()
 

@@ -157,7 +157,10 @@ class Stages:
                 dropped.append(contact_id)
                 continue
             raised = sorted(state.raised.get(contact_id, ()))
-            changed.append(ContactRecord(contact_id, kpi or "", sla or "", raised))
+            meta = state.kpi.contact_meta(state.key, contact_id)
+            changed.append(
+                ContactRecord(contact_id, kpi or "", sla or "", raised, json.dumps(meta) if meta is not None else "")
+            )
         return changed, dropped
 
     def end_checkpoint(
@@ -181,7 +184,8 @@ class Stages:
         if head.get("format") != HEAD_FORMAT:
             raise ValueError(f"unknown checkpoint format {head.get('format')!r} for {key}")
         if head["kpi"] is not None:
-            state.kpi.restore_partition(key, head["kpi"], [c.kpi for c in loaded.contacts if c.kpi])
+            contacts = [(c.key, c.kpi, _meta(c.meta)) for c in loaded.contacts if c.kpi]
+            state.kpi.restore_partition(key, head["kpi"], contacts)
         for contact in loaded.contacts:
             if contact.sla:
                 state.sla.restore_contact(json.loads(contact.sla))
@@ -195,6 +199,9 @@ class Stages:
             # watermark (an event at or before it was released before the checkpoint was taken)
             released = state.released_ms
             for contact_id in state.kpi.contact_ids(key):
+                meta = state.kpi.contact_meta(key, contact_id)
+                if released is not None and meta is not None and meta[1] <= released:
+                    continue  # nothing of it is held (and a frozen contact stays unparsed)
                 for event in state.kpi.contact_events(key, contact_id):
                     if released is None or to_ms(event.occurred_at) > released:
                         state.hold(event)
@@ -282,6 +289,13 @@ class Stages:
     def lowest_watermark(self) -> datetime | None:
         marks = [m for s in self.partitions.values() if (m := s.kpi.watermark(s.key)) is not None]
         return min(marks) if marks else None
+
+
+def _meta(text: str) -> tuple[int | None, int] | None:
+    if not text:
+        return None
+    ended, last = json.loads(text)
+    return (None if ended is None else int(ended)), int(last)
 
 
 def kpi_records(rows: Iterable[KpiRow]) -> list[list[Any]]:

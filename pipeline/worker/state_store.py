@@ -49,6 +49,7 @@ class ContactRecord:
     kpi: str  # "" when the KPI stage does not hold the contact
     sla: str  # "" when the SLA engine does not hold it
     raised: list[str]
+    meta: str = ""  # [first ended ms or null, last event ms] of the KPI part (JSON), in the head column
 
 
 @dataclass
@@ -99,7 +100,7 @@ class StateStore:
         topic, partition = source
         now = datetime.now(UTC)
         base = (self.app_id, self.stage, topic, partition)
-        changed_rows = [(*base, c.key, -1, "", c.kpi, c.sla, c.raised, version, 0, now) for c in changed]
+        changed_rows = [(*base, c.key, -1, c.meta, c.kpi, c.sla, c.raised, version, 0, now) for c in changed]
         tail: list[tuple[Any, ...]] = [(*base, key, -1, "", "", "", [], version, 1, now) for key in dropped]
         tail.append((*base, HEAD_KEY, max_offset, head, "", "", [], version, 0, now))
         return Checkpoint(changed_rows, tail, max_offset)
@@ -124,7 +125,7 @@ class StateStore:
             if key == HEAD_KEY:
                 loaded.head, loaded.max_offset, loaded.version = head, int(max_offset), int(version)
             else:
-                loaded.contacts.append(ContactRecord(key, kpi, sla, list(raised)))
+                loaded.contacts.append(ContactRecord(key, kpi, sla, list(raised), head))
         if loaded.head is None:
             loaded.contacts = []  # keys without a head: a first checkpoint that never finished
         return loaded
