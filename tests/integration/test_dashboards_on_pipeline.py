@@ -38,9 +38,9 @@ from pipeline.kpi.definitions import DEFAULT_SL_THRESHOLDS
 from pipeline.simulator.truth import read_truth
 from tests.oracles import ms_of
 from tests.oracles.sla_truth import Breach, sla_oracle
+from tests.support.kpi_sla import WORKER_ENV, lowest_watermark_ms, send_end_of_stream
 
 from .conftest import REPO, Worker, open_workspace, wait_until
-from .test_kpi_sla_e2e import WORKER_ENV, lowest_watermark_ms, send_end_of_stream
 
 pytestmark = pytest.mark.integration
 
