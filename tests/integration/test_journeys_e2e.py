@@ -314,7 +314,10 @@ def test_two_workers_one_killed_give_the_truth_and_both_answer_lookups(workspace
             for stage in ("ingest", "analytics")
         )
 
-    wait_until(shared, 120, "both workers to share the partitions of both stages")
+    try:
+        wait_until(shared, 240, "both workers to share the partitions of both stages")
+    except AssertionError as error:
+        raise AssertionError(f"{error}; held: {[w.stage_partitions() for w in both]}") from None
     producing = Background(workspace, seed=32, speed=1500)
 
     def owner() -> Worker | None:
