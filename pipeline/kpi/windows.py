@@ -169,6 +169,11 @@ class KpiWindows:
         if p is not None and p.max_event_ms is not None:
             self._raise_watermark(p, to_ms(to))
 
+    def final_until(self, partition: PartitionKey) -> datetime | None:
+        """Windows starting before this are final and emitted (None: no event yet)."""
+        p = self._partitions.get(partition)
+        return None if p is None or p.next_final_ms is None else from_ms(p.next_final_ms)
+
     def watermark(self, partition: PartitionKey) -> datetime | None:
         p = self._partitions.get(partition)
         return None if p is None or p.watermark_ms is None else from_ms(p.watermark_ms)
@@ -427,7 +432,12 @@ class KpiWindows:
         windows = {w for w in by_window if p.next_final_ms <= w <= top}
         earliest = p.legs.earliest_queued_ms()
         if earliest is not None:
-            windows.update(range(max(p.next_final_ms, window_of(earliest)), top + 1, WINDOW_MS))
+            start = max(p.next_final_ms, window_of(earliest))
+            # with max_windows, a backlog range beyond its first max_windows windows cannot be
+            # visited now: capped, so a ticket queued for months does not cost a set of every
+            # minute since on each bounded emit (quadratic over a backfill)
+            end = top if max_windows is None else min(top, start + max_windows * WINDOW_MS)
+            windows.update(range(start, end + 1, WINDOW_MS))
         out: list[KpiRow] = []
         ordered = sorted(windows)
         p.behind = max_windows is not None and len(ordered) > max_windows

@@ -178,7 +178,7 @@ class AnalyticsStage:
         return any(state.kpi.behind for state in self.stages.partitions.values())
 
     def _gauges(self, now: datetime) -> None:
-        lowest = self.stages.lowest_watermark()
+        lowest = self.stages.lowest_final()
         if lowest is not None:
             metrics.KPI_WATERMARK_LAG.set((now - lowest).total_seconds())
         metrics.STATE_CONTACTS.labels("kpi").set(sum(s.kpi.live_contacts(k) for k, s in self.stages.partitions.items()))

@@ -98,7 +98,8 @@ EVENTS_LATE = Counter(
 )
 KPI_ROWS = Counter("touchline_kpi_rows_total", "KPI window rows written (each re-emission counts)", ["final"])
 KPI_WATERMARK_LAG = Gauge(
-    "touchline_kpi_watermark_lag_seconds", "Wall clock minus the lowest partition watermark of the KPI windows"
+    "touchline_kpi_watermark_lag_seconds",
+    "Wall clock minus the event time up to which every partition's KPI windows are final (the watermark, or behind it while emitting catches up)",
 )
 SLA_EVENTS = Counter(
     "touchline_sla_events_total",

@@ -290,6 +290,16 @@ class Stages:
         marks = [m for s in self.partitions.values() if (m := s.kpi.watermark(s.key)) is not None]
         return min(marks) if marks else None
 
+    def lowest_final(self) -> datetime | None:
+        """Event time up to which every partition's KPI windows are final and emitted: the
+        watermark, or behind it while emitting catches up (a backfill)."""
+        marks = [
+            min(m, f)
+            for s in self.partitions.values()
+            if (m := s.kpi.watermark(s.key)) is not None and (f := s.kpi.final_until(s.key)) is not None
+        ]
+        return min(marks) if marks else None
+
 
 def _meta(text: str) -> tuple[int | None, int] | None:
     if not text:
