@@ -107,26 +107,6 @@ def policy_problems(path: Path) -> list[str]:
     return []
 
 
-def load_checked_policies(path: Path) -> PolicySet:
-    """The policy set, or PolicyError whose first line names the file, the line and the cause."""
-    problems = policy_problems(path)
-    if problems:
-        raise CheckedPolicyError(problems)
-    text = path.read_text(encoding="utf-8")
-    return PolicySet.from_dict(yaml.load(text, Loader=_LineLoader), str(path))
-
-
-class CheckedPolicyError(PolicyError):
-    """A PolicyError whose message starts with the first problem, `file:line: cause`."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__(problems)
-        self.args = ("invalid SLA policies: " + "\n".join(problems),)
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
 def config_problems() -> tuple[str | None, list[str]]:
     """The configuration file checked (None: no file) and its problems, one per line."""
     path = config_file()
