@@ -180,7 +180,7 @@ class Settings(BaseSettings):
         description="Drop the SLA clocks of an open contact silent this long. 0 (default): never (exact).",
     )
     kafka_session_timeout_seconds: float = Field(
-        10.0,
+        6.0,
         ge=6,
         le=300,
         description="Consumer-group session timeout of the channel-topic consumers: how long a dead worker "
