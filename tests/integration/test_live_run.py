@@ -50,7 +50,8 @@ class Terminal:
         return self.tmux("capture-pane", "-p", "-t", self.session)
 
     def history(self) -> str:
-        return self.tmux("capture-pane", "-p", "-S", "-1000", "-t", self.session)
+        """Everything printed so far, lines the terminal wrapped at 100 columns joined again."""
+        return self.tmux("capture-pane", "-p", "-J", "-S", "-1000", "-t", self.session)
 
     def wait_for(self, pattern: str, timeout: float) -> str:
         deadline = time.monotonic() + timeout
