@@ -23,6 +23,7 @@ watermark clock starts again when the partition is restored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import json
 import logging
@@ -86,6 +87,8 @@ class AnalyticsStage:
         self._lock = asyncio.Lock()  # a batch, a snapshot and a revocation never interleave
         self._checkpointing = asyncio.Lock()  # one checkpoint at a time, written in order
         self._flush_task: asyncio.Task[None] | None = None
+        self._restoring: asyncio.Task[None] | None = None
+        self._parked: dict[PartitionKey, PartitionState] = {}  # revoked, kept in case they come back
         self.consumer: BatchConsumer | None = None
         self.sla_clock = stages.sla_clock
 
@@ -199,15 +202,37 @@ class AnalyticsStage:
     # ------------------------------------------------------------------ rebalances
 
     async def assigned(self, partitions: Sequence[TopicPartition]) -> None:
-        # restored now, not at the partition's next message, so deadlines that fell due while no
-        # worker owned the partition fire right after recovery
+        """Partitions given to this worker. Their restore runs in the background with the
+        partitions paused, so the rebalance callback returns at once: the group's heartbeats wait
+        for it, and restoring tens of thousands of contacts took longer than the session timeout
+        (a 4-day soak rebalanced in a loop). A partition handed back to this worker is taken from
+        the parked state when nobody checkpointed it since."""
         consumer = self.consumer
         assert consumer is not None
-        for tp in sorted(partitions):  # the consumer reads the channel topics only
-            key = (tp.topic, tp.partition)
+        wanted = {(tp.topic, tp.partition): tp for tp in partitions}
+        for key in [k for k in self._parked if k not in wanted]:
+            del self._parked[key]
+        pending: list[tuple[TopicPartition, PartitionState | None]] = []
+        for key, tp in sorted(wanted.items()):
             state = self.stages.partitions.get(key)
-            if state is None:
-                started = time.perf_counter()
+            if state is not None:
+                await self._seek(tp, state)
+            else:
+                pending.append((tp, self._parked.pop(key, None)))
+        if pending:
+            consumer.pause(*[tp for tp, _ in pending])
+            self._restoring = asyncio.ensure_future(self._restore(pending))
+
+    async def _restore(self, pending: list[tuple[TopicPartition, PartitionState | None]]) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        for tp, parked in pending:
+            key = (tp.topic, tp.partition)
+            started = time.perf_counter()
+            newest = await self._with_retry("clickhouse", self.store.head_version, self._client, key)
+            if parked is not None and newest <= parked.version:
+                state = parked  # nobody else has checkpointed it since it was ours
+            else:
                 loaded = await self._with_retry("clickhouse", self.store.load, self._client, key)
                 state = await self._executor.run(self.stages.restore, key, loaded)
                 floor = state.kpi.head(key) or {}
@@ -215,19 +240,36 @@ class AnalyticsStage:
                     "clickhouse", provisional_rows, self._client, key, floor.get("next_final_ms") or 0
                 )
                 state.kpi.adopt_written(key, written)
-                metrics.RESTORE_SECONDS.observe(time.perf_counter() - started)
-                self.stages.partitions[key] = state
-            if state.max_offset >= 0:
-                consumer.seek(tp, state.max_offset + 1)
-            else:
-                await consumer.seek_to_beginning(tp)
+            metrics.RESTORE_SECONDS.observe(time.perf_counter() - started)
+            if tp not in consumer.assignment():  # another rebalance took it meanwhile
+                self._parked[key] = state
+                continue
+            # from now on deadlines that fell due while no worker owned the partition fire
+            self.stages.partitions[key] = state
+            await self._seek(tp, state)
+            consumer.resume(tp)
+
+    async def _seek(self, tp: TopicPartition, state: PartitionState) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        if state.max_offset >= 0:
+            consumer.seek(tp, state.max_offset + 1)
+        else:
+            await consumer.seek_to_beginning(tp)
 
     async def revoked(self, partitions: Sequence[TopicPartition]) -> None:
-        keys = [(tp.topic, tp.partition) for tp in partitions]
-        mine = [key for key in keys if key in self.stages.partitions]
-        await self.checkpoint(mine)
-        for key in mine:
-            del self.stages.partitions[key]
+        """Partitions taken away: parked, not checkpointed (the callback must be quick, and the
+        checkpoint protocol makes any point safe: the next owner re-reads from the last checkpoint).
+        A graceful stop checkpoints before it leaves the group."""
+        if self._restoring is not None and not self._restoring.done():
+            self._restoring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._restoring
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            state = self.stages.partitions.pop(key, None)
+            if state is not None:
+                self._parked[key] = state
 
     # ------------------------------------------------------------------ checkpoints
 

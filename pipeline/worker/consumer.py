@@ -92,6 +92,12 @@ class BatchConsumer:
             if offset >= self._ready.get(tp, -1):
                 self._ready[tp] = offset
 
+    def pause(self, *partitions: TopicPartition) -> None:
+        self.consumer.pause(*partitions)
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self.consumer.resume(*partitions)
+
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.consumer.seek(tp, offset)
 

@@ -130,6 +130,16 @@ class StateStore:
             loaded.contacts = []  # keys without a head: a first checkpoint that never finished
         return loaded
 
+    def head_version(self, client: Client, source: tuple[str, int]) -> int:
+        """Version of the partition's latest checkpoint (0: none)."""
+        topic, partition = source
+        result = client.query(
+            f"SELECT max(version) FROM {TABLE} WHERE app_id = {{a:String}} AND stage = {{s:String}}"
+            " AND source_topic = {t:String} AND source_partition = {p:UInt16} AND key = ''",
+            parameters={"a": self.app_id, "s": self.stage, "t": topic, "p": partition},
+        )
+        return int(result.result_rows[0][0] or 0)
+
     def forget(self, client: Client, contact_ids: Sequence[str]) -> None:
         """Delete keys outright (erasure), whatever their partition."""
         if contact_ids:
