@@ -56,6 +56,9 @@ def longest_silence_days(contact: Any) -> float:
 
 
 def test_ninety_days_of_tickets_replay_exactly_without_stalling_the_loop(workspace: Workspace) -> None:
+    # the minute view of 90 days is ~480k windows: the test reads it whole through /sql
+    workspace.env.update(TOUCHLINE_SQL_MAX_RESULT_ROWS="5000000", TOUCHLINE_SQL_MAX_RESULT_BYTES="2000000000")
+    workspace.env["TOUCHLINE_SQL_MAX_EXECUTION_SECONDS"] = "300"
     run = prepare(workspace, *SIMULATION)
     silent = [c for c in run.contacts if longest_silence_days(c) > 30]
     print(f"\n{len(run.contacts)} tickets, {run.expected_messages} messages, {len(silent)} silent > 30 days")
