@@ -166,12 +166,15 @@ class AnalyticsStage:
                 state = self.stages.partitions.get(key)
                 behind = behind or (state is not None and state.kpi.behind)
                 await asyncio.sleep(0)
-            self._gauges(now)
             if not behind:
-                return
+                break
             while len(self.outbox) > OUTBOX_HIGH_WATER:  # written before more is computed
                 self.flush_soon()
                 await asyncio.sleep(0.05)
+
+        # the lag gauge says how far KPIs are final *and written*: wait for this emit's rows
+        await self._flush()
+        self._gauges(now)
 
     def busy(self) -> bool:
         """Hold the consumer back: KPI windows still to emit, or outputs still to write."""
