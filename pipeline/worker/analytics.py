@@ -227,6 +227,15 @@ class AnalyticsStage:
             self._restoring = asyncio.ensure_future(self._restore(pending))
 
     async def _restore(self, pending: list[tuple[TopicPartition, PartitionState | None]]) -> None:
+        try:
+            await self._restore_all(pending)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # paused partitions would stay unread: stop instead
+            log.exception("restoring analytics state failed; stopping the worker")
+            await self._on_terminal(error)
+
+    async def _restore_all(self, pending: list[tuple[TopicPartition, PartitionState | None]]) -> None:
         consumer = self.consumer
         assert consumer is not None
         for tp, parked in pending:
