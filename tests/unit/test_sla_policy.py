@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -79,7 +80,14 @@ def test_shipped_defaults() -> None:
         assert policy.resolution is not None
     email = policies.match("email", 0, None, None)
     calendar = policies.calendar_for(email)
-    assert email.uses_business_time and calendar.timezone == "Europe/London" and len(calendar.holidays) == 8
+    assert email.uses_business_time and calendar.timezone == "Europe/London"
+    # bank holidays by rule, so the shipped file never runs out of dates
+    assert calendar.public_holidays is not None and (
+        calendar.public_holidays.country,
+        calendar.public_holidays.subdivision,
+    ) == ("GB", "ENG")
+    rules = calendar.public_holidays.rules()
+    assert date(2026, 4, 3) in rules and date(2027, 3, 26) in rules and date(2030, 12, 25) in rules
     assert policies.policies[-1].match.is_catch_all
 
 
