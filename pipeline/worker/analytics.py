@@ -184,6 +184,8 @@ class AnalyticsStage:
         return any(state.kpi.behind for state in self.stages.partitions.values())
 
     def _gauges(self, now: datetime) -> None:
+        if self._restoring is not None and not self._restoring.done():
+            return  # partitions still being restored: nothing can be said of them yet
         lowest = self.stages.lowest_final()
         if lowest is not None:
             metrics.KPI_WATERMARK_LAG.set((now - lowest).total_seconds())
