@@ -119,7 +119,7 @@ class AnalyticsStage:
         for record in records:
             if record.offset <= state.max_offset:
                 continue  # read again: a seek on assignment can overtake a fetch already returned
-            event = decode(record.value, topic, max_bytes)
+            event = decode(record.value, topic, max_bytes, record.key)
             if isinstance(event, Rejection):
                 continue  # the ingest stage dead-letters it
             outputs = stages.apply(state, event, record.offset, now, defer=True)
