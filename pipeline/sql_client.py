@@ -95,6 +95,8 @@ def cell(value: Any) -> str:
         return "NULL"
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str)
     return str(value)
 
 

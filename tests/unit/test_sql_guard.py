@@ -5,6 +5,7 @@ origin."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from pipeline.config import ConfigError, Settings
 from pipeline.privacy import access
 from pipeline.store import clickhouse as store
 from pipeline.store.readonly import Limits, QueryRefused, open_readonly, run_readonly, statement
-from pipeline.worker.sql_view import ReadonlyPool
+from pipeline.worker.sql_view import ReadonlyPool, _json
 
 LIMIT_SECONDS = 2.0
 
@@ -106,13 +107,13 @@ def test_one_slow_query_does_not_hold_up_another(clickhouse: Client) -> None:
 
     async def slow() -> None:
         try:
-            await pool.run("SELECT count() FROM system.numbers")
+            await pool.run("SELECT count() FROM system.numbers", _json)
         except Exception:
             finished.append("slow")
 
     async def quick() -> None:
         await asyncio.sleep(0.2)
-        assert (await pool.run("SELECT 1"))[1] == [[1]]
+        assert json.loads(await pool.run("SELECT 1", _json))["rows"] == [[1]]
         finished.append("quick")
 
     async def main() -> None:
