@@ -39,6 +39,8 @@ Rules:
 * **Bad values never raise.** Identifiers arrive as plain `(kind, value)` strings from the compact
   contact records; an unknown kind or an unusable value is skipped and counted in `blocked` (by
   kind), never turned into a model that could fail validation.
+* **Erasure.** `forget(contact_ids, identifiers)` drops every component holding one of them (the
+  person and everything stitched to them), as `touchline forget` asks.
 * **Retention.** `drop(contact_id)` forgets the whole component of a contact (every identifier and
   contact in it); the journey stage calls it once no contact of that customer can join a journey
   any more and its identity retention has passed (`pipeline.journeys.lifecycle`).
@@ -316,6 +318,32 @@ class IdentityGraph:
             del self._root_of[node]
             self._counted.discard(node)
         return len(component.members)
+
+    def forget(self, contact_ids: Iterable[str], identifiers: Iterable[tuple[str, str]]) -> tuple[set[str], set[str]]:
+        """Erase a person: drop every component holding one of `contact_ids` or `identifiers`
+        (`(kind, value)` as stored). Returns the contact ids and the customer keys of the
+        components dropped."""
+        roots: set[Node] = set()
+        for contact_id in contact_ids:
+            root = self._root_of.get((CONTACT, contact_id))
+            if root is not None:
+                roots.add(root)
+        for kind, value in identifiers:
+            node = self._usable(kind, value, count=False)
+            root = None if node is None else self._root_of.get(node)
+            if root is not None:
+                roots.add(root)
+        contacts: set[str] = set()
+        keys: set[str] = set()
+        for root in roots:
+            component = self._roots.pop(root)
+            keys.add(component.key)
+            for node in component.members:
+                del self._root_of[node]
+                self._counted.discard(node)
+                if node[0] == CONTACT:
+                    contacts.add(node[1])
+        return contacts, keys
 
     def forget_contact(self, contact_id: str) -> bool:
         """Remove one contact node from its component (its identifiers stay: another contact of the

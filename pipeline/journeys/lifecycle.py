@@ -628,6 +628,31 @@ class JourneyStore:
                 self.forget_journey(journey)
         return forgotten
 
+    def forget(self, customers: Iterable[str], contact_ids: Iterable[str]) -> int:
+        """Erase a person: their books, pending changes and what is remembered of their journeys
+        (under the customer keys, or named after one of their contacts). Nothing is emitted: the
+        rows are deleted from the store by the caller. Returns the journey entries dropped."""
+        contacts = set(contact_ids)
+        for contact_id in contacts:
+            self.remove(contact_id)
+        journey_ids = {f"j-{c}" for c in contacts}
+        for customer in set(customers):
+            book = self.books.pop(customer, None)
+            for contact_id in () if book is None else book.records:
+                self._customer_of.pop(contact_id, None)
+            self._dirty.pop(customer, None)
+            journey_ids.update(self._journeys_of.pop(customer, ()))
+        dropped = 0
+        for journey_id in journey_ids:
+            entry = self._emitted.pop(journey_id, None)
+            if entry is not None:
+                self.emitted_changes.add(journey_id)
+                owned = self._journeys_of.get(entry.customer)
+                if owned is not None:
+                    owned.discard(journey_id)
+                dropped += 1
+        return dropped
+
     def restore_emitted(self, journey_id: str, entry: Emitted) -> None:
         self._emitted[journey_id] = entry
         if not entry.deleted:
@@ -775,6 +800,50 @@ class Stitcher:
                     self.record_changes.add(member)
                     out.dropped.append(member)
         return out
+
+    def forget(
+        self,
+        contact_ids: Iterable[str],
+        identifiers: Iterable[tuple[str, str]] = (),
+        customers: Iterable[str] = (),
+    ) -> int:
+        """Erase a person (`touchline forget`): every contact, identifier and journey of the
+        customers holding one of `contact_ids`, `identifiers` (`(kind, value)` as stored) or
+        customer keys `customers`. The records and journey entries dropped are in `record_changes`
+        and `store.emitted_changes` (the stage deletes them from its tables). Returns the state
+        entries dropped (contact records + journey entries)."""
+        store, graph = self.store, self.graph
+        contacts = set(contact_ids)
+        keys = set(customers)
+        pending_ids, pending_contacts = set(identifiers), set(contacts)
+        for key in keys:
+            book = store.books.get(key)
+            if book is not None:
+                pending_contacts.update(book.records)
+        # a book may hold a contact of a component not named yet (and a component a book's contact):
+        # until nothing new turns up
+        while pending_contacts or pending_ids:
+            found, found_keys = graph.forget(pending_contacts, pending_ids)
+            contacts |= pending_contacts
+            pending_ids = set()
+            new_keys = found_keys - keys
+            keys |= found_keys
+            more = set(found)
+            for key in new_keys:
+                book = store.books.get(key)
+                if book is not None:
+                    more.update(book.records)
+            pending_contacts = more - contacts
+            contacts |= more
+        dropped = 0
+        for contact_id in contacts:
+            if self.records.pop(contact_id, None) is not None:
+                self.record_changes.add(contact_id)
+                dropped += 1
+            customer = store.customer_of(contact_id)
+            if customer is not None:
+                keys.add(customer)
+        return dropped + store.forget(keys, contacts)
 
     def _compact_identity(self, contact_id: str) -> str:
         """Fold the identity of every contact of `contact_id`'s customer that is not in a journey

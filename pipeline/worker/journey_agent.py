@@ -31,11 +31,11 @@ from faust.web import Request, Response
 
 from pipeline.config import Settings
 from pipeline.events.models import EventBase
-from pipeline.events.topics import JOURNEY_EVENTS_TOPIC, JOURNEYS_TOPIC
+from pipeline.events.topics import DEFAULT_TOPICS
 from pipeline.journeys.identity import IdentityConfig, placeholder_values
 from pipeline.journeys.lifecycle import DAY, JourneyConfig, JourneyVersion, Stitcher, journey_row, step_rows
 from pipeline.journeys.record import ContactRecord, RecordError
-from pipeline.privacy import access, pseudonym
+from pipeline.privacy import access, erasure, pseudonym
 from pipeline.store.clickhouse import BlockingExecutor, insert_dicts
 from pipeline.worker import journey_metrics as jm
 from pipeline.worker import journeys as journey_stage
@@ -50,12 +50,12 @@ RESTORE_SLICE = 5_000  # table entries read between yields to the loop
 LOOKUP_WAIT_SECONDS = 30.0
 
 
-async def forward_events(app: faust.App, events: list[tuple[EventBase, bytes]]) -> None:
+async def forward_events(app: faust.App, topic: str, events: list[tuple[EventBase, bytes]]) -> None:
     """What the analytics stage hands the journey stage: one compact record per contact of the
     batch's new valid events, delivered before the batch counts as checkpointable."""
     await produce(
         app,
-        JOURNEY_EVENTS_TOPIC,
+        topic,
         ((key, value, None) for key, value in journey_stage.forward_messages(e for e, _ in events)),
     )
 
@@ -68,6 +68,9 @@ class _State:
     blocked: dict[str, int] = field(default_factory=dict)
     refusals: dict[str, int] = field(default_factory=dict)
     first_offset: int = -1
+    # held while a message is applied, written and persisted, and while a person is forgotten: an
+    # erasure never lands between a message's apply and its persist (nor its outputs)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def install_journey_stage(
@@ -80,6 +83,7 @@ def install_journey_stage(
     config = JourneyConfig()  # the journey rules (7-day repeat window, 14-day dormancy)
     keep_ms = DAY if settings is None else int(settings.journey_keep_hours * 3_600_000)
     identity_ms = 30 * DAY if settings is None else int(settings.journey_identity_retention_days * DAY)
+    journeys_topic = (DEFAULT_TOPICS if settings is None else settings.topics).journeys
     contacts = app.Table("journey-contacts", default=None, partitions=1, key_type=bytes, value_type=bytes)
     emitted = app.Table("journey-emitted", default=None, partitions=1, key_type=bytes, value_type=bytes)
     state = _State()
@@ -192,7 +196,7 @@ def install_journey_stage(
         ]
         await journey_stage.retried(
             "journey documents send",
-            lambda: produce(app, JOURNEYS_TOPIC, documents),
+            lambda: produce(app, journeys_topic, documents),
             on_retry=jm.JOURNEY_FLUSH_RETRIES.labels("topic").inc,
         )
         for version in changed:
@@ -217,46 +221,64 @@ def install_journey_stage(
                 del emitted[key]
         store.emitted_changes.clear()
 
+    async def forget(subject: erasure.Subject) -> int:
+        """Erasure: drop the person's identifiers, contacts and journeys from the stitcher and
+        delete their entries from both tables (the changelog's tombstones keep a restore from
+        bringing them back)."""
+        while True:
+            core = await core_ready()
+            async with state.lock:
+                if core is None or state.core is not core:  # replaced by a rebalance meanwhile
+                    continue
+                dropped = core.forget(subject.contact_ids, subject.identifiers, subject.customer_keys)
+                persist(core)
+                gauges(core)
+                return dropped
+
+    erasure.register("journeys", forget)
+
     @app.agent(journey_events_topic)
     async def stitch(stream: Any) -> None:
         async for event in stream.events():
             core = await core_ready()
             assert core is not None
-            records, rejected = journey_stage.read_records(event.value)
-            if rejected:
-                jm.JOURNEY_RECORDS.labels("unreadable").inc(len(rejected))
-                log.warning(
-                    "skipped %d unreadable contact record(s): %s", len(rejected), "; ".join(sorted(set(rejected)))
-                )
-            offset = event.message.offset
-            for index, record in enumerate(records):
-                try:
-                    core.apply(record.with_seq(journey_stage.arrival_seq(offset, index)))
-                except Exception as error:  # one bad record must not stop the stage
-                    jm.JOURNEY_RECORDS.labels("failed").inc()
-                    log.error("contact record of %s skipped (%s)", record.contact_id, type(error).__name__)
-                if index % APPLY_SLICE == APPLY_SLICE - 1:
-                    await asyncio.sleep(0)
-            jm.JOURNEY_RECORDS.labels("applied").inc(len(records))
-            count_identity(core)
-            as_of = core.as_of_ms or None
-            changed = core.changes(as_of)
-            if as_of is not None:
-                evicted = core.evict_due(as_of, EVICT_BUDGET)
-                if evicted.journeys:
-                    jm.JOURNEY_EVICTED.labels("journeys").inc(evicted.journeys)
-                    jm.JOURNEY_EVICTED.labels("contacts_stripped").inc(len(evicted.stripped))
-                if evicted.dropped:
-                    jm.JOURNEY_EVICTED.labels("contacts_dropped").inc(len(evicted.dropped))
-            if changed:
-                await write_outputs(changed)
-            persist(core)
-            gauges(core)
-            jm.JOURNEY_BATCHES.inc()
-            if state.first_offset < 0:
-                state.first_offset = offset
-                jm.JOURNEY_FIRST_OFFSET.set(offset)
-            jm.JOURNEY_OFFSET.set(offset)
+            async with state.lock:
+                await handle(core, event)
+
+    async def handle(core: Stitcher, event: Any) -> None:
+        records, rejected = journey_stage.read_records(event.value)
+        if rejected:
+            jm.JOURNEY_RECORDS.labels("unreadable").inc(len(rejected))
+            log.warning("skipped %d unreadable contact record(s): %s", len(rejected), "; ".join(sorted(set(rejected))))
+        offset = event.message.offset
+        for index, record in enumerate(records):
+            try:
+                core.apply(record.with_seq(journey_stage.arrival_seq(offset, index)))
+            except Exception as error:  # one bad record must not stop the stage
+                jm.JOURNEY_RECORDS.labels("failed").inc()
+                log.error("contact record of %s skipped (%s)", record.contact_id, type(error).__name__)
+            if index % APPLY_SLICE == APPLY_SLICE - 1:
+                await asyncio.sleep(0)
+        jm.JOURNEY_RECORDS.labels("applied").inc(len(records))
+        count_identity(core)
+        as_of = core.as_of_ms or None
+        changed = core.changes(as_of)
+        if as_of is not None:
+            evicted = core.evict_due(as_of, EVICT_BUDGET)
+            if evicted.journeys:
+                jm.JOURNEY_EVICTED.labels("journeys").inc(evicted.journeys)
+                jm.JOURNEY_EVICTED.labels("contacts_stripped").inc(len(evicted.stripped))
+            if evicted.dropped:
+                jm.JOURNEY_EVICTED.labels("contacts_dropped").inc(len(evicted.dropped))
+        if changed:
+            await write_outputs(changed)
+        persist(core)
+        gauges(core)
+        jm.JOURNEY_BATCHES.inc()
+        if state.first_offset < 0:
+            state.first_offset = offset
+            jm.JOURNEY_FIRST_OFFSET.set(offset)
+        jm.JOURNEY_OFFSET.set(offset)
 
     def invalidate() -> None:
         if state.builder is not None:

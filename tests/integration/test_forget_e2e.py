@@ -5,13 +5,14 @@ table, every other customer's rows are untouched, and KPI aggregates keep their 
 from __future__ import annotations
 
 import json
+import urllib.error
 from typing import Any
 
 import pytest
 
 from pipeline.simulator.truth import read_truth
 
-from .conftest import Workspace, wait_until
+from .conftest import Worker, Workspace, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +36,15 @@ KPI_ROWS = "SELECT count() FROM kpi_minute_partials FINAL"
 def counts(worker_sql: Any, queries: dict[str, str], contacts: list[str] | None = None) -> dict[str, int]:
     listed = "[" + ",".join(f"'{c}'" for c in contacts or []) + "]"
     return {table: int(worker_sql(sql.format(c=listed))[0][0]) for table, sql in queries.items()}
+
+
+def lookup_status(worker: Worker, customer_id: str) -> int:
+    try:
+        found = json.loads(worker.get(f"/journeys/lookup?kind=customer_id&value={customer_id}"))
+    except urllib.error.HTTPError as error:
+        return error.code
+    assert found["customer"] == f"cust:{customer_id}"
+    return 200
 
 
 def test_a_forgotten_customer_leaves_no_row_and_nobody_else_changes(workspace: Workspace) -> None:
@@ -63,6 +73,8 @@ def test_a_forgotten_customer_leaves_no_row_and_nobody_else_changes(workspace: W
     contacts = sorted(
         {c for r in records if r["kind"] == "journey" and r["customer_id"] == customer for c in r["contact_ids"]}
     )
+    other = next(r["customer_id"] for r in records if r["kind"] == "journey" and r["customer_id"] not in ("", customer))
+    assert lookup_status(worker, customer) == lookup_status(worker, other) == 200
     theirs_before = counts(worker.sql, PER_CONTACT, contacts)
     others_before = counts(worker.sql, OTHERS, contacts)
     assert theirs_before["interaction_events"] > 0 and theirs_before["journeys"] > 0
@@ -71,6 +83,7 @@ def test_a_forgotten_customer_leaves_no_row_and_nobody_else_changes(workspace: W
     print(f"forgot customer with {len(contacts)} contacts: {answer}")
     assert answer["subject"]["contacts"] >= len(contacts)
     assert "ingest" in answer["state"]
+    assert answer["state"]["journeys"] >= len(contacts)  # their contact records, and journey entries
     assert answer["tables"]["interaction_events"] >= theirs_before["interaction_events"]
 
     theirs_after = counts(worker.sql, PER_CONTACT, contacts)
@@ -81,3 +94,11 @@ def test_a_forgotten_customer_leaves_no_row_and_nobody_else_changes(workspace: W
     assert "kpi_minute_partials" not in answer["tables"] and worker.sql(KPI_ROWS)[0][0] > 0
     log = worker.log.read_text(errors="replace")
     assert customer not in log.split("forgot one person")[-1]
+
+    # the journey stage forgot them: its lookup, and after a restart (the stage's state restored
+    # from its tables) still nothing of theirs, while everyone else is still known
+    assert lookup_status(worker, customer) == 404 and lookup_status(worker, other) == 200
+    worker.stop()
+    worker = workspace.start_worker()
+    assert lookup_status(worker, other) == 200  # waits for the restore
+    assert lookup_status(worker, customer) == 404

@@ -441,6 +441,49 @@ def test_evict_forgets_only_closed_journeys() -> None:
     assert [j.contact_ids for j in store.all_journeys()] == [("new",)]
 
 
+def test_forget_erases_the_person_and_everything_stitched_to_them() -> None:
+    """Erasure by one identifier: every contact, identifier and journey of the customer goes (the
+    cookie-only contact tied to them by a link included) and the tables' entries are marked gone;
+    another customer is untouched, and a restore from what is left knows nothing of the person."""
+    stitcher = Stitcher()
+    known, cookie = CustomerIdentifiers(customer_id="C1"), CustomerIdentifiers(web_cookie="ck-1")
+    link = (
+        Identifier(kind=IdentifierKind.WEB_COOKIE, value="ck-1"),
+        Identifier(kind=IdentifierKind.CUSTOMER_ID, value="C1"),
+    )
+    feed(stitcher, contact_events("c1", 0, customer=known, resolve_after=100))
+    c2 = contact_events("c2", 3600, channel=Channel.WEB, customer=cookie, link=link)
+    feed(stitcher, [e for e in c2 if not isinstance(e, IdentityLink)])
+    feed(stitcher, contact_events("c3", 60, customer=CustomerIdentifiers(customer_id="C2", phone="+4477")))
+    stitcher.changes()
+    feed(stitcher, [e for e in c2 if isinstance(e, IdentityLink)])  # j-c2 retracted, c2 joins j-c1
+    stitcher.changes()
+    stitcher.record_changes.clear()
+    stitcher.store.emitted_changes.clear()
+    assert stitcher.graph.customer_of_value("web_cookie", "ck-1") == "cust:C1"
+    other = stitcher.store.journeys("cust:C2")
+
+    dropped = stitcher.forget(set(), [("customer_id", "C1")])
+
+    assert dropped == 2 + 2  # records c1, c2; journey entries j-c1 and the retracted j-c2
+    assert stitcher.record_changes == {"c1", "c2"}
+    assert stitcher.store.emitted_changes == {"j-c1", "j-c2"}
+    for kind, value in (("customer_id", "C1"), ("web_cookie", "ck-1")):
+        assert stitcher.graph.customer_of_value(kind, value) is None
+    assert stitcher.graph.customer_of_contact("c1") is stitcher.graph.customer_of_contact("c2") is None
+    assert set(stitcher.records) == {"c3"} and set(stitcher.store.books) == {"cust:C2"}
+    assert stitcher.store.journeys("cust:C1") == [] and stitcher.changes() == []
+    assert stitcher.store.journeys("cust:C2") == other
+    assert stitcher.graph.customer_of_value("phone", "+4477") == "cust:C2"
+    kept = [(j, e) for j in ("j-c1", "j-c2", "j-c3") if (e := stitcher.store.emitted(j)) is not None]
+    restored = Stitcher.from_state(list(stitcher.records.values()), kept)
+    assert [j for j, _ in kept] == ["j-c3"]
+    assert restored.graph.customer_of_value("customer_id", "C1") is None
+    assert restored.store.journeys("cust:C2") == other
+    # forgetting again (or someone unknown) finds nothing
+    assert stitcher.forget({"c1"}, [("customer_id", "C1")], ["cust:C1"]) == 0
+
+
 # -------------------------------------------------------------------------------------------------
 # Arrival order and duplicates do not matter
 
