@@ -279,14 +279,15 @@ def config_command() -> None:
 @main.command()
 def topics() -> None:
     """Create Touchline's Kafka topics (idempotent) with their partition counts."""
-    from pipeline.events.topics import topic_specs
     from pipeline.kafka_security import client_options
     from pipeline.topics import ensure_topics
 
     settings = settings_or_exit()
     try:
         created = ensure_topics(
-            settings.bootstrap_servers, topic_specs(settings.topic_partitions), options=client_options(settings)
+            settings.bootstrap_servers,
+            settings.topics.specs(settings.topic_partitions),
+            options=client_options(settings),
         )
     except Exception as error:
         fail(f"cannot create topics on {settings.bootstrap_servers}: {error}")

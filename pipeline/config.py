@@ -23,6 +23,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from pipeline.events.topics import DEFAULT_PREFIX, TopicNames, prefix_problem
+
 DEFAULT_CONFIG_FILE = "touchline.toml"
 #: Settings whose values `touchline config` never prints.
 SECRET_SETTINGS: frozenset[str] = frozenset()
@@ -90,8 +92,16 @@ class Settings(BaseSettings):
         description="ClickHouse server password, if not in the DSN. Any characters (`@ / # ? %`): Touchline "
         "encodes it into the URL.",
     )
+    topic_prefix: str = Field(
+        DEFAULT_PREFIX,
+        description="Start of every Touchline topic name (`<prefix>.interactions.<channel>`, `<prefix>.sla`, "
+        "...): letters, digits, `.`, `_`, `-`. Give each deployment sharing a Kafka cluster its own.",
+    )
     app_id: str = Field(
-        "touchline", min_length=1, description="Faust app id: consumer group and internal topic prefix."
+        DEFAULT_PREFIX,
+        min_length=1,
+        description="Faust app id: consumer groups and Faust's internal topics (`<app_id>-...-changelog`). "
+        "Unset: the topic_prefix.",
     )
     worker_web_host: str = Field(
         "127.0.0.1",
@@ -249,12 +259,32 @@ class Settings(BaseSettings):
             raise ValueError("; ".join(problems))
         return self
 
+    @field_validator("topic_prefix")
+    @classmethod
+    def _legal_prefix(cls, value: str) -> str:
+        problem = prefix_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _app_id_follows_prefix(self) -> Settings:
+        # consumer groups and Faust's internal topics stay apart from other deployments' too
+        if "app_id" not in self.model_fields_set:
+            self.app_id = self.topic_prefix
+        return self
+
     @field_validator("clickhouse_dsn")
     @classmethod
     def _known_scheme(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("chdb:", "http://", "https://")):
             raise ValueError("must start with chdb://, http:// or https://")
         return value
+
+    @property
+    def topics(self) -> TopicNames:
+        """The names of this deployment's topics."""
+        return TopicNames(self.topic_prefix)
 
     @property
     def bootstrap_servers(self) -> str:

@@ -123,7 +123,6 @@ def run_command(duration: float | None, speed: float, seed: int, rate: float | N
     """
     from pipeline import broker
     from pipeline.checks import policy_problems
-    from pipeline.events.topics import topic_specs
     from pipeline.kafka_security import client_options
     from pipeline.topics import ensure_topics
 
@@ -157,7 +156,9 @@ def run_command(duration: float | None, speed: float, seed: int, rate: float | N
         except broker.BrokerError as error:
             raise click.ClickException(str(error)) from None
         started_broker = not already
-    ensure_topics(settings.bootstrap_servers, topic_specs(settings.topic_partitions), options=client_options(settings))
+    ensure_topics(
+        settings.bootstrap_servers, settings.topics.specs(settings.topic_partitions), options=client_options(settings)
+    )
     interrupted = False
 
     def on_sigint(signum: int, frame: object) -> None:
@@ -198,7 +199,7 @@ def run_command(duration: float | None, speed: float, seed: int, rate: float | N
     click.echo(
         f"late events this run: {late:,}"
         + (
-            " (they arrived behind the watermark: stored raw and on touchline.late, left out of the KPIs)"
+            f" (they arrived behind the watermark: stored raw and on {settings.topics.late}, left out of the KPIs)"
             if late
             else ""
         )

@@ -3,7 +3,7 @@
 Accepts one canonical event per line, or the `touchline simulate --out` format
 (`{"topic", "key", "at", "value"}` per line; malformed messages there carry `value_b64` and are
 reported and skipped like any invalid line). Every event is validated with the canonical model and
-sent to `touchline.interactions.<channel>` with key = contact_id, in file order, paced by event time.
+sent to `<topic prefix>.interactions.<channel>` with key = contact_id, in file order, paced by event time.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from pipeline.config import ConfigError, load_settings
 from pipeline.events.models import EVENT_ADAPTER, EventBase, to_json
-from pipeline.events.topics import interaction_topic
+from pipeline.events.topics import DEFAULT_TOPICS, TopicNames
 from pipeline.simulator.faults import Message
 from pipeline.simulator.produce import DeliveryError, Pacer, StopSignal, deliver
 
@@ -87,8 +87,9 @@ def parse_line(raw: bytes) -> EventBase | str:
 
 
 def _check_topic(event: EventBase, topic: str, kind: str) -> EventBase | str:
-    expected = interaction_topic(event.channel)
-    if topic != expected:
+    # the recorded run may have used another topic prefix: the event is sent to this one's topic
+    names = TopicNames.of_interaction_topic(topic)
+    if names is None or names.channel_of(topic) is not event.channel:
         return f"recorded message{kind}: channel {event.channel.value!r} does not match topic {topic!r}"
     return event
 
@@ -111,7 +112,9 @@ def event_ms(event: EventBase) -> int:
     return (event.occurred_at - EPOCH) // timedelta(milliseconds=1)
 
 
-def messages_of(events: Iterator[tuple[int, EventBase]], stop: threading.Event | None = None) -> Iterator[Message]:
+def messages_of(
+    events: Iterator[tuple[int, EventBase]], stop: threading.Event | None = None, topics: TopicNames = DEFAULT_TOPICS
+) -> Iterator[Message]:
     """Events as messages to their channel topics; pacing times never go backwards (an event older
     than one already sent goes at once). Ends early once `stop` is set."""
     latest: int | None = None
@@ -120,7 +123,7 @@ def messages_of(events: Iterator[tuple[int, EventBase]], stop: threading.Event |
             return
         at = event_ms(event)
         latest = at if latest is None or at > latest else latest
-        yield Message(latest, interaction_topic(event.channel), event.contact_id.encode(), to_json(event), at)
+        yield Message(latest, topics.interactions[event.channel], event.contact_id.encode(), to_json(event), at)
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -144,7 +147,7 @@ def replay_command(file: Path, speed: float, dry_run: bool) -> None:
     Each line is a canonical event, or a line of `touchline simulate --out` output (its recorded
     duplicates are replayed too). Every event is validated against the canonical event model; an
     invalid line is reported with its line number and reason, and skipped. Valid events are sent to
-    touchline.interactions.<channel> with key = contact_id, in file order, paced by event time at
+    <topic prefix>.interactions.<channel> with key = contact_id, in file order, paced by event time at
     --speed (late events in the file are sent as soon as their turn comes).
 
     Exit status: 0 when at least one event was valid (and sent), 1 when none was or Kafka failed,
@@ -172,7 +175,7 @@ def replay_command(file: Path, speed: float, dry_run: bool) -> None:
         with StopSignal() as stop:
             pacer = Pacer(speed, None, stop.event)
             try:
-                report = deliver(messages_of(read_events(handle, stats), stop.event), sink, pacer)
+                report = deliver(messages_of(read_events(handle, stats), stop.event, settings.topics), sink, pacer)
             except DeliveryError as error:
                 _fail(str(error))
             finally:

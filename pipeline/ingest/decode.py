@@ -15,7 +15,7 @@ from enum import StrEnum
 from pydantic import ValidationError
 
 from pipeline.events.models import EVENT_ADAPTER, EVENT_TYPES, EventBase
-from pipeline.events.topics import channel_of_topic
+from pipeline.events.topics import DEFAULT_TOPICS, TopicNames
 from pipeline.privacy import pseudonym
 
 
@@ -48,12 +48,14 @@ LATEST = datetime(2106, 1, 1, tzinfo=UTC)
 class Policy:
     """Which event times are plausible, relative to the worker's clock: at most `max_age` old
     (unless `history_since` says a replay of history accepts older ones) and at most `max_ahead` in
-    the future. `check_key`: the message key must be the event's contact_id."""
+    the future. `check_key`: the message key must be the event's contact_id. `topics`: the channel
+    topics events are read from."""
 
     max_age: timedelta = timedelta(days=90)
     max_ahead: timedelta = timedelta(minutes=5)
     history_since: datetime | None = None
     check_key: bool = True
+    topics: TopicNames = DEFAULT_TOPICS
 
     def earliest(self, now: datetime) -> datetime:
         if self.history_since is not None:
@@ -96,7 +98,8 @@ def decode(
         return Rejection(Reason.EMPTY, "message has no value")
     if len(value) > max_bytes:
         return Rejection(Reason.OVERSIZED, f"message is {len(value)} bytes; the limit is {max_bytes}")
-    topic_channel = channel_of_topic(topic)
+    rules = policy or _policy
+    topic_channel = rules.topics.channel_of(topic)
     if topic_channel is None:
         return Rejection(Reason.UNKNOWN_TOPIC, f"topic {topic!r} is not a channel topic")
     try:
@@ -111,7 +114,6 @@ def decode(
             Reason.WRONG_CHANNEL,
             f"event {event.event_id} says channel {event.channel.value!r} but arrived on {topic!r}",
         )
-    rules = policy or _policy
     when = now or datetime.now(UTC)
     occurred = event.occurred_at
     earliest = rules.earliest(when)

@@ -25,6 +25,7 @@ def decode_policy(settings: Settings) -> decode.Policy:
         max_ahead=timedelta(seconds=settings.max_event_ahead_seconds),
         history_since=aware(settings.history_since),
         check_key=settings.check_message_key,
+        topics=settings.topics,
     )
 
 

@@ -20,27 +20,25 @@ from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
 from typing import Any
 
-from pipeline.events.models import Channel, EventBase, to_json
-from pipeline.events.topics import interaction_topic
+from pipeline.events.models import EventBase, to_json
+from pipeline.events.topics import DEFAULT_TOPICS, TopicNames
 from pipeline.simulator.faults import Delivery, FaultConfig, FaultInjector, Message
 from pipeline.simulator.model import SimConfig, Simulation
 from pipeline.simulator.truth import iso_ms, write_truth
 
 __all__ = ["BackgroundRun", "delivered", "delivery_of", "summary_of"]
 
-_TOPICS: dict[Channel, str] = {c: interaction_topic(c) for c in Channel}
 
-
-def delivery_of(event: EventBase, event_ms: int) -> Delivery:
+def delivery_of(event: EventBase, event_ms: int, topics: TopicNames = DEFAULT_TOPICS) -> Delivery:
     """A valid event as a Kafka message: its channel's topic, key = contact_id, canonical JSON value."""
-    return Delivery(_TOPICS[event.channel], event.contact_id.encode(), to_json(event), event_ms)
+    return Delivery(topics.interactions[event.channel], event.contact_id.encode(), to_json(event), event_ms)
 
 
-def delivered(sim: Simulation, injector: FaultInjector) -> Iterator[Message]:
+def delivered(sim: Simulation, injector: FaultInjector, topics: TopicNames = DEFAULT_TOPICS) -> Iterator[Message]:
     """Run the model and the fault injector: every message to deliver, in delivery order."""
     feed = injector.feed
     for event_ms, event in sim.run():
-        yield from feed(delivery_of(event, event_ms))
+        yield from feed(delivery_of(event, event_ms, topics))
     yield from injector.flush()
 
 
@@ -73,14 +71,16 @@ def summary_of(sim: Simulation, injector: FaultInjector, *, interrupted: bool = 
 _BATCH = 4000
 
 
-def _generate(conn: Connection, stop: MpEvent, config: SimConfig, faults: FaultConfig, truth: Path | None) -> None:
+def _generate(
+    conn: Connection, stop: MpEvent, config: SimConfig, faults: FaultConfig, truth: Path | None, topics: TopicNames
+) -> None:
     """Child process: run the model and the injector, send message batches, write the truth."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     try:
         sim = Simulation(config)
         injector = FaultInjector(faults, config.seed, sim.tag)
         batch: list[tuple[Any, ...]] = []
-        for m in delivered(sim, injector):
+        for m in delivered(sim, injector, topics):
             batch.append((m.deliver_ms, m.topic, m.key, m.value, m.event_ms, m.kind, m.late, m.bad_kind))
             if len(batch) >= _BATCH:
                 conn.send(batch)
@@ -103,7 +103,9 @@ class BackgroundRun:
     `messages()`, then read `summary`. `stop()` asks the generator to wind down (the truth then
     describes the run up to that moment); everything generated is still yielded."""
 
-    def __init__(self, config: SimConfig, faults: FaultConfig, truth: Path | None) -> None:
+    def __init__(
+        self, config: SimConfig, faults: FaultConfig, truth: Path | None, topics: TopicNames = DEFAULT_TOPICS
+    ) -> None:
         # fork: nothing to re-import and no `__main__` guard needed; callers start this before any
         # thread (e.g. Kafka's client) exists.
         context: Any = multiprocessing.get_context(
@@ -113,7 +115,10 @@ class BackgroundRun:
         receiver, sender = context.Pipe(duplex=False)
         self._conn = receiver
         self._process = context.Process(
-            target=_generate, args=(sender, self._stop, config, faults, truth), name="touchline-simulator", daemon=True
+            target=_generate,
+            args=(sender, self._stop, config, faults, truth, topics),
+            name="touchline-simulator",
+            daemon=True,
         )
         self._process.start()
         sender.close()

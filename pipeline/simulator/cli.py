@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 import click
 
 from pipeline.config import ConfigError, Settings, load_settings
-from pipeline.events.topics import topic_specs
+from pipeline.events.topics import TopicNames
 from pipeline.simulator import BackgroundRun, delivered, summary_of, tickets
 from pipeline.simulator.faults import FaultConfig, FaultInjector, Message
 from pipeline.simulator.model import SimConfig, Simulation, start_ms_of
@@ -102,7 +102,7 @@ def open_kafka(settings: Settings, client_id: str) -> KafkaSink:
     if not probe_broker(bootstrap, timeout=5.0, options=security):
         raise DeliveryError(f"cannot reach Kafka at {bootstrap}{hint}")
     try:
-        ensure_topics(bootstrap, topic_specs(settings.topic_partitions), options=security)
+        ensure_topics(bootstrap, settings.topics.specs(settings.topic_partitions), options=security)
     except Exception as error:
         raise DeliveryError(f"cannot create topics on Kafka at {bootstrap}: {error}{hint}") from None
     return KafkaSink(bootstrap, client_id=client_id, security=security)
@@ -259,7 +259,7 @@ def simulate_command(
     threads). Agents are staffed per queue and hour; waits, abandonment and SLA breaches emerge from
     staffing and customer patience. Unresolved issues come back, often on another channel.
 
-    Each event goes to touchline.interactions.<channel> with key = contact_id and the canonical JSON
+    Each event goes to <topic prefix>.interactions.<channel> with key = contact_id and the canonical JSON
     as value, in event-time order except for injected faults. With --out the stream goes to a file
     instead (replay it later with `touchline replay`). Ctrl-C stops cleanly: what was generated is
     flushed and the truth describes the run up to that moment.
@@ -300,7 +300,7 @@ def simulate_command(
     )
     faults = FaultConfig(duplicate_rate, late_rate, max_lateness, bad_rate)
     # At full speed the model runs in its own process (started before Kafka's client threads exist).
-    background = BackgroundRun(config, faults, truth) if speed == 0 else None
+    background = BackgroundRun(config, faults, truth, settings.topics) if speed == 0 else None
     sink: Sink
     if out is not None:
         target = str(out)
@@ -324,7 +324,9 @@ def simulate_command(
             f"{'max' if speed == 0 else f'{speed:g}x'} -> {target}; Ctrl-C stops",
             err=True,
         )
-    summary = _run(config, faults, truth, sink, speed, quiet, background, not_ahead=not allow_future)
+    summary = _run(
+        config, faults, truth, sink, speed, quiet, background, not_ahead=not allow_future, topics=settings.topics
+    )
     _print_summary(summary, target)
 
 
@@ -338,6 +340,7 @@ def _run(
     background: BackgroundRun | None,
     *,
     not_ahead: bool = True,
+    topics: TopicNames,
 ) -> dict[str, Any]:
     """Generate and deliver; returns the summary (plus the delivery report's numbers)."""
     sim: Simulation | None = None
@@ -349,7 +352,7 @@ def _run(
         else:
             sim = Simulation(config)
             injector = FaultInjector(faults, config.seed, sim.tag)
-            messages, on_stop = delivered(sim, injector), sim.stop
+            messages, on_stop = delivered(sim, injector, topics), sim.stop
         try:
             report = deliver(
                 messages, sink, pacer, on_stop=on_stop, progress=_progress_printer(not quiet), progress_every=1000

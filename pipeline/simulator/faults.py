@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pipeline.events.models import Channel
-from pipeline.events.topics import interaction_topic
+from pipeline.events.topics import TopicNames
 from pipeline.simulator.truth import BadMessageTruth
 
 BAD_KINDS: tuple[str, ...] = (
@@ -229,7 +229,9 @@ def make_bad(kind: str, template: Delivery, rng: random.Random, bad_id: str) -> 
         other = rng.choice([c for c in Channel if c != current])
         # Valid as an event, but sent to the topic of another channel.
         body = dict(source, event_id=bad_id)
-        return interaction_topic(other), dumps(body)
+        names = TopicNames.of_interaction_topic(topic)
+        assert names is not None, f"{topic!r} is not a channel topic"
+        return names.interaction(other), dumps(body)
     if kind == "oversized":
         body = dict(source, event_id=bad_id, transcript="lorem ipsum " * (OVERSIZED_BYTES // 12 + 1))
         return topic, dumps(body)

@@ -36,7 +36,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from clickhouse_connect.driver.client import Client
 
 from pipeline.events.models import EventBase, to_json
-from pipeline.events.topics import LATE_TOPIC, SLA_TOPIC, channel_of_topic
+from pipeline.events.topics import TopicNames
 from pipeline.ingest.decode import Rejection, decode
 from pipeline.ingest.dedup import RecentIds
 from pipeline.kpi.windows import MAX_WINDOWS_PER_EMIT, LateEvent
@@ -74,8 +74,10 @@ class AnalyticsStage:
         max_event_bytes: int,
         dedup_capacity: int,
         on_terminal: Callable[[BaseException], Awaitable[None]],
+        topics: TopicNames,
     ) -> None:
         self.stages = stages
+        self.topics = topics
         self.store = StateStore(stages.app_id, STAGE)
         self.outbox = outbox
         self._client = client
@@ -100,7 +102,7 @@ class AnalyticsStage:
                 state = self.stages.partitions.get((tp.topic, tp.partition))
                 if state is None:  # not ours (any more): its new owner reads it
                     continue
-                channel = channel_of_topic(tp.topic)
+                channel = self.topics.channel_of(tp.topic)
                 label = channel.value if channel else "unknown"
                 for start in range(0, len(records), HANDLE_SLICE):
                     self._apply(state, records[start : start + HANDLE_SLICE], tp.topic, label)
@@ -352,7 +354,7 @@ class AnalyticsStage:
                 "touchline.source.partition": str(item.partition[1]).encode(),
             }
             messages.append((item.event.contact_id.encode(), to_json(item.event), headers))
-        self.outbox.messages(LATE_TOPIC, messages)
+        self.outbox.messages(self.topics.late, messages)
 
     def _sla(self, events: list[SlaEvent], now: datetime) -> None:
         if not events:
@@ -366,7 +368,7 @@ class AnalyticsStage:
                 metrics.SLA_DETECTION_SECONDS.observe(max(0.0, (now - item.deadline).total_seconds()))
             body = json.dumps(item.to_dict(), separators=(",", ":"), default=str).encode()
             messages.append((item.contact_id.encode(), body, None))
-        self.outbox.messages(SLA_TOPIC, messages)
+        self.outbox.messages(self.topics.sla, messages)
 
     # ------------------------------------------------------------------ erasure, introspection
 

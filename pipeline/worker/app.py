@@ -24,12 +24,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.config import Settings
 from pipeline.events.models import EventBase
-from pipeline.events.topics import (
-    DEADLETTER_TOPIC,
-    INTERACTION_TOPICS,
-    JOURNEY_EVENTS_TOPIC,
-    topic_specs,
-)
 from pipeline.kafka_security import client_options, faust_credentials
 from pipeline.kpi.definitions import KpiConfig
 from pipeline.privacy import erasure
@@ -78,7 +72,7 @@ class Shared:
             stage,
             self.settings.bootstrap_servers,
             f"{self.settings.app_id}-{stage}",
-            list(INTERACTION_TOPICS.values()),
+            list(self.settings.topics.interactions.values()),
             hooks,
             security=client_options(self.settings),
             max_records=self.settings.batch_max_rows,
@@ -92,7 +86,9 @@ class Shared:
 
 def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     configure_worker(settings)  # plausible times, message keys, pseudonyms: before any stage decodes
-    ensure_topics(settings.bootstrap_servers, topic_specs(settings.topic_partitions), options=client_options(settings))
+    ensure_topics(
+        settings.bootstrap_servers, settings.topics.specs(settings.topic_partitions), options=client_options(settings)
+    )
     client = connect(settings.clickhouse_url, settings.clickhouse_database)
     applied = migrate(client)
     if applied:
@@ -203,7 +199,7 @@ def _ingest(shared: Shared) -> IngestSink:
     settings, app = shared.settings, shared.app
 
     async def send_dead_letters(messages: list[Outgoing]) -> None:
-        await produce(app, DEADLETTER_TOPIC, messages)
+        await produce(app, settings.topics.deadletter, messages)
 
     consumer: BatchConsumer | None = None
 
@@ -222,6 +218,7 @@ def _ingest(shared: Shared) -> IngestSink:
         max_event_bytes=settings.max_event_bytes,
         dedup_capacity=settings.dedup_cache_size,
         on_written=written,
+        topics=settings.topics,
     )
     erasure.register("ingest", sink.forget)
 
@@ -252,7 +249,7 @@ SLA_RELEASE_PER_TICK = 2_000
 def _analytics(shared: Shared) -> AnalyticsStage:
     """KPI windows and SLA clocks per source partition, and the journey stage."""
     settings, app, client, executor = shared.settings, shared.app, shared.client, shared.executor
-    journey_events_topic = app.topic(JOURNEY_EVENTS_TOPIC, value_serializer="raw", key_serializer="raw")
+    journey_events_topic = app.topic(settings.topics.journey_events, value_serializer="raw", key_serializer="raw")
     kpi_config = KpiConfig(
         allowed_lateness_seconds=settings.kpi_allowed_lateness_seconds,
         idle_timeout_seconds=settings.kpi_idle_seconds,
@@ -272,7 +269,7 @@ def _analytics(shared: Shared) -> AnalyticsStage:
         await produce(app, topic, messages)
 
     async def forward_to_journeys(events: list[tuple[EventBase, bytes]]) -> None:
-        await forward_events(app, events)
+        await forward_events(app, settings.topics.journey_events, events)
 
     stages.release_limit = SLA_RELEASE_PER_TICK
     analytics = AnalyticsStage(
@@ -284,6 +281,7 @@ def _analytics(shared: Shared) -> AnalyticsStage:
         max_event_bytes=settings.max_event_bytes,
         dedup_capacity=settings.dedup_cache_size,
         on_terminal=app.crash,
+        topics=settings.topics,
     )
     analytics.consumer = shared.channel_consumer(
         "analytics", StageHooks(analytics.handle, analytics.assigned, analytics.revoked, analytics.busy)

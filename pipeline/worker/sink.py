@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from clickhouse_connect.driver.client import Client
 
-from pipeline.events.topics import channel_of_topic
+from pipeline.events.topics import TopicNames
 from pipeline.ingest.batch import Batch, Batcher, Source
 from pipeline.ingest.decode import Rejection, decode
 from pipeline.ingest.dedup import RecentIds
@@ -75,7 +75,9 @@ class IngestSink:
         max_event_bytes: int,
         dedup_capacity: int,
         on_written: Callable[[dict[Source, int]], None],
+        topics: TopicNames,
     ) -> None:
+        self._topics = topics
         self._client = client
         self._executor = executor
         self._send_dead_letters = send_dead_letters
@@ -94,7 +96,7 @@ class IngestSink:
         now = time.monotonic()
         channel = self._channels.get(topic)
         if channel is None:
-            known = channel_of_topic(topic)
+            known = self._topics.channel_of(topic)
             channel = self._channels[topic] = known.value if known else "unknown"
         counts = self._counts[channel]
         source = (topic, partition)

@@ -11,6 +11,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from pipeline.events.models import EventBase
+from pipeline.events.topics import DEFAULT_TOPICS
 from pipeline.ingest.decode import Policy, Reason, Rejection, decode
 from pipeline.store.clickhouse import BlockingExecutor
 from pipeline.store.rows import event_row
@@ -94,7 +95,7 @@ def test_the_sink_stores_every_valid_message_and_dead_letters_the_rest(clickhous
     async def main() -> None:
         sink = IngestSink(
             clickhouse, BlockingExecutor("hostile"), send, max_rows=5000, max_seconds=60,
-            max_event_bytes=1_000_000, dedup_capacity=0, on_written=committed.update,
+            max_event_bytes=1_000_000, dedup_capacity=0, on_written=committed.update, topics=DEFAULT_TOPICS,
         )  # fmt: skip
         records = [Message(offset, key, value) for offset, (key, value) in enumerate(messages)]
         for start in range(0, len(records), 500):

@@ -14,6 +14,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import OperationalError
 
+from pipeline.events.topics import DEFAULT_TOPICS
 from pipeline.store.clickhouse import BlockingExecutor
 from pipeline.worker import sink as sink_module
 from pipeline.worker.sink import DEAD_LETTER_MAX_BYTES, IngestSink, Outgoing, fitted_dead_letter
@@ -59,6 +60,7 @@ def run_sink(client: Any, messages: list[Msg], max_rows: int = 5000) -> tuple[li
             max_event_bytes=65536,
             dedup_capacity=0,
             on_written=committed.update,
+            topics=DEFAULT_TOPICS,
         )
         for offset, message in enumerate(messages):
             message.offset = offset
