@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -144,7 +144,45 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def run_readonly(client: Client, sql: str) -> tuple[list[str], list[list[Any]]]:
-    """Columns and JSON-friendly rows of one checked query on a client from `open_readonly`."""
-    result = client.query(check_statement(client, sql))
+def run_readonly(client: Client, sql: str, query_id: str | None = None) -> tuple[list[str], list[list[Any]]]:
+    """Columns and JSON-friendly rows of one checked query on a client from `open_readonly`. With a
+    `query_id` (from `new_query_id`) the query can be ended from another connection by `cancel`."""
+    text = check_statement(client, sql)
+    if query_id is None:
+        result = client.query(text)
+    else:
+        # a server takes the query_id; chDB drops it (clickhouse-connect treats it as an HTTP
+        # parameter), so the query also starts with a comment naming it, which system.processes keeps
+        result = client.query(f"{_mark(query_id)}{text}", settings={"query_id": query_id})
     return list(result.column_names), [[_plain(v) for v in row] for row in result.result_rows]
+
+
+_QUERY_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def new_query_id() -> str:
+    return uuid4().hex
+
+
+def _mark(query_id: str) -> str:
+    if not _QUERY_ID.match(query_id):
+        raise ValueError(f"not a query id from new_query_id: {query_id!r}")
+    return f"/* touchline-sql {query_id} */ "
+
+
+def open_control(dsn: str, database: str) -> Client:
+    """A connection that may end analysts' queries (`cancel`): the worker's own credentials, on a
+    handle of its own so a KILL never waits behind the worker's inserts. Analyst connections cannot
+    KILL: the statement guard refuses it."""
+    try:
+        return clickhouse_connect.get_client(dsn=dsn, database=database)
+    except Exception as error:
+        raise open_error(dsn, error) from error
+
+
+def cancel(control: Client, query_id: str) -> None:
+    """End the query `run_readonly` runs with `query_id`, if it still runs (without waiting for it).
+    Embedded chDB kills in-process; a server needs `control`'s user to hold the KILL QUERY grant
+    when analysts' queries run as another user."""
+    mark = _mark(query_id)
+    control.command(f"KILL QUERY WHERE query_id = '{query_id}' OR startsWith(query, '{mark}') ASYNC")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -88,6 +89,43 @@ def test_analyst_endpoints_are_bounded_and_authenticated(guarded: Workspace) -> 
     log = worker.log.read_text(errors="replace")
     assert TOKEN not in log, "the token appears in the worker's log"
     assert PHONE_DIGITS not in log, "a looked-up phone number appears in the worker's log"
+    assert "Traceback" not in log
+
+
+def test_a_query_whose_client_goes_away_is_cancelled(kafka: str, tmp_path: Path) -> None:
+    limit = 300
+    env = {"TOUCHLINE_SQL_MAX_EXECUTION_SECONDS": str(limit), "TOUCHLINE_SQL_CONNECTIONS": "2"}
+    running = (
+        "SELECT count() FROM system.processes"
+        " WHERE query LIKE '%system.numbers%' AND query NOT LIKE '%system.processes%'"
+    )
+    with open_workspace(kafka, tmp_path, env) as space:
+        worker = space.start_worker()
+        endless = b"SELECT count() FROM system.numbers"
+        with socket.create_connection(("127.0.0.1", worker.port), timeout=10) as client:
+            client.sendall(
+                b"POST /sql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
+                + f"Content-Length: {len(endless)}\r\n\r\n".encode()
+                + endless
+            )
+            time.sleep(1.0)
+            before = worker.sql(running)
+        dropped = time.monotonic()
+        while (left := worker.sql(running)) != [[0]] and time.monotonic() - dropped < 20:
+            time.sleep(0.1)
+        ended = time.monotonic() - dropped
+        # both connections are free again: two queries at once answer at once
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(worker.sql, ["SELECT 1", "SELECT 2"]))
+        answered = time.monotonic() - dropped
+        worker.stop()
+        log = worker.log.read_text(errors="replace")
+    print(
+        f"client dropped after 1 s: its query ended within {ended:.2f} s; two queries answered after {answered:.2f} s"
+    )
+    assert before == [[1]], "the endless query was not running before its client went away"
+    assert left == [[0]] and ended < 3.0, f"the query of a client gone ran on for {ended:.1f} s (limit {limit} s)"
+    assert answers == [[[1]], [[2]]] and answered < 5.0
     assert "Traceback" not in log
 
 

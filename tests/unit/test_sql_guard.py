@@ -18,7 +18,7 @@ from pipeline.config import ConfigError, Settings
 from pipeline.privacy import access
 from pipeline.store import clickhouse as store
 from pipeline.store.readonly import Limits, QueryRefused, open_readonly, run_readonly, statement
-from pipeline.worker.sql_view import ReadonlyPool, _json
+from pipeline.worker.sql_view import ClientGone, ReadonlyPool, _json
 
 LIMIT_SECONDS = 2.0
 
@@ -122,6 +122,41 @@ def test_one_slow_query_does_not_hold_up_another(clickhouse: Client) -> None:
     asyncio.run(main())
     pool.close()
     assert finished == ["quick", "slow"]
+
+
+RUNNING_NUMBERS = (
+    "SELECT count() FROM system.processes"
+    " WHERE query LIKE '%touchline-sql%system.numbers%' AND query NOT LIKE '%system.processes%'"
+)
+
+
+def test_a_query_whose_caller_goes_away_is_cancelled(clickhouse: Client) -> None:
+    dsn, database = dsn_of(clickhouse)
+    limit = 120.0
+    pool = ReadonlyPool(dsn, database, Limits(max_execution_seconds=limit), size=1)
+    dropped: list[float] = []
+
+    async def main() -> tuple[int, float, float]:
+        endless = asyncio.ensure_future(
+            pool.run("SELECT count() FROM system.numbers", _json, gone=lambda: bool(dropped))
+        )
+        await asyncio.sleep(1.0)
+        running = int(clickhouse.query(RUNNING_NUMBERS).result_rows[0][0])
+        dropped.append(time.monotonic())
+        with pytest.raises(ClientGone):
+            await asyncio.wait_for(endless, 10)
+        ended = time.monotonic() - dropped[0]
+        # the pool's only connection is back: the next query runs at once
+        answer = await asyncio.wait_for(pool.run("SELECT 1", _json), 10)
+        assert json.loads(answer)["rows"] == [[1]]
+        return running, ended, time.monotonic() - dropped[0]
+
+    running, ended, answered = asyncio.run(main())
+    pool.close()
+    print(f"caller gone: query ended after {ended:.2f} s, the next query answered after {answered:.2f} s")
+    assert running == 1, "the endless query was not running when its caller went away"
+    assert int(clickhouse.query(RUNNING_NUMBERS).result_rows[0][0]) == 0
+    assert answered < 3.0 < limit
 
 
 @pytest.fixture
