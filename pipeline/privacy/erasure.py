@@ -22,6 +22,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from pipeline.privacy.identifiers import is_placeholder
 from pipeline.privacy.pseudonym import Pseudonymiser, normalise
 
 log = logging.getLogger(__name__)
@@ -75,10 +76,19 @@ def _rows(client: Client, sql: str, **parameters: Any) -> list[tuple[Any, ...]]:
     return [tuple(r) for r in client.query(sql, parameters=parameters).result_rows]
 
 
+def placeholder_refusal(kind: str) -> str:
+    return (
+        f"that {kind} is a placeholder (such as 0000000000, anonymous, noreply@...), not a person's: "
+        "Touchline stores none, and forgetting by it would remove everyone who sent it"
+    )
+
+
 def resolve(client: Client, kind: str, value: str, hasher: Pseudonymiser | None) -> Subject:
     """Who `kind`=`value` is, in the store (blocking)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}")
+    if is_placeholder(kind, value):  # dead letters keep raw messages: it would match every one sent with it
+        raise ValueError(placeholder_refusal(kind))
     stored = hasher.value(kind, value) if hasher is not None else value
     clear = tuple(dict.fromkeys(v for v in (value, normalise(kind, value)) if v))
     contacts = {

@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from pipeline.privacy.erasure import KINDS
+from pipeline.privacy.erasure import KINDS, placeholder_refusal
+from pipeline.privacy.identifiers import is_placeholder
 
 
 @click.command("forget")
@@ -34,6 +35,8 @@ def forget_command(kind: str | None, value: str | None, customer_id: str | None,
         kind, value = "customer_id", customer_id
     if kind is None or value is None or not value.strip():
         fail("give --kind and --value (or --customer-id)", 2)
+    if is_placeholder(kind, value):
+        fail(placeholder_refusal(kind), 2)
     settings = settings_or_exit()
     through = route(settings).worker_url  # the worker holding the embedded store, when one runs
     if through is None and not settings.embedded_clickhouse and worker_health(settings.worker_url):

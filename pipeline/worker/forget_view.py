@@ -12,6 +12,7 @@ from clickhouse_connect.driver.client import Client
 from faust.web import Request, Response, View
 
 from pipeline.privacy import access, erasure, pseudonym
+from pipeline.privacy.identifiers import is_placeholder
 from pipeline.store.clickhouse import BlockingExecutor
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ def install_forget_view(app: faust.App, client: Client, executor: BlockingExecut
                 return self.json({"error": 'send {"kind": "<identifier kind>", "value": "<identifier>"}'}, status=400)
             if kind not in erasure.KINDS or not value.strip():
                 return self.json({"error": f"kind must be one of {', '.join(erasure.KINDS)}"}, status=400)
+            if is_placeholder(kind, value):
+                return self.json({"error": erasure.placeholder_refusal(kind)}, status=400)
             subject = await executor.run(erasure.resolve, client, kind, value, pseudonym.active())
             state = await erasure.run_hooks(subject)
             tables = await executor.run(erasure.delete_rows, client, subject)

@@ -116,7 +116,7 @@ def test_forgetting_one_person_removes_every_row_of_theirs_and_nothing_else(clic
 
 
 def test_an_unknown_person_removes_nothing(clickhouse: Client) -> None:
-    subject = erasure.resolve(clickhouse, "email", "nobody@example.invalid", HASHER)
+    subject = erasure.resolve(clickhouse, "email", "absent.person@example.com", HASHER)
     assert subject.contact_ids == frozenset()
     removed = erasure.delete_rows(clickhouse, subject)
     assert set(removed.values()) == {0}
