@@ -39,6 +39,7 @@ import gc
 import hashlib
 import heapq
 import itertools
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -46,7 +47,7 @@ from typing import Any, Literal
 from pipeline.events.models import EventBase
 from pipeline.journeys.contact import ContactSummary, Score, from_ms
 from pipeline.journeys.effort import EffortInputs, effort_score
-from pipeline.journeys.identity import IdentityConfig, IdentityGraph, Merge, Resolution
+from pipeline.journeys.identity import IdentityConfig, IdentityGraph, Merge, Refusal, Resolution
 from pipeline.journeys.record import ContactRecord
 
 SECOND = 1000
@@ -413,9 +414,15 @@ class Emitted:
         )
 
 
+_STEP_VALUES = operator.attrgetter(*JourneyStep.__dataclass_fields__)
+_JOURNEY_VALUES = operator.attrgetter(*(f for f in Journey.__dataclass_fields__ if f != "steps"))
+
+
 def digest(journey: Journey) -> str:
-    """A stable digest of a journey's content (the same in every process, unlike `hash`)."""
-    return hashlib.blake2b(repr(journey).encode(), digest_size=12).hexdigest()
+    """A stable digest of a journey's content (the same in every process, unlike `hash`): of a
+    plain tuple of its values (the dataclasses' own repr took 3 times longer)."""
+    content = (_JOURNEY_VALUES(journey), [_STEP_VALUES(step) for step in journey.steps])
+    return hashlib.blake2b(repr(content).encode(), digest_size=12).hexdigest()
 
 
 class JourneyStore:
@@ -724,25 +731,39 @@ class Stitcher:
         contact_id = delta.contact_id
         record = self.records.get(contact_id)
         was: str | bool | None = None  # the contact's intent before this change (a new contact has none)
-        if record is not None and record.active:
-            was = None if record.intent is None else record.intent[2]
+        graph = self.graph
         if record is None:
-            record = self.records[contact_id] = ContactRecord(contact_id, seq=delta.seq)
-            record.merge(delta)
+            # the delta is the stage's own object (read from a message): it becomes the record
+            record = self.records[contact_id] = delta
             heapq.heappush(self._expiry, (self._first_check(record), contact_id))
             self.record_changes.add(contact_id)
-        elif record.merge(delta):
-            self.record_changes.add(contact_id)
+            ids: Iterable[tuple[str, str]] = delta.ids
+            links: Iterable[tuple[str, str, str, str]] = delta.links
+            tie = True
+        else:
+            if record.active:
+                was = None if record.intent is None else record.intent[2]
+            # identifiers and links the contact carried before are in the graph already (or were
+            # refused): tied once, at their first arrival, as a restore ties them
+            ids = [i for i in delta.ids if i not in record.ids]
+            links = [link for link in delta.links if link not in record.links]
+            tie = bool(ids or links) or graph.customer_of_contact(contact_id) is None
+            if record.merge(delta):
+                self.record_changes.add(contact_id)
         self.as_of_ms = max(self.as_of_ms, record.seen_us // 1000)
-        first = self.graph.add_contact_values(contact_id, delta.ids)
-        merges, refusals = list(first.merges), list(first.refusals)
-        for link in delta.links:
-            linked = self.graph.link_values(*link)
-            merges += linked.merges
-            refusals += linked.refusals
-        for merge in merges:
-            self.store.apply_merge(merge)
-        customer = self.graph.customer_of_contact(contact_id)
+        merges: list[Merge] = []
+        refusals: list[Refusal] = []
+        if tie:
+            first = graph.add_contact_values(contact_id, ids)
+            merges += first.merges
+            refusals += first.refusals
+            for link in links:
+                linked = graph.link_values(*link)
+                merges += linked.merges
+                refusals += linked.refusals
+            for merge in merges:
+                self.store.apply_merge(merge)
+        customer = graph.customer_of_contact(contact_id)
         assert customer is not None
         if record.active:
             # dirty even when nothing changed: after a crash the re-read input must recompute what
@@ -931,19 +952,26 @@ class Stitcher:
     ) -> Stitcher:
         stitcher = cls(identity, journeys, keep_ms=keep_ms, identity_retention_ms=identity_retention_ms)
         ops: list[tuple[int, int, int, str, Any]] = []
+        append = ops.append
+        kept = stitcher.records
         n = 0
         for record in records:
-            stitcher.records[record.contact_id] = record
-            by_seq: dict[int, list[tuple[str, str]]] = {record.seq: []}
-            for ident, seq in record.ids.items():
-                by_seq.setdefault(seq, []).append(ident)
-            for seq, idents in by_seq.items():
-                ops.append((seq, 0, n, record.contact_id, idents))
+            contact_id, first_seq, ids = record.contact_id, record.seq, record.ids
+            kept[contact_id] = record
+            if all(seq == first_seq for seq in ids.values()):  # the usual case: one arrival
+                append((first_seq, 0, n, contact_id, list(ids)))
                 n += 1
+            else:
+                by_seq: dict[int, list[tuple[str, str]]] = {first_seq: []}
+                for ident, seq in ids.items():
+                    by_seq.setdefault(seq, []).append(ident)
+                for seq, idents in by_seq.items():
+                    append((seq, 0, n, contact_id, idents))
+                    n += 1
             for link, seq in record.links.items():
-                ops.append((seq, 1, n, record.contact_id, link))
+                append((seq, 1, n, contact_id, link))
                 n += 1
-        ops.sort(key=lambda op: op[:3])
+        ops.sort()  # n is unique: tuples never compare past it
         graph = stitcher.graph
         graph.restoring = True
         for _, kind, _, contact_id, payload in ops:
@@ -978,43 +1006,57 @@ class Stitcher:
 def journey_row(emitted: JourneyVersion) -> dict[str, Any]:
     """The `journeys` row of an emitted journey (times as aware datetimes)."""
     j = emitted.journey
-
-    def at(ms: int | None) -> Any:
-        return None if ms is None else from_ms(ms)
-
-    def score(s: Score | None) -> int | None:
-        return None if s is None else s.score
-
+    steps = j.steps
+    # one pass over the steps (the Journey properties each walk them again: twice the cost)
+    contact_ids: list[str] = []
+    path: list[str] = []
+    switches = transfers = handoffs = contained = zero_outs = abandoned = 0
+    previous: str | None = None
+    for step in steps:
+        contact_ids.append(step.contact_id)
+        channel = step.channel
+        path.append(channel)
+        if previous is not None and channel != previous:
+            switches += 1
+        previous = channel
+        transfers += step.transfers
+        handoffs += step.handed_off
+        contained += step.bot_contained
+        zero_outs += step.ivr_zero_out
+        abandoned += step.abandoned
+    started, human, resolved_at = j.started_at, j.first_human_at, j.resolved_at
+    resolved = resolved_at is not None
+    csat, ces, nps = j.csat, j.ces, j.nps
     return {
         "journey_id": j.journey_id,
         "customer_key": j.customer,
         "intent": j.intent or "",
         "status": j.status,
-        "started_at": at(j.started_at),
-        "last_activity_at": at(j.last_activity_at),
-        "contact_ids": list(j.contact_ids),
-        "channel_path": list(j.channel_path),
-        "contacts": j.contacts,
-        "channel_switches": j.channel_switches,
-        "transfers": j.transfers,
-        "bot_handoffs": j.bot_handoffs,
-        "bot_contained_contacts": j.bot_contained_contacts,
-        "ivr_zero_outs": j.ivr_zero_outs,
-        "abandoned_contacts": j.abandoned_contacts,
-        "starts_with_bot": int(j.starts_with_bot),
-        "first_human_at": at(j.first_human_at),
+        "started_at": from_ms(started),
+        "last_activity_at": from_ms(j.last_activity_at),
+        "contact_ids": contact_ids,
+        "channel_path": path,
+        "contacts": len(steps),
+        "channel_switches": switches,
+        "transfers": transfers,
+        "bot_handoffs": handoffs,
+        "bot_contained_contacts": contained,
+        "ivr_zero_outs": zero_outs,
+        "abandoned_contacts": abandoned,
+        "starts_with_bot": int(steps[0].was_bot),
+        "first_human_at": None if human is None else from_ms(human),
         "first_human_channel": j.first_human_channel or "",
-        "time_to_first_human_s": j.time_to_first_human_s,
-        "resolved": int(j.resolved),
-        "resolved_at": at(j.resolved_at),
+        "time_to_first_human_s": None if human is None else round((human - started) / 1000, 3),
+        "resolved": int(resolved),
+        "resolved_at": None if resolved_at is None else from_ms(resolved_at),
         "resolved_by": j.resolved_by or "",
-        "resolving_channel": j.resolving_channel or "",
-        "time_to_resolution_s": j.time_to_resolution_s,
-        "first_contact_resolved": int(j.first_contact_resolved),
+        "resolving_channel": steps[-1].channel if resolved else "",
+        "time_to_resolution_s": None if resolved_at is None else round((resolved_at - started) / 1000, 3),
+        "first_contact_resolved": int(len(steps) == 1 and resolved and not j.reopened),
         "reopened": int(j.reopened),
-        "last_csat": score(j.csat),
-        "last_ces": score(j.ces),
-        "last_nps": score(j.nps),
+        "last_csat": None if csat is None else csat.score,
+        "last_ces": None if ces is None else ces.score,
+        "last_nps": None if nps is None else nps.score,
         "effort_score": j.effort,
         "version": emitted.version,
         "is_deleted": int(emitted.deleted),

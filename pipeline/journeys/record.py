@@ -146,47 +146,62 @@ class ContactRecord:
 
     def merge(self, other: ContactRecord) -> bool:
         """Fold another record of the same contact in. True when this record changed."""
-        before = self.state_key()
+        # each field compared as it is folded (comparing a key of the whole record before and after
+        # cost as much as the rest of the merge)
+        changed = False
         if other.first is not None and (self.first is None or other.first[:2] < self.first[:2]):
             self.first = other.first
-        self.last_us = max(self.last_us, other.last_us)
+            changed = True
+        if other.last_us > self.last_us:
+            self.last_us = other.last_us
+            changed = True
         if other.intent is not None and (self.intent is None or other.intent[:2] > self.intent[:2]):
             self.intent = other.intent
-        self.ended_us = _max(self.ended_us, other.ended_us)
-        self.assigned_us = _min(self.assigned_us, other.assigned_us)
-        self.reply_us = _min(self.reply_us, other.reply_us)
-        self.marks.update(other.marks)
-        self.transfers |= other.transfers
-        self.flags |= other.flags
+            changed = True
+        if other.ended_us is not None and (self.ended_us is None or other.ended_us > self.ended_us):
+            self.ended_us = other.ended_us
+            changed = True
+        if other.assigned_us is not None and (self.assigned_us is None or other.assigned_us < self.assigned_us):
+            self.assigned_us = other.assigned_us
+            changed = True
+        if other.reply_us is not None and (self.reply_us is None or other.reply_us < self.reply_us):
+            self.reply_us = other.reply_us
+            changed = True
+        marks = self.marks
+        for eid, mark in other.marks.items():
+            if marks.get(eid) != mark:
+                marks[eid] = mark
+                changed = True
+        if other.transfers and not other.transfers <= self.transfers:
+            self.transfers |= other.transfers
+            changed = True
+        if other.flags | self.flags != self.flags:
+            self.flags |= other.flags
+            changed = True
         for survey, answer in other.surveys.items():
             known = self.surveys.get(survey)
             if known is None or answer[:2] > known[:2]:
                 self.surveys[survey] = answer
+                changed = True
+        ids = self.ids
         for ident, seq in other.ids.items():
-            self.ids[ident] = min(seq, self.ids.get(ident, seq))
+            known_seq = ids.get(ident)
+            if known_seq is None or seq < known_seq:
+                ids[ident] = seq
+                changed = True
+        links = self.links
         for link, seq in other.links.items():
-            self.links[link] = min(seq, self.links.get(link, seq))
-        self.seq = min(self.seq, other.seq)
-        self.seen_us = max(self.seen_us, other.seen_us)
-        return self.state_key() != before
-
-    def state_key(self) -> tuple[Any, ...]:
-        return (
-            self.first,
-            self.last_us,
-            self.intent,
-            self.ended_us,
-            self.assigned_us,
-            self.reply_us,
-            len(self.marks),
-            len(self.transfers),
-            self.flags,
-            tuple(sorted(self.surveys.items())),
-            tuple(sorted(self.ids.items())),
-            tuple(sorted(self.links.items())),
-            self.seq,
-            self.seen_us,
-        )
+            known_seq = links.get(link)
+            if known_seq is None or seq < known_seq:
+                links[link] = seq
+                changed = True
+        if other.seq < self.seq:
+            self.seq = other.seq
+            changed = True
+        if other.seen_us > self.seen_us:
+            self.seen_us = other.seen_us
+            changed = True
+        return changed
 
     def with_seq(self, seq: int) -> ContactRecord:
         """This record (a forwarded delta) stamped with its arrival order in the journey stage."""

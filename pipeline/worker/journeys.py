@@ -121,10 +121,21 @@ def journey_document(
     return document
 
 
+def _iso(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def journey_json(
     version: JourneyVersion, row: dict[str, Any] | None = None, steps: list[dict[str, Any]] | None = None
 ) -> bytes:
-    return json.dumps(journey_document(version, row, steps), separators=(",", ":")).encode()
+    """`journey_document` as JSON bytes. The rows' times (their only datetimes) are rendered by the
+    encoder as it meets them: no copy of every row (half the cost of a version's outputs)."""
+    row = journey_row(version) if row is None else row
+    steps = step_rows(version) if steps is None else steps
+    document = {**row, "steps": [step for step in steps if not step["is_deleted"]]}
+    return json.dumps(document, separators=(",", ":"), default=_iso).encode()
 
 
 LOOKUP_KINDS = {kind.value: kind for kind in IdentifierKind}

@@ -4,6 +4,7 @@ and an uninterrupted run of the same input."""
 
 from __future__ import annotations
 
+import json
 import random
 from collections import defaultdict
 from dataclasses import replace
@@ -17,11 +18,11 @@ from pipeline.events.models import EventBase
 from pipeline.journeys import Stitcher, summarise
 from pipeline.journeys.contact import to_ms
 from pipeline.journeys.identity import IdentityConfig, placeholder_values
-from pipeline.journeys.lifecycle import DAY, Emitted, Journey, JourneyVersion
+from pipeline.journeys.lifecycle import DAY, Emitted, Journey, JourneyVersion, journey_row
 from pipeline.journeys.record import ContactRecord, records_of
 from pipeline.privacy.pseudonym import Pseudonymiser
 from pipeline.simulator.model import SimConfig, Simulation
-from pipeline.worker.journeys import arrival_seq
+from pipeline.worker.journeys import arrival_seq, journey_document, journey_json
 
 START = to_ms(datetime(2026, 3, 2, tzinfo=UTC))
 
@@ -59,7 +60,9 @@ def test_merged_records_of_any_split_summarise_like_the_events(rnd: random.Rando
         merged = ContactRecord(contact_id)
         for piece in pieces:
             for record in records_of(piece):
-                merged.merge(ContactRecord.from_json(record.to_json()))
+                before = merged.to_dict()
+                changed = merged.merge(ContactRecord.from_json(record.to_json()))
+                assert changed == (merged.to_dict() != before)
         assert merged.summary() == replace(summarise(events), events=0)
 
 
@@ -140,6 +143,38 @@ def test_restored_state_continues_exactly_like_an_uninterrupted_run(
     emitted += feed(restored, batches[cut - 3 :], cut - 3)  # three unacknowledged batches again
     assert final(emitted) == reference
     assert sorted(restored.records) == sorted(whole.records)
+
+
+def test_rows_and_documents_say_what_the_journey_says() -> None:
+    """The `journeys` row and the topic document of every version of a simulated half day, against
+    the Journey's own properties and a plain rendering of `journey_document`."""
+    versions = feed(Stitcher(), batched(DAY_EVENTS[1], 500, random.Random(3)), 0)
+    assert len(versions) > 500 and any(v.deleted for v in versions)
+    for version in versions:
+        j, row = version.journey, journey_row(version)
+        expected = {
+            "contact_ids": list(j.contact_ids),
+            "channel_path": list(j.channel_path),
+            "contacts": j.contacts,
+            "channel_switches": j.channel_switches,
+            "transfers": j.transfers,
+            "bot_handoffs": j.bot_handoffs,
+            "bot_contained_contacts": j.bot_contained_contacts,
+            "ivr_zero_outs": j.ivr_zero_outs,
+            "abandoned_contacts": j.abandoned_contacts,
+            "starts_with_bot": int(j.starts_with_bot),
+            "time_to_first_human_s": j.time_to_first_human_s,
+            "resolved": int(j.resolved),
+            "resolving_channel": j.resolving_channel or "",
+            "time_to_resolution_s": j.time_to_resolution_s,
+            "first_contact_resolved": int(j.first_contact_resolved),
+        }
+        assert {key: row[key] for key in expected} == expected
+        plain = {
+            key: value.isoformat() if isinstance(value, datetime) else value
+            for key, value in journey_document(version).items()
+        }
+        assert json.loads(journey_json(version)) == json.loads(json.dumps(plain))
 
 
 def test_retention_keeps_results_and_bounds_the_state() -> None:
