@@ -10,6 +10,7 @@ SEED ?= 7
 BENCH_EVENTS ?= 1000000
 SOAK_DAYS ?= 4
 SOAK_RATE ?= 4000
+SOAK_SPEED ?= 500
 
 .PHONY: run test unit integration lint typecheck schemas bench soak clean install system-deps
 
@@ -31,7 +32,7 @@ run: $(STAMP)
 test: $(STAMP) system-deps lint typecheck
 	$(BIN)/touchline schemas --check
 	$(BIN)/python -m pipeline.dashboards --check
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q --durations=20 tests
 
 ## Prometheus and Alertmanager (Debian packages) for the alerting tests; skipped with a message when not root
 system-deps:
@@ -56,9 +57,9 @@ schemas: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pipeline.bench --events $(BENCH_EVENTS)
 
-## make soak [SOAK_DAYS=4] [SOAK_RATE=4000]: simulated days through one worker; RSS, state, stalls, stop/restart
+## make soak [SOAK_DAYS=4] [SOAK_RATE=4000] [SOAK_SPEED=500]: simulated days through one worker; RSS, state, stalls, stop/restart
 soak: $(STAMP)
-	$(BIN)/python -m benchmarks.soak --days $(SOAK_DAYS) --rate $(SOAK_RATE)
+	$(BIN)/python -m benchmarks.soak --days $(SOAK_DAYS) --rate $(SOAK_RATE) --speed $(SOAK_SPEED)
 
 clean:
 	-$(BIN)/touchline broker stop 2>/dev/null

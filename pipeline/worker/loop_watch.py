@@ -1,17 +1,18 @@
 """How long the event loop was blocked: a 100 ms sleep that wakes late measures the stall.
 
 SLA deadlines fire from timers on the loop, so a stall is a late breach; the histogram and the
-longest stall are exported, and stalls over a second are logged. A watchdog thread logs where the
-loop's thread is while it is blocked (once per stall), so a stall in production names its cause."""
+longest stall are exported, and stalls over a second are logged. While the loop is blocked for over
+a second, faulthandler's watchdog (a C thread that needs no GIL, so it also sees a C call holding
+it) writes every thread's stack to stderr, so a stall in production names its cause."""
 
 from __future__ import annotations
 
 import asyncio
+import faulthandler
+import gc
 import logging
 import sys
-import threading
 import time
-import traceback
 
 from pipeline.worker import metrics
 
@@ -19,38 +20,39 @@ log = logging.getLogger(__name__)
 
 INTERVAL_SECONDS = 0.1
 LOG_OVER_SECONDS = 1.0
-STACK_AFTER_SECONDS = 0.5
+GC_LOG_OVER_SECONDS = 0.5
 
 
-class _Watchdog(threading.Thread):
-    def __init__(self, loop_thread: int) -> None:
-        super().__init__(name="loop-watchdog", daemon=True)
-        self.loop_thread = loop_thread
-        self.beat = time.monotonic()
-        self.stopped = threading.Event()
+class _GcPauses:
+    """Times each collection: a full collection walks every tracked object while holding the GIL,
+    so no thread (not even the watchdog) runs until it ends."""
 
-    def run(self) -> None:
-        reported = 0.0
-        while not self.stopped.wait(INTERVAL_SECONDS):
-            beat = self.beat
-            if time.monotonic() - beat < STACK_AFTER_SECONDS or beat == reported:
-                continue
-            reported = beat
-            frame = sys._current_frames().get(self.loop_thread)
-            if frame is not None:
-                stack = "".join(traceback.format_stack(frame, limit=25))
-                log.warning("the event loop has been blocked for over %.1f s at:\n%s", STACK_AFTER_SECONDS, stack)
+    def __init__(self) -> None:
+        self.started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.monotonic()
+            return
+        pause = time.monotonic() - self.started
+        metrics.GC_PAUSE_SECONDS.labels(str(info["generation"])).observe(pause)
+        if pause > GC_LOG_OVER_SECONDS:
+            log.warning("a garbage collection (generation %d) held every thread for %.1f s", info["generation"], pause)
 
 
 async def watch_loop() -> None:
     longest = 0.0
-    watchdog = _Watchdog(threading.get_ident())
-    watchdog.start()
+    pauses = _GcPauses()
+    gc.callbacks.append(pauses)
+    # the process's own stderr: Faust's worker replaces sys.stderr with a logger that has no fd
+    stack_to = sys.__stderr__
     try:
         while True:
             started = time.monotonic()
             await asyncio.sleep(INTERVAL_SECONDS)
-            watchdog.beat = now = time.monotonic()
+            if stack_to is not None:
+                faulthandler.dump_traceback_later(LOG_OVER_SECONDS, file=stack_to)
+            now = time.monotonic()
             stall = max(0.0, now - started - INTERVAL_SECONDS)
             metrics.LOOP_STALL_SECONDS.observe(stall)
             if stall > longest:
@@ -59,4 +61,5 @@ async def watch_loop() -> None:
             if stall > LOG_OVER_SECONDS:
                 log.warning("the event loop was blocked for %.1f s", stall)
     finally:
-        watchdog.stopped.set()
+        faulthandler.cancel_dump_traceback_later()
+        gc.callbacks.remove(pauses)

@@ -148,6 +148,12 @@ LOOP_STALL_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 LOOP_STALL_MAX = Gauge("touchline_loop_stall_max_seconds", "Longest event-loop stall since the worker started")
+GC_PAUSE_SECONDS = Histogram(
+    "touchline_gc_pause_seconds",
+    "Python's cyclic garbage collector pauses (every thread waits), by generation",
+    ["generation"],
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 RESTORE_SECONDS = Histogram(
     "touchline_restore_seconds",
     "Restoring one partition's state on assignment",
