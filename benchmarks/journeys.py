@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import click
-from rocksdict import Rdict
+from rocksdict import Options, Rdict
 
 from pipeline.journeys.contact import to_ms
 from pipeline.journeys.lifecycle import DAY, Stitcher, journey_row, step_rows
@@ -53,7 +53,9 @@ def main(days: float, rate: float, customers: int, batch: int, seed: int) -> Non
     start = to_ms(datetime(2026, 3, 2, tzinfo=UTC))
     config = SimConfig(seed=seed, start_ms=start, duration_ms=int(days * DAY), rate=rate, customers=customers)
     workdir = Path(tempfile.mkdtemp(prefix="touchline-journey-bench-"))
-    contacts_db, emitted_db = Rdict(str(workdir / "contacts")), Rdict(str(workdir / "emitted"))
+    # raw mode, as Faust's RocksDB store opens its databases
+    contacts_db = Rdict(str(workdir / "contacts"), Options(raw_mode=True))
+    emitted_db = Rdict(str(workdir / "emitted"), Options(raw_mode=True))
     box = [Stitcher()]  # the journey stage's core (a box, so it can be let go before the restore)
     gc.freeze()
     gc.set_threshold(50_000, 20, 10)

@@ -224,7 +224,19 @@ class IdentityGraph:
         self.refusals: Counter[str] = Counter()
         self.blocked: Counter[str] = Counter()
         # rebuilding from persisted state: merges need not be reported (the books are filed after)
-        self.restoring = False
+        self._restoring = False
+        # while restoring: each identifier value's usable node, computed once (a week's state
+        # carries every customer's identifiers on each of their contacts); dropped after
+        self._usable_memo: dict[tuple[str, str], Node | None] = {}
+
+    @property
+    def restoring(self) -> bool:
+        return self._restoring
+
+    @restoring.setter
+    def restoring(self, value: bool) -> None:
+        self._restoring = value
+        self._usable_memo = {}
 
     # ------------------------------------------------------------------ public API
 
@@ -256,16 +268,22 @@ class IdentityGraph:
         contact = self._node((CONTACT, contact_id))
         merges: list[Merge] = []
         refusals: list[Refusal] = []
-        usable = sorted(
-            {node for node in (self._usable(k, v) for k, v in identifiers) if node is not None},
-            key=lambda n: (RANK_OF_VALUE[n[0]], n[1]),
-        )
+        if self._restoring:
+            memo = self._usable_memo
+            found: set[Node] = set()
+            for ident in identifiers:
+                node = memo[ident] if ident in memo else self._remember_usable(ident)
+                if node is not None:
+                    found.add(node)
+        else:
+            found = {node for node in (self._usable(k, v) for k, v in identifiers) if node is not None}
+        usable: Iterable[Node] = sorted(found, key=lambda n: (RANK_OF_VALUE[n[0]], n[1])) if len(found) > 1 else found
         for node in usable:
             self._union(contact, self._node(node), merges, refusals)
         if contact not in self._counted:  # counted last: joining its identifiers is not a merge
             self._counted.add(contact)
             self._roots[self._root_of[contact]].contacts += 1
-        if self.restoring:
+        if self._restoring:
             return NO_RESOLUTION
         return Resolution(self._roots[self._root_of[contact]].key, tuple(merges), tuple(refusals))
 
@@ -276,7 +294,10 @@ class IdentityGraph:
     def link_values(self, left_kind: str, left: str, right_kind: str, right: str) -> Resolution:
         merges: list[Merge] = []
         refusals: list[Refusal] = []
-        a, b = self._usable(left_kind, left), self._usable(right_kind, right)
+        if self._restoring:
+            a, b = self._remember_usable((left_kind, left)), self._remember_usable((right_kind, right))
+        else:
+            a, b = self._usable(left_kind, left), self._usable(right_kind, right)
         if a is not None and b is not None:
             self._union(self._node(a), self._node(b), merges, refusals)
         return Resolution(None, tuple(merges), tuple(refusals))
@@ -284,6 +305,21 @@ class IdentityGraph:
     def customer_of_contact(self, contact_id: str) -> str | None:
         root = self._root_of.get((CONTACT, contact_id))
         return None if root is None else self._roots[root].key
+
+    def customers_of_contacts(self, contact_ids: Iterable[str]) -> dict[str, str]:
+        """`customer_of_contact` of many contacts (each component's key built once), known ones only."""
+        keys: dict[Node, str] = {}
+        out: dict[str, str] = {}
+        root_of, roots = self._root_of, self._roots
+        for contact_id in contact_ids:
+            root = root_of.get((CONTACT, contact_id))
+            if root is None:
+                continue
+            key = keys.get(root)
+            if key is None:
+                key = keys[root] = roots[root].key
+            out[contact_id] = key
+        return out
 
     def customer_of(self, identifier: Identifier) -> str | None:
         """The customer key of an identifier, None when unknown or blocked."""
@@ -428,6 +464,13 @@ class IdentityGraph:
             return None
         return (kind_name, value)
 
+    def _remember_usable(self, ident: tuple[str, str]) -> Node | None:
+        memo = self._usable_memo
+        if ident in memo:
+            return memo[ident]
+        node = memo[ident] = self._usable(*ident)
+        return node
+
     def _node(self, node: Node) -> Node:
         if node in self._root_of:
             return node
@@ -452,7 +495,7 @@ class IdentityGraph:
                 self.refusals[reason] += 1
                 refusals.append(Refusal(reason, a, b))
                 return
-        old = [] if self.restoring else [(side.key, side.contacts) for side in (left, right) if side.contacts]
+        old = [] if self._restoring else [(side.key, side.contacts) for side in (left, right) if side.contacts]
         if len(left.members) < len(right.members):
             ra, rb, left, right = rb, ra, right, left
         root_of = self._root_of

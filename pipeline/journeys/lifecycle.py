@@ -983,13 +983,12 @@ class Stitcher:
         store = stitcher.store
         as_of = 0
         expiry = stitcher._expiry
+        customers = graph.customers_of_contacts(c for c, r in stitcher.records.items() if r.active)
         for contact_id, record in stitcher.records.items():
             as_of = max(as_of, record.seen_us)
             expiry.append((stitcher._first_check(record), contact_id))
             if record.active:
-                customer = graph.customer_of_contact(contact_id)
-                assert customer is not None
-                store.file(record, customer, dirty=False)
+                store.file(record, customers[contact_id], dirty=False)
         heapq.heapify(expiry)
         stitcher.as_of_ms = as_of // 1000
         for journey_id, entry in emitted:
