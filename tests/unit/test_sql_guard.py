@@ -217,3 +217,9 @@ def test_the_compose_workers_listening_on_all_interfaces_have_a_token() -> None:
             exposed += 1
             assert environment.get("TOUCHLINE_WORKER_TOKEN"), f"{name} listens beyond loopback without a token"
     assert exposed >= 1
+
+
+@pytest.mark.parametrize("count", [0, 1, 1999, 2000, 2001, 4500])
+def test_json_answer_encoded_in_chunks_is_one_document(count: int) -> None:
+    rows = [[i, "a\tb", None, [1, 2], {"k": "v"}] for i in range(count)]
+    assert json.loads(_json(["n", "s", "z", "l", "m"], rows)) == {"columns": ["n", "s", "z", "l", "m"], "rows": rows}
