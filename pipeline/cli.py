@@ -104,7 +104,7 @@ def worker(web_port: int | None, role: str | None) -> None:
     from pipeline.checks import policy_problems
     from pipeline.sla.policy import PolicyError
     from pipeline.store.clickhouse import StoreError
-    from pipeline.topics import wait_for_broker
+    from pipeline.topics import KafkaAuthenticationError, wait_for_broker
 
     settings = settings_or_exit(**({"worker_role": role} if role else {}))
     setup_logging(settings.log_level)
@@ -122,6 +122,8 @@ def worker(web_port: int | None, role: str | None) -> None:
 
     try:
         wait_for_broker(settings.bootstrap_servers, timeout=10, options=client_options(settings))
+    except KafkaAuthenticationError as error:
+        fail(str(error))
     except Exception as error:
         hint = " (start it with `touchline broker start`)" if settings.uses_local_broker else ""
         fail(f"no Kafka broker at {settings.bootstrap_servers}{hint}: {error}")
@@ -280,7 +282,7 @@ def config_command() -> None:
 def topics() -> None:
     """Create Touchline's Kafka topics (idempotent) with their partition counts."""
     from pipeline.kafka_security import client_options
-    from pipeline.topics import ensure_topics
+    from pipeline.topics import KafkaAuthenticationError, ensure_topics
 
     settings = settings_or_exit()
     try:
@@ -289,6 +291,8 @@ def topics() -> None:
             settings.topics.specs(settings.topic_partitions),
             options=client_options(settings),
         )
+    except KafkaAuthenticationError as error:
+        fail(str(error))
     except Exception as error:
         fail(f"cannot create topics on {settings.bootstrap_servers}: {error}")
     click.echo(f"created: {', '.join(created)}" if created else "all topics exist")

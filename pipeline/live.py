@@ -124,7 +124,7 @@ def run_command(duration: float | None, speed: float, seed: int, rate: float | N
     from pipeline import broker
     from pipeline.checks import policy_problems
     from pipeline.kafka_security import client_options
-    from pipeline.topics import ensure_topics
+    from pipeline.topics import KafkaAuthenticationError, ensure_topics
 
     try:
         settings: Settings = load_settings()
@@ -156,9 +156,14 @@ def run_command(duration: float | None, speed: float, seed: int, rate: float | N
         except broker.BrokerError as error:
             raise click.ClickException(str(error)) from None
         started_broker = not already
-    ensure_topics(
-        settings.bootstrap_servers, settings.topics.specs(settings.topic_partitions), options=client_options(settings)
-    )
+    try:
+        ensure_topics(
+            settings.bootstrap_servers,
+            settings.topics.specs(settings.topic_partitions),
+            options=client_options(settings),
+        )
+    except KafkaAuthenticationError as error:
+        raise click.ClickException(str(error)) from None
     interrupted = False
 
     def on_sigint(signum: int, frame: object) -> None:

@@ -10,17 +10,91 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import kafka.errors as kafka_errors
 from kafka import KafkaAdminClient
 
-__all__ = ["ensure_topics", "probe_broker", "wait_for_broker"]
+__all__ = ["KafkaAuthenticationError", "ensure_topics", "probe_broker", "wait_for_broker"]
 
 log = logging.getLogger(__name__)
 
 _TOPIC_ALREADY_EXISTS = 36  # Kafka protocol error code TOPIC_ALREADY_EXISTS
+
+
+class KafkaAuthenticationError(Exception):
+    """The broker refused the client's SASL credentials: retrying cannot help."""
+
+
+def _refused_login(error: BaseException | None) -> bool:
+    while error is not None:
+        if isinstance(error, kafka_errors.SaslAuthenticationFailedError):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def authentication_failure(
+    error: BaseException | None, bootstrap: str, options: Mapping[str, Any] | None
+) -> KafkaAuthenticationError | None:
+    """A readable KafkaAuthenticationError when `error` (or its cause) is a refused SASL login, naming
+    the mechanism and the user (never the password); None for any other error."""
+    if not _refused_login(error):
+        return None
+    options = options or {}
+    mechanism = options.get("sasl_mechanism", "PLAIN")
+    user = options.get("sasl_plain_username")
+    return KafkaAuthenticationError(
+        f"Kafka authentication failed: {bootstrap} refused the SASL {mechanism} login of user {user!r} "
+        "(check kafka_sasl_username, kafka_sasl_password and kafka_sasl_mechanism)"
+    )
+
+
+class _LoginWatch(logging.Handler):
+    """kafka-python retries a refused SASL login until its bootstrap times out, then raises only
+    `KafkaTimeoutError('Unable to bootstrap ...')` (measured against the SASL_SSL test listener: 5 s
+    for the admin client, 30 s for a producer); the refusal itself (SaslAuthenticationFailedError)
+    only reaches its log. This keeps it, and holds the other records back until the outcome is known."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.refusal: BaseException | None = None
+        self.held: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args if isinstance(record.args, tuple) else ()
+        causes = [*args, record.exc_info[1] if record.exc_info else None]
+        refusal = next((c for c in causes if isinstance(c, BaseException) and _refused_login(c)), None)
+        if refusal is None and "SaslAuthenticationFailed" in record.getMessage():
+            refusal = kafka_errors.SaslAuthenticationFailedError(record.getMessage())  # seen only as text
+        if refusal is not None:
+            self.refusal = refusal
+        else:
+            self.held.append(record)
+
+
+@contextmanager
+def _watch_login() -> Iterator[_LoginWatch]:
+    logger = logging.getLogger("kafka")
+    watch = _LoginWatch()
+    propagate, level, effective = logger.propagate, logger.level, logger.getEffectiveLevel()
+    logger.addHandler(watch)
+    logger.propagate = False
+    logger.setLevel(min(effective, logging.WARNING))  # the refusal is logged as a warning
+    try:
+        yield watch
+    finally:
+        logger.removeHandler(watch)
+        logger.propagate = propagate
+        logger.setLevel(level)
+        if watch.refusal is None:  # nothing to explain: the records go where they would have gone
+            root = logging.getLogger()
+            for record in watch.held:
+                for handler in root.handlers:
+                    if record.levelno >= max(effective, handler.level):
+                        handler.handle(record)
 
 
 def _split_bootstrap(bootstrap: str) -> list[tuple[str, int]]:
@@ -57,13 +131,20 @@ def _tcp_reachable(bootstrap: str, timeout: float) -> bool:
 
 def _admin(bootstrap: str, timeout: float, options: Mapping[str, Any] | None = None) -> Any:
     timeout_ms = max(1000, int(timeout * 1000))
-    return KafkaAdminClient(
-        bootstrap_servers=bootstrap,
-        client_id="touchline-admin",
-        request_timeout_ms=timeout_ms,
-        bootstrap_timeout_ms=timeout_ms,
-        **(options or {}),
-    )
+    with _watch_login() as watch:
+        try:
+            return KafkaAdminClient(
+                bootstrap_servers=bootstrap,
+                client_id="touchline-admin",
+                request_timeout_ms=timeout_ms,
+                bootstrap_timeout_ms=timeout_ms,
+                **(options or {}),
+            )
+        except kafka_errors.KafkaError as error:
+            failure = authentication_failure(watch.refusal or error, bootstrap, options)
+            if failure is not None:
+                raise failure from None
+            raise
 
 
 def probe_broker(bootstrap: str, timeout: float = 5.0, *, options: Mapping[str, Any] | None = None) -> bool:
@@ -71,7 +152,8 @@ def probe_broker(bootstrap: str, timeout: float = 5.0, *, options: Mapping[str, 
 
     A cheap TCP connect is tried first so that a closed port is reported quickly
     without kafka-python logging connection errors. *options*: the client's security settings
-    (`pipeline.kafka_security.client_options`).
+    (`pipeline.kafka_security.client_options`). Raises KafkaAuthenticationError when the broker
+    answers but refuses the SASL credentials.
     """
     if not _tcp_reachable(bootstrap, timeout=min(timeout, 2.0)):
         return False
@@ -83,14 +165,18 @@ def probe_broker(bootstrap: str, timeout: float = 5.0, *, options: Mapping[str, 
         cluster = admin.describe_cluster()
         brokers = cluster.get("brokers") or []
         return len(brokers) > 0
-    except (kafka_errors.KafkaError, OSError):
+    except (kafka_errors.KafkaError, OSError) as error:
+        failure = authentication_failure(error, bootstrap, options)
+        if failure is not None:
+            raise failure from None
         return False
     finally:
         admin.close()
 
 
 def wait_for_broker(bootstrap: str, timeout: float, *, options: Mapping[str, Any] | None = None) -> None:
-    """Block until the Kafka cluster at *bootstrap* answers, or raise ``TimeoutError``."""
+    """Block until the Kafka cluster at *bootstrap* answers, or raise ``TimeoutError`` (or at once
+    ``KafkaAuthenticationError``)."""
     deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()

@@ -90,7 +90,7 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 def open_kafka(settings: Settings, client_id: str) -> KafkaSink:
     """Check the broker answers, create the topics, return a producer; DeliveryError otherwise."""
     from pipeline.kafka_security import client_options
-    from pipeline.topics import ensure_topics, probe_broker
+    from pipeline.topics import KafkaAuthenticationError, ensure_topics, probe_broker
 
     bootstrap = settings.bootstrap_servers
     security = client_options(settings)
@@ -99,7 +99,11 @@ def open_kafka(settings: Settings, client_id: str) -> KafkaSink:
         if settings.uses_local_broker
         else " (check KAFKA_BOOTSTRAP_SERVERS)"
     )
-    if not probe_broker(bootstrap, timeout=5.0, options=security):
+    try:
+        answered = probe_broker(bootstrap, timeout=5.0, options=security)
+    except KafkaAuthenticationError as error:
+        raise DeliveryError(str(error)) from None
+    if not answered:
         raise DeliveryError(f"cannot reach Kafka at {bootstrap}{hint}")
     try:
         ensure_topics(bootstrap, settings.topics.specs(settings.topic_partitions), options=security)

@@ -116,6 +116,11 @@ class Worker:
                     total += sample.value
         return total
 
+    def wait_for_events(self, expected: int, timeout: float = 120) -> None:
+        """Until exactly `expected` distinct events are stored."""
+        count = "SELECT count() FROM interaction_events FINAL"
+        wait_until(lambda: self.sql(count)[0][0] == expected, timeout, f"{expected} events in ClickHouse")
+
     def stage_partitions(self) -> dict[str, int]:
         """Channel-topic partitions each of the worker's stages holds now."""
         stages: dict[str, int] = json.loads(self.get("/health"))["stages"]

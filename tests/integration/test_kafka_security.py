@@ -22,7 +22,7 @@ from pipeline.config import Settings, load_settings
 from pipeline.kafka_security import client_options
 from pipeline.simulator.faults import Message
 from pipeline.simulator.produce import KafkaSink
-from pipeline.topics import ensure_topics, probe_broker
+from pipeline.topics import KafkaAuthenticationError, ensure_topics, probe_broker
 from tests.integration.conftest import free_port, open_workspace, wait_until
 
 pytestmark = [
@@ -152,13 +152,40 @@ def test_admin_producer_and_consumer_over_sasl_ssl(
 def test_the_listener_refuses_wrong_credentials(secure_broker: SecureBroker, monkeypatch: pytest.MonkeyPatch) -> None:
     # the positive tests mean something only if the listener really checks what clients present
     wrong = settings_for(monkeypatch, secure_env(secure_broker, "SCRAM-SHA-256", password="not-it"))
-    assert not probe_broker(wrong.bootstrap_servers, timeout=5, options=client_options(wrong))
+    with pytest.raises(KafkaAuthenticationError, match=f"SASL SCRAM-SHA-256 login of user '{USER}'"):
+        probe_broker(wrong.bootstrap_servers, timeout=5, options=client_options(wrong))
     assert not probe_broker(secure_broker.secure, timeout=5)  # plaintext client on the SASL_SSL port
     monkeypatch.delenv("TOUCHLINE_KAFKA_SSL_CERTFILE")
     monkeypatch.delenv("TOUCHLINE_KAFKA_SSL_KEYFILE")
     monkeypatch.setenv("TOUCHLINE_KAFKA_SASL_PASSWORD", PASSWORD)
     no_client_cert = load_settings()
     assert not probe_broker(no_client_cert.bootstrap_servers, timeout=5, options=client_options(no_client_cert))
+
+
+WRONG_PASSWORD = "Wrong-Secret-4711"
+
+
+def test_wrong_credentials_are_named_at_every_start(secure_broker: SecureBroker, tmp_path: Path) -> None:
+    """Worker, simulator, replay and `touchline topics` given a wrong SASL password: the first line says
+    authentication failed (mechanism and user, never the password), no traceback, a non-zero exit."""
+    env = secure_env(secure_broker, "SCRAM-SHA-512", password=WRONG_PASSWORD)
+    empty = tmp_path / "events.jsonl"
+    empty.write_text("")
+    with open_workspace(secure_broker.plain, tmp_path, extra_env=env) as space:
+        for command in (
+            ["worker", "--web-port", str(free_port())],
+            ["simulate", "--contacts", "5", "--speed", "0", "--quiet"],
+            ["replay", str(empty)],
+            ["topics"],
+        ):
+            result = space.cli(*command, check=False, timeout=120)
+            output = result.stderr + result.stdout
+            first = output.strip().splitlines()[0]
+            assert result.returncode != 0, output
+            assert "Kafka authentication failed" in first, output
+            assert f"SASL SCRAM-SHA-512 login of user '{USER}'" in first, output
+            assert WRONG_PASSWORD not in output and PASSWORD not in output
+            assert "Traceback" not in output, output
 
 
 def test_simulator_and_worker_round_trip_over_sasl_ssl(secure_broker: SecureBroker, tmp_path: Path) -> None:
@@ -180,11 +207,7 @@ def test_simulator_and_worker_round_trip_over_sasl_ssl(secure_broker: SecureBrok
         expected = summary["distinct_valid_events"]
         assert expected > 100
         worker = space.start_worker()
-        wait_until(
-            lambda: worker.sql("SELECT count() FROM interaction_events FINAL")[0][0] == expected,
-            120,
-            f"{expected} events in ClickHouse",
-        )
+        worker.wait_for_events(expected)
         wait_until(
             lambda: worker.sql("SELECT count() FROM journeys FINAL WHERE is_deleted = 0")[0][0] > 0,
             120,
