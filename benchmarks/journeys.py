@@ -5,8 +5,8 @@ state grows with simulated days, and how long a restore of that state takes.
 
 The simulator's events (the `make soak` rate by default) are cut into batches as the analytics stage
 forwards them, turned into contact-record messages (`forward_messages`), and run through what the
-journey agent does per message: read the records, apply them (identity graph + books), take the
-changed journeys, evict what retention allows, build the ClickHouse rows and topic documents, and
+journey agent does per round (the messages waiting, up to `--take`: the stage runs flat out, as
+in a backlog): read the records, apply them (identity graph + books), take the changed journeys, evict what retention allows, build the ClickHouse rows and topic documents, and
 write every changed key of state to RocksDB (rocksdict, the store Faust's tables use). Not
 measured here: the ClickHouse insert (on the writer thread) and Kafka (the changelog and topic
 sends); the integration tests cover those. Then the state as the tables would hold it is read back
@@ -33,6 +33,7 @@ from pipeline.journeys.lifecycle import DAY, Stitcher, journey_row, step_rows
 from pipeline.journeys.record import ContactRecord
 from pipeline.simulator.model import SimConfig, Simulation
 from pipeline.worker import journeys as stage
+from pipeline.worker.journey_agent import CHANGES_SLICE, EVICT_BUDGET
 
 
 def rss_mb() -> float:
@@ -49,7 +50,10 @@ def rss_mb() -> float:
 @click.option("--customers", type=int, default=20_000, show_default=True)
 @click.option("--batch", type=int, default=5000, show_default=True, help="Events per forwarded analytics batch.")
 @click.option("--seed", type=int, default=7, show_default=True)
-def main(days: float, rate: float, customers: int, batch: int, seed: int) -> None:
+@click.option(
+    "--take", type=int, default=stage.TAKE_MESSAGES, show_default=True, help="Messages the stage takes per round."
+)
+def main(days: float, rate: float, customers: int, batch: int, seed: int, take: int) -> None:
     start = to_ms(datetime(2026, 3, 2, tzinfo=UTC))
     config = SimConfig(seed=seed, start_ms=start, duration_ms=int(days * DAY), rate=rate, customers=customers)
     workdir = Path(tempfile.mkdtemp(prefix="touchline-journey-bench-"))
@@ -64,55 +68,71 @@ def main(days: float, rate: float, customers: int, batch: int, seed: int) -> Non
     day_end = start + DAY
     pending: list = []
     offset = 0
-    click.echo(f"simulating {days:g} days at rate {rate:g} ({customers:,} customers), batches of {batch:,} events")
+    click.echo(
+        f"simulating {days:g} days at rate {rate:g} ({customers:,} customers), batches of {batch:,} events, "
+        f"rounds of up to {take} messages"
+    )
 
-    def run_batch(events: list) -> None:
-        nonlocal offset
-        stitcher = box[0]
+    waiting: list[bytes] = []  # messages on the journey topic not taken yet
+
+    def run_batch(events: list, last: bool = False) -> None:
+        """One analytics batch forwarded; the journey stage takes the waiting messages in rounds of
+        `take` (the last ones at the end of the run)."""
         t0 = time.perf_counter()
         messages = stage.forward_messages(events)
         t1 = time.perf_counter()
-        for _, value in messages:
-            records, rejected = stage.read_records(value)
-            counts["unreadable"] += len(rejected)
-            for index, record in enumerate(records):
-                stitcher.apply(record.with_seq(stage.arrival_seq(offset, index)))
-            counts["records"] += len(records)
-            as_of = stitcher.as_of_ms or None
-            changed = stitcher.changes(as_of)
-            if as_of is not None:
-                evicted = stitcher.evict_due(as_of, 2_000)
-                counts["evicted_journeys"] += evicted.journeys
-                counts["dropped_contacts"] += len(evicted.dropped)
-            rows = [journey_row(v) for v in changed]
-            steps_of = [step_rows(v) for v in changed]
-            steps = [r for rows in steps_of for r in rows]
-            documents = [stage.journey_json(v, r, s) for v, r, s in zip(changed, rows, steps_of, strict=True)]
-            counts["journey_versions"] += len(rows)
-            counts["step_rows"] += len(steps)
-            counts["document_bytes"] += sum(len(d) for d in documents)
-            for contact_id in stitcher.record_changes:
-                kept = stitcher.records.get(contact_id)
-                if kept is not None:
-                    contacts_db[contact_id.encode()] = kept.to_json()
-                else:
-                    contacts_db.delete(contact_id.encode())
-                counts["record_writes"] += 1
-            stitcher.record_changes.clear()
-            for journey_id in stitcher.store.emitted_changes:
-                entry = stitcher.store.emitted(journey_id)
-                if entry is not None:
-                    emitted_db[journey_id.encode()] = stage.emitted_value(entry)
-                else:
-                    emitted_db.delete(journey_id.encode())
-                counts["emitted_writes"] += 1
-            stitcher.store.emitted_changes.clear()
-            offset += 1
+        waiting.extend(value for _, value in messages)
+        while len(waiting) >= take or (last and waiting):
+            run_round(waiting[:take])
+            del waiting[:take]
         t2 = time.perf_counter()
         seconds["forward"] += t1 - t0
         seconds["stage"] += t2 - t1
         counts["events"] += len(events)
         counts["messages"] += len(messages)
+
+    def run_round(values: list[bytes]) -> None:
+        nonlocal offset
+        stitcher = box[0]
+        for value in values:
+            records, rejected = stage.read_records(value)
+            counts["unreadable"] += len(rejected)
+            for index, record in enumerate(records):
+                stitcher.apply(record.with_seq(stage.arrival_seq(offset, index)))
+            counts["records"] += len(records)
+            offset += 1
+        counts["rounds"] += 1
+        as_of = stitcher.as_of_ms or None
+        changed = stitcher.changes(as_of, CHANGES_SLICE)
+        while stitcher.store.pending:
+            changed += stitcher.changes(as_of, CHANGES_SLICE)
+        if as_of is not None:
+            evicted = stitcher.evict_due(as_of, EVICT_BUDGET * len(values))
+            counts["evicted_journeys"] += evicted.journeys
+            counts["dropped_contacts"] += len(evicted.dropped)
+        rows = [journey_row(v) for v in changed]
+        steps_of = [step_rows(v) for v in changed]
+        steps = [r for rows in steps_of for r in rows]
+        documents = [stage.journey_json(v, r, s) for v, r, s in zip(changed, rows, steps_of, strict=True)]
+        counts["journey_versions"] += len(rows)
+        counts["step_rows"] += len(steps)
+        counts["document_bytes"] += sum(len(d) for d in documents)
+        for contact_id in stitcher.record_changes:
+            kept = stitcher.records.get(contact_id)
+            if kept is not None:
+                contacts_db[contact_id.encode()] = kept.to_json()
+            else:
+                contacts_db.delete(contact_id.encode())
+            counts["record_writes"] += 1
+        stitcher.record_changes.clear()
+        for journey_id in stitcher.store.emitted_changes:
+            entry = stitcher.store.emitted(journey_id)
+            if entry is not None:
+                emitted_db[journey_id.encode()] = stage.emitted_value(entry)
+            else:
+                emitted_db.delete(journey_id.encode())
+            counts["emitted_writes"] += 1
+        stitcher.store.emitted_changes.clear()
 
     contacts_seen: set[str] = set()
     for _, event in Simulation(config).run():
@@ -132,11 +152,10 @@ def main(days: float, rate: float, customers: int, batch: int, seed: int) -> Non
         if len(pending) >= batch:
             run_batch(pending)
             pending = []
-    if pending:
-        run_batch(pending)
+    run_batch(pending, last=True)
     stage_s, forward_s = seconds["stage"], seconds["forward"]
     click.echo(
-        f"\n{counts['events']:,} events, {len(contacts_seen):,} contacts, {counts['records']:,} contact records in {counts['messages']:,} messages"
+        f"\n{counts['events']:,} events, {len(contacts_seen):,} contacts, {counts['records']:,} contact records in {counts['messages']:,} messages, {counts['rounds']:,} rounds"
     )
     click.echo(f"  analytics side, events -> record messages     {counts['events'] / forward_s:>12,.0f} events/s")
     click.echo(

@@ -444,6 +444,11 @@ class JourneyStore:
         self._emitted: dict[str, Emitted] = {}
         self._journeys_of: dict[str, set[str]] = {}  # customer -> journey ids emitted live under it
         self._deadlines: list[tuple[int, str]] = []  # (dormant after, customer)
+        # the round of `changes` under way (sliced): its customers still to rebuild (last first),
+        # what was dirty when it started and the journeys it rebuilt so far; empty between rounds
+        self._round_customers: list[str] = []
+        self._round_dirty: dict[str, set[str | None] | None] = {}
+        self._round_current: dict[str, Journey] = {}
         self.emitted_changes: set[str] = set()  # journey ids whose `Emitted` changed (to persist)
 
     def mark(self, customer: str, intents: Iterable[str | None] | None = None) -> None:
@@ -519,16 +524,38 @@ class JourneyStore:
         self._emitted[journey_id] = entry
         self.emitted_changes.add(journey_id)
 
-    def changes(self, as_of: int | None = None) -> list[JourneyVersion]:
-        """Journeys that changed since the last call (including open journeys that became dormant
-        by `as_of`) and deletions of journeys that no longer exist."""
+    @property
+    def pending(self) -> bool:
+        """True while a round of `changes(limit=...)` has customers left to rebuild."""
+        return bool(self._round_customers)
+
+    def changes(self, as_of: int | None = None, limit: int | None = None) -> list[JourneyVersion]:
+        """Journeys that changed since the last round (including open journeys that became dormant
+        by `as_of`) and deletions of journeys that no longer exist. With `limit`, a round is taken
+        in slices of at most `limit` customers (call again while `pending`); deletions come with
+        the last slice, once every journey of the round is rebuilt."""
+        if not self._round_customers:  # a new round: what is dirty now
+            deadlines = self._deadlines
+            while deadlines and as_of is not None and deadlines[0][0] < as_of:
+                self.mark(heapq.heappop(deadlines)[1])
+            self._round_dirty, self._dirty = self._dirty, {}
+            self._round_customers = sorted(self._round_dirty, reverse=True)
+            self._round_current = {}
+        customers = self._round_customers
+        take = len(customers) if limit is None else min(limit, len(customers))
+        sliced = [customers.pop() for _ in range(take)]
+        out = self._rebuild(sliced, as_of)
+        if not customers:
+            out += self._retract(self._round_dirty, self._round_current)
+            self._round_dirty, self._round_current = {}, {}
+        return out
+
+    def _rebuild(self, customers: list[str], as_of: int | None) -> list[JourneyVersion]:
+        dirty = self._round_dirty
         deadlines = self._deadlines
-        while deadlines and as_of is not None and deadlines[0][0] < as_of:
-            self.mark(heapq.heappop(deadlines)[1])
-        dirty, self._dirty = self._dirty, {}
         floor = 1 if as_of is None else max(1, as_of * 1000)
         current: dict[str, Journey] = {}
-        for customer in sorted(dirty):
+        for customer in customers:
             book = self.books.get(customer)
             if book is None:
                 continue
@@ -564,6 +591,11 @@ class JourneyStore:
             if open_since is not None:
                 heapq.heappush(deadlines, (open_since + self.config.dormancy_ms, journey.customer))
             out.append(JourneyVersion(journey, version, False, removed))
+        self._round_current.update(current)
+        return out
+
+    def _retract(self, dirty: dict[str, set[str | None] | None], current: dict[str, Journey]) -> list[JourneyVersion]:
+        out: list[JourneyVersion] = []
         for customer in sorted(dirty):
             intents = dirty[customer]
             # not `set - current.keys()`: that copies all of `current` once per customer
@@ -771,8 +803,8 @@ class Stitcher:
             self.store.file(record, customer, was=was)
         return Resolution(customer, tuple(merges), tuple(refusals))
 
-    def changes(self, as_of: int | None = None) -> list[JourneyVersion]:
-        return self.store.changes(as_of)
+    def changes(self, as_of: int | None = None, limit: int | None = None) -> list[JourneyVersion]:
+        return self.store.changes(as_of, limit)
 
     def _first_check(self, record: ContactRecord) -> int:
         return record.seen_us // 1000 + min(self.store.config.repeat_window_ms, self.store.config.dormancy_ms)

@@ -9,11 +9,12 @@ State, keyed and changelogged (RocksDB + compacted changelog topic, one partitio
 
 The identity graph and the customer books are derived from `journey-contacts` when this worker gets
 the partition (`Stitcher.from_state`: no event is re-read or re-validated), then kept in memory and
-updated per message. Each message (one analytics batch's contact records) is finished before the
+updated per round. A round is the messages waiting (each one analytics batch's contact records; up
+to `TAKE_MESSAGES`, or one lone message after `TAKE_WITHIN_SECONDS`) and is finished before the
 next is taken: apply the records -> journeys that changed -> retention pass -> write the journey
 rows to ClickHouse and the documents to `touchline.journeys` (retried) -> write the changed keys to
-the tables -> only then is the message acknowledged; Faust flushes the producer (changelog
-included) before it commits an offset. A crash anywhere re-reads the unacknowledged messages;
+the tables -> only then are its messages acknowledged; Faust flushes the producer (changelog
+included) before it commits an offset. Every step yields to the loop between slices. A crash anywhere re-reads the unacknowledged messages;
 records merge idempotently and versions continue from `journey-emitted`, so the result is the
 same."""
 
@@ -46,6 +47,9 @@ from pipeline.worker.produce import produce
 log = logging.getLogger(__name__)
 
 APPLY_SLICE = 500  # records applied between yields to the loop (~25 ms)
+CHANGES_SLICE = 200  # customers whose journeys are rebuilt between yields to the loop
+OUTPUT_SLICE = 500  # journey versions rendered, or state keys written, between yields to the loop
+TAKE_WITHIN_SECONDS = 0.2  # how long a lone message waits for others to share its round
 EVICT_BUDGET = 2_000  # retention heap entries visited per message
 RESTORE_SLICE = 5_000  # table entries read between yields to the loop
 LOOKUP_WAIT_SECONDS = 30.0
@@ -188,8 +192,19 @@ def install_journey_stage(
         state.blocked, state.refusals = dict(core.graph.blocked), dict(core.graph.refusals)
 
     async def write_outputs(changed: list[JourneyVersion]) -> None:
-        journey_rows = [journey_row(v) for v in changed]
-        steps_of = [step_rows(v) for v in changed]
+        journey_rows: list[dict[str, Any]] = []
+        steps_of: list[list[dict[str, Any]]] = []
+        documents: list[tuple[bytes, bytes, None]] = []
+        for start in range(0, len(changed), OUTPUT_SLICE):  # rendered in slices: the loop keeps serving
+            if start:
+                await asyncio.sleep(0)
+            for version in changed[start : start + OUTPUT_SLICE]:
+                row, rows = journey_row(version), step_rows(version)
+                journey_rows.append(row)
+                steps_of.append(rows)
+                documents.append(
+                    (version.journey.journey_id.encode(), journey_stage.journey_json(version, row, rows), None)
+                )
         steps = [r for rows in steps_of for r in rows]
 
         async def insert() -> None:
@@ -199,36 +214,59 @@ def install_journey_stage(
         await journey_stage.retried(
             "journey rows insert", insert, on_retry=jm.JOURNEY_FLUSH_RETRIES.labels("clickhouse").inc
         )
-        documents = [
-            (v.journey.journey_id.encode(), journey_stage.journey_json(v, row, rows), None)
-            for v, row, rows in zip(changed, journey_rows, steps_of, strict=True)
-        ]
+
+        async def send() -> None:
+            # one task per slice: each sends its slice, then the loop runs others while they deliver
+            slices = (documents[i : i + OUTPUT_SLICE] for i in range(0, len(documents), OUTPUT_SLICE))
+            await asyncio.gather(*(produce(app, journeys_topic, part) for part in slices))
+
         await journey_stage.retried(
-            "journey documents send",
-            lambda: produce(app, journeys_topic, documents),
-            on_retry=jm.JOURNEY_FLUSH_RETRIES.labels("topic").inc,
+            "journey documents send", send, on_retry=jm.JOURNEY_FLUSH_RETRIES.labels("topic").inc
         )
         for version in changed:
             metrics.JOURNEY_UPDATES.labels("deleted" if version.deleted else version.journey.status).inc()
 
-    def persist(core: Stitcher) -> None:
-        for contact_id in core.record_changes:
+    async def persist(core: Stitcher) -> None:
+        """Write every changed key to the tables (their changelogs), a slice at a time."""
+        changed_records = list(core.record_changes)
+        core.record_changes.clear()
+        for n, contact_id in enumerate(changed_records, start=1):
             key = contact_id.encode()
             record = core.records.get(contact_id)
             if record is not None:
                 contacts[key] = record.to_json()
             elif key in contacts:
                 del contacts[key]
-        core.record_changes.clear()
+            if n % OUTPUT_SLICE == 0:
+                await asyncio.sleep(0)
         store = core.store
-        for journey_id in store.emitted_changes:
+        changed_journeys = list(store.emitted_changes)
+        store.emitted_changes.clear()
+        for n, journey_id in enumerate(changed_journeys, start=1):
             key = journey_id.encode()
             entry = store.emitted(journey_id)
             if entry is not None:
                 emitted[key] = journey_stage.emitted_value(entry)
             elif key in emitted:
                 del emitted[key]
-        store.emitted_changes.clear()
+            if n % OUTPUT_SLICE == 0:
+                await asyncio.sleep(0)
+
+    def drop_now(core: Stitcher) -> None:
+        """Delete the keys the stitcher dropped from both tables now, outside a stream event (an
+        erasure: Faust's table methods need the event to pick the partition; the stage's tables
+        have one, 0): a tombstone to the changelog, then the entry from the store. Other pending
+        changes stay for the next round's `persist`."""
+        for table, changes, held in (
+            (contacts, core.record_changes, core.records),
+            (emitted, core.store.emitted_changes, core.store._emitted),
+        ):
+            for key in [k for k in changes if k not in held]:
+                raw = key.encode()
+                if raw in table.data:
+                    table.send_changelog(0, raw, None, value_serializer="raw")
+                    del table.data[raw]
+                changes.discard(key)
 
     async def forget(subject: erasure.Subject) -> int:
         """Erasure: drop the person's identifiers, contacts and journeys from the stitcher and
@@ -240,7 +278,7 @@ def install_journey_stage(
                 if core is None or state.core is not core:  # replaced by a rebalance meanwhile
                     continue
                 dropped = core.forget(subject.contact_ids, subject.identifiers, subject.customer_keys)
-                persist(core)
+                drop_now(core)
                 gauges(core)
                 return dropped
 
@@ -248,32 +286,43 @@ def install_journey_stage(
 
     @app.agent(journey_events_topic)
     async def stitch(stream: Any) -> None:
-        async for event in stream.events():
+        # the messages waiting (a backlog: up to TAKE_MESSAGES) are one round: a contact whose
+        # events span them is applied, rebuilt, written and persisted once, not once per message;
+        # they are acknowledged after the round (Faust acks a taken list once it is processed)
+        async for events in stream.take_events(journey_stage.TAKE_MESSAGES, within=TAKE_WITHIN_SECONDS):
             core = await core_ready()
             assert core is not None
             async with state.lock:
-                await handle(core, event)
+                await handle(core, events)
 
-    async def handle(core: Stitcher, event: Any) -> None:
-        records, rejected = journey_stage.read_records(event.value)
-        if rejected:
-            jm.JOURNEY_RECORDS.labels("unreadable").inc(len(rejected))
-            log.warning("skipped %d unreadable contact record(s): %s", len(rejected), "; ".join(sorted(set(rejected))))
-        offset = event.message.offset
-        for index, record in enumerate(records):
-            try:
-                core.apply(record.with_seq(journey_stage.arrival_seq(offset, index)))
-            except Exception as error:  # one bad record must not stop the stage
-                jm.JOURNEY_RECORDS.labels("failed").inc()
-                log.error("contact record of %s skipped (%s)", record.contact_id, type(error).__name__)
-            if index % APPLY_SLICE == APPLY_SLICE - 1:
-                await asyncio.sleep(0)
-        jm.JOURNEY_RECORDS.labels("applied").inc(len(records))
+    async def handle(core: Stitcher, events: list[Any]) -> None:
+        applied = 0
+        for event in events:
+            records, rejected = journey_stage.read_records(event.value)
+            if rejected:
+                jm.JOURNEY_RECORDS.labels("unreadable").inc(len(rejected))
+                log.warning(
+                    "skipped %d unreadable contact record(s): %s", len(rejected), "; ".join(sorted(set(rejected)))
+                )
+            offset = event.message.offset
+            for index, record in enumerate(records):
+                try:
+                    core.apply(record.with_seq(journey_stage.arrival_seq(offset, index)))
+                except Exception as error:  # one bad record must not stop the stage
+                    jm.JOURNEY_RECORDS.labels("failed").inc()
+                    log.error("contact record of %s skipped (%s)", record.contact_id, type(error).__name__)
+                applied += 1
+                if applied % APPLY_SLICE == 0:
+                    await asyncio.sleep(0)
+            jm.JOURNEY_RECORDS.labels("applied").inc(len(records))
         count_identity(core)
         as_of = core.as_of_ms or None
-        changed = core.changes(as_of)
+        changed = core.changes(as_of, CHANGES_SLICE)
+        while core.store.pending:
+            await asyncio.sleep(0)
+            changed += core.changes(as_of, CHANGES_SLICE)
         if as_of is not None:
-            evicted = core.evict_due(as_of, EVICT_BUDGET)
+            evicted = core.evict_due(as_of, EVICT_BUDGET * len(events))
             if evicted.journeys:
                 jm.JOURNEY_EVICTED.labels("journeys").inc(evicted.journeys)
                 jm.JOURNEY_EVICTED.labels("contacts_stripped").inc(len(evicted.stripped))
@@ -281,13 +330,13 @@ def install_journey_stage(
                 jm.JOURNEY_EVICTED.labels("contacts_dropped").inc(len(evicted.dropped))
         if changed:
             await write_outputs(changed)
-        persist(core)
+        await persist(core)
         gauges(core)
-        jm.JOURNEY_BATCHES.inc()
+        jm.JOURNEY_BATCHES.inc(len(events))
         if state.first_offset < 0:
-            state.first_offset = offset
-            jm.JOURNEY_FIRST_OFFSET.set(offset)
-        jm.JOURNEY_OFFSET.set(offset)
+            state.first_offset = events[0].message.offset
+            jm.JOURNEY_FIRST_OFFSET.set(state.first_offset)
+        jm.JOURNEY_OFFSET.set(events[-1].message.offset)
 
     def invalidate() -> None:
         if state.builder is not None:
