@@ -38,9 +38,9 @@ log = logging.getLogger(__name__)
 # stay under the producer's 1 MB request limit
 MAX_FORWARD_BYTES = 700_000
 SHARDS = 1  # the identity graph is global: one shard, one partition
-# messages the stage takes as one round when they are waiting: a contact whose events span several
-# analytics batches is rebuilt and written once per round (a simulated week: 2.32 records per contact)
-TAKE_MESSAGES = 16
+# messages the stage takes as one round (`pipeline.worker.journey_agent`: one, see there; the
+# benchmark's `--take` measures rounds of several)
+TAKE_MESSAGES = 1
 
 T = TypeVar("T")
 
