@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from pipeline.privacy.pseudonym import Pseudonymiser
 from pipeline.simulator.truth import read_truth
 
-from .conftest import Worker, Workspace, wait_until
+from .conftest import PSEUDONYM_KEY, Worker, Workspace, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -68,6 +69,15 @@ def test_a_forgotten_customer_leaves_no_row_and_nobody_else_changes(workspace: W
         f"{wanted} journeys",
         interval=2,
     )
+    # withheld-number callers (the simulator sends phone 0000000000): stored without a phone, never
+    # as a pseudonym that looks like one person
+    withheld = sorted(r["contact_id"] for r in records if r["kind"] == "contact" and r["anonymous"])
+    listed = "[" + ",".join(f"'{c}'" for c in withheld) + "]"
+    placeholder = Pseudonymiser(PSEUDONYM_KEY.encode()).value("phone", "0000000000")
+    stored = worker.sql(f"SELECT countIf(phone != ''), count() FROM interaction_events WHERE contact_id IN {listed}")
+    assert withheld and stored[0][0] == 0 and stored[0][1] > 0, stored
+    assert worker.sql(f"SELECT count() FROM interaction_events WHERE phone = '{placeholder}'")[0][0] == 0
+
     journey = next(r for r in records if r["kind"] == "journey" and r["contacts"] > 1 and r["customer_id"])
     customer = journey["customer_id"]
     contacts = sorted(
