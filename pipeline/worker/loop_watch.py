@@ -1,18 +1,22 @@
 """How long the event loop was blocked: a 100 ms sleep that wakes late measures the stall.
 
 SLA deadlines fire from timers on the loop, so a stall is a late breach; the histogram and the
-longest stall are exported, and stalls over a second are logged. While the loop is blocked for over
-a second, faulthandler's watchdog (a C thread that needs no GIL, so it also sees a C call holding
-it) writes every thread's stack to stderr, so a stall in production names its cause."""
+longest stall are exported, and stalls over a second are logged. A watchdog thread logs where the
+loop's thread is once it has been blocked for over half a second, so a stall in production names its
+cause. (Not faulthandler's `dump_traceback_later`, which walks other threads' frames without the
+GIL: a dump during a soak crashed the worker mid-write.) A C call that holds the GIL blocks the
+watchdog too; its stack is logged as the call ends. Collector pauses are such calls and are timed
+on their own."""
 
 from __future__ import annotations
 
 import asyncio
-import faulthandler
 import gc
 import logging
 import sys
+import threading
 import time
+import traceback
 
 from pipeline.worker import metrics
 
@@ -20,7 +24,28 @@ log = logging.getLogger(__name__)
 
 INTERVAL_SECONDS = 0.1
 LOG_OVER_SECONDS = 1.0
+STACK_AFTER_SECONDS = 0.5
 GC_LOG_OVER_SECONDS = 0.5
+
+
+class _Watchdog(threading.Thread):
+    def __init__(self, loop_thread: int) -> None:
+        super().__init__(name="loop-watchdog", daemon=True)
+        self.loop_thread = loop_thread
+        self.beat = time.monotonic()
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        reported = 0.0
+        while not self.stopped.wait(INTERVAL_SECONDS):
+            beat = self.beat
+            if time.monotonic() - beat < STACK_AFTER_SECONDS or beat == reported:
+                continue
+            reported = beat
+            frame = sys._current_frames().get(self.loop_thread)
+            if frame is not None:
+                stack = "".join(traceback.format_stack(frame, limit=30))
+                log.warning("the event loop has been blocked for over %.1f s at:\n%s", STACK_AFTER_SECONDS, stack)
 
 
 class _GcPauses:
@@ -44,15 +69,13 @@ async def watch_loop() -> None:
     longest = 0.0
     pauses = _GcPauses()
     gc.callbacks.append(pauses)
-    # the process's own stderr: Faust's worker replaces sys.stderr with a logger that has no fd
-    stack_to = sys.__stderr__
+    watchdog = _Watchdog(threading.get_ident())
+    watchdog.start()
     try:
         while True:
             started = time.monotonic()
             await asyncio.sleep(INTERVAL_SECONDS)
-            if stack_to is not None:
-                faulthandler.dump_traceback_later(LOG_OVER_SECONDS, file=stack_to)
-            now = time.monotonic()
+            watchdog.beat = now = time.monotonic()
             stall = max(0.0, now - started - INTERVAL_SECONDS)
             metrics.LOOP_STALL_SECONDS.observe(stall)
             if stall > longest:
@@ -61,5 +84,5 @@ async def watch_loop() -> None:
             if stall > LOG_OVER_SECONDS:
                 log.warning("the event loop was blocked for %.1f s", stall)
     finally:
-        faulthandler.cancel_dump_traceback_later()
+        watchdog.stopped.set()
         gc.callbacks.remove(pauses)
