@@ -12,7 +12,7 @@ SOAK_DAYS ?= 4
 SOAK_RATE ?= 4000
 SOAK_SPEED ?= 500
 
-.PHONY: run test unit integration lint typecheck schemas bench soak clean install system-deps
+.PHONY: run test unit integration lint typecheck generate bench soak clean install system-deps
 
 $(STAMP): pyproject.toml
 	@command -v java >/dev/null || { echo "Java (JDK 17+) is needed for the local Kafka broker: apt-get install openjdk-17-jdk-headless"; exit 1; }
@@ -30,8 +30,7 @@ run: $(STAMP)
 
 ## make test: lint, types, generated-file drift, unit and integration tests against a real broker
 test: $(STAMP) system-deps lint typecheck
-	$(BIN)/touchline schemas --check
-	$(BIN)/python -m pipeline.dashboards --check
+	$(BIN)/touchline generate --check
 	$(BIN)/pytest -q --durations=20 tests
 
 ## Prometheus and Alertmanager (Debian packages) for the alerting tests; skipped with a message when not root
@@ -51,8 +50,8 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-schemas: $(STAMP)
-	$(BIN)/touchline schemas
+generate: $(STAMP)
+	$(BIN)/touchline generate
 
 bench: $(STAMP)
 	$(BIN)/python -m pipeline.bench --events $(BENCH_EVENTS)

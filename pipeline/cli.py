@@ -213,34 +213,34 @@ def print_rows(columns: list[str], rows: list[list[Any]], fmt: str) -> None:
 
 
 @main.command()
-@click.option("--check", is_flag=True, help="Exit 1 when schemas/events/ differs from the models instead of writing.")
-def schemas(check: bool) -> None:
-    """Regenerate what is derived from code: schemas/events/*.json (from the pydantic event models),
-    schemas/clickhouse/0003_kpi_windows.sql and the README's KPI table (from the KPI definitions), and the
-    README's configuration table (from the settings model)."""
-    from pipeline import config_docs
-    from pipeline.events.jsonschema import EVENTS_SCHEMA_DIR, drift, write
-    from pipeline.kpi import ddl, docs
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 naming every generated file that differs.")
+def generate(check: bool) -> None:
+    """Regenerate every file derived from code: schemas/events/*.json (event models), the KPI DDL
+    schemas/clickhouse/0003_kpi_windows.sql (KPI definitions), the README's KPI and configuration
+    tables (KPI definitions, settings model), and the Grafana dashboards and alert provisioning."""
+    from pipeline import generate as generated
 
-    kpi_ddl = ddl.DDL_PATH
     if check:
-        stale = drift()
+        stale = generated.drift()
         if stale:
-            fail(f"schemas/events is out of date ({', '.join(stale)}): run `touchline schemas`")
-        if kpi_ddl.read_text() != ddl.render_kpi_ddl():
-            fail(f"{kpi_ddl.name} differs from the KPI definitions: add a migration, then run `touchline schemas`")
-        if docs.with_table(docs.README.read_text()) != docs.README.read_text():
-            fail("the README's KPI table differs from the KPI definitions: run `touchline schemas`")
-        if config_docs.with_table(config_docs.README.read_text()) != config_docs.README.read_text():
-            fail("the README's configuration table differs from pipeline/config.py: run `touchline schemas`")
-        click.echo("generated files match their sources")
+            lines = [f"  {d.path}: differs from {d.source}" + (f"; {d.note}" if d.note else "") for d in stale]
+            fail("generated files are out of date; run `touchline generate`:\n" + "\n".join(lines))
+        click.echo(f"{len(generated.render())} generated files match their sources")
         return
-    names = write()
-    click.echo(f"wrote {len(names)} schemas to {EVENTS_SCHEMA_DIR}")
-    if docs.write():
-        click.echo("updated the KPI table in README.md")
-    if config_docs.write():
-        click.echo("updated the configuration table in README.md")
+    changed = generated.write()
+    for path in changed:
+        click.echo(f"wrote {path}")
+    if not changed:
+        click.echo("generated files are up to date")
+
+
+@main.command(hidden=True)
+@click.option("--check", is_flag=True)
+@click.pass_context
+def schemas(ctx: click.Context, check: bool) -> None:
+    """Renamed: `touchline generate`."""
+    click.echo("`touchline schemas` is now `touchline generate`", err=True)
+    ctx.invoke(generate, check=check)
 
 
 @main.command()

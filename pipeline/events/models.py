@@ -1,6 +1,6 @@
 """The canonical interaction event: one pydantic model per event type.
 
-These models are the single source of truth for the wire format. `touchline schemas` generates
+These models are the single source of truth for the wire format. `touchline generate` generates
 `schemas/events/*.json` from them and a test fails when the committed files drift.
 """
 

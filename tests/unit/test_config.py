@@ -96,7 +96,7 @@ def test_readme_configuration_table_is_generated_from_the_settings_model() -> No
     from pipeline.config import Settings
 
     readme = config_docs.README.read_text()
-    assert config_docs.with_table(readme) == readme, "README configuration table drifted: run `touchline schemas`"
+    assert config_docs.with_table(readme) == readme, "README configuration table drifted: run `touchline generate`"
     assert config_docs.undocumented() == []
     table = readme.split(config_docs.START)[1].split(config_docs.END)[0]
     for name in Settings.model_fields:
@@ -109,12 +109,15 @@ def test_schemas_check_fails_when_the_configuration_table_drifts(
 ) -> None:
     from click.testing import CliRunner
 
-    from pipeline import config_docs
+    from pipeline import config_docs, generate
     from pipeline.cli import main
 
     stale = tmp_path / "README.md"
     stale.write_text(config_docs.README.read_text().replace("| `batch_max_rows` |", "| `batch_rows` |"))
-    monkeypatch.setattr(config_docs, "README", stale)
-    result = CliRunner().invoke(main, ["schemas", "--check"])
+    assert [d.path for d in generate.drift(tmp_path) if d.path.name == "README.md"] == [Path("README.md")]
+    found = generate.drift(tmp_path)
+    monkeypatch.setattr(generate, "drift", lambda: found)  # the check, as if this were the repository
+    result = CliRunner().invoke(main, ["generate", "--check"])
     assert result.exit_code == 1
-    assert "configuration table differs from pipeline/config.py" in result.output
+    assert "README.md: differs from the KPI definitions and the settings model" in result.output
+    assert "run `touchline generate`" in result.output

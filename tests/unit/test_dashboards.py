@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,8 +16,9 @@ import yaml
 from pipeline.dashboards import queries as q
 from pipeline.dashboards.alerts import ALERTS, GROUP_BY, provisioning
 from pipeline.dashboards.build import DASHBOARDS
-from pipeline.dashboards.generate import ALERTING_FILE, DASHBOARD_DIR, drift, render
+from pipeline.dashboards.generate import ALERTING_FILE, DASHBOARD_DIR
 from pipeline.dashboards.macros import ALL, MacroError, TimeRange, Variable, expand, expand_macros, interpolate
+from pipeline.generate import drift
 
 REPO = Path(__file__).resolve().parents[2]
 SQL_BY_TEXT = {pq.sql: pq for pq in q.PANEL_QUERIES}
@@ -35,18 +34,10 @@ def all_panels() -> list[tuple[str, dict[str, Any]]]:
 
 
 def test_committed_files_equal_the_generated_ones() -> None:
-    stale = drift(REPO)
-    assert not stale, f"out of date, run `python -m pipeline.dashboards`: {[str(p) for p in stale]}"
+    stale = [d.path for d in drift(REPO) if d.path.parts[0] == "grafana"]
+    assert not stale, f"out of date, run `touchline generate`: {[str(p) for p in stale]}"
     committed = {p.name for p in (REPO / DASHBOARD_DIR).glob("*.json")}
     assert committed == {f"{stem}.json" for stem in DASHBOARDS}
-
-
-def test_generator_check_fails_on_drift(tmp_path: Path) -> None:
-    assert drift(tmp_path) == list(render())  # nothing written there yet
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline.dashboards", "--check"], cwd=REPO, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_dashboards_and_their_variables() -> None:

@@ -177,7 +177,7 @@ def test_every_kpi_has_a_doc_and_sql() -> None:
 
 
 def test_committed_ddl_matches_the_generator() -> None:
-    assert DDL_PATH.read_text() == render_kpi_ddl(), "run `python -m pipeline.kpi.ddl`"
+    assert DDL_PATH.read_text() == render_kpi_ddl(), "run `touchline generate`"
 
 
 def test_ddl_splits_into_table_and_four_views_with_every_column() -> None:

@@ -15,7 +15,7 @@ from pipeline.store.rows import DEAD_LETTER_COLUMNS, EVENT_COLUMNS, dead_letter_
 
 
 def test_committed_json_schemas_match_the_models() -> None:
-    assert drift() == [], "run `touchline schemas` and commit schemas/events/"
+    assert drift() == [], "run `touchline generate` and commit schemas/events/"
 
 
 def test_every_property_of_every_schema_is_documented() -> None:
@@ -145,6 +145,6 @@ def test_readme_kpi_table_is_generated_from_the_definitions() -> None:
     from pipeline.kpi.definitions import KPIS
 
     readme = docs.README.read_text()
-    assert docs.with_table(readme) == readme, "run `touchline schemas`"
+    assert docs.with_table(readme) == readme, "run `touchline generate`"
     for kpi in KPIS:
         assert f"| `{kpi.name}` |" in readme

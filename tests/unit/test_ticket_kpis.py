@@ -184,6 +184,6 @@ def test_ticket_windows_equal_the_oracle(db: Client, run: TicketRun, view: str) 
 def test_generated_ticket_ddl_and_readme_table_are_current() -> None:
     assert DDL_PATH.read_text() == render_ticket_ddl(), "run `python -m pipeline.kpi.tickets`"
     readme = docs.README.read_text()
-    assert docs.with_table(readme) == readme, "run `touchline schemas`"
+    assert docs.with_table(readme) == readme, "run `touchline generate`"
     for kpi in TICKET_KPIS:
         assert f"| `{kpi.name}` |" in readme
