@@ -1,6 +1,10 @@
 """One way to reach ClickHouse: clickhouse-connect, with the embedded chDB engine (`chdb://dir`) or
-a server (`http(s)://`). chDB allows one engine per process, so a process opens one client and
-shares it; calls are blocking and must be kept off an event loop (see `BlockingExecutor`)."""
+a server (`http(s)://`). chDB runs one engine per process; several clients (connections) may use
+it. A client is used by one thread at a time: clickhouse-connect's client and its HTTP session are
+not safe to share between threads, and chDB serializes the calls of one connection. So a use that
+runs on a thread of its own (the ingest stage beside the analytics writes) opens its own client
+(`connect(..., own=True)`); calls are blocking and must be kept off an event loop (see
+`BlockingExecutor`)."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ T = TypeVar("T")
 
 _lock = threading.Lock()
 _clients: dict[tuple[str, str], Client] = {}
+_owned: list[Client] = []
 
 
 class StoreError(Exception):
@@ -34,11 +39,12 @@ def _embedded_path(dsn: str) -> Path | None:
     return None if location in ("", "memory", ":memory:") else Path(location)
 
 
-def connect(dsn: str, database: str, *, create_database: bool = True) -> Client:
-    """A client on `database`, created if missing. Embedded clients are cached per process."""
+def connect(dsn: str, database: str, *, create_database: bool = True, own: bool = False) -> Client:
+    """A client on `database`, created if missing: the process's shared one for this DSN and
+    database, or with `own` a new one for a thread of its own (closed by `close_all` too)."""
     key = (dsn, database)
     with _lock:
-        if key in _clients:
+        if key in _clients and not own:
             return _clients[key]
         path = _embedded_path(dsn)
         if path is not None:
@@ -50,7 +56,10 @@ def connect(dsn: str, database: str, *, create_database: bool = True) -> Client:
             client = clickhouse_connect.get_client(dsn=dsn, database=database)
         except Exception as error:  # clickhouse-connect raises many kinds; all mean "unusable"
             raise open_error(dsn, error) from error
-        _clients[key] = client
+        if own:
+            _owned.append(client)
+        else:
+            _clients[key] = client
         return client
 
 
@@ -65,9 +74,10 @@ def open_error(dsn: str, error: Exception) -> StoreError:
 
 def close_all() -> None:
     with _lock:
-        for client in _clients.values():
+        for client in [*_clients.values(), *_owned]:
             client.close()
         _clients.clear()
+        _owned.clear()
 
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -221,7 +221,7 @@ def _ingest(shared: Shared) -> IngestSink:
     # raw events get their own connection and thread, so a batch is never queued behind the
     # analytics writes (KPI rows, journeys, checkpoints); chDB serializes calls per connection only
     sink = IngestSink(
-        connect(settings.clickhouse_url, settings.clickhouse_database),
+        connect(settings.clickhouse_url, settings.clickhouse_database, own=True),
         BlockingExecutor("ingest"),
         send_dead_letters,
         max_rows=settings.batch_max_rows,
