@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import NoReturn
 
 import click
 
 from pipeline.broker import KAFKA_VERSION, BrokerError, BrokerPaths, classpath_is_cached, start, status, stop
+from pipeline.errors import fail
 from pipeline.topics import probe_broker
 
 DATA_DIR_HELP = (
@@ -24,11 +24,6 @@ def default_data_dir() -> Path:
 
 def _data_dir(value: Path | None) -> Path:
     return value if value is not None else default_data_dir()
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    raise SystemExit(1)
 
 
 data_dir_option = click.option(
@@ -95,7 +90,7 @@ def start_command(port: int, controller_port: int | None, timeout: float, data_d
     try:
         bootstrap = start(directory, port=port, controller_port=controller_port, timeout=timeout)
     except BrokerError as error:
-        _fail(str(error))
+        fail(str(error), prog="touchline broker")
     after = status(directory)
     pid = f"pid {after.pid}" if after.pid is not None else "pid unknown"
     if before.running:
@@ -124,7 +119,7 @@ def stop_command(timeout: float, data_dir: Path | None) -> None:
     try:
         stopped = stop(directory, timeout=timeout)
     except BrokerError as error:
-        _fail(str(error))
+        fail(str(error), prog="touchline broker")
     if stopped:
         click.echo(f"Stopped Kafka (pid {before.pid}).")
     else:
@@ -142,7 +137,7 @@ def status_command(data_dir: Path | None) -> None:
     try:
         info = status(directory)
     except BrokerError as error:
-        _fail(str(error))
+        fail(str(error), prog="touchline broker")
     if not info.running:
         click.echo(f"Local Kafka: not running (data {info.data_dir}). Start it with `touchline broker start`.")
         return

@@ -7,18 +7,13 @@ import logging
 import sys
 import urllib.error
 import urllib.request
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
 from pipeline.config import ConfigError, Settings, load_settings
-from pipeline.errors import port_in_use, store_error_message
+from pipeline.errors import fail, port_in_use, store_error_message
 from pipeline.sql_client import clickhouse_message, result_columns, route, rows_label, write_table, write_tsv
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"touchline: {message}", err=True)
-    sys.exit(code)
 
 
 def quiet_driver() -> None:

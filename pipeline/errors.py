@@ -4,6 +4,18 @@ port that is taken. The first line of what the user reads names the cause, not t
 from __future__ import annotations
 
 import re
+from typing import NoReturn
+
+import click
+
+
+def fail(message: str, code: int = 1, prog: str = "touchline") -> NoReturn:
+    """End a command on a user's mistake or an unusable dependency: one line on stderr prefixed with
+    the program, exit `code`, no traceback. SystemExit (not click.ClickException, an Exception):
+    it passes through the commands' `except Exception` handlers as it always did."""
+    click.echo(f"{prog}: {message}", err=True)
+    raise SystemExit(code)
+
 
 _STORE_CAUSES: tuple[tuple[str, str], ...] = (
     (r"Connection refused", "connection refused: nothing listens on that host and port (is ClickHouse running?)"),

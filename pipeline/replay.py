@@ -17,12 +17,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 
 import click
 from pydantic import ValidationError
 
 from pipeline.config import ConfigError, load_settings
+from pipeline.errors import fail
 from pipeline.events.models import EVENT_ADAPTER, EventBase, to_json
 from pipeline.events.topics import DEFAULT_TOPICS, TopicNames
 from pipeline.simulator.faults import Message
@@ -126,11 +127,6 @@ def messages_of(
         yield Message(latest, topics.interactions[event.channel], event.contact_id.encode(), to_json(event), at)
 
 
-def _fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"touchline replay: {message}", err=True)
-    sys.exit(code)
-
-
 @click.command(name="replay")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
@@ -171,13 +167,13 @@ def replay_command(file: Path, speed: float, dry_run: bool) -> None:
         try:
             sink = open_kafka(settings, "touchline-replay")
         except DeliveryError as error:
-            _fail(str(error))
+            fail(str(error), prog="touchline replay")
         with StopSignal() as stop:
             pacer = Pacer(speed, None, stop.event)
             try:
                 report = deliver(messages_of(read_events(handle, stats), stop.event, settings.topics), sink, pacer)
             except DeliveryError as error:
-                _fail(str(error))
+                fail(str(error), prog="touchline replay")
             finally:
                 sink.close()
     _report_bad(stats)
@@ -187,7 +183,7 @@ def replay_command(file: Path, speed: float, dry_run: bool) -> None:
         f"{len(stats.bad):,} bad lines skipped; {report.elapsed_s:.1f}s, {report.rate:,.0f} events/s"
     )
     if stats.valid == 0:
-        _fail(f"no valid event in {file}")
+        fail(f"no valid event in {file}", prog="touchline replay")
 
 
 def _report_bad(stats: ReplayStats) -> None:

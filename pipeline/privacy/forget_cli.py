@@ -26,7 +26,8 @@ def forget_command(kind: str | None, value: str | None, customer_id: str | None,
 
     Example: touchline forget --kind phone --value "+44 20 7946 0000"
     """
-    from pipeline.cli import fail, settings_or_exit
+    from pipeline.cli import settings_or_exit
+    from pipeline.errors import fail
     from pipeline.sql_client import route, worker_health
 
     if customer_id is not None:
@@ -59,7 +60,7 @@ def forget_command(kind: str | None, value: str | None, customer_id: str | None,
 
 
 def _through_worker(settings: Any, url: str, kind: str, value: str) -> dict[str, Any]:
-    from pipeline.cli import fail
+    from pipeline.errors import fail
     from pipeline.privacy.access import client_headers
 
     request = urllib.request.Request(
@@ -77,8 +78,7 @@ def _through_worker(settings: Any, url: str, kind: str, value: str) -> dict[str,
 
 
 def _in_store(settings: Any, kind: str, value: str) -> dict[str, Any]:
-    from pipeline.cli import fail
-    from pipeline.errors import store_error_message
+    from pipeline.errors import fail, store_error_message
     from pipeline.privacy import erasure
     from pipeline.privacy.runtime import pseudonymiser_of
     from pipeline.store.clickhouse import StoreError, connect

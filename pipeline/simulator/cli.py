@@ -7,11 +7,12 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
 from pipeline.config import ConfigError, Settings, load_settings
+from pipeline.errors import fail
 from pipeline.events.topics import TopicNames
 from pipeline.simulator import BackgroundRun, delivered, summary_of, tickets
 from pipeline.simulator.faults import FaultConfig, FaultInjector, Message
@@ -80,11 +81,6 @@ def _rate(value: float) -> float:
     if not 0.0 <= value <= 1.0:
         raise click.BadParameter("must be between 0 and 1")
     return value
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"touchline simulate: {message}", err=True)
-    sys.exit(code)
 
 
 def open_kafka(settings: Settings, client_id: str) -> KafkaSink:
@@ -315,7 +311,7 @@ def simulate_command(
         except DeliveryError as error:
             if background is not None:
                 background.close()
-            _fail(str(error))
+            fail(str(error), prog="touchline simulate")
         target = f"Kafka {settings.bootstrap_servers}"
     if not quiet:
         bound = []
@@ -362,7 +358,7 @@ def _run(
                 messages, sink, pacer, on_stop=on_stop, progress=_progress_printer(not quiet), progress_every=1000
             )
         except (DeliveryError, RuntimeError) as error:
-            _fail(str(error))
+            fail(str(error), prog="touchline simulate")
         finally:
             sink.close()
             if background is not None:
