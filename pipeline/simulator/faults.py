@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pipeline.events.models import Channel
+from pipeline.events.models import Channel, EventBase
 from pipeline.events.topics import TopicNames
 from pipeline.simulator.truth import BadMessageTruth
 
@@ -182,20 +182,7 @@ class FaultInjector:
         return self._bad_seq
 
 
-_BASE_FIELDS = (
-    "schema_version",
-    "event_id",
-    "occurred_at",
-    "channel",
-    "contact_id",
-    "customer",
-    "queue",
-    "priority",
-    "segment",
-    "intent",
-    "agent_id",
-    "bot_id",
-)
+_BASE_FIELDS = tuple(EventBase.model_fields)  # the fields every event carries
 
 
 def make_bad(kind: str, template: Delivery, rng: random.Random, bad_id: str) -> tuple[str, bytes]:
