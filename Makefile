@@ -31,14 +31,15 @@ run: $(STAMP)
 ## make test: lint, types, generated-file drift, unit and integration tests against a real broker
 test: $(STAMP) system-deps lint typecheck
 	$(BIN)/touchline generate --check
-	$(BIN)/pytest -q --durations=20 tests
+	$(BIN)/pytest -q -n 2 tests/unit
+	$(BIN)/pytest -q --durations=20 tests/integration
 
 ## Prometheus and Alertmanager (Debian packages) for the alerting tests; skipped with a message when not root
 system-deps:
 	@bash deploy/install-system-deps.sh
 
 unit: $(STAMP)
-	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q -n 2 tests/unit
 
 integration: $(STAMP)
 	$(BIN)/pytest -q -m integration tests
