@@ -101,8 +101,10 @@ class BatchConsumer:
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.consumer.seek(tp, offset)
 
-    async def seek_to_beginning(self, tp: TopicPartition) -> None:
-        await self.consumer.seek_to_beginning(tp)
+    async def seek_to_beginning(self, *tps: TopicPartition) -> None:
+        """One call for many: each call waits for a fetcher cycle."""
+        if tps:
+            await self.consumer.seek_to_beginning(*tps)
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._consumer.assignment()) if self._consumer is not None else set()
