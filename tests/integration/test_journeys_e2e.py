@@ -276,7 +276,7 @@ def test_journey_worker_killed_three_times_gives_the_truth_and_answers_lookups_a
     process had finished but not committed (the kill interrupted unacknowledged work)."""
     worker = workspace.start_worker()
     port = worker.port
-    producing = Background(workspace, seed=33, speed=600)
+    producing = Background(workspace, seed=33, speed=1000)  # the day in 86 s: room for three kills and restarts
     redelivered = []
     for _ in range(3):
         customer_id, journey_id = a_known_customer(worker)

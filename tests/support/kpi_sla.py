@@ -131,6 +131,13 @@ def prepare(workspace: Workspace, *simulation: str | int) -> Prepared:
 def finish(run: Prepared, worker: Any, ingest: Any, final_timeout: float = FINAL_TIMEOUT_S) -> list[str]:
     """Wait until every message is read, stored and every window final, then compare with the
     oracles: the mismatches."""
+    watermark_ms = settle(run, worker, ingest, final_timeout)
+    return compare_with_oracles(worker, run.contacts, run.horizon_ms, watermark_ms)
+
+
+def settle(run: Prepared, worker: Any, ingest: Any, final_timeout: float = FINAL_TIMEOUT_S) -> int:
+    """Wait until every message is read and stored, every partition's watermark has passed the
+    horizon and the outputs up to it are written: the lowest watermark (ms)."""
     wait_until(
         lambda: ingest.metric("touchline_events_consumed_total") >= run.expected_messages,
         CONSUME_TIMEOUT_S,
@@ -150,7 +157,7 @@ def finish(run: Prepared, worker: Any, ingest: Any, final_timeout: float = FINAL
     assert watermark_ms is not None and watermark_ms >= run.horizon_ms
     time.sleep(EMIT_SECONDS + 3)  # the SLA ticks up to that watermark, and their inserts
     assert worker.metric("touchline_events_late_total") == 0, "events were dropped as late"
-    return compare_with_oracles(worker, run.contacts, run.horizon_ms, watermark_ms)
+    return watermark_ms
 
 
 def compare_with_oracles(worker: Any, contacts: list[dict[str, Any]], horizon_ms: int, watermark_ms: int) -> list[str]:
