@@ -12,7 +12,6 @@ import yaml
 from pipeline.dashboards.alerts import provisioning
 from pipeline.dashboards.build import DASHBOARDS
 
-REPO = Path(__file__).resolve().parents[2]
 DASHBOARD_DIR = Path("grafana/dashboards")
 ALERTING_FILE = Path("grafana/provisioning/alerting/touchline.yaml")
 
