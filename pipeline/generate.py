@@ -54,19 +54,22 @@ def stale_event_schemas() -> list[Path]:
     return sorted(p.relative_to(REPO) for p in jsonschema.EVENTS_SCHEMA_DIR.glob("*.json") if p.name not in wanted)
 
 
+def _differing(root: Path) -> list[tuple[Path, str, str]]:
+    """(path, content, source) of each rendered file whose copy under `root` is missing or differs."""
+    return [
+        (path, text, source)
+        for path, (text, source) in render(root).items()
+        if not ((root / path).is_file() and (root / path).read_text(encoding="utf-8") == text)
+    ]
+
+
 def drift(root: Path = REPO) -> list[Drift]:
     """Every generated file whose committed copy is missing or differs, and stale ones."""
     from pipeline.kpi import ddl
 
-    found = []
-    for path, (text, source) in render(root).items():
-        target = root / path
-        if target.is_file() and target.read_text(encoding="utf-8") == text:
-            continue
-        note = ""
-        if path == ddl.DDL_PATH.relative_to(REPO):
-            note = "it is a migration: a store created before the change also needs a new migration"
-        found.append(Drift(path, source, note))
+    migration = ddl.DDL_PATH.relative_to(REPO)
+    note = "it is a migration: a store created before the change also needs a new migration"
+    found = [Drift(path, source, note if path == migration else "") for path, _, source in _differing(root)]
     found += [Drift(path, "no event model any more", "it is removed") for path in stale_event_schemas()]
     return found
 
@@ -74,12 +77,9 @@ def drift(root: Path = REPO) -> list[Drift]:
 def write(root: Path = REPO) -> list[Path]:
     """Write what differs; the paths written or removed."""
     changed = []
-    for path, (text, _) in render(root).items():
-        target = root / path
-        if target.is_file() and target.read_text(encoding="utf-8") == text:
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
+    for path, text, _ in _differing(root):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text, encoding="utf-8")
         changed.append(path)
     for path in stale_event_schemas():
         (root / path).unlink()
