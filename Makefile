@@ -24,9 +24,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## make run [DURATION=<s>] [SPEED=<x>]: broker + worker + simulator with a live view
+## make run [DURATION=<s>] [SPEED=<x>] [FRESH=1]: broker + worker + simulator with a live view (tools/run.py)
 run: $(STAMP)
-	$(BIN)/touchline run --speed $(SPEED) --seed $(SEED) $(if $(DURATION),--duration $(DURATION))
+	$(BIN)/python -m tools.run --speed $(SPEED) --seed $(SEED) $(if $(DURATION),--duration $(DURATION)) $(if $(FRESH),--fresh)
 
 ## make test: lint, types, generated-file drift, unit and integration tests against a real broker
 test: $(STAMP) system-deps lint typecheck
@@ -45,8 +45,8 @@ integration: $(STAMP)
 	$(BIN)/pytest -q -m integration tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline tests
-	$(BIN)/ruff format --check pipeline tests
+	$(BIN)/ruff check pipeline tools benchmarks tests
+	$(BIN)/ruff format --check pipeline tools benchmarks tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -55,12 +55,12 @@ generate: $(STAMP)
 	$(BIN)/touchline generate
 
 bench: $(STAMP)
-	$(BIN)/python -m pipeline.bench --events $(BENCH_EVENTS)
+	$(BIN)/python -m benchmarks.bench --events $(BENCH_EVENTS)
 
 ## make soak [SOAK_DAYS=4] [SOAK_RATE=4000] [SOAK_SPEED=500]: simulated days through one worker; RSS, state, stalls, stop/restart
 soak: $(STAMP)
 	$(BIN)/python -m benchmarks.soak --days $(SOAK_DAYS) --rate $(SOAK_RATE) --speed $(SOAK_SPEED)
 
 clean:
-	-$(BIN)/touchline broker stop 2>/dev/null
+	-$(BIN)/python -m tools.broker stop 2>/dev/null
 	rm -rf .touchline

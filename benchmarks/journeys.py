@@ -24,10 +24,12 @@ import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import click
 from rocksdict import Options, Rdict
 
+from pipeline.events.models import EventBase
 from pipeline.journeys.contact import to_ms
 from pipeline.journeys.lifecycle import DAY, Stitcher, journey_row, step_rows
 from pipeline.journeys.record import ContactRecord
@@ -64,9 +66,9 @@ def main(days: float, rate: float, customers: int, batch: int, seed: int, take: 
     gc.freeze()
     gc.set_threshold(50_000, 20, 10)
     counts: Counter[str] = Counter()
-    seconds: Counter[str] = Counter()
+    seconds = {"forward": 0.0, "stage": 0.0}
     day_end = start + DAY
-    pending: list = []
+    pending: list[EventBase] = []
     offset = 0
     click.echo(
         f"simulating {days:g} days at rate {rate:g} ({customers:,} customers), batches of {batch:,} events, "
@@ -75,7 +77,7 @@ def main(days: float, rate: float, customers: int, batch: int, seed: int, take: 
 
     waiting: list[bytes] = []  # messages on the journey topic not taken yet
 
-    def run_batch(events: list, last: bool = False) -> None:
+    def run_batch(events: list[EventBase], last: bool = False) -> None:
         """One analytics batch forwarded; the journey stage takes the waiting messages in rounds of
         `take` (the last ones at the end of the run)."""
         t0 = time.perf_counter()
@@ -182,7 +184,7 @@ def main(days: float, rate: float, customers: int, batch: int, seed: int, take: 
     started = time.perf_counter()
     records = [ContactRecord.from_json(value) for _, value in contacts_db.items()]
     read_s = time.perf_counter() - started
-    entries = [(key.decode(), stage.emitted_entry(value)) for key, value in emitted_db.items()]
+    entries = [(cast(bytes, key).decode(), stage.emitted_entry(value)) for key, value in emitted_db.items()]  # raw mode
     restored = Stitcher.from_state(records, entries)
     took = time.perf_counter() - started
     click.echo(

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import click
 
-from pipeline import broker
-from pipeline.bench import free_port, fresh_topics, metrics, start_worker
+from benchmarks.bench import free_port, fresh_topics, metrics, start_worker
+from tools import broker
 
 DAY_MS = 86_400_000
 START = "2026-03-02T00:00:00Z"
@@ -50,7 +50,7 @@ def histogram(m: dict[str, float], name: str) -> dict[float, float]:
 
 
 def raw_metrics(url: str) -> dict[str, float]:
-    """Every sample with its labels as the key (pipeline.bench.metrics sums over labels)."""
+    """Every sample with its labels as the key (benchmarks.bench.metrics sums over labels)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(f"{url}/metrics", timeout=30) as response:

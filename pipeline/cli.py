@@ -120,7 +120,11 @@ def worker(web_port: int | None, role: str | None) -> None:
     except KafkaAuthenticationError as error:
         fail(str(error))
     except Exception as error:
-        hint = " (start it with `touchline broker start`)" if settings.uses_local_broker else ""
+        hint = (
+            " (start it with `make run`, or `python -m tools.broker start` in a checkout)"
+            if settings.uses_local_broker
+            else ""
+        )
         fail(f"no Kafka broker at {settings.bootstrap_servers}{hint}: {error}")
     from pipeline.store.migrations import MigrationError
     from pipeline.worker.app import create_app
@@ -294,16 +298,12 @@ def topics() -> None:
 
 
 def _register() -> None:
-    from pipeline.broker_cli import broker_group
-    from pipeline.live import run_command
     from pipeline.privacy.forget_cli import forget_command
     from pipeline.replay import replay_command
     from pipeline.simulator.cli import simulate_command
 
-    main.add_command(broker_group)
     main.add_command(simulate_command)
     main.add_command(replay_command)
-    main.add_command(run_command)
     main.add_command(forget_command)
 
 

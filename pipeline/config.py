@@ -45,7 +45,7 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices(
             "KAFKA_BOOTSTRAP_SERVERS", "TOUCHLINE_KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers"
         ),
-        description="Your Kafka cluster (host:port,...). Unset: the local broker that `touchline broker start` runs.",
+        description="Your Kafka cluster (host:port,...). Unset: the local broker that `make run` (or `python -m tools.broker start`) runs.",
     )
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT",

@@ -1,7 +1,7 @@
 """Kafka topic helpers: wait for a broker to answer and create topics idempotently.
 
 Plain kafka-python (``KafkaAdminClient``); no CLI concerns here. Works against
-any Kafka cluster: the local Touchline broker (see :mod:`pipeline.broker`) or
+any Kafka cluster: the local Touchline broker (see :mod:`tools.broker`, a source checkout) or
 an external one named by ``KAFKA_BOOTSTRAP_SERVERS``.
 """
 
@@ -197,7 +197,7 @@ def wait_for_broker(bootstrap: str, timeout: float, *, options: Mapping[str, Any
         if time.monotonic() >= deadline:
             raise TimeoutError(
                 f"Kafka at {bootstrap} did not answer within {timeout:.0f}s. "
-                "Start the local broker with `touchline broker start`, or check "
+                "Start the local broker with `python -m tools.broker start` (a source checkout), or check "
                 "KAFKA_BOOTSTRAP_SERVERS."
             )
         time.sleep(0.25)

@@ -3,6 +3,6 @@ Grafana-managed alert rules on ClickHouse, generated into `grafana/` by `touchli
 
 Modules: `queries` (every panel and alert query, written once), `build` (the dashboards), `alerts`
 (alert rules, contact point, notification policy), `clickhouse` (the ClickHouse plugin's query model
-for the SDK), `macros` (Grafana's variable and ClickHouse macro expansion, to run the queries
-outside Grafana), `generate` (files and drift check).
+for the SDK), `generate` (files and drift check). The tests expand and run every query outside
+Grafana with `tests/support/macros.py`.
 """

@@ -91,7 +91,7 @@ def open_kafka(settings: Settings, client_id: str) -> KafkaSink:
     bootstrap = settings.bootstrap_servers
     security = client_options(settings)
     hint = (
-        " (start it with `touchline broker start`)"
+        " (start it with `make run`, or `python -m tools.broker start` in a checkout)"
         if settings.uses_local_broker
         else " (check KAFKA_BOOTSTRAP_SERVERS)"
     )

@@ -23,9 +23,9 @@ import pytest
 from kafka import KafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline import broker
 from pipeline.events.topics import topic_specs
 from pipeline.topics import ensure_topics
+from tools import broker
 
 REPO = Path(__file__).resolve().parents[2]
 PARTITIONS = 4

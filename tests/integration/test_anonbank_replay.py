@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from pipeline.events.models import Channel, ContactStarted, EventBase
-from pipeline.realdata.anonbank import convert, write_jsonl
+from tools.realdata.anonbank import convert, write_jsonl
 
 from ..anonbank_oracle import ANONBANK_TSV, MALFORMED_LINES, SKIP_WITHOUT_DATA, Tally, compute, summary
 from .conftest import Workspace, wait_until

@@ -1,4 +1,4 @@
-"""The local Kafka broker (pipeline.broker) against real clients.
+"""The local Kafka broker (tools.broker) against real clients.
 
 Self-contained: starts its own single-node KRaft broker on a free port in a temporary
 directory (jars resolved by Maven, run on the local JDK), exercises it with kafka-python
@@ -21,9 +21,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource
 
-from pipeline import broker
-from pipeline.broker import BrokerError, BrokerPaths
 from pipeline.topics import ensure_topics, probe_broker, wait_for_broker
+from tools import broker
+from tools.broker import BrokerError, BrokerPaths
 
 pytestmark = pytest.mark.integration
 
@@ -249,7 +249,7 @@ def test_start_on_a_taken_port_fails_clearly(local_broker: LocalBroker, tmp_path
     message = str(taken.value)
     assert f"port {local_broker.port}" in message
     assert "already in use" in message
-    assert "touchline broker stop" in message
+    assert "python -m tools.broker stop" in message
     assert "--port" in message
 
     with pytest.raises(BrokerError, match="controller port"):

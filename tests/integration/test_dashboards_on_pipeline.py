@@ -33,12 +33,12 @@ import pytest
 
 from pipeline.dashboards import queries as q
 from pipeline.dashboards.alerts import ALERTS, AlertSpec
-from pipeline.dashboards.macros import ALL, TimeRange, Variable, column_kind, expand
 from pipeline.kpi.definitions import DEFAULT_SL_THRESHOLDS
 from pipeline.simulator.truth import read_truth
 from tests.oracles import ms_of
 from tests.oracles.sla_truth import Breach, sla_oracle
 from tests.support.kpi_sla import WORKER_ENV, lowest_watermark_ms, send_end_of_stream
+from tests.support.macros import ALL, TimeRange, Variable, column_kind, expand
 
 from .conftest import REPO, Worker, open_workspace, wait_until
 

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from pipeline import broker
 from pipeline.config import Settings, load_settings
 from pipeline.kafka_security import client_options
 from pipeline.simulator.faults import Message
 from pipeline.simulator.produce import KafkaSink
 from pipeline.topics import KafkaAuthenticationError, ensure_topics, probe_broker
 from tests.integration.conftest import free_port, open_workspace, wait_until
+from tools import broker
 
 pytestmark = [
     pytest.mark.integration,

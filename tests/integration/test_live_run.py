@@ -1,4 +1,4 @@
-"""`touchline run` (what `make run` calls) in a real 100-column terminal (tmux): the live view shows
+"""`python -m tools.run` (what `make run` calls) in a real 100-column terminal (tmux): the live view shows
 what on-call needs, simulated time never runs ahead of the wall clock, and a rerun continues the
 store without losing its KPIs to lateness, saying so. The captured screen is kept in
 /work/notes/live-view-screen.txt (or $TOUCHLINE_LIVE_SCREEN)."""
@@ -79,7 +79,7 @@ def run_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         }
     )
     yield env
-    from pipeline import broker
+    from tools import broker
 
     broker.stop(tmp_path / "data" / "kafka")  # only if a failed run left it
 
@@ -88,7 +88,7 @@ def run_in_terminal(env: dict[str, str], socket: str, args: str) -> Terminal:
     exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items() if k.startswith(("TOUCHLINE_", "PYTHON")))
     terminal = Terminal(socket)
     # the terminal's own size, not COLUMNS/LINES the test runner may have exported (pytest sets 80x24)
-    command = f"env -u COLUMNS -u LINES {exports} {shlex.quote(sys.executable)} -m pipeline run {args}"
+    command = f"env -u COLUMNS -u LINES {exports} {shlex.quote(sys.executable)} -m tools.run {args}"
     terminal.start(f"cd {shlex.quote(str(REPO))} && {command}")
     return terminal
 

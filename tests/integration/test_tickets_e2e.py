@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from pipeline.dashboards import queries as q
-from pipeline.dashboards.macros import ALL, TimeRange, Variable, expand
 from pipeline.kpi.tickets import COUNT_NAMES, GRAINS, LIST_NAMES, TICKET_KPIS, ticket_kpi_values
 from pipeline.simulator.truth import read_truth
 from tests.oracles import ms_of
@@ -27,6 +26,7 @@ from tests.oracles.ticket_truth import (
     ticket_oracle,
     ticket_windows_oracle,
 )
+from tests.support.macros import ALL, TimeRange, Variable, expand
 
 from .conftest import Workspace, wait_until
 

@@ -1,4 +1,4 @@
-"""The Anonymous Bank converter (`pipeline.realdata.anonbank`): hand-made rows, then the whole real
+"""The Anonymous Bank converter (`tools.realdata.anonbank`): hand-made rows, then the whole real
 month through the pipeline's streaming KPI core (`KpiWindows`, as the worker runs it, merged per
 UTC day by `merge_partials` exactly as the `kpi_1d` view merges) compared with the independent
 oracle in `tests/anonbank_oracle.py` (plain Python from the TSV rows; its docstring pins the
@@ -27,8 +27,8 @@ from pipeline.events.models import EventBase, event_type
 from pipeline.kpi.definitions import COUNT_NAMES, LIST_NAMES, KpiRow, kpi_values, merge_partials
 from pipeline.kpi.facts import contact_facts
 from pipeline.kpi.windows import KpiWindows
-from pipeline.realdata.anonbank import FIELDS, ConversionResult, convert, convert_lines, write_jsonl
 from pipeline.replay import ReplayStats, read_events
+from tools.realdata.anonbank import FIELDS, ConversionResult, convert, convert_lines, write_jsonl
 
 from ..anonbank_oracle import ANONBANK_TSV, MALFORMED_LINES, SKIP_WITHOUT_DATA, OracleResult, Tally, compute, summary
 

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from pipeline.cli import main
+from tools.run import run_command
 
 GOOD_POLICIES = Path(__file__).resolve().parents[2] / "deploy" / "sla-policies.yaml"
 
@@ -155,8 +156,7 @@ def test_taken_web_port_is_named_before_anything_starts(monkeypatch: pytest.Monk
         sock.listen()
         port = sock.getsockname()[1]
         monkeypatch.setenv("TOUCHLINE_WORKER_WEB_PORT", str(port))
-        for command in (["worker"], ["run", "--duration", "5"]):
-            result = invoke(*command)
+        for result in (invoke("worker"), CliRunner().invoke(run_command, ["--duration", "5"])):
             no_traceback(result)
             assert result.exit_code == 1
             assert f"127.0.0.1:{port}: address already in use" in first_line(result), result.output

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import load_settings
-from pipeline.live import run_command, simulation_start, start_fresh
+from tools.run import run_command, simulation_start, start_fresh
 
 
 @pytest.mark.parametrize(("given", "seconds"), [("1m", 60.0), ("90s", 90.0), ("60", 60.0), ("1h30m", 5400.0)])

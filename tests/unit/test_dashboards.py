@@ -17,8 +17,8 @@ from pipeline.dashboards import queries as q
 from pipeline.dashboards.alerts import ALERTS, GROUP_BY, provisioning
 from pipeline.dashboards.build import DASHBOARDS
 from pipeline.dashboards.generate import ALERTING_FILE, DASHBOARD_DIR
-from pipeline.dashboards.macros import ALL, MacroError, TimeRange, Variable, expand, expand_macros, interpolate
 from pipeline.generate import drift
+from tests.support.macros import ALL, MacroError, TimeRange, Variable, expand, expand_macros, interpolate
 
 REPO = Path(__file__).resolve().parents[2]
 SQL_BY_TEXT = {pq.sql: pq for pq in q.PANEL_QUERIES}

@@ -1,7 +1,7 @@
-"""`touchline run`: the local demo. Starts the broker (unless an external one is configured), the
-worker and the simulator as child processes, and shows a live terminal view built from the
-worker's own /metrics and the rows in ClickHouse. Ctrl-C (or the end of --duration) stops
-everything cleanly; the data stays for `touchline sql`."""
+"""`python -m tools.run` (what `make run` calls): the local demo. Starts the broker (unless an
+external one is configured), the worker and the simulator as child processes, and shows a live
+terminal view built from the worker's own /metrics and the rows in ClickHouse. Ctrl-C (or the end
+of --duration) stops everything cleanly; the data stays for `touchline sql`."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from rich.live import Live
 
 from pipeline.config import ConfigError, Settings, load_settings
 from pipeline.errors import first_cause, port_in_use
-from pipeline.live_view import Board, query, read_board, render, scrape
 from pipeline.store.clickhouse import redact
+from tools.live_view import Board, query, read_board, render, scrape
 
 
 @contextmanager
@@ -121,10 +121,10 @@ def run_command(duration: float | None, speed: float, seed: int, rate: float | N
     then starts after its newest event, so nothing is late) unless --fresh is given; it says which.
     Logs go to <data dir>/logs/. Afterwards, query the data with `touchline sql`.
     """
-    from pipeline import broker
     from pipeline.checks import policy_problems
     from pipeline.kafka_security import client_options
     from pipeline.topics import KafkaAuthenticationError, ensure_topics
+    from tools import broker
 
     try:
         settings: Settings = load_settings()
@@ -284,7 +284,7 @@ def simulation_start(settings: Settings, duration: float | None, speed: float) -
         if speed > 1 and (now - start).total_seconds() < horizon * (speed - 1) / 2:
             message += (
                 " (event time may not run ahead of the wall clock, so after catching up the simulation runs in "
-                "real time; `touchline run --fresh` starts from an empty store)"
+                "real time; `--fresh`, i.e. `make run FRESH=1`, starts from an empty store)"
             )
     else:
         message += f"; simulated time starts at {start:%Y-%m-%d %H:%M:%S} UTC"
@@ -293,7 +293,7 @@ def simulation_start(settings: Settings, duration: float | None, speed: float) -
 
 def start_fresh(settings: Settings) -> str:
     """Delete what a run keeps (ClickHouse store, worker tables, local Kafka data); logs stay."""
-    from pipeline import broker
+    from tools import broker
 
     if settings.uses_local_broker:
         broker.stop(settings.data_dir / "kafka")
@@ -308,3 +308,7 @@ def start_fresh(settings: Settings) -> str:
             ", ".join(removed) or "nothing"
         )
     return "starting fresh: removed " + (", ".join(removed) if removed else "nothing (no earlier run here)")
+
+
+if __name__ == "__main__":
+    run_command(prog_name="python -m tools.run")

@@ -36,7 +36,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from kafka import KafkaAdminClient, KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline import broker
 from pipeline.events.models import (
     AgentAssigned,
     AgentReply,
@@ -51,6 +50,7 @@ from pipeline.events.models import (
 )
 from pipeline.events.topics import INTERACTION_TOPICS, interaction_topic, topic_specs
 from pipeline.topics import ensure_topics
+from tools import broker
 
 
 def free_port() -> int:
@@ -154,7 +154,7 @@ def faust_baseline(bootstrap: str, expected: int, workdir: Path) -> float:
     """Seconds for a bare Faust agent (count and ack, nothing else) to read `expected` messages."""
     result = workdir / "faust-baseline.txt"
     subprocess.run(
-        [sys.executable, "-m", "pipeline.bench_faust_baseline", bootstrap, str(expected), str(result)],
+        [sys.executable, "-m", "benchmarks.bench_faust_baseline", bootstrap, str(expected), str(result)],
         capture_output=True,
         timeout=1800,
         check=False,

@@ -51,7 +51,7 @@ __all__ = [
     "stop",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_DIR = REPO_ROOT / "deploy" / "kafka"
 POM_FILE = DEPLOY_DIR / "pom.xml"
 TEMPLATE_FILE = DEPLOY_DIR / "server.properties.template"
@@ -145,7 +145,7 @@ class SecureListener:
         return "\n".join(
             [
                 "",
-                "# extra SASL_SSL listener (pipeline.broker.SecureListener)",
+                "# extra SASL_SSL listener (tools.broker.SecureListener)",
                 "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
                 "listener.name.sasl_ssl.plain.sasl.jaas.config="
                 f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};",
@@ -289,8 +289,8 @@ def _check_port_free(port: int, role: str) -> None:
             raise BrokerError(
                 f"Cannot start Kafka: {role} port {port} on {HOST} is {reason}. "
                 "If an earlier Touchline broker is still running, stop it with "
-                "`touchline broker stop` (with the same --data-dir); otherwise choose "
-                f"another port, e.g. `touchline broker start --port {port + 100}`."
+                "`python -m tools.broker stop` (with the same --data-dir); otherwise choose "
+                f"another port, e.g. `python -m tools.broker start --port {port + 100}`."
             ) from exc
 
 
@@ -627,7 +627,7 @@ def start(
                 raise BrokerError(
                     f"A Touchline broker for {paths.base} is already running on port "
                     f"{running_port} (pid {pid}). Use bootstrap {HOST}:{running_port}, or "
-                    f"stop it with `touchline broker stop` before starting on port {port}."
+                    f"stop it with `python -m tools.broker stop` before starting on port {port}."
                 )
             _wait_until_ready(paths, pid, bootstrap, timeout)
             return bootstrap

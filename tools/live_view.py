@@ -1,4 +1,4 @@
-"""The live view of `touchline run` for on-call: per channel and queue, the last 15 minutes of event
+"""The live view of `make run` (tools/run.py) for on-call: per channel and queue, the last 15 minutes of event
 time (service level, offered/answered/abandoned, ASA, waiting and the oldest wait, open at-risk
 obligations and breaches by target), the event-time clock, watermark and consumer lag, and how many
 events came too late for the KPIs. Built from the worker's /metrics and the rows in ClickHouse;

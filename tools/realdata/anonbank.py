@@ -399,10 +399,10 @@ def write_jsonl(events: Iterable[EventBase], path: str | Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m pipeline.realdata.anonbank IN.tsv OUT.jsonl`: convert and report rejections."""
+    """`python -m tools.realdata.anonbank IN.tsv OUT.jsonl`: convert and report rejections."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 2:
-        print("usage: python -m pipeline.realdata.anonbank IN.tsv OUT.jsonl", file=sys.stderr)
+        print("usage: python -m tools.realdata.anonbank IN.tsv OUT.jsonl", file=sys.stderr)
         return 2
     result = convert(args[0])
     written = write_jsonl(result.events, args[1])

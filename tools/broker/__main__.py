@@ -1,4 +1,4 @@
-"""`touchline broker ...`: start, stop and inspect the local single-node Kafka broker."""
+"""`python -m tools.broker start|stop|status`: start, stop and inspect the local single-node Kafka broker."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from pathlib import Path
 
 import click
 
-from pipeline.broker import KAFKA_VERSION, BrokerError, BrokerPaths, classpath_is_cached, start, status, stop
 from pipeline.errors import fail
 from pipeline.topics import probe_broker
+from tools.broker import KAFKA_VERSION, BrokerError, BrokerPaths, classpath_is_cached, start, status, stop
 
+PROG = "python -m tools.broker"
 DATA_DIR_HELP = (
     "Directory for the broker's data, logs, pid file and rendered config. "
     "[default: $TOUCHLINE_DATA_DIR/kafka, i.e. .touchline/kafka]"
@@ -90,7 +91,7 @@ def start_command(port: int, controller_port: int | None, timeout: float, data_d
     try:
         bootstrap = start(directory, port=port, controller_port=controller_port, timeout=timeout)
     except BrokerError as error:
-        fail(str(error), prog="touchline broker")
+        fail(str(error), prog=PROG)
     after = status(directory)
     pid = f"pid {after.pid}" if after.pid is not None else "pid unknown"
     if before.running:
@@ -100,7 +101,9 @@ def start_command(port: int, controller_port: int | None, timeout: float, data_d
             f"Kafka {KAFKA_VERSION} is ready at {bootstrap} ({pid}, data {after.data_dir}, "
             f"started in {time.monotonic() - began:.1f} s)."
         )
-        click.echo(f"Logs: {after.log_file} and {paths.log_dir / 'server.log'}. Stop it with `touchline broker stop`.")
+        click.echo(
+            f"Logs: {after.log_file} and {paths.log_dir / 'server.log'}. Stop it with `python -m tools.broker stop`."
+        )
 
 
 @broker_group.command(name="stop")
@@ -119,7 +122,7 @@ def stop_command(timeout: float, data_dir: Path | None) -> None:
     try:
         stopped = stop(directory, timeout=timeout)
     except BrokerError as error:
-        fail(str(error), prog="touchline broker")
+        fail(str(error), prog=PROG)
     if stopped:
         click.echo(f"Stopped Kafka (pid {before.pid}).")
     else:
@@ -137,11 +140,15 @@ def status_command(data_dir: Path | None) -> None:
     try:
         info = status(directory)
     except BrokerError as error:
-        fail(str(error), prog="touchline broker")
+        fail(str(error), prog=PROG)
     if not info.running:
-        click.echo(f"Local Kafka: not running (data {info.data_dir}). Start it with `touchline broker start`.")
+        click.echo(f"Local Kafka: not running (data {info.data_dir}). Start it with `python -m tools.broker start`.")
         return
     answering = info.bootstrap is not None and probe_broker(info.bootstrap, timeout=3.0)
     state = "answering" if answering else "not answering yet"
     click.echo(f"Local Kafka: running, pid {info.pid}, bootstrap {info.bootstrap} ({state}), data {info.data_dir}.")
     click.echo(f"Log: {info.log_file}")
+
+
+if __name__ == "__main__":
+    broker_group(prog_name=PROG)
