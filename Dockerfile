@@ -9,7 +9,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     TOUCHLINE_DATA_DIR=/var/lib/touchline
 
-WORKDIR /app
+WORKDIR /src
 
 # Dependencies first, so code changes do not reinstall them.
 COPY pyproject.toml README.md ./
@@ -18,14 +18,17 @@ RUN mkdir -p pipeline && touch pipeline/__init__.py \
     && pip uninstall -y touchline \
     && rm -rf pipeline build *.egg-info
 
-# The package reads schemas/ and deploy/ relative to its source, so it is installed in place.
+# The package, installed as its wheel installs: pipeline/_data/ links to schemas/ and the default SLA
+# policies, and the install copies them into site-packages, so the source tree is not kept.
 COPY pipeline ./pipeline
 COPY schemas ./schemas
 COPY deploy/sla-policies.yaml ./deploy/sla-policies.yaml
-RUN pip install --no-deps -e . \
+RUN pip install --no-deps . \
+    && cd / && rm -rf /src \
     && useradd --system --uid 10001 --home-dir /var/lib/touchline --create-home touchline \
     && chown -R touchline /var/lib/touchline
 
+WORKDIR /var/lib/touchline
 USER touchline
 EXPOSE 6066
 CMD ["touchline", "worker"]

@@ -24,6 +24,7 @@ from pydantic_settings import (
 )
 
 from pipeline.events.topics import DEFAULT_PREFIX, TopicNames, prefix_problem
+from pipeline.resources import data_path
 
 DEFAULT_CONFIG_FILE = "touchline.toml"
 #: Settings whose values `touchline config` never prints.
@@ -134,9 +135,7 @@ class Settings(BaseSettings):
         30.0, gt=0, description="A partition without events this long advances its watermark with the wall clock."
     )
     kpi_emit_seconds: float = Field(5.0, gt=0, description="How often changed KPI windows are written.")
-    sla_policies_file: Path = Field(
-        Path(__file__).resolve().parents[1] / "deploy" / "sla-policies.yaml", description="SLA policy YAML."
-    )
+    sla_policies_file: Path = Field(data_path("sla-policies.yaml"), description="SLA policy YAML.")
     sla_clock: Literal["wall", "event"] = Field(
         "wall",
         description="`wall`: deadlines fire on the wall clock (live). `event`: on the event-time watermark (replay).",

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.events.models import EVENT_ADAPTER, MODEL_BY_TYPE
+from pipeline.resources import data_path
 
-EVENTS_SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas" / "events"
+EVENTS_SCHEMA_DIR = data_path("schemas", "events")
 SCHEMA_URI = "https://json-schema.org/draft/2020-12/schema"
 
 

@@ -8,11 +8,11 @@ KPI with `Kpi.sql()`, the same definition `kpi_values` evaluates in Python.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from pipeline.kpi.definitions import COUNT_COLUMNS, KPIS, LIST_COLUMNS, Column
+from pipeline.resources import data_path
 
-DDL_PATH = Path(__file__).resolve().parents[2] / "schemas" / "clickhouse" / "0003_kpi_windows.sql"
+DDL_PATH = data_path("schemas", "clickhouse", "0003_kpi_windows.sql")
 
 _HEAD_COLUMNS: tuple[Column, ...] = (
     Column("window_start", "DateTime('UTC')", "Start of the 1-minute event-time window [start, start + 1 min), UTC"),

@@ -25,13 +25,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pipeline.kpi.definitions import Col, Column, Kpi, Length, Mean, Quantile, Ratio, Signed
 from pipeline.kpi.facts import ContactFacts
+from pipeline.resources import data_path
 
-DDL_PATH = Path(__file__).resolve().parents[2] / "schemas" / "clickhouse" / "0010_ticket_kpis.sql"
+DDL_PATH = data_path("schemas", "clickhouse", "0010_ticket_kpis.sql")
 HOUR_MS = 3_600_000
 GRAINS: dict[str, int] = {"ticket_kpi_hour": 60, "ticket_kpi_day": 1440}  # view -> minutes
 

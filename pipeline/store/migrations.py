@@ -9,7 +9,9 @@ from pathlib import Path
 
 from clickhouse_connect.driver.client import Client
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas" / "clickhouse"
+from pipeline.resources import data_path
+
+SCHEMA_DIR = data_path("schemas", "clickhouse")
 
 _LEDGER = """
 CREATE TABLE IF NOT EXISTS schema_migrations
