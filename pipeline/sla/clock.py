@@ -256,14 +256,9 @@ class _Contact:
     last_event_ms: int = 0
     evict_scheduled: int | None = None
     open: dict[Target, _Obligation] = field(default_factory=dict)
-    wire: str | None = None  # `to_json()` as text, cached until the contact changes
 
     def to_json(self) -> dict[str, Any]:
-        data = {
-            name: getattr(self, name)
-            for name in self.__slots__
-            if name not in ("seen", "open", "evict_scheduled", "wire")
-        }
+        data = {name: getattr(self, name) for name in self.__slots__ if name not in ("seen", "open", "evict_scheduled")}
         data["channel"] = self.channel.value
         data["seen"] = sorted(self.seen)
         data["open"] = [ob.to_json() for ob in self.open.values()]
@@ -322,10 +317,8 @@ class SlaEngine:
         if isinstance(event, IdentityLink | SurveyResponse):
             return []
         contact = self._contacts.get(event.contact_id)
-        if contact is not None:
-            if event.event_id in contact.seen:
-                return []
-            contact.wire = None
+        if contact is not None and event.event_id in contact.seen:
+            return []
         self._changed.add(event.contact_id)
         t = to_ms(event.occurred_at)
         if contact is None:
@@ -359,7 +352,6 @@ class SlaEngine:
                 contact = self._contacts[entry[2]]
                 ob = self._obligation(contact, entry[3])
                 assert ob is not None
-                contact.wire = None
                 self._changed.add(contact.contact_id)
                 out.append(self._fire(contact, ob, entry[1]))
             elif evict is not None and evict <= now_ms and not self.hold_evictions:
@@ -387,13 +379,12 @@ class SlaEngine:
         return changed
 
     def contact_wire(self, contact_id: str) -> str | None:
-        """The contact's state as JSON text (cached until it changes); None when not held."""
+        """The contact's state as JSON text; None when not held. Not cached: a checkpoint asks once
+        per change, and a cache held ~1 KB per retained contact for nothing."""
         contact = self._contacts.get(contact_id)
         if contact is None:
             return None
-        if contact.wire is None:
-            contact.wire = json.dumps(contact.to_json(), separators=(",", ":"), default=str)
-        return contact.wire
+        return json.dumps(contact.to_json(), separators=(",", ":"), default=str)
 
     def restore_contact(self, data: dict[str, Any]) -> None:
         """Add one contact from the parsed `contact_wire`; its deadlines are scheduled again (those

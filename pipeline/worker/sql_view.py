@@ -143,8 +143,12 @@ def install_sql_view(app: faust.App, pool: ReadonlyPool) -> None:
             except Exception as error:
                 text = str(error).strip()
                 return self.text(f"{text.splitlines()[0] if text else type(error).__name__}\n", status=400)
-            content_type = "application/json" if as_json else "text/tab-separated-values; charset=utf-8"
-            return self.bytes(body, content_type=content_type)
+            if as_json:
+                return self.bytes(body, content_type="application/json")
+            # aiohttp refuses a charset inside content_type (a 500 on every TSV answer until this)
+            response = self.bytes(body, content_type="text/tab-separated-values")
+            response.charset = "utf-8"
+            return response
 
     app.page("/sql")(SqlView)
 

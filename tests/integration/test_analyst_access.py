@@ -57,6 +57,9 @@ def test_analyst_endpoints_are_bounded_and_authenticated(guarded: Workspace) -> 
     assert call(worker, "/journeys/lookup?kind=phone&value=%2B441632960000")[0] == 401
     status, body = call(worker, "/sql?format=json", b"SELECT 1 AS one", bearer)
     assert status == 200 and json.loads(body)["rows"] == [[1]]
+    # the README's curl: TSV with a header row, values escaped as ClickHouse writes them
+    status, body = call(worker, "/sql", b"SELECT 1 AS one, 'a\tb' AS s", bearer)
+    assert (status, body) == (200, b"one\ts\n1\ta\\tb\n"), body
     # an agent's lookup by phone number: answered, and the number must not reach the log either
     assert call(worker, f"/journeys/lookup?kind=phone&value=%2B{PHONE_DIGITS}", headers=bearer)[0] in (404, 503)
 
