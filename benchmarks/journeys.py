@@ -30,10 +30,10 @@ import click
 from rocksdict import Options, Rdict
 
 from pipeline.events.models import EventBase
-from pipeline.journeys.contact import to_ms
 from pipeline.journeys.lifecycle import DAY, Stitcher, journey_row, step_rows
 from pipeline.journeys.record import ContactRecord
 from pipeline.simulator.model import SimConfig, Simulation
+from pipeline.times import to_ms
 from pipeline.worker import journeys as stage
 from pipeline.worker.journey_agent import CHANGES_SLICE, EVICT_BUDGET
 

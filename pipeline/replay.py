@@ -15,7 +15,6 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,8 +27,8 @@ from pipeline.events.models import EVENT_ADAPTER, EventBase, to_json
 from pipeline.events.topics import DEFAULT_TOPICS, TopicNames
 from pipeline.simulator.faults import Message
 from pipeline.simulator.produce import DeliveryError, Pacer, StopSignal, deliver
+from pipeline.times import to_ms
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_REPORTED = 20
 
 
@@ -109,10 +108,6 @@ def read_events(handle: IO[bytes], stats: ReplayStats) -> Iterator[tuple[int, Ev
         yield number, result
 
 
-def event_ms(event: EventBase) -> int:
-    return (event.occurred_at - EPOCH) // timedelta(milliseconds=1)
-
-
 def messages_of(
     events: Iterator[tuple[int, EventBase]], stop: threading.Event | None = None, topics: TopicNames = DEFAULT_TOPICS
 ) -> Iterator[Message]:
@@ -122,7 +117,7 @@ def messages_of(
     for _, event in events:
         if stop is not None and stop.is_set():
             return
-        at = event_ms(event)
+        at = to_ms(event.occurred_at)
         latest = at if latest is None or at > latest else latest
         yield Message(latest, topics.interactions[event.channel], event.contact_id.encode(), to_json(event), at)
 

@@ -29,24 +29,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 
 from pipeline.events.models import Channel, EventBase, IdentityLink, Resolved, SurveyResponse, event_type
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def to_ms(moment: datetime) -> int:
-    """Epoch milliseconds of an aware datetime."""
-    delta = moment - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
-
-
-@lru_cache(maxsize=1 << 16)  # a journey's times are rendered again at each of its versions
-def from_ms(epoch_ms: int) -> datetime:
-    seconds, ms = divmod(epoch_ms, 1000)
-    return EPOCH + timedelta(0, seconds, ms * 1000)  # positional: keywords cost 3x here
+from pipeline.kpi.facts import sort_events
+from pipeline.times import EPOCH as EPOCH  # re-exported: pipeline.journeys.record imports it from here
+from pipeline.times import from_ms as from_ms  # re-exported: pipeline.journeys.lifecycle imports it from here
+from pipeline.times import to_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,14 +74,6 @@ class ContactSummary:
     @property
     def resolved(self) -> bool:
         return self.resolved_at is not None
-
-
-def sort_events(events: Iterable[EventBase]) -> list[EventBase]:
-    """Deduplicate on event_id (first seen wins) and sort by (occurred_at, event_id)."""
-    unique: dict[str, EventBase] = {}
-    for event in events:
-        unique.setdefault(event.event_id, event)
-    return sorted(unique.values(), key=lambda e: (e.occurred_at, e.event_id))
 
 
 def summarise(events: Iterable[EventBase]) -> ContactSummary:

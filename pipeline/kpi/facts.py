@@ -60,7 +60,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -77,19 +77,10 @@ from pipeline.events.models import (
     WaitingOnCustomer,
     event_type,
 )
+from pipeline.times import from_ms as from_ms  # re-exported: pipeline.kpi.windows imports it from here
+from pipeline.times import to_ms as to_ms  # re-exported: pipeline.kpi.windows imports it from here
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DEFAULT_SHORT_ABANDON_SECONDS = 5.0
-
-
-def to_ms(moment: datetime) -> int:
-    """Epoch milliseconds of an aware datetime (events carry millisecond precision)."""
-    delta = moment - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
-
-
-def from_ms(epoch_ms: int) -> datetime:
-    return EPOCH + timedelta(milliseconds=epoch_ms)
 
 
 def _seconds(ms: int) -> float:

@@ -24,7 +24,8 @@ from pipeline.events.models import EventBase, to_json
 from pipeline.events.topics import DEFAULT_TOPICS, TopicNames
 from pipeline.simulator.faults import Delivery, FaultConfig, FaultInjector, Message
 from pipeline.simulator.model import SimConfig, Simulation
-from pipeline.simulator.truth import iso_ms, write_truth
+from pipeline.simulator.truth import write_truth
+from pipeline.times import iso_ms
 
 __all__ = ["BackgroundRun", "delivered", "delivery_of", "summary_of"]
 

@@ -16,7 +16,7 @@ from pipeline.errors import fail
 from pipeline.events.topics import TopicNames
 from pipeline.simulator import BackgroundRun, delivered, summary_of, tickets
 from pipeline.simulator.faults import FaultConfig, FaultInjector, Message
-from pipeline.simulator.model import SimConfig, Simulation, start_ms_of
+from pipeline.simulator.model import SimConfig, Simulation
 from pipeline.simulator.produce import (
     DeliveryError,
     FileSink,
@@ -26,7 +26,8 @@ from pipeline.simulator.produce import (
     StopSignal,
     deliver,
 )
-from pipeline.simulator.truth import iso_ms, write_truth
+from pipeline.simulator.truth import write_truth
+from pipeline.times import iso_ms, to_ms
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s|ms)?", re.IGNORECASE)
 _UNIT_MS = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1, None: 1000}
@@ -291,7 +292,7 @@ def simulate_command(
         start_at = start_at.replace(microsecond=0)
     config = SimConfig(
         seed=seed,
-        start_ms=start_ms_of(start_at),
+        start_ms=to_ms(start_at),
         duration_ms=duration,
         max_contacts=contacts,
         rate=rate,

@@ -19,7 +19,6 @@ import math
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pipeline.events.models import (
@@ -63,7 +62,8 @@ from pipeline.simulator.profiles import (
     ProfileName,
     Queue,
 )
-from pipeline.simulator.truth import EPOCH, ContactTruth, JourneyTruth, Leg, Survey
+from pipeline.simulator.truth import ContactTruth, JourneyTruth, Leg, Survey
+from pipeline.times import from_ms
 
 SECOND = 1000
 MINUTE = 60 * SECOND
@@ -111,13 +111,6 @@ class SimConfig:
     @property
     def horizon_ms(self) -> int | None:
         return None if self.duration_ms is None else self.start_ms + self.duration_ms
-
-
-def start_ms_of(moment: datetime) -> int:
-    """Epoch milliseconds of an aware datetime."""
-    if moment.tzinfo is None:
-        raise ValueError("start time must carry a time zone")
-    return (moment.astimezone(UTC) - EPOCH) // timedelta(milliseconds=1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,7 +234,6 @@ class Simulation:
         self._team_agents = {
             team: [Agent(a, n) for n, a in enumerate(tickets.agent_ids(team), 1)] for team in tickets.TEAMS
         }
-        self._dt_cache: tuple[int, datetime] = (0, EPOCH)
         self._by_type: dict[type[EventBase], int] = {}
 
     # ------------------------------------------------------------------ engine
@@ -301,20 +293,13 @@ class Simulation:
         n = self.events_emitted
         return f"{self._id_prefix}-{n >> 48:04x}-{n & 0xFFFFFFFFFFFF:012x}"
 
-    def _datetime(self) -> datetime:
-        cached_ms, cached = self._dt_cache
-        if cached_ms != self.now:
-            cached = EPOCH + timedelta(milliseconds=self.now)
-            self._dt_cache = (self.now, cached)
-        return cached
-
     def _emit(self, contact: Contact, model: type[EventBase], **fields: Any) -> None:
         fields.setdefault("agent_id", contact.agent.agent_id if contact.agent is not None else None)
         fields.setdefault("bot_id", contact.bot_id)
         fields.setdefault("customer", contact.ids)
         event = model(
             event_id=self._event_id(),
-            occurred_at=self._datetime(),
+            occurred_at=from_ms(self.now),
             channel=contact.channel,
             contact_id=contact.truth.contact_id,
             queue=contact.queue,

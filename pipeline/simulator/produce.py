@@ -24,7 +24,7 @@ from types import FrameType, TracebackType
 from typing import IO, Any, Protocol
 
 from pipeline.simulator.faults import Message
-from pipeline.simulator.truth import iso_ms
+from pipeline.times import iso_ms
 
 
 class DeliveryError(Exception):

@@ -12,18 +12,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def iso_ms(epoch_ms: int | None) -> str | None:
-    """Epoch milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (None stays None)."""
-    if epoch_ms is None:
-        return None
-    return (EPOCH + timedelta(milliseconds=epoch_ms)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+from pipeline.times import iso_ms
 
 
 def _seconds(ms: int) -> float:

@@ -30,7 +30,7 @@ The `*_ms` methods work on integer UTC epoch milliseconds; the others on aware `
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
 from itertools import pairwise
@@ -40,8 +40,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import holidays as holiday_rules
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from pipeline.times import from_ms as from_ms  # re-exported: pipeline.sla.clock imports it from here
+from pipeline.times import to_ms as to_ms  # re-exported: pipeline.sla.clock imports it from here
+
 MS_PER_DAY = 86_400_000
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _SHIFT = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
 _SAMPLE_STEP_S = 13 * 3600
@@ -60,18 +62,6 @@ class Weekday(StrEnum):
 
 
 _WEEKDAYS = list(Weekday)  # index = date.weekday()
-
-
-def to_ms(at: datetime) -> int:
-    """UTC epoch milliseconds of an aware datetime (sub-millisecond part truncated)."""
-    if at.tzinfo is None or at.utcoffset() is None:
-        raise ValueError(f"datetime must be timezone-aware, got naive {at.isoformat()}")
-    return (at - _EPOCH) // timedelta(milliseconds=1)
-
-
-def from_ms(ms: int) -> datetime:
-    """The UTC datetime of epoch milliseconds."""
-    return _EPOCH + timedelta(milliseconds=ms)
 
 
 def _parse_shift(text: str) -> Interval:

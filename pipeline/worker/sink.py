@@ -12,7 +12,7 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from clickhouse_connect.driver.client import Client
@@ -24,6 +24,7 @@ from pipeline.ingest.dedup import RecentIds
 from pipeline.privacy.erasure import Subject
 from pipeline.store.clickhouse import BlockingExecutor, insert_rows
 from pipeline.store.rows import DEAD_LETTER_COLUMNS, EVENT_COLUMNS, dead_letter_row, event_row
+from pipeline.times import EPOCH, to_ms
 from pipeline.worker import metrics
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,7 @@ CONTENT_ERROR_CODES = frozenset({6, 27, 38, 41, 53, 69, 70, 72, 117, 131, 252, 3
 _CODE = re.compile(r"\bCode: (\d+)\b")
 # ingested_at is the moment the batch is handed to ClickHouse, so `ingested_at - occurred_at` is
 # the end-to-end latency of each row; it is filled in at write time
-_EPOCH = datetime.fromtimestamp(0, UTC)
-_UNWRITTEN = _EPOCH
-_MS = timedelta(milliseconds=1)
+_UNWRITTEN = EPOCH
 _INGESTED = EVENT_COLUMNS.index("ingested_at")
 assert len(EVENT_COLUMNS) - 1 == _INGESTED, "ingested_at must stay the last column"
 _OCCURRED = EVENT_COLUMNS.index("occurred_at")
@@ -262,13 +261,10 @@ class IngestSink:
     def _insert(self, batch: Batch) -> list[tuple[tuple[Any, ...], str]]:
         """Write the batch; the rows ClickHouse refuses for their content, with its reason."""
         written_at = datetime.now(UTC)
-        written_ms = (written_at - _EPOCH) // _MS
+        written_ms = to_ms(written_at)
         # DateTime64(3) columns as integer milliseconds: clickhouse-connect converts datetimes
         # one by one at about three times the cost
-        rows = [
-            (*r[:_OCCURRED], (r[_OCCURRED] - _EPOCH) // _MS, *r[_OCCURRED + 1 : _INGESTED], written_ms)
-            for r in batch.events
-        ]
+        rows = [(*r[:_OCCURRED], to_ms(r[_OCCURRED]), *r[_OCCURRED + 1 : _INGESTED], written_ms) for r in batch.events]
         refused_at = insert_splitting(self._client, "interaction_events", EVENT_COLUMNS, rows)
         insert_rows(self._client, "dead_letters", DEAD_LETTER_COLUMNS, batch.dead_letters)
         refused_rows = {i for i, _ in refused_at}

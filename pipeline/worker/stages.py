@@ -28,10 +28,10 @@ from typing import Any
 
 from pipeline.events.models import EventBase
 from pipeline.kpi.definitions import PARTIAL_COLUMNS, KpiConfig, KpiRow
-from pipeline.kpi.facts import to_ms
 from pipeline.kpi.windows import KpiWindows, LateEvent
 from pipeline.sla.clock import SLA_EVENT_COLUMNS, SlaEngine, SlaEvent
 from pipeline.sla.policy import PolicySet
+from pipeline.times import to_ms
 from pipeline.worker.state_store import Checkpoint, ContactRecord, Loaded, StateStore
 
 log = logging.getLogger(__name__)

@@ -41,13 +41,14 @@ from pipeline.journeys.lifecycle import Stitcher, journey_row, step_rows
 from pipeline.kpi.definitions import PARTIAL_COLUMNS, KpiConfig
 from pipeline.simulator import delivered
 from pipeline.simulator.faults import FaultConfig, FaultInjector
-from pipeline.simulator.model import SimConfig, Simulation, start_ms_of
+from pipeline.simulator.model import SimConfig, Simulation
 from pipeline.sla.clock import SLA_EVENT_COLUMNS
 from pipeline.sla.policy import load_policies
 from pipeline.store.clickhouse import insert_dicts, insert_rows
 from pipeline.store.migrations import SCHEMA_DIR, Migration, discover
 from pipeline.store.readonly import open_readonly, run_readonly
 from pipeline.store.rows import DEAD_LETTER_COLUMNS, EVENT_COLUMNS, dead_letter_row, event_row
+from pipeline.times import to_ms
 from pipeline.worker.stages import Stages, kpi_records, sla_records
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,7 +84,7 @@ def pipeline_run(client: Client, *, contacts: int = 320, seed: int = 11, start: 
         start = (datetime.now(UTC) - timedelta(days=3)).replace(minute=0, second=0, microsecond=0)
     config = SimConfig(
         seed=seed,
-        start_ms=start_ms_of(start),
+        start_ms=to_ms(start),
         duration_ms=2 * 86_400_000,
         max_contacts=contacts,
         rate=200,

@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 
 from pipeline.events.models import EventBase
 from pipeline.journeys import Stitcher, summarise
-from pipeline.journeys.contact import to_ms
 from pipeline.journeys.identity import IdentityConfig, placeholder_values
 from pipeline.journeys.lifecycle import DAY, Emitted, Journey, JourneyVersion, journey_row
 from pipeline.journeys.record import ContactRecord, records_of
 from pipeline.privacy.pseudonym import Pseudonymiser
 from pipeline.simulator.model import SimConfig, Simulation
+from pipeline.times import to_ms
 from pipeline.worker.journeys import arrival_seq, journey_document, journey_json
 
 START = to_ms(datetime(2026, 3, 2, tzinfo=UTC))

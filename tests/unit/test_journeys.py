@@ -48,10 +48,9 @@ from pipeline.journeys import (
     step_rows,
     summarise,
 )
-from pipeline.journeys.contact import to_ms
 from pipeline.journeys.lifecycle import Journey, JourneyVersion
 from pipeline.simulator.model import DAY, SimConfig, Simulation
-from pipeline.simulator.truth import iso_ms
+from pipeline.times import iso_ms, to_ms
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 T0_MS = to_ms(T0)

@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.events.models import EVENT_ADAPTER, EventBase
-from pipeline.kpi.facts import ContactTracker, contact_facts, to_ms
+from pipeline.kpi.facts import ContactTracker, contact_facts
+from pipeline.times import to_ms
 
 BASE = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 _ids = itertools.count()

@@ -17,10 +17,11 @@ from pipeline.events.topics import interaction_topic
 from pipeline.replay import ReplayStats, messages_of, parse_line, read_events, replay_command
 from pipeline.simulator import delivered
 from pipeline.simulator.faults import FaultConfig, FaultInjector
-from pipeline.simulator.model import SimConfig, Simulation, start_ms_of
+from pipeline.simulator.model import SimConfig, Simulation
 from pipeline.simulator.produce import Pacer, out_line
+from pipeline.times import to_ms
 
-START = start_ms_of(datetime(2026, 3, 2, 10, 0, tzinfo=UTC))
+START = to_ms(datetime(2026, 3, 2, 10, 0, tzinfo=UTC))
 
 
 def _recorded(bad_rate: float = 0.0) -> list[bytes]:

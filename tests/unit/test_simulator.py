@@ -19,11 +19,12 @@ from pipeline.events.topics import channel_of_topic, interaction_topic
 from pipeline.simulator import delivered, delivery_of, summary_of
 from pipeline.simulator.cli import parse_duration, parse_start, simulate_command
 from pipeline.simulator.faults import BAD_KINDS, Delivery, FaultConfig, FaultInjector, Message
-from pipeline.simulator.model import SimConfig, Simulation, start_ms_of
+from pipeline.simulator.model import SimConfig, Simulation
 from pipeline.simulator.produce import FileSink, Pacer, deliver
-from pipeline.simulator.truth import iso_ms, truth_lines
+from pipeline.simulator.truth import truth_lines
+from pipeline.times import iso_ms, to_ms
 
-START = start_ms_of(datetime(2026, 3, 2, 8, 0, tzinfo=UTC))  # a Monday morning
+START = to_ms(datetime(2026, 3, 2, 8, 0, tzinfo=UTC))  # a Monday morning
 FAULTS = FaultConfig(duplicate_rate=0.03, late_rate=0.05, max_lateness_s=120, bad_rate=0.02)
 
 

@@ -17,13 +17,14 @@ from click.testing import CliRunner
 from pipeline.events.models import EVENT_ADAPTER, Channel, event_type
 from pipeline.simulator import tickets
 from pipeline.simulator.cli import simulate_command
-from pipeline.simulator.model import DAY, SimConfig, Simulation, start_ms_of
+from pipeline.simulator.model import DAY, SimConfig, Simulation
 from pipeline.simulator.truth import ContactTruth
+from pipeline.times import to_ms
 from tests.oracles.kpi_truth import kpi_oracle
 from tests.oracles.sla_truth import sla_oracle
 
 REPO = Path(__file__).resolve().parents[2]
-START = start_ms_of(datetime(2026, 3, 2, tzinfo=UTC))  # a Monday
+START = to_ms(datetime(2026, 3, 2, tzinfo=UTC))  # a Monday
 AGENT_EVENTS = {"agent_assigned", "first_agent_reply", "agent_reply", "transferred", "resolved"}
 
 
@@ -118,11 +119,11 @@ def test_the_oracles_accept_ticket_traffic(run: TicketRun) -> None:
 
 
 def test_business_time_helpers() -> None:
-    friday_17 = start_ms_of(datetime(2026, 3, 6, 17, tzinfo=UTC))
-    monday_8 = start_ms_of(datetime(2026, 3, 9, 8, tzinfo=UTC))
+    friday_17 = to_ms(datetime(2026, 3, 6, 17, tzinfo=UTC))
+    monday_8 = to_ms(datetime(2026, 3, 9, 8, tzinfo=UTC))
     assert tickets.is_business(friday_17) and not tickets.is_business(friday_17 + 3600_000)
     assert tickets.next_opening(friday_17 + 3600_000) == monday_8
-    assert tickets.next_opening(start_ms_of(datetime(2026, 3, 9, 6, tzinfo=UTC))) == monday_8
+    assert tickets.next_opening(to_ms(datetime(2026, 3, 9, 6, tzinfo=UTC))) == monday_8
     # 90 minutes of work from Friday 17:00: one hour on Friday, half an hour on Monday
     assert tickets.add_business(friday_17, 90 * 60_000) == monday_8 + 30 * 60_000
 

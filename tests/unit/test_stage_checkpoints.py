@@ -16,9 +16,9 @@ from clickhouse_connect.driver.client import Client
 
 from pipeline.events.models import EventBase
 from pipeline.kpi.definitions import KpiConfig, KpiRow
-from pipeline.kpi.facts import to_ms
 from pipeline.sla.clock import SlaEvent
 from pipeline.sla.policy import load_policies
+from pipeline.times import to_ms
 from pipeline.worker.stages import Stages
 from pipeline.worker.state_store import StateStore
 from tests.oracles.kpi_truth import compare_kpis, compare_rows, kpi_oracle

@@ -36,11 +36,12 @@ from pipeline.kpi.tickets import (
     ticket_kpi_values,
     ticket_windows,
 )
-from pipeline.simulator.model import DAY, SimConfig, Simulation, start_ms_of
+from pipeline.simulator.model import DAY, SimConfig, Simulation
 from pipeline.store import clickhouse as store
 from pipeline.store.clickhouse import connect, insert_rows
 from pipeline.store.migrations import migrate
 from pipeline.store.rows import EVENT_COLUMNS, event_row
+from pipeline.times import to_ms
 from tests.oracles.ticket_truth import (
     COMPARED_FACT_COLUMNS,
     TicketFacts,
@@ -50,7 +51,7 @@ from tests.oracles.ticket_truth import (
     ticket_windows_oracle,
 )
 
-START = start_ms_of(datetime(2026, 3, 2, tzinfo=UTC))  # a Monday
+START = to_ms(datetime(2026, 3, 2, tzinfo=UTC))  # a Monday
 SHOW = 10
 
 

@@ -14,15 +14,16 @@ import pytest
 from pydantic import ValidationError
 
 from pipeline.events.models import EVENT_ADAPTER, EventBase, WaitingEnded, WaitingOnCustomer
-from pipeline.simulator.model import DAY, SimConfig, Simulation, start_ms_of
+from pipeline.simulator.model import DAY, SimConfig, Simulation
 from pipeline.sla.clock import SlaEngine, SlaKind
 from pipeline.sla.policy import Target, load_policies, parse_policies
+from pipeline.times import to_ms
 from tests.oracles.sla_truth import Breach, compare_breaches, sla_oracle
 from tests.unit.test_truth_oracles import breaches_of
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "deploy" / "sla-policies.yaml"
-START = start_ms_of(datetime(2026, 3, 2, tzinfo=UTC))
+START = to_ms(datetime(2026, 3, 2, tzinfo=UTC))
 
 # The shipped file with vendor waits pausing e-mail resolution and social targets, internal waits
 # pausing nothing on e-mail and everything on social.

@@ -28,11 +28,11 @@ from kafka.partitioner.default import murmur2
 from pipeline.events.models import EventBase
 from pipeline.events.topics import interaction_topic
 from pipeline.kpi.definitions import KpiRow, kpi_values, merge_partials
-from pipeline.kpi.facts import to_ms
 from pipeline.kpi.windows import KpiWindows
 from pipeline.simulator.model import SimConfig, Simulation
 from pipeline.sla.clock import SlaEngine, SlaEvent, SlaKind
 from pipeline.sla.policy import load_policies
+from pipeline.times import to_ms
 from tests.oracles import kpi_truth, sla_truth
 from tests.oracles.kpi_truth import (
     COMPARED_COLUMNS,
