@@ -18,10 +18,10 @@ from pathlib import Path
 
 import click
 
-from pipeline.kpi.definitions import KpiConfig
-from pipeline.kpi.facts import from_ms
+from pipeline.kpi.settings import KpiConfig
 from pipeline.simulator.model import SimConfig, Simulation
 from pipeline.sla.policy import load_policies
+from pipeline.times import from_ms
 from pipeline.worker.stages import PartitionState, Stages
 from tests.unit.test_truth_oracles import partition_of
 

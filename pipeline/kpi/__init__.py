@@ -2,18 +2,10 @@
 one definition), streaming 1-minute windows per source partition, and the DDL of the KPI tables and
 views. Pure Python: no Kafka, Faust or ClickHouse imports."""
 
-from pipeline.kpi.definitions import (
-    KPI_BY_NAME,
-    KPIS,
-    PARTIAL_COLUMNS,
-    KpiConfig,
-    KpiRow,
-    kpi_rows_from_facts,
-    kpi_values,
-    merge_partials,
-    percentile,
-)
+from pipeline.kpi.definitions import KPI_BY_NAME, KPIS, kpi_values, percentile
 from pipeline.kpi.facts import ContactFacts, ContactTracker, QueueLeg, contact_facts
+from pipeline.kpi.rows import PARTIAL_COLUMNS, KpiRow
+from pipeline.kpi.settings import KpiConfig
 from pipeline.kpi.windows import KpiWindows, LateEvent, PartitionKey
 
 __all__ = [
@@ -29,8 +21,6 @@ __all__ = [
     "PartitionKey",
     "QueueLeg",
     "contact_facts",
-    "kpi_rows_from_facts",
     "kpi_values",
-    "merge_partials",
     "percentile",
 ]

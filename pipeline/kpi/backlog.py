@@ -1,7 +1,7 @@
 """Queue legs that can still be waiting at the end of an open window, indexed so that the backlog
 at an instant costs O(dimensions x log legs) rather than O(legs).
 
-`backlog_at` in `pipeline.kpi.definitions` is the definition; `WaitingLegs.at` returns exactly the
+`backlog_at` in `tests/support/kpi_reference.py` is the definition; `WaitingLegs.at` returns exactly the
 same mapping (a property test holds them equal). Legs still in queue sit in one sorted list per
 (channel, queue, priority), so with 100,000 contacts waiting, counting those queued before an
 instant is a bisection. Legs already removed from their queue are kept until no open window can
@@ -16,8 +16,8 @@ from collections.abc import Iterable, Iterator
 
 from sortedcontainers import SortedList
 
-from pipeline.kpi.definitions import DimKey
 from pipeline.kpi.facts import QueueLeg
+from pipeline.kpi.measures import DimKey
 
 ContactLegs = tuple[tuple[str, QueueLeg], ...]  # ((channel, leg), ...) of one contact
 

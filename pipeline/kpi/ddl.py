@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.kpi.definitions import COUNT_COLUMNS, KPIS, LIST_COLUMNS, Column
+from pipeline.kpi.definitions import KPIS
+from pipeline.kpi.measures import COUNT_COLUMNS, LIST_COLUMNS, Column
 from pipeline.resources import data_path
 
 DDL_PATH = data_path("schemas", "clickhouse", "0003_kpi_windows.sql")

@@ -77,8 +77,7 @@ from pipeline.events.models import (
     WaitingOnCustomer,
     event_type,
 )
-from pipeline.times import from_ms as from_ms  # re-exported: pipeline.kpi.windows imports it from here
-from pipeline.times import to_ms as to_ms  # re-exported: pipeline.kpi.windows imports it from here
+from pipeline.times import to_ms
 
 DEFAULT_SHORT_ABANDON_SECONDS = 5.0
 

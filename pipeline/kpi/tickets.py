@@ -27,8 +27,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.kpi.definitions import Col, Column, Kpi, Length, Mean, Quantile, Ratio, Signed
+from pipeline.kpi.definitions import Col, Kpi, Length, Mean, Quantile, Ratio, Signed
 from pipeline.kpi.facts import ContactFacts
+from pipeline.kpi.measures import Column
 from pipeline.resources import data_path
 
 DDL_PATH = data_path("schemas", "clickhouse", "0010_ticket_kpis.sql")

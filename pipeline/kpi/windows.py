@@ -36,17 +36,12 @@ from typing import Any
 
 from pipeline.events.models import EventBase
 from pipeline.kpi.backlog import WaitingLegs
-from pipeline.kpi.definitions import (
-    WINDOW_MS,
-    KpiConfig,
-    KpiRow,
-    Measures,
-    WindowKey,
-    build_row,
-    contributions,
-    window_of,
-)
-from pipeline.kpi.facts import ContactTracker, from_ms, to_ms
+from pipeline.kpi.contributions import contributions
+from pipeline.kpi.facts import ContactTracker
+from pipeline.kpi.measures import WINDOW_MS, Measures, WindowKey, window_of
+from pipeline.kpi.rows import KpiRow, build_row
+from pipeline.kpi.settings import KpiConfig
+from pipeline.times import from_ms, to_ms
 
 PartitionKey = tuple[str, int]  # (source topic, source partition)
 

@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pipeline.config import Settings
 from pipeline.events.models import EventBase
 from pipeline.kafka_security import client_options, faust_credentials
-from pipeline.kpi.definitions import KpiConfig
+from pipeline.kpi.settings import KpiConfig
 from pipeline.privacy import erasure
 from pipeline.privacy.runtime import configure_worker, limits_of
 from pipeline.sla.policy import load_policies

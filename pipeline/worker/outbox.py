@@ -19,7 +19,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from pipeline.kpi.definitions import PARTIAL_COLUMNS
+from pipeline.kpi.rows import PARTIAL_COLUMNS
 from pipeline.sla.clock import SLA_EVENT_COLUMNS
 from pipeline.store.clickhouse import BlockingExecutor, insert_rows
 from pipeline.worker import metrics

@@ -27,7 +27,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pipeline.events.models import EventBase
-from pipeline.kpi.definitions import PARTIAL_COLUMNS, KpiConfig, KpiRow
+from pipeline.kpi.rows import PARTIAL_COLUMNS, KpiRow
+from pipeline.kpi.settings import KpiConfig
 from pipeline.kpi.windows import KpiWindows, LateEvent
 from pipeline.sla.clock import SLA_EVENT_COLUMNS, SlaEngine, SlaEvent
 from pipeline.sla.policy import PolicySet

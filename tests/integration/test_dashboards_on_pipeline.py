@@ -33,7 +33,7 @@ import pytest
 
 from pipeline.dashboards import queries as q
 from pipeline.dashboards.alerts import ALERTS, AlertSpec
-from pipeline.kpi.definitions import DEFAULT_SL_THRESHOLDS
+from pipeline.kpi.settings import DEFAULT_SL_THRESHOLDS
 from pipeline.simulator.truth import read_truth
 from tests.oracles import ms_of
 from tests.oracles.sla_truth import Breach, sla_oracle
@@ -51,7 +51,7 @@ DURATION = "3h"
 RATE = "600"
 FAULTS = ("--duplicate-rate", "0.05", "--late-rate", "0.05", "--max-lateness", "120", "--bad-rate", "0.01")
 END_OF_STREAM = timedelta(minutes=10)
-SHORT_ABANDON_SECONDS = 5.0  # the KPI default (pipeline.kpi.definitions)
+SHORT_ABANDON_SECONDS = 5.0  # the KPI default (pipeline.kpi.settings)
 HEALTHY_WINDOWS_CHECKED = 5
 
 ALL_SELECTED = {name: Variable([ALL], q.ALL_VALUE) for name in ("channel", "queue", "priority", "segment")}

@@ -1,6 +1,6 @@
 """KPI oracle: the `kpi_minute` rows a run must produce, from the simulator's truth contact records.
 
-Written from the rules documented in `pipeline/kpi/definitions.py` and `pipeline/kpi/facts.py`
+Written from the rules documented in `pipeline/kpi/contributions.py` and `pipeline/kpi/facts.py`
 (module docstrings) without importing them. Every measure lands in the 1-minute EVENT-time window
 (`t - t mod 60 000` ms) of the instant that completes it, under (channel, queue, priority) where
 queue/priority are those of the queue leg in force at that instant (the latest leg opened at or
@@ -77,7 +77,7 @@ from typing import Any
 from tests.oracles import contact_records, iso, ms_of
 
 WINDOW_MS = 60_000
-# KpiConfig defaults (pipeline/kpi/definitions.py), restated: service-level target T per channel.
+# KpiConfig defaults (pipeline/kpi/settings.py), restated: service-level target T per channel.
 SL_THRESHOLDS: dict[str, float] = {
     "voice": 20.0,
     "chat": 60.0,

@@ -38,7 +38,8 @@ from clickhouse_connect.driver.client import Client
 
 from pipeline.ingest.decode import Rejection, decode
 from pipeline.journeys.lifecycle import Stitcher, journey_row, step_rows
-from pipeline.kpi.definitions import PARTIAL_COLUMNS, KpiConfig
+from pipeline.kpi.rows import PARTIAL_COLUMNS
+from pipeline.kpi.settings import KpiConfig
 from pipeline.simulator import delivered
 from pipeline.simulator.faults import FaultConfig, FaultInjector
 from pipeline.simulator.model import SimConfig, Simulation

@@ -24,10 +24,13 @@ from typing import Any
 import pytest
 
 from pipeline.events.models import EventBase, event_type
-from pipeline.kpi.definitions import COUNT_NAMES, LIST_NAMES, KpiRow, kpi_values, merge_partials
+from pipeline.kpi.definitions import kpi_values
 from pipeline.kpi.facts import contact_facts
+from pipeline.kpi.measures import COUNT_NAMES, LIST_NAMES
+from pipeline.kpi.rows import KpiRow
 from pipeline.kpi.windows import KpiWindows
 from pipeline.replay import ReplayStats, read_events
+from tests.support.kpi_reference import merge_partials
 from tools.realdata.anonbank import FIELDS, ConversionResult, convert, convert_lines, write_jsonl
 
 from ..anonbank_oracle import ANONBANK_TSV, MALFORMED_LINES, SKIP_WITHOUT_DATA, OracleResult, Tally, compute, summary

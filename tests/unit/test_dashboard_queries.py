@@ -22,7 +22,7 @@ from clickhouse_connect.driver.client import Client
 
 from pipeline.dashboards import queries as q
 from pipeline.dashboards.alerts import ALERTS
-from pipeline.kpi.definitions import DEFAULT_SL_THRESHOLDS
+from pipeline.kpi.settings import DEFAULT_SL_THRESHOLDS
 from tests.support.macros import ALL, TimeRange, Variable, column_kind, expand
 
 

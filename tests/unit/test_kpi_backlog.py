@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.kpi.backlog import WaitingLegs
-from pipeline.kpi.definitions import backlog_at
 from pipeline.kpi.facts import QueueLeg
+from tests.support.kpi_reference import backlog_at
 
 CHANNELS = ("voice", "chat")
 QUEUES = ("q1", "q2")

@@ -10,18 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.kpi.ddl import DDL_PATH, render_kpi_ddl
-from pipeline.kpi.definitions import (
-    KPIS,
-    LIST_NAMES,
-    PARTIAL_COLUMNS,
-    KpiConfig,
-    kpi_rows_from_facts,
-    kpi_values,
-    merge_partials,
-    percentile,
-)
+from pipeline.kpi.definitions import KPIS, kpi_values, percentile
 from pipeline.kpi.facts import ContactFacts, contact_facts
+from pipeline.kpi.measures import LIST_NAMES
+from pipeline.kpi.rows import PARTIAL_COLUMNS
+from pipeline.kpi.settings import KpiConfig
 from pipeline.store.migrations import Migration
+from tests.support.kpi_reference import kpi_rows_from_facts, merge_partials
 from tests.unit.test_kpi_facts import BASE, ev
 
 

@@ -12,9 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.events.models import EventBase
-from pipeline.kpi.definitions import KpiConfig, KpiRow, kpi_rows_from_facts
 from pipeline.kpi.facts import contact_facts, sort_events
+from pipeline.kpi.rows import KpiRow
+from pipeline.kpi.settings import KpiConfig
 from pipeline.kpi.windows import KpiWindows, LateEvent
+from tests.support.kpi_reference import kpi_rows_from_facts
 from tests.unit.test_kpi_facts import BASE, ev, random_contact
 
 PART = ("touchline.interactions.chat", 3)

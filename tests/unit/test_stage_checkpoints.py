@@ -15,7 +15,8 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from pipeline.events.models import EventBase
-from pipeline.kpi.definitions import KpiConfig, KpiRow
+from pipeline.kpi.rows import KpiRow
+from pipeline.kpi.settings import KpiConfig
 from pipeline.sla.clock import SlaEvent
 from pipeline.sla.policy import load_policies
 from pipeline.times import to_ms

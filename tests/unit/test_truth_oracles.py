@@ -27,7 +27,8 @@ from kafka.partitioner.default import murmur2
 
 from pipeline.events.models import EventBase
 from pipeline.events.topics import interaction_topic
-from pipeline.kpi.definitions import KpiRow, kpi_values, merge_partials
+from pipeline.kpi.definitions import kpi_values
+from pipeline.kpi.rows import KpiRow
 from pipeline.kpi.windows import KpiWindows
 from pipeline.simulator.model import SimConfig, Simulation
 from pipeline.sla.clock import SlaEngine, SlaEvent, SlaKind
@@ -43,6 +44,7 @@ from tests.oracles.kpi_truth import (
     view_query,
 )
 from tests.oracles.sla_truth import BREACH_QUERY, Breach, compare_breaches, parse_breach_rows, sla_oracle
+from tests.support.kpi_reference import merge_partials
 
 REPO = Path(__file__).resolve().parents[2]
 POLICIES = REPO / "deploy" / "sla-policies.yaml"
@@ -300,7 +302,7 @@ def test_clickhouse_views_equal_the_truth(run: Run, kpi_rows: list[KpiRow], view
     """The partial rows and SLA events written as the worker writes them, read back through the
     kpi_minute / kpi_15m / kpi_1h views and `sla_events FINAL` with the integration test's queries:
     ClickHouse's merge, quantileExact and FINAL must give the oracle's values too."""
-    from pipeline.kpi.definitions import PARTIAL_COLUMNS
+    from pipeline.kpi.rows import PARTIAL_COLUMNS
     from pipeline.sla.clock import SLA_EVENT_COLUMNS
     from pipeline.store.clickhouse import insert_rows
     from pipeline.store.readonly import run_readonly
@@ -334,7 +336,7 @@ def test_clickhouse_views_equal_the_truth(run: Run, kpi_rows: list[KpiRow], view
 
 def stages_sla_events(run: Run, until_ms: int) -> list[SlaEvent]:
     """The SLA outcomes `Stages` raises with the event-time clock, events in arrival order."""
-    from pipeline.kpi.definitions import KpiConfig
+    from pipeline.kpi.settings import KpiConfig
     from pipeline.worker.stages import Stages
 
     stages = Stages(KpiConfig(), load_policies(POLICIES), app_id="oracle-test", sla_clock="event")
@@ -370,7 +372,7 @@ def test_worker_stages_late_answer_is_not_a_breach() -> None:
     """Minimal: a voice call answered 1 s after queueing (first_response met, 20 s target); the
     `agent_assigned` is delivered after a `hold_started` 60 s later. No breach may be raised."""
     from pipeline.events.models import AgentAssigned, Channel, ContactStarted, HoldStarted, Queued
-    from pipeline.kpi.definitions import KpiConfig
+    from pipeline.kpi.settings import KpiConfig
     from pipeline.worker.stages import Stages
 
     t0 = START
