@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from sys import intern
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.events.models import EventBase, IdentityLink, Resolved, SurveyResponse, event_type
 from pipeline.journeys.contact import EPOCH, ContactSummary, Score
@@ -183,18 +183,8 @@ class ContactRecord:
             if known is None or answer[:2] > known[:2]:
                 self.surveys[survey] = answer
                 changed = True
-        ids = self.ids
-        for ident, seq in other.ids.items():
-            known_seq = ids.get(ident)
-            if known_seq is None or seq < known_seq:
-                ids[ident] = seq
-                changed = True
-        links = self.links
-        for link, seq in other.links.items():
-            known_seq = links.get(link)
-            if known_seq is None or seq < known_seq:
-                links[link] = seq
-                changed = True
+        changed |= _keep_earliest(self.ids, other.ids)
+        changed |= _keep_earliest(self.links, other.links)
         if other.seq < self.seq:
             self.seq = other.seq
             changed = True
@@ -350,6 +340,20 @@ def _max(a: int | None, b: int | None) -> int | None:
 
 def _min(a: int | None, b: int | None) -> int | None:
     return b if a is None else a if b is None else min(a, b)
+
+
+K = TypeVar("K")
+
+
+def _keep_earliest(mine: dict[K, int], theirs: dict[K, int]) -> bool:
+    """Take each entry of `theirs` that `mine` lacks or holds with a later sequence number; True if any."""
+    changed = False
+    for key, seq in theirs.items():
+        known = mine.get(key)
+        if known is None or seq < known:
+            mine[key] = seq
+            changed = True
+    return changed
 
 
 def _opt_int(value: Any) -> int | None:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from clickhouse_connect.driver.client import Client
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_chain, wait_fixed
 
 from pipeline.events.topics import TopicNames
 from pipeline.ingest.batch import Batch, Batcher, Source
@@ -204,10 +205,29 @@ class IngestSink:
 
     async def _write(self, batch: Batch, dead: list[Outgoing]) -> None:
         started = time.monotonic()
-        attempt = 0
         refused: list[tuple[tuple[Any, ...], str]] | None = None
-        while True:
-            try:
+
+        def failed(state: RetryCallState) -> None:
+            metrics.FLUSH_FAILURES.inc()
+            error = state.outcome.exception() if state.outcome is not None else None
+            pause = state.next_action.sleep if state.next_action is not None else 0.0
+            log.error(
+                "writing a batch of %d failed (attempt %d); retrying in %gs",
+                len(batch),
+                state.attempt_number,
+                pause,
+                exc_info=error,
+            )
+
+        # No offset is released until the write succeeds, so retrying forever loses nothing; the
+        # growing lag and the failure counter tell the operator.
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(Exception),
+            wait=wait_chain(*(wait_fixed(s) for s in RETRY_SECONDS)),
+            stop=stop_never,
+            before_sleep=failed,
+        ):
+            with attempt:
                 if dead:
                     await self._send_dead_letters(dead)
                     dead = []
@@ -216,15 +236,6 @@ class IngestSink:
                 if refused:
                     await self._dead_letter_refused(refused)
                     refused = []
-                break
-            except Exception:
-                # No offset is released until the write succeeds, so retrying forever loses nothing;
-                # the growing lag and the failure counter tell the operator.
-                pause = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)]
-                attempt += 1
-                metrics.FLUSH_FAILURES.inc()
-                log.exception("writing a batch of %d failed (attempt %d); retrying in %ss", len(batch), attempt, pause)
-                await asyncio.sleep(pause)
         self._on_written(batch.offsets)
         self._pending -= len(batch)
         metrics.PENDING_ROWS.set(self._pending + len(self._batcher))
