@@ -30,8 +30,10 @@ import click
 from rocksdict import Options, Rdict
 
 from pipeline.events.models import EventBase
-from pipeline.journeys.lifecycle import DAY, Stitcher, journey_row, step_rows
+from pipeline.journeys.model import DAY
 from pipeline.journeys.record import ContactRecord
+from pipeline.journeys.rows import journey_row, step_rows
+from pipeline.journeys.stitcher import Stitcher
 from pipeline.simulator.model import SimConfig, Simulation
 from pipeline.times import to_ms
 from pipeline.worker import journeys as stage

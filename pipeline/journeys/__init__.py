@@ -7,18 +7,11 @@ what `changes()` returns with `journey_row` / `step_rows`.
 from pipeline.journeys.contact import ContactSummary, Score, summarise
 from pipeline.journeys.effort import EffortInputs, effort_score
 from pipeline.journeys.identity import IdentityConfig, IdentityGraph, Merge, Refusal, Resolution
-from pipeline.journeys.lifecycle import (
-    CustomerBook,
-    Journey,
-    JourneyConfig,
-    JourneyStep,
-    JourneyStore,
-    JourneyVersion,
-    Stitcher,
-    build_journeys,
-    journey_row,
-    step_rows,
-)
+from pipeline.journeys.model import Journey, JourneyConfig, JourneyStep, JourneyVersion
+from pipeline.journeys.rows import journey_row, step_rows
+from pipeline.journeys.rules import build_journeys
+from pipeline.journeys.stitcher import Stitcher
+from pipeline.journeys.store import CustomerBook, JourneyStore
 
 __all__ = [
     "ContactSummary",

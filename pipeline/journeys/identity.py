@@ -43,7 +43,7 @@ Rules:
   person and everything stitched to them), as `touchline forget` asks.
 * **Retention.** `drop(contact_id)` forgets the whole component of a contact (every identifier and
   contact in it); the journey stage calls it once no contact of that customer can join a journey
-  any more and its identity retention has passed (`pipeline.journeys.lifecycle`).
+  any more and its identity retention has passed (`pipeline.journeys.stitcher`).
 
 Union by size; each component keeps its member list, so a node is re-labelled only when it is on
 the smaller side of a union (O(log n) times) and a component can be dropped in O(its size).

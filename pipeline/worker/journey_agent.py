@@ -35,8 +35,10 @@ from pipeline.config import Settings
 from pipeline.events.models import EventBase
 from pipeline.events.topics import DEFAULT_TOPICS
 from pipeline.journeys.identity import IdentityConfig, placeholder_values
-from pipeline.journeys.lifecycle import DAY, JourneyConfig, JourneyVersion, Stitcher, journey_row, step_rows
+from pipeline.journeys.model import DAY, JourneyConfig, JourneyVersion
 from pipeline.journeys.record import ContactRecord, RecordError
+from pipeline.journeys.rows import journey_row, step_rows
+from pipeline.journeys.stitcher import Stitcher
 from pipeline.privacy import access, erasure, pseudonym
 from pipeline.store.clickhouse import BlockingExecutor, insert_dicts
 from pipeline.worker import journey_metrics as jm

@@ -30,8 +30,10 @@ from tenacity import (
 )
 
 from pipeline.events.models import EventBase, IdentifierKind
-from pipeline.journeys.lifecycle import Emitted, Journey, JourneyVersion, Stitcher, journey_row, step_rows
+from pipeline.journeys.model import Emitted, Journey, JourneyVersion
 from pipeline.journeys.record import ContactRecord, RecordError, records_of
+from pipeline.journeys.rows import journey_row, step_rows
+from pipeline.journeys.stitcher import Stitcher
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from pipeline.ingest.decode import Rejection, decode
-from pipeline.journeys.lifecycle import Stitcher, journey_row, step_rows
+from pipeline.journeys import Stitcher, journey_row, step_rows
 from pipeline.kpi.rows import PARTIAL_COLUMNS
 from pipeline.kpi.settings import KpiConfig
 from pipeline.simulator import delivered

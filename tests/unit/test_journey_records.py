@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 from pipeline.events.models import EventBase
 from pipeline.journeys import Stitcher, summarise
 from pipeline.journeys.identity import IdentityConfig, placeholder_values
-from pipeline.journeys.lifecycle import DAY, Emitted, Journey, JourneyVersion, journey_row
+from pipeline.journeys.model import DAY, Emitted, Journey, JourneyVersion
 from pipeline.journeys.record import ContactRecord, records_of
+from pipeline.journeys.rows import journey_row
 from pipeline.privacy.pseudonym import Pseudonymiser
 from pipeline.simulator.model import SimConfig, Simulation
 from pipeline.times import to_ms

@@ -48,7 +48,7 @@ from pipeline.journeys import (
     step_rows,
     summarise,
 )
-from pipeline.journeys.lifecycle import Journey, JourneyVersion
+from pipeline.journeys.model import Journey, JourneyVersion
 from pipeline.simulator.model import DAY, SimConfig, Simulation
 from pipeline.times import iso_ms, to_ms
 
