@@ -84,6 +84,14 @@ def _table(title: str, height: int = 9, span: int = 24) -> table.Panel:
     return table.Panel().title(title).height(height).span(span)
 
 
+def _unit(unit: str) -> list[models.DynamicConfigValue]:
+    return [models.DynamicConfigValue(id_val="unit", value=unit)]
+
+
+def _right_axis() -> list[models.DynamicConfigValue]:
+    return [models.DynamicConfigValue(id_val="custom.axisPlacement", value="right")]
+
+
 def _ids(builder: dashboard.Dashboard) -> dict[str, Any]:
     """The dashboard as JSON, panel ids numbered 1.. in layout order (the SDK leaves them 0)."""
     data: dict[str, Any] = json.loads(json.dumps(builder.build(), cls=JSONEncoder))
@@ -100,54 +108,49 @@ def _multi_current() -> models.VariableOption:
     return models.VariableOption(selected=True, text=["All"], value=["$__all"])
 
 
+V = TypeVar("V", dashboard.QueryVariable, dashboard.CustomVariable)
+
+
+def _multi(variable: V, all_value: str = q.ALL_VALUE) -> V:
+    """Any number of values, or All (`all_value`); All selected."""
+    return variable.multi(True).include_all(True).all_value(all_value).current(_multi_current())
+
+
+def _channel_variable(all_value: str) -> dashboard.CustomVariable:
+    return _multi(dashboard.CustomVariable("channel").label("Channel").values(",".join(q.CHANNELS)), all_value)
+
+
+def _stored_values(name: str, label: str) -> dashboard.QueryVariable:
+    """A variable over the values ClickHouse holds (`q.VARIABLE_QUERIES`)."""
+    return _multi(
+        dashboard.QueryVariable(name)
+        .label(label)
+        .datasource(CLICKHOUSE)
+        .query(q.VARIABLE_QUERIES[name])
+        .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(models.VariableSort.ALPHABETICAL_ASC)
+    )
+
+
 def clickhouse_variables() -> list[dashboard.QueryVariable | dashboard.CustomVariable]:
-    channel = (
-        dashboard.CustomVariable("channel")
-        .label("Channel")
-        .values(",".join(q.CHANNELS))
-        .multi(True)
-        .include_all(True)
-        .all_value(q.ALL_VALUE)
-        .current(_multi_current())
-    )
-    queue = (
-        dashboard.QueryVariable("queue")
-        .label("Queue")
-        .datasource(CLICKHOUSE)
-        .query(q.VARIABLE_QUERIES["queue"])
-        .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .sort(models.VariableSort.ALPHABETICAL_ASC)
-        .multi(True)
-        .include_all(True)
-        .all_value(q.ALL_VALUE)
-        .current(_multi_current())
-    )
-    priority = (
-        dashboard.CustomVariable("priority")
-        .label("Priority")
-        .values(",".join(str(p) for p in range(10)))
-        .multi(True)
-        .include_all(True)
-        .all_value(q.ALL_VALUE)
-        .current(_multi_current())
-    )
-    segment = (
-        dashboard.QueryVariable("segment")
-        .label("Segment")
-        .datasource(CLICKHOUSE)
-        .query(q.VARIABLE_QUERIES["segment"])
-        .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .sort(models.VariableSort.ALPHABETICAL_ASC)
-        .multi(True)
-        .include_all(True)
-        .all_value(q.ALL_VALUE)
-        .current(_multi_current())
-    )
-    return [channel, queue, priority, segment]
+    priority = dashboard.CustomVariable("priority").label("Priority").values(",".join(str(p) for p in range(10)))
+    return [
+        _channel_variable(q.ALL_VALUE),
+        _stored_values("queue", "Queue"),
+        _multi(priority),
+        _stored_values("segment", "Segment"),
+    ]
 
 
-def _base(uid: str, title: str, description: str, refresh: str, time_from: str) -> dashboard.Dashboard:
-    return (
+def _base(
+    uid: str,
+    title: str,
+    description: str,
+    refresh: str,
+    time_from: str,
+    variables: list[dashboard.QueryVariable | dashboard.CustomVariable],
+) -> dashboard.Dashboard:
+    board = (
         dashboard.Dashboard(title)
         .uid(uid)
         .description(description)
@@ -166,6 +169,9 @@ def _base(uid: str, title: str, description: str, refresh: str, time_from: str) 
             .keep_time(True)
         )
     )
+    for variable in variables:
+        board = board.with_variable(variable)
+    return board
 
 
 _KPI_NOTE = " KPI windows are per channel x queue x priority: the segment filter does not apply."
@@ -182,9 +188,8 @@ def realtime_operations() -> dict[str, Any]:
         "Service level against target, volumes, backlog and ASA per channel and queue; live SLA breaches and at-risk contacts.",
         "30s",
         "now-3h",
+        clickhouse_variables(),
     )
-    for variable in clickhouse_variables():
-        board = board.with_variable(variable)
     board = (
         board.with_row(dashboard.Row("Now"))
         .with_panel(
@@ -203,9 +208,9 @@ def realtime_operations() -> dict[str, Any]:
                         models.DynamicConfigValue(id_val="thresholds", value=SL_THRESHOLDS.build()),
                     ],
                 )
-                .override_by_name("abandon_rate", [models.DynamicConfigValue(id_val="unit", value="percentunit")])
-                .override_by_name("asa_seconds", [models.DynamicConfigValue(id_val="unit", value="s")])
-                .override_by_name("oldest_wait_seconds", [models.DynamicConfigValue(id_val="unit", value="s")]),
+                .override_by_name("abandon_rate", _unit("percentunit"))
+                .override_by_name("asa_seconds", _unit("s"))
+                .override_by_name("oldest_wait_seconds", _unit("s")),
                 q.RT_NOW,
                 "Over the time range: headline service level, offered legs, abandon rate and ASA; "
                 "backlog and oldest waiting contact at the end of the latest minute." + _KPI_NOTE,
@@ -267,9 +272,9 @@ def realtime_operations() -> dict[str, Any]:
                         models.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"}),
                     ],
                 )
-                .override_by_name("sl_target", [models.DynamicConfigValue(id_val="unit", value="percentunit")])
-                .override_by_name("asa_seconds", [models.DynamicConfigValue(id_val="unit", value="s")])
-                .override_by_name("oldest_wait_seconds", [models.DynamicConfigValue(id_val="unit", value="s")]),
+                .override_by_name("sl_target", _unit("percentunit"))
+                .override_by_name("asa_seconds", _unit("s"))
+                .override_by_name("oldest_wait_seconds", _unit("s")),
                 q.RT_QUEUES,
                 "Per channel and queue over the time range: offered, answered, abandoned, service level and its "
                 "target, ASA; backlog and oldest wait at the latest minute." + _KPI_NOTE,
@@ -296,7 +301,7 @@ def realtime_operations() -> dict[str, Any]:
                         models.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"}),
                     ],
                 )
-                .override_by_regexp("seconds_.*|target_seconds", [models.DynamicConfigValue(id_val="unit", value="s")]),
+                .override_by_regexp("seconds_.*|target_seconds", _unit("s")),
                 q.RT_OPEN_OBLIGATIONS,
                 "Obligations (first response, next response, resolution) whose latest SLA event is at_risk or "
                 "breached: not yet answered or closed. Breached first, then by deadline.",
@@ -322,9 +327,8 @@ def sla() -> dict[str, Any]:
         "SLA breaches and at-risk events by channel, target, policy and queue; time over deadline; top breaching queues.",
         "1m",
         "now-24h",
+        clickhouse_variables(),
     )
-    for variable in clickhouse_variables():
-        board = board.with_variable(variable)
     board = (
         board.with_row(dashboard.Row("Breaches and at-risk over time"))
         .with_panel(_sla_series("By channel", q.SLA_BY_CHANNEL))
@@ -344,8 +348,8 @@ def sla() -> dict[str, Any]:
         .with_panel(
             _ch(
                 _table("Top breaching queues", span=12)
-                .override_by_name("breach_rate", [models.DynamicConfigValue(id_val="unit", value="percentunit")])
-                .override_by_name("avg_seconds_late", [models.DynamicConfigValue(id_val="unit", value="s")]),
+                .override_by_name("breach_rate", _unit("percentunit"))
+                .override_by_name("avg_seconds_late", _unit("s")),
                 q.SLA_TOP_QUEUES,
                 "The 10 channel/queue pairs with the most breached obligations over the time range; breach rate "
                 "= breached obligations / obligations with any SLA event.",
@@ -362,7 +366,7 @@ def sla() -> dict[str, Any]:
                         models.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"}),
                     ],
                 )
-                .override_by_regexp(".*seconds_late", [models.DynamicConfigValue(id_val="unit", value="s")]),
+                .override_by_regexp(".*seconds_late", _unit("s")),
                 q.SLA_BY_POLICY_TABLE,
                 "Per policy (deploy/sla-policies.yaml) and target: obligations, breaches, compliance = 1 - "
                 "breaches / obligations, and lateness of those met late.",
@@ -379,16 +383,13 @@ def journeys_cx() -> dict[str, Any]:
         "First-contact resolution, channel switching, journey paths, bot containment and escalation, CSAT, CES, NPS and effort.",
         "5m",
         "now-7d",
+        clickhouse_variables(),
     )
-    for variable in clickhouse_variables():
-        board = board.with_variable(variable)
     board = (
         board.with_row(dashboard.Row("Resolution and paths"))
         .with_panel(
             _ch(
-                _table("FCR by first channel", span=10).override_by_regexp(
-                    "fcr_rate.*", [models.DynamicConfigValue(id_val="unit", value="percentunit")]
-                ),
+                _table("FCR by first channel", span=10).override_by_regexp("fcr_rate.*", _unit("percentunit")),
                 q.J_FCR_BY_FIRST_CHANNEL,
                 "Journeys started in the time range, by the channel of their first contact: first-contact "
                 "resolution over all journeys and over resolved ones." + _JOURNEY_NOTE,
@@ -397,10 +398,8 @@ def journeys_cx() -> dict[str, Any]:
         .with_panel(
             _ch(
                 _series("Channel switches", "percentunit", span=14)
-                .override_by_name("avg_switches", [models.DynamicConfigValue(id_val="unit", value="short")])
-                .override_by_name(
-                    "avg_switches", [models.DynamicConfigValue(id_val="custom.axisPlacement", value="right")]
-                ),
+                .override_by_name("avg_switches", _unit("short"))
+                .override_by_name("avg_switches", _right_axis()),
                 q.J_CHANNEL_SWITCHES,
                 "Share of journeys that changed channel, share with more than one contact, and mean switches."
                 + _JOURNEY_NOTE,
@@ -408,9 +407,7 @@ def journeys_cx() -> dict[str, Any]:
         )
         .with_panel(
             _ch(
-                _table("Top journey paths", height=10).override_by_regexp(
-                    "share|fcr_rate", [models.DynamicConfigValue(id_val="unit", value="percentunit")]
-                ),
+                _table("Top journey paths", height=10).override_by_regexp("share|fcr_rate", _unit("percentunit")),
                 q.J_TOP_PATHS,
                 "The 20 most common channel paths (channel of each contact in order), their share, FCR, "
                 "contacts and customer effort (0-100, higher = more effort)." + _JOURNEY_NOTE,
@@ -427,8 +424,8 @@ def journeys_cx() -> dict[str, Any]:
         .with_panel(
             _ch(
                 _table("Bot escalations: where bot-first journeys reached a human", span=14)
-                .override_by_name("avg_time_to_first_human_s", [models.DynamicConfigValue(id_val="unit", value="s")])
-                .override_by_name("resolved_rate", [models.DynamicConfigValue(id_val="unit", value="percentunit")]),
+                .override_by_name("avg_time_to_first_human_s", _unit("s"))
+                .override_by_name("resolved_rate", _unit("percentunit")),
                 q.J_BOT_ESCALATIONS,
                 "Journeys whose first contact involved a bot and that later reached a human: by the channel of "
                 "the first human response and the path taken." + _JOURNEY_NOTE,
@@ -482,21 +479,18 @@ def tickets() -> dict[str, Any]:
         "reopens, created vs resolved, waits by reason.",
         "5m",
         "now-30d",
+        clickhouse_variables(),
     )
-    for variable in clickhouse_variables():
-        board = board.with_variable(variable)
-    days = [models.DynamicConfigValue(id_val="unit", value="d")]
-    hours = [models.DynamicConfigValue(id_val="unit", value="h")]
-    share = [models.DynamicConfigValue(id_val="unit", value="percentunit")]
+    days = _unit("d")
+    hours = _unit("h")
+    share = _unit("percentunit")
     board = (
         board.with_row(dashboard.Row("Backlog"))
         .with_panel(
             _ch(
                 _series("Open tickets and their age", "short", span=14)
                 .override_by_regexp("age_.*", days)
-                .override_by_regexp(
-                    "age_.*", [models.DynamicConfigValue(id_val="custom.axisPlacement", value="right")]
-                ),
+                .override_by_regexp("age_.*", _right_axis()),
                 q.TK_BACKLOG,
                 "Open tickets (started, not ended, not resolved) at the end of each hour, and their median and "
                 "90th-percentile age in days." + _TICKET_NOTE,
@@ -525,9 +519,7 @@ def tickets() -> dict[str, Any]:
             _ch(
                 _series("Created vs resolved", "short", span=10)
                 .override_by_name("reopened_share", share)
-                .override_by_name(
-                    "reopened_share", [models.DynamicConfigValue(id_val="custom.axisPlacement", value="right")]
-                ),
+                .override_by_name("reopened_share", _right_axis()),
                 q.TK_CREATED_RESOLVED,
                 "Tickets created and finally resolved per interval, and the reopened share of the resolved."
                 + _TICKET_NOTE,
@@ -562,25 +554,17 @@ def pipeline_health() -> dict[str, Any]:
         "ClickHouse flushes, end-to-end latency, workers up.",
         "30s",
         "now-1h",
-    )
-    board = board.with_variable(
-        dashboard.QueryVariable("instance")
-        .label("Worker")
-        .datasource(PROMETHEUS)
-        .query({"query": 'label_values(up{job="touchline-worker"}, instance)', "refId": "instance"})
-        .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .multi(True)
-        .include_all(True)
-        .all_value(".*")
-        .current(_multi_current())
-    ).with_variable(
-        dashboard.CustomVariable("channel")
-        .label("Channel")
-        .values(",".join(q.CHANNELS))
-        .multi(True)
-        .include_all(True)
-        .all_value(".*")
-        .current(_multi_current())
+        [
+            _multi(
+                dashboard.QueryVariable("instance")
+                .label("Worker")
+                .datasource(PROMETHEUS)
+                .query({"query": 'label_values(up{job="touchline-worker"}, instance)', "refId": "instance"})
+                .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED),
+                ".*",
+            ),
+            _channel_variable(".*"),
+        ],
     )
     board = (
         board.with_row(dashboard.Row("Workers"))
@@ -647,7 +631,7 @@ def pipeline_health() -> dict[str, Any]:
                 _series("ClickHouse flush latency and failures", "s"),
                 [q.P_FLUSH_P50, q.P_FLUSH_P99, q.P_FLUSH_FAILURES],
                 "Time to write one batch and release its offsets (p50, p99); failed batches per second.",
-            ).override_by_regexp(".*failures", [models.DynamicConfigValue(id_val="unit", value="ops")])
+            ).override_by_regexp(".*failures", _unit("ops"))
         )
         .with_panel(
             _prom(
