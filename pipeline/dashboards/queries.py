@@ -151,21 +151,29 @@ ORDER BY segment""",
 # --------------------------------------------------------------------------------------------------
 # Real-time operations
 
-RT_SERVICE_LEVEL = PanelQuery(
-    "rt_service_level",
-    f"""SELECT
+_KPI_PARTIALS = f"""FROM kpi_minute_partials FINAL
+WHERE $__timeFilter(window_start)
+  AND {KPI_FILTER}"""
+
+
+def _per_channel(key: str, value_sql: str, column: str) -> PanelQuery:
+    """A time series per channel of one value over the KPI partial rows."""
+    return PanelQuery(
+        key,
+        f"""SELECT
   $__timeInterval(window_start) AS time,
   channel,
-  {SL_OF_PARTIALS} AS service_level
-FROM kpi_minute_partials FINAL
-WHERE $__timeFilter(window_start)
-  AND {KPI_FILTER}
+  {value_sql} AS {column}
+{_KPI_PARTIALS}
 GROUP BY time, channel
 ORDER BY time, channel""",
-    "timeseries",
-    {"time": "time", "channel": "string", "service_level": "number"},
-    KPI_VARS,
-)
+        "timeseries",
+        {"time": "time", "channel": "string", column: "number"},
+        KPI_VARS,
+    )
+
+
+RT_SERVICE_LEVEL = _per_channel("rt_service_level", SL_OF_PARTIALS, "service_level")
 
 RT_VOLUME = PanelQuery(
     "rt_volume",
@@ -174,9 +182,7 @@ RT_VOLUME = PanelQuery(
   sum(offered) AS offered,
   sum(answered) AS answered,
   sum(abandoned) AS abandoned
-FROM kpi_minute_partials FINAL
-WHERE $__timeFilter(window_start)
-  AND {KPI_FILTER}
+{_KPI_PARTIALS}
 GROUP BY time
 ORDER BY time""",
     "timeseries",
@@ -184,54 +190,27 @@ ORDER BY time""",
     KPI_VARS,
 )
 
-RT_ASA = PanelQuery(
+RT_ASA = _per_channel(
     "rt_asa",
-    f"""SELECT
-  $__timeInterval(window_start) AS time,
-  channel,
-  if(sum(length(answer_waits)) = 0, NULL, sum(arraySum(answer_waits)) / sum(length(answer_waits))) AS asa_seconds
-FROM kpi_minute_partials FINAL
-WHERE $__timeFilter(window_start)
-  AND {KPI_FILTER}
-GROUP BY time, channel
-ORDER BY time, channel""",
-    "timeseries",
-    {"time": "time", "channel": "string", "asa_seconds": "number"},
-    KPI_VARS,
+    "if(sum(length(answer_waits)) = 0, NULL, sum(arraySum(answer_waits)) / sum(length(answer_waits)))",
+    "asa_seconds",
 )
 
 # Backlog and oldest wait are states at each minute's end: summed (backlog) or maxed (oldest wait)
 # over source partitions and priorities per minute first, then the worst minute of each bucket.
-RT_BACKLOG = PanelQuery(
-    "rt_backlog",
-    f"""SELECT
-  $__timeInterval(minute) AS time,
-  queue,
-  max(minute_backlog) AS backlog
-FROM
-(
-  SELECT window_start AS minute, queue, sum(backlog_end) AS minute_backlog
-  FROM kpi_minute_partials FINAL
-  WHERE $__timeFilter(window_start)
-    AND {KPI_FILTER}
-  GROUP BY minute, queue
-)
-GROUP BY time, queue
-ORDER BY time, queue""",
-    "timeseries",
-    {"time": "time", "queue": "string", "backlog": "number"},
-    KPI_VARS,
-)
 
-RT_OLDEST_WAIT = PanelQuery(
-    "rt_oldest_wait",
-    f"""SELECT
+
+def _worst_minute(key: str, minute_sql: str, minute_column: str, column: str) -> PanelQuery:
+    """Per queue, the worst minute of each interval of a state summed or maxed per minute (`minute_sql`)."""
+    return PanelQuery(
+        key,
+        f"""SELECT
   $__timeInterval(minute) AS time,
   queue,
-  max(minute_oldest) AS oldest_wait_seconds
+  max({minute_column}) AS {column}
 FROM
 (
-  SELECT window_start AS minute, queue, max(oldest_wait_end) AS minute_oldest
+  SELECT window_start AS minute, queue, {minute_sql} AS {minute_column}
   FROM kpi_minute_partials FINAL
   WHERE $__timeFilter(window_start)
     AND {KPI_FILTER}
@@ -239,10 +218,14 @@ FROM
 )
 GROUP BY time, queue
 ORDER BY time, queue""",
-    "timeseries",
-    {"time": "time", "queue": "string", "oldest_wait_seconds": "number"},
-    KPI_VARS,
-)
+        "timeseries",
+        {"time": "time", "queue": "string", column: "number"},
+        KPI_VARS,
+    )
+
+
+RT_BACKLOG = _worst_minute("rt_backlog", "sum(backlog_end)", "minute_backlog", "backlog")
+RT_OLDEST_WAIT = _worst_minute("rt_oldest_wait", "max(oldest_wait_end)", "minute_oldest", "oldest_wait_seconds")
 
 _QUEUE_MINUTES = f"""SELECT
     window_start AS minute,
@@ -582,20 +565,10 @@ LIMIT 20""",
     ("channel",),
 )
 
-J_BOT_CONTAINMENT = PanelQuery(
+J_BOT_CONTAINMENT = _per_channel(
     "j_bot_containment",
-    f"""SELECT
-  $__timeInterval(window_start) AS time,
-  channel,
-  if(sum(bot_contained) + sum(bot_handoffs) = 0, NULL, sum(bot_contained) / (sum(bot_contained) + sum(bot_handoffs))) AS containment_rate
-FROM kpi_minute_partials FINAL
-WHERE $__timeFilter(window_start)
-  AND {KPI_FILTER}
-GROUP BY time, channel
-ORDER BY time, channel""",
-    "timeseries",
-    {"time": "time", "channel": "string", "containment_rate": "number"},
-    KPI_VARS,
+    "if(sum(bot_contained) + sum(bot_handoffs) = 0, NULL, sum(bot_contained) / (sum(bot_contained) + sum(bot_handoffs)))",
+    "containment_rate",
 )
 
 J_BOT_ESCALATIONS = PanelQuery(
@@ -626,27 +599,9 @@ LIMIT 20""",
 )
 
 
-def _survey(key: str, value_sql: str, column: str) -> PanelQuery:
-    return PanelQuery(
-        key,
-        f"""SELECT
-  $__timeInterval(window_start) AS time,
-  channel,
-  {value_sql} AS {column}
-FROM kpi_minute_partials FINAL
-WHERE $__timeFilter(window_start)
-  AND {KPI_FILTER}
-GROUP BY time, channel
-ORDER BY time, channel""",
-        "timeseries",
-        {"time": "time", "channel": "string", column: "number"},
-        KPI_VARS,
-    )
-
-
-J_CSAT = _survey("j_csat", "if(sum(csat_responses) = 0, NULL, sum(csat_satisfied) / sum(csat_responses))", "csat")
-J_CES = _survey("j_ces", "if(sum(ces_responses) = 0, NULL, sum(ces_score_sum) / sum(ces_responses))", "ces")
-J_NPS = _survey(
+J_CSAT = _per_channel("j_csat", "if(sum(csat_responses) = 0, NULL, sum(csat_satisfied) / sum(csat_responses))", "csat")
+J_CES = _per_channel("j_ces", "if(sum(ces_responses) = 0, NULL, sum(ces_score_sum) / sum(ces_responses))", "ces")
+J_NPS = _per_channel(
     "j_nps",
     "if(sum(nps_responses) = 0, NULL, 100 * (toInt64(sum(nps_promoters)) - toInt64(sum(nps_detractors))) / sum(nps_responses))",
     "nps",
