@@ -57,7 +57,9 @@ Rules (times are epoch milliseconds, UTC; durations are seconds):
 
 from __future__ import annotations
 
+import heapq
 import json
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -545,20 +547,25 @@ def contact_facts(
 _EVENT_LIST: TypeAdapter[list[InteractionEvent]] = TypeAdapter(list[InteractionEvent])
 
 
+def _pack(wire: str) -> bytes:
+    return zlib.compress(wire.encode(), 1)
+
+
 @dataclass(slots=True)
 class _Tracked:
-    # None while frozen: an ended contact with no open window keeps its events as `wire` only
+    # None while frozen: an ended contact with no open window keeps its events as `packed` only
     events: dict[str, EventBase] | None
     ended_ms: int | None = None
     last_ms: int = 0
     facts: ContactFacts | None = None
-    wire: str | None = None  # the events as a JSON array, cached between checkpoints
+    packed: bytes | None = None  # while frozen: the events' JSON array, zlib-compressed
 
     def live(self) -> dict[str, EventBase]:
-        """The events, parsed again from `wire` if the contact was frozen (one pydantic-core call)."""
+        """The events, parsed again from `packed` if the contact was frozen (one pydantic-core call)."""
         if self.events is None:
-            assert self.wire is not None
-            self.events = {e.event_id: e for e in _EVENT_LIST.validate_json(self.wire)}
+            assert self.packed is not None
+            self.events = {e.event_id: e for e in _EVENT_LIST.validate_json(zlib.decompress(self.packed))}
+            self.packed = None
         return self.events
 
 
@@ -585,6 +592,9 @@ class ContactTracker:
         self._contacts: dict[str, _Tracked] = {}
         # contacts added to or removed since the last `drain_changes` (incremental checkpoints)
         self._changed: set[str] = set()
+        # (due ms, contact_id): when a contact may first be past retention; checked and pushed again
+        # later when its due moved (`expired` walked every contact, each prune)
+        self._due: list[tuple[int, str]] = []
 
     def __len__(self) -> int:
         return len(self._contacts)
@@ -600,6 +610,7 @@ class ContactTracker:
         tracked = self._contacts.get(event.contact_id)
         if tracked is None:
             tracked = self._contacts[event.contact_id] = _Tracked(events={})
+            heapq.heappush(self._due, (0, event.contact_id))
         events = tracked.live()
         if event.event_id in events:
             return False
@@ -607,9 +618,10 @@ class ContactTracker:
         t = to_ms(event.occurred_at)
         tracked.last_ms = max(tracked.last_ms, t)
         if event_type(event) == "ended":
+            if tracked.ended_ms is None:  # its retention now runs from here (sooner than unended)
+                heapq.heappush(self._due, (t + self.ended_retention_ms, event.contact_id))
             tracked.ended_ms = t if tracked.ended_ms is None else min(tracked.ended_ms, t)
         tracked.facts = None
-        tracked.wire = None
         self._changed.add(event.contact_id)
         return True
 
@@ -624,16 +636,36 @@ class ContactTracker:
             tracked.facts = contact_facts(tracked.live().values(), short_abandon_seconds=self.short_abandon_seconds)
         return tracked.facts
 
+    def _due_ms(self, tracked: _Tracked) -> int | None:
+        if tracked.ended_ms is not None:
+            return tracked.ended_ms + self.ended_retention_ms
+        if self.unended_retention_ms:
+            return tracked.last_ms + self.unended_retention_ms
+        return None  # kept until it ends
+
     def expired(self, now_ms: int) -> list[str]:
         """Contacts past retention at event time `now_ms` (not removed). An unended contact is kept
-        for ever when `unended_retention` is 0."""
-        out = []
-        for contact_id, tracked in self._contacts.items():
-            if tracked.ended_ms is not None:
-                if tracked.ended_ms + self.ended_retention_ms <= now_ms:
-                    out.append(contact_id)
-            elif self.unended_retention_ms and tracked.last_ms + self.unended_retention_ms <= now_ms:
+        for ever when `unended_retention` is 0. Costs the contacts that came due, not all."""
+        out: list[str] = []
+        later: list[tuple[int, str]] = []
+        looked: set[str] = set()
+        due = self._due
+        while due and due[0][0] <= now_ms:
+            _, contact_id = heapq.heappop(due)
+            tracked = self._contacts.get(contact_id)
+            if tracked is None or contact_id in looked:
+                continue  # forgotten, or a second entry (one per start and per end): dropped
+            looked.add(contact_id)
+            at = self._due_ms(tracked)
+            if at is None:
+                continue  # kept until it ends (`add` files it again then)
+            if at > now_ms:
+                later.append((at, contact_id))
+            else:
                 out.append(contact_id)
+                later.append((now_ms + 1, contact_id))  # a caller may keep it: look again after now
+        for entry in later:
+            heapq.heappush(due, entry)
         return out
 
     def forget(self, contact_id: str) -> None:
@@ -654,23 +686,27 @@ class ContactTracker:
         return changed
 
     def contact_wire(self, contact_id: str) -> str | None:
-        """The contact's events as a JSON array (cached until its next event); None when unknown."""
+        """The contact's events as a JSON array; None when unknown. Not cached: a checkpoint asks
+        once per change, and a frozen contact keeps the text compressed."""
         tracked = self._contacts.get(contact_id)
         if tracked is None:
             return None
-        if tracked.wire is None:
-            events = sort_events(tracked.live().values())
-            tracked.wire = "[" + ",".join(e.model_dump_json(exclude_none=True) for e in events) + "]"
-        return tracked.wire
+        if tracked.events is None:
+            assert tracked.packed is not None
+            return zlib.decompress(tracked.packed).decode()
+        events = sort_events(tracked.events.values())
+        return "[" + ",".join(e.model_dump_json(exclude_none=True) for e in events) + "]"
 
     def freeze(self, contact_id: str) -> None:
-        """Keep an ended contact's events as JSON text only, until its next event or read: pydantic
-        events take ~2.1 KB each in memory, their JSON ~0.35 KB (a half-day simulation at rate
-        4000: 204k events held, 498 MB RSS; 72 MB as JSON). Only ended contacts are frozen: most
-        retained contacts are waiting out `ended_retention` for a late survey or reopen."""
+        """Keep a contact's events as compressed JSON only, until its next event or read:
+        pydantic events take ~2.1 KB each in memory, their JSON ~0.35 KB (a half-day simulation at
+        rate 4000: 204k events held, 498 MB RSS; 72 MB as JSON), and zlib level 1 packs a
+        contact's JSON 7.3x (3,856 -> 531 bytes on average; ~30 µs to pack, ~18 µs to unpack).
+        Open contacts are frozen too (an email thread waiting days on the customer): at 06:00 of a
+        simulated day 2, 17k of 49k held contacts were open and held 244 MB as pydantic events."""
         tracked = self._contacts.get(contact_id)
-        if tracked is not None and tracked.ended_ms is not None and tracked.events is not None:
-            self.contact_wire(contact_id)
+        if tracked is not None and tracked.events is not None:
+            tracked.packed = _pack(self.contact_wire(contact_id) or "[]")
             tracked.events = None
             tracked.facts = None
 
@@ -681,7 +717,8 @@ class ContactTracker:
 
     def restore_frozen(self, contact_id: str, wire: str, ended_ms: int, last_ms: int) -> None:
         """Add an ended contact as JSON only, without parsing its events (see `freeze`)."""
-        self._contacts[contact_id] = _Tracked(events=None, ended_ms=ended_ms, last_ms=last_ms, wire=wire)
+        self._contacts[contact_id] = _Tracked(events=None, ended_ms=ended_ms, last_ms=last_ms, packed=_pack(wire))
+        heapq.heappush(self._due, (0, contact_id))
 
     def restore_contact(self, wire: str | bytes) -> None:
         """Add a contact from its `contact_wire` (one pydantic-core parse for all its events)."""
@@ -694,8 +731,7 @@ class ContactTracker:
         return state
 
     def snapshot_json(self) -> str:
-        """`snapshot()` as JSON text. Each contact's part is cached until its next event, so a
-        checkpoint with 100,000 quiet contacts serializes only those that changed."""
+        """`snapshot()` as JSON text (the whole state: for tests and tools; checkpoints are per contact)."""
         parts = [f"{json.dumps(cid)}:{self.contact_wire(cid)}" for cid in self._contacts]
         return '{"contacts":{' + ",".join(parts) + "}}"
 

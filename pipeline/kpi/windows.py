@@ -29,6 +29,7 @@ only (contacts are forgotten `ended_retention_hours` after `ended`, see `Contact
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -73,6 +74,11 @@ class _Partition:
         )
         self.contribs: dict[WindowKey, dict[str, Measures]] = {}
         self.contact_keys: dict[str, set[WindowKey]] = {}
+        # contacts by the start of their latest window, so a prune visits only those whose every
+        # window just became final (it walked all of contact_keys: 6.7 % of a soak's CPU at speed 500)
+        self.latest_window: dict[str, int] = {}
+        self.closing: dict[int, set[str]] = {}
+        self.closing_starts: list[int] = []  # heap of the keys of `closing`
         self.legs = WaitingLegs()
         self.max_event_ms: int | None = None
         self.watermark_ms: int | None = None
@@ -203,6 +209,7 @@ class KpiWindows:
             p.tracker.forget(contact_id)
             p.legs.discard(contact_id)
             p.contact_keys.pop(contact_id, None)
+            self._index(p, contact_id, None)
             p.unsettled.discard(contact_id)
 
     def contact_ids(self, partition: PartitionKey) -> list[str]:
@@ -377,6 +384,26 @@ class KpiWindows:
         return p
 
     @staticmethod
+    def _index(p: _Partition, contact_id: str, latest: int | None) -> None:
+        """File `contact_id` under the start of its latest open window (None: it has none)."""
+        previous = p.latest_window.get(contact_id)
+        if previous == latest:
+            return
+        if previous is not None:
+            bucket = p.closing.get(previous)
+            if bucket is not None:
+                bucket.discard(contact_id)
+        if latest is None:
+            p.latest_window.pop(contact_id, None)
+            return
+        p.latest_window[contact_id] = latest
+        bucket = p.closing.get(latest)
+        if bucket is None:
+            bucket = p.closing[latest] = set()
+            heapq.heappush(p.closing_starts, latest)
+        bucket.add(contact_id)
+
+    @staticmethod
     def _raise_watermark(p: _Partition, candidate_ms: int) -> None:
         if p.watermark_ms is None or candidate_ms > p.watermark_ms:
             p.watermark_ms = candidate_ms
@@ -405,8 +432,10 @@ class KpiWindows:
                 p.dirty.add(key)
         if kept:
             p.contact_keys[contact_id] = kept
+            self._index(p, contact_id, max(key[0] for key in kept))
         else:
             p.contact_keys.pop(contact_id, None)
+            self._index(p, contact_id, None)
         horizon = floor + WINDOW_MS
         p.legs.set(
             contact_id,
@@ -485,14 +514,13 @@ class KpiWindows:
         assert p.next_final_ms is not None and p.watermark_ms is not None
         horizon = p.next_final_ms + WINDOW_MS
         p.legs.prune(horizon)
-        for contact_id, keys in list(p.contact_keys.items()):
-            open_keys = {k for k in keys if k[0] >= p.next_final_ms}
-            if open_keys:
-                p.contact_keys[contact_id] = open_keys
-            else:
-                del p.contact_keys[contact_id]
+        while p.closing_starts and p.closing_starts[0] < p.next_final_ms:
+            for contact_id in p.closing.pop(heapq.heappop(p.closing_starts), ()):
+                # every window of the contact is final (a contact's older keys stay in its set
+                # until then: `_recompute` skips keys below the floor)
+                del p.contact_keys[contact_id], p.latest_window[contact_id]
                 if contact_id not in p.unsettled and contact_id not in p.legs:
-                    p.tracker.freeze(contact_id)  # no open window left: JSON only until it changes
+                    p.tracker.freeze(contact_id)  # no open window left: packed until it changes
         if self.hold_evictions:
             return  # a checkpoint is being taken: contacts are dropped at the next prune
         for contact_id in p.tracker.expired(p.watermark_ms):
