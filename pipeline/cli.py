@@ -81,10 +81,9 @@ def migrate(with_optional: bool) -> None:
 )
 @click.option(
     "--role",
-    type=click.Choice(["all", "ingest", "analytics"]),
     default=None,
-    help="Stages to run (default from settings: all). ingest: validate, dead-letter, write raw events. "
-    "analytics: KPI windows, SLA clocks, journeys.",
+    help="Stages to run, comma-separated (default from settings: all). ingest: validate, dead-letter, write raw "
+    "events. analytics: KPI windows, SLA clocks. journeys: cross-channel journeys and lookups.",
 )
 def worker(web_port: int | None, role: str | None) -> None:
     """Run the worker: validate channel events, dead-letter bad ones, write them to ClickHouse, and
@@ -92,7 +91,9 @@ def worker(web_port: int | None, role: str | None) -> None:
 
     Start more than one (each with its own --web-port) to share the partitions. Ingest and analytics
     read the channel topics in consumer groups of their own (<app_id>-ingest, <app_id>-analytics),
-    so `--role ingest` and `--role analytics` workers can be scaled separately.
+    and the journey stage reads the contacts analytics forwards, so `--role ingest`, `--role
+    analytics` and `--role journeys` workers can be scaled separately (`--role ingest,analytics`
+    runs two).
     """
     import faust
 

@@ -35,6 +35,9 @@ class ConfigError(Exception):
     """Configuration is invalid; the message lists every problem, one per line."""
 
 
+WORKER_STAGES = ("ingest", "analytics", "journeys")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TOUCHLINE_", extra="forbid", validate_default=True)
 
@@ -195,11 +198,13 @@ class Settings(BaseSettings):
         description="Consumer-group session timeout of the channel-topic consumers: how long a dead worker "
         "holds its partitions before the group gives them to another.",
     )
-    worker_role: Literal["all", "ingest", "analytics"] = Field(
+    worker_role: str = Field(
         "all",
-        description="Stages this worker runs: `ingest` (validate, dead-letter, write raw events), `analytics` "
-        "(KPI windows, SLA clocks, journeys) or `all`. Each stage has its own consumer group, so ingest and "
-        "analytics workers scale separately.",
+        description="Stages this worker runs, comma-separated: `ingest` (validate, dead-letter, write raw events), "
+        "`analytics` (KPI windows, SLA clocks; forwards contacts to the journey stage), `journeys` (cross-channel "
+        "journeys and lookups), or `all` (the three). Each stage has its own consumer group, so each scales "
+        "separately; with embedded ClickHouse a process has a store of its own, so split stages over processes "
+        "with a ClickHouse server.",
     )
     # privacy and hostile input (README "Privacy and security")
     max_event_age_days: float = Field(
@@ -272,6 +277,21 @@ class Settings(BaseSettings):
         if "app_id" not in self.model_fields_set:
             self.app_id = self.topic_prefix
         return self
+
+    @field_validator("worker_role")
+    @classmethod
+    def _known_stages(cls, value: str) -> str:
+        parts = [part.strip() for part in value.split(",") if part.strip()]
+        unknown = [part for part in parts if part not in (*WORKER_STAGES, "all")]
+        if unknown or not parts:
+            raise ValueError(f"stages are {', '.join(WORKER_STAGES)} (comma-separated) or all; got {value!r}")
+        return ",".join(parts)
+
+    @property
+    def worker_stages(self) -> frozenset[str]:
+        """The stages `worker_role` names (`all`: every stage)."""
+        parts = set(self.worker_role.split(","))
+        return frozenset(WORKER_STAGES) if "all" in parts else frozenset(parts)
 
     @field_validator("clickhouse_dsn")
     @classmethod

@@ -20,7 +20,7 @@ import faust
 from aiokafka import TopicPartition
 from clickhouse_connect.driver.client import Client
 from faust.web import Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from pipeline.config import Settings
 from pipeline.events.models import EventBase
@@ -124,8 +124,12 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         logging_config=None,
     )
     shared = Shared(settings, app, client, executor, [], Health())
-    sink = _ingest(shared) if settings.worker_role in ("all", "ingest") else None
-    analytics = _analytics(shared) if settings.worker_role in ("all", "analytics") else None
+    roles = settings.worker_stages
+    sink = _ingest(shared) if "ingest" in roles else None
+    analytics = _analytics(shared) if "analytics" in roles else None
+    if "journeys" in roles:
+        journey_events = app.topic(settings.topics.journey_events, value_serializer="raw", key_serializer="raw")
+        install_journey_stage(app, client, executor, journey_events, settings)
 
     @app.task
     async def start_consumers() -> None:
@@ -180,6 +184,9 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     @app.page("/health")
     async def health(web: Any, request: Request) -> Response:
         stages = {c.stage: len(c.assignment()) for c in shared.consumers}
+        if "journeys" in roles:  # partitions of the journey state restored and served here
+            stages["journeys"] = int(REGISTRY.get_sample_value("touchline_journey_partitions") or 0)
+        channel_stages = [n for stage, n in stages.items() if stage != "journeys"]
         failing = shared.health.report()
         response: Response = web.json(
             {
@@ -193,8 +200,9 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
                 "clickhouse_database": settings.clickhouse_database,
                 # identity of the store it holds: `touchline sql` uses this worker only when it names its own
                 "store": redact(settings.clickhouse_url),
-                # channel-topic partitions of the stage holding fewest: > 0 once every stage reads
-                "assigned_partitions": min(stages.values(), default=0),
+                # channel-topic partitions of the stage holding fewest: > 0 once every stage reads (a
+                # journeys-only worker: the journey partitions it serves)
+                "assigned_partitions": min(channel_stages) if channel_stages else stages.get("journeys", 0),
                 "stages": stages,
             }
         )
@@ -258,9 +266,8 @@ SLA_RELEASE_PER_TICK = 2_000
 
 
 def _analytics(shared: Shared) -> AnalyticsStage:
-    """KPI windows and SLA clocks per source partition, and the journey stage."""
+    """KPI windows and SLA clocks per source partition; contacts are forwarded to the journey stage."""
     settings, app, client, executor = shared.settings, shared.app, shared.client, shared.executor
-    journey_events_topic = app.topic(settings.topics.journey_events, value_serializer="raw", key_serializer="raw")
     kpi_config = KpiConfig(
         allowed_lateness_seconds=settings.kpi_allowed_lateness_seconds,
         idle_timeout_seconds=settings.kpi_idle_seconds,
@@ -326,5 +333,4 @@ def _analytics(shared: Shared) -> AnalyticsStage:
     async def checkpoint_all() -> None:
         await analytics.checkpoint_all()
 
-    install_journey_stage(app, client, executor, journey_events_topic, settings)
     return analytics

@@ -121,3 +121,23 @@ def test_schemas_check_fails_when_the_configuration_table_drifts(
     assert result.exit_code == 1
     assert "README.md: differs from the KPI definitions and the settings model" in result.output
     assert "run `touchline generate`" in result.output
+
+
+@pytest.mark.parametrize(
+    ("role", "stages"),
+    [
+        ("all", {"ingest", "analytics", "journeys"}),
+        ("ingest, analytics", {"ingest", "analytics"}),
+        ("journeys", {"journeys"}),
+    ],
+)
+def test_worker_role_names_stages(monkeypatch: pytest.MonkeyPatch, role: str, stages: set[str]) -> None:
+    monkeypatch.setenv("TOUCHLINE_WORKER_ROLE", role)
+    assert load_settings().worker_stages == stages
+
+
+def test_unknown_worker_stage_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOUCHLINE_WORKER_ROLE", "ingest,journey")
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert "TOUCHLINE_WORKER_ROLE" in str(raised.value) and "'ingest,journey'" in str(raised.value)
