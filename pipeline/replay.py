@@ -21,7 +21,6 @@ from typing import IO, Any
 import click
 from pydantic import ValidationError
 
-from pipeline.config import ConfigError, load_settings
 from pipeline.errors import fail
 from pipeline.events.models import EVENT_ADAPTER, EventBase, to_json
 from pipeline.events.topics import DEFAULT_TOPICS, TopicNames
@@ -144,11 +143,9 @@ def replay_command(file: Path, speed: float, dry_run: bool) -> None:
     Exit status: 0 when at least one event was valid (and sent), 1 when none was or Kafka failed,
     2 on a configuration error.
     """
-    try:
-        settings = load_settings()
-    except ConfigError as error:
-        click.echo(str(error), err=True)
-        sys.exit(2)
+    from pipeline.cli import settings_or_exit  # the command line imports this module
+
+    settings = settings_or_exit()
     stats = ReplayStats()
     with file.open("rb") as handle:
         if dry_run:

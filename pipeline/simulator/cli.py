@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 import click
 
-from pipeline.config import ConfigError, Settings, load_settings
+from pipeline.config import Settings
 from pipeline.errors import fail
 from pipeline.events.topics import TopicNames
 from pipeline.simulator import BackgroundRun, delivered, summary_of, tickets
@@ -76,12 +75,6 @@ class _Duration(click.ParamType):
             return parse_duration(str(value))
         except ValueError as error:
             self.fail(str(error), param, ctx)
-
-
-def _rate(value: float) -> float:
-    if not 0.0 <= value <= 1.0:
-        raise click.BadParameter("must be between 0 and 1")
-    return value
 
 
 def open_kafka(settings: Settings, client_id: str) -> KafkaSink:
@@ -181,18 +174,16 @@ def _progress_printer(enabled: bool) -> Any:
 )
 @click.option(
     "--duplicate-rate",
-    type=float,
+    type=click.FloatRange(0.0, 1.0),
     default=0.0,
     show_default=True,
-    callback=lambda c, p, v: _rate(v),
     help="Share of valid events delivered twice (identical bytes and key), the copy shortly after.",
 )
 @click.option(
     "--late-rate",
-    type=float,
+    type=click.FloatRange(0.0, 1.0),
     default=0.0,
     show_default=True,
-    callback=lambda c, p, v: _rate(v),
     help="Share of events delivered late, out of order (event time unchanged).",
 )
 @click.option(
@@ -205,10 +196,9 @@ def _progress_printer(enabled: bool) -> Any:
 )
 @click.option(
     "--bad-rate",
-    type=float,
+    type=click.FloatRange(0.0, 1.0),
     default=0.0,
     show_default=True,
-    callback=lambda c, p, v: _rate(v),
     help="Extra malformed messages per valid event: not JSON, missing event_id, survey score out of "
     "range, naive timestamp, unknown type, channel not matching topic, oversized (>64 KiB).",
 )
@@ -272,11 +262,9 @@ def simulate_command(
       touchline simulate --contacts 150000 --speed 0 --out events.jsonl --truth truth.jsonl \\
           --duplicate-rate 0.01 --late-rate 0.02 --bad-rate 0.001
     """
-    try:
-        settings = load_settings()
-    except ConfigError as error:
-        click.echo(str(error), err=True)
-        sys.exit(2)
+    from pipeline.cli import settings_or_exit  # the command line imports this module
+
+    settings = settings_or_exit()
     try:
         start_at = parse_start(start)
     except ValueError as error:
