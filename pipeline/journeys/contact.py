@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pipeline.events.models import Channel, EventBase, IdentityLink, Resolved, SurveyResponse, event_type
 from pipeline.kpi.facts import sort_events
 from pipeline.times import EPOCH as EPOCH  # re-exported: pipeline.journeys.record imports it from here
-from pipeline.times import from_ms as from_ms  # re-exported: pipeline.journeys.lifecycle imports it from here
+from pipeline.times import from_ms as from_ms  # re-exported: journeys.rows and worker.journeys import it from here
 from pipeline.times import to_ms
 
 

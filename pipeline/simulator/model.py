@@ -766,10 +766,13 @@ class Simulation:
         contact.truth.agent_replies.append(self.now)
         self._emit(contact, FirstAgentReply)
 
+    def _customer_message(self, contact: Contact) -> None:
+        contact.truth.customer_messages.append(self.now)
+        self._emit(contact, CustomerMessage)
+
     def _chat_line(self, contact: Contact, author: Author) -> None:
         if author == Author.CUSTOMER:
-            contact.truth.customer_messages.append(self.now)
-            self._emit(contact, CustomerMessage)
+            self._customer_message(contact)
         else:
             contact.truth.agent_replies.append(self.now)
             self._emit(contact, AgentReply)
@@ -877,13 +880,16 @@ class Simulation:
                 self._emit(contact, WaitingEnded, schema_version=2, reason=contact.truth.waiting_reasons[-1])
             else:
                 self._emit(contact, WaitingEnded)
-        contact.truth.customer_messages.append(self.now)
-        self._emit(contact, CustomerMessage)
+        self._customer_message(contact)
         return True
 
     def _customer_writes(self, contact: Contact, token: int) -> None:
         if self._customer_answers(contact, token):
-            self._enqueue(contact, contact.queue or profiles.queue_for(contact.channel, contact.intent), "reply")
+            self._queue_reply(contact)
+
+    def _queue_reply(self, contact: Contact) -> None:
+        """The customer's message goes back into the contact's queue (or its channel's queue for its intent)."""
+        self._enqueue(contact, contact.queue or profiles.queue_for(contact.channel, contact.intent), "reply")
 
     def _customer_reopens(self, contact: Contact, token: int) -> bool:
         """The customer writes back on a resolved thread; False when the timer is stale."""
@@ -896,13 +902,12 @@ class Simulation:
         contact.truth.reopened_at.append(self.now)
         contact.journey.truth.reopened = True
         self._emit(contact, Reopened)
-        contact.truth.customer_messages.append(self.now)
-        self._emit(contact, CustomerMessage)
+        self._customer_message(contact)
         return True
 
     def _reopen(self, contact: Contact, token: int) -> None:
         if self._customer_reopens(contact, token):
-            self._enqueue(contact, contact.queue or profiles.queue_for(contact.channel, contact.intent), "reply")
+            self._queue_reply(contact)
 
     def _close_thread(self, contact: Contact, token: int) -> None:
         if token != contact.token:
