@@ -32,7 +32,6 @@ from rocksdict import Options, Rdict
 from pipeline.events.models import EventBase
 from pipeline.journeys.model import DAY
 from pipeline.journeys.record import ContactRecord
-from pipeline.journeys.rows import journey_row, step_rows
 from pipeline.journeys.stitcher import Stitcher
 from pipeline.simulator.model import SimConfig, Simulation
 from pipeline.times import to_ms
@@ -114,13 +113,10 @@ def main(days: float, rate: float, customers: int, batch: int, seed: int, take: 
             evicted = stitcher.evict_due(as_of, EVICT_BUDGET * len(values))
             counts["evicted_journeys"] += evicted.journeys
             counts["dropped_contacts"] += len(evicted.dropped)
-        rows = [journey_row(v) for v in changed]
-        steps_of = [step_rows(v) for v in changed]
-        steps = [r for rows in steps_of for r in rows]
-        documents = [stage.journey_json(v, r, s) for v, r, s in zip(changed, rows, steps_of, strict=True)]
-        counts["journey_versions"] += len(rows)
-        counts["step_rows"] += len(steps)
-        counts["document_bytes"] += sum(len(d) for d in documents)
+        out = stage.render_outputs(changed)
+        counts["journey_versions"] += len(out.journeys)
+        counts["step_rows"] += len(out.steps)
+        counts["document_bytes"] += sum(len(value) for _, value in out.documents)
         for contact_id in stitcher.record_changes:
             kept = stitcher.records.get(contact_id)
             if kept is not None:

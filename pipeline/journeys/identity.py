@@ -81,6 +81,7 @@ DEFAULT_LIMITS: Mapping[IdentifierKind, int] = {
 }
 
 SNAPSHOT_VERSION = 1
+LIVE_MEMO_SIZE = 200_000
 PSEUDONYM_PREFIX = "h1:"
 
 
@@ -189,16 +190,22 @@ class _Root:
     best: tuple[int, str] | None = None  # (kind rank, value) of the smallest identifier
     anon: str | None = None  # smallest contact id (names a component without identifiers)
     contacts: int = 0  # contacts counted as history
+    named: str | None = None  # `key`, kept until `best` or `anon` change (read once per contact and merge)
 
     @property
     def key(self) -> str:
+        if self.named is not None:
+            return self.named
         if self.best is not None:
             rank, value = self.best
-            return customer_key(KIND_VALUES[rank], value)
-        assert self.anon is not None
-        return customer_key(CONTACT, self.anon)
+            self.named = customer_key(KIND_VALUES[rank], value)
+        else:
+            assert self.anon is not None
+            self.named = customer_key(CONTACT, self.anon)
+        return self.named
 
     def absorb(self, other: _Root) -> None:
+        self.named = None
         self.members.extend(other.members)
         for kind, n in other.counts.items():
             self.counts[kind] = self.counts.get(kind, 0) + n
@@ -228,6 +235,9 @@ class IdentityGraph:
         # while restoring: each identifier value's usable node, computed once (a week's state
         # carries every customer's identifiers on each of their contacts); dropped after
         self._usable_memo: dict[tuple[str, str], Node | None] = {}
+        # each identifier value's usable node as seen live (a customer's identifiers arrive with each
+        # of their contacts): normalised and checked once; cleared when full
+        self._live_memo: dict[tuple[str, str], Node | None] = {}
 
     @property
     def restoring(self) -> bool:
@@ -265,7 +275,8 @@ class IdentityGraph:
 
     def add_contact_values(self, contact_id: str, identifiers: Iterable[tuple[str, str]]) -> Resolution:
         """`add_contact` with identifiers as plain `(kind, value)` strings (values as carried)."""
-        contact = self._node((CONTACT, contact_id))
+        contact: Node = (CONTACT, contact_id)
+        fresh = contact not in self._root_of
         merges: list[Merge] = []
         refusals: list[Refusal] = []
         if self._restoring:
@@ -277,6 +288,11 @@ class IdentityGraph:
                     found.add(node)
         else:
             found = {node for node in (self._usable(k, v) for k, v in identifiers) if node is not None}
+        if fresh and found:
+            joined = self._join_known(contact, found)
+            if joined is not None:
+                return NO_RESOLUTION if self._restoring else Resolution(joined.key)
+        self._node(contact)
         usable: Iterable[Node] = sorted(found, key=lambda n: (RANK_OF_VALUE[n[0]], n[1])) if len(found) > 1 else found
         for node in usable:
             self._union(contact, self._node(node), merges, refusals)
@@ -359,6 +375,7 @@ class IdentityGraph:
         """Erase a person: drop every component holding one of `contact_ids` or `identifiers`
         (`(kind, value)` as stored). Returns the contact ids and the customer keys of the
         components dropped."""
+        self._live_memo.clear()  # it may hold the person's identifier values
         roots: set[Node] = set()
         for contact_id in contact_ids:
             root = self._root_of.get((CONTACT, contact_id))
@@ -403,6 +420,7 @@ class IdentityGraph:
             for member in component.members:
                 self._root_of[member] = new_root
         if component.anon == contact_id:
+            component.named = None
             anons = [value for kind, value in component.members if kind == CONTACT]
             component.anon = min(anons) if anons else None
         return True
@@ -452,6 +470,21 @@ class IdentityGraph:
     # ------------------------------------------------------------------ internals
 
     def _usable(self, kind_name: str, raw: str, *, count: bool = True) -> Node | None:
+        ident = (kind_name, raw)
+        memo = self._live_memo
+        if ident in memo:
+            node = memo[ident]
+            if node is None and count:
+                self.blocked[kind_name if kind_name in KIND_BY_NAME else "unknown_kind"] += 1
+            return node
+        node = self._check_usable(kind_name, raw, count=count)
+        if count and isinstance(raw, str):  # live input only (not lookups)
+            if len(memo) >= LIVE_MEMO_SIZE:
+                memo.clear()
+            memo[ident] = node
+        return node
+
+    def _check_usable(self, kind_name: str, raw: str, *, count: bool = True) -> Node | None:
         kind = KIND_BY_NAME.get(kind_name)
         if kind is None or not isinstance(raw, str):
             if count:
@@ -470,6 +503,32 @@ class IdentityGraph:
             return memo[ident]
         node = memo[ident] = self._usable(*ident)
         return node
+
+    def _join_known(self, contact: Node, found: set[Node]) -> _Root | None:
+        """A new contact whose identifiers all belong to one component of two nodes or more joins it
+        directly: what its unions would give (the larger side keeps its root; a contact adds no
+        identifier, so no limit can refuse it), a third of the cost; the usual repeat contact and most
+        of a restore's replay. None when another case (the unions do it)."""
+        root_of = self._root_of
+        root: Node | None = None
+        for node in found:
+            mine = root_of.get(node)
+            if mine is None or (root is not None and mine != root):
+                return None
+            root = mine
+        assert root is not None
+        component = self._roots[root]
+        if len(component.members) < 2:
+            return None
+        root_of[contact] = root
+        component.members.append(contact)
+        contact_id = contact[1]
+        if component.anon is None or contact_id < component.anon:
+            component.anon = contact_id
+            component.named = None
+        self._counted.add(contact)
+        component.contacts += 1
+        return component
 
     def _node(self, node: Node) -> Node:
         if node in self._root_of:

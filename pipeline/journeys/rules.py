@@ -28,7 +28,6 @@ Rules of `build_journeys` (times epoch ms; they match the simulator's model, `pi
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -48,17 +47,24 @@ def _order(contact: ContactSummary) -> tuple[int, str]:
     return (contact.started_at, contact.contact_id)
 
 
+StepCache = dict[str, tuple[ContactSummary, JourneyStep]]
+
+
 def build_journeys(
     contacts: Iterable[ContactSummary],
     config: JourneyConfig | None = None,
     *,
     customer: str = "",
     as_of: int | None = None,
+    steps: StepCache | None = None,
 ) -> list[Journey]:
-    """The journeys of one customer's contacts (rules in the module docstring), in start order."""
+    """The journeys of one customer's contacts (rules in the module docstring), in start order.
+    `steps`: the caller's cache of each contact's step (contact id -> the summary it was made of and
+    the step), reused while the contact's summary and place in its journey stay the same."""
     config = config or JourneyConfig()
     groups: list[_Open] = []
     latest: dict[str, _Open] = {}
+    dormancy, repeat_window = config.dormancy_ms, config.repeat_window_ms
     for contact in sorted(contacts, key=_order):
         group: _Open | None = None
         intent = contact.intent
@@ -68,9 +74,9 @@ def build_journeys(
                 last = candidate.contacts[-1]
                 resolved_at = last.resolved_at
                 if resolved_at is None or contact.started_at < resolved_at:
-                    if contact.started_at - candidate.last_activity_at <= config.dormancy_ms:
+                    if contact.started_at - candidate.last_activity_at <= dormancy:
                         group = candidate
-                elif contact.started_at - resolved_at <= config.repeat_window_ms:
+                elif contact.started_at - resolved_at <= repeat_window:
                     group = candidate
                     group.reopened = True
         if group is None:
@@ -79,48 +85,66 @@ def build_journeys(
             if intent is not None:
                 latest[intent] = group
         group.contacts.append(contact)
-        group.last_activity_at = max(group.last_activity_at, contact.last_activity_at)
-    return [_journey(g, customer, config, as_of) for g in groups]
+        if contact.last_activity_at > group.last_activity_at:
+            group.last_activity_at = contact.last_activity_at
+    cache: StepCache = {} if steps is None else steps
+    return [_journey(g, customer, config, as_of, cache) for g in groups]
 
 
-def _latest(scores: Iterable[Score | None]) -> Score | None:
-    best: Score | None = None
-    for score in scores:
-        if score is not None and (best is None or score.at >= best.at):
-            best = score
-    return best
+def _step(n: int, c: ContactSummary) -> JourneyStep:
+    return JourneyStep(
+        n, c.contact_id, c.channel, c.started_at, c.last_activity_at, c.ended_at, c.first_human_at,
+        c.resolved_at, c.resolved_by, c.bot_involved, c.bot_handoff, c.bot_contained, c.transfers,
+        c.ivr_zero_out, c.abandoned, c.reopened,
+    )  # fmt: skip
 
 
-def _journey(group: _Open, customer: str, config: JourneyConfig, as_of: int | None) -> Journey:
+def _journey(group: _Open, customer: str, config: JourneyConfig, as_of: int | None, cache: StepCache) -> Journey:
     contacts = group.contacts
     first, last = contacts[0], contacts[-1]
-    steps = tuple(
-        JourneyStep(
-            step=n,
-            contact_id=c.contact_id,
-            channel=c.channel,
-            started_at=c.started_at,
-            last_activity_at=c.last_activity_at,
-            ended_at=c.ended_at,
-            first_human_at=c.first_human_at,
-            resolved_at=c.resolved_at,
-            resolved_by=c.resolved_by,
-            was_bot=c.bot_involved,
-            handed_off=c.bot_handoff,
-            bot_contained=c.bot_contained,
-            transfers=c.transfers,
-            ivr_zero_out=c.ivr_zero_out,
-            abandoned=c.abandoned,
-            reopened=c.reopened,
-        )
-        for n, c in enumerate(contacts, start=1)
-    )
-    reopened = group.reopened or any(c.reopened for c in contacts)
+    # one pass over the contacts for every per-contact figure (a generator per figure cost twice)
+    steps: list[JourneyStep] = []
+    reopened = group.reopened
+    human_at: int | None = None
+    human_channel: str | None = None
+    csat: Score | None = None
+    ces: Score | None = None
+    nps: Score | None = None
+    switches = transfers = zero_outs = handoffs = abandoned = 0
+    previous: str | None = None
+    for n, c in enumerate(contacts, start=1):
+        cached = cache.get(c.contact_id)
+        if cached is not None and cached[0] is c and cached[1].step == n:
+            step = cached[1]
+        else:
+            step = _step(n, c)
+            cache[c.contact_id] = (c, step)
+        steps.append(step)
+        channel = c.channel
+        if previous is not None and channel != previous:
+            switches += 1
+        previous = channel
+        if c.reopened:
+            reopened = True
+        at = c.first_human_at
+        # the earliest first human response; equal times: the smallest channel name
+        if at is not None and (human_at is None or at < human_at or (at == human_at and channel < human_channel)):  # type: ignore[operator]
+            human_at, human_channel = at, channel
+        # surveys: the latest answer (equal times: the later contact's)
+        score = c.csat
+        if score is not None and (csat is None or score.at >= csat.at):
+            csat = score
+        score = c.ces
+        if score is not None and (ces is None or score.at >= ces.at):
+            ces = score
+        score = c.nps
+        if score is not None and (nps is None or score.at >= nps.at):
+            nps = score
+        transfers += c.transfers
+        zero_outs += c.ivr_zero_out
+        handoffs += c.bot_handoff
+        abandoned += c.abandoned
     resolved_at = last.resolved_at
-    human = min(
-        ((c.first_human_at, c.channel) for c in contacts if c.first_human_at is not None),
-        default=None,
-    )
     status: Status
     if resolved_at is not None:
         status = "resolved"
@@ -128,39 +152,15 @@ def _journey(group: _Open, customer: str, config: JourneyConfig, as_of: int | No
         status = "dormant"
     else:
         status = "open"
-    csat = _latest(c.csat for c in contacts)
-    ces = _latest(c.ces for c in contacts)
-    nps = _latest(c.nps for c in contacts)
-    path = [c.channel for c in contacts]
     elapsed_ms = (resolved_at if resolved_at is not None else group.last_activity_at) - first.started_at
-    effort = effort_score(
-        EffortInputs(
-            contacts=len(contacts),
-            channel_switches=sum(1 for a, b in itertools.pairwise(path) if a != b),
-            transfers=sum(c.transfers for c in contacts),
-            ivr_zero_outs=sum(1 for c in contacts if c.ivr_zero_out),
-            bot_handoffs=sum(1 for c in contacts if c.bot_handoff),
-            abandoned_contacts=sum(1 for c in contacts if c.abandoned),
-            elapsed_seconds=elapsed_ms / 1000,
-            resolved=resolved_at is not None,
-            ces=None if ces is None else ces.score,
-        )
-    )
+    ces_score = None if ces is None else ces.score
+    inputs = EffortInputs(
+        len(contacts), switches, transfers, zero_outs, handoffs, abandoned, elapsed_ms / 1000,
+        resolved_at is not None, ces_score,
+    )  # fmt: skip
+    effort = effort_score(inputs)
     return Journey(
-        journey_id=f"j-{first.contact_id}",
-        customer=customer,
-        intent=first.intent,
-        status=status,
-        started_at=first.started_at,
-        last_activity_at=group.last_activity_at,
-        steps=steps,
-        reopened=reopened,
-        resolved_at=resolved_at,
-        resolved_by=last.resolved_by if resolved_at is not None else None,
-        first_human_at=None if human is None else human[0],
-        first_human_channel=None if human is None else human[1],
-        csat=csat,
-        ces=ces,
-        nps=nps,
-        effort=effort,
-    )
+        f"j-{first.contact_id}", customer, first.intent, status, first.started_at, group.last_activity_at,
+        tuple(steps), reopened, resolved_at, last.resolved_by if resolved_at is not None else None, human_at,
+        human_channel, csat, ces, nps, effort,
+    )  # fmt: skip

@@ -18,7 +18,7 @@ from pipeline.journeys.contact import ContactSummary
 from pipeline.journeys.identity import Merge
 from pipeline.journeys.model import DAY, Emitted, Journey, JourneyConfig, JourneyStep, JourneyVersion
 from pipeline.journeys.record import ContactRecord
-from pipeline.journeys.rules import build_journeys
+from pipeline.journeys.rules import StepCache, build_journeys
 
 
 class CustomerBook:
@@ -29,6 +29,7 @@ class CustomerBook:
         self.customer = customer
         self.records: dict[str, ContactRecord] = {}
         self._summaries: dict[str, ContactSummary] = {}
+        self.steps: StepCache = {}  # contact id -> its summary and journey step, for `build_journeys`
 
     def file(self, record: ContactRecord) -> None:
         """File (or re-file after it changed) a contact's record."""
@@ -38,6 +39,7 @@ class CustomerBook:
     def take(self, contact_id: str) -> ContactRecord | None:
         """Remove a contact, returning its record."""
         self._summaries.pop(contact_id, None)
+        self.steps.pop(contact_id, None)
         return self.records.pop(contact_id, None)
 
     def merge(self, other: CustomerBook) -> None:
@@ -59,17 +61,20 @@ class CustomerBook:
         return self._summaries
 
     def journeys(self, config: JourneyConfig, as_of: int | None = None) -> list[Journey]:
-        return build_journeys(self.summaries.values(), config, customer=self.customer, as_of=as_of)
+        return build_journeys(self.summaries.values(), config, customer=self.customer, as_of=as_of, steps=self.steps)
 
 
 _STEP_VALUES = operator.attrgetter(*JourneyStep.__dataclass_fields__)
-_JOURNEY_VALUES = operator.attrgetter(*(f for f in Journey.__dataclass_fields__ if f != "steps"))
+_JOURNEY_VALUES = operator.attrgetter(
+    *(f for f in Journey.__dataclass_fields__ if f not in ("steps", "csat", "ces", "nps"))
+)
 
 
 def digest(journey: Journey) -> str:
     """A stable digest of a journey's content (the same in every process, unlike `hash`): of a
-    plain tuple of its values (the dataclasses' own repr took 3 times longer)."""
-    content = (_JOURNEY_VALUES(journey), [_STEP_VALUES(step) for step in journey.steps])
+    plain tuple of its values (the dataclasses' own repr, the scores' included, took 3 times longer)."""
+    scores = tuple(None if s is None else (s.score, s.at) for s in (journey.csat, journey.ces, journey.nps))
+    content = (_JOURNEY_VALUES(journey), scores, [_STEP_VALUES(step) for step in journey.steps])
     return hashlib.blake2b(repr(content).encode(), digest_size=12).hexdigest()
 
 
@@ -201,6 +206,8 @@ class JourneyStore:
     def _rebuild(self, customers: list[str], as_of: int | None) -> list[JourneyVersion]:
         dirty = self._round_dirty
         deadlines = self._deadlines
+        emitted, journeys_of = self._emitted, self._journeys_of
+        dormancy = self.config.dormancy_ms
         floor = 1 if as_of is None else max(1, as_of * 1000)
         current: dict[str, Journey] = {}
         for customer in customers:
@@ -212,32 +219,40 @@ class JourneyStore:
                 rebuilt = book.journeys(self.config, as_of)
             else:
                 contacts = [c for c in book.summaries.values() if c.intent in intents]
-                rebuilt = build_journeys(contacts, self.config, customer=customer, as_of=as_of)
+                rebuilt = build_journeys(contacts, self.config, customer=customer, as_of=as_of, steps=book.steps)
             for journey in rebuilt:
                 current[journey.journey_id] = journey
         out: list[JourneyVersion] = []
         for journey_id, journey in current.items():
-            previous = self._emitted.get(journey_id)
+            previous = emitted.get(journey_id)
             content = digest(journey)
+            customer = journey.customer
             if previous is not None and not previous.deleted and previous.digest == content:
-                if previous.customer != journey.customer:  # renamed only: keep the index right
-                    self._journeys_of.get(previous.customer, set()).discard(journey_id)
-                    self._journeys_of.setdefault(journey.customer, set()).add(journey_id)
+                if previous.customer != customer:  # renamed only: keep the index right
+                    _discard(journeys_of, previous.customer, journey_id)
+                    journeys_of.setdefault(customer, set()).add(journey_id)
                 continue
+            contact_ids = tuple([step.contact_id for step in journey.steps])
             removed: tuple[str, ...] = ()
             if previous is not None and not previous.deleted:
-                keep = set(journey.contact_ids)
-                removed = tuple(c for c in previous.contact_ids if c not in keep)
-                self._journeys_of.get(previous.customer, set()).discard(journey_id)
+                if previous.contact_ids != contact_ids:
+                    removed = tuple(c for c in previous.contact_ids if c not in contact_ids)
+                if previous.customer != customer:
+                    _discard(journeys_of, previous.customer, journey_id)
             version = previous.version + 1 if previous is not None else floor
             open_since = journey.last_activity_at if journey.status == "open" else None
-            self._emit(
-                journey_id,
-                Emitted(version, False, journey.customer, journey.contact_ids, content, open_since, journey.intent),
-            )
-            self._journeys_of.setdefault(journey.customer, set()).add(journey_id)
-            if open_since is not None:
-                heapq.heappush(deadlines, (open_since + self.config.dormancy_ms, journey.customer))
+            self._emit(journey_id, Emitted(version, False, customer, contact_ids, content, open_since, journey.intent))
+            owned = journeys_of.get(customer)
+            if owned is None:
+                journeys_of[customer] = {journey_id}
+            else:
+                owned.add(journey_id)
+            # one deadline per open period and customer key (not one per version: the heap would grow by
+            # every version for the 14 days of dormancy)
+            if open_since is not None and (
+                previous is None or previous.open_since != open_since or previous.customer != customer
+            ):
+                heapq.heappush(deadlines, (open_since + dormancy, customer))
             out.append(JourneyVersion(journey, version, False, removed))
         self._round_current.update(current)
         return out
@@ -352,3 +367,9 @@ class JourneyStore:
         if book is None:
             book = self.books[customer] = CustomerBook(customer)
         return book
+
+
+def _discard(index: dict[str, set[str]], customer: str, journey_id: str) -> None:
+    owned = index.get(customer)
+    if owned is not None:
+        owned.discard(journey_id)

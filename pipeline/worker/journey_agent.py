@@ -37,10 +37,10 @@ from pipeline.events.topics import DEFAULT_TOPICS
 from pipeline.journeys.identity import IdentityConfig, placeholder_values
 from pipeline.journeys.model import DAY, JourneyConfig, JourneyVersion
 from pipeline.journeys.record import ContactRecord, RecordError
-from pipeline.journeys.rows import journey_row, step_rows
+from pipeline.journeys.rows import JOURNEY_COLUMNS, STEP_COLUMNS
 from pipeline.journeys.stitcher import Stitcher
 from pipeline.privacy import access, erasure, pseudonym
-from pipeline.store.clickhouse import BlockingExecutor, insert_dicts
+from pipeline.store.clickhouse import BlockingExecutor, insert_rows
 from pipeline.worker import journey_metrics as jm
 from pipeline.worker import journeys as journey_stage
 from pipeline.worker import metrics
@@ -193,24 +193,20 @@ def install_journey_stage(
         state.blocked, state.refusals = dict(core.graph.blocked), dict(core.graph.refusals)
 
     async def write_outputs(changed: list[JourneyVersion]) -> None:
-        journey_rows: list[dict[str, Any]] = []
-        steps_of: list[list[dict[str, Any]]] = []
+        journey_rows: list[list[Any]] = []
+        steps: list[list[Any]] = []
         documents: list[tuple[bytes, bytes, None]] = []
         for start in range(0, len(changed), OUTPUT_SLICE):  # rendered in slices: the loop keeps serving
             if start:
                 await asyncio.sleep(0)
-            for version in changed[start : start + OUTPUT_SLICE]:
-                row, rows = journey_row(version), step_rows(version)
-                journey_rows.append(row)
-                steps_of.append(rows)
-                documents.append(
-                    (version.journey.journey_id.encode(), journey_stage.journey_json(version, row, rows), None)
-                )
-        steps = [r for rows in steps_of for r in rows]
+            out = journey_stage.render_outputs(changed[start : start + OUTPUT_SLICE])
+            journey_rows += out.journeys
+            steps += out.steps
+            documents += ((key, value, None) for key, value in out.documents)
 
         async def insert() -> None:
-            await executor.run(insert_dicts, client, "journey_steps", steps)
-            await executor.run(insert_dicts, client, "journeys", journey_rows)
+            await executor.run(insert_rows, client, "journey_steps", STEP_COLUMNS, steps)
+            await executor.run(insert_rows, client, "journeys", JOURNEY_COLUMNS, journey_rows)
 
         await journey_stage.retried(
             "journey rows insert", insert, on_retry=jm.JOURNEY_FLUSH_RETRIES.labels("clickhouse").inc

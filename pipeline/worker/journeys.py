@@ -18,7 +18,8 @@ import json
 import logging
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from datetime import datetime
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, TypeVar
 
 from tenacity import (
@@ -30,9 +31,10 @@ from tenacity import (
 )
 
 from pipeline.events.models import EventBase, IdentifierKind
+from pipeline.journeys.contact import from_ms
 from pipeline.journeys.model import Emitted, Journey, JourneyVersion
 from pipeline.journeys.record import ContactRecord, RecordError, records_of
-from pipeline.journeys.rows import journey_row, step_rows
+from pipeline.journeys.rows import JOURNEY_COLUMNS, STEP_COLUMNS, STEP_DELETED, journey_values, step_values
 from pipeline.journeys.stitcher import Stitcher
 
 log = logging.getLogger(__name__)
@@ -78,11 +80,22 @@ def read_records(value: bytes) -> tuple[list[ContactRecord], list[str]]:
     """The records of one message, and the reasons of lines that could not be read (skipped)."""
     records: list[ContactRecord] = []
     rejected: list[str] = []
-    for line in value.split(b"\n"):
-        if not line:
-            continue
+    try:
+        # the whole message in one parse (a record's JSON holds no raw newline): half the cost of
+        # one parse per line; a message with an unreadable line is read line by line instead
+        items: list[Any] = json.loads(b"[" + value.strip(b"\n").replace(b"\n", b",") + b"]")
+    except ValueError:
+        items = []
+        for line in value.split(b"\n"):
+            if not line:
+                continue
+            try:
+                items.append(json.loads(line))
+            except ValueError:
+                rejected.append("contact record is not JSON")
+    for item in items:
         try:
-            records.append(ContactRecord.from_json(line))
+            records.append(ContactRecord.from_dict(item))
         except RecordError as error:
             rejected.append(str(error))
     return records, rejected
@@ -95,52 +108,81 @@ def arrival_seq(offset: int, index: int) -> int:
 
 
 def emitted_value(entry: Emitted) -> bytes:
-    return json.dumps(entry.to_dict(), separators=(",", ":")).encode()
+    return _encode_compact(entry.to_dict()).encode()
 
 
 def emitted_entry(value: bytes) -> Emitted:
     return Emitted.from_dict(json.loads(value))
 
 
+_encode_compact = json.JSONEncoder(separators=(",", ":")).encode  # built once, not per call as json.dumps does
 JOURNEY_TIMES = ("started_at", "last_activity_at", "first_human_at", "resolved_at")
 STEP_TIMES = ("started_at", "ended_at", "first_human_at", "resolved_at")
+_JOURNEY_TIME_AT = tuple(JOURNEY_COLUMNS.index(c) for c in JOURNEY_TIMES)
+_STEP_TIME_AT = tuple(STEP_COLUMNS.index(c) for c in STEP_TIMES)
 
 
-def _plain(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else value
+@lru_cache(maxsize=1 << 16)  # a journey's times are rendered again at each of its versions
+def iso_of_ms(epoch_ms: int) -> str:
+    return from_ms(epoch_ms).isoformat()
 
 
-def journey_document(
-    version: JourneyVersion, row: dict[str, Any] | None = None, steps: list[dict[str, Any]] | None = None
-) -> dict[str, Any]:
-    """The JSON a consumer of `touchline.journeys` (or the lookup endpoint) sees (from the
-    ClickHouse rows of the version when the caller has them already)."""
-    document = dict(journey_row(version) if row is None else row)
-    for key in JOURNEY_TIMES:
-        document[key] = _plain(document[key])
-    document["steps"] = [
-        {**step, **{key: _plain(step[key]) for key in STEP_TIMES}}
-        for step in (step_rows(version) if steps is None else steps)
-        if not step["is_deleted"]
-    ]
+def _same(value: int) -> int:
+    return value
+
+
+def _two_forms(values: list[Any], times: tuple[int, ...]) -> list[Any]:
+    """A copy of `values` with the epoch-ms times at `times` as datetimes (the ClickHouse row);
+    `values` keeps them as ISO strings (the document)."""
+    row = values.copy()
+    for i in times:
+        ms = values[i]
+        if ms is not None:
+            row[i], values[i] = from_ms(ms), iso_of_ms(ms)
+    return row
+
+
+def render_outputs(changed: list[JourneyVersion]) -> Outputs:
+    """The `journeys` and `journey_steps` rows (value lists in `JOURNEY_COLUMNS` / `STEP_COLUMNS`
+    order) and the topic documents `(key, JSON)` of emitted versions, in one pass: each version's
+    values are built once with epoch-ms times, then rendered as datetimes for ClickHouse and as ISO
+    strings for the documents."""
+    journey_rows: list[list[Any]] = []
+    steps: list[list[Any]] = []
+    documents: list[tuple[bytes, bytes]] = []
+    encode, columns, step_columns = _encode_compact, JOURNEY_COLUMNS, STEP_COLUMNS
+    for version in changed:
+        values = journey_values(version, _same)
+        journey_rows.append(_two_forms(values, _JOURNEY_TIME_AT))
+        shown: list[dict[str, Any]] = []
+        for step in step_values(version, _same):
+            steps.append(_two_forms(step, _STEP_TIME_AT))
+            if not step[STEP_DELETED]:
+                shown.append(dict(zip(step_columns, step, strict=True)))
+        document = dict(zip(columns, values, strict=True))
+        document["steps"] = shown
+        documents.append((version.journey.journey_id.encode(), encode(document).encode()))
+    return Outputs(journey_rows, steps, documents)
+
+
+@dataclass(frozen=True, slots=True)
+class Outputs:
+    """What a round writes: `journeys` rows, `journey_steps` rows (column order) and the documents."""
+
+    journeys: list[list[Any]]
+    steps: list[list[Any]]
+    documents: list[tuple[bytes, bytes]]
+
+
+def journey_document(version: JourneyVersion) -> dict[str, Any]:
+    """The JSON a consumer of `touchline.journeys` (or the lookup endpoint) sees."""
+    document: dict[str, Any] = json.loads(journey_json(version))
     return document
 
 
-def _iso(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def journey_json(
-    version: JourneyVersion, row: dict[str, Any] | None = None, steps: list[dict[str, Any]] | None = None
-) -> bytes:
-    """`journey_document` as JSON bytes. The rows' times (their only datetimes) are rendered by the
-    encoder as it meets them: no copy of every row (half the cost of a version's outputs)."""
-    row = journey_row(version) if row is None else row
-    steps = step_rows(version) if steps is None else steps
-    document = {**row, "steps": [step for step in steps if not step["is_deleted"]]}
-    return json.dumps(document, separators=(",", ":"), default=_iso).encode()
+def journey_json(version: JourneyVersion) -> bytes:
+    """`journey_document` as JSON bytes."""
+    return render_outputs([version]).documents[0][1]
 
 
 LOOKUP_KINDS = {kind.value: kind for kind in IdentifierKind}
