@@ -65,6 +65,8 @@ import hashlib
 import heapq
 import itertools
 import json
+from array import array
+from bisect import bisect_left, insort
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -245,7 +247,9 @@ class _Contact:
     queue: str | None = None
     priority: int = 0
     segment: str | None = None
-    seen: set[str] = field(default_factory=set)
+    # digests of the event ids applied (`seen_key`), sorted: 8 bytes an id where a set of id
+    # strings took ~1.6 KB a contact (79 MB of a 152 MB SLA state at simulated day 1.25)
+    seen: array[int] = field(default_factory=lambda: array("q"))
     started: bool = False
     first_opened: bool = False
     replied: bool = False
@@ -260,18 +264,30 @@ class _Contact:
     def to_json(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in self.__slots__ if name not in ("seen", "open", "evict_scheduled")}
         data["channel"] = self.channel.value
-        data["seen"] = sorted(self.seen)
+        data["seen"] = self.seen.tolist()
         data["open"] = [ob.to_json() for ob in self.open.values()]
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> _Contact:
         fields = {k: v for k, v in data.items() if k not in ("seen", "open", "channel")}
-        contact = cls(channel=Channel(data["channel"]), seen=set(data["seen"]), **fields)
+        # a checkpoint written before digests holds the ids themselves
+        seen = array("q", sorted({v if isinstance(v, int) else seen_key(v) for v in data["seen"]}))
+        contact = cls(channel=Channel(data["channel"]), seen=seen, **fields)
         for raw in data["open"]:
             ob = _Obligation.from_json(raw)
             contact.open[ob.target] = ob
         return contact
+
+
+def seen_key(event_id: str) -> int:
+    """A stable 64-bit digest of an event id (the same in every process, unlike `hash`)."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def _holds(keys: array[int], key: int) -> bool:
+    at = bisect_left(keys, key)
+    return at < len(keys) and keys[at] == key
 
 
 def _waiting_reason(contact: _Contact) -> str | None:
@@ -317,7 +333,8 @@ class SlaEngine:
         if isinstance(event, IdentityLink | SurveyResponse):
             return []
         contact = self._contacts.get(event.contact_id)
-        if contact is not None and event.event_id in contact.seen:
+        key = seen_key(event.event_id)
+        if contact is not None and _holds(contact.seen, key):
             return []
         self._changed.add(event.contact_id)
         t = to_ms(event.occurred_at)
@@ -325,7 +342,7 @@ class SlaEngine:
             contact = _Contact(event.contact_id, event.channel, last_event_ms=t)
             self._contacts[contact.contact_id] = contact
             self._schedule_eviction(contact)
-        contact.seen.add(event.event_id)
+        insort(contact.seen, key)
         out = self._fire_due(contact, t)
         contact.last_event_ms = max(contact.last_event_ms, t)
         if isinstance(event, Ended) and (contact.ended_ms is None or t < contact.ended_ms):
