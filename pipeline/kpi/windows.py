@@ -334,6 +334,8 @@ class KpiWindows:
             )
         for contact_id in parsed:
             self._recompute(p, contact_id)
+            if contact_id not in p.contact_keys and contact_id not in p.legs:
+                p.tracker.freeze(contact_id)  # an open contact no open window needs: packed again
         p.dirty |= p.emitted.keys()
 
     def adopt_written(self, partition: PartitionKey, written: list[tuple[int, str, str, int, int]]) -> None:
