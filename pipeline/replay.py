@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from pipeline.errors import fail
 from pipeline.events.models import EVENT_ADAPTER, EventBase, to_json
 from pipeline.events.topics import DEFAULT_TOPICS, TopicNames
+from pipeline.simulator.cli import open_kafka, speed_option
 from pipeline.simulator.faults import Message
 from pipeline.simulator.produce import DeliveryError, Pacer, StopSignal, deliver
 from pipeline.times import to_ms
@@ -123,13 +124,7 @@ def messages_of(
 
 @click.command(name="replay")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--speed",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    help="Pacing by event time: 1 = real time, N = N times faster, 0 = as fast as possible.",
-)
+@speed_option(default=0.0)
 @click.option("--dry-run", is_flag=True, help="Validate the file and report, without producing anything.")
 def replay_command(file: Path, speed: float, dry_run: bool) -> None:
     """Replay recorded events from FILE (JSON Lines) to the Kafka channel topics.
@@ -154,8 +149,6 @@ def replay_command(file: Path, speed: float, dry_run: bool) -> None:
             _report_bad(stats)
             click.echo(f"replay (dry run): {stats.valid:,} valid events, {len(stats.bad):,} bad lines in {file}")
             sys.exit(0 if stats.valid else 1)
-        from pipeline.simulator.cli import open_kafka
-
         try:
             sink = open_kafka(settings, "touchline-replay")
         except DeliveryError as error:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -102,6 +103,20 @@ def open_kafka(settings: Settings, client_id: str) -> KafkaSink:
     return KafkaSink(bootstrap, client_id=client_id, security=security)
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def speed_option(default: float) -> Callable[[F], F]:
+    """`--speed` of a command that paces its messages by event time (`Pacer`)."""
+    return click.option(
+        "--speed",
+        type=click.FloatRange(min=0),
+        default=default,
+        show_default=True,
+        help="Pacing by event time: 1 = real time, N = N times faster, 0 = as fast as possible.",
+    )
+
+
 def _progress_printer(enabled: bool) -> Any:
     last = [time.monotonic()]
 
@@ -165,13 +180,7 @@ def _progress_printer(enabled: bool) -> Any:
     show_default=True,
     help="Random seed. Same seed and options give a byte-identical stream and truth.",
 )
-@click.option(
-    "--speed",
-    type=click.FloatRange(min=0),
-    default=1.0,
-    show_default=True,
-    help="1 = real time, N = N times faster, 0 = as fast as possible.",
-)
+@speed_option(default=1.0)
 @click.option(
     "--duplicate-rate",
     type=click.FloatRange(0.0, 1.0),
