@@ -31,7 +31,6 @@ from rocksdict import Options, Rdict
 
 from pipeline.events.models import EventBase
 from pipeline.journeys.model import DAY
-from pipeline.journeys.record import ContactRecord
 from pipeline.journeys.stitcher import Stitcher
 from pipeline.simulator.model import SimConfig, Simulation
 from pipeline.times import to_ms
@@ -180,9 +179,9 @@ def main(days: float, rate: float, customers: int, batch: int, seed: int, take: 
     gc.collect()
     before = rss_mb()
     started = time.perf_counter()
-    records = [ContactRecord.from_json(value) for _, value in contacts_db.items()]
+    records, _ = stage.decode_records([value for _, value in contacts_db.items()])
     read_s = time.perf_counter() - started
-    entries = [(cast(bytes, key).decode(), stage.emitted_entry(value)) for key, value in emitted_db.items()]  # raw mode
+    entries = stage.decode_entries([(cast(bytes, key), value) for key, value in emitted_db.items()])  # raw mode
     restored = Stitcher.from_state(records, entries)
     took = time.perf_counter() - started
     click.echo(

@@ -298,27 +298,30 @@ class ContactRecord:
             contact_id = data["c"]
             if not isinstance(contact_id, str) or not contact_id:
                 raise RecordError("contact record without a contact id")
-            first = data.get("f")
-            intent = data.get("i")
+            get = data.get
+            first, intent, marks, transfers, surveys, ids, links = (
+                get("f"), get("i"), get("m"), get("t"), get("u"), get("id"), get("ln")
+            )  # fmt: skip
             # shared strings (channel, intent, kinds, the contact id and identifier values repeat over
-            # records and the identity graph): one object each, a third of a record's memory
+            # records and the identity graph): one object each, a third of a record's memory. Fields a
+            # record does not carry are not walked (most carry no marks, transfers, surveys or links)
             return cls(
-                contact_id=intern(contact_id),
-                first=None if first is None else (int(first[0]), str(first[1]), intern(str(first[2]))),
-                last_us=int(data.get("l", 0)),
-                intent=None if intent is None else (int(intent[0]), str(intent[1]), intern(str(intent[2]))),
-                ended_us=_opt_int(data.get("e")),
-                assigned_us=_opt_int(data.get("a")),
-                reply_us=_opt_int(data.get("r")),
-                marks={str(k): (int(m[0]), intern(str(m[1])), intern(str(m[2]))) for k, m in data.get("m", {}).items()},
-                transfers={str(t) for t in data.get("t", ())},
-                flags=int(data.get("g", 0)),
-                surveys={intern(str(k)): (int(a[0]), str(a[1]), int(a[2])) for k, a in data.get("u", {}).items()},
+                intern(contact_id),
+                None if first is None else (int(first[0]), str(first[1]), intern(str(first[2]))),
+                int(get("l", 0)),
+                None if intent is None else (int(intent[0]), str(intent[1]), intern(str(intent[2]))),
+                _opt_int(get("e")),
+                _opt_int(get("a")),
+                _opt_int(get("r")),
+                {str(k): (int(m[0]), intern(str(m[1])), intern(str(m[2]))) for k, m in marks.items()} if marks else {},
+                {str(t) for t in transfers} if transfers else set(),
+                int(get("g", 0)),
+                {intern(str(k)): (int(a[0]), str(a[1]), int(a[2])) for k, a in surveys.items()} if surveys else {},
                 # intern() refuses anything but a str: a wrong type is a malformed record
-                ids={(intern(k), intern(v)): int(q) for k, v, q in data.get("id", ())},
-                links={(intern(a), intern(b), intern(c), intern(d)): int(q) for a, b, c, d, q in data.get("ln", ())},
-                seq=int(data.get("q", 0)),
-                seen_us=int(data.get("s", 0)),
+                {(intern(k), intern(v)): int(q) for k, v, q in ids} if ids else {},
+                {(intern(a), intern(b), intern(c), intern(d)): int(q) for a, b, c, d, q in links} if links else {},
+                int(get("q", 0)),
+                int(get("s", 0)),
             )
         except RecordError:
             raise

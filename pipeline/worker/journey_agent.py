@@ -36,7 +36,7 @@ from pipeline.events.models import EventBase
 from pipeline.events.topics import DEFAULT_TOPICS
 from pipeline.journeys.identity import IdentityConfig, placeholder_values
 from pipeline.journeys.model import DAY, JourneyConfig, JourneyVersion
-from pipeline.journeys.record import ContactRecord, RecordError
+from pipeline.journeys.record import ContactRecord
 from pipeline.journeys.rows import JOURNEY_COLUMNS, STEP_COLUMNS
 from pipeline.journeys.stitcher import Stitcher
 from pipeline.privacy import access, erasure, pseudonym
@@ -112,19 +112,16 @@ def install_journey_stage(
         identity = IdentityConfig(blocked_values=placeholder_pseudonyms())
 
         def readable(values: list[bytes]) -> list[ContactRecord]:
-            out = []
-            for value in values:
-                try:
-                    out.append(ContactRecord.from_json(value))
-                except RecordError as error:  # never seen; a restore must not fail on one entry
-                    jm.JOURNEY_RECORDS.labels("unreadable").inc()
-                    log.error("journey state entry skipped at restore (%s)", error)
-            return out
+            records, rejected = journey_stage.decode_records(values)
+            for reason in rejected:  # never seen; a restore must not fail on one entry
+                jm.JOURNEY_RECORDS.labels("unreadable").inc()
+                log.error("journey state entry skipped at restore (%s)", reason)
+            return records
 
         def restore() -> Stitcher:
             return Stitcher.from_state(
                 readable(raw_records),
-                [(key.decode(), journey_stage.emitted_entry(value)) for key, value in raw_entries],
+                journey_stage.decode_entries(raw_entries),
                 identity,
                 config,
                 keep_ms=keep_ms,

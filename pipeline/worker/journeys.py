@@ -101,6 +101,38 @@ def read_records(value: bytes) -> tuple[list[ContactRecord], list[str]]:
     return records, rejected
 
 
+def _parse_all(values: list[bytes]) -> list[Any] | None:
+    """Stored JSON values parsed in one call (a fifth of the cost of a parse per value at a week's
+    restore), or None when one of them is not JSON."""
+    try:
+        parsed: list[Any] = json.loads(b"[" + b",".join(values) + b"]")
+    except ValueError:
+        return None
+    return parsed if len(parsed) == len(values) else None
+
+
+def decode_records(values: list[bytes]) -> tuple[list[ContactRecord], list[str]]:
+    """The contact records of stored table values (a restore), and the reasons of those that could
+    not be read (skipped)."""
+    parsed = _parse_all(values)  # None: read one by one, so the unreadable ones are named
+    records: list[ContactRecord] = []
+    rejected: list[str] = []
+    for n, value in enumerate(values):
+        try:
+            records.append(ContactRecord.from_json(value) if parsed is None else ContactRecord.from_dict(parsed[n]))
+        except RecordError as error:
+            rejected.append(str(error))
+    return records, rejected
+
+
+def decode_entries(items: list[tuple[bytes, bytes]]) -> list[tuple[str, Emitted]]:
+    """The journey entries of stored `journey-emitted` items (a restore)."""
+    parsed = _parse_all([value for _, value in items])
+    if parsed is None:
+        return [(key.decode(), emitted_entry(value)) for key, value in items]
+    return [(key.decode(), Emitted.from_dict(data)) for (key, _), data in zip(items, parsed, strict=True)]
+
+
 def arrival_seq(offset: int, index: int) -> int:
     """Arrival order of the `index`-th record of the message at `offset`: the same when the
     message is read again, so a rebuilt identity graph unites in the original order."""

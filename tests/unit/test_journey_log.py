@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from pipeline.events.models import Channel, ContactStarted, CustomerIdentifiers, Queued, to_json
+from pipeline.journeys.model import Emitted
 from pipeline.journeys.record import records_of
 from pipeline.worker import journeys as stage
 
@@ -58,3 +59,15 @@ def test_unreadable_lines_are_skipped_with_a_reason_and_no_value() -> None:
 
 def test_arrival_order_is_the_offset_then_the_position() -> None:
     assert stage.arrival_seq(7, 3) < stage.arrival_seq(7, 4) < stage.arrival_seq(8, 0)
+
+
+def test_stored_state_is_decoded_in_bulk_and_a_bad_entry_is_skipped_with_its_reason() -> None:
+    values = [r.to_json() for r in records_of([started(n) for n in range(3)])]
+    records, rejected = stage.decode_records(values)
+    assert rejected == [] and [r.to_json() for r in records] == values
+    records, rejected = stage.decode_records([values[0], b"{not json", b'{"v": 1}', values[2]])
+    assert [r.contact_id for r in records] == ["c0", "c2"]
+    assert rejected == ["contact record is not JSON", "malformed contact record: KeyError"]
+    entries = [Emitted(3, False, "cust:C1", ("c0", "c1"), "d1", 5, "billing"), Emitted(9, True, "cust:C2", (), "d2")]
+    items = [(f"j-{n}".encode(), stage.emitted_value(e)) for n, e in enumerate(entries)]
+    assert stage.decode_entries(items) == [("j-0", entries[0]), ("j-1", entries[1])]
