@@ -29,16 +29,18 @@ class CustomerBook:
         self.customer = customer
         self.records: dict[str, ContactRecord] = {}
         self._summaries: dict[str, ContactSummary] = {}
+        self._stale: set[str] = set()  # contacts whose summary is to be (re)computed
         self.steps: StepCache = {}  # contact id -> its summary and journey step, for `build_journeys`
 
     def file(self, record: ContactRecord) -> None:
         """File (or re-file after it changed) a contact's record."""
         self.records[record.contact_id] = record
-        self._summaries.pop(record.contact_id, None)
+        self._stale.add(record.contact_id)
 
     def take(self, contact_id: str) -> ContactRecord | None:
         """Remove a contact, returning its record."""
         self._summaries.pop(contact_id, None)
+        self._stale.discard(contact_id)
         self.steps.pop(contact_id, None)
         return self.records.pop(contact_id, None)
 
@@ -50,14 +52,17 @@ class CustomerBook:
                 self.records[contact_id] = record
             elif mine is not record:
                 mine.merge(record)
-            self._summaries.pop(contact_id, None)
+            self._stale.add(contact_id)
 
     @property
     def summaries(self) -> dict[str, ContactSummary]:
-        """Contact summaries by contact_id (recomputed for contacts whose records changed)."""
-        for contact_id, record in self.records.items():
-            if contact_id not in self._summaries:
-                self._summaries[contact_id] = record.summary()
+        """Contact summaries by contact_id (recomputed for contacts whose records changed only: not
+        a walk of a long-standing customer's every contact per change)."""
+        if self._stale:
+            records, summaries = self.records, self._summaries
+            for contact_id in self._stale:
+                summaries[contact_id] = records[contact_id].summary()
+            self._stale.clear()
         return self._summaries
 
     def journeys(self, config: JourneyConfig, as_of: int | None = None) -> list[Journey]:
