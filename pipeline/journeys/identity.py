@@ -81,7 +81,7 @@ DEFAULT_LIMITS: Mapping[IdentifierKind, int] = {
 }
 
 SNAPSHOT_VERSION = 1
-LIVE_MEMO_SIZE = 200_000
+LIVE_MEMO_SIZE = 50_000  # at most ~12 MB; a contact's records arrive within minutes of each other
 PSEUDONYM_PREFIX = "h1:"
 
 
