@@ -147,7 +147,7 @@ def install_sql_view(app: faust.App, pool: ReadonlyPool) -> None:
                 return self.bytes(body, content_type="application/json")
             # aiohttp refuses a charset inside content_type (a 500 on every TSV answer until this)
             response = self.bytes(body, content_type="text/tab-separated-values")
-            response.charset = "utf-8"
+            response.charset = "utf-8"  # type: ignore[misc]  # faust types it read-only; aiohttp sets it
             return response
 
     app.page("/sql")(SqlView)
