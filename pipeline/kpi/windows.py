@@ -293,15 +293,21 @@ class KpiWindows:
         p = self._partitions.get(partition)
         return None if p is None else p.tracker.contact_wire(contact_id)
 
-    def contact_meta(self, partition: PartitionKey, contact_id: str) -> tuple[int | None, int] | None:
+    def contact_meta(self, partition: PartitionKey, contact_id: str) -> tuple[int | None, int, bool] | None:
+        """(first `ended` ms or None, latest event ms, idle) of a held contact; idle: it has no open
+        window and no queue leg, and keeps so until its next event (a restore need not parse it)."""
         p = self._partitions.get(partition)
-        return None if p is None else p.tracker.contact_meta(contact_id)
+        meta = None if p is None else p.tracker.contact_meta(contact_id)
+        if p is None or meta is None:
+            return None
+        idle = contact_id not in p.contact_keys and contact_id not in p.legs and contact_id not in p.unsettled
+        return meta[0], meta[1], idle
 
     def restore_partition(
         self,
         partition: PartitionKey,
         head: dict[str, Any],
-        contacts: list[tuple[str, str, tuple[int | None, int] | None]],
+        contacts: list[tuple[str, str, tuple[int | None, int, bool] | None]],
     ) -> None:
         """Rebuild `partition` from its `head` and its contacts: (contact_id, `contact_wire`, its
         (ended ms, last event ms) or None). An ended contact whose last event is before the first
@@ -315,13 +321,13 @@ class KpiWindows:
         for name, value in head.get("stats", {}).items():
             self.stats[name] = max(self.stats.get(name, 0), int(value))
         floor = head["next_final_ms"]
-        parsed: list[str] = []
+        parsed: dict[str, str] = {}
         for contact_id, wire, meta in contacts:
-            if meta is not None and meta[0] is not None and floor is not None and meta[1] < floor:
+            if meta is not None and floor is not None and meta[1] < floor and (meta[0] is not None or meta[2]):
                 p.tracker.restore_frozen(contact_id, wire, meta[0], meta[1])
             else:
                 p.tracker.restore_contact(wire)
-                parsed.append(contact_id)
+                parsed[contact_id] = wire
         p.tracker.drain_changes()
         p.max_event_ms = head["max_event_ms"]
         p.watermark_ms = head["watermark_ms"]
@@ -332,10 +338,12 @@ class KpiWindows:
                 str(digest),
                 (int(backlog[0]), int(backlog[1])) if backlog is not None else None,
             )
-        for contact_id in parsed:
+        for contact_id, wire in parsed.items():
             self._recompute(p, contact_id)
-            if contact_id not in p.contact_keys and contact_id not in p.legs:
-                p.tracker.freeze(contact_id)  # an open contact no open window needs: packed again
+            held = p.tracker.contact_meta(contact_id)
+            if held is not None and contact_id not in p.contact_keys and contact_id not in p.legs:
+                # an open contact no open window needs (a checkpoint written before the idle flag)
+                p.tracker.restore_frozen(contact_id, wire, held[0], held[1])
         p.dirty |= p.emitted.keys()
 
     def adopt_written(self, partition: PartitionKey, written: list[tuple[int, str, str, int, int]]) -> None:
@@ -516,6 +524,7 @@ class KpiWindows:
         assert p.next_final_ms is not None and p.watermark_ms is not None
         horizon = p.next_final_ms + WINDOW_MS
         p.legs.prune(horizon)
+        p.tracker.repack(500)
         while p.closing_starts and p.closing_starts[0] < p.next_final_ms:
             for contact_id in p.closing.pop(heapq.heappop(p.closing_starts), ()):
                 # every window of the contact is final (a contact's older keys stay in its set

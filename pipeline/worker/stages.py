@@ -302,11 +302,11 @@ class Stages:
         return min(marks) if marks else None
 
 
-def _meta(text: str) -> tuple[int | None, int] | None:
+def _meta(text: str) -> tuple[int | None, int, bool] | None:
     if not text:
         return None
-    ended, last = json.loads(text)
-    return (None if ended is None else int(ended)), int(last)
+    ended, last, *idle = json.loads(text)  # checkpoints written before the idle flag have two
+    return (None if ended is None else int(ended)), int(last), bool(idle and idle[0])
 
 
 def kpi_records(rows: Iterable[KpiRow]) -> list[list[Any]]:
