@@ -10,6 +10,8 @@ server. `worker_role` chooses the stages a process runs."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import gc
 import logging
 from collections.abc import Sequence
@@ -47,6 +49,9 @@ from pipeline.worker.sql_view import ReadonlyPool, install_sql_view
 from pipeline.worker.stages import Stages
 
 log = logging.getLogger(__name__)
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+_MALLOC_TRIM = getattr(_LIBC, "malloc_trim", None)  # glibc only (not musl)
 
 STOP_CHECKPOINT_SECONDS = 3.0  # of a graceful stop's budget (5 s): the rest leaves the groups and exits
 
@@ -155,6 +160,11 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         # 422k tracked objects, no cyclic garbage found while running or once the state was dropped).
         gc.collect(1)
         gc.freeze()
+        if _MALLOC_TRIM is not None:
+            # glibc keeps freed heap pages (a worker's parsed batches, sent outputs) mapped in
+            # every thread's arena; handing them back keeps RSS near what the state holds.
+            # ctypes releases the GIL for the call: it runs beside the loop, not on it
+            await asyncio.to_thread(_MALLOC_TRIM, 0)
 
     @app.task
     async def watch_the_loop() -> None:
