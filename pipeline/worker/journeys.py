@@ -101,36 +101,43 @@ def read_records(value: bytes) -> tuple[list[ContactRecord], list[str]]:
     return records, rejected
 
 
-def _parse_all(values: list[bytes]) -> list[Any] | None:
-    """Stored JSON values parsed in one call (a fifth of the cost of a parse per value at a week's
-    restore), or None when one of them is not JSON."""
-    try:
-        parsed: list[Any] = json.loads(b"[" + b",".join(values) + b"]")
-    except ValueError:
-        return None
-    return parsed if len(parsed) == len(values) else None
+DECODE_CHUNK = 1_000  # stored values parsed per call at a restore
+
+
+def _parse_chunks(values: list[bytes]) -> Iterator[tuple[list[bytes], list[Any] | None]]:
+    """Stored JSON values in runs of `DECODE_CHUNK`, each run parsed in one call (one parse per value
+    costs a call each; runs keep the parsed intermediates of a week's state from being held at
+    once), with None for a run holding a value that is not JSON (read one by one)."""
+    for start in range(0, len(values), DECODE_CHUNK):
+        run = values[start : start + DECODE_CHUNK]
+        try:
+            parsed: list[Any] | None = json.loads(b"[" + b",".join(run) + b"]")
+        except ValueError:
+            parsed = None
+        yield run, parsed if parsed is not None and len(parsed) == len(run) else None
 
 
 def decode_records(values: list[bytes]) -> tuple[list[ContactRecord], list[str]]:
     """The contact records of stored table values (a restore), and the reasons of those that could
     not be read (skipped)."""
-    parsed = _parse_all(values)  # None: read one by one, so the unreadable ones are named
     records: list[ContactRecord] = []
     rejected: list[str] = []
-    for n, value in enumerate(values):
-        try:
-            records.append(ContactRecord.from_json(value) if parsed is None else ContactRecord.from_dict(parsed[n]))
-        except RecordError as error:
-            rejected.append(str(error))
+    for run, parsed in _parse_chunks(values):
+        for n, value in enumerate(run):
+            try:
+                records.append(ContactRecord.from_json(value) if parsed is None else ContactRecord.from_dict(parsed[n]))
+            except RecordError as error:
+                rejected.append(str(error))
     return records, rejected
 
 
 def decode_entries(items: list[tuple[bytes, bytes]]) -> list[tuple[str, Emitted]]:
     """The journey entries of stored `journey-emitted` items (a restore)."""
-    parsed = _parse_all([value for _, value in items])
-    if parsed is None:
-        return [(key.decode(), emitted_entry(value)) for key, value in items]
-    return [(key.decode(), Emitted.from_dict(data)) for (key, _), data in zip(items, parsed, strict=True)]
+    keys = [key.decode() for key, _ in items]
+    entries: list[Emitted] = []
+    for run, parsed in _parse_chunks([value for _, value in items]):
+        entries += (emitted_entry(v) for v in run) if parsed is None else (Emitted.from_dict(d) for d in parsed)
+    return list(zip(keys, entries, strict=True))
 
 
 def arrival_seq(offset: int, index: int) -> int:
