@@ -149,7 +149,7 @@ def main(days: int, rate: int, speed: float, partitions: int, sample_seconds: fl
             try:
                 m = metrics(urls["analytics"], timeout=30)
                 raw = raw_metrics(urls["analytics"])
-                j = metrics(urls["journeys"], timeout=30)
+                j = raw_metrics(urls["journeys"])
             except OSError as error:  # a busy worker answers late: a missing sample, not a failure
                 click.echo(f"  (no sample: {error})")
                 continue
@@ -166,11 +166,11 @@ def main(days: int, rate: int, speed: float, partitions: int, sample_seconds: fl
             row["rss_mb"] = rss_mb(workers["analytics"].pid)
             row["journeys_rss_mb"] = rss_mb(workers["journeys"].pid)
             row["contacts"] = m.get("touchline_state_contacts", 0.0)
-            row["journey_contacts"] = journey_contacts(urls["journeys"])
+            row["journey_contacts"] = j.get('touchline_journey_state{what="contacts"}', 0.0)
             row["checkpoint_mb"] += (written - previous_bytes) / 1e6
             row["stall_le_s"] = max(row["stall_le_s"], longest_bucket)
             row["events"] = m.get("touchline_events_analysed_total", 0.0)
-            row["journey_records"] = j.get("touchline_journey_records_total", 0.0)
+            row["journey_records"] = sum(v for k, v in j.items() if k.startswith("touchline_journey_records_total"))
             previous_bytes = written
             click.echo(
                 f"  day {day}: analytics rss {row['rss_mb']:.0f} MB, contacts {row['contacts']:.0f}, "
@@ -226,11 +226,6 @@ def main(days: int, rate: int, speed: float, partitions: int, sample_seconds: fl
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         broker.stop(data)
-
-
-def journey_contacts(url: str) -> float:
-    samples = raw_metrics(url)
-    return samples.get('touchline_journey_state{what="contacts"}', 0.0)
 
 
 if __name__ == "__main__":
