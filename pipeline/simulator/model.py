@@ -21,35 +21,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pipeline.events.models import (
-    Abandoned,
-    AgentAssigned,
-    AgentReply,
-    Author,
-    BotHandoff,
-    BotTurn,
-    Channel,
-    ContactStarted,
-    CustomerIdentifiers,
-    CustomerMessage,
-    Ended,
-    EventBase,
-    FirstAgentReply,
-    HoldEnded,
-    HoldStarted,
-    Identifier,
-    IdentifierKind,
-    IdentityLink,
-    IvrStep,
-    IvrZeroOut,
-    Queued,
-    Reopened,
-    Resolved,
-    SurveyResponse,
-    Transferred,
-    WaitingEnded,
-    WaitingOnCustomer,
-)
+from pipeline.events import models as ev
+from pipeline.events.models import Author, Channel, CustomerIdentifiers, EventBase, Identifier, IdentifierKind
 from pipeline.simulator import profiles, tickets
 from pipeline.simulator.profiles import (
     ANONYMOUS_PHONE,
@@ -529,9 +502,9 @@ class Simulation:
         if channel in BOT_CHANNELS:
             contact.bot_id = profiles.BOT_IDS[channel]
             truth.bot_involved = True
-        self._emit(contact, ContactStarted)
+        self._emit(contact, ev.ContactStarted)
         if link is not None:
-            self._emit(contact, IdentityLink, left=link[0], right=link[1])
+            self._emit(contact, ev.IdentityLink, left=link[0], right=link[1])
             if not on_event and channel == Channel.VOICE:
                 # verified in the IVR: later events carry the customer id too
                 contact.ids = CustomerIdentifiers(phone=customer.phone, customer_id=cid)
@@ -548,7 +521,7 @@ class Simulation:
         """Emit `ended` and decide what the customer does next about the issue."""
         contact.truth.ended_at = self.now
         contact.truth.acw_seconds = acw
-        self._emit(contact, Ended, acw_seconds=acw)
+        self._emit(contact, ev.Ended, acw_seconds=acw)
         contact.token += 1
         journey = contact.journey
         journey.active = False
@@ -586,12 +559,12 @@ class Simulation:
         contact.truth.resolved_by = by.value
         contact.truth.resolutions.append(self.now)
         contact.resolved = True
-        self._emit(contact, Resolved, resolved_by=by)
+        self._emit(contact, ev.Resolved, resolved_by=by)
 
     def _abandon(self, contact: Contact, stage: Literal["ivr", "bot", "queue"]) -> None:
         contact.truth.abandoned_at = self.now
         contact.truth.abandoned_stage = stage
-        self._emit(contact, Abandoned, stage=stage)
+        self._emit(contact, ev.Abandoned, stage=stage)
         self._end(contact)
 
     # ------------------------------------------------------------------ voice: IVR
@@ -607,7 +580,7 @@ class Simulation:
             option = rng.choice(intent.menu_options) if intent.menu_options else "other"
             node = f"main>{intent.ivr_menu}>{option}"
         contact.truth.ivr_nodes.append(node)
-        self._emit(contact, IvrStep, ivr_node=node)
+        self._emit(contact, ev.IvrStep, ivr_node=node)
         if depth > 0 and rng.random() < 0.03:
             self._at(self.now + self._ms(rng.uniform(2, 12)), self._abandon, contact, "ivr")
             return
@@ -625,7 +598,7 @@ class Simulation:
 
     def _zero_out(self, contact: Contact, node: str) -> None:
         contact.truth.ivr_zero_out = True
-        self._emit(contact, IvrZeroOut, ivr_node=node)
+        self._emit(contact, ev.IvrZeroOut, ivr_node=node)
         self._enqueue(contact, "voice.general", "live")
 
     def _self_served(self, contact: Contact) -> None:
@@ -637,7 +610,7 @@ class Simulation:
     def _bot_turn(self, contact: Contact, turn: int, turns: int) -> None:
         rng = self.rng
         author = Author.CUSTOMER if turn % 2 == 0 else Author.BOT
-        self._emit(contact, BotTurn, author=author)
+        self._emit(contact, ev.BotTurn, author=author)
         if turn + 1 < turns:
             self._at(self.now + self._ms(rng.uniform(3, 20)), self._bot_turn, contact, turn + 1, turns)
             return
@@ -660,7 +633,7 @@ class Simulation:
 
     def _bot_handoff(self, contact: Contact) -> None:
         contact.truth.bot_handoff_at = self.now
-        self._emit(contact, BotHandoff, reason=self.rng.choice(profiles.HANDOFF_REASONS))
+        self._emit(contact, ev.BotHandoff, reason=self.rng.choice(profiles.HANDOFF_REASONS))
         contact.bot_id = None
         self._enqueue(contact, profiles.queue_for(contact.channel, contact.intent), "live")
 
@@ -672,7 +645,7 @@ class Simulation:
         if kind != "reply":
             contact.queue = queue_name
             contact.truth.legs.append(Leg(queue_name, self.now))
-            self._emit(contact, Queued)
+            self._emit(contact, ev.Queued)
         self._seq += 1
         heapq.heappush(pool.waiting, (-contact.customer.priority, self._seq, item))
         if kind == "live" and pool.queue.patience_mean > 0:
@@ -718,7 +691,7 @@ class Simulation:
         leg = contact.truth.legs[-1]
         leg.answered_at = self.now
         leg.agent_id = agent.agent_id
-        self._emit(contact, AgentAssigned)
+        self._emit(contact, ev.AgentAssigned)
         answered = self.now
         contact.work_from = answered
         contact.leg_hold = 0
@@ -759,32 +732,32 @@ class Simulation:
     def _greet(self, contact: Contact) -> None:
         if contact.replied:
             contact.truth.agent_replies.append(self.now)
-            self._emit(contact, AgentReply)
+            self._emit(contact, ev.AgentReply)
             return
         contact.replied = True
         contact.truth.first_response_at = self.now
         contact.truth.agent_replies.append(self.now)
-        self._emit(contact, FirstAgentReply)
+        self._emit(contact, ev.FirstAgentReply)
 
     def _customer_message(self, contact: Contact) -> None:
         contact.truth.customer_messages.append(self.now)
-        self._emit(contact, CustomerMessage)
+        self._emit(contact, ev.CustomerMessage)
 
     def _chat_line(self, contact: Contact, author: Author) -> None:
         if author == Author.CUSTOMER:
             self._customer_message(contact)
         else:
             contact.truth.agent_replies.append(self.now)
-            self._emit(contact, AgentReply)
+            self._emit(contact, ev.AgentReply)
 
     def _hold(self, contact: Contact, start: bool) -> None:
         if start:
             contact.leg_hold = -self.now
-            self._emit(contact, HoldStarted)
+            self._emit(contact, ev.HoldStarted)
         else:
             contact.leg_hold += self.now
             contact.truth.hold_ms += contact.leg_hold
-            self._emit(contact, HoldEnded)
+            self._emit(contact, ev.HoldEnded)
 
     def _account_talk(self, contact: Contact) -> None:
         contact.truth.talk_ms += self.now - contact.work_from - contact.leg_hold
@@ -795,7 +768,7 @@ class Simulation:
         leg.transferred_at = self.now
         leg.to_queue = to_queue
         self._account_talk(contact)
-        self._emit(contact, Transferred, to_queue=to_queue)
+        self._emit(contact, ev.Transferred, to_queue=to_queue)
         pool, agent = contact.agent_pool, contact.agent
         contact.agent = None
         contact.agent_pool = None
@@ -826,7 +799,7 @@ class Simulation:
             leg.answered_at = self.now
             leg.agent_id = agent.agent_id
             contact.agent = agent
-            self._emit(contact, AgentAssigned)
+            self._emit(contact, ev.AgentAssigned)
         work = self._ms(self._lognormal(pool.queue.work_mean, 0.6))
         contact.work_from = self.now
         self._at(self.now + work, self._async_reply, contact, pool, agent)
@@ -858,7 +831,7 @@ class Simulation:
         elif rng.random() < 0.6:
             contact.truth.waiting.append([self.now, None])
             contact.truth.waiting_reasons.append("customer")
-            self._emit(contact, WaitingOnCustomer)
+            self._emit(contact, ev.WaitingOnCustomer)
             if rng.random() < 0.85:
                 delay = int(pace * rng.lognormvariate(0, 0.8))
                 self._at(
@@ -877,9 +850,9 @@ class Simulation:
         if contact.truth.waiting and contact.truth.waiting[-1][1] is None:
             contact.truth.waiting[-1][1] = self.now
             if self._tickets:  # ticket waits carry their reason (event schema version 2)
-                self._emit(contact, WaitingEnded, schema_version=2, reason=contact.truth.waiting_reasons[-1])
+                self._emit(contact, ev.WaitingEnded, schema_version=2, reason=contact.truth.waiting_reasons[-1])
             else:
-                self._emit(contact, WaitingEnded)
+                self._emit(contact, ev.WaitingEnded)
         self._customer_message(contact)
         return True
 
@@ -901,7 +874,7 @@ class Simulation:
         contact.truth.resolved_by = None
         contact.truth.reopened_at.append(self.now)
         contact.journey.truth.reopened = True
-        self._emit(contact, Reopened)
+        self._emit(contact, ev.Reopened)
         self._customer_message(contact)
         return True
 
@@ -927,7 +900,7 @@ class Simulation:
         contact.queue = team
         contact.agent = None
         contact.truth.legs.append(Leg(team, self.now))
-        self._emit(contact, Queued)
+        self._emit(contact, ev.Queued)
         contact.token += 1
         pickup = self._work(tickets.PICKUP_MEAN.get(contact.customer.priority, tickets.PICKUP_MEAN[0]), 1.0)
         self._at(pickup, self._ticket_assign, contact, contact.token)
@@ -942,7 +915,7 @@ class Simulation:
         leg = contact.truth.legs[-1]
         leg.answered_at = self.now
         leg.agent_id = agent.agent_id
-        self._emit(contact, AgentAssigned)
+        self._emit(contact, ev.AgentAssigned)
         contact.token += 1
         triage = (
             team == tickets.SERVICEDESK
@@ -964,7 +937,7 @@ class Simulation:
         leg = contact.truth.legs[-1]
         leg.transferred_at = self.now
         leg.to_queue = to_team
-        self._emit(contact, Transferred, to_queue=to_team)
+        self._emit(contact, ev.Transferred, to_queue=to_team)
         self._ticket_queue(contact, to_team)
 
     def _ticket_reply(self, contact: Contact, token: int) -> None:
@@ -995,7 +968,7 @@ class Simulation:
             reason = action.removeprefix("wait_")
             contact.truth.waiting.append([self.now, None])
             contact.truth.waiting_reasons.append(reason)
-            self._emit(contact, WaitingOnCustomer, schema_version=2, reason=reason)
+            self._emit(contact, ev.WaitingOnCustomer, schema_version=2, reason=reason)
             if reason == "customer":
                 roll = rng.random()
                 if roll < 0.87:
@@ -1031,7 +1004,7 @@ class Simulation:
             return
         contact.token += 1
         contact.truth.waiting[-1][1] = self.now
-        self._emit(contact, WaitingEnded, schema_version=2, reason=contact.truth.waiting_reasons[-1])
+        self._emit(contact, ev.WaitingEnded, schema_version=2, reason=contact.truth.waiting_reasons[-1])
         self._at(self._work(tickets.WORK_MEAN), self._ticket_reply, contact, contact.token)
 
     def _ticket_resolve(self, contact: Contact) -> None:
@@ -1074,7 +1047,7 @@ class Simulation:
             low, high = SURVEY_BOUNDS[survey]
             score = min(high, max(low, scores[survey]))
             truth.surveys.append(Survey(survey, score, self.now))
-            self._emit(contact, SurveyResponse, survey=survey, score=score)
+            self._emit(contact, ev.SurveyResponse, survey=survey, score=score)
 
 
 SURVEY_BOUNDS: dict[str, tuple[int, int]] = {"csat": (1, 5), "ces": (1, 7), "nps": (0, 10)}
