@@ -26,11 +26,18 @@ TAGS = ["touchline", "generated"]
 P = TypeVar("P", timeseries.Panel, table.Panel, stat.Panel, bargauge.Panel)
 
 
+_IGNORED_FILTERS = {
+    q.KPI_VARS: " KPI windows are per channel x queue x priority: the segment filter does not apply.",
+    q.JOURNEY_VARS: " Journeys filter on the channel they started on; queue, priority and segment do not apply.",
+}
+"""What a panel's description adds when its query does not apply every template variable."""
+
+
 def _ch(panel: P, query: PanelQuery, description: str) -> P:
     return (
         panel.datasource(CLICKHOUSE)
         .with_target(ClickHouseQuery().raw_sql(query.sql).query_type(query.format))
-        .description(description)
+        .description(description + _IGNORED_FILTERS.get(query.variables, ""))
     )
 
 
@@ -142,57 +149,79 @@ def clickhouse_variables() -> list[dashboard.QueryVariable | dashboard.CustomVar
     ]
 
 
-def _base(
+Variables = list[dashboard.QueryVariable | dashboard.CustomVariable]
+Panel = timeseries.Panel | table.Panel | stat.Panel | bargauge.Panel
+Rows = dict[str, list[Panel]]
+"""A dashboard's rows: each row's title -> its panels, in layout order."""
+
+DASHBOARDS: dict[str, Callable[[], dict[str, Any]]] = {}
+"""File stem under grafana/dashboards/ -> builder, filled by `_dashboard`."""
+
+
+def _dashboard(
+    stem: str,
     uid: str,
     title: str,
-    description: str,
     refresh: str,
     time_from: str,
-    variables: list[dashboard.QueryVariable | dashboard.CustomVariable],
-) -> dashboard.Dashboard:
-    board = (
-        dashboard.Dashboard(title)
-        .uid(uid)
-        .description(description)
-        .tags(TAGS)
-        .editable()
-        .refresh(refresh)
-        .time(time_from, "now")
-        .timezone("browser")
-        .tooltip(models.DashboardCursorSync.CROSSHAIR)
-        .link(
-            dashboard.DashboardLink("Touchline")
-            .type(models.DashboardLinkType.DASHBOARDS)
-            .tags(["touchline"])
-            .as_dropdown(True)
-            .include_vars(True)
-            .keep_time(True)
-        )
-    )
-    for variable in variables:
-        board = board.with_variable(variable)
-    return board
+    variables: Callable[[], Variables] = clickhouse_variables,
+) -> Callable[[Callable[[], Rows]], Callable[[], dict[str, Any]]]:
+    """Registers a dashboard in `DASHBOARDS`: the decorated function returns its rows, and its docstring
+    (whitespace collapsed) is the dashboard's description."""
 
+    def register(rows: Callable[[], Rows]) -> Callable[[], dict[str, Any]]:
+        def build() -> dict[str, Any]:
+            board = (
+                dashboard.Dashboard(title)
+                .uid(uid)
+                .description(" ".join((rows.__doc__ or "").split()))
+                .tags(TAGS)
+                .editable()
+                .refresh(refresh)
+                .time(time_from, "now")
+                .timezone("browser")
+                .tooltip(models.DashboardCursorSync.CROSSHAIR)
+                .link(
+                    dashboard.DashboardLink("Touchline")
+                    .type(models.DashboardLinkType.DASHBOARDS)
+                    .tags(["touchline"])
+                    .as_dropdown(True)
+                    .include_vars(True)
+                    .keep_time(True)
+                )
+            )
+            for variable in variables():
+                board = board.with_variable(variable)
+            for row, panels in rows().items():
+                board = board.with_row(dashboard.Row(row))
+                for panel in panels:
+                    board = board.with_panel(panel)
+            return _ids(board)
 
-_KPI_NOTE = " KPI windows are per channel x queue x priority: the segment filter does not apply."
-_JOURNEY_NOTE = " Journeys filter on the channel they started on; queue, priority and segment do not apply."
+        build.__doc__ = rows.__doc__
+        DASHBOARDS[stem] = build
+        return build
+
+    return register
+
 
 # --------------------------------------------------------------------------------------------------
 # Dashboards
 
+_SL_SHARE = [
+    models.DynamicConfigValue(id_val="unit", value="percentunit"),
+    models.DynamicConfigValue(id_val="thresholds", value=SL_THRESHOLDS.build()),
+]
+"""A field holding a service-level-like share: percent, with the service-level thresholds."""
+_COLOURED_CELL = models.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"})
 
-def realtime_operations() -> dict[str, Any]:
-    board = _base(
-        "touchline-realtime",
-        "Touchline / Real-time operations",
-        "Service level against target, volumes, backlog and ASA per channel and queue; live SLA breaches and at-risk contacts.",
-        "30s",
-        "now-3h",
-        clickhouse_variables(),
-    )
-    board = (
-        board.with_row(dashboard.Row("Now"))
-        .with_panel(
+
+@_dashboard("realtime-operations", "touchline-realtime", "Touchline / Real-time operations", "30s", "now-3h")
+def realtime_operations() -> Rows:
+    """Service level against target, volumes, backlog and ASA per channel and queue; live SLA breaches and
+    at-risk contacts."""
+    return {
+        "Now": [
             _ch(
                 stat.Panel()
                 .title("Service level, offered, abandon rate, ASA, backlog, oldest wait")
@@ -201,23 +230,16 @@ def realtime_operations() -> dict[str, Any]:
                 .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
                 .graph_mode(common.BigValueGraphMode.NONE)
                 .color_mode(common.BigValueColorMode.VALUE)
-                .override_by_name(
-                    "service_level",
-                    [
-                        models.DynamicConfigValue(id_val="unit", value="percentunit"),
-                        models.DynamicConfigValue(id_val="thresholds", value=SL_THRESHOLDS.build()),
-                    ],
-                )
+                .override_by_name("service_level", _SL_SHARE)
                 .override_by_name("abandon_rate", _unit("percentunit"))
                 .override_by_name("asa_seconds", _unit("s"))
                 .override_by_name("oldest_wait_seconds", _unit("s")),
                 q.RT_NOW,
                 "Over the time range: headline service level, offered legs, abandon rate and ASA; "
-                "backlog and oldest waiting contact at the end of the latest minute." + _KPI_NOTE,
+                "backlog and oldest waiting contact at the end of the latest minute.",
             )
-        )
-        .with_row(dashboard.Row("Service level and volume"))
-        .with_panel(
+        ],
+        "Service level and volume": [
             _ch(
                 _series("Service level by channel", "percentunit")
                 .min(0)
@@ -228,59 +250,40 @@ def realtime_operations() -> dict[str, Any]:
                 ),
                 q.RT_SERVICE_LEVEL,
                 "Headline service level (Genesys or Connect formula per channel, see pipeline/kpi/definitions.py). "
-                "Dashed line: the default target." + _KPI_NOTE,
-            )
-        )
-        .with_panel(
+                "Dashed line: the default target.",
+            ),
             _ch(
                 _series("Offered, answered, abandoned", "short"),
                 q.RT_VOLUME,
-                "Queue legs offered (at queued time), answered and abandoned (at their time)." + _KPI_NOTE,
-            )
-        )
-        .with_panel(
+                "Queue legs offered (at queued time), answered and abandoned (at their time).",
+            ),
             _ch(
                 _series("Backlog by queue", "short"),
                 q.RT_BACKLOG,
-                "Legs waiting at the end of each minute; the worst minute of each interval." + _KPI_NOTE,
-            )
-        )
-        .with_panel(
+                "Legs waiting at the end of each minute; the worst minute of each interval.",
+            ),
             _ch(
                 _series("Oldest waiting contact by queue", "s"),
                 q.RT_OLDEST_WAIT,
-                "Age of the oldest waiting leg at the end of each minute; the worst minute of each interval."
-                + _KPI_NOTE,
-            )
-        )
-        .with_panel(
+                "Age of the oldest waiting leg at the end of each minute; the worst minute of each interval.",
+            ),
             _ch(
                 _series("ASA by channel", "s", span=24),
                 q.RT_ASA,
-                "Average speed of answer: mean wait of the legs answered in each interval." + _KPI_NOTE,
-            )
-        )
-        .with_row(dashboard.Row("Queues and live SLA"))
-        .with_panel(
+                "Average speed of answer: mean wait of the legs answered in each interval.",
+            ),
+        ],
+        "Queues and live SLA": [
             _ch(
                 _table("Service level against target by channel and queue")
-                .override_by_name(
-                    "service_level",
-                    [
-                        models.DynamicConfigValue(id_val="unit", value="percentunit"),
-                        models.DynamicConfigValue(id_val="thresholds", value=SL_THRESHOLDS.build()),
-                        models.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"}),
-                    ],
-                )
+                .override_by_name("service_level", [*_SL_SHARE, _COLOURED_CELL])
                 .override_by_name("sl_target", _unit("percentunit"))
                 .override_by_name("asa_seconds", _unit("s"))
                 .override_by_name("oldest_wait_seconds", _unit("s")),
                 q.RT_QUEUES,
                 "Per channel and queue over the time range: offered, answered, abandoned, service level and its "
-                "target, ASA; backlog and oldest wait at the latest minute." + _KPI_NOTE,
-            )
-        )
-        .with_panel(
+                "target, ASA; backlog and oldest wait at the latest minute.",
+            ),
             _ch(
                 _table("Live: SLA breaches and at-risk contacts", height=10)
                 .override_by_name(
@@ -298,17 +301,16 @@ def realtime_operations() -> dict[str, Any]:
                                 }
                             ],
                         ),
-                        models.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"}),
+                        _COLOURED_CELL,
                     ],
                 )
                 .override_by_regexp("seconds_.*|target_seconds", _unit("s")),
                 q.RT_OPEN_OBLIGATIONS,
                 "Obligations (first response, next response, resolution) whose latest SLA event is at_risk or "
                 "breached: not yet answered or closed. Breached first, then by deadline.",
-            )
-        )
-    )
-    return _ids(board)
+            ),
+        ],
+    }
 
 
 def _sla_series(title: str, query: PanelQuery) -> timeseries.Panel:
@@ -320,32 +322,26 @@ def _sla_series(title: str, query: PanelQuery) -> timeseries.Panel:
     )
 
 
-def sla() -> dict[str, Any]:
-    board = _base(
-        "touchline-sla",
-        "Touchline / SLA",
-        "SLA breaches and at-risk events by channel, target, policy and queue; time over deadline; top breaching queues.",
-        "1m",
-        "now-24h",
-        clickhouse_variables(),
-    )
-    board = (
-        board.with_row(dashboard.Row("Breaches and at-risk over time"))
-        .with_panel(_sla_series("By channel", q.SLA_BY_CHANNEL))
-        .with_panel(_sla_series("By target type", q.SLA_BY_TARGET))
-        .with_panel(_sla_series("By policy", q.SLA_BY_POLICY))
-        .with_panel(_sla_series("By queue", q.SLA_BY_QUEUE))
-        .with_row(dashboard.Row("Lateness"))
-        .with_panel(
+@_dashboard("sla", "touchline-sla", "Touchline / SLA", "1m", "now-24h")
+def sla() -> Rows:
+    """SLA breaches and at-risk events by channel, target, policy and queue; time over deadline; top breaching
+    queues."""
+    return {
+        "Breaches and at-risk over time": [
+            _sla_series("By channel", q.SLA_BY_CHANNEL),
+            _sla_series("By target type", q.SLA_BY_TARGET),
+            _sla_series("By policy", q.SLA_BY_POLICY),
+            _sla_series("By queue", q.SLA_BY_QUEUE),
+        ],
+        "Lateness": [
             _ch(
                 _series("Time over deadline (answered or closed late)", "s", span=24),
                 q.SLA_TIME_OVER_DEADLINE,
                 "seconds_late of obligations met or cancelled after their deadline: median, 90th percentile, "
                 "maximum. In the policy's time base (business seconds for business-time targets).",
             )
-        )
-        .with_row(dashboard.Row("Who breaches"))
-        .with_panel(
+        ],
+        "Who breaches": [
             _ch(
                 _table("Top breaching queues", span=12)
                 .override_by_name("breach_rate", _unit("percentunit"))
@@ -353,116 +349,84 @@ def sla() -> dict[str, Any]:
                 q.SLA_TOP_QUEUES,
                 "The 10 channel/queue pairs with the most breached obligations over the time range; breach rate "
                 "= breached obligations / obligations with any SLA event.",
-            )
-        )
-        .with_panel(
+            ),
             _ch(
                 _table("Compliance by policy and target", span=12)
-                .override_by_name(
-                    "compliance",
-                    [
-                        models.DynamicConfigValue(id_val="unit", value="percentunit"),
-                        models.DynamicConfigValue(id_val="thresholds", value=SL_THRESHOLDS.build()),
-                        models.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"}),
-                    ],
-                )
+                .override_by_name("compliance", [*_SL_SHARE, _COLOURED_CELL])
                 .override_by_regexp(".*seconds_late", _unit("s")),
                 q.SLA_BY_POLICY_TABLE,
                 "Per policy (deploy/sla-policies.yaml) and target: obligations, breaches, compliance = 1 - "
                 "breaches / obligations, and lateness of those met late.",
-            )
-        )
-    )
-    return _ids(board)
+            ),
+        ],
+    }
 
 
-def journeys_cx() -> dict[str, Any]:
-    board = _base(
-        "touchline-journeys",
-        "Touchline / Journeys and CX",
-        "First-contact resolution, channel switching, journey paths, bot containment and escalation, CSAT, CES, NPS and effort.",
-        "5m",
-        "now-7d",
-        clickhouse_variables(),
-    )
-    board = (
-        board.with_row(dashboard.Row("Resolution and paths"))
-        .with_panel(
+@_dashboard("journeys-cx", "touchline-journeys", "Touchline / Journeys and CX", "5m", "now-7d")
+def journeys_cx() -> Rows:
+    """First-contact resolution, channel switching, journey paths, bot containment and escalation, CSAT, CES,
+    NPS and effort."""
+    return {
+        "Resolution and paths": [
             _ch(
                 _table("FCR by first channel", span=10).override_by_regexp("fcr_rate.*", _unit("percentunit")),
                 q.J_FCR_BY_FIRST_CHANNEL,
                 "Journeys started in the time range, by the channel of their first contact: first-contact "
-                "resolution over all journeys and over resolved ones." + _JOURNEY_NOTE,
-            )
-        )
-        .with_panel(
+                "resolution over all journeys and over resolved ones.",
+            ),
             _ch(
                 _series("Channel switches", "percentunit", span=14)
                 .override_by_name("avg_switches", _unit("short"))
                 .override_by_name("avg_switches", _right_axis()),
                 q.J_CHANNEL_SWITCHES,
-                "Share of journeys that changed channel, share with more than one contact, and mean switches."
-                + _JOURNEY_NOTE,
-            )
-        )
-        .with_panel(
+                "Share of journeys that changed channel, share with more than one contact, and mean switches.",
+            ),
             _ch(
                 _table("Top journey paths", height=10).override_by_regexp("share|fcr_rate", _unit("percentunit")),
                 q.J_TOP_PATHS,
                 "The 20 most common channel paths (channel of each contact in order), their share, FCR, "
-                "contacts and customer effort (0-100, higher = more effort)." + _JOURNEY_NOTE,
-            )
-        )
-        .with_row(dashboard.Row("Bots"))
-        .with_panel(
+                "contacts and customer effort (0-100, higher = more effort).",
+            ),
+        ],
+        "Bots": [
             _ch(
                 _series("Bot containment rate", "percentunit", span=10).min(0).max(1),
                 q.J_BOT_CONTAINMENT,
-                "Bot-contained contacts / (contained + handed to a human), per channel." + _KPI_NOTE,
-            )
-        )
-        .with_panel(
+                "Bot-contained contacts / (contained + handed to a human), per channel.",
+            ),
             _ch(
                 _table("Bot escalations: where bot-first journeys reached a human", span=14)
                 .override_by_name("avg_time_to_first_human_s", _unit("s"))
                 .override_by_name("resolved_rate", _unit("percentunit")),
                 q.J_BOT_ESCALATIONS,
                 "Journeys whose first contact involved a bot and that later reached a human: by the channel of "
-                "the first human response and the path taken." + _JOURNEY_NOTE,
-            )
-        )
-        .with_row(dashboard.Row("Customer experience"))
-        .with_panel(
+                "the first human response and the path taken.",
+            ),
+        ],
+        "Customer experience": [
             _ch(
                 _series("CSAT", "percentunit", span=8).min(0).max(1),
                 q.J_CSAT,
-                "Share of CSAT answers scoring 4-5, per channel." + _KPI_NOTE,
-            )
-        )
-        .with_panel(
+                "Share of CSAT answers scoring 4-5, per channel.",
+            ),
             _ch(
                 _series("CES (1-7, lower is easier)", "short", span=8).min(1).max(7),
                 q.J_CES,
-                "Mean Customer Effort Score, per channel." + _KPI_NOTE,
-            )
-        )
-        .with_panel(
+                "Mean Customer Effort Score, per channel.",
+            ),
             _ch(
                 _series("NPS", "short", span=8).min(-100).max(100),
                 q.J_NPS,
-                "Net Promoter Score = 100 x (promoters 9-10 - detractors 0-6) / answers, per channel." + _KPI_NOTE,
-            )
-        )
-        .with_panel(
+                "Net Promoter Score = 100 x (promoters 9-10 - detractors 0-6) / answers, per channel.",
+            ),
             _ch(
                 _series("Customer effort by first channel", "short", span=24).min(0).max(100),
                 q.J_EFFORT,
                 "Mean journey effort score (0-100, pipeline/journeys/effort.py) of journeys started in each "
-                "interval, by first channel." + _JOURNEY_NOTE,
-            )
-        )
-    )
-    return _ids(board)
+                "interval, by first channel.",
+            ),
+        ],
+    }
 
 
 _TICKET_NOTE = (
@@ -471,22 +435,15 @@ _TICKET_NOTE = (
 )
 
 
-def tickets() -> dict[str, Any]:
-    board = _base(
-        "touchline-tickets",
-        "Touchline / Ticket queues",
-        "Ticket-style work (e-mail, social, cases): backlog by age, time to resolution by team and priority, "
-        "reopens, created vs resolved, waits by reason.",
-        "5m",
-        "now-30d",
-        clickhouse_variables(),
-    )
+@_dashboard("tickets", "touchline-tickets", "Touchline / Ticket queues", "5m", "now-30d")
+def tickets() -> Rows:
+    """Ticket-style work (e-mail, social, cases): backlog by age, time to resolution by team and priority,
+    reopens, created vs resolved, waits by reason."""
     days = _unit("d")
     hours = _unit("h")
     share = _unit("percentunit")
-    board = (
-        board.with_row(dashboard.Row("Backlog"))
-        .with_panel(
+    return {
+        "Backlog": [
             _ch(
                 _series("Open tickets and their age", "short", span=14)
                 .override_by_regexp("age_.*", days)
@@ -494,18 +451,15 @@ def tickets() -> dict[str, Any]:
                 q.TK_BACKLOG,
                 "Open tickets (started, not ended, not resolved) at the end of each hour, and their median and "
                 "90th-percentile age in days." + _TICKET_NOTE,
-            )
-        )
-        .with_panel(
+            ),
             _ch(
                 _table("Backlog by team, latest hour", span=10).override_by_regexp(".*_days", days),
                 q.TK_BACKLOG_BY_TEAM,
                 "Open tickets per team at the last hour end of the range, with age percentiles and the oldest."
                 + _TICKET_NOTE,
-            )
-        )
-        .with_row(dashboard.Row("Resolution"))
-        .with_panel(
+            ),
+        ],
+        "Resolution": [
             _ch(
                 _table("Time to resolution by team and priority", span=14)
                 .override_by_regexp("ttr_.*", hours)
@@ -513,9 +467,7 @@ def tickets() -> dict[str, Any]:
                 q.TK_TTR_BY_TEAM,
                 "Tickets resolved in the range per team (queue at the resolution) and priority: time to first and "
                 "to final resolution (hours) and the share reopened at least once." + _TICKET_NOTE,
-            )
-        )
-        .with_panel(
+            ),
             _ch(
                 _series("Created vs resolved", "short", span=10)
                 .override_by_name("reopened_share", share)
@@ -523,52 +475,47 @@ def tickets() -> dict[str, Any]:
                 q.TK_CREATED_RESOLVED,
                 "Tickets created and finally resolved per interval, and the reopened share of the resolved."
                 + _TICKET_NOTE,
-            )
-        )
-        .with_row(dashboard.Row("Reopens and waits"))
-        .with_panel(
+            ),
+        ],
+        "Reopens and waits": [
             _ch(
                 _table("Tickets by number of reopens", span=12).override_by_regexp("avg_ttr_.*", hours),
                 q.TK_REOPENS,
                 "Tickets started in the range that were resolved at least once, by how often they were reopened: "
                 "how many are resolved now and their mean times to first and final resolution." + _TICKET_NOTE,
-            )
-        )
-        .with_panel(
+            ),
             _ch(
                 _table("Waiting by reason", span=12).override_by_regexp(".*wait_hours", hours),
                 q.TK_WAITS_BY_REASON,
                 "Closed waits (waiting_on_customer .. waiting_ended) of tickets started in the range, by reason "
                 "(customer, vendor, internal, ...): tickets that waited, total and mean hours." + _TICKET_NOTE,
-            )
-        )
-    )
-    return _ids(board)
-
-
-def pipeline_health() -> dict[str, Any]:
-    board = _base(
-        "touchline-pipeline",
-        "Touchline / Pipeline health",
-        "The pipeline's own metrics from the workers' /metrics: throughput, lag, dead letters, late events, "
-        "ClickHouse flushes, end-to-end latency, workers up.",
-        "30s",
-        "now-1h",
-        [
-            _multi(
-                dashboard.QueryVariable("instance")
-                .label("Worker")
-                .datasource(PROMETHEUS)
-                .query({"query": 'label_values(up{job="touchline-worker"}, instance)', "refId": "instance"})
-                .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED),
-                ".*",
             ),
-            _channel_variable(".*"),
         ],
-    )
-    board = (
-        board.with_row(dashboard.Row("Workers"))
-        .with_panel(
+    }
+
+
+def _prometheus_variables() -> Variables:
+    return [
+        _multi(
+            dashboard.QueryVariable("instance")
+            .label("Worker")
+            .datasource(PROMETHEUS)
+            .query({"query": 'label_values(up{job="touchline-worker"}, instance)', "refId": "instance"})
+            .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED),
+            ".*",
+        ),
+        _channel_variable(".*"),
+    ]
+
+
+@_dashboard(
+    "pipeline-health", "touchline-pipeline", "Touchline / Pipeline health", "30s", "now-1h", _prometheus_variables
+)
+def pipeline_health() -> Rows:
+    """The pipeline's own metrics from the workers' /metrics: throughput, lag, dead letters, late events,
+    ClickHouse flushes, end-to-end latency, workers up."""
+    return {
+        "Workers": [
             _prom(
                 stat.Panel()
                 .title("Workers up")
@@ -587,75 +534,50 @@ def pipeline_health() -> dict[str, Any]:
                 .thresholds(_thresholds((None, "red"), (1, "green"))),
                 [q.P_UP],
                 "Prometheus `up` of each worker's /metrics scrape.",
-            )
-        )
-        .with_panel(
+            ),
             _prom(
                 _series("Consumer lag by topic", "short", height=5, span=16),
                 [q.P_LAG],
                 "Messages in the channel topics not yet read by the workers (summed over partitions and workers).",
-            )
-        )
-        .with_row(dashboard.Row("Throughput and rejects"))
-        .with_panel(
+            ),
+        ],
+        "Throughput and rejects": [
             _prom(
                 _series("Throughput per channel", "ops"),
                 [q.P_THROUGHPUT, q.P_CONSUMED],
                 "Events per second read from Kafka and written to ClickHouse.",
-            )
-        )
-        .with_panel(
+            ),
             _prom(
                 _series("Dead-letter rate", "ops"),
                 [q.P_DEADLETTER],
                 "Messages per second sent to touchline.deadletter, by channel and reason.",
-            )
-        )
-        .with_panel(
+            ),
             _prom(
                 _series("Late-event rate", "ops"),
                 [q.P_LATE],
                 "Events per second later than the allowed lateness (stored raw, left out of the KPI windows).",
-            )
-        )
-        .with_panel(
+            ),
             _prom(
                 _series("SLA events rate", "ops"),
                 [q.P_SLA_EVENTS],
                 "SLA outcomes raised per second by kind (at_risk, breached, met, cancelled).",
-            )
-        )
-        .with_row(dashboard.Row("Latency"))
-        .with_panel(
+            ),
+        ],
+        "Latency": [
             _prom(
                 _series("ClickHouse flush latency and failures", "s"),
                 [q.P_FLUSH_P50, q.P_FLUSH_P99, q.P_FLUSH_FAILURES],
                 "Time to write one batch and release its offsets (p50, p99); failed batches per second.",
-            ).override_by_regexp(".*failures", _unit("ops"))
-        )
-        .with_panel(
+            ).override_by_regexp(".*failures", _unit("ops")),
             _prom(
                 _series("End-to-end latency", "s"),
                 [q.P_E2E_P50, q.P_E2E_P99],
                 "Event time to written in ClickHouse, per channel (p50, p99).",
-            )
-        )
-        .with_panel(
+            ),
             _prom(
                 _series("Open SLA obligations", "short", span=24),
                 [q.P_SLA_OPEN],
                 "Response and resolution obligations being timed, by channel and target.",
-            )
-        )
-    )
-    return _ids(board)
-
-
-DASHBOARDS: dict[str, Callable[[], dict[str, Any]]] = {
-    "realtime-operations": realtime_operations,
-    "sla": sla,
-    "journeys-cx": journeys_cx,
-    "tickets": tickets,
-    "pipeline-health": pipeline_health,
-}
-"""File stem under grafana/dashboards/ -> builder."""
+            ),
+        ],
+    }

@@ -130,6 +130,8 @@ SL_OF_PARTIALS = _service_level(
 
 KPI_VARS = ("channel", "queue", "priority")
 SLA_VARS = ("channel", "queue", "priority", "segment")
+JOURNEY_VARS = ("channel",)
+"""Journey queries filter on the channel a journey started on only."""
 
 # --------------------------------------------------------------------------------------------------
 # Template variables
@@ -522,7 +524,7 @@ ORDER BY journeys DESC, first_channel""",
         "fcr_rate_of_resolved": "number",
         "avg_contacts": "number",
     },
-    ("channel",),
+    JOURNEY_VARS,
 )
 
 J_CHANNEL_SWITCHES = PanelQuery(
@@ -537,7 +539,7 @@ GROUP BY time
 ORDER BY time""",
     "timeseries",
     {"time": "time", "switch_rate": "number", "repeat_contact_rate": "number", "avg_switches": "number"},
-    ("channel",),
+    JOURNEY_VARS,
 )
 
 J_TOP_PATHS = PanelQuery(
@@ -562,7 +564,7 @@ LIMIT 20""",
         "avg_contacts": "number",
         "avg_effort": "number",
     },
-    ("channel",),
+    JOURNEY_VARS,
 )
 
 J_BOT_CONTAINMENT = _per_channel(
@@ -595,7 +597,7 @@ LIMIT 20""",
         "resolved_rate": "number",
         "avg_bot_handoffs": "number",
     },
-    ("channel",),
+    JOURNEY_VARS,
 )
 
 
@@ -618,7 +620,7 @@ GROUP BY time, first_channel
 ORDER BY time, first_channel""",
     "timeseries",
     {"time": "time", "first_channel": "string", "avg_effort": "number"},
-    ("channel",),
+    JOURNEY_VARS,
 )
 
 # --------------------------------------------------------------------------------------------------
