@@ -118,6 +118,8 @@ SLA_EVENT_COLUMNS: tuple[str, ...] = (
     "emitted_at",
 )
 _ASYNC_CHANNELS = frozenset({Channel.EMAIL, Channel.SOCIAL, Channel.SMS})
+# leads the checkpoint JSON of a contact with nothing left to time: its eviction due (epoch ms)
+_DORMANT = '{"evict_at":'
 _TARGET_ORDER = {Target.FIRST_RESPONSE: 0, Target.NEXT_RESPONSE: 1, Target.RESOLUTION: 2}
 _AT_RISK, _BREACH = 0, 1  # heap ranks: at the same instant at-risk comes before breach
 
@@ -270,7 +272,7 @@ class _Contact:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> _Contact:
-        fields = {k: v for k, v in data.items() if k not in ("seen", "open", "channel")}
+        fields = {k: v for k, v in data.items() if k not in ("seen", "open", "channel", "evict_at")}
         # a checkpoint written before digests holds the ids themselves
         seen = array("q", sorted({v if isinstance(v, int) else seen_key(v) for v in data["seen"]}))
         contact = cls(channel=Channel(data["channel"]), seen=seen, **fields)
@@ -312,6 +314,11 @@ class SlaEngine:
         self._closed_retention_ms = closed_retention // timedelta(milliseconds=1)
         self._idle_ms = idle_timeout // timedelta(milliseconds=1)
         self._contacts: dict[str, _Contact] = {}
+        # restored contacts with nothing left to time, kept as their checkpoint JSON and parsed
+        # only when an event, a reopen or a lookup needs them: contact -> (eviction due, JSON).
+        # Most contacts a worker holds are closed ones waiting out their retention, and parsing
+        # them all was most of a restart (126k contacts: 14.1 s after the partitions came back).
+        self._dormant: dict[str, tuple[int, str]] = {}
         # (due_ms, rank, contact_id, target order, version)
         self._due: list[tuple[int, int, str, int, int]] = []
         self._evictions: list[tuple[int, str]] = []
@@ -323,7 +330,7 @@ class SlaEngine:
 
     def __len__(self) -> int:
         """Number of contacts held in memory (open, or closed and awaiting eviction)."""
-        return len(self._contacts)
+        return len(self._contacts) + len(self._dormant)
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -332,7 +339,7 @@ class SlaEngine:
         then any met/cancelled events it causes."""
         if isinstance(event, IdentityLink | SurveyResponse):
             return []
-        contact = self._contacts.get(event.contact_id)
+        contact = self._get(event.contact_id)
         key = seen_key(event.event_id)
         if contact is not None and _holds(contact.seen, key):
             return []
@@ -378,17 +385,18 @@ class SlaEngine:
 
     def last_event_at(self, contact_id: str) -> datetime | None:
         """Event time of the latest event applied for the contact (None: unknown contact)."""
-        contact = self._contacts.get(contact_id)
+        contact = self._get(contact_id)
         return None if contact is None else from_ms(contact.last_event_ms)
 
     def forget(self, contact_id: str) -> None:
         """Drop a contact's state (its heap entries go stale), e.g. to re-apply its events in
         event-time order after one arrived out of order."""
-        if self._contacts.pop(contact_id, None) is not None:
+        dormant = self._dormant.pop(contact_id, None)
+        if self._contacts.pop(contact_id, None) is not None or dormant is not None:
             self._changed.add(contact_id)
 
     def __contains__(self, contact_id: object) -> bool:
-        return contact_id in self._contacts
+        return contact_id in self._contacts or contact_id in self._dormant
 
     def drain_changes(self) -> set[str]:
         """Contacts changed, added or removed since the last call (present or not now)."""
@@ -398,10 +406,29 @@ class SlaEngine:
     def contact_wire(self, contact_id: str) -> str | None:
         """The contact's state as JSON text; None when not held. Not cached: a checkpoint asks once
         per change, and a cache held ~1 KB per retained contact for nothing."""
+        dormant = self._dormant.get(contact_id)
+        if dormant is not None:
+            return dormant[1]
         contact = self._contacts.get(contact_id)
         if contact is None:
             return None
-        return json.dumps(contact.to_json(), separators=(",", ":"), default=str)
+        wire = json.dumps(contact.to_json(), separators=(",", ":"), default=str)
+        due = self._eviction_due(contact)
+        if not contact.open and due is not None:
+            # nothing left to time: a restore may keep it unparsed until it is needed (`_DORMANT`)
+            wire = f"{_DORMANT}{due},{wire[1:]}"
+        return wire
+
+    def restore_wire(self, contact_id: str, wire: str) -> None:
+        """Add one contact from its `contact_wire`. One with nothing left to time stays unparsed
+        (its eviction is scheduled from the JSON's leading field) until something needs it."""
+        if wire.startswith(_DORMANT):
+            end = wire.index(",", len(_DORMANT))
+            due = int(wire[len(_DORMANT) : end])
+            self._dormant[contact_id] = (due, wire)
+            heapq.heappush(self._evictions, (due, contact_id))
+            return
+        self.restore_contact(json.loads(wire))
 
     def restore_contact(self, data: dict[str, Any]) -> None:
         """Add one contact from the parsed `contact_wire`; its deadlines are scheduled again (those
@@ -415,7 +442,7 @@ class SlaEngine:
     def open_counts(self) -> dict[tuple[str, str], int]:
         """(channel, target) -> obligations being timed (running or paused), for the gauges."""
         counts: dict[tuple[str, str], int] = {}
-        for contact in self._contacts.values():
+        for contact in self._contacts.values():  # dormant contacts have nothing open
             for target in contact.open:
                 key = (contact.channel.value, target.value)
                 counts[key] = counts.get(key, 0) + 1
@@ -433,7 +460,7 @@ class SlaEngine:
 
     def snapshot_json(self) -> str:
         """`snapshot()` as JSON text; each contact's part is cached until the contact changes."""
-        parts = [self.contact_wire(contact_id) or "" for contact_id in self._contacts]
+        parts = [self.contact_wire(contact_id) or "" for contact_id in [*self._contacts, *self._dormant]]
         return f'{{"version":{SNAPSHOT_VERSION},"contacts":[' + ",".join(parts) + "]}"
 
     def restore(self, data: dict[str, Any]) -> None:
@@ -443,6 +470,7 @@ class SlaEngine:
         if data.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"unsupported SLA snapshot version {data.get('version')!r}")
         self._contacts = {}
+        self._dormant = {}
         self._due = []
         self._evictions = []
         for raw in data["contacts"]:
@@ -673,8 +701,24 @@ class SlaEngine:
             contact.evict_scheduled = due
             heapq.heappush(self._evictions, (due, contact.contact_id))
 
+    def _get(self, contact_id: str) -> _Contact | None:
+        """The contact, parsed now if it was dormant."""
+        contact = self._contacts.get(contact_id)
+        if contact is None and contact_id in self._dormant:
+            due, wire = self._dormant.pop(contact_id)
+            contact = _Contact.from_json(json.loads(wire))
+            contact.evict_scheduled = due  # its heap entry is in place
+            self._contacts[contact_id] = contact
+        return contact
+
     def _pop_eviction(self, now_ms: int) -> None:
         scheduled, contact_id = heapq.heappop(self._evictions)
+        dormant = self._dormant.get(contact_id)
+        if dormant is not None:
+            if dormant[0] == scheduled:  # unchanged since its checkpoint: the due time is exact
+                del self._dormant[contact_id]
+                self._changed.add(contact_id)
+            return
         contact = self._contacts.get(contact_id)
         if contact is None or contact.evict_scheduled != scheduled:
             return  # stale entry

@@ -189,7 +189,7 @@ class Stages:
             state.kpi.restore_partition(key, head["kpi"], contacts)
         for contact in loaded.contacts:
             if contact.sla:
-                state.sla.restore_contact(json.loads(contact.sla))
+                state.sla.restore_wire(contact.key, contact.sla)
             if contact.raised:
                 state.raised[contact.key] = set(contact.raised)
         state.sla.drain_changes()

@@ -329,6 +329,36 @@ def test_closed_and_idle_contacts_are_evicted(policies: PolicySet) -> None:
     assert len(engine) == 1 and engine.next_due() == T0 + timedelta(seconds=90_000 + 900)
 
 
+def wire_restored(engine: SlaEngine, policies: PolicySet, contacts: list[str]) -> SlaEngine:
+    restored = SlaEngine(policies, closed_retention=timedelta(hours=1))
+    for contact in contacts:
+        wire = engine.contact_wire(contact)
+        assert wire is not None
+        restored.restore_wire(contact, wire)
+    return restored
+
+
+def test_closed_contacts_restore_unparsed_and_behave_as_if_never_restored(policies: PolicySet) -> None:
+    engine = SlaEngine(policies, closed_retention=timedelta(hours=1))
+    run(engine, ev("contact_started", "c", 0), ev("queued", "c", 1), ev("resolved", "c", 10), ev("ended", "c", 12))
+    run(engine, ev("contact_started", "d", 0), ev("resolved", "d", 20), ev("ended", "d", 20))
+    run(engine, ev("contact_started", "o", 0), ev("queued", "o", 1))  # still timing
+    restored = wire_restored(engine, policies, ["c", "d", "o"])
+    assert sorted(restored._dormant) == ["c", "d"] and list(restored._contacts) == ["o"]
+    assert len(restored) == 3 and "c" in restored
+    assert restored.contact_wire("c") == engine.contact_wire("c")  # a checkpoint rewrites it unchanged
+    restored.drain_changes()
+    # a reopen wakes it: the same outcomes as the engine that never stopped
+    reopen = ev("reopened", "c", 600)
+    assert run(restored, reopen) == run(engine, reopen) and "c" in restored._contacts
+    # the others are evicted at exactly the same instant
+    for at in (3619, 3620, 4000, 7200):
+        now = T0 + timedelta(seconds=at)
+        assert kinds(restored.advance(now)) == kinds(engine.advance(now))
+        assert sorted(restored.snapshot()["contacts"], key=str) == sorted(engine.snapshot()["contacts"], key=str)
+    assert "d" not in restored and "d" in restored.drain_changes()
+
+
 def test_snapshot_restore_fires_overdue_deadlines(policies: PolicySet) -> None:
     engine = SlaEngine(policies)
     run(engine, ev("contact_started", "z", 0, "email"), ev("queued", "z", 1), ev("waiting_on_customer", "z", 2))
