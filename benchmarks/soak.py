@@ -113,8 +113,10 @@ def main(days: int, rate: int, speed: float, partitions: int, sample_seconds: fl
         roles = {"analytics": "ingest,analytics", "journeys": "journeys"}
         urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
 
+        launched: dict[str, float] = {}
+
         def start(name: str, log: str) -> float:
-            started = time.monotonic()
+            started = launched[name] = time.monotonic()
             workers[name] = start_worker(envs[name], ports[name], roles[name], workdir / log)
             wait_partitions(urls[name], workers[name], 300)
             return time.monotonic() - started
@@ -185,12 +187,21 @@ def main(days: int, rate: int, speed: float, partitions: int, sample_seconds: fl
             ):
                 break
         stops: dict[str, float] = {}
+        exits: dict[str, int] = {}
         for name, process in workers.items():
             started = time.monotonic()
             os.killpg(process.pid, signal.SIGINT)
-            process.wait(600)
+            exits[name] = process.wait(600)
             stops[name] = time.monotonic() - started
         restarts = {name: start(name, f"{name}-restart.log") for name in roles}
+        # the analytics partitions are assigned at once and restored in the background, paused:
+        # reading resumes when every one is restored
+        began = launched["analytics"]
+        while metrics(urls["analytics"], timeout=30).get("touchline_restore_seconds_count", 0.0) < 6 * partitions:
+            if time.monotonic() - began > 300:
+                raise click.ClickException("the analytics partitions were not restored in 300 s")
+            time.sleep(0.1)
+        reading = time.monotonic() - began
         time.sleep(10)
         rss_after = {name: rss_mb(process.pid) for name, process in workers.items()}
 
@@ -212,9 +223,11 @@ def main(days: int, rate: int, speed: float, partitions: int, sample_seconds: fl
             )
         for name in roles:
             click.echo(
-                f"{name} worker: graceful stop {stops[name]:.1f} s (target <= 5); restart to partitions "
+                f"{name} worker: graceful stop {stops[name]:.1f} s (target <= 5, exit code {exits[name]}); "
+                f"restart to partitions "
                 f"{restarts[name]:.1f} s (target <= 10); RSS 10 s after the restart {rss_after[name]:.0f} MB"
             )
+        click.echo(f"analytics worker: restart to reading every partition (restored) {reading:.1f} s")
         restore = metrics(urls["journeys"], timeout=30).get("touchline_journey_restore_seconds")
         click.echo(f"journey restore (touchline_journey_restore_seconds): {restore} s")
     finally:

@@ -32,7 +32,6 @@ from clickhouse_connect.driver.client import Client
 from faust.web import Request, Response
 
 from pipeline.config import Settings
-from pipeline.events.models import EventBase
 from pipeline.events.topics import DEFAULT_TOPICS
 from pipeline.journeys.identity import IdentityConfig, placeholder_values
 from pipeline.journeys.model import DAY, JourneyConfig, JourneyVersion
@@ -56,14 +55,10 @@ RESTORE_SLICE = 5_000  # table entries read between yields to the loop
 LOOKUP_WAIT_SECONDS = 30.0
 
 
-async def forward_events(app: faust.App, topic: str, events: list[tuple[EventBase, bytes]]) -> None:
-    """What the analytics stage hands the journey stage: one compact record per contact of the
-    batch's new valid events, delivered before the batch counts as checkpointable."""
-    await produce(
-        app,
-        topic,
-        ((key, value, None) for key, value in journey_stage.forward_messages(e for e, _ in events)),
-    )
+async def forward_events(app: faust.App, topic: str, lines: list[tuple[int, bytes]]) -> None:
+    """What the analytics stage hands the journey stage (`journey_stage.forward_lines` of the
+    batches' new valid events), delivered before the batches count as checkpointable."""
+    await produce(app, topic, ((key, value, None) for key, value in journey_stage.forward_chunks(lines)))
 
 
 @dataclass

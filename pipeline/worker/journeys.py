@@ -67,13 +67,25 @@ def shard_of(contact_id: str, shards: int = SHARDS) -> int:
     return zlib.crc32(contact_id.encode()) % shards if shards > 1 else 0
 
 
+def forward_lines(events: Iterable[EventBase], shards: int = SHARDS) -> list[tuple[int, bytes]]:
+    """One (shard, record line) per contact of `events`: what the analytics stage keeps until the
+    journey stage has it (the events themselves can be freed)."""
+    return [(shard_of(record.contact_id, shards), record.to_json()) for record in records_of(events)]
+
+
+def forward_chunks(lines: Iterable[tuple[int, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The (key, value) messages carrying `forward_lines` output: grouped by shard, cut under the
+    producer's size limit."""
+    by_shard: dict[int, list[bytes]] = {}
+    for shard, line in lines:
+        by_shard.setdefault(shard, []).append(line)
+    return [(f"shard-{shard}".encode(), chunk) for shard, lines in sorted(by_shard.items()) for chunk in chunks(lines)]
+
+
 def forward_messages(events: Iterable[EventBase], shards: int = SHARDS) -> list[tuple[bytes, bytes]]:
     """The (key, value) messages that carry `events` to the journey stage: one record per contact,
     grouped by shard, cut under the producer's size limit."""
-    by_shard: dict[int, list[bytes]] = {}
-    for record in records_of(events):
-        by_shard.setdefault(shard_of(record.contact_id, shards), []).append(record.to_json())
-    return [(f"shard-{shard}".encode(), chunk) for shard, lines in sorted(by_shard.items()) for chunk in chunks(lines)]
+    return forward_chunks(forward_lines(events, shards))
 
 
 def read_records(value: bytes) -> tuple[list[ContactRecord], list[str]]:
