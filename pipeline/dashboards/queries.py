@@ -14,7 +14,8 @@ Conventions
   instead of a long IN list and also matches values the variable query has not listed yet.
 * Versioned tables are read with FINAL: kpi_minute_partials, sla_events, journeys.
 * Each `PanelQuery` declares the columns its panel expects and their kind (time, number, string),
-  which the tests check against real results.
+  which the tests check against real results. A query whose first column is a time is a time series
+  (Grafana's time series format), any other a table.
 * Alert queries return exactly one numeric column (the value Grafana's threshold tests) and string
   columns (which become alert labels), and only the rows that breach, so "no rows" = healthy.
 """
@@ -69,13 +70,13 @@ class PanelQuery:
 
     key: str
     sql: str
-    format: Format
     columns: dict[str, Kind]
     variables: tuple[str, ...] = field(default=())
 
-    def __post_init__(self) -> None:
-        if self.format == "timeseries" and next(iter(self.columns.values())) != "time":
-            raise ValueError(f"{self.key}: a time series query starts with its time column")
+    @property
+    def format(self) -> Format:
+        """A time series when the first column is its time, else a table."""
+        return "timeseries" if next(iter(self.columns.values())) == "time" else "table"
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,6 @@ def _per_channel(key: str, value_sql: str, column: str) -> PanelQuery:
 {_KPI_PARTIALS}
 GROUP BY time, channel
 ORDER BY time, channel""",
-        "timeseries",
         {"time": "time", "channel": "string", column: "number"},
         KPI_VARS,
     )
@@ -187,7 +187,6 @@ RT_VOLUME = PanelQuery(
 {_KPI_PARTIALS}
 GROUP BY time
 ORDER BY time""",
-    "timeseries",
     {"time": "time", "offered": "number", "answered": "number", "abandoned": "number"},
     KPI_VARS,
 )
@@ -220,7 +219,6 @@ FROM
 )
 GROUP BY time, queue
 ORDER BY time, queue""",
-        "timeseries",
         {"time": "time", "queue": "string", column: "number"},
         KPI_VARS,
     )
@@ -268,7 +266,6 @@ FROM
 )
 GROUP BY channel, queue
 ORDER BY channel, queue""",
-    "table",
     {
         "channel": "string",
         "queue": "string",
@@ -313,7 +310,6 @@ FROM
   )
   GROUP BY minute
 )""",
-    "table",
     {
         "service_level": "number",
         "offered": "number",
@@ -366,7 +362,6 @@ FROM
 WHERE o_state IN ('at_risk', 'breached')
 ORDER BY state = 'breached' DESC, deadline ASC
 LIMIT 500""",
-    "table",
     {
         "state": "string",
         "contact_id": "string",
@@ -402,7 +397,6 @@ WHERE $__timeFilter(at)
   AND {SLA_FILTER}
 GROUP BY time, {dimension}
 ORDER BY time, {dimension}""",
-        "timeseries",
         {"time": "time", dimension: "string", "breached": "number", "at_risk": "number"},
         SLA_VARS,
     )
@@ -427,7 +421,6 @@ WHERE $__timeFilter(at)
   AND {SLA_FILTER}
 GROUP BY time
 ORDER BY time""",
-    "timeseries",
     {
         "time": "time",
         "p50_seconds_late": "number",
@@ -454,7 +447,6 @@ GROUP BY channel, queue
 HAVING breaches > 0
 ORDER BY breaches DESC, breach_rate DESC, channel, queue
 LIMIT 10""",
-    "table",
     {
         "channel": "string",
         "queue": "string",
@@ -483,7 +475,6 @@ WHERE $__timeFilter(at)
   AND {SLA_FILTER}
 GROUP BY policy, target
 ORDER BY compliance ASC, policy, target""",
-    "table",
     {
         "policy": "string",
         "target": "string",
@@ -516,7 +507,6 @@ J_FCR_BY_FIRST_CHANNEL = PanelQuery(
 {_JOURNEYS}
 GROUP BY first_channel
 ORDER BY journeys DESC, first_channel""",
-    "table",
     {
         "first_channel": "string",
         "journeys": "number",
@@ -537,7 +527,6 @@ J_CHANNEL_SWITCHES = PanelQuery(
 {_JOURNEYS}
 GROUP BY time
 ORDER BY time""",
-    "timeseries",
     {"time": "time", "switch_rate": "number", "repeat_contact_rate": "number", "avg_switches": "number"},
     JOURNEY_VARS,
 )
@@ -555,7 +544,6 @@ J_TOP_PATHS = PanelQuery(
 GROUP BY path
 ORDER BY journeys DESC, path
 LIMIT 20""",
-    "table",
     {
         "path": "string",
         "journeys": "number",
@@ -588,7 +576,6 @@ J_BOT_ESCALATIONS = PanelQuery(
 GROUP BY first_human_channel, path
 ORDER BY journeys DESC, first_human_channel, path
 LIMIT 20""",
-    "table",
     {
         "first_human_channel": "string",
         "path": "string",
@@ -618,7 +605,6 @@ J_EFFORT = PanelQuery(
 {_JOURNEYS}
 GROUP BY time, first_channel
 ORDER BY time, first_channel""",
-    "timeseries",
     {"time": "time", "first_channel": "string", "avg_effort": "number"},
     JOURNEY_VARS,
 )
@@ -663,7 +649,6 @@ FROM
 )
 GROUP BY time
 ORDER BY time""",
-    "timeseries",
     {"time": "time", "open_tickets": "number", "age_p50_days": "number", "age_p90_days": "number"},
     SLA_VARS,
 )
@@ -682,7 +667,6 @@ WHERE window_end = (SELECT max(window_end) FROM ticket_kpi_hour WHERE $__timeFil
   AND {TICKET_FILTER}
 GROUP BY team
 ORDER BY open_tickets DESC, team""",
-    "table",
     {
         "team": "string",
         "open_tickets": "number",
@@ -709,7 +693,6 @@ WHERE $__timeFilter(window_start)
 GROUP BY team, priority
 HAVING resolved_tickets + sum(first_resolved) > 0
 ORDER BY team, priority""",
-    "table",
     {
         "team": "string",
         "priority": "number",
@@ -734,7 +717,6 @@ WHERE $__timeFilter(window_start)
   AND {TICKET_FILTER}
 GROUP BY time
 ORDER BY time""",
-    "timeseries",
     {"time": "time", "created_tickets": "number", "resolved_tickets": "number", "reopened_share": "number"},
     SLA_VARS,
 )
@@ -752,7 +734,6 @@ WHERE $__timeFilter(started_at)
   AND {TICKET_FACTS_FILTER}
 GROUP BY reason
 ORDER BY wait_hours DESC, reason""",
-    "table",
     {"reason": "string", "tickets": "number", "wait_hours": "number", "avg_wait_hours": "number"},
     SLA_VARS,
 )
@@ -771,7 +752,6 @@ WHERE $__timeFilter(started_at)
   AND {TICKET_FACTS_FILTER}
 GROUP BY reopens
 ORDER BY toUInt32(reopens)""",
-    "table",
     {
         "reopens": "string",
         "tickets": "number",
@@ -794,37 +774,43 @@ TICKET_QUERIES: tuple[PanelQuery, ...] = (
 # --------------------------------------------------------------------------------------------------
 # Grafana-managed alert rules (one numeric column, string label columns, only breaching rows)
 
-ALERT_SLA_BREACHES = PanelQuery(
-    "alert_sla_breaches",
-    f"""SELECT
+
+def _alert(key: str, value_sql: str, column: str, source: str, having: str) -> PanelQuery:
+    """An alert query per channel and queue: `value_sql` as the one numeric column, only the groups for
+    which `having` holds (see the module docstring)."""
+    return PanelQuery(
+        key,
+        f"""SELECT
   channel,
   queue,
-  toFloat64(uniqExact((contact_id, target, opened_by))) AS breaches
-FROM sla_events FINAL
-WHERE $__timeFilter(at)
-  AND kind = 'breached'
+  toFloat64({value_sql}) AS {column}
+{source}
 GROUP BY channel, queue
-HAVING breaches >= {BREACH_ALERT_MIN_BREACHES}
+HAVING {having}
 ORDER BY channel, queue""",
-    "table",
-    {"channel": "string", "queue": "string", "breaches": "number"},
+        {"channel": "string", "queue": "string", column: "number"},
+    )
+
+
+ALERT_SLA_BREACHES = _alert(
+    "alert_sla_breaches",
+    "uniqExact((contact_id, target, opened_by))",
+    "breaches",
+    """FROM sla_events FINAL
+WHERE $__timeFilter(at)
+  AND kind = 'breached'""",
+    f"breaches >= {BREACH_ALERT_MIN_BREACHES}",
 )
 
-ALERT_SERVICE_LEVEL = PanelQuery(
+ALERT_SERVICE_LEVEL = _alert(
     "alert_service_level",
-    f"""SELECT
-  channel,
-  queue,
-  toFloat64({SL_OF_PARTIALS}) AS service_level
-FROM kpi_minute_partials FINAL
+    SL_OF_PARTIALS,
+    "service_level",
+    """FROM kpi_minute_partials FINAL
 WHERE $__timeFilter(window_start)
-  AND queue != ''
-GROUP BY channel, queue
-HAVING sum(answered) + sum(abandoned) - sum(short_abandoned) >= {SL_ALERT_MIN_CONTACTS}
-  AND service_level < {sl_target_sql()}
-ORDER BY channel, queue""",
-    "table",
-    {"channel": "string", "queue": "string", "service_level": "number"},
+  AND queue != ''""",
+    f"""sum(answered) + sum(abandoned) - sum(short_abandoned) >= {SL_ALERT_MIN_CONTACTS}
+  AND service_level < {sl_target_sql()}""",
 )
 
 ALERT_OLDEST_WAIT = PanelQuery(
@@ -849,7 +835,6 @@ FROM
 GROUP BY channel, queue
 HAVING oldest_wait_seconds > {OLDEST_WAIT_FACTOR} * argMax(m_threshold, minute)
 ORDER BY channel, queue""",
-    "table",
     {"channel": "string", "queue": "string", "oldest_wait_seconds": "number"},
 )
 
