@@ -159,6 +159,31 @@ WHERE $__timeFilter(window_start)
   AND {KPI_FILTER}"""
 
 
+def _nested(sql: str) -> str:
+    """`sql` indented one more level, as a subquery's clause (the first line takes the template's indent)."""
+    return sql.replace("\n", "\n  ")
+
+
+def _over_time(
+    key: str, time_column: str, values: dict[str, str], source: str, variables: tuple[str, ...]
+) -> PanelQuery:
+    """A time series of `values` (column -> SQL aggregate) per interval of `time_column`, over `source`
+    (its FROM and WHERE)."""
+    selected = "".join(f",\n  {sql} AS {column}" for column, sql in values.items())
+    columns: dict[str, Kind] = {"time": "time"}
+    columns.update((column, "number") for column in values)
+    return PanelQuery(
+        key,
+        f"""SELECT
+  $__timeInterval({time_column}) AS time{selected}
+{source}
+GROUP BY time
+ORDER BY time""",
+        columns,
+        variables,
+    )
+
+
 def _per_channel(key: str, value_sql: str, column: str) -> PanelQuery:
     """A time series per channel of one value over the KPI partial rows."""
     return PanelQuery(
@@ -177,17 +202,11 @@ ORDER BY time, channel""",
 
 RT_SERVICE_LEVEL = _per_channel("rt_service_level", SL_OF_PARTIALS, "service_level")
 
-RT_VOLUME = PanelQuery(
+RT_VOLUME = _over_time(
     "rt_volume",
-    f"""SELECT
-  $__timeInterval(window_start) AS time,
-  sum(offered) AS offered,
-  sum(answered) AS answered,
-  sum(abandoned) AS abandoned
-{_KPI_PARTIALS}
-GROUP BY time
-ORDER BY time""",
-    {"time": "time", "offered": "number", "answered": "number", "abandoned": "number"},
+    "window_start",
+    {"offered": "sum(offered)", "answered": "sum(answered)", "abandoned": "sum(abandoned)"},
+    _KPI_PARTIALS,
     KPI_VARS,
 )
 
@@ -212,9 +231,7 @@ def _worst_minute(key: str, minute_sql: str, minute_column: str, column: str) ->
 FROM
 (
   SELECT window_start AS minute, queue, {minute_sql} AS {minute_column}
-  FROM kpi_minute_partials FINAL
-  WHERE $__timeFilter(window_start)
-    AND {KPI_FILTER}
+  {_nested(_KPI_PARTIALS)}
   GROUP BY minute, queue
 )
 GROUP BY time, queue
@@ -242,9 +259,7 @@ _QUEUE_MINUTES = f"""SELECT
     sum(length(answer_waits)) AS m_waits,
     sum(backlog_end) AS m_backlog,
     max(oldest_wait_end) AS m_oldest
-  FROM kpi_minute_partials FINAL
-  WHERE $__timeFilter(window_start)
-    AND {KPI_FILTER}
+  {_nested(_KPI_PARTIALS)}
   GROUP BY minute, m_channel, m_queue"""
 
 RT_QUEUES = PanelQuery(
@@ -321,25 +336,12 @@ FROM
     KPI_VARS,
 )
 
+_SLA_EVENTS = f"""FROM sla_events FINAL
+WHERE $__timeFilter(at)
+  AND {SLA_FILTER}"""
+
 # One obligation = (contact, target, opened_by). Its state is its latest SLA event; at equal times
 # the later stage wins (at_risk < breached < met/cancelled).
-_OBLIGATIONS = f"""SELECT
-    contact_id AS o_contact,
-    target AS o_target,
-    opened_by AS o_opened_by,
-    any(channel) AS o_channel,
-    any(queue) AS o_queue,
-    max(priority) AS o_priority,
-    any(segment) AS o_segment,
-    any(policy) AS o_policy,
-    max(deadline) AS o_deadline,
-    max(target_seconds) AS o_target_seconds,
-    argMax(kind, (at, multiIf(kind = 'at_risk', 1, kind = 'breached', 2, 3))) AS o_state
-  FROM sla_events FINAL
-  WHERE $__timeFilter(at)
-    AND {SLA_FILTER}
-  GROUP BY o_contact, o_target, o_opened_by"""
-
 RT_OPEN_OBLIGATIONS = PanelQuery(
     "rt_open_obligations",
     f"""SELECT
@@ -357,7 +359,20 @@ RT_OPEN_OBLIGATIONS = PanelQuery(
   greatest(0, toUnixTimestamp64Milli(o_deadline) / 1000 - toUnixTimestamp($__toTime)) AS seconds_to_deadline
 FROM
 (
-  {_OBLIGATIONS}
+  SELECT
+    contact_id AS o_contact,
+    target AS o_target,
+    opened_by AS o_opened_by,
+    any(channel) AS o_channel,
+    any(queue) AS o_queue,
+    max(priority) AS o_priority,
+    any(segment) AS o_segment,
+    any(policy) AS o_policy,
+    max(deadline) AS o_deadline,
+    max(target_seconds) AS o_target_seconds,
+    argMax(kind, (at, multiIf(kind = 'at_risk', 1, kind = 'breached', 2, 3))) AS o_state
+  {_nested(_SLA_EVENTS)}
+  GROUP BY o_contact, o_target, o_opened_by
 )
 WHERE o_state IN ('at_risk', 'breached')
 ORDER BY state = 'breached' DESC, deadline ASC
@@ -407,26 +422,19 @@ SLA_BY_TARGET = _sla_over_time("sla_by_target", "target")
 SLA_BY_POLICY = _sla_over_time("sla_by_policy", "policy")
 SLA_BY_QUEUE = _sla_over_time("sla_by_queue", "queue")
 
-SLA_TIME_OVER_DEADLINE = PanelQuery(
+SLA_TIME_OVER_DEADLINE = _over_time(
     "sla_time_over_deadline",
-    f"""SELECT
-  $__timeInterval(at) AS time,
-  quantileExact(0.5)(seconds_late) AS p50_seconds_late,
-  quantileExact(0.9)(seconds_late) AS p90_seconds_late,
-  max(seconds_late) AS max_seconds_late
-FROM sla_events FINAL
+    "at",
+    {
+        "p50_seconds_late": "quantileExact(0.5)(seconds_late)",
+        "p90_seconds_late": "quantileExact(0.9)(seconds_late)",
+        "max_seconds_late": "max(seconds_late)",
+    },
+    f"""FROM sla_events FINAL
 WHERE $__timeFilter(at)
   AND kind IN ('met', 'cancelled')
   AND seconds_late > 0
-  AND {SLA_FILTER}
-GROUP BY time
-ORDER BY time""",
-    {
-        "time": "time",
-        "p50_seconds_late": "number",
-        "p90_seconds_late": "number",
-        "max_seconds_late": "number",
-    },
+  AND {SLA_FILTER}""",
     SLA_VARS,
 )
 
@@ -440,9 +448,7 @@ SLA_TOP_QUEUES = PanelQuery(
   uniqExact((contact_id, target, opened_by)) AS obligations,
   breaches / obligations AS breach_rate,
   avgIf(seconds_late, kind IN ('met', 'cancelled') AND seconds_late > 0) AS avg_seconds_late
-FROM sla_events FINAL
-WHERE $__timeFilter(at)
-  AND {SLA_FILTER}
+{_SLA_EVENTS}
 GROUP BY channel, queue
 HAVING breaches > 0
 ORDER BY breaches DESC, breach_rate DESC, channel, queue
@@ -470,9 +476,7 @@ SLA_BY_POLICY_TABLE = PanelQuery(
   countIf(kind = 'met' AND seconds_late > 0) AS met_late,
   quantileExactIf(0.9)(seconds_late, kind IN ('met', 'cancelled') AND seconds_late > 0) AS p90_seconds_late,
   maxIf(seconds_late, kind IN ('met', 'cancelled')) AS max_seconds_late
-FROM sla_events FINAL
-WHERE $__timeFilter(at)
-  AND {SLA_FILTER}
+{_SLA_EVENTS}
 GROUP BY policy, target
 ORDER BY compliance ASC, policy, target""",
     {
@@ -517,17 +521,15 @@ ORDER BY journeys DESC, first_channel""",
     JOURNEY_VARS,
 )
 
-J_CHANNEL_SWITCHES = PanelQuery(
+J_CHANNEL_SWITCHES = _over_time(
     "j_channel_switches",
-    f"""SELECT
-  $__timeInterval(started_at) AS time,
-  countIf(channel_switches > 0) / count() AS switch_rate,
-  countIf(contacts > 1) / count() AS repeat_contact_rate,
-  avg(channel_switches) AS avg_switches
-{_JOURNEYS}
-GROUP BY time
-ORDER BY time""",
-    {"time": "time", "switch_rate": "number", "repeat_contact_rate": "number", "avg_switches": "number"},
+    "started_at",
+    {
+        "switch_rate": "countIf(channel_switches > 0) / count()",
+        "repeat_contact_rate": "countIf(contacts > 1) / count()",
+        "avg_switches": "avg(channel_switches)",
+    },
+    _JOURNEYS,
     JOURNEY_VARS,
 )
 
@@ -705,19 +707,17 @@ ORDER BY team, priority""",
     SLA_VARS,
 )
 
-TK_CREATED_RESOLVED = PanelQuery(
+TK_CREATED_RESOLVED = _over_time(
     "tk_created_resolved",
-    f"""SELECT
-  $__timeInterval(window_start) AS time,
-  sum(created) AS created_tickets,
-  sum(final_resolved) AS resolved_tickets,
-  if(sum(final_resolved) = 0, NULL, sum(reopened_resolved) / sum(final_resolved)) AS reopened_share
-FROM ticket_kpi_hour
+    "window_start",
+    {
+        "created_tickets": "sum(created)",
+        "resolved_tickets": "sum(final_resolved)",
+        "reopened_share": "if(sum(final_resolved) = 0, NULL, sum(reopened_resolved) / sum(final_resolved))",
+    },
+    f"""FROM ticket_kpi_hour
 WHERE $__timeFilter(window_start)
-  AND {TICKET_FILTER}
-GROUP BY time
-ORDER BY time""",
-    {"time": "time", "created_tickets": "number", "resolved_tickets": "number", "reopened_share": "number"},
+  AND {TICKET_FILTER}""",
     SLA_VARS,
 )
 
