@@ -33,12 +33,19 @@ _IGNORED_FILTERS = {
 """What a panel's description adds when its query does not apply every template variable."""
 
 
-def _ch(panel: P, query: PanelQuery, description: str) -> P:
-    return (
+def _ch(panel: P, query: PanelQuery, description: str, units: dict[str, str] | None = None) -> P:
+    """`panel` showing `query`; `units` sets the unit of some of its columns (column -> Grafana unit)."""
+    units = units or {}
+    if unknown := sorted(set(units) - set(query.columns)):
+        raise ValueError(f"{query.key} has no column {', '.join(unknown)}")
+    panel = (
         panel.datasource(CLICKHOUSE)
         .with_target(ClickHouseQuery().raw_sql(query.sql).query_type(query.format))
         .description(description + _IGNORED_FILTERS.get(query.variables, ""))
     )
+    for column, unit in units.items():
+        panel = panel.override_by_name(column, _unit(unit))
+    return panel
 
 
 def _prom(panel: P, queries: list[PromQuery], description: str) -> P:
@@ -95,8 +102,12 @@ def _unit(unit: str) -> list[models.DynamicConfigValue]:
     return [models.DynamicConfigValue(id_val="unit", value=unit)]
 
 
-def _right_axis() -> list[models.DynamicConfigValue]:
-    return [models.DynamicConfigValue(id_val="custom.axisPlacement", value="right")]
+def _right_axis(panel: timeseries.Panel, unit: str, *, name: str = "", regexp: str = "") -> timeseries.Panel:
+    """The field `name`, or the fields matching `regexp`, in `unit` on a second y axis on the right."""
+    right = [models.DynamicConfigValue(id_val="custom.axisPlacement", value="right")]
+    if regexp:
+        return panel.override_by_regexp(regexp, _unit(unit)).override_by_regexp(regexp, right)
+    return panel.override_by_name(name, _unit(unit)).override_by_name(name, right)
 
 
 def _ids(builder: dashboard.Dashboard) -> dict[str, Any]:
@@ -230,13 +241,11 @@ def realtime_operations() -> Rows:
                 .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
                 .graph_mode(common.BigValueGraphMode.NONE)
                 .color_mode(common.BigValueColorMode.VALUE)
-                .override_by_name("service_level", _SL_SHARE)
-                .override_by_name("abandon_rate", _unit("percentunit"))
-                .override_by_name("asa_seconds", _unit("s"))
-                .override_by_name("oldest_wait_seconds", _unit("s")),
+                .override_by_name("service_level", _SL_SHARE),
                 q.RT_NOW,
                 "Over the time range: headline service level, offered legs, abandon rate and ASA; "
                 "backlog and oldest waiting contact at the end of the latest minute.",
+                units={"abandon_rate": "percentunit", "asa_seconds": "s", "oldest_wait_seconds": "s"},
             )
         ],
         "Service level and volume": [
@@ -275,14 +284,13 @@ def realtime_operations() -> Rows:
         ],
         "Queues and live SLA": [
             _ch(
-                _table("Service level against target by channel and queue")
-                .override_by_name("service_level", [*_SL_SHARE, _COLOURED_CELL])
-                .override_by_name("sl_target", _unit("percentunit"))
-                .override_by_name("asa_seconds", _unit("s"))
-                .override_by_name("oldest_wait_seconds", _unit("s")),
+                _table("Service level against target by channel and queue").override_by_name(
+                    "service_level", [*_SL_SHARE, _COLOURED_CELL]
+                ),
                 q.RT_QUEUES,
                 "Per channel and queue over the time range: offered, answered, abandoned, service level and its "
                 "target, ASA; backlog and oldest wait at the latest minute.",
+                units={"sl_target": "percentunit", "asa_seconds": "s", "oldest_wait_seconds": "s"},
             ),
             _ch(
                 _table("Live: SLA breaches and at-risk contacts", height=10)
@@ -343,12 +351,11 @@ def sla() -> Rows:
         ],
         "Who breaches": [
             _ch(
-                _table("Top breaching queues", span=12)
-                .override_by_name("breach_rate", _unit("percentunit"))
-                .override_by_name("avg_seconds_late", _unit("s")),
+                _table("Top breaching queues", span=12),
                 q.SLA_TOP_QUEUES,
                 "The 10 channel/queue pairs with the most breached obligations over the time range; breach rate "
                 "= breached obligations / obligations with any SLA event.",
+                units={"breach_rate": "percentunit", "avg_seconds_late": "s"},
             ),
             _ch(
                 _table("Compliance by policy and target", span=12)
@@ -375,9 +382,7 @@ def journeys_cx() -> Rows:
                 "resolution over all journeys and over resolved ones.",
             ),
             _ch(
-                _series("Channel switches", "percentunit", span=14)
-                .override_by_name("avg_switches", _unit("short"))
-                .override_by_name("avg_switches", _right_axis()),
+                _right_axis(_series("Channel switches", "percentunit", span=14), "short", name="avg_switches"),
                 q.J_CHANNEL_SWITCHES,
                 "Share of journeys that changed channel, share with more than one contact, and mean switches.",
             ),
@@ -395,12 +400,11 @@ def journeys_cx() -> Rows:
                 "Bot-contained contacts / (contained + handed to a human), per channel.",
             ),
             _ch(
-                _table("Bot escalations: where bot-first journeys reached a human", span=14)
-                .override_by_name("avg_time_to_first_human_s", _unit("s"))
-                .override_by_name("resolved_rate", _unit("percentunit")),
+                _table("Bot escalations: where bot-first journeys reached a human", span=14),
                 q.J_BOT_ESCALATIONS,
                 "Journeys whose first contact involved a bot and that later reached a human: by the channel of "
                 "the first human response and the path taken.",
+                units={"avg_time_to_first_human_s": "s", "resolved_rate": "percentunit"},
             ),
         ],
         "Customer experience": [
@@ -441,13 +445,10 @@ def tickets() -> Rows:
     reopens, created vs resolved, waits by reason."""
     days = _unit("d")
     hours = _unit("h")
-    share = _unit("percentunit")
     return {
         "Backlog": [
             _ch(
-                _series("Open tickets and their age", "short", span=14)
-                .override_by_regexp("age_.*", days)
-                .override_by_regexp("age_.*", _right_axis()),
+                _right_axis(_series("Open tickets and their age", "short", span=14), "d", regexp="age_.*"),
                 q.TK_BACKLOG,
                 "Open tickets (started, not ended, not resolved) at the end of each hour, and their median and "
                 "90th-percentile age in days." + _TICKET_NOTE,
@@ -461,17 +462,14 @@ def tickets() -> Rows:
         ],
         "Resolution": [
             _ch(
-                _table("Time to resolution by team and priority", span=14)
-                .override_by_regexp("ttr_.*", hours)
-                .override_by_name("reopened_share", share),
+                _table("Time to resolution by team and priority", span=14).override_by_regexp("ttr_.*", hours),
                 q.TK_TTR_BY_TEAM,
                 "Tickets resolved in the range per team (queue at the resolution) and priority: time to first and "
                 "to final resolution (hours) and the share reopened at least once." + _TICKET_NOTE,
+                units={"reopened_share": "percentunit"},
             ),
             _ch(
-                _series("Created vs resolved", "short", span=10)
-                .override_by_name("reopened_share", share)
-                .override_by_name("reopened_share", _right_axis()),
+                _right_axis(_series("Created vs resolved", "short", span=10), "percentunit", name="reopened_share"),
                 q.TK_CREATED_RESOLVED,
                 "Tickets created and finally resolved per interval, and the reopened share of the resolved."
                 + _TICKET_NOTE,
