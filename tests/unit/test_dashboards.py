@@ -15,7 +15,7 @@ import yaml
 
 from pipeline.dashboards import queries as q
 from pipeline.dashboards.alerts import ALERTS, GROUP_BY, provisioning
-from pipeline.dashboards.build import DASHBOARDS
+from pipeline.dashboards.build import DASHBOARDS, _ch, _table
 from pipeline.dashboards.generate import ALERTING_FILE, DASHBOARD_DIR
 from pipeline.generate import drift
 from tests.support.macros import ALL, MacroError, TimeRange, Variable, expand, expand_macros, interpolate
@@ -89,6 +89,28 @@ def test_every_panel_has_a_datasource_and_a_query_from_queries_py(stem: str, pan
 def test_every_panel_query_is_on_a_dashboard_once() -> None:
     used = [t["rawSql"] for _, p in all_panels() for t in p["targets"] if "rawSql" in t]
     assert sorted(used) == sorted(SQL_BY_TEXT)
+
+
+def test_every_field_override_matches_a_column_of_the_panel_query() -> None:
+    checked = 0
+    for stem, panel in all_panels():
+        sql = [t["rawSql"] for t in panel["targets"] if "rawSql" in t]
+        columns = SQL_BY_TEXT[sql[0]].columns if sql else {}
+        for override in panel.get("fieldConfig", {}).get("overrides", []) if sql else []:
+            matcher = override["matcher"]
+            if matcher["id"] == "byName":
+                hit = matcher["options"] in columns
+            else:
+                assert matcher["id"] == "byRegexp"
+                hit = any(re.fullmatch(matcher["options"], column) for column in columns)
+            assert hit, f"{stem}: {panel['title']}: {matcher} matches no column of its query"
+            checked += 1
+    assert checked >= 20
+
+
+def test_a_unit_for_a_column_the_query_lacks_is_refused() -> None:
+    with pytest.raises(ValueError, match="rt_volume has no column answred"):
+        _ch(_table("Volume"), q.RT_VOLUME, "Legs.", units={"answred": "short"})
 
 
 def test_panel_ids_are_unique_and_the_grid_is_24_wide() -> None:
