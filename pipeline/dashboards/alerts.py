@@ -33,6 +33,8 @@ PAGER_URL_ENV = "PAGER_WEBHOOK_URL"
 """Grafana reads the pager webhook URL from this environment variable (provisioning interpolation)."""
 RUNBOOK = q.RUNBOOK_BASE + "#{anchor}"
 GROUP_BY = ["alertname", "channel", "queue"]
+SUMMARY_PREFIX = "{{ $labels.channel }}/{{ $labels.queue }}: "
+"""Every rule fires per channel and queue (its query's label columns); its summary starts with them."""
 
 Op = Literal["gt", "lt", "gte", "lte"]
 
@@ -64,7 +66,7 @@ ALERTS: tuple[AlertSpec, ...] = (
         pending="1m",
         severity="critical",
         team="contact-centre-ops",
-        summary="{{ $labels.channel }}/{{ $labels.queue }}: {{ $values.A.Value }} SLA breaches in the last 5 minutes",
+        summary="{{ $values.A.Value }} SLA breaches in the last 5 minutes",
         description=(
             f"At least {q.BREACH_ALERT_MIN_BREACHES} response or resolution obligations of queue "
             "{{ $labels.queue }} on {{ $labels.channel }} passed their SLA deadline unanswered in the last "
@@ -82,7 +84,7 @@ ALERTS: tuple[AlertSpec, ...] = (
         pending="5m",
         severity="warning",
         team="workforce-management",
-        summary="{{ $labels.channel }}/{{ $labels.queue }}: service level {{ humanizePercentage $values.A.Value }} below target for 5 minutes",
+        summary="service level {{ humanizePercentage $values.A.Value }} below target for 5 minutes",
         description=(
             "The headline service level of queue {{ $labels.queue }} on {{ $labels.channel }} over the last "
             "5 minutes is below its channel target (pipeline/dashboards/queries.py SL_TARGETS), with at least "
@@ -100,7 +102,7 @@ ALERTS: tuple[AlertSpec, ...] = (
         pending="3m",
         severity="critical",
         team="contact-centre-ops",
-        summary="{{ $labels.channel }}/{{ $labels.queue }}: oldest waiting contact has waited {{ humanizeDuration $values.A.Value }}",
+        summary="oldest waiting contact has waited {{ humanizeDuration $values.A.Value }}",
         description=(
             "The oldest contact waiting in queue {{ $labels.queue }} on {{ $labels.channel }} has waited "
             "longer than the channel's service-level threshold for 3 minutes: nobody is picking it up."
@@ -146,7 +148,7 @@ def _rule(spec: AlertSpec) -> alerting.Rule:
         .labels({"severity": spec.severity, "team": spec.team, "source": "touchline-clickhouse"})
         .annotations(
             {
-                "summary": spec.summary,
+                "summary": SUMMARY_PREFIX + spec.summary,
                 "description": spec.description,
                 "runbook_url": RUNBOOK.format(anchor=spec.runbook_anchor),
                 "__dashboardUid__": "touchline-sla" if "sla" in spec.uid else "touchline-realtime",
