@@ -134,7 +134,7 @@ OUTBOX_PENDING = Gauge(
 )
 CHECKPOINT_SECONDS = Histogram(
     "touchline_checkpoint_seconds",
-    "One partition's checkpoint: outputs flushed, changed state written, offsets marked",
+    "One checkpoint of the partitions: outputs flushed, changed state written, offsets marked",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 CHECKPOINT_ROWS = Counter(

@@ -17,7 +17,7 @@ checkpoint (by this worker or the next owner) always wins.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -107,38 +107,64 @@ class StateStore:
 
     # -- blocking: run these off the event loop
 
-    def write(self, client: Client, checkpoint: Checkpoint) -> None:
-        if checkpoint.changed:
-            client.insert(TABLE, checkpoint.changed, column_names=list(COLUMNS))
-        client.insert(TABLE, checkpoint.head_and_tombstones, column_names=list(COLUMNS))
+    def write(self, client: Client, checkpoints: Checkpoint | Sequence[Checkpoint]) -> None:
+        """Checkpoints of one or more partitions: all changed keys in one insert, then all heads and
+        tombstones in another (a crash between them leaves keys newer than their head: safe)."""
+        batch = [checkpoints] if isinstance(checkpoints, Checkpoint) else list(checkpoints)
+        changed = [row for c in batch for row in c.changed]
+        if changed:
+            client.insert(TABLE, changed, column_names=list(COLUMNS))
+        client.insert(TABLE, [row for c in batch for row in c.head_and_tombstones], column_names=list(COLUMNS))
 
     def load(self, client: Client, source: tuple[str, int]) -> Loaded:
-        topic, partition = source
-        result = client.query(
-            f"SELECT key, max_offset, head, kpi, sla, raised, version FROM {TABLE} FINAL"
-            " WHERE app_id = {a:String} AND stage = {s:String} AND source_topic = {t:String}"
-            " AND source_partition = {p:UInt16}",
-            parameters={"a": self.app_id, "s": self.stage, "t": topic, "p": partition},
-        )
-        loaded = Loaded()
-        for key, max_offset, head, kpi, sla, raised, version in result.result_rows:
+        return self.load_many(client, [source]).get(source, Loaded())
+
+    def load_many(self, client: Client, sources: Sequence[tuple[str, int]]) -> dict[tuple[str, int], Loaded]:
+        """The latest checkpoint of each source partition (one query for all)."""
+        out = {source: Loaded() for source in sources}
+        rows = self._select(client, "key, max_offset, head, kpi, sla, raised, version", "FINAL", "", out)
+        for topic, partition, key, max_offset, head, kpi, sla, raised, version in rows:
+            loaded = out.get((topic, int(partition)))
+            if loaded is None:
+                continue  # another topic's partition of the same number
             if key == HEAD_KEY:
                 loaded.head, loaded.max_offset, loaded.version = head, int(max_offset), int(version)
             else:
                 loaded.contacts.append(ContactRecord(key, kpi, sla, list(raised), head))
-        if loaded.head is None:
-            loaded.contacts = []  # keys without a head: a first checkpoint that never finished
-        return loaded
+        for loaded in out.values():
+            if loaded.head is None:
+                loaded.contacts = []  # keys without a head: a first checkpoint that never finished
+        return out
 
     def head_version(self, client: Client, source: tuple[str, int]) -> int:
         """Version of the partition's latest checkpoint (0: none)."""
-        topic, partition = source
+        return self.head_versions(client, [source]).get(source, 0)
+
+    def head_versions(self, client: Client, sources: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Version of each partition's latest checkpoint (absent: none), in one query."""
+        wanted = set(sources)
+        rows = self._select(client, "max(version)", "", "AND key = '' GROUP BY source_topic, source_partition", wanted)
+        return {(str(t), int(p)): int(v) for t, p, v in rows if (str(t), int(p)) in wanted}
+
+    def _select(
+        self, client: Client, columns: str, final: str, tail: str, sources: Iterable[tuple[str, int]]
+    ) -> Sequence[Sequence[Any]]:
+        """(source_topic, source_partition, *columns) of this stage's rows for `sources`' topics and
+        partition numbers (a superset: callers keep the pairs they asked for)."""
+        sources = list(sources)
         result = client.query(
-            f"SELECT max(version) FROM {TABLE} WHERE app_id = {{a:String}} AND stage = {{s:String}}"
-            " AND source_topic = {t:String} AND source_partition = {p:UInt16} AND key = ''",
-            parameters={"a": self.app_id, "s": self.stage, "t": topic, "p": partition},
+            f"SELECT source_topic, source_partition, {columns} FROM {TABLE} {final} WHERE app_id = {{a:String}}"
+            " AND stage = {s:String} AND source_topic IN {t:Array(String)} AND source_partition IN {p:Array(UInt16)}"
+            f" {tail}",
+            parameters={
+                "a": self.app_id,
+                "s": self.stage,
+                "t": sorted({t for t, _ in sources}),
+                "p": sorted({p for _, p in sources}),
+            },
         )
-        return int(result.result_rows[0][0] or 0)
+        rows: Sequence[Sequence[Any]] = result.result_rows
+        return rows
 
     def forget(self, client: Client, contact_ids: Sequence[str]) -> None:
         """Delete keys outright (erasure), whatever their partition."""

@@ -155,14 +155,20 @@ def _columns() -> tuple[str, ...]:
     return COLUMNS
 
 
-def test_a_checkpoint_writes_only_what_changed(state_db: Client) -> None:
-    run = make_run(SEED + 1, START, timedelta(minutes=40))
-    store = StateStore("incremental-test", "analytics")
+def forty_minutes(seed: int) -> tuple[Stages, datetime]:
+    """Stages fed 40 simulated minutes on their partitions, and the wall clock they were fed at."""
+    run = make_run(seed, START, timedelta(minutes=40))
     stages = new_stages()
     wall = datetime(2026, 11, 1, tzinfo=UTC)
     for offset, (_, part, event) in enumerate(run.arrivals):
         state = stages.partitions.get(part) or stages.partitions.setdefault(part, stages.new_state(part))
         stages.apply(state, event, offset, wall)
+    return stages, wall
+
+
+def test_a_checkpoint_writes_only_what_changed(state_db: Client) -> None:
+    stages, wall = forty_minutes(SEED + 1)
+    store = StateStore("incremental-test", "analytics")
     part, state = next(iter(stages.partitions.items()))
     first = stages.checkpoint(state, store)
     store.write(state_db, first)
@@ -184,3 +190,22 @@ def test_a_checkpoint_writes_only_what_changed(state_db: Client) -> None:
     assert restored.max_offset == 10**6
     assert sorted(restored.kpi.contact_ids(part)) == sorted(state.kpi.contact_ids(part))
     assert [e.event_id for e in restored.kpi.contact_events(part, contact)][-1] == "one-more"
+
+
+def test_partitions_checkpointed_together_restore_each_its_own(state_db: Client) -> None:
+    """One write for several partitions (the worker's checkpoint) and one read for several (its
+    restore); the same partition number on two topics stays apart."""
+    stages, _ = forty_minutes(SEED + 2)
+    store = StateStore("batched-test", "analytics")
+    parts = sorted(stages.partitions)
+    assert len({p for _, p in parts}) < len(parts), "needs one partition number on two topics"
+    store.write(state_db, [stages.checkpoint(stages.partitions[p], store) for p in parts])
+    versions = store.head_versions(state_db, parts)
+    assert versions == {p: stages.partitions[p].version for p in parts}
+    never = ("touchline.interactions.nowhere", 0)
+    loaded = store.load_many(state_db, [*parts, never])
+    assert loaded[never].head is None and loaded[never].contacts == []
+    for part in parts:
+        restored = new_stages().restore(part, loaded[part])
+        assert restored.max_offset == stages.partitions[part].max_offset
+        assert sorted(restored.kpi.contact_ids(part)) == sorted(stages.partitions[part].kpi.contact_ids(part))
