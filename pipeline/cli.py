@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -127,6 +128,7 @@ def worker(web_port: int | None, role: str | None) -> None:
             else ""
         )
         fail(f"no Kafka broker at {settings.bootstrap_servers}{hint}: {error}")
+    from pipeline.store.clickhouse import close_all
     from pipeline.store.migrations import MigrationError
     from pipeline.worker.app import create_app
 
@@ -138,7 +140,19 @@ def worker(web_port: int | None, role: str | None) -> None:
         fail(f"invalid SLA policies in {settings.sla_policies_file}:\n{error}", 2)
     except ConfigError as error:  # e.g. listening beyond loopback without a token
         fail(str(error), 2)
-    faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()
+    try:
+        faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()
+    except SystemExit as done:  # a clean stop: outputs written, checkpoints taken, groups left
+        code = done.code if isinstance(done.code, int) else 0 if done.code is None else 1
+    else:
+        code = 0
+    # Exit without freeing the heap object by object: with a day of state held that took 8.4 s of
+    # a 13.7 s graceful stop in a soak, after the last write. Data is on disk; the store is closed.
+    close_all()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @main.command()

@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 _MALLOC_TRIM = getattr(_LIBC, "malloc_trim", None)  # glibc only (not musl)
 
-STOP_CHECKPOINT_SECONDS = 3.0  # of a graceful stop's budget (5 s): the rest leaves the groups and exits
+# of a graceful stop's budget (5 s): leaving the groups and Faust's own shutdown took 2.2 s
+STOP_CHECKPOINT_SECONDS = 2.5
 
 
 # aiohttp refuses a charset inside content_type; the exposition format is UTF-8 by definition
