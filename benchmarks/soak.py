@@ -160,8 +160,11 @@ def main(days: int, rate: int, speed: float, partitions: int, sample_seconds: fl
                 continue
             day = int(((time.time() - lag) * 1000 - START_MS) // DAY_MS) + 1
             stalls = histogram(raw, "touchline_loop_stall_seconds")
-            new = [b for b, n in stalls.items() if n > previous_stalls.get(b, 0.0)]
-            longest_bucket = min(new) if new else 0.0  # the smallest bound holding every new stall
+            # buckets are cumulative: the smallest bound whose count grew by as much as +Inf's
+            # holds every new stall (the bounds that grew at all only say the shortest one)
+            grew = {b: n - previous_stalls.get(b, 0.0) for b, n in stalls.items()}
+            every = grew.get(float("inf"), 0.0)
+            longest_bucket = min((b for b, n in grew.items() if n == every), default=0.0) if every else 0.0
             previous_stalls = stalls
             written = m.get("touchline_checkpoint_bytes_total", 0.0)
             row = per_day.setdefault(day, {"checkpoint_mb": 0.0, "stall_le_s": 0.0})
