@@ -50,6 +50,17 @@ class BatchHistogram(Collector):
         yield family
 
 
+# Histogram bucket bounds, seconds unless named otherwise. They are the exposed `le` labels, which
+# alert rules and their tests (deploy/prometheus) and the soak report read.
+_INSERT_ROWS = (1, 10, 100, 500, 1000, 2000, 5000, 10000, 20000, 50000)  # rows
+_FLUSH = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_END_TO_END = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
+_SLA_DETECTION = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10)
+_SLA_TICK = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+_CHECKPOINT = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_STALL = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)  # event-loop stalls and partition restores
+_GC_PAUSE = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
 EVENTS_CONSUMED = Counter("touchline_events_consumed_total", "Messages read from the channel topics", ["channel"])
 EVENTS_VALID = Counter("touchline_events_valid_total", "Messages that validated as events", ["channel"])
 EVENTS_DUPLICATE = Counter(
@@ -61,22 +72,13 @@ EVENTS_DEADLETTERED = Counter(
     "touchline_events_deadlettered_total", "Messages sent to the dead-letter topic", ["channel", "reason"]
 )
 EVENTS_WRITTEN = Counter("touchline_events_written_total", "Events written to ClickHouse", ["channel"])
-BATCH_ROWS = Histogram(
-    "touchline_batch_rows",
-    "Rows per ClickHouse insert",
-    buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000, 20000, 50000),
-)
+BATCH_ROWS = Histogram("touchline_batch_rows", "Rows per ClickHouse insert", buckets=_INSERT_ROWS)
 FLUSH_SECONDS = Histogram(
-    "touchline_flush_seconds",
-    "Time to write one batch to ClickHouse and release its offsets",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    "touchline_flush_seconds", "Time to write one batch to ClickHouse and release its offsets", buckets=_FLUSH
 )
 FLUSH_FAILURES = Counter("touchline_flush_failures_total", "Batches that failed to write and were retried")
 E2E_SECONDS = BatchHistogram(
-    "touchline_end_to_end_seconds",
-    "Event time to written in ClickHouse, in seconds",
-    ["channel"],
-    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
+    "touchline_end_to_end_seconds", "Event time to written in ClickHouse, in seconds", ["channel"], buckets=_END_TO_END
 )
 CONSUMER_LAG = Gauge(
     "touchline_consumer_lag_messages",
@@ -110,12 +112,12 @@ SLA_OPEN = Gauge("touchline_sla_open_obligations", "Response/resolution obligati
 SLA_DETECTION_SECONDS = Histogram(
     "touchline_sla_detection_delay_seconds",
     "Wall-clock delay between an SLA deadline and the worker raising its breach (live mode)",
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+    buckets=_SLA_DETECTION,
 )
 SLA_TICK_SECONDS = Histogram(
     "touchline_sla_tick_seconds",
     "Time one pass of the SLA deadline check takes (it runs every sla_tick_seconds)",
-    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+    buckets=_SLA_TICK,
 )
 JOURNEY_UPDATES = Counter("touchline_journey_updates_total", "Journey snapshots emitted", ["status"])
 IDENTITY_REFUSALS = Counter(
@@ -135,7 +137,7 @@ OUTBOX_PENDING = Gauge(
 CHECKPOINT_SECONDS = Histogram(
     "touchline_checkpoint_seconds",
     "One checkpoint of the partitions: outputs flushed, changed state written, offsets marked",
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    buckets=_CHECKPOINT,
 )
 CHECKPOINT_ROWS = Counter(
     "touchline_checkpoint_rows_total", "State rows written by checkpoints (changed contacts, tombstones, heads)"
@@ -145,17 +147,15 @@ STATE_CONTACTS = Gauge("touchline_state_contacts", "Contacts held by the analyti
 LOOP_STALL_SECONDS = Histogram(
     "touchline_loop_stall_seconds",
     "How late the event loop ran a 100 ms timer (time the loop was blocked)",
-    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    buckets=_STALL,
 )
 LOOP_STALL_MAX = Gauge("touchline_loop_stall_max_seconds", "Longest event-loop stall since the worker started")
 GC_PAUSE_SECONDS = Histogram(
     "touchline_gc_pause_seconds",
     "Python's cyclic garbage collector pauses (every thread waits), by generation",
     ["generation"],
-    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    buckets=_GC_PAUSE,
 )
 RESTORE_SECONDS = Histogram(
-    "touchline_restore_seconds",
-    "Restoring one partition's state on assignment",
-    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    "touchline_restore_seconds", "Restoring one partition's state on assignment", buckets=_STALL
 )
