@@ -314,6 +314,7 @@ def _analytics(shared: Shared) -> AnalyticsStage:
         dedup_capacity=settings.dedup_cache_size,
         on_terminal=app.crash,
         topics=settings.topics,
+        checkpoint_seconds=settings.checkpoint_seconds,
     )
     analytics.consumer = shared.channel_consumer(
         "analytics", StageHooks(analytics.handle, analytics.assigned, analytics.revoked, analytics.busy)
