@@ -8,6 +8,7 @@ a watermark. What "plausible" means is a process-wide `Policy`, set once by the 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -82,6 +83,28 @@ class _Unkeyed:
 
 UNKEYED = _Unkeyed()
 
+# The plausible window moves with the wall clock; it is taken once per WINDOW_SECONDS, not per
+# event: 13.2 -> 12.2 us a decode (validate_json alone 9.3 us; 50k simulated events, median of 7),
+# paid twice per event as the ingest and analytics stages each decode it. 0.1 s is nothing against
+# the window's minutes and days.
+WINDOW_SECONDS = 0.1
+_window: tuple[Policy, float, datetime, datetime] | None = None  # policy, until (monotonic), bounds
+
+
+def plausible_window(rules: Policy, now: datetime | None = None) -> tuple[datetime, datetime]:
+    """Earliest and latest plausible event time: at `now`, or at most WINDOW_SECONDS old."""
+    global _window
+    if now is not None:
+        return rules.earliest(now), min(LATEST, now + rules.max_ahead)
+    clock = time.monotonic()
+    cached = _window
+    if cached is not None and cached[0] is rules and clock < cached[1]:
+        return cached[2], cached[3]
+    when = datetime.now(UTC)
+    earliest, latest = rules.earliest(when), min(LATEST, when + rules.max_ahead)
+    _window = (rules, clock + WINDOW_SECONDS, earliest, latest)
+    return earliest, latest
+
 
 def decode(
     value: bytes | None,
@@ -114,15 +137,14 @@ def decode(
             Reason.WRONG_CHANNEL,
             f"event {event.event_id} says channel {event.channel.value!r} but arrived on {topic!r}",
         )
-    when = now or datetime.now(UTC)
     occurred = event.occurred_at
-    earliest = rules.earliest(when)
-    if occurred < earliest or occurred > min(LATEST, when + rules.max_ahead):
+    earliest, latest = plausible_window(rules, now)
+    if occurred < earliest or occurred > latest:
         hint = "" if rules.history_since is not None else " (replaying history? set TOUCHLINE_HISTORY_SINCE)"
         return Rejection(
             Reason.IMPLAUSIBLE_TIME,
             f"event {_short(event.event_id)} occurred_at {occurred.isoformat()} is outside "
-            f"{earliest.isoformat()} .. {(when + rules.max_ahead).isoformat()} by the worker's clock{hint}",
+            f"{earliest.isoformat()} .. {latest.isoformat()} by the worker's clock{hint}",
         )
     if not isinstance(key, _Unkeyed) and rules.check_key and key != event.contact_id.encode():
         given = "no key" if key is None else f"key {_short(key.decode('utf-8', 'replace'))!r}"

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 
 from pipeline.config import Settings
 from pipeline.events.models import EventBase
-from pipeline.ingest.decode import Policy, Reason, Rejection, decode
+from pipeline.ingest import decode as decode_module
+from pipeline.ingest.decode import WINDOW_SECONDS, Policy, Reason, Rejection, decode, plausible_window
 from pipeline.privacy.runtime import decode_policy
 
 TOPIC = "touchline.interactions.voice"
@@ -95,3 +97,32 @@ def test_empty_identity_link_values_are_invalid() -> None:
     link = {"left": {"kind": "phone", "value": ""}, "right": {"kind": "email", "value": "a@b.c"}}
     value = event("2026-11-28T09:00:00Z", type="identity_link", **link)
     assert reason(value) is Reason.INVALID
+
+
+def test_the_wall_clock_window_follows_a_new_policy_at_once() -> None:
+    two_days_old = event((datetime.now(UTC) - timedelta(days=2)).isoformat())
+    strict, lenient = Policy(max_age=timedelta(days=1)), Policy(max_age=timedelta(days=3))
+    for policy, expected in [(strict, Reason.IMPLAUSIBLE_TIME), (lenient, None), (strict, Reason.IMPLAUSIBLE_TIME)]:
+        result = decode(two_days_old, TOPIC, 65536, b"c-1", policy=policy)
+        assert (result.reason if isinstance(result, Rejection) else None) is expected
+
+
+def test_the_wall_clock_window_is_taken_again_after_window_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(decode_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    policy = Policy(max_age=timedelta(days=1), max_ahead=timedelta(minutes=5))
+
+    def taken_at() -> datetime:  # the wall-clock moment the bounds in use were computed at
+        earliest, latest = plausible_window(policy)
+        assert latest - earliest == policy.max_age + policy.max_ahead
+        return latest - policy.max_ahead
+
+    before = datetime.now(UTC)
+    first = taken_at()
+    assert before <= first <= datetime.now(UTC)
+    while datetime.now(UTC) <= first:
+        pass
+    clock[0] += WINDOW_SECONDS / 2
+    assert taken_at() == first
+    clock[0] += WINDOW_SECONDS
+    assert taken_at() > first
