@@ -61,7 +61,7 @@ import heapq
 import json
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -131,6 +131,21 @@ class QueueLeg:
             t for t in (self.answered_ms, self.abandoned_ms, self.transferred_ms, self.closed_ms) if t is not None
         ]
         return min(candidates) if candidates else None
+
+    @property
+    def waiting(self) -> bool:
+        """Still in the queue: `removed_ms` is None (tested field by field, without its list)."""
+        return (
+            self.answered_ms is None
+            and self.abandoned_ms is None
+            and self.transferred_ms is None
+            and self.closed_ms is None
+        )
+
+    @property
+    def handling_open(self) -> bool:
+        """Neither transferred out nor closed yet: a `transferred` still ends this leg."""
+        return self.transferred_ms is None and self.closed_ms is None
 
     @property
     def wait_seconds(self) -> float | None:
@@ -270,41 +285,6 @@ class ContactFacts:
         return None if self.ended is None else self.ended.at_ms
 
 
-@dataclass(slots=True)
-class _LegBuilder:
-    queue: str
-    priority: int
-    queued_ms: int
-    answered_ms: int | None = None
-    abandoned_ms: int | None = None
-    transferred_ms: int | None = None
-    closed_ms: int | None = None
-
-    @property
-    def waiting(self) -> bool:
-        return (
-            self.answered_ms is None
-            and self.abandoned_ms is None
-            and self.transferred_ms is None
-            and (self.closed_ms is None)
-        )
-
-    @property
-    def handling_open(self) -> bool:
-        return self.transferred_ms is None and self.closed_ms is None
-
-    def freeze(self) -> QueueLeg:
-        return QueueLeg(
-            self.queue,
-            self.priority,
-            self.queued_ms,
-            self.answered_ms,
-            self.abandoned_ms,
-            self.transferred_ms,
-            self.closed_ms,
-        )
-
-
 def sort_events(events: Iterable[EventBase]) -> list[EventBase]:
     """Deduplicate on event_id (first seen wins) and sort by (occurred_at, event_id)."""
     unique: dict[str, EventBase] = {}
@@ -335,7 +315,7 @@ def contact_facts(
     start_ms = times[0]
     segment = next((e.segment for e in ordered if e.segment), "") or ""
 
-    legs: list[_LegBuilder] = []
+    legs: list[QueueLeg] = []  # the last one is replaced as events settle it
     waiting_spans: list[tuple[int, int | None]] = []
     holds: list[tuple[int, int]] = []
     hold_open: int | None = None
@@ -373,32 +353,32 @@ def contact_facts(
         )
         if kind == "queued":
             if current is None or not current.waiting:
-                legs.append(_LegBuilder(event.queue or "", event.priority, t))
+                legs.append(QueueLeg(event.queue or "", event.priority, t))
                 if queued_first_ms is None:
                     queued_first_ms = t
         elif kind == "agent_assigned":
             if answered_ms is None:
                 answered_ms = t
             if current is not None and current.waiting:
-                current.answered_ms = t
+                legs[-1] = replace(current, answered_ms=t)
         elif kind == "abandoned":
             assert isinstance(event, Abandoned)
             if abandoned_ms is None:
                 abandoned_ms, abandon_stage = t, event.stage
             if current is not None and current.waiting:
-                current.abandoned_ms = t
+                legs[-1] = replace(current, abandoned_ms=t)
         elif kind == "transferred":
             assert isinstance(event, Transferred)
             transfers.append(stamp)
             if current is not None and current.handling_open:
-                current.transferred_ms = t
+                legs[-1] = replace(current, transferred_ms=t)
         elif kind == "ended":
             assert isinstance(event, Ended)
             if ended is None:
                 ended = stamp
                 acw = event.acw_seconds
                 if current is not None and current.waiting:
-                    current.closed_ms = t
+                    legs[-1] = replace(current, closed_ms=t)
                 if hold_open is not None:
                     holds.append((hold_open, t))
                     hold_open = None
@@ -471,7 +451,7 @@ def contact_facts(
             next_responses.append(TimedValue(reply, _seconds(t - pending - _overlap_ms(pending, t, spans))))
             pending = None
 
-    frozen_legs = tuple(leg.freeze() for leg in legs)
+    frozen_legs = tuple(legs)
 
     short = False
     for leg in frozen_legs:
