@@ -169,6 +169,7 @@ def main(days: int, rate: int, speed: float, partitions: int, sample_seconds: fl
             written = m.get("touchline_checkpoint_bytes_total", 0.0)
             row = per_day.setdefault(day, {"checkpoint_mb": 0.0, "stall_le_s": 0.0})
             row["rss_mb"] = rss_mb(workers["analytics"].pid)
+            row["rss_max_mb"] = max(row.get("rss_max_mb", 0.0), row["rss_mb"])
             row["journeys_rss_mb"] = rss_mb(workers["journeys"].pid)
             row["contacts"] = m.get("touchline_state_contacts", 0.0)
             row["journey_contacts"] = j.get('touchline_journey_state{what="contacts"}', 0.0)
@@ -196,33 +197,35 @@ def main(days: int, rate: int, speed: float, partitions: int, sample_seconds: fl
             os.killpg(process.pid, signal.SIGINT)
             exits[name] = process.wait(600)
             stops[name] = time.monotonic() - started
-        restarts = {name: start(name, f"{name}-restart.log") for name in roles}
+        restarts = {"analytics": start("analytics", "analytics-restart.log")}
         # the analytics partitions are assigned at once and restored in the background, paused:
-        # reading resumes when every one is restored
+        # reading resumes when every one is restored (timed before the journeys worker starts)
         began = launched["analytics"]
         while metrics(urls["analytics"], timeout=30).get("touchline_restore_seconds_count", 0.0) < 6 * partitions:
             if time.monotonic() - began > 300:
                 raise click.ClickException("the analytics partitions were not restored in 300 s")
             time.sleep(0.1)
         reading = time.monotonic() - began
+        restarts["journeys"] = start("journeys", "journeys-restart.log")
         time.sleep(10)
         rss_after = {name: rss_mb(process.pid) for name, process in workers.items()}
 
         click.echo(
-            "\nsimulated day | analytics RSS MB | contacts in state | checkpoint MB written | longest loop stall <= s"
+            "\nsimulated day | analytics RSS MB (last sample; highest) | contacts in state | checkpoint MB written | longest loop stall <= s"
             " | journeys RSS MB | journey contacts"
         )
         for day in sorted(per_day):
             r = per_day[day]
             click.echo(
-                f"{day:>13} | {r['rss_mb']:>16.0f} | {r['contacts']:>17.0f} | {r['checkpoint_mb']:>21.1f} | "
+                f"{day:>13} | {r['rss_mb']:>22.0f}; {r['rss_max_mb']:>7.0f} | {r['contacts']:>17.0f} | {r['checkpoint_mb']:>21.1f} | "
                 f"{r['stall_le_s']:>24} | {r['journeys_rss_mb']:>15.0f} | {r['journey_contacts']:>16.0f}"
             )
         days_seen = sorted(per_day)
         if len(days_seen) >= 4:
-            d2, d4 = per_day[days_seen[1]]["rss_mb"], per_day[days_seen[3]]["rss_mb"]
+            d2, d4 = per_day[days_seen[1]]["rss_max_mb"], per_day[days_seen[3]]["rss_max_mb"]
             click.echo(
-                f"analytics RSS day 4 / day 2: {d4 / d2:.2f} (target <= 1.10); day 4: {d4:.0f} MB (target <= 1536)"
+                f"analytics RSS, highest sample of day 4 / of day 2: {d4 / d2:.2f} (target <= 1.10); day 4: "
+                f"{d4:.0f} MB (target <= 1536)"
             )
         for name in roles:
             click.echo(
