@@ -353,6 +353,7 @@ class AnalyticsStage:
         async with self._checkpointing:
             started = time.perf_counter()
             group: list[tuple[PartitionKey, Checkpoint]] = []
+            rows = 0
             for key in keys:
                 if self._stopped:
                     return  # the stop's own checkpoint has had its time: the rest is read again
@@ -360,9 +361,10 @@ class AnalyticsStage:
                     state = self.stages.partitions.get(key)
                     if state is not None:
                         group.append((key, await self._snapshot(state)))
-                if sum(len(s.changed) for _, s in group) >= CHECKPOINT_GROUP_ROWS:
+                        rows += len(group[-1][1].changed)
+                if rows >= CHECKPOINT_GROUP_ROWS:
                     await self._commit(group)
-                    group = []
+                    group, rows = [], 0
             if group:
                 await self._commit(group)
             self._checkpointed_at = time.monotonic()

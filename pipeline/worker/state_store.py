@@ -116,9 +116,6 @@ class StateStore:
             client.insert(TABLE, changed, column_names=list(COLUMNS))
         client.insert(TABLE, [row for c in batch for row in c.head_and_tombstones], column_names=list(COLUMNS))
 
-    def load(self, client: Client, source: tuple[str, int]) -> Loaded:
-        return self.load_many(client, [source]).get(source, Loaded())
-
     def load_many(self, client: Client, sources: Sequence[tuple[str, int]]) -> dict[tuple[str, int], Loaded]:
         """The latest checkpoint of each source partition (one query for all)."""
         out = {source: Loaded() for source in sources}
@@ -135,10 +132,6 @@ class StateStore:
             if loaded.head is None:
                 loaded.contacts = []  # keys without a head: a first checkpoint that never finished
         return out
-
-    def head_version(self, client: Client, source: tuple[str, int]) -> int:
-        """Version of the partition's latest checkpoint (0: none)."""
-        return self.head_versions(client, [source]).get(source, 0)
 
     def head_versions(self, client: Client, sources: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Version of each partition's latest checkpoint (absent: none), in one query."""

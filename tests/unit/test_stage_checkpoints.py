@@ -121,8 +121,9 @@ def test_crashes_and_restores_give_the_oracles_rows(state_db: Client) -> None:
                 torn = -1
             stages = new_stages()  # everything in memory is lost
             wall += timedelta(minutes=1)
+            loaded = store.load_many(state_db, list(by_partition))  # as the worker: one read for all
             for key in by_partition:
-                restored = stages.restore(key, store.load(state_db, key))
+                restored = stages.restore(key, loaded[key])
                 head = restored.kpi.head(key) or {}
                 restored.kpi.adopt_written(key, written.provisional(key, head.get("next_final_ms") or 0))
                 stages.partitions[key] = restored
@@ -186,7 +187,7 @@ def test_a_checkpoint_writes_only_what_changed(state_db: Client) -> None:
     assert [row[4] for row in one.changed] == [contact]
     store.write(state_db, one)
 
-    restored = new_stages().restore(part, store.load(state_db, part))
+    restored = new_stages().restore(part, store.load_many(state_db, [part])[part])
     assert restored.max_offset == 10**6
     assert sorted(restored.kpi.contact_ids(part)) == sorted(state.kpi.contact_ids(part))
     assert [e.event_id for e in restored.kpi.contact_events(part, contact)][-1] == "one-more"
