@@ -172,6 +172,7 @@ def main(days: int, rate: int, speed: float, partitions: int, sample_seconds: fl
             row["rss_max_mb"] = max(row.get("rss_max_mb", 0.0), row["rss_mb"])
             row["journeys_rss_mb"] = rss_mb(workers["journeys"].pid)
             row["contacts"] = m.get("touchline_state_contacts", 0.0)
+            row["clickhouse_mb"] = m.get("touchline_clickhouse_memory_bytes", 0.0) / 1e6
             row["journey_contacts"] = j.get('touchline_journey_state{what="contacts"}', 0.0)
             row["checkpoint_mb"] += (written - previous_bytes) / 1e6
             row["stall_le_s"] = max(row["stall_le_s"], longest_bucket)
@@ -179,7 +180,7 @@ def main(days: int, rate: int, speed: float, partitions: int, sample_seconds: fl
             row["journey_records"] = sum(v for k, v in j.items() if k.startswith("touchline_journey_records_total"))
             previous_bytes = written
             click.echo(
-                f"  day {day}: analytics rss {row['rss_mb']:.0f} MB, contacts {row['contacts']:.0f}, "
+                f"  day {day}: analytics rss {row['rss_mb']:.0f} MB (chDB {row['clickhouse_mb']:.0f}), contacts {row['contacts']:.0f}, "
                 f"analysed {row['events']:.0f}, checkpoints {row['checkpoint_mb']:.1f} MB; "
                 f"journeys rss {row['journeys_rss_mb']:.0f} MB, contacts {row['journey_contacts']:.0f}, "
                 f"records {row['journey_records']:.0f}"
@@ -211,13 +212,13 @@ def main(days: int, rate: int, speed: float, partitions: int, sample_seconds: fl
         rss_after = {name: rss_mb(process.pid) for name, process in workers.items()}
 
         click.echo(
-            "\nsimulated day | analytics RSS MB (last sample; highest) | contacts in state | checkpoint MB written | longest loop stall <= s"
+            "\nsimulated day | analytics RSS MB (last sample; highest) | of it chDB MB | contacts in state | checkpoint MB written | longest loop stall <= s"
             " | journeys RSS MB | journey contacts"
         )
         for day in sorted(per_day):
             r = per_day[day]
             click.echo(
-                f"{day:>13} | {r['rss_mb']:>22.0f}; {r['rss_max_mb']:>7.0f} | {r['contacts']:>17.0f} | {r['checkpoint_mb']:>21.1f} | "
+                f"{day:>13} | {r['rss_mb']:>22.0f}; {r['rss_max_mb']:>7.0f} | {r['clickhouse_mb']:>13.0f} | {r['contacts']:>17.0f} | {r['checkpoint_mb']:>21.1f} | "
                 f"{r['stall_le_s']:>24} | {r['journeys_rss_mb']:>15.0f} | {r['journey_contacts']:>16.0f}"
             )
         days_seen = sorted(per_day)

@@ -120,3 +120,10 @@ def insert_dicts(client: Client, table: str, rows: Sequence[dict[str, Any]]) -> 
     if rows:
         columns = list(rows[0])
         client.insert(table, [[row[c] for c in columns] for row in rows], column_names=columns)
+
+
+def clickhouse_memory(client: Client) -> int:
+    """Bytes ClickHouse tracks as in use (`MemoryTracking`): the embedded engine's share of this
+    process, or the server's."""
+    rows = client.query("SELECT value FROM system.metrics WHERE metric = 'MemoryTracking'").result_rows
+    return int(rows[0][0]) if rows else 0

@@ -31,7 +31,7 @@ from pipeline.kpi.settings import KpiConfig
 from pipeline.privacy import erasure
 from pipeline.privacy.runtime import configure_worker, limits_of
 from pipeline.sla.policy import load_policies
-from pipeline.store.clickhouse import BlockingExecutor, connect, redact
+from pipeline.store.clickhouse import BlockingExecutor, clickhouse_memory, connect, redact
 from pipeline.store.migrations import migrate
 from pipeline.topics import ensure_topics
 from pipeline.worker import log_throttle, metrics
@@ -170,6 +170,11 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
             # every thread's arena; handing them back keeps RSS near what the state holds.
             # ctypes releases the GIL for the call: it runs beside the loop, not on it
             await asyncio.to_thread(_MALLOC_TRIM, 0)
+        try:
+            tracked = await executor.run(clickhouse_memory, client)
+        except Exception:  # a failing store shows in its own metrics and /health; this is a gauge only
+            return
+        metrics.CLICKHOUSE_MEMORY.set(tracked)
 
     @app.task
     async def watch_the_loop() -> None:

@@ -143,6 +143,10 @@ CHECKPOINT_ROWS = Counter(
     "touchline_checkpoint_rows_total", "State rows written by checkpoints (changed contacts, tombstones, heads)"
 )
 CHECKPOINT_BYTES = Counter("touchline_checkpoint_bytes_total", "State bytes written by checkpoints")
+CLICKHOUSE_MEMORY = Gauge(
+    "touchline_clickhouse_memory_bytes",
+    "Memory ClickHouse tracks (system.metrics MemoryTracking): with embedded chDB, part of this process's RSS",
+)
 STATE_CONTACTS = Gauge("touchline_state_contacts", "Contacts held by the analytics stage (KPI + SLA)", ["core"])
 LOOP_STALL_SECONDS = Histogram(
     "touchline_loop_stall_seconds",
