@@ -173,6 +173,7 @@ def main(days: int, rate: int, speed: float, partitions: int, sample_seconds: fl
             row["journeys_rss_mb"] = rss_mb(workers["journeys"].pid)
             row["contacts"] = m.get("touchline_state_contacts", 0.0)
             row["clickhouse_mb"] = m.get("touchline_clickhouse_memory_bytes", 0.0) / 1e6
+            row["frozen_k"] = m.get("touchline_gc_frozen_objects", 0.0) / 1e3
             row["journey_contacts"] = j.get('touchline_journey_state{what="contacts"}', 0.0)
             row["checkpoint_mb"] += (written - previous_bytes) / 1e6
             row["stall_le_s"] = max(row["stall_le_s"], longest_bucket)
@@ -180,7 +181,7 @@ def main(days: int, rate: int, speed: float, partitions: int, sample_seconds: fl
             row["journey_records"] = sum(v for k, v in j.items() if k.startswith("touchline_journey_records_total"))
             previous_bytes = written
             click.echo(
-                f"  day {day}: analytics rss {row['rss_mb']:.0f} MB (chDB {row['clickhouse_mb']:.0f}), contacts {row['contacts']:.0f}, "
+                f"  day {day}: analytics rss {row['rss_mb']:.0f} MB (chDB {row['clickhouse_mb']:.0f}, frozen objects {row['frozen_k']:.0f}k), contacts {row['contacts']:.0f}, "
                 f"analysed {row['events']:.0f}, checkpoints {row['checkpoint_mb']:.1f} MB; "
                 f"journeys rss {row['journeys_rss_mb']:.0f} MB, contacts {row['journey_contacts']:.0f}, "
                 f"records {row['journey_records']:.0f}"

@@ -62,8 +62,9 @@ HANDLE_SLICE = 500
 CHECKPOINT_SLICE = 100
 CHECKPOINT_YIELD_SECONDS = 0.05
 # Changed contacts after which a checkpoint writes what it has collected before it goes on: one
-# group for all 24 partitions wrote 88 MB at once in a soak and RSS jumped by 300 MB meanwhile
-CHECKPOINT_GROUP_ROWS = 10_000
+# group for all 24 partitions wrote 88 MB at once in a soak and RSS jumped by 300 MB meanwhile;
+# groups of 10,000 still made RSS jump by 150-350 MB while they were written (make soak, day 3-4)
+CHECKPOINT_GROUP_ROWS = 4_000
 # Outputs waiting to be written beyond which the consumer and a catching-up emit wait for them.
 OUTBOX_HIGH_WATER = 50_000
 CHECKPOINT_OVERDUE_INTERVALS = 3

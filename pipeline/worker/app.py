@@ -162,6 +162,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         # every thread for 1.2-1.4 s in a soak at 500x real time.
         gc.collect(1)
         gc.freeze()
+        metrics.GC_FROZEN_OBJECTS.set(gc.get_freeze_count())
 
     @app.timer(interval=60.0)
     async def return_freed_memory() -> None:

@@ -73,8 +73,10 @@ class BatchConsumer:
             "client_id": group_id,
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
-            "max_partition_fetch_bytes": 4 * 1024 * 1024,
-            "fetch_max_bytes": 64 * 1024 * 1024,
+            # what a lagging consumer holds fetched but not yet handed over: 4 MB a partition and
+            # 64 MB a fetch were up to 2 x 64 MB in a worker running ingest and analytics
+            "max_partition_fetch_bytes": 1024 * 1024,
+            "fetch_max_bytes": 16 * 1024 * 1024,
             # heartbeats share the event loop with the stages, which never block it for more than
             # a second (touchline_loop_stall_seconds); a short session lets a restarted or
             # replacement worker take a dead worker's partitions within seconds

@@ -154,6 +154,10 @@ LOOP_STALL_SECONDS = Histogram(
     buckets=_STALL,
 )
 LOOP_STALL_MAX = Gauge("touchline_loop_stall_max_seconds", "Longest event-loop stall since the worker started")
+GC_FROZEN_OBJECTS = Gauge(
+    "touchline_gc_frozen_objects",
+    "Objects moved out of the garbage collector's reach (gc.freeze every 10 s): the long-lived state",
+)
 GC_PAUSE_SECONDS = Histogram(
     "touchline_gc_pause_seconds",
     "Python's cyclic garbage collector pauses (every thread waits), by generation",
