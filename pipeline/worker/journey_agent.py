@@ -13,13 +13,15 @@ updated per round. A round is one message (one analytics batch's contact records
 list, for rounds of several) and is finished before the next is taken: apply the records ->
 journeys that changed -> retention pass -> write the journey rows to ClickHouse and the documents
 to `touchline.journeys` (retried) -> send the changed keys to the tables' changelogs and wait
-for their delivery, then write them to the stores -> only then is the message acknowledged. Every step yields to the loop between slices. A crash anywhere re-reads the
+for their delivery (retried), then write them to the stores -> only then is the message
+acknowledged. Every step yields to the loop between slices. A crash anywhere re-reads the
 unacknowledged messages; records merge idempotently and versions continue from `journey-emitted`,
 so the result is the same."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -250,7 +252,11 @@ def install_journey_stage(
                 writes.append((key.encode(), value_of[name](core, key)))
                 if n % OUTPUT_SLICE == 0:
                     await asyncio.sleep(0)
-            offset = await send_changelog(table, writes)
+            offset = await journey_stage.retried(
+                f"journey {name} changelog send",
+                functools.partial(send_changelog, table, writes),
+                on_retry=jm.JOURNEY_FLUSH_RETRIES.labels("changelog").inc,
+            )
             data: Any = table.data  # the store (RocksDB or memory): Faust types it as a mapping
             for n, (raw, value) in enumerate(writes, start=1):
                 if value is not None:

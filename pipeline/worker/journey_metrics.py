@@ -24,7 +24,9 @@ JOURNEY_EVICTED = Counter(
     ["what"],
 )
 JOURNEY_FLUSH_RETRIES = Counter(
-    "touchline_journey_flush_retries_total", "Journey outputs (ClickHouse rows, topic messages) retried", ["output"]
+    "touchline_journey_flush_retries_total",
+    "Journey outputs (ClickHouse rows, topic messages, state changelog) retried",
+    ["output"],
 )
 JOURNEY_RESTORE_SECONDS = Gauge(
     "touchline_journey_restore_seconds", "How long the last restore of the journey state took"
