@@ -31,7 +31,15 @@ from pipeline.kpi.settings import KpiConfig
 from pipeline.privacy import erasure
 from pipeline.privacy.runtime import configure_worker, limits_of
 from pipeline.sla.policy import load_policies
-from pipeline.store.clickhouse import BlockingExecutor, clickhouse_memory, connect, redact
+from pipeline.store.clickhouse import (
+    BlockingExecutor,
+    clickhouse_memory,
+    connect,
+    engine_allocator_resident,
+    is_embedded,
+    redact,
+    release_engine_memory,
+)
 from pipeline.store.migrations import migrate
 from pipeline.topics import ensure_topics
 from pipeline.worker import log_throttle, metrics
@@ -105,6 +113,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         settings.clickhouse_url, settings.clickhouse_database, limits_of(settings), settings.sql_connections
     )
     executor = BlockingExecutor()
+    embedded = is_embedded(settings.clickhouse_url)
 
     datadir = settings.data_dir / "faust" / f"{settings.app_id}-{web_port or settings.worker_web_port}"
     datadir.parent.mkdir(parents=True, exist_ok=True)
@@ -173,9 +182,20 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
             await asyncio.to_thread(_MALLOC_TRIM, 0)
         try:
             tracked = await executor.run(clickhouse_memory, client)
+            resident = await executor.run(engine_allocator_resident, client) if embedded else 0
         except Exception:  # a failing store shows in its own metrics and /health; this is a gauge only
             return
         metrics.CLICKHOUSE_MEMORY.set(tracked)
+        metrics.CLICKHOUSE_RESIDENT.set(resident)
+
+    if embedded:
+
+        @app.timer(interval=2.0)
+        async def return_engine_memory() -> None:
+            try:
+                await executor.run(release_engine_memory, client)
+            except Exception:  # a failing store shows in its own metrics and /health
+                return
 
     @app.task
     async def watch_the_loop() -> None:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiokafka.errors import KafkaError
-from tenacity import AsyncRetrying, retry_if_exception, stop_never, wait_exponential
 
 from pipeline.worker import metrics
+from pipeline.worker.backoff import exponential
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -122,24 +122,17 @@ async def retrying(
     `max_backoff`) for as long as they last, each reported to `health`; a terminal failure raises
     `TerminalError` naming the dependency."""
 
-    def transient(error: BaseException) -> bool:
-        if is_transient(error):
+    pauses = exponential(0.2, max_backoff)
+    while True:
+        try:
+            result = await fn(*args)
+            break
+        except Exception as error:  # CancelledError is not an Exception: a stop goes through
+            if not is_transient(error):
+                raise TerminalError(
+                    f"{dependency} failed and retrying cannot help: {type(error).__name__}: {error}"
+                ) from error
             health.failed(dependency, error)
-            return True
-        return False
-
-    try:
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(transient),
-            wait=wait_exponential(multiplier=0.2, max=max_backoff),
-            stop=stop_never,
-            reraise=True,
-        ):
-            with attempt:
-                result = await fn(*args)
-    except asyncio.CancelledError:
-        raise
-    except Exception as error:
-        raise TerminalError(f"{dependency} failed and retrying cannot help: {type(error).__name__}: {error}") from error
+        await asyncio.sleep(next(pauses))
     health.ok(dependency)
     return result

@@ -324,6 +324,7 @@ def install_journey_stage(
                 await handle(core, [event])
 
     async def handle(core: Stitcher, events: list[Any]) -> None:
+        began = time.perf_counter()
         applied = 0
         for event in events:
             records, rejected = journey_stage.read_records(event.value)
@@ -361,6 +362,7 @@ def install_journey_stage(
         await persist(core)
         gauges(core)
         jm.JOURNEY_BATCHES.inc(len(events))
+        jm.JOURNEY_ROUND_SECONDS.inc(time.perf_counter() - began)
         if state.first_offset < 0:
             state.first_offset = events[0].message.offset
             jm.JOURNEY_FIRST_OFFSET.set(state.first_offset)

@@ -37,6 +37,11 @@ JOURNEY_RESTORED_CONTACTS = Gauge(
 JOURNEY_BATCHES = Counter(
     "touchline_journey_batches_total", "Messages of contact records the journey stage finished (outputs and state)"
 )
+JOURNEY_ROUND_SECONDS = Counter(
+    "touchline_journey_round_seconds_total",
+    "Wall time the journey stage spent in rounds (applying records, writing outputs, persisting state): "
+    "records / this = the contacts/s it handles while busy",
+)
 JOURNEY_OFFSET = Gauge(
     "touchline_journey_offset", "Offset of the last message of contact records the journey stage finished (-1: none)"
 )

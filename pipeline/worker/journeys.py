@@ -16,19 +16,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, TypeVar
-
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_not_exception_type,
-    stop_after_delay,
-    wait_exponential,
-)
 
 from pipeline.events.models import EventBase, IdentifierKind
 from pipeline.journeys.contact import from_ms
@@ -36,6 +29,7 @@ from pipeline.journeys.model import Emitted, Journey, JourneyVersion
 from pipeline.journeys.record import ContactRecord, RecordError, records_of
 from pipeline.journeys.rows import JOURNEY_COLUMNS, STEP_COLUMNS, STEP_DELETED, journey_values, step_values
 from pipeline.journeys.stitcher import Stitcher
+from pipeline.worker.backoff import exponential
 
 log = logging.getLogger(__name__)
 
@@ -242,19 +236,15 @@ async def retried(
     `give_up_after` seconds of failures the last error is raised, and the stage stops the worker
     (ClickHouse or the broker is not coming back by itself)."""
 
-    def before_sleep(state: RetryCallState) -> None:
-        on_retry()
-        error = state.outcome.exception() if state.outcome is not None else None
-        wait = state.next_action.sleep if state.next_action is not None else 0.0
-        log.warning("%s failed (%s), retrying in %.1f s", what, type(error).__name__, wait)
-
-    async for trying in AsyncRetrying(
-        stop=stop_after_delay(give_up_after),
-        wait=wait_exponential(multiplier=0.1, min=0.2, max=5.0),
-        retry=retry_if_not_exception_type(asyncio.CancelledError),
-        before_sleep=before_sleep,
-        reraise=True,
-    ):
-        with trying:
+    pauses = exponential(0.1, 5.0, least=0.2)
+    began = time.monotonic()
+    while True:
+        try:
             return await attempt()
-    raise AssertionError("unreachable: tenacity re-raises the last error")
+        except Exception as error:  # CancelledError is not an Exception: a stop goes through
+            if time.monotonic() - began >= give_up_after:
+                raise
+            on_retry()
+            pause = next(pauses)
+            log.warning("%s failed (%s), retrying in %.1f s", what, type(error).__name__, pause)
+        await asyncio.sleep(pause)

@@ -147,6 +147,10 @@ CLICKHOUSE_MEMORY = Gauge(
     "touchline_clickhouse_memory_bytes",
     "Memory ClickHouse tracks (system.metrics MemoryTracking): with embedded chDB, part of this process's RSS",
 )
+CLICKHOUSE_RESIDENT = Gauge(
+    "touchline_clickhouse_resident_bytes",
+    "Memory the embedded ClickHouse's allocator holds resident (jemalloc): part of this process's RSS; 0 with a server",
+)
 STATE_CONTACTS = Gauge("touchline_state_contacts", "Contacts held by the analytics stage (KPI + SLA)", ["core"])
 LOOP_STALL_SECONDS = Histogram(
     "touchline_loop_stall_seconds",

@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from clickhouse_connect.driver.client import Client
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_chain, wait_fixed
 
 from pipeline.events.topics import TopicNames
 from pipeline.ingest.batch import Batch, Batcher, Source
@@ -27,6 +26,7 @@ from pipeline.store.clickhouse import BlockingExecutor, insert_rows
 from pipeline.store.rows import DEAD_LETTER_COLUMNS, EVENT_COLUMNS, dead_letter_row, event_row
 from pipeline.times import EPOCH, to_ms
 from pipeline.worker import metrics
+from pipeline.worker.backoff import steps
 
 log = logging.getLogger(__name__)
 
@@ -207,27 +207,13 @@ class IngestSink:
         started = time.monotonic()
         refused: list[tuple[tuple[Any, ...], str]] | None = None
 
-        def failed(state: RetryCallState) -> None:
-            metrics.FLUSH_FAILURES.inc()
-            error = state.outcome.exception() if state.outcome is not None else None
-            pause = state.next_action.sleep if state.next_action is not None else 0.0
-            log.error(
-                "writing a batch of %d failed (attempt %d); retrying in %gs",
-                len(batch),
-                state.attempt_number,
-                pause,
-                exc_info=error,
-            )
-
         # No offset is released until the write succeeds, so retrying forever loses nothing; the
         # growing lag and the failure counter tell the operator.
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(Exception),
-            wait=wait_chain(*(wait_fixed(s) for s in RETRY_SECONDS)),
-            stop=stop_never,
-            before_sleep=failed,
-        ):
-            with attempt:
+        pauses = steps(RETRY_SECONDS)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
                 if dead:
                     await self._send_dead_letters(dead)
                     dead = []
@@ -236,6 +222,18 @@ class IngestSink:
                 if refused:
                     await self._dead_letter_refused(refused)
                     refused = []
+                break
+            except Exception as error:
+                metrics.FLUSH_FAILURES.inc()
+                pause = next(pauses)
+                log.error(
+                    "writing a batch of %d failed (attempt %d); retrying in %gs",
+                    len(batch),
+                    attempt,
+                    pause,
+                    exc_info=error,
+                )
+            await asyncio.sleep(pause)
         self._on_written(batch.offsets)
         self._pending -= len(batch)
         metrics.PENDING_ROWS.set(self._pending + len(self._batcher))

@@ -24,6 +24,8 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from pipeline.store.clickhouse import insert_rows
+
 TABLE = "stage_state"
 COLUMNS = (
     "app_id",
@@ -112,9 +114,8 @@ class StateStore:
         tombstones in another (a crash between them leaves keys newer than their head: safe)."""
         batch = [checkpoints] if isinstance(checkpoints, Checkpoint) else list(checkpoints)
         changed = [row for c in batch for row in c.changed]
-        if changed:
-            client.insert(TABLE, changed, column_names=list(COLUMNS))
-        client.insert(TABLE, [row for c in batch for row in c.head_and_tombstones], column_names=list(COLUMNS))
+        insert_rows(client, TABLE, COLUMNS, changed)
+        insert_rows(client, TABLE, COLUMNS, [row for c in batch for row in c.head_and_tombstones])
 
     def load_many(self, client: Client, sources: Sequence[tuple[str, int]]) -> dict[tuple[str, int], Loaded]:
         """The latest checkpoint of each source partition (one query for all)."""

@@ -141,6 +141,9 @@ class FlakyClient:
             raise OperationalError("Error HTTPConnectionPool: Connection refused")
         return self.client.insert(*args, **kwargs)
 
+    def __getattr__(self, name: str) -> Any:  # everything else (the insert context) as the client's
+        return getattr(self.client, name)
+
 
 def test_transient_errors_are_retried_not_dead_lettered(clickhouse: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sink_module, "RETRY_SECONDS", (0.01,))
