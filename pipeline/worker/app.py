@@ -339,7 +339,7 @@ def _analytics(shared: Shared) -> AnalyticsStage:
         stages,
         client,
         executor,
-        Outbox(client, executor, send, forward_to_journeys, shared.health),
+        Outbox(client, executor, send, forward_to_journeys, shared.health, insert_rows=settings.batch_max_rows),
         shared.health,
         max_event_bytes=settings.max_event_bytes,
         dedup_capacity=settings.dedup_cache_size,

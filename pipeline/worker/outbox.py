@@ -42,6 +42,7 @@ class Outbox:
         health: Health,
         *,
         max_backoff_seconds: float = 10.0,
+        insert_rows: int = 5000,
     ) -> None:
         self._client = client
         self._executor = executor
@@ -50,6 +51,7 @@ class Outbox:
         self._forwards: list[Any] = []
         self._health = health
         self._max_backoff = max_backoff_seconds
+        self._insert_rows = insert_rows
         self._kpi_rows: list[list[Any]] = []
         self._sla_rows: list[tuple[Any, ...]] = []
         self._messages: dict[str, list[Outgoing]] = {}
@@ -112,12 +114,18 @@ class Outbox:
             sla, self._sla_rows = self._sla_rows, []
             kpi, self._kpi_rows = self._kpi_rows, []
             try:
-                if sla:
-                    await self._retry("clickhouse", self._insert, "sla_events", SLA_EVENT_COLUMNS, sla)
-                    sla = []
-                if kpi:
-                    await self._retry("clickhouse", self._insert, "kpi_minute_partials", PARTIAL_COLUMNS, kpi)
-                    kpi = []
+                # in inserts of `insert_rows` (TOUCHLINE_BATCH_MAX_ROWS): an emit that catches up
+                # leaves tens of thousands of KPI rows, and one insert of them all held its encoded
+                # copies at once. What is written leaves the list, so a cancel puts back only the rest
+                while sla:
+                    await self._retry(
+                        "clickhouse", self._insert, "sla_events", SLA_EVENT_COLUMNS, sla[: self._insert_rows]
+                    )
+                    del sla[: self._insert_rows]
+                while kpi:
+                    chunk = kpi[: self._insert_rows]
+                    await self._retry("clickhouse", self._insert, "kpi_minute_partials", PARTIAL_COLUMNS, chunk)
+                    del kpi[: self._insert_rows]
             finally:
                 self._sla_rows[:0] = sla
                 self._kpi_rows[:0] = kpi
