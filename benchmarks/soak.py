@@ -184,7 +184,7 @@ def main(days: int, rate: int, speed: float, partitions: int, sample_seconds: fl
             previous_bytes = written
             click.echo(
                 f"  day {day}: analytics rss {row['rss_mb']:.0f} MB (chDB tracked {row['clickhouse_mb']:.0f}, resident {row['engine_mb']:.0f}, frozen objects {row['frozen_k']:.0f}k), contacts {row['contacts']:.0f}, "
-                f"analysed {row['events']:.0f}, checkpoints {row['checkpoint_mb']:.1f} MB; "
+                f"analysed {row['events']:.0f}, outputs waiting {m.get('touchline_outbox_pending', 0.0):.0f}, checkpoints {row['checkpoint_mb']:.1f} MB; "
                 f"journeys rss {row['journeys_rss_mb']:.0f} MB, contacts {row['journey_contacts']:.0f}, "
                 f"records {row['journey_records']:.0f}"
             )
