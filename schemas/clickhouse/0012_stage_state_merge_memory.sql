@@ -34,4 +34,4 @@ INSERT INTO stage_state_rebuild SELECT * FROM stage_state;
 
 EXCHANGE TABLES stage_state AND stage_state_rebuild;
 
-DROP TABLE stage_state_rebuild;
+DROP TABLE IF EXISTS stage_state_rebuild;
