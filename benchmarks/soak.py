@@ -88,7 +88,16 @@ def wait_partitions(url: str, process: subprocess.Popen[bytes], timeout: float) 
 @click.option("--speed", default=500.0, show_default=True, help="Simulator --speed (0: as fast as possible).")
 @click.option("--partitions", default=4, show_default=True)
 @click.option("--sample-seconds", default=5.0, show_default=True)
-def main(days: int, rate: int, speed: float, partitions: int, sample_seconds: float) -> None:
+@click.option(
+    "--journey-identity-days",
+    type=float,
+    default=None,
+    help="The journeys worker's TOUCHLINE_JOURNEY_IDENTITY_RETENTION_DAYS (default: the setting's, 30): "
+    "shorter, a soak of two weeks shows the journey state reach its plateau.",
+)
+def main(
+    days: int, rate: int, speed: float, partitions: int, sample_seconds: float, journey_identity_days: float | None
+) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="touchline-soak-"))
     data = workdir / "broker"
     bootstrap = broker.start(data, port=free_port(), controller_port=free_port())
@@ -110,6 +119,8 @@ def main(days: int, rate: int, speed: float, partitions: int, sample_seconds: fl
         # its own: embedded ClickHouse allows one process per store) and is reported apart
         ports = {"analytics": free_port(), "journeys": free_port()}
         envs = {"analytics": env, "journeys": {**env, "TOUCHLINE_DATA_DIR": str(workdir / "data-journeys")}}
+        if journey_identity_days is not None:
+            envs["journeys"]["TOUCHLINE_JOURNEY_IDENTITY_RETENTION_DAYS"] = str(journey_identity_days)
         roles = {"analytics": "ingest,analytics", "journeys": "journeys"}
         urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
 
@@ -171,6 +182,9 @@ def main(days: int, rate: int, speed: float, partitions: int, sample_seconds: fl
             row["rss_mb"] = rss_mb(workers["analytics"].pid)
             row["rss_max_mb"] = max(row.get("rss_max_mb", 0.0), row["rss_mb"])
             row["journeys_rss_mb"] = rss_mb(workers["journeys"].pid)
+            row["journeys_rss_max_mb"] = max(row.get("journeys_rss_max_mb", 0.0), row["journeys_rss_mb"])
+            row["journey_nodes"] = j.get('touchline_journey_state{what="identity_nodes"}', 0.0)
+            row["journey_journeys"] = j.get('touchline_journey_state{what="journeys"}', 0.0)
             row["contacts"] = m.get("touchline_state_contacts", 0.0)
             row["clickhouse_mb"] = m.get("touchline_clickhouse_memory_bytes", 0.0) / 1e6
             row["engine_mb"] = m.get("touchline_clickhouse_resident_bytes", 0.0) / 1e6
@@ -216,7 +230,7 @@ def main(days: int, rate: int, speed: float, partitions: int, sample_seconds: fl
 
         click.echo(
             "\nsimulated day | analytics RSS MB (last sample; highest) | chDB MB tracked; resident | contacts in state | checkpoint MB written | longest loop stall <= s"
-            " | journeys RSS MB | journey contacts | journey contacts/s busy"
+            " | journeys RSS MB (last; highest) | journey contacts; identity nodes; journeys | journey contacts/s busy"
         )
         done = {"journey_records": 0.0, "journey_busy_s": 0.0}
 
@@ -230,13 +244,24 @@ def main(days: int, rate: int, speed: float, partitions: int, sample_seconds: fl
             r = per_day[day]
             click.echo(
                 f"{day:>13} | {r['rss_mb']:>22.0f}; {r['rss_max_mb']:>7.0f} | {r['clickhouse_mb']:>6.0f}; {r['engine_mb']:>5.0f} | {r['contacts']:>17.0f} | {r['checkpoint_mb']:>21.1f} | "
-                f"{r['stall_le_s']:>24} | {r['journeys_rss_mb']:>15.0f} | {r['journey_contacts']:>16.0f} | {rate_of(r):>9.0f}"
+                f"{r['stall_le_s']:>24} | {r['journeys_rss_mb']:>6.0f}; {r['journeys_rss_max_mb']:>6.0f} | "
+                f"{r['journey_contacts']:>8.0f}; {r['journey_nodes']:>8.0f}; {r['journey_journeys']:>8.0f} | {rate_of(r):>9.0f}"
             )
         if 2 in per_day and 4 in per_day:  # simulated days count from 1 (a first sample may fall before: 0)
             d2, d4 = per_day[2]["rss_max_mb"], per_day[4]["rss_max_mb"]
             click.echo(
                 f"analytics RSS, highest sample of day 4 / of day 2: {d4 / d2:.2f} (target <= 1.10); day 4: "
                 f"{d4:.0f} MB (target <= 1536)"
+            )
+        # past the repeat window (7 days) and the retention margin (1 day) resolved journeys are
+        # evicted; unresolved ones after 14 days of dormancy; identities after their retention
+        full_days = [day for day in sorted(per_day) if 1 <= day <= days]
+        if len(full_days) >= 2 and full_days[-1] >= 10:
+            last, earlier = full_days[-1], max(2, full_days[-1] - 3)
+            j_last, j_earlier = per_day[last]["journeys_rss_max_mb"], per_day[earlier]["journeys_rss_max_mb"]
+            click.echo(
+                f"journeys RSS, highest sample of day {last} / of day {earlier}: {j_last / j_earlier:.2f} "
+                f"(flat: <= 1.10); day {last}: {j_last:.0f} MB"
             )
         for name in roles:
             click.echo(
