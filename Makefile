@@ -8,6 +8,9 @@ DURATION ?=
 SPEED ?= 1
 SEED ?= 7
 BENCH_EVENTS ?= 1000000
+BENCH_QUIX ?=
+QUIX_VENV := .venv-quix
+QUIX_STAMP := $(QUIX_VENV)/.installed
 SOAK_DAYS ?= 4
 SOAK_RATE ?= 4000
 SOAK_SPEED ?= 500
@@ -54,8 +57,20 @@ typecheck: $(STAMP)
 generate: $(STAMP)
 	$(BIN)/touchline generate
 
-bench: $(STAMP)
+## make bench [BENCH_EVENTS=N] [BENCH_QUIX=1]: throughput, latency, µs-per-step profile (benchmarks/bench.py);
+## the quix-streams contender is measured whenever .venv-quix exists, BENCH_QUIX=1 makes it first
+bench: $(STAMP) $(if $(BENCH_QUIX),$(QUIX_STAMP))
 	$(BIN)/python -m benchmarks.bench --events $(BENCH_EVENTS)
+
+## make bench-quix-env: quix-streams for make bench's contender, in a venv of its own (it needs pydantic < 2.14)
+.PHONY: bench-quix-env
+bench-quix-env: $(QUIX_STAMP)
+
+$(QUIX_STAMP):
+	$(PYTHON) -m venv $(QUIX_VENV)
+	$(QUIX_VENV)/bin/pip install --quiet --upgrade pip
+	$(QUIX_VENV)/bin/pip install --quiet quixstreams==3.28.1
+	@touch $@
 
 ## make soak [SOAK_DAYS=4] [SOAK_RATE=4000] [SOAK_SPEED=500]: simulated days through one worker; RSS, state, stalls, stop/restart
 soak: $(STAMP)

@@ -2,7 +2,9 @@
 
 1. The simulator produces at least N events (as fast as possible) into fresh channel topics.
 2. Raw pass: an aiokafka consumer reads every message of those topics and does nothing else; a bare
-   Faust agent (count and ack) reads them too.
+   Faust agent (count and ack) reads them too, and, when `.venv-quix` exists (`make bench-quix-env`),
+   the quix-streams contender (benchmarks/quix_contender.py: count only; pydantic validation and a
+   1-minute tumbling count per queue, no ClickHouse sink).
 3. Ingest pass: a real `touchline worker --role ingest` (fresh consumer group, fresh embedded
    ClickHouse) reads the same messages, validates and writes them; the rate is measured from its
    first read to its last write. This is the ingest path the throughput target is set for.
@@ -11,7 +13,9 @@
 5. Latency, breach-detection and open-contact passes on the whole worker: fresh events stamped with
    the wall clock at a steady rate below capacity give p50/p99 end-to-end latency
    (`ingested_at - occurred_at`); never-answered calls give the delay of breach detection.
-Peak RSS is the worker process's VmHWM.
+6. Profile, after the broker is stopped: benchmarks/steps.py's µs per event of each step of the ingest
+   and analytics stages (in-process), beside the raw pass's consume cost per event.
+Peak RSS is the worker process's VmHWM. `--skip` leaves passes out for quick checks.
 """
 
 from __future__ import annotations
@@ -162,6 +166,38 @@ def faust_baseline(bootstrap: str, expected: int, workdir: Path) -> float:
     if not result.exists():
         raise click.ClickException("the Faust baseline agent did not finish")
     return float(result.read_text())
+
+
+REPO = Path(__file__).resolve().parent.parent
+QUIX_PYTHON = REPO / ".venv-quix" / "bin" / "python"
+
+
+def quix_contender(bootstrap: str, expected: int) -> dict[str, Any]:
+    """The quix-streams contender's figures (benchmarks/quix_contender.py, run by its own venv's
+    Python: quix-streams needs pydantic < 2.14)."""
+    result = subprocess.run(
+        [str(QUIX_PYTHON), "-m", "benchmarks.quix_contender", bootstrap, str(expected)],
+        cwd=REPO, capture_output=True, text=True, timeout=3600, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        tail = "\n".join(result.stderr.strip().splitlines()[-15:])
+        raise click.ClickException(f"the quix-streams contender failed (exit {result.returncode}):\n{tail}")
+    figures: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return figures
+
+
+def steps_profile(events: int, workdir: Path) -> tuple[str, dict[str, Any]]:
+    """benchmarks/steps.py's µs-per-step tables (printed) and figures (JSON), in-process, no broker."""
+    out = workdir / "steps.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.steps", "--events", str(events), "--json-out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=3600, check=False,
+    )  # fmt: skip
+    if result.returncode != 0 or not out.exists():
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+        raise click.ClickException(f"benchmarks.steps failed (exit {result.returncode}):\n{tail}")
+    figures: dict[str, Any] = json.loads(out.read_text())
+    return result.stdout, figures
 
 
 def metrics(url: str, timeout: float = 5) -> dict[str, float]:
@@ -409,6 +445,26 @@ def open_contacts_pass(bootstrap: str, url: str, contacts: int, open_contacts: i
     }
 
 
+SKIPPABLE = ("faust", "ingest", "all", "steps")
+
+
+def share(rate: float, raw_rate: float) -> str:
+    return f"{rate:>12,.0f} events/s  {rate / raw_rate:>6.1%} of raw"
+
+
+def print_steps(steps_text: str, steps: dict[str, Any], raw_rate: float) -> None:
+    """benchmarks/steps.py's tables, and what reading from Kafka adds to each stage's sum."""
+    click.echo("")
+    click.echo(steps_text.rstrip())
+    consume_us = 1e6 / raw_rate
+    click.echo(f"reading from Kafka (raw aiokafka consume, this run): {consume_us:.2f} µs per event")
+    for stage in ("ingest", "analytics"):
+        total = consume_us + sum(steps[f"{stage}_us"].values())
+        click.echo(
+            f"  consume + {stage} steps{'':<{10 - len(stage)}} {total:>7.2f} µs = {1e6 / total:>9,.0f} events/s on one core"
+        )
+
+
 @click.command()
 @click.option("--events", type=int, default=1_000_000, show_default=True, help="At least this many simulated events.")
 @click.option("--partitions", type=int, default=4, show_default=True, help="Partitions per channel topic.")
@@ -426,11 +482,46 @@ def open_contacts_pass(bootstrap: str, url: str, contacts: int, open_contacts: i
 @click.option(
     "--workload-contacts", type=int, default=15_000, show_default=True, help="Chats (7 events each) per SLA pass."
 )
+@click.option(
+    "--steps-events",
+    type=int,
+    default=200_000,
+    show_default=True,
+    help="Events of the µs-per-step profile (benchmarks/steps.py, in-process, after the broker passes).",
+)
+@click.option(
+    "--quix/--no-quix",
+    default=None,
+    help="Measure the quix-streams contender (default: when .venv-quix exists; make bench-quix-env makes it).",
+)
+@click.option(
+    "--skip",
+    type=click.Choice(SKIPPABLE),
+    multiple=True,
+    help="Leave a pass out (quick checks): faust, ingest, all (whole worker, latency, breach, SLA), steps.",
+)
+@click.option("--json-out", type=click.Path(path_type=Path), default=None, help="Also write every figure as JSON here.")
 def main(
-    events: int, partitions: int, latency_rate: int, latency_seconds: int, open_contacts: int, workload_contacts: int
+    events: int,
+    partitions: int,
+    latency_rate: int,
+    latency_seconds: int,
+    open_contacts: int,
+    workload_contacts: int,
+    steps_events: int,
+    quix: bool | None,
+    skip: tuple[str, ...],
+    json_out: Path | None,
 ) -> None:
-    """Benchmark the ingest path against a raw aiokafka consumer on the same topics, then the whole
-    worker (ingest and analytics), its latency, SLA breach detection and open-contact load."""
+    """Benchmark the ingest path against a raw aiokafka consumer on the same topics (and a bare Faust
+    agent and, optionally, quix-streams), then the whole worker (ingest and analytics), its latency,
+    SLA breach detection and open-contact load, then the µs-per-step profile of both stages."""
+    if quix and not QUIX_PYTHON.exists():
+        raise click.ClickException(f"--quix needs {QUIX_PYTHON.relative_to(REPO)}: run `make bench-quix-env` first")
+    with_quix = QUIX_PYTHON.exists() if quix is None else quix
+    faust_s = ingest_s = full_ingest_s = full_s = None
+    ingest_rss = 0.0
+    contender: dict[str, Any] | str | None = None
     with tempfile.TemporaryDirectory(prefix="touchline-bench-") as tmp:
         workdir = Path(tmp)
         external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
@@ -457,72 +548,136 @@ def main(
             click.echo(f"  {messages:,} messages in {produce_s:.1f} s (simulate + produce)")
             raw_s = asyncio.run(raw_consume(bootstrap, messages))
             click.echo(f"  raw aiokafka consume: {raw_s:.1f} s")
-            faust_s = faust_baseline(bootstrap, messages, workdir)
-            click.echo(f"  bare Faust agent: {faust_s:.1f} s")
+            if "faust" not in skip:
+                faust_s = faust_baseline(bootstrap, messages, workdir)
+                click.echo(f"  bare Faust agent: {faust_s:.1f} s")
+            if with_quix:
+                try:
+                    contender = quix_contender(bootstrap, messages)
+                    seconds = ", ".join(f"{p['pass']} {p['seconds']:.1f} s" for p in contender["passes"])
+                    click.echo(f"  quix-streams contender: {seconds}")
+                except (click.ClickException, subprocess.TimeoutExpired) as exc:
+                    contender = str(exc)
+                    click.echo(f"  quix-streams contender: {exc}")
 
-            port = free_port()
-            ingest_log = workdir / "worker-ingest.log"
-            process = start_worker(worker_env("ingest", port), port, "ingest", ingest_log)
-            try:
-                ingest_s, _ = worker_pass(process, port, "ingest", messages, ingest_log)
-                ingest_rss = peak_rss_mb(process.pid)
-            finally:
-                stop_worker(process)
-            click.echo(f"  ingest worker: {ingest_s:.1f} s")
+            if "ingest" not in skip:
+                port = free_port()
+                ingest_log = workdir / "worker-ingest.log"
+                process = start_worker(worker_env("ingest", port), port, "ingest", ingest_log)
+                try:
+                    ingest_s, _ = worker_pass(process, port, "ingest", messages, ingest_log)
+                    ingest_rss = peak_rss_mb(process.pid)
+                finally:
+                    stop_worker(process)
+                click.echo(f"  ingest worker: {ingest_s:.1f} s")
 
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            full_log = workdir / "worker-all.log"
-            process = start_worker(worker_env("all", port), port, "all", full_log)
-            try:
-                full_ingest_s, full_s = worker_pass(process, port, "all", messages, full_log)
-                assert full_s is not None
-                click.echo(f"  whole worker: ingest {full_ingest_s:.1f} s, analytics {full_s:.1f} s")
-                p50, p99, sent = latency_pass(bootstrap, url, latency_rate, latency_seconds)
-                b50, b99, breaches = breach_pass(bootstrap, url, 200)
-                stored_before_open = sql(url, "SELECT count() FROM interaction_events")[0][0]
-                rss_before_open = peak_rss_mb(process.pid)
-                click.echo(
-                    f"  SLA pass: {workload_contacts:,} chats, {open_contacts:,} emails left open, chats again ..."
-                )
-                opened = open_contacts_pass(bootstrap, url, workload_contacts, open_contacts)
-                rss = peak_rss_mb(process.pid)
-                stored = stored_before_open - 2 * breaches
-            finally:
-                stop_worker(process)
+            if "all" not in skip:
+                port = free_port()
+                url = f"http://127.0.0.1:{port}"
+                full_log = workdir / "worker-all.log"
+                process = start_worker(worker_env("all", port), port, "all", full_log)
+                try:
+                    full_ingest_s, full_s = worker_pass(process, port, "all", messages, full_log)
+                    assert full_s is not None
+                    click.echo(f"  whole worker: ingest {full_ingest_s:.1f} s, analytics {full_s:.1f} s")
+                    p50, p99, sent = latency_pass(bootstrap, url, latency_rate, latency_seconds)
+                    b50, b99, breaches = breach_pass(bootstrap, url, 200)
+                    stored_before_open = sql(url, "SELECT count() FROM interaction_events")[0][0]
+                    rss_before_open = peak_rss_mb(process.pid)
+                    click.echo(
+                        f"  SLA pass: {workload_contacts:,} chats, {open_contacts:,} emails left open, chats again ..."
+                    )
+                    opened = open_contacts_pass(bootstrap, url, workload_contacts, open_contacts)
+                    rss = peak_rss_mb(process.pid)
+                    stored = stored_before_open - 2 * breaches
+                finally:
+                    stop_worker(process)
         finally:
             if not external:
                 broker.stop(workdir / "kafka")
-    raw_rate, faust_rate = messages / raw_s, messages / faust_s
-    ingest_rate, full_rate = messages / ingest_s, messages / full_s
+
+        steps_text, steps = "", None
+        if "steps" not in skip and steps_events > 0:
+            click.echo(f"  µs-per-step profile of {steps_events:,} events (benchmarks/steps.py, no broker) ...")
+            try:
+                steps_text, steps = steps_profile(steps_events, workdir)
+            except (click.ClickException, subprocess.TimeoutExpired) as exc:
+                steps_text = f"µs-per-step profile: {exc}"
+
+    raw_rate = messages / raw_s
+    figures: dict[str, Any] = {"events": messages, "raw_rate": raw_rate}
     click.echo("")
     click.echo("Touchline ingest benchmark")
     click.echo(f"  events (messages on the channel topics)   {messages:>12,}")
-    click.echo(f"  raw aiokafka consume                       {raw_rate:>12,.0f} events/s")
-    click.echo(f"  bare Faust agent (count + ack only)        {faust_rate:>12,.0f} events/s")
-    click.echo(f"  ingest path (worker --role ingest)         {ingest_rate:>12,.0f} events/s")
-    click.echo(f"    ratio ingest / raw                       {ingest_rate / raw_rate:>12.1%}")
-    click.echo(f"    ratio ingest / bare Faust                {ingest_rate / faust_rate:>12.1%}")
-    click.echo(f"    peak RSS                                 {ingest_rss:>12,.0f} MB")
-    click.echo("  whole worker (--role all)")
-    click.echo(f"    ingest to ClickHouse                     {messages / full_ingest_s:>12,.0f} events/s")
-    click.echo(f"    analytics (KPI windows, SLA clocks)      {full_rate:>12,.0f} events/s")
-    click.echo(f"    rows written                             {int(stored) - sent:>12,}")
-    click.echo(f"    end-to-end latency p50 at {latency_rate}/s        {p50:>12,.0f} ms")
-    click.echo(f"    end-to-end latency p99 at {latency_rate}/s        {p99:>12,.0f} ms")
-    click.echo(f"    SLA breach detection delay p50 ({breaches})  {b50:>12,.0f} ms")
-    click.echo(f"    SLA breach detection delay p99           {b99:>12,.0f} ms")
-    click.echo(f"    peak RSS before the SLA pass             {rss_before_open:>12,.0f} MB")
-    click.echo(f"  SLA pass (whole worker): closed chats, {opened['workload_events']:,.0f} events")
-    click.echo(f"    rate, nothing else open                  {opened['rate_before']:>12,.0f} events/s")
-    click.echo(f"    rate opening {open_contacts:,} emails             {opened['rate_open']:>12,.0f} events/s")
-    click.echo(f"    obligations open after that              {opened['open_obligations']:>12,.0f}")
-    click.echo(f"    rate with them open                      {opened['rate_after']:>12,.0f} events/s")
-    click.echo(f"    ratio open / not open                    {opened['rate_after'] / opened['rate_before']:>12.1%}")
-    click.echo(f"    peak RSS after the SLA pass              {rss:>12,.0f} MB")
-    click.echo(
-        f"    SLA deadline check p50 / p99 (bucket)    {opened['tick_p50_ms']:>8.2f} / {opened['tick_p99_ms']:.2f} ms"
-    )
+    click.echo(f"  raw aiokafka consume                       {share(raw_rate, raw_rate)}")
+    if faust_s is not None:
+        figures["faust_rate"] = messages / faust_s
+        click.echo(f"  bare Faust agent (count + ack only)        {share(messages / faust_s, raw_rate)}")
+    if isinstance(contender, dict):
+        figures["quix"] = contender
+        labels = {
+            "count": "quix-streams, count only",
+            "validated_window": "quix-streams, pydantic + 1-min window/queue",
+        }
+        for p in contender["passes"]:
+            click.echo(f"  {labels.get(p['pass'], p['pass']):<42} {share(p['rate'], raw_rate)}")
+        click.echo(
+            f"    ({contender['contender']}, pydantic {contender['pydantic']}; ClickHouse sink: {contender['sink']})"
+        )
+    elif isinstance(contender, str):
+        figures["quix"] = {"error": contender}
+        click.echo("  quix-streams contender: failed (see above)")
+    else:
+        click.echo("  quix-streams contender: not measured (make bench BENCH_QUIX=1, or make bench-quix-env once)")
+    if ingest_s is not None:
+        ingest_rate = messages / ingest_s
+        figures |= {"ingest_rate": ingest_rate, "ingest_peak_rss_mb": ingest_rss}
+        click.echo(f"  ingest path (worker --role ingest)         {share(ingest_rate, raw_rate)}")
+        if faust_s is not None:
+            click.echo(f"    ratio ingest / bare Faust                {ingest_rate / (messages / faust_s):>12.1%}")
+        click.echo(f"    peak RSS                                 {ingest_rss:>12,.0f} MB")
+    if full_s is not None and full_ingest_s is not None:
+        full_rate = messages / full_s
+        figures["all"] = {
+            "ingest_rate": messages / full_ingest_s,
+            "analytics_rate": full_rate,
+            "latency_p50_ms": p50,
+            "latency_p99_ms": p99,
+            "breach_delay_p50_ms": b50,
+            "breach_delay_p99_ms": b99,
+            "peak_rss_before_sla_mb": rss_before_open,
+            "sla_pass": opened,
+            "peak_rss_after_sla_mb": rss,
+        }
+        click.echo("  whole worker (--role all)")
+        click.echo(f"    ingest to ClickHouse                     {share(messages / full_ingest_s, raw_rate)}")
+        click.echo(f"    analytics (KPI windows, SLA clocks)      {share(full_rate, raw_rate)}")
+        click.echo(f"    rows written                             {int(stored) - sent:>12,}")
+        click.echo(f"    end-to-end latency p50 at {latency_rate}/s        {p50:>12,.0f} ms")
+        click.echo(f"    end-to-end latency p99 at {latency_rate}/s        {p99:>12,.0f} ms")
+        click.echo(f"    SLA breach detection delay p50 ({breaches})  {b50:>12,.0f} ms")
+        click.echo(f"    SLA breach detection delay p99           {b99:>12,.0f} ms")
+        click.echo(f"    peak RSS before the SLA pass             {rss_before_open:>12,.0f} MB")
+        click.echo(f"  SLA pass (whole worker): closed chats, {opened['workload_events']:,.0f} events")
+        click.echo(f"    rate, nothing else open                  {opened['rate_before']:>12,.0f} events/s")
+        click.echo(f"    rate opening {open_contacts:,} emails             {opened['rate_open']:>12,.0f} events/s")
+        click.echo(f"    obligations open after that              {opened['open_obligations']:>12,.0f}")
+        click.echo(f"    rate with them open                      {opened['rate_after']:>12,.0f} events/s")
+        click.echo(
+            f"    ratio open / not open                    {opened['rate_after'] / opened['rate_before']:>12.1%}"
+        )
+        click.echo(f"    peak RSS after the SLA pass              {rss:>12,.0f} MB")
+        click.echo(
+            f"    SLA deadline check p50 / p99 (bucket)    {opened['tick_p50_ms']:>8.2f} / {opened['tick_p99_ms']:.2f} ms"
+        )
+    if steps is not None:
+        figures["steps"] = steps
+        print_steps(steps_text, steps, raw_rate)
+    elif steps_text:
+        click.echo("")
+        click.echo(steps_text)
+    if json_out is not None:
+        json_out.write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":
