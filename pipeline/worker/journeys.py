@@ -24,6 +24,7 @@ from functools import lru_cache
 from typing import Any, TypeVar
 
 from pydantic_core import from_json as parse_json
+from pydantic_core import to_json as encode_json
 
 from pipeline.events.models import EventBase, IdentifierKind
 from pipeline.journeys.contact import from_ms
@@ -137,14 +138,13 @@ def arrival_seq(offset: int, index: int) -> int:
 
 
 def emitted_value(entry: Emitted) -> bytes:
-    return _encode_compact(entry.to_dict()).encode()
+    return encode_json(entry.to_dict())
 
 
 def emitted_entry(value: bytes) -> Emitted:
     return Emitted.from_dict(parse_json(value, cache_strings=False))
 
 
-_encode_compact = json.JSONEncoder(separators=(",", ":")).encode  # built once, not per call as json.dumps does
 JOURNEY_TIMES = ("started_at", "last_activity_at", "first_human_at", "resolved_at")
 STEP_TIMES = ("started_at", "ended_at", "first_human_at", "resolved_at")
 _JOURNEY_TIME_AT = tuple(JOURNEY_COLUMNS.index(c) for c in JOURNEY_TIMES)
@@ -179,7 +179,7 @@ def render_outputs(changed: list[JourneyVersion]) -> Outputs:
     journey_rows: list[list[Any]] = []
     steps: list[list[Any]] = []
     documents: list[tuple[bytes, bytes]] = []
-    encode, columns, step_columns = _encode_compact, JOURNEY_COLUMNS, STEP_COLUMNS
+    encode, columns, step_columns = encode_json, JOURNEY_COLUMNS, STEP_COLUMNS
     for version in changed:
         values = journey_values(version, _same)
         journey_rows.append(_two_forms(values, _JOURNEY_TIME_AT))
@@ -190,7 +190,7 @@ def render_outputs(changed: list[JourneyVersion]) -> Outputs:
                 shown.append(dict(zip(step_columns, step, strict=True)))
         document = dict(zip(columns, values, strict=True))
         document["steps"] = shown
-        documents.append((version.journey.journey_id.encode(), encode(document).encode()))
+        documents.append((version.journey.journey_id.encode(), encode(document)))
     return Outputs(journey_rows, steps, documents)
 
 
