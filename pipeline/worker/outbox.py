@@ -117,19 +117,18 @@ class Outbox:
                 # in inserts of `insert_rows` (TOUCHLINE_BATCH_MAX_ROWS): an emit that catches up
                 # leaves tens of thousands of KPI rows, and one insert of them all held its encoded
                 # copies at once. What is written leaves the list, so a cancel puts back only the rest
-                while sla:
-                    await self._retry(
-                        "clickhouse", self._insert, "sla_events", SLA_EVENT_COLUMNS, sla[: self._insert_rows]
-                    )
-                    del sla[: self._insert_rows]
-                while kpi:
-                    chunk = kpi[: self._insert_rows]
-                    await self._retry("clickhouse", self._insert, "kpi_minute_partials", PARTIAL_COLUMNS, chunk)
-                    del kpi[: self._insert_rows]
+                await self._insert_in_chunks("sla_events", SLA_EVENT_COLUMNS, sla)
+                await self._insert_in_chunks("kpi_minute_partials", PARTIAL_COLUMNS, kpi)
             finally:
                 self._sla_rows[:0] = sla
                 self._kpi_rows[:0] = kpi
                 self._gauge()
+
+    async def _insert_in_chunks(self, table: str, columns: Sequence[str], rows: list[Any]) -> None:
+        """Write `rows` (retried), removing each chunk from the list once it is written."""
+        while rows:
+            await self._retry("clickhouse", self._insert, table, columns, rows[: self._insert_rows])
+            del rows[: self._insert_rows]
 
     async def _insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         await self._executor.run(insert_rows, self._client, table, columns, rows)
