@@ -1,0 +1,172 @@
+"""Where the time of one event goes, per step, in the ingest and analytics stages: µs per event.
+
+    .venv/bin/python -m benchmarks.steps --events 200000
+
+In-process, without Kafka (the consume cost is the raw pass of `make bench`): simulated events as
+the channel topics carry them are put through each step of the stages' per-event code, one step at
+a time over all events, with an embedded ClickHouse for the writes. The sum is what one event costs
+the stage's thread (the insert runs on the writer thread beside it). `make bench` prints this.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipeline.events.models import EVENT_ADAPTER, EventBase, to_json
+from pipeline.events.topics import interaction_topic
+from pipeline.ingest import decode as decoding
+from pipeline.ingest.decode import Policy, Rejection, decode
+from pipeline.ingest.dedup import RecentIds
+from pipeline.journeys.model import DAY
+from pipeline.kpi.settings import KpiConfig
+from pipeline.resources import data_path
+from pipeline.simulator.model import SimConfig, Simulation
+from pipeline.sla.policy import load_policies
+from pipeline.store import clickhouse
+from pipeline.store.migrations import migrate
+from pipeline.store.rows import EVENT_COLUMNS, event_row
+from pipeline.times import EPOCH, to_ms
+from pipeline.worker.journeys import forward_lines
+from pipeline.worker.sink import insert_splitting
+from pipeline.worker.stages import Stages, kpi_records
+
+Message = tuple[str, bytes, bytes]  # topic, key, value
+BATCH = 5_000  # TOUCHLINE_BATCH_MAX_ROWS's default: the rows of one insert
+SLICE = 500  # the analytics stage's HANDLE_SLICE
+
+
+def simulated(events: int, seed: int = 1) -> list[Message]:
+    """At least `events` simulated events of the last days, as (topic, key, value)."""
+    start = datetime.now(UTC) - timedelta(days=3)
+    # ~512k events a simulated day at rate 4000 (make soak); a little over, cut after
+    days = events / 480_000 + 0.05
+    config = SimConfig(seed=seed, start_ms=to_ms(start), duration_ms=int(days * DAY), rate=4000)
+    out: list[Message] = []
+    for _, event in Simulation(config).run():
+        out.append((interaction_topic(event.channel), event.contact_id.encode(), to_json(event)))
+        if len(out) >= events:
+            break
+    return out
+
+
+def timed(label: str, steps: dict[str, float], run: Callable[[], Any]) -> Any:
+    # as in the worker (app.py): what exists before a step is frozen, the young generation is large
+    gc.collect()
+    gc.freeze()
+    started = time.perf_counter()
+    result = run()
+    steps[label] = steps.get(label, 0.0) + time.perf_counter() - started
+    return result
+
+
+def ingest_steps(messages: list[Message], client: Any) -> dict[str, float]:
+    """Seconds per step of the ingest stage's per-event path, over all `messages`."""
+    steps: dict[str, float] = {}
+    timed("validate_json (pydantic-core)", steps, lambda: [EVENT_ADAPTER.validate_json(v) for _, _, v in messages])
+    events: list[EventBase | Rejection] = timed(
+        "decode (validate + checks + pseudonyms)", steps, lambda: [decode(v, t, 1 << 20, k) for t, k, v in messages]
+    )
+    steps["decode (validate + checks + pseudonyms)"] -= steps["validate_json (pydantic-core)"]
+    steps["checks + pseudonyms"] = steps.pop("decode (validate + checks + pseudonyms)")
+    valid = [e for e in events if isinstance(e, EventBase)]
+    recent = RecentIds(500_000)
+    timed("dedup (recent ids)", steps, lambda: [recent.seen(e.event_id) for e in valid])
+    topic = messages[0][0]
+    rows = timed("row building", steps, lambda: [event_row(e, topic, 0, i, EPOCH) for i, e in enumerate(valid)])
+    occurred = EVENT_COLUMNS.index("occurred_at")
+    written = to_ms(datetime.now(UTC))
+
+    def insert() -> None:
+        for start in range(0, len(rows), BATCH):
+            batch = [
+                (*r[:occurred], to_ms(r[occurred]), *r[occurred + 1 : -1], written) for r in rows[start : start + BATCH]
+            ]
+            insert_splitting(client, "interaction_events", EVENT_COLUMNS, batch)
+
+    timed("ClickHouse insert (writer thread)", steps, insert)
+    return steps
+
+
+def analytics_steps(messages: list[Message]) -> dict[str, float]:
+    """Seconds per step of the analytics stage's per-event path, over all `messages`."""
+    stages = Stages(KpiConfig(), load_policies(data_path("sla-policies.yaml")), app_id="steps", sla_clock="wall")
+    steps: dict[str, float] = {}
+    events = [e for e in timed("decode", steps, lambda: [decode(v, t, 1 << 20, k) for t, k, v in messages])]
+    valid = [(t, e) for (t, _, _), e in zip(messages, events, strict=True) if isinstance(e, EventBase)]
+    states = {}
+    for topic, _ in valid:
+        if topic not in states:
+            states[topic] = stages.partitions[(topic, 0)] = stages.new_state((topic, 0))
+    now = datetime.now(UTC)
+
+    def apply() -> None:
+        for start in range(0, len(valid), SLICE):
+            touched = set()
+            for offset, (topic, event) in enumerate(valid[start : start + SLICE], start):
+                state = states[topic]
+                stages.apply(state, event, offset, now, defer=True)
+                touched.add(topic)
+            for topic in touched:
+                states[topic].kpi.settle()
+
+    timed("KPI windows + SLA clocks (apply + settle)", steps, apply)
+    forwarded = RecentIds(500_000)
+    fresh = timed("forward dedup", steps, lambda: [e for _, e in valid if not forwarded.seen(e.event_id)])
+    timed("journey forward (contact records)", steps, lambda: forward_lines(fresh))
+    timed("SLA timers (tick)", steps, lambda: stages.tick_sla(now))
+
+    def emit() -> None:
+        for key in list(stages.partitions):
+            while rows := stages.emit_kpis(now, [key], 100_000):
+                kpi_records(rows)
+                if not stages.partitions[key].kpi.behind:
+                    break
+
+    timed("KPI rows (emit)", steps, emit)
+    return steps
+
+
+def report(title: str, steps: dict[str, float], events: int, wall_rate: float | None = None) -> dict[str, float]:
+    per_event = {label: seconds / events * 1e6 for label, seconds in steps.items()}
+    total = sum(per_event.values())
+    click.echo(f"{title} — µs per event ({events:,} events)")
+    for label, micros in per_event.items():
+        click.echo(f"  {label:<45} {micros:>7.2f} µs  {micros / total:>5.1%}")
+    click.echo(f"  {'sum':<45} {total:>7.2f} µs  = {1e6 / total:,.0f} events/s on one core")
+    if wall_rate:
+        click.echo(f"  (for reference: raw Kafka consume {1e6 / wall_rate:.2f} µs per event)")
+    return per_event
+
+
+@click.command()
+@click.option("--events", type=int, default=200_000, show_default=True)
+@click.option("--json-out", type=click.Path(path_type=Path), default=None, help="Write the figures as JSON here.")
+def main(events: int, json_out: Path | None) -> None:
+    messages = simulated(events)
+    gc.set_threshold(10_000, 10, 10)
+    decoding.configure(Policy(history_since=datetime.now(UTC) - timedelta(days=30)))
+    workdir = Path(tempfile.mkdtemp(prefix="touchline-steps-"))
+    try:
+        client = clickhouse.connect(f"chdb://{workdir}", "touchline")
+        migrate(client)
+        ingest = report("ingest stage", ingest_steps(messages, client), len(messages))
+        analytics = report("analytics stage", analytics_steps(messages), len(messages))
+    finally:
+        clickhouse.close_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    if json_out is not None:
+        json_out.write_text(json.dumps({"events": len(messages), "ingest_us": ingest, "analytics_us": analytics}))
+
+
+if __name__ == "__main__":
+    main()
