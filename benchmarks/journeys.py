@@ -31,7 +31,7 @@ from rocksdict import Options, Rdict
 
 from pipeline.events.models import EventBase
 from pipeline.journeys.model import DAY
-from pipeline.journeys.stitcher import Stitcher
+from pipeline.journeys.stitcher import Stitcher, collection_paused
 from pipeline.simulator.model import SimConfig, Simulation
 from pipeline.times import to_ms
 from pipeline.worker import journeys as stage
@@ -179,10 +179,11 @@ def main(days: float, rate: float, customers: int, batch: int, seed: int, take: 
     gc.collect()
     before = rss_mb()
     started = time.perf_counter()
-    records, _ = stage.decode_records([value for _, value in contacts_db.items()])
-    read_s = time.perf_counter() - started
-    entries = stage.decode_entries([(cast(bytes, key), value) for key, value in emitted_db.items()])  # raw mode
-    restored = Stitcher.from_state(records, entries)
+    with collection_paused(freeze=True):  # as the journey agent restores
+        records, _ = stage.decode_records([value for _, value in contacts_db.items()])
+        read_s = time.perf_counter() - started
+        entries = stage.decode_entries([(cast(bytes, key), value) for key, value in emitted_db.items()])  # raw mode
+        restored = Stitcher.from_state(records, entries)
     took = time.perf_counter() - started
     click.echo(
         f"\nrestore of {held:,} contact records ({record_bytes / 1e6:,.1f} MB) and {len(entries):,} journey versions: "

@@ -337,15 +337,21 @@ class Stitcher:
 
 
 @contextmanager
-def collection_paused() -> Iterator[None]:
+def collection_paused(*, freeze: bool = False) -> Iterator[None]:
     """No cyclic collection meanwhile. A restore allocates millions of objects that all live on:
     the collector would scan the growing heap again and again for nothing (they are freed by
     reference counting when evicted). Decoding a week's records with it running took 7.3-7.7 s
-    instead of 2.7 s (`benchmarks/journeys.py` state, 230k records)."""
+    instead of 2.7 s (`benchmarks/journeys.py` state, 230k records).
+
+    `freeze`: what exists at the end is moved out of the collector's reach (`gc.freeze`, as the
+    worker does with its long-lived objects every 10 s). Otherwise the first collection after it
+    scans every object the restore made: three such scans took 4.4 s of a profiled restore."""
     collecting = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        if freeze:
+            gc.freeze()
         if collecting:
             gc.enable()

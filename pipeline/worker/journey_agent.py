@@ -39,7 +39,7 @@ from pipeline.journeys.identity import IdentityConfig, placeholder_values
 from pipeline.journeys.model import DAY, JourneyConfig, JourneyVersion
 from pipeline.journeys.record import ContactRecord
 from pipeline.journeys.rows import JOURNEY_COLUMNS, STEP_COLUMNS
-from pipeline.journeys.stitcher import Stitcher
+from pipeline.journeys.stitcher import Stitcher, collection_paused
 from pipeline.privacy import access, erasure, pseudonym
 from pipeline.store.clickhouse import BlockingExecutor, insert_rows
 from pipeline.worker import journey_metrics as jm
@@ -126,14 +126,15 @@ def install_journey_stage(
             return records
 
         def restore() -> Stitcher:
-            return Stitcher.from_state(
-                readable(raw_records),
-                journey_stage.decode_entries(raw_entries),
-                identity,
-                config,
-                keep_ms=keep_ms,
-                identity_retention_ms=identity_ms,
-            )
+            with collection_paused(freeze=True):
+                return Stitcher.from_state(
+                    readable(raw_records),
+                    journey_stage.decode_entries(raw_entries),
+                    identity,
+                    config,
+                    keep_ms=keep_ms,
+                    identity_retention_ms=identity_ms,
+                )
 
         # decoding and the graph's unions are seconds of CPU for a week of contacts: on a thread (the
         # core is not shared until built), so the loop keeps serving /health, /metrics and timers
