@@ -53,7 +53,6 @@ APPLY_SLICE = 500  # records applied between yields to the loop (~25 ms)
 CHANGES_SLICE = 200  # customers whose journeys are rebuilt between yields to the loop
 OUTPUT_SLICE = 500  # journey versions rendered, or state keys written, between yields to the loop
 EVICT_BUDGET = 2_000  # retention heap entries visited per message
-RESTORE_SLICE = 5_000  # table entries read between yields to the loop
 LOOKUP_WAIT_SECONDS = 30.0
 
 
@@ -104,18 +103,6 @@ def install_journey_stage(
     async def build() -> None:
         """The stitcher the tables describe (the tables hold only this worker's active partition)."""
         started = time.perf_counter()
-        raw_records: list[bytes] = []
-        for n, (_, value) in enumerate(stored_items(contacts)):
-            if value:
-                raw_records.append(value)
-            if n % RESTORE_SLICE == RESTORE_SLICE - 1:
-                await asyncio.sleep(0)
-        raw_entries: list[tuple[bytes, bytes]] = []
-        for n, (key, value) in enumerate(stored_items(emitted)):
-            if value:
-                raw_entries.append((key, value))
-            if n % RESTORE_SLICE == RESTORE_SLICE - 1:
-                await asyncio.sleep(0)
         identity = IdentityConfig(blocked_values=placeholder_pseudonyms())
 
         def readable(values: list[bytes]) -> list[ContactRecord]:
@@ -125,9 +112,12 @@ def install_journey_stage(
                 log.error("journey state entry skipped at restore (%s)", reason)
             return records
 
-        def restore() -> Stitcher:
+        def restore() -> tuple[Stitcher, int, int, float]:
             with collection_paused(freeze=True):
-                return Stitcher.from_state(
+                raw_records = [value for _, value in stored_items(contacts) if value]
+                raw_entries = [(key, value) for key, value in stored_items(emitted) if value]
+                read = time.perf_counter() - started
+                core = Stitcher.from_state(
                     readable(raw_records),
                     journey_stage.decode_entries(raw_entries),
                     identity,
@@ -135,19 +125,27 @@ def install_journey_stage(
                     keep_ms=keep_ms,
                     identity_retention_ms=identity_ms,
                 )
+            return core, len(raw_records), len(raw_entries), read
 
-        # decoding and the graph's unions are seconds of CPU for a week of contacts: on a thread (the
-        # core is not shared until built), so the loop keeps serving /health, /metrics and timers
-        core = await asyncio.to_thread(restore)
+        # reading the tables, decoding and the graph's unions are seconds of CPU for a week of
+        # contacts: on a thread (nothing else uses the tables or the core until it is built), so
+        # the loop keeps serving /health, /metrics and timers without yielding to them in slices
+        core, contacts_read, entries_read, read = await asyncio.to_thread(restore)
         state.core = core
         changelog = contacts.changelog_topic.get_topic_name()
         jm.JOURNEY_PARTITIONS.set(sum(1 for tp in app.assignor.assigned_actives() if tp.topic == changelog))
         state.blocked, state.refusals = dict(core.graph.blocked), dict(core.graph.refusals)
         took = time.perf_counter() - started
         jm.JOURNEY_RESTORE_SECONDS.set(took)
-        jm.JOURNEY_RESTORED_CONTACTS.set(len(raw_records))
+        jm.JOURNEY_RESTORED_CONTACTS.set(contacts_read)
         gauges(core)
-        log.info("journey state restored: %d contacts, %d journeys in %.2f s", len(raw_records), len(raw_entries), took)
+        log.info(
+            "journey state restored: %d contacts, %d journeys in %.2f s (reading the tables %.2f s)",
+            contacts_read,
+            entries_read,
+            took,
+            read,
+        )
         state.ready.set()
 
     def stored_items(table: Any) -> Iterator[tuple[bytes, bytes]]:
