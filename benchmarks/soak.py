@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,6 +100,7 @@ def main(
     days: int, rate: int, speed: float, partitions: int, sample_seconds: float, journey_identity_days: float | None
 ) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="touchline-soak-"))
+    finished = False
     data = workdir / "broker"
     bootstrap = broker.start(data, port=free_port(), controller_port=free_port())
     producer: subprocess.Popen[bytes] | None = None
@@ -272,6 +274,12 @@ def main(
         click.echo(f"analytics worker: restart to reading every partition (restored) {reading:.1f} s")
         restore = metrics(urls["journeys"], timeout=30).get("touchline_journey_restore_seconds")
         click.echo(f"journey restore (touchline_journey_restore_seconds): {restore} s")
+        said = [
+            line for line in (workdir / "journeys-restart.log").read_text().splitlines() if "state restored" in line
+        ]
+        if said:
+            click.echo(f"  journeys worker log: {said[-1].split('] ')[-1]}")
+        finished = True
     finally:
         if producer is not None and producer.poll() is None:
             producer.kill()
@@ -281,6 +289,8 @@ def main(
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         broker.stop(data)
+        if finished:  # kept after a failure, for its logs; a soak's broker and stores take 2-5 GB
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
