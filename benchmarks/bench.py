@@ -617,13 +617,13 @@ def main(
         figures["quix"] = contender
         labels = {
             "count": "quix-streams, count only",
-            "validated_window": "quix-streams, pydantic + 1-min window/queue",
+            "validated_window": "quix-streams, validation + 1-min windows",
         }
         for p in contender["passes"]:
             click.echo(f"  {labels.get(p['pass'], p['pass']):<42} {share(p['rate'], raw_rate)}")
-        click.echo(
-            f"    ({contender['contender']}, pydantic {contender['pydantic']}; ClickHouse sink: {contender['sink']})"
-        )
+        late = sum(p["late_dropped"] for p in contender["passes"])
+        click.echo(f"    ({contender['contender']}, pydantic {contender['pydantic']}; {contender['sink']};")
+        click.echo(f"     1-min tumbling count per queue on event time; {late:,} events dropped as late)")
     elif isinstance(contender, str):
         figures["quix"] = {"error": contender}
         click.echo("  quix-streams contender: failed (see above)")

@@ -43,7 +43,12 @@ from pipeline.events.models import EVENT_ADAPTER
 from pipeline.events.topics import INTERACTION_TOPICS
 
 PASSES = ("count", "validated_window")
-SINK = "none: the contender writes no ClickHouse rows (Touchline's ingest does)"
+SINK = "no ClickHouse sink: it writes only quix's own repartition and changelog topics"
+# Event-time windows after group_by: the repartition topic interleaves the source partitions as they
+# are read, out of event-time order; with 10 minutes of grace 37,748 of 51,995 events (73 %) were
+# dropped as late and never reached a window. A grace longer than the simulated history (30 days)
+# puts every event into its window, as Touchline's KPI windows do.
+GRACE_S = 40 * 86_400.0
 NO_PROGRESS_S = 120.0  # quix's own stop condition: no message consumed for this long
 
 
@@ -144,7 +149,7 @@ def main() -> None:
     parser.add_argument("expected", type=int, help="messages on the channel topics")
     parser.add_argument("--pass", dest="only", choices=PASSES, help="run this pass here (default: each in a child)")
     parser.add_argument(
-        "--grace", type=float, default=600.0, help="window grace in seconds (events later than that are dropped)"
+        "--grace", type=float, default=GRACE_S, help="window grace in seconds (events later than that are dropped)"
     )
     args = parser.parse_args()
     if args.only:
