@@ -35,7 +35,7 @@ run: $(STAMP)
 test: $(STAMP) system-deps lint typecheck
 	$(BIN)/touchline generate --check
 	$(BIN)/pytest -q -n 2 tests/unit
-	$(BIN)/pytest -q --durations=20 tests/integration
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=20 tests/integration
 
 ## Prometheus and Alertmanager (Debian packages) for the alerting tests; skipped with a message when not root
 system-deps:
@@ -45,7 +45,7 @@ unit: $(STAMP)
 	$(BIN)/pytest -q -n 2 tests/unit
 
 integration: $(STAMP)
-	$(BIN)/pytest -q -m integration tests
+	$(BIN)/pytest -q -n 2 --dist loadfile -m integration tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline tools benchmarks tests
