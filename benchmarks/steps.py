@@ -23,8 +23,9 @@ from typing import Any
 import click
 
 from pipeline.events.models import EVENT_ADAPTER, EventBase, to_json
-from pipeline.events.topics import interaction_topic
+from pipeline.events.topics import DEFAULT_TOPICS, interaction_topic
 from pipeline.ingest import decode as decoding
+from pipeline.ingest.batch import Batch
 from pipeline.ingest.decode import Policy, Rejection, decode
 from pipeline.ingest.dedup import RecentIds
 from pipeline.journeys.model import DAY
@@ -34,10 +35,10 @@ from pipeline.simulator.model import SimConfig, Simulation
 from pipeline.sla.policy import load_policies
 from pipeline.store import clickhouse
 from pipeline.store.migrations import migrate
-from pipeline.store.rows import EVENT_COLUMNS, event_row
+from pipeline.store.rows import event_row
 from pipeline.times import EPOCH, to_ms
 from pipeline.worker.journeys import forward_lines
-from pipeline.worker.sink import insert_splitting
+from pipeline.worker.sink import IngestSink
 from pipeline.worker.stages import Stages, kpi_records
 
 Message = tuple[str, bytes, bytes]  # topic, key, value
@@ -69,6 +70,10 @@ def timed(label: str, steps: dict[str, float], run: Callable[[], Any]) -> Any:
     return result
 
 
+async def _no_dead_letters(_: list[Any]) -> None:
+    return None
+
+
 def ingest_steps(messages: list[Message], client: Any) -> dict[str, float]:
     """Seconds per step of the ingest stage's per-event path, over all `messages`."""
     steps: dict[str, float] = {}
@@ -86,15 +91,15 @@ def ingest_steps(messages: list[Message], client: Any) -> dict[str, float]:
     timed("dedup (recent ids)", steps, lambda: [recent.seen(e.event_id) for e in valid])
     topic = messages[0][0]
     rows = timed("row building", steps, lambda: [event_row(e, topic, 0, i, EPOCH) for i, e in enumerate(valid)])
-    occurred = EVENT_COLUMNS.index("occurred_at")
-    written = to_ms(datetime.now(UTC))
+    # the sink's own write of a batch (its row conversion, the insert, the latency metrics)
+    sink = IngestSink(
+        client, clickhouse.BlockingExecutor(), _no_dead_letters, max_rows=BATCH, max_seconds=1.0,
+        max_event_bytes=1 << 20, dedup_capacity=0, on_written=lambda _: None, topics=DEFAULT_TOPICS,
+    )  # fmt: skip
 
     def insert() -> None:
         for start in range(0, len(rows), BATCH):
-            batch = [
-                (*r[:occurred], to_ms(r[occurred]), *r[occurred + 1 : -1], written) for r in rows[start : start + BATCH]
-            ]
-            insert_splitting(client, "interaction_events", EVENT_COLUMNS, batch)
+            sink._insert(Batch(events=rows[start : start + BATCH]))
 
     timed("ClickHouse insert (writer thread)", steps, insert)
     return steps
