@@ -34,8 +34,7 @@ run: $(STAMP)
 ## make test: lint, types, generated-file drift, unit and integration tests against a real broker
 test: $(STAMP) system-deps lint typecheck
 	$(BIN)/touchline generate --check
-	$(BIN)/pytest -q -n 2 tests/unit
-	$(BIN)/pytest -q -n 2 --dist loadfile --durations=20 tests/integration
+	$(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=20 tests/unit tests/integration
 
 ## Prometheus and Alertmanager (Debian packages) for the alerting tests; skipped with a message when not root
 system-deps:
@@ -45,7 +44,7 @@ unit: $(STAMP)
 	$(BIN)/pytest -q -n 2 tests/unit
 
 integration: $(STAMP)
-	$(BIN)/pytest -q -n 2 --dist loadfile -m integration tests
+	$(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m integration tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline tools benchmarks tests

@@ -230,23 +230,3 @@ def open_workspace(kafka: str, path: Path, extra_env: dict[str, str] | None = No
 def workspace(kafka: str, tmp_path: Path) -> Iterator[Workspace]:
     with open_workspace(kafka, tmp_path) as space:
         yield space
-
-
-# `make test` runs these files on two processes (pytest-xdist, --dist loadfile), a file at a time in
-# collection order: the longest first, so no long file starts last and runs alone (the suite took
-# 829 s on two processes without this order, 1,190 s on one)
-LONGEST_FIRST = (
-    "test_ticket_backfill.py",
-    "test_live_run.py",
-    "test_journeys_e2e.py",
-    "test_anonbank_replay.py",
-    "test_analytics_recovery.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        name = item.path.name
-        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
-
-    items.sort(key=rank)  # stable: the order within a file and among the others is kept
