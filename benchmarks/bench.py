@@ -8,6 +8,9 @@
 3. Ingest pass: a real `touchline worker --role ingest` (fresh consumer group, fresh embedded
    ClickHouse) reads the same messages, validates and writes them; the rate is measured from its
    first read to its last write. This is the ingest path the throughput target is set for.
+   Analytics pass: `touchline worker --role analytics` alone reads them too and applies every valid
+   one to the KPI windows and SLA clocks (rows into its own store, the journey forward on the
+   topic); the rate is measured from its first event applied to its last.
 4. Whole-worker pass: `touchline worker --role all` does the same and also applies every event to
    the KPI windows and SLA clocks and forwards it to the journey stage; both rates are reported.
 5. Latency, breach-detection and open-contact passes on the whole worker: fresh events stamped with
@@ -90,8 +93,9 @@ def run_cli(env: dict[str, str], *args: str) -> str:
     return result.stdout
 
 
-def produce_simulated(env: dict[str, str], events: int, workdir: Path) -> tuple[int, float]:
-    """Produce at least `events` simulated events; returns (messages on the topics, seconds)."""
+def produce_simulated(env: dict[str, str], events: int, workdir: Path) -> tuple[int, int, float]:
+    """Produce at least `events` simulated events; returns (messages on the topics, of them
+    malformed, seconds)."""
     probe = workdir / "probe.jsonl"
     run_cli(
         env,
@@ -120,7 +124,7 @@ def produce_simulated(env: dict[str, str], events: int, workdir: Path) -> tuple[
     )  # fmt: skip
     elapsed = time.monotonic() - started
     summary = json.loads(truth.read_text().splitlines()[-1])
-    return int(summary["messages_delivered"]), elapsed
+    return int(summary["messages_delivered"]), int(summary["bad"]), elapsed
 
 
 async def raw_consume(bootstrap: str, expected: int) -> float:
@@ -270,6 +274,29 @@ def worker_pass(
             return ingested - first_read, now - first_read
         time.sleep(0.25)  # scraping /metrics costs the worker CPU: not too often
     raise click.ClickException("the worker did not finish in 60 minutes")
+
+
+def analytics_pass(process: subprocess.Popen[bytes], port: int, valid: int, log: Path) -> float:
+    """Seconds from an analytics-only worker's first event applied to the last of the `valid`
+    messages (the malformed ones it skips: the ingest stage dead-letters them)."""
+    url = f"http://127.0.0.1:{port}"
+    first: float | None = None
+    deadline = time.monotonic() + 3600
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise click.ClickException(f"worker exited; see {log}")
+        try:
+            analysed = metrics(url).get("touchline_events_analysed_total", 0.0)
+        except OSError:
+            time.sleep(0.2)
+            continue
+        now = time.monotonic()
+        if first is None and analysed > 0:
+            first = now
+        if first is not None and analysed >= valid:
+            return now - first
+        time.sleep(0.25 if first is not None else 0.1)
+    raise click.ClickException("the analytics worker did not finish in 60 minutes")
 
 
 def latency_pass(bootstrap: str, url: str, rate: int, seconds: int) -> tuple[float, float, int]:
@@ -445,7 +472,7 @@ def open_contacts_pass(bootstrap: str, url: str, contacts: int, open_contacts: i
     }
 
 
-SKIPPABLE = ("faust", "ingest", "all", "steps")
+SKIPPABLE = ("faust", "ingest", "analytics", "all", "steps")
 
 
 def share(rate: float, raw_rate: float) -> str:
@@ -498,7 +525,7 @@ def print_steps(steps_text: str, steps: dict[str, Any], raw_rate: float) -> None
     "--skip",
     type=click.Choice(SKIPPABLE),
     multiple=True,
-    help="Leave a pass out (quick checks): faust, ingest, all (whole worker, latency, breach, SLA), steps.",
+    help="Leave a pass out (quick checks): faust, ingest, analytics, all (whole worker, latency, breach, SLA), steps.",
 )
 @click.option("--json-out", type=click.Path(path_type=Path), default=None, help="Also write every figure as JSON here.")
 def main(
@@ -519,8 +546,8 @@ def main(
     if quix and not QUIX_PYTHON.exists():
         raise click.ClickException(f"--quix needs {QUIX_PYTHON.relative_to(REPO)}: run `make bench-quix-env` first")
     with_quix = QUIX_PYTHON.exists() if quix is None else quix
-    faust_s = ingest_s = full_ingest_s = full_s = None
-    ingest_rss = 0.0
+    faust_s = ingest_s = analytics_s = full_ingest_s = full_s = None
+    ingest_rss = analytics_rss = 0.0
     contender: dict[str, Any] | str | None = None
     with tempfile.TemporaryDirectory(prefix="touchline-bench-") as tmp:
         workdir = Path(tmp)
@@ -544,8 +571,8 @@ def main(
                 }
 
             click.echo(f"producing ≥{events:,} simulated events to {bootstrap} ...")
-            messages, produce_s = produce_simulated(worker_env("simulate", free_port()), events, workdir)
-            click.echo(f"  {messages:,} messages in {produce_s:.1f} s (simulate + produce)")
+            messages, malformed, produce_s = produce_simulated(worker_env("simulate", free_port()), events, workdir)
+            click.echo(f"  {messages:,} messages ({malformed:,} malformed) in {produce_s:.1f} s (simulate + produce)")
             raw_s = asyncio.run(raw_consume(bootstrap, messages))
             click.echo(f"  raw aiokafka consume: {raw_s:.1f} s")
             if "faust" not in skip:
@@ -570,6 +597,17 @@ def main(
                 finally:
                     stop_worker(process)
                 click.echo(f"  ingest worker: {ingest_s:.1f} s")
+
+            if "analytics" not in skip:
+                port = free_port()
+                analytics_log = workdir / "worker-analytics.log"
+                process = start_worker(worker_env("analytics", port), port, "analytics", analytics_log)
+                try:
+                    analytics_s = analytics_pass(process, port, messages - malformed, analytics_log)
+                    analytics_rss = peak_rss_mb(process.pid)
+                finally:
+                    stop_worker(process)
+                click.echo(f"  analytics worker: {analytics_s:.1f} s")
 
             if "all" not in skip:
                 port = free_port()
@@ -636,6 +674,11 @@ def main(
         if faust_s is not None:
             click.echo(f"    ratio ingest / bare Faust                {ingest_rate / (messages / faust_s):>12.1%}")
         click.echo(f"    peak RSS                                 {ingest_rss:>12,.0f} MB")
+    if analytics_s is not None:
+        analytics_rate = (messages - malformed) / analytics_s
+        figures |= {"analytics_rate": analytics_rate, "analytics_peak_rss_mb": analytics_rss}
+        click.echo(f"  analytics (worker --role analytics)        {share(analytics_rate, raw_rate)}")
+        click.echo(f"    peak RSS                                 {analytics_rss:>12,.0f} MB")
     if full_s is not None and full_ingest_s is not None:
         full_rate = messages / full_s
         figures["all"] = {

@@ -141,7 +141,13 @@ def worker(web_port: int | None, role: str | None) -> None:
     except ConfigError as error:  # e.g. listening beyond loopback without a token
         fail(str(error), 2)
     try:
-        faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()
+        runner = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+        # Faust's terminal spinner, at log levels warning and above, sets the root logger to DEBUG
+        # (faust/worker.py `_setup_spinner_handler`), so every debug call of every library builds a
+        # record: aiokafka logs each message sent. 2 % of an analytics worker's samples (py-spy,
+        # `make bench` at log level warning); without the spinner the root keeps the level asked for.
+        runner.spinner = None
+        runner.execute_from_commandline()
     except SystemExit as done:  # a clean stop: outputs written, checkpoints taken, groups left
         code = done.code if isinstance(done.code, int) else 0 if done.code is None else 1
     else:
