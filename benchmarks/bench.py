@@ -7,7 +7,8 @@
    1-minute tumbling count per queue, no ClickHouse sink).
 3. Ingest pass: a real `touchline worker --role ingest` (fresh consumer group, fresh embedded
    ClickHouse) reads the same messages, validates and writes them; the rate is measured from its
-   first read to its last write. This is the ingest path the throughput target is set for.
+   first read to its last write. This is the ingest path the throughput target is set for. Then
+   fresh events at `--ingest-latency-rate` (5,000/s) give its end-to-end latency at that load.
    Analytics pass: `touchline worker --role analytics` alone reads them too and applies every valid
    one to the KPI windows and SLA clocks (rows into its own store, the journey forward on the
    topic); the rate is measured from its first event applied to its last.
@@ -504,6 +505,13 @@ def print_steps(steps_text: str, steps: dict[str, Any], raw_rate: float) -> None
 )
 @click.option("--latency-seconds", type=int, default=20, show_default=True)
 @click.option(
+    "--ingest-latency-rate",
+    type=int,
+    default=5000,
+    show_default=True,
+    help="Events/s in the latency pass on the ingest worker (the issue's 5,000/s; 0 leaves it out).",
+)
+@click.option(
     "--open-contacts", type=int, default=100_000, show_default=True, help="Contacts left open in the SLA pass."
 )
 @click.option(
@@ -533,6 +541,7 @@ def main(
     partitions: int,
     latency_rate: int,
     latency_seconds: int,
+    ingest_latency_rate: int,
     open_contacts: int,
     workload_contacts: int,
     steps_events: int,
@@ -548,6 +557,7 @@ def main(
     with_quix = QUIX_PYTHON.exists() if quix is None else quix
     faust_s = ingest_s = analytics_s = full_ingest_s = full_s = None
     ingest_rss = analytics_rss = 0.0
+    ingest_latency: tuple[float, float, int] | None = None
     contender: dict[str, Any] | str | None = None
     with tempfile.TemporaryDirectory(prefix="touchline-bench-") as tmp:
         workdir = Path(tmp)
@@ -593,10 +603,14 @@ def main(
                 process = start_worker(worker_env("ingest", port), port, "ingest", ingest_log)
                 try:
                     ingest_s, _ = worker_pass(process, port, "ingest", messages, ingest_log)
+                    click.echo(f"  ingest worker: {ingest_s:.1f} s")
+                    if ingest_latency_rate > 0:
+                        ingest_latency = latency_pass(
+                            bootstrap, f"http://127.0.0.1:{port}", ingest_latency_rate, latency_seconds
+                        )
                     ingest_rss = peak_rss_mb(process.pid)
                 finally:
                     stop_worker(process)
-                click.echo(f"  ingest worker: {ingest_s:.1f} s")
 
             if "analytics" not in skip:
                 port = free_port()
@@ -674,6 +688,11 @@ def main(
         if faust_s is not None:
             click.echo(f"    ratio ingest / bare Faust                {ingest_rate / (messages / faust_s):>12.1%}")
         click.echo(f"    peak RSS                                 {ingest_rss:>12,.0f} MB")
+        if ingest_latency is not None:
+            lp50, lp99, _ = ingest_latency
+            figures |= {"ingest_latency_p50_ms": lp50, "ingest_latency_p99_ms": lp99}
+            click.echo(f"    end-to-end latency p50 at {ingest_latency_rate}/s       {lp50:>12,.0f} ms")
+            click.echo(f"    end-to-end latency p99 at {ingest_latency_rate}/s       {lp99:>12,.0f} ms")
     if analytics_s is not None:
         analytics_rate = (messages - malformed) / analytics_s
         figures |= {"analytics_rate": analytics_rate, "analytics_peak_rss_mb": analytics_rss}
