@@ -8,7 +8,8 @@
 3. Ingest pass: a real `touchline worker --role ingest` (fresh consumer group, fresh embedded
    ClickHouse) reads the same messages, validates and writes them; the rate is measured from its
    first read to its last write. This is the ingest path the throughput target is set for. Then
-   fresh events at `--ingest-latency-rate` (5,000/s) give its end-to-end latency at that load.
+   an ingest worker on topics of its own (another prefix) gets fresh events at
+   `--ingest-latency-rate` (5,000/s): its end-to-end latency at that load.
    Analytics pass: `touchline worker --role analytics` alone reads them too and applies every valid
    one to the KPI windows and SLA clocks (rows into its own store, the journey forward on the
    topic); the rate is measured from its first event applied to its last.
@@ -56,7 +57,7 @@ from pipeline.events.models import (
     Resolved,
     to_json,
 )
-from pipeline.events.topics import INTERACTION_TOPICS, interaction_topic, topic_specs
+from pipeline.events.topics import INTERACTION_TOPICS, TopicNames, interaction_topic, topic_specs
 from pipeline.topics import ensure_topics
 from tools import broker
 
@@ -277,6 +278,25 @@ def worker_pass(
     raise click.ClickException("the worker did not finish in 60 minutes")
 
 
+LATENCY_PREFIX = "touchline-latency"
+
+
+def wait_assigned(process: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 120) -> None:
+    """Until the worker holds its partitions (`/health`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise click.ClickException(f"worker exited; see {log}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+                if json.loads(response.read()).get("assigned_partitions", 0) > 0:
+                    return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise click.ClickException(f"the worker got no partitions in {timeout:.0f} s; see {log}")
+
+
 def analytics_pass(process: subprocess.Popen[bytes], port: int, valid: int, log: Path) -> float:
     """Seconds from an analytics-only worker's first event applied to the last of the `valid`
     messages (the malformed ones it skips: the ingest stage dead-letters them)."""
@@ -300,10 +320,11 @@ def analytics_pass(process: subprocess.Popen[bytes], port: int, valid: int, log:
     raise click.ClickException("the analytics worker did not finish in 60 minutes")
 
 
-def latency_pass(bootstrap: str, url: str, rate: int, seconds: int) -> tuple[float, float, int]:
+def latency_pass(
+    bootstrap: str, url: str, rate: int, seconds: int, topic: str = interaction_topic(Channel.WEB)
+) -> tuple[float, float, int]:
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1)
     run = uuid.uuid4().hex[:8]
-    topic = interaction_topic(Channel.WEB)
     sent = 0
     started = time.monotonic()
     while time.monotonic() - started < seconds:
@@ -603,14 +624,29 @@ def main(
                 process = start_worker(worker_env("ingest", port), port, "ingest", ingest_log)
                 try:
                     ingest_s, _ = worker_pass(process, port, "ingest", messages, ingest_log)
-                    click.echo(f"  ingest worker: {ingest_s:.1f} s")
-                    if ingest_latency_rate > 0:
-                        ingest_latency = latency_pass(
-                            bootstrap, f"http://127.0.0.1:{port}", ingest_latency_rate, latency_seconds
-                        )
                     ingest_rss = peak_rss_mb(process.pid)
                 finally:
                     stop_worker(process)
+                click.echo(f"  ingest worker: {ingest_s:.1f} s")
+                if ingest_latency_rate > 0:
+                    # an ingest worker of its own on topics of its own (another prefix, created empty
+                    # at its start), so the later passes read only the simulated messages
+                    port = free_port()
+                    names = TopicNames(LATENCY_PREFIX)
+                    latency_log = workdir / "worker-ingest-latency.log"
+                    env = worker_env("ingest-latency", port) | {"TOUCHLINE_TOPIC_PREFIX": LATENCY_PREFIX}
+                    process = start_worker(env, port, "ingest", latency_log)
+                    try:
+                        wait_assigned(process, port, latency_log)
+                        ingest_latency = latency_pass(
+                            bootstrap,
+                            f"http://127.0.0.1:{port}",
+                            ingest_latency_rate,
+                            latency_seconds,
+                            names.interaction(Channel.WEB),
+                        )
+                    finally:
+                        stop_worker(process)
 
             if "analytics" not in skip:
                 port = free_port()

@@ -5,12 +5,13 @@ state grows with simulated days, and how long a restore of that state takes.
 
 The simulator's events (the `make soak` rate by default) are cut into batches as the analytics stage
 forwards them, turned into contact-record messages (`forward_messages`), and run through what the
-journey agent does per round (the messages waiting, up to `--take`: the stage runs flat out, as
-in a backlog): read the records, apply them (identity graph + books), take the changed journeys, evict what retention allows, build the ClickHouse rows and topic documents, and
-write every changed key of state to RocksDB (rocksdict, the store Faust's tables use). Not
-measured here: the ClickHouse insert (on the writer thread) and Kafka (the changelog and topic
-sends); the integration tests cover those. Then the state as the tables would hold it is read back
-from RocksDB and restored (`Stitcher.from_state`), timed.
+journey agent does per round (the messages waiting, up to `--take`: the stage runs flat out, as in
+a backlog): read the records, apply them (identity graph + books), take the changed journeys, evict
+what retention allows, build the ClickHouse rows and topic documents, and write every changed key
+of state to RocksDB (rocksdict, the store Faust's tables use); each step's time is printed per
+contact record. Not measured here: the ClickHouse insert (on the writer thread) and Kafka (the
+changelog and topic sends); the integration tests cover those. Then the state as the tables would
+hold it is read back from RocksDB and restored (`Stitcher.from_state`), timed.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import resource
 import shutil
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
@@ -67,6 +68,7 @@ def main(days: float, rate: float, customers: int, batch: int, seed: int, take: 
     gc.set_threshold(50_000, 20, 10)
     counts: Counter[str] = Counter()
     seconds = {"forward": 0.0, "stage": 0.0}
+    steps: defaultdict[str, float] = defaultdict(float)  # seconds per step of the rounds
     day_end = start + DAY
     pending: list[EventBase] = []
     offset = 0
@@ -96,23 +98,32 @@ def main(days: float, rate: float, customers: int, batch: int, seed: int, take: 
     def run_round(values: list[bytes]) -> None:
         nonlocal offset
         stitcher = box[0]
+        t0 = time.perf_counter()
         for value in values:
+            started = time.perf_counter()
             records, rejected = stage.read_records(value)
+            applying = time.perf_counter()
+            steps["reading records"] += applying - started
             counts["unreadable"] += len(rejected)
             for index, record in enumerate(records):
                 stitcher.apply(record.with_seq(stage.arrival_seq(offset, index)))
+            steps["applying (identity graph, books)"] += time.perf_counter() - applying
             counts["records"] += len(records)
             offset += 1
         counts["rounds"] += 1
+        t1 = time.perf_counter()
         as_of = stitcher.as_of_ms or None
         changed = stitcher.changes(as_of, CHANGES_SLICE)
         while stitcher.store.pending:
             changed += stitcher.changes(as_of, CHANGES_SLICE)
+        t2 = time.perf_counter()
         if as_of is not None:
             evicted = stitcher.evict_due(as_of, EVICT_BUDGET * len(values))
             counts["evicted_journeys"] += evicted.journeys
             counts["dropped_contacts"] += len(evicted.dropped)
+        t3 = time.perf_counter()
         out = stage.render_outputs(changed)
+        t4 = time.perf_counter()
         counts["journey_versions"] += len(out.journeys)
         counts["step_rows"] += len(out.steps)
         counts["document_bytes"] += sum(len(value) for _, value in out.documents)
@@ -132,6 +143,12 @@ def main(days: float, rate: float, customers: int, batch: int, seed: int, take: 
                 emitted_db.delete(journey_id.encode())
             counts["emitted_writes"] += 1
         stitcher.store.emitted_changes.clear()
+        t5 = time.perf_counter()
+        steps["rebuilding changed journeys"] += t2 - t1
+        steps["eviction"] += t3 - t2
+        steps["rendering rows and documents"] += t4 - t3
+        steps["encoding and writing state (RocksDB)"] += t5 - t4
+        steps["round"] += t5 - t0
 
     contacts_seen: set[str] = set()
     for _, event in Simulation(config).run():
@@ -164,6 +181,11 @@ def main(days: float, rate: float, customers: int, batch: int, seed: int, take: 
         f"  journey stage (one partition), contacts       {len(contacts_seen) / stage_s:>12,.0f} contacts/s ({counts['records'] / len(contacts_seen):.2f} records per contact)"
     )
     click.echo(f"  journey stage, events it stands for           {counts['events'] / stage_s:>12,.0f} events/s")
+    click.echo("  where a round's time goes, µs per contact record:")
+    for step, took in steps.items():
+        if step != "round":
+            click.echo(f"    {step:<42} {took / counts['records'] * 1e6:>8.1f}")
+    click.echo(f"    {'whole round':<42} {steps['round'] / counts['records'] * 1e6:>8.1f}")
     click.echo(
         f"  outputs: {counts['journey_versions']:,} journey versions, {counts['step_rows']:,} step rows; state writes: "
         f"{counts['record_writes']:,} records, {counts['emitted_writes']:,} journey versions"
