@@ -243,6 +243,17 @@ def stop_worker(process: subprocess.Popen[bytes]) -> None:
     process.wait(120)
 
 
+def scrape(process: subprocess.Popen[bytes], url: str, log: Path) -> dict[str, float] | None:
+    """The worker's metrics, None while it does not answer yet; a worker that exited ends the run."""
+    if process.poll() is not None:
+        raise click.ClickException(f"worker exited; see {log}")
+    try:
+        return metrics(url)
+    except OSError:
+        time.sleep(0.2)
+        return None
+
+
 def worker_pass(
     process: subprocess.Popen[bytes], port: int, role: str, expected: int, log: Path
 ) -> tuple[float, float | None]:
@@ -254,12 +265,8 @@ def worker_pass(
     ingested: float | None = None
     deadline = time.monotonic() + 3600
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise click.ClickException(f"worker exited; see {log}")
-        try:
-            m = metrics(url)
-        except OSError:
-            time.sleep(0.2)
+        m = scrape(process, url, log)
+        if m is None:
             continue
         now = time.monotonic()
         if first_read is None and max(m.get(k, 0.0) for k in _READ) > 0:
@@ -304,13 +311,10 @@ def analytics_pass(process: subprocess.Popen[bytes], port: int, valid: int, log:
     first: float | None = None
     deadline = time.monotonic() + 3600
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise click.ClickException(f"worker exited; see {log}")
-        try:
-            analysed = metrics(url).get("touchline_events_analysed_total", 0.0)
-        except OSError:
-            time.sleep(0.2)
+        m = scrape(process, url, log)
+        if m is None:
             continue
+        analysed = m.get("touchline_events_analysed_total", 0.0)
         now = time.monotonic()
         if first is None and analysed > 0:
             first = now
