@@ -18,7 +18,10 @@
 5. Latency, breach-detection and open-contact passes on the whole worker: fresh events stamped with
    the wall clock at a steady rate below capacity give p50/p99 end-to-end latency
    (`ingested_at - occurred_at`); never-answered calls give the delay of breach detection.
-6. Profile, after the broker is stopped: benchmarks/steps.py's µs per event of each step of the ingest
+6. Load pass (`--load-rate`, 5,000/s): an ingest worker and an analytics worker on topics of their
+   own, simulated traffic generated beforehand and sent at its own times in real time; among it,
+   the breach pass's never-answered calls (breach delay under load) and a 200/s latency probe.
+7. Profile, after the broker is stopped: benchmarks/steps.py's µs per event of each step of the ingest
    and analytics stages (in-process), beside the raw pass's consume cost per event.
 Peak RSS is the worker process's VmHWM. `--skip` leaves passes out for quick checks.
 """
@@ -33,9 +36,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -286,6 +291,11 @@ def worker_pass(
 
 
 LATENCY_PREFIX = "touchline-latency"
+LOAD_PREFIX = "touchline-load"
+# seconds of load before the breach pass's calls are queued, so they wait among a running load
+LOAD_WARMUP_SECONDS = 30
+LOAD_PROBE_RATE = 200  # events/s stamped when sent, for the latency under load
+Load = tuple[float, str, bytes, bytes]  # (send at, topic, key, value)
 
 
 def wait_assigned(process: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 120) -> None:
@@ -357,12 +367,13 @@ def latency_pass(
     raise click.ClickException(f"latency events did not all arrive ({count} of {sent})")
 
 
-def breach_pass(bootstrap: str, url: str, contacts: int) -> tuple[float, float, int]:
+def breach_pass(
+    bootstrap: str, url: str, contacts: int, topic: str = interaction_topic(Channel.VOICE)
+) -> tuple[float, float, int]:
     """Voice calls queued now and never answered: their first-response breaches fire on the wall
     clock. Returns p50/p99 of (raised - deadline) in ms and the number of breaches."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     run = uuid.uuid4().hex[:8]
-    topic = interaction_topic(Channel.VOICE)
     for n in range(contacts):
         now = datetime.now(UTC)
         common: dict[str, Any] = {"channel": Channel.VOICE, "contact_id": f"brk-{run}-{n}", "queue": "voice.general"}
@@ -385,6 +396,138 @@ def breach_pass(bootstrap: str, url: str, contacts: int) -> tuple[float, float, 
             return float(p50), float(p99), int(count)
         time.sleep(0.5)
     raise click.ClickException(f"only {count} of {contacts} breaches were raised")
+
+
+def load_events(
+    env: dict[str, str], events_per_second: int, seconds: int, workdir: Path
+) -> tuple[datetime, list[Load]]:
+    """Simulated traffic of `seconds` from a start in the near future, as (send at, topic, key,
+    value), at about `events_per_second`. Generated before it is sent: the simulator itself made
+    about 12,000 events/s here, and beside the two workers and the broker on two cores it sent
+    3,707/s when asked for 5,000/s in real time (460,383 events in 124 s instead of 90)."""
+    # the --rate (new issues an hour, flat profile) for that: contacts last minutes, so a run's first
+    # minutes carry fewer events a second than its steady state; a probe of the same length measures it
+    probe_rate = 1_000_000.0
+    probe = workdir / "load-probe.jsonl"
+    common = ("--seed", "3", "--profile", "flat", "--customers", "200000", "--speed", "0", "--quiet")
+    run_cli(env, "simulate", *common, "--rate", str(probe_rate), "--duration", f"{seconds}s", "--out", str(probe))
+    issues_per_hour = probe_rate * events_per_second * seconds / max(1, sum(1 for _ in probe.open()))
+    # generating takes about a second per 12,000 events; the traffic starts after that and a margin
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=20 + events_per_second * seconds / 12_000)
+    out = workdir / "load.jsonl"
+    run_cli(
+        env, "simulate", *common, "--rate", f"{issues_per_hour:.0f}", "--duration", f"{seconds}s",
+        "--start", start.strftime("%Y-%m-%dT%H:%M:%SZ"), "--out", str(out),
+    )  # fmt: skip
+    events: list[Load] = []
+    with out.open() as lines:
+        for line in lines:
+            item = json.loads(line)
+            at = datetime.fromisoformat(item["at"]).timestamp()
+            value = json.dumps(item["value"], separators=(",", ":")).encode()
+            events.append((at, item["topic"], item["key"].encode(), value))
+    if time.time() > start.timestamp():
+        raise click.ClickException("generating the load took longer than foreseen: its first events would be late")
+    return start, events
+
+
+def send_at_their_time(bootstrap: str, events: list[Load]) -> None:
+    """Each event sent when the wall clock reaches its delivery time."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1)
+    for at, topic, key, value in events:
+        delay = at - time.time()
+        if delay > 0.002:
+            time.sleep(delay)
+        producer.send(topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+
+
+def load_pass(
+    env_of: Callable[[str, int], dict[str, str]], bootstrap: str, rate: int, seconds: int, workdir: Path
+) -> dict[str, float]:
+    """Breach detection and latency under load: an ingest worker and an analytics worker (one process
+    each, the deployment `--role` is for) on topics of their own, simulated traffic at `rate`
+    events/s sent in real time for `seconds`, and after LOAD_WARMUP_SECONDS the breach pass's
+    never-answered calls and a latency probe among that traffic. Also: the analytics worker's
+    events/s and the largest consumer lags meanwhile, and how long analytics took to catch up."""
+    prefix = {"TOUCHLINE_TOPIC_PREFIX": LOAD_PREFIX}
+    names = TopicNames(LOAD_PREFIX)
+    ports = {"ingest": free_port(), "analytics": free_port()}
+    logs = {role: workdir / f"worker-load-{role}.log" for role in ports}
+    workers = {
+        role: start_worker(env_of(f"load-{role}", port) | prefix, port, role, logs[role])
+        for role, port in ports.items()
+    }
+    urls = {role: f"http://127.0.0.1:{port}" for role, port in ports.items()}
+    try:
+        start, events = load_events(env_of("load-simulate", free_port()) | prefix, rate, seconds, workdir)
+        for role, process in workers.items():
+            wait_assigned(process, ports[role], logs[role])
+        sender = threading.Thread(target=send_at_their_time, args=(bootstrap, events), daemon=True)
+        sender.start()
+        lag_peak = {role: 0.0 for role in workers}
+        samples: list[tuple[float, float]] = []  # (monotonic, events analysed)
+
+        def sample() -> None:
+            for role, process in workers.items():
+                m = scrape(process, urls[role], logs[role])
+                if m is None:
+                    continue
+                lag_peak[role] = max(lag_peak[role], m.get("touchline_consumer_lag_messages", 0.0))
+                if role == "analytics":
+                    samples.append((time.monotonic(), m.get("touchline_events_analysed_total", 0.0)))
+
+        time.sleep(max(0.0, start.timestamp() - time.time()))
+        sent_from = time.monotonic()
+        warm_until = sent_from + LOAD_WARMUP_SECONDS
+        while time.monotonic() < warm_until:
+            sample()
+            time.sleep(1.0)
+        # both block: the breach pass while its calls wait and until their breaches are rows, the
+        # latency probe (events stamped when sent, at a rate small next to the load) for its seconds
+        b50, b99, breaches = breach_pass(bootstrap, urls["analytics"], 200, names.interaction(Channel.VOICE))
+        sample()
+        p50, p99, probes = latency_pass(bootstrap, urls["ingest"], LOAD_PROBE_RATE, 20, names.interaction(Channel.WEB))
+        while sender.is_alive():
+            sample()
+            time.sleep(1.0)
+        load_end = time.monotonic()
+        produced = len(events) + 2 * breaches + probes
+        while not samples or samples[-1][1] < produced:  # until the analytics worker has applied all of it
+            if time.monotonic() - load_end > 600:
+                raise click.ClickException("the analytics worker did not catch up in 10 minutes")
+            time.sleep(0.5)
+            sample()
+        catch_up = time.monotonic() - load_end
+        _, l50, l99 = sql(
+            urls["ingest"],
+            "SELECT count(), quantile(0.5)(d), quantile(0.99)(d) FROM (SELECT dateDiff('millisecond', occurred_at,"
+            " ingested_at) AS d FROM interaction_events WHERE event_id NOT LIKE 'brk-%' AND event_id NOT LIKE 'lat-%')",
+        )[0]
+    finally:
+        for process in workers.values():
+            stop_worker(process)
+    during = [(t, n) for t, n in samples if t <= load_end]
+    analysed_rate = (during[-1][1] - during[0][1]) / (during[-1][0] - during[0][0]) if len(during) > 1 else 0.0
+    return {
+        "rate_asked": rate,
+        "seconds": seconds,
+        "events": len(events),
+        "send_seconds": load_end - sent_from,
+        "events_per_second": len(events) / (load_end - sent_from),
+        "analysed_per_second": analysed_rate,
+        "analytics_lag_peak": lag_peak["analytics"],
+        "ingest_lag_peak": lag_peak["ingest"],
+        "probe_latency_p50_ms": p50,
+        "probe_latency_p99_ms": p99,
+        "analytics_catch_up_seconds": catch_up,
+        "breach_delay_p50_ms": b50,
+        "breach_delay_p99_ms": b99,
+        "breaches": breaches,
+        "simulated_latency_p50_ms": float(l50),
+        "simulated_latency_p99_ms": float(l99),
+    }
 
 
 def histogram(url: str, name: str) -> dict[float, float]:
@@ -498,7 +641,7 @@ def open_contacts_pass(bootstrap: str, url: str, contacts: int, open_contacts: i
     }
 
 
-SKIPPABLE = ("faust", "ingest", "analytics", "all", "steps")
+SKIPPABLE = ("faust", "ingest", "analytics", "all", "load", "steps")
 
 
 def share(rate: float, raw_rate: float) -> str:
@@ -537,6 +680,14 @@ def print_steps(steps_text: str, steps: dict[str, Any], raw_rate: float) -> None
     help="Events/s in the latency pass on the ingest worker (the issue's 5,000/s; 0 leaves it out).",
 )
 @click.option(
+    "--load-rate",
+    type=int,
+    default=5000,
+    show_default=True,
+    help="Simulated events/s sent in real time in the load pass (an ingest and an analytics worker; 0 leaves it out).",
+)
+@click.option("--load-seconds", type=int, default=90, show_default=True)
+@click.option(
     "--open-contacts", type=int, default=100_000, show_default=True, help="Contacts left open in the SLA pass."
 )
 @click.option(
@@ -558,7 +709,7 @@ def print_steps(steps_text: str, steps: dict[str, Any], raw_rate: float) -> None
     "--skip",
     type=click.Choice(SKIPPABLE),
     multiple=True,
-    help="Leave a pass out (quick checks): faust, ingest, analytics, all (whole worker, latency, breach, SLA), steps.",
+    help="Leave a pass out (quick checks): faust, ingest, analytics, all (whole worker, latency, breach, SLA), load (breaches under load), steps.",
 )
 @click.option("--json-out", type=click.Path(path_type=Path), default=None, help="Also write every figure as JSON here.")
 def main(
@@ -567,6 +718,8 @@ def main(
     latency_rate: int,
     latency_seconds: int,
     ingest_latency_rate: int,
+    load_rate: int,
+    load_seconds: int,
     open_contacts: int,
     workload_contacts: int,
     steps_events: int,
@@ -583,6 +736,7 @@ def main(
     faust_s = ingest_s = analytics_s = full_ingest_s = full_s = None
     ingest_rss = analytics_rss = 0.0
     ingest_latency: tuple[float, float, int] | None = None
+    load: dict[str, float] | None = None
     contender: dict[str, Any] | str | None = None
     with tempfile.TemporaryDirectory(prefix="touchline-bench-") as tmp:
         workdir = Path(tmp)
@@ -684,6 +838,10 @@ def main(
                     stored = stored_before_open - 2 * breaches
                 finally:
                     stop_worker(process)
+
+            if "load" not in skip and load_rate > 0:
+                click.echo(f"  load pass: {load_rate:,} events/s for {load_seconds} s, breaches among them ...")
+                load = load_pass(worker_env, bootstrap, load_rate, load_seconds, workdir)
         finally:
             if not external:
                 broker.stop(workdir / "kafka")
@@ -772,6 +930,28 @@ def main(
         click.echo(
             f"    SLA deadline check p50 / p99 (bucket)    {opened['tick_p50_ms']:>8.2f} / {opened['tick_p99_ms']:.2f} ms"
         )
+    if load is not None:
+        figures["load"] = load
+        click.echo(f"  under load: ingest and analytics workers, simulator in real time for {load_seconds} s")
+        click.echo(
+            f"    simulated events sent                    {load['events']:>12,.0f} in {load['send_seconds']:.0f} s"
+            f" ({load['events_per_second']:,.0f}/s)"
+        )
+        click.echo(f"    analytics events/s while sent            {load['analysed_per_second']:>12,.0f}")
+        click.echo(
+            f"    lag, largest: ingest / analytics         {load['ingest_lag_peak']:>8,.0f} / {load['analytics_lag_peak']:,.0f}"
+        )
+        click.echo(f"    analytics caught up after the load in    {load['analytics_catch_up_seconds']:>12,.1f} s")
+        click.echo(
+            f"    latency p50 / p99, probe events ({LOAD_PROBE_RATE}/s)   {load['probe_latency_p50_ms']:>8,.0f} / {load['probe_latency_p99_ms']:,.0f} ms"
+        )
+        click.echo(
+            f"    occurred_at -> row p50 / p99, simulated  {load['simulated_latency_p50_ms']:>8,.0f} / {load['simulated_latency_p99_ms']:,.0f} ms"
+        )
+        click.echo(
+            f"    SLA breach detection delay p50 ({load['breaches']:.0f})  {load['breach_delay_p50_ms']:>12,.0f} ms"
+        )
+        click.echo(f"    SLA breach detection delay p99           {load['breach_delay_p99_ms']:>12,.0f} ms")
     if steps is not None:
         figures["steps"] = steps
         print_steps(steps_text, steps, raw_rate)
