@@ -41,6 +41,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -292,8 +293,8 @@ def worker_pass(
 
 LATENCY_PREFIX = "touchline-latency"
 LOAD_PREFIX = "touchline-load"
-# seconds of load before the breach pass's calls are queued, so they wait among a running load
-LOAD_WARMUP_SECONDS = 30
+# seconds of load before the breach pass's calls start, so they wait among a running load
+LOAD_WARMUP_SECONDS = 10
 LOAD_PROBE_RATE = 200  # events/s stamped when sent, for the latency under load
 Load = tuple[float, str, bytes, bytes]  # (send at, topic, key, value)
 
@@ -368,10 +369,11 @@ def latency_pass(
 
 
 def breach_pass(
-    bootstrap: str, url: str, contacts: int, topic: str = interaction_topic(Channel.VOICE)
+    bootstrap: str, url: str, contacts: int, topic: str = interaction_topic(Channel.VOICE), spread: float = 5.0
 ) -> tuple[float, float, int]:
-    """Voice calls queued now and never answered: their first-response breaches fire on the wall
-    clock. Returns p50/p99 of (raised - deadline) in ms and the number of breaches."""
+    """Voice calls queued now and never answered, one after another over `spread` seconds: their
+    first-response breaches fire on the wall clock. Returns p50/p99 of (raised - deadline) in ms and
+    the number of breaches."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     run = uuid.uuid4().hex[:8]
     for n in range(contacts):
@@ -382,7 +384,7 @@ def breach_pass(
             Queued(event_id=f"brk-{run}-{n}-q", occurred_at=now, **common),
         ):
             producer.send(topic, key=event.contact_id.encode(), value=to_json(event))
-        time.sleep(5.0 / contacts)  # spread the deadlines over five seconds
+        time.sleep(spread / contacts)
     producer.flush()
     producer.close()
     query = (
@@ -390,7 +392,7 @@ def breach_pass(
         f"FROM sla_events FINAL WHERE kind = 'breached' AND target = 'first_response' AND contact_id LIKE 'brk-{run}-%')"
     )
     count = 0
-    for _ in range(120):
+    for _ in range(240):
         count, p50, p99 = sql(url, query)[0]
         if int(count) >= contacts:
             return float(p50), float(p99), int(count)
@@ -449,7 +451,7 @@ def load_pass(
     """Breach detection and latency under load: an ingest worker and an analytics worker (one process
     each, the deployment `--role` is for) on topics of their own, simulated traffic at `rate`
     events/s sent in real time for `seconds`, and after LOAD_WARMUP_SECONDS the breach pass's
-    never-answered calls and a latency probe among that traffic. Also: the analytics worker's
+    never-answered calls (spread over the rest of it) and a latency probe among that traffic. Also: the analytics worker's
     events/s and the largest consumer lags meanwhile, and how long analytics took to catch up."""
     prefix = {"TOUCHLINE_TOPIC_PREFIX": LOAD_PREFIX}
     names = TopicNames(LOAD_PREFIX)
@@ -464,7 +466,13 @@ def load_pass(
         start, events = load_events(env_of("load-simulate", free_port()) | prefix, rate, seconds, workdir)
         for role, process in workers.items():
             wait_assigned(process, ports[role], logs[role])
-        sender = threading.Thread(target=send_at_their_time, args=(bootstrap, events), daemon=True)
+        sent_until: list[float] = []
+
+        def send() -> None:
+            send_at_their_time(bootstrap, events)
+            sent_until.append(time.monotonic())
+
+        sender = threading.Thread(target=send, daemon=True)
         sender.start()
         lag_peak = {role: 0.0 for role in workers}
         samples: list[tuple[float, float]] = []  # (monotonic, events analysed)
@@ -480,19 +488,23 @@ def load_pass(
 
         time.sleep(max(0.0, start.timestamp() - time.time()))
         sent_from = time.monotonic()
-        warm_until = sent_from + LOAD_WARMUP_SECONDS
-        while time.monotonic() < warm_until:
+        while time.monotonic() < sent_from + LOAD_WARMUP_SECONDS:
             sample()
             time.sleep(1.0)
-        # both block: the breach pass while its calls wait and until their breaches are rows, the
-        # latency probe (events stamped when sent, at a rate small next to the load) for its seconds
-        b50, b99, breaches = breach_pass(bootstrap, urls["analytics"], 200, names.interaction(Channel.VOICE))
-        sample()
-        p50, p99, probes = latency_pass(bootstrap, urls["ingest"], LOAD_PROBE_RATE, 20, names.interaction(Channel.WEB))
-        while sender.is_alive():
-            sample()
-            time.sleep(1.0)
-        load_end = time.monotonic()
+        # the breach pass's calls queued one after another over the rest of the load (their last
+        # deadline 20 s before its end) and a latency probe (events stamped when sent, a rate small
+        # next to the load) beside them; this thread samples the workers' metrics meanwhile
+        spread = max(5.0, seconds - LOAD_WARMUP_SECONDS - 30)
+        voice, web = names.interaction(Channel.VOICE), names.interaction(Channel.WEB)
+        with ThreadPoolExecutor(2) as pool:
+            breach = pool.submit(breach_pass, bootstrap, urls["analytics"], 200, voice, spread)
+            probe = pool.submit(latency_pass, bootstrap, urls["ingest"], LOAD_PROBE_RATE, int(spread), web)
+            while sender.is_alive() or not (breach.done() and probe.done()):
+                sample()
+                time.sleep(1.0)
+            b50, b99, breaches = breach.result()
+            p50, p99, probes = probe.result()
+        load_end = sent_until[0]
         produced = len(events) + 2 * breaches + probes
         while not samples or samples[-1][1] < produced:  # until the analytics worker has applied all of it
             if time.monotonic() - load_end > 600:
