@@ -60,8 +60,9 @@ from __future__ import annotations
 import heapq
 import json
 import zlib
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from bisect import insort
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -293,6 +294,14 @@ def sort_events(events: Iterable[EventBase]) -> list[EventBase]:
     return sorted(unique.values(), key=lambda e: (e.occurred_at, e.event_id))
 
 
+def _stamp(t: int, current: QueueLeg | None, event: EventBase) -> Stamp:
+    """An event's Stamp: the queue leg in force (`current`), else the event's own queue and priority.
+    Built only for the events that record one (it was built for every event of every fold)."""
+    if current is not None:
+        return Stamp(t, current.queue, current.priority)
+    return Stamp(t, event.queue or "", event.priority)
+
+
 def _overlap_ms(start: int, end: int, spans: Iterable[tuple[int, int | None]]) -> int:
     total = 0
     for span_start, span_end in spans:
@@ -303,17 +312,32 @@ def _overlap_ms(start: int, end: int, spans: Iterable[tuple[int, int | None]]) -
     return total
 
 
+# One event of a contact as the fold reads it: (occurred_at ms, event_id, type, event). A list of
+# these sorts as `sort_events` does (occurred_at carries milliseconds, event_ids are unique).
+Entry = tuple[int, str, str, EventBase]
+
+
+def entry_of(event: EventBase) -> Entry:
+    return (to_ms(event.occurred_at), event.event_id, event_type(event), event)
+
+
 def contact_facts(
     events: Iterable[EventBase], *, short_abandon_seconds: float = DEFAULT_SHORT_ABANDON_SECONDS
 ) -> ContactFacts:
     """Facts of one contact from the set of its events (see the module docstring for every rule)."""
-    ordered = sort_events(events)
+    ordered = [entry_of(e) for e in sort_events(events)]
+    return facts_of_entries(ordered, short_abandon_seconds=short_abandon_seconds)
+
+
+def facts_of_entries(
+    ordered: Sequence[Entry], *, short_abandon_seconds: float = DEFAULT_SHORT_ABANDON_SECONDS
+) -> ContactFacts:
+    """`contact_facts` of a contact's events given as distinct entries in sorted order."""
     if not ordered:
         raise ValueError("a contact needs at least one event")
-    first = ordered[0]
-    times = [to_ms(e.occurred_at) for e in ordered]
-    start_ms = times[0]
-    segment = next((e.segment for e in ordered if e.segment), "") or ""
+    first = ordered[0][3]
+    start_ms = ordered[0][0]
+    segment = next((e.segment for _, _, _, e in ordered if e.segment), "") or ""
 
     legs: list[QueueLeg] = []  # the last one is replaced as events settle it
     waiting_spans: list[tuple[int, int | None]] = []
@@ -341,16 +365,10 @@ def contact_facts(
     first_reply_segment: str | None = None
     resolution_segments: list[str] = []
 
-    for event, t in zip(ordered, times, strict=True):
-        kind = event_type(event)
+    for t, _, kind, event in ordered:
         if event.segment:
             segment_now = event.segment
         current = legs[-1] if legs else None
-        stamp = (
-            Stamp(t, current.queue, current.priority)
-            if current is not None
-            else Stamp(t, event.queue or "", event.priority)
-        )
         if kind == "queued":
             if current is None or not current.waiting:
                 legs.append(QueueLeg(event.queue or "", event.priority, t))
@@ -369,13 +387,13 @@ def contact_facts(
                 legs[-1] = replace(current, abandoned_ms=t)
         elif kind == "transferred":
             assert isinstance(event, Transferred)
-            transfers.append(stamp)
+            transfers.append(_stamp(t, current, event))
             if current is not None and current.handling_open:
                 legs[-1] = replace(current, transferred_ms=t)
         elif kind == "ended":
             assert isinstance(event, Ended)
             if ended is None:
-                ended = stamp
+                ended = _stamp(t, current, event)
                 acw = event.acw_seconds
                 if current is not None and current.waiting:
                     legs[-1] = replace(current, closed_ms=t)
@@ -406,7 +424,7 @@ def contact_facts(
         elif kind in ("first_agent_reply", "agent_reply"):
             if first_reply_segment is None:
                 first_reply_segment = segment_now
-            replies.append((t, stamp))
+            replies.append((t, _stamp(t, current, event)))
         elif kind == "customer_message":
             customer_messages.append(t)
             replies.append((t, None))
@@ -415,11 +433,12 @@ def contact_facts(
                 bot_turn_ms = t
         elif kind == "bot_handoff":
             if bot_handoff is None:
-                bot_handoff = stamp
+                bot_handoff = _stamp(t, current, event)
         elif kind == "ivr_zero_out":
-            ivr_zero_outs.append(stamp)
+            ivr_zero_outs.append(_stamp(t, current, event))
         elif kind == "resolved":
             assert isinstance(event, Resolved)
+            stamp = _stamp(t, current, event)
             if not is_resolved:
                 is_resolved = True
                 resolutions.append(stamp)
@@ -429,10 +448,10 @@ def contact_facts(
         elif kind == "reopened":
             if is_resolved:
                 is_resolved = False
-                reopens.append(stamp)
+                reopens.append(_stamp(t, current, event))
         elif kind == "survey_response":
             assert isinstance(event, SurveyResponse)
-            surveys.append(SurveyAnswer(stamp, event.survey, event.score))
+            surveys.append(SurveyAnswer(_stamp(t, current, event), event.survey, event.score))
 
     spans = tuple(waiting_spans)
 
@@ -493,7 +512,7 @@ def contact_facts(
         priority=first.priority,
         segment=segment,
         started_ms=start_ms,
-        last_ms=times[-1],
+        last_ms=ordered[-1][0],
         event_count=len(ordered),
         legs=frozen_legs,
         abandoned_ms=abandoned_ms,
@@ -545,14 +564,29 @@ class _Tracked:
     last_ms: int = 0
     facts: ContactFacts | None = None
     packed: bytes | None = None  # while frozen: the events' JSON array, zlib-compressed
+    # the events of `events` as entries in sorted order, kept so on `add` (they mostly come in
+    # order: an append) so no fold sorts them again; empty while frozen
+    ordered: list[Entry] = field(default_factory=list)
 
     def live(self) -> dict[str, EventBase]:
         """The events, parsed again from `packed` if the contact was frozen (one pydantic-core call)."""
         if self.events is None:
             assert self.packed is not None
             self.events = {e.event_id: e for e in _EVENT_LIST.validate_json(_unpack(self.packed))}
+            self.ordered = sorted(entry_of(e) for e in self.events.values())
             self.packed = None
         return self.events
+
+    def insert(self, event: EventBase) -> Entry:
+        """Add an event not held yet to `events` and `ordered` (the contact must be live)."""
+        assert self.events is not None
+        self.events[event.event_id] = event
+        entry = entry_of(event)
+        if not self.ordered or entry > self.ordered[-1]:
+            self.ordered.append(entry)
+        else:
+            insort(self.ordered, entry)
+        return entry
 
 
 class ContactTracker:
@@ -598,13 +632,11 @@ class ContactTracker:
         if tracked is None:
             tracked = self._contacts[event.contact_id] = _Tracked(events={})
             heapq.heappush(self._due, (0, event.contact_id))
-        events = tracked.live()
-        if event.event_id in events:
+        if event.event_id in tracked.live():
             return False
-        events[event.event_id] = event
-        t = to_ms(event.occurred_at)
+        t, _, kind, _ = tracked.insert(event)
         tracked.last_ms = max(tracked.last_ms, t)
-        if event_type(event) == "ended":
+        if kind == "ended":
             if tracked.ended_ms is None:  # its retention now runs from here (sooner than unended)
                 heapq.heappush(self._due, (t + self.ended_retention_ms, event.contact_id))
             tracked.ended_ms = t if tracked.ended_ms is None else min(tracked.ended_ms, t)
@@ -615,12 +647,16 @@ class ContactTracker:
     def events(self, contact_id: str) -> list[EventBase]:
         """The contact's events in (occurred_at, event_id) order."""
         tracked = self._contacts.get(contact_id)
-        return [] if tracked is None else sort_events(tracked.live().values())
+        if tracked is None:
+            return []
+        tracked.live()
+        return [entry[3] for entry in tracked.ordered]
 
     def facts(self, contact_id: str) -> ContactFacts:
         tracked = self._contacts[contact_id]
         if tracked.facts is None:
-            tracked.facts = contact_facts(tracked.live().values(), short_abandon_seconds=self.short_abandon_seconds)
+            tracked.live()
+            tracked.facts = facts_of_entries(tracked.ordered, short_abandon_seconds=self.short_abandon_seconds)
         return tracked.facts
 
     def _due_ms(self, tracked: _Tracked) -> int | None:
@@ -681,8 +717,7 @@ class ContactTracker:
         if tracked.events is None:
             assert tracked.packed is not None
             return _unpack(tracked.packed).decode()
-        events = sort_events(tracked.events.values())
-        return "[" + ",".join(e.model_dump_json(exclude_none=True) for e in events) + "]"
+        return "[" + ",".join(entry[3].model_dump_json(exclude_none=True) for entry in tracked.ordered) + "]"
 
     def freeze(self, contact_id: str) -> None:
         """Keep a contact's events as compressed JSON only, until its next event or read:
@@ -695,6 +730,7 @@ class ContactTracker:
         if tracked is not None and tracked.events is not None:
             tracked.packed = _pack(self.contact_wire(contact_id) or "[]")
             tracked.events = None
+            tracked.ordered = []
             tracked.facts = None
 
     def contact_meta(self, contact_id: str) -> tuple[int | None, int] | None:

@@ -245,13 +245,34 @@ def test_surveys_and_handle_time_only_for_answered_contacts() -> None:
     assert f.handle_seconds is None and f.acw_seconds == 3
 
 
+def _redelivered(seed: int, shuffler: random.Random) -> tuple[list[EventBase], list[EventBase]]:
+    """A random contact's events, and them with a few duplicates in a shuffled arrival order."""
+    events = random_contact(random.Random(seed), "c", "chat", 0.0)
+    arrivals = events + shuffler.sample(events, k=min(3, len(events)))
+    shuffler.shuffle(arrivals)
+    return events, arrivals
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 2**32), st.randoms(use_true_random=False))
 def test_facts_are_a_function_of_the_event_set(seed: int, shuffler: random.Random) -> None:
-    events = random_contact(random.Random(seed), "c", "chat", 0.0)
-    reordered = events + shuffler.sample(events, k=min(3, len(events)))
-    shuffler.shuffle(reordered)
+    events, reordered = _redelivered(seed, shuffler)
     assert contact_facts(reordered) == contact_facts(events)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32), st.randoms(use_true_random=False))
+def test_tracker_facts_match_contact_facts_in_any_arrival_order(seed: int, shuffler: random.Random) -> None:
+    # the tracker keeps a contact's events sorted as they arrive (and again after a freeze)
+    events, arrivals = _redelivered(seed, shuffler)
+    tracker = ContactTracker()
+    for i, event in enumerate(arrivals):
+        tracker.add(event)
+        assert tracker.facts("c") == contact_facts(arrivals[: i + 1])
+        if shuffler.random() < 0.3:
+            tracker.freeze("c")
+    assert tracker.events("c") == sorted(events, key=lambda e: (e.occurred_at, e.event_id))
+    assert tracker.facts("c") == contact_facts(events)
 
 
 def test_tracker_dedupes_evicts_and_snapshots() -> None:
