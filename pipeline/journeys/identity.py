@@ -48,6 +48,16 @@ Rules:
 Union by size; each component keeps its member list, so a node is re-labelled only when it is on
 the smaller side of a union (O(log n) times) and a component can be dropped in O(its size).
 `snapshot()` / `restore()` give JSON-able dicts.
+
+* **Keyed state.** The journey stage persists the graph as one entry per component that holds
+  identifiers: keyed by the component's smallest identifier (`best`), valued by its identifier
+  members (at most the sum of the limits, 20 by default). `component_changes()` gives the entries
+  that changed since its last call (written or deleted), so a checkpoint costs what changed. A
+  contact is not in these entries: its record carries an anchor (`anchor_of`, one of its own
+  identifiers in its component, or none when it is alone), and identifiers never leave their
+  component (components only grow, or go whole), so the anchor stays right while the record does
+  not change. A restore loads the entries (`load_components`) and hangs each contact on its anchor
+  (`attach`): no union is replayed.
 """
 
 from __future__ import annotations
@@ -219,6 +229,12 @@ class _Root:
 KIND_BY_NAME: dict[str, IdentifierKind] = {kind.value: kind for kind in KIND_ORDER}
 
 
+def _best_node(component: _Root) -> Node | None:
+    """The node of a component's smallest identifier (the key of its persisted entry)."""
+    best = component.best
+    return None if best is None else (KIND_VALUES[best[0]], best[1])
+
+
 class IdentityGraph:
     """Union-find of identifiers and contacts; see the module docstring for the rules."""
 
@@ -238,6 +254,10 @@ class IdentityGraph:
         # each identifier value's usable node as seen live (a customer's identifiers arrive with each
         # of their contacts): normalised and checked once; cleared when full
         self._live_memo: dict[tuple[str, str], Node | None] = {}
+        # keys (smallest identifier) of component entries that may have changed since the last
+        # `component_changes`, and identifier nodes made since then (they had no entry to delete)
+        self._changed: set[Node] = set()
+        self._created: set[Node] = set()
 
     @property
     def restoring(self) -> bool:
@@ -366,9 +386,27 @@ class IdentityGraph:
         if root is None:
             return 0
         component = self._roots.pop(root)
+        self._touch(component)
         for node in component.members:
             del self._root_of[node]
             self._counted.discard(node)
+        return len(component.members)
+
+    def drop_contactless(self, kind: str, value: str) -> int:
+        """Forget the component of an identifier (as carried) when no contact is in it: what a
+        dropped contact's `identity_link` tied between identifiers not its own, which no retention
+        would reach otherwise. Returns the number of nodes forgotten."""
+        node = self._usable(kind, value, count=False)
+        root = None if node is None else self._root_of.get(node)
+        if root is None:
+            return 0
+        component = self._roots[root]
+        if any(member[0] == CONTACT for member in component.members):
+            return 0
+        del self._roots[root]
+        self._touch(component)
+        for member in component.members:
+            del self._root_of[member]
         return len(component.members)
 
     def forget(self, contact_ids: Iterable[str], identifiers: Iterable[tuple[str, str]]) -> tuple[set[str], set[str]]:
@@ -390,6 +428,7 @@ class IdentityGraph:
         keys: set[str] = set()
         for root in roots:
             component = self._roots.pop(root)
+            self._touch(component)
             keys.add(component.key)
             for node in component.members:
                 del self._root_of[node]
@@ -427,6 +466,88 @@ class IdentityGraph:
 
     def __len__(self) -> int:
         return len(self._root_of)
+
+    # ------------------------------------------------------------------ keyed state
+
+    def component_changes(self) -> list[tuple[Node, list[Node] | None]]:
+        """The component entries changed since the last call: `(key, identifier members)` to write,
+        `(key, None)` to delete (see "Keyed state" in the module docstring)."""
+        out: list[tuple[Node, list[Node] | None]] = []
+        root_of, roots, created = self._root_of, self._roots, self._created
+        for key in self._changed:
+            root = root_of.get(key)
+            if root is not None:
+                component = roots[root]
+                if _best_node(component) == key:
+                    out.append((key, [node for node in component.members if node[0] != CONTACT]))
+                    continue
+            if key not in created:
+                out.append((key, None))
+        self._changed = set()
+        self._created = set()
+        return out
+
+    def anchor_of(self, contact_id: str, identifiers: Iterable[tuple[str, str]]) -> Node | None:
+        """Where a restore hangs the contact: the first of its `identifiers` (as carried) that is in
+        its component, None when it is alone in its component (or unknown)."""
+        root = self._root_of.get((CONTACT, contact_id))
+        if root is None:
+            return None
+        component = self._roots[root]
+        if len(component.members) == 1:
+            return None
+        root_of = self._root_of
+        for kind, value in identifiers:
+            node = self._usable(kind, value, count=False)
+            if node is not None and root_of.get(node) == root:
+                return node
+        # not reached: a contact joins a component only through one of its own identifiers
+        return next((node for node in component.members if node[0] != CONTACT), None)
+
+    def load_components(self, components: Iterable[list[Node]]) -> None:
+        """Add persisted component entries (identifier members each). Entries that share a node (a
+        crash between writing a merged component and deleting the absorbed one's entry) are one
+        component, as they were when written."""
+        root_of, roots = self._root_of, self._roots
+        for members in components:
+            fresh = [node for node in members if node not in root_of]
+            overlapping = {root_of[node] for node in members if node in root_of}
+            if not fresh and not overlapping:
+                continue
+            if fresh:
+                root = fresh[0]
+                counts: dict[str, int] = {}
+                for kind, _ in fresh:
+                    counts[kind] = counts.get(kind, 0) + 1
+                best = min((RANK_OF_VALUE[kind], value) for kind, value in fresh)
+                roots[root] = _Root(fresh, counts, best)
+                for node in fresh:
+                    root_of[node] = root
+                overlapping.add(root)
+            survivor = max(overlapping, key=lambda r: len(roots[r].members))
+            for other in overlapping - {survivor}:
+                absorbed = roots.pop(other)
+                for node in absorbed.members:
+                    root_of[node] = survivor
+                roots[survivor].absorb(absorbed)
+
+    def attach(self, contact_id: str, anchor: Node | None) -> bool:
+        """Hang a restored contact on its anchor's component (alone when `anchor` is None), counted
+        as history. False when the anchor is not in the graph (the caller ties the contact by its
+        identifiers instead)."""
+        contact: Node = (CONTACT, contact_id)
+        if contact in self._root_of:
+            return True
+        if anchor is None:
+            self._node(contact)
+            self._counted.add(contact)
+            self._roots[contact].contacts = 1
+            return True
+        root = self._root_of.get(anchor)
+        if root is None:
+            return False
+        self._hang(contact, root)
+        return True
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-able state: nodes, the index of their root, counted contacts and counters."""
@@ -517,10 +638,14 @@ class IdentityGraph:
                 return None
             root = mine
         assert root is not None
-        component = self._roots[root]
-        if len(component.members) < 2:
+        if len(self._roots[root].members) < 2:
             return None
-        root_of[contact] = root
+        return self._hang(contact, root)
+
+    def _hang(self, contact: Node, root: Node) -> _Root:
+        """Put a new contact node in the component filed under `root`, counted as history."""
+        component = self._roots[root]
+        self._root_of[contact] = root
         component.members.append(contact)
         contact_id = contact[1]
         if component.anon is None or contact_id < component.anon:
@@ -540,7 +665,15 @@ class IdentityGraph:
         else:
             rank = RANK_OF_VALUE[kind]
             self._roots[node] = _Root([node], counts={kind: 1}, best=(rank, value))
+            if node not in self._changed:  # else it was dropped since the last checkpoint: its entry goes
+                self._created.add(node)
+            self._changed.add(node)
         return node
+
+    def _touch(self, component: _Root) -> None:
+        node = _best_node(component)
+        if node is not None:
+            self._changed.add(node)
 
     def _union(self, a: Node, b: Node, merges: list[Merge], refusals: list[Refusal]) -> None:
         ra, rb = self._root_of[a], self._root_of[b]
@@ -555,6 +688,8 @@ class IdentityGraph:
                 refusals.append(Refusal(reason, a, b))
                 return
         old = [] if self._restoring else [(side.key, side.contacts) for side in (left, right) if side.contacts]
+        self._touch(left)
+        self._touch(right)
         if len(left.members) < len(right.members):
             ra, rb, left, right = rb, ra, right, left
         root_of = self._root_of

@@ -24,7 +24,11 @@ How each summary field is kept (`us` = epoch microseconds, orders ties by event 
   under conflicting links depends on that order).
 * `seen`: max `us` of any event, links included (retention of identity-only records).
 
-Wire/state form: `to_json` / `from_json`, a JSON object with `"v": RECORD_VERSION`.
+Wire/state form: `to_json` / `from_json`, a JSON object with `"v": RECORD_VERSION`. The state form
+(`to_state_json`) adds `"k"`, the contact's anchor in the identity graph (`[kind, normalised value]`
+of one of its identifiers in its component, or `0` when it is alone there): where a restore hangs
+the contact without replaying its unions (`pipeline.journeys.identity`, "Keyed state"). A record
+without it (the wire, or state written before it existed) is tied by its identifiers instead.
 """
 
 from __future__ import annotations
@@ -84,6 +88,9 @@ class ContactRecord:
     links: dict[Link, int] = field(default_factory=dict)  # link -> first arrival seq
     seq: int = 0  # first arrival seq of the contact itself
     seen_us: int = 0
+    # read from the state form, used once by a restore and then let go: (kind, value) of the
+    # identity node, () for none, None when not known
+    anchor: tuple[str, str] | tuple[()] | None = None
 
     @property
     def active(self) -> bool:
@@ -291,6 +298,12 @@ class ContactRecord:
     def to_json(self) -> bytes:
         return encode_json(self.to_dict())
 
+    def to_state_json(self, anchor: tuple[str, str] | None) -> bytes:
+        """The state form: `to_json` plus the contact's anchor in the identity graph (None: alone)."""
+        out = self.to_dict()
+        out["k"] = 0 if anchor is None else list(anchor)
+        return encode_json(out)
+
     @classmethod
     def from_dict(cls, data: Any) -> ContactRecord:
         try:
@@ -324,6 +337,7 @@ class ContactRecord:
                 {(intern(a), intern(b), intern(c), intern(d)): int(q) for a, b, c, d, q in links} if links else {},
                 int(get("q", 0)),
                 int(get("s", 0)),
+                _anchor(get("k")),
             )
         except RecordError:
             raise
@@ -351,6 +365,15 @@ def _keep_earliest(mine: dict[K, int], theirs: dict[K, int]) -> bool:
             mine[key] = seq
             changed = True
     return changed
+
+
+def _anchor(value: Any) -> tuple[str, str] | tuple[()] | None:
+    if value is None:
+        return None
+    if value == 0:
+        return ()
+    kind, node = value
+    return (intern(kind), intern(node))
 
 
 def _opt_int(value: Any) -> int | None:

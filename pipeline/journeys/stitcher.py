@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.events.models import EventBase
-from pipeline.journeys.identity import IdentityConfig, IdentityGraph, Merge, Refusal, Resolution
+from pipeline.journeys.identity import IdentityConfig, IdentityGraph, Merge, Node, Refusal, Resolution
 from pipeline.journeys.model import DAY, Emitted, JourneyConfig, JourneyVersion
 from pipeline.journeys.record import ContactRecord
 from pipeline.journeys.store import JourneyStore
@@ -40,7 +40,8 @@ class Stitcher:
     (bounded by `keep`) have arrived. Its contacts keep only their identity (identifiers and
     links), so the customer is recognised when they come back. A customer none of whose contacts
     is in a journey any more is forgotten entirely (identifiers released, records deleted)
-    `identity_retention` after its newest event, links included. Every map of the stage (records,
+    `identity_retention` after its newest event, links included (with identifiers its links tied
+    that no contact holds). Every map of the stage (records,
     books, the graph, emitted versions, both heaps) is pruned by these two rules."""
 
     def __init__(
@@ -160,7 +161,11 @@ class Stitcher:
             if drop_at >= as_of:
                 heapq.heappush(heap, (drop_at, contact_id))
                 continue
+            links = [link for member in members if member in records for link in records[member].links]
             graph.drop(contact_id)
+            for left_kind, left, right_kind, right in links:
+                graph.drop_contactless(left_kind, left)
+                graph.drop_contactless(right_kind, right)
             for member in members:
                 if records.pop(member, None) is not None:
                     self.record_changes.add(member)
@@ -231,6 +236,18 @@ class Stitcher:
         self.record_changes.add(carrier_id)
         return carrier_id
 
+    def record_state(self, contact_id: str) -> bytes | None:
+        """A contact's record in its state form (with its anchor in the identity graph), None when
+        the contact is gone."""
+        record = self.records.get(contact_id)
+        if record is None:
+            return None
+        return record.to_state_json(self.graph.anchor_of(contact_id, record.ids))
+
+    def identity_changes(self) -> list[tuple[Node, list[Node] | None]]:
+        """The identity graph's component entries changed since the last call (None: delete)."""
+        return self.graph.component_changes()
+
     def snapshot(self) -> dict[str, Any]:
         """JSON-able state: every contact record and the emitted journeys (what the stage keeps in
         its tables) plus the pending changes."""
@@ -271,12 +288,16 @@ class Stitcher:
         *,
         keep_ms: int = DAY,
         identity_retention_ms: int = 30 * DAY,
+        components: Iterable[list[Node]] = (),
     ) -> Stitcher:
-        """The stitcher the persisted state describes: the identity graph rebuilt from the records'
-        identifiers and links in their original arrival order (`seq`), so it equals the graph of
-        the process that wrote them; no event is re-read."""
+        """The stitcher the persisted state describes; no event is re-read. The identity graph is
+        loaded from its persisted `components` with each record hung on its anchor; a record
+        without a usable anchor (state written before anchors existed, or a crash between the
+        writes of the two tables) is tied again from its identifiers and links in their original
+        arrival order (`seq`), and is then in `record_changes` (with the components it touched in
+        `identity_changes`) so the next checkpoint writes it with its anchor."""
         with collection_paused():
-            return cls._from_state(records, emitted, identity, journeys, keep_ms, identity_retention_ms)
+            return cls._from_state(records, emitted, identity, journeys, keep_ms, identity_retention_ms, components)
 
     @classmethod
     def _from_state(
@@ -287,8 +308,12 @@ class Stitcher:
         journeys: JourneyConfig | None,
         keep_ms: int,
         identity_retention_ms: int,
+        components: Iterable[list[Node]],
     ) -> Stitcher:
         stitcher = cls(identity, journeys, keep_ms=keep_ms, identity_retention_ms=identity_retention_ms)
+        graph = stitcher.graph
+        graph.load_components(components)
+        attach = graph.attach
         ops: list[tuple[int, int, int, str, Any]] = []
         append = ops.append
         kept = stitcher.records
@@ -296,6 +321,10 @@ class Stitcher:
         for record in records:
             contact_id, first_seq, ids = record.contact_id, record.seq, record.ids
             kept[contact_id] = record
+            anchor, record.anchor = record.anchor, None
+            if anchor is not None and attach(contact_id, anchor or None):
+                continue
+            stitcher.record_changes.add(contact_id)  # written again, with its anchor
             if all(seq == first_seq for seq in ids.values()):  # the usual case: one arrival
                 append((first_seq, 0, n, contact_id, list(ids)))
                 n += 1
@@ -310,7 +339,6 @@ class Stitcher:
                 append((seq, 1, n, contact_id, link))
                 n += 1
         ops.sort()  # n is unique: tuples never compare past it
-        graph = stitcher.graph
         graph.restoring = True
         for _, kind, _, contact_id, payload in ops:
             if kind == 0:

@@ -4,17 +4,19 @@ are in `pipeline.worker.journeys`, the rules in `pipeline.journeys`.
 
 State, keyed and changelogged (RocksDB + compacted changelog topic, one partition like its input):
 
-* `journey-contacts`: contact id -> merged `ContactRecord` (identifiers, links, milestones).
+* `journey-identity`: smallest identifier -> the identifier members of its identity component.
+* `journey-contacts`: contact id -> merged `ContactRecord` (identifiers, links, milestones) and its
+  anchor in the identity graph.
 * `journey-emitted`: journey id -> `Emitted` (last version written, contacts, content digest).
 
-The identity graph and the customer books are derived from `journey-contacts` when this worker gets
-the partition (`Stitcher.from_state`: no event is re-read or re-validated), then kept in memory and
-updated per round. A round is one message (one analytics batch's contact records; `handle` takes a
+The identity graph and the customer books are rebuilt from the tables when this worker gets the
+partition (`Stitcher.from_state`: components loaded, contacts hung on their anchors; no event is
+re-read or re-validated, no union replayed), then kept in memory and updated per round. A round is one message (one analytics batch's contact records; `handle` takes a
 list, for rounds of several) and is finished before the next is taken: apply the records ->
 journeys that changed -> retention pass -> write the journey rows to ClickHouse and the documents
-to `touchline.journeys` (retried) -> send the changed keys to the tables' changelogs and wait
-for their delivery (retried), then write them to the stores -> only then is the message
-acknowledged. Every step yields to the loop between slices. A crash anywhere re-reads the
+to `touchline.journeys` (retried) -> send the changed keys to the tables' changelogs (identity
+components first, so a contact's anchor never precedes its component) and wait for their delivery
+(retried), then write them to the stores -> only then is the message acknowledged. Every step yields to the loop between slices. A crash anywhere re-reads the
 unacknowledged messages; records merge idempotently and versions continue from `journey-emitted`,
 so the result is the same."""
 
@@ -24,7 +26,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,11 +64,6 @@ async def forward_events(app: faust.App, topic: str, lines: list[tuple[int, byte
     await produce(app, topic, ((key, value, None) for key, value in journey_stage.forward_chunks(lines)))
 
 
-def _record_value(core: Stitcher, contact_id: str) -> bytes | None:
-    record = core.records.get(contact_id)
-    return None if record is None else record.to_json()
-
-
 def _emitted_value(core: Stitcher, journey_id: str) -> bytes | None:
     entry = core.store.emitted(journey_id)
     return None if entry is None else journey_stage.emitted_value(entry)
@@ -96,6 +93,7 @@ def install_journey_stage(
     keep_ms = DAY if settings is None else int(settings.journey_keep_hours * 3_600_000)
     identity_ms = 30 * DAY if settings is None else int(settings.journey_identity_retention_days * DAY)
     journeys_topic = (DEFAULT_TOPICS if settings is None else settings.topics).journeys
+    identity = app.Table("journey-identity", default=None, partitions=1, key_type=bytes, value_type=bytes)
     contacts = app.Table("journey-contacts", default=None, partitions=1, key_type=bytes, value_type=bytes)
     emitted = app.Table("journey-emitted", default=None, partitions=1, key_type=bytes, value_type=bytes)
     state = _State()
@@ -103,7 +101,7 @@ def install_journey_stage(
     async def build() -> None:
         """The stitcher the tables describe (the tables hold only this worker's active partition)."""
         started = time.perf_counter()
-        identity = IdentityConfig(blocked_values=placeholder_pseudonyms())
+        guards = IdentityConfig(blocked_values=placeholder_pseudonyms())
 
         def readable(values: list[bytes]) -> list[ContactRecord]:
             records, rejected = journey_stage.decode_records(values)
@@ -114,17 +112,26 @@ def install_journey_stage(
 
         def restore() -> tuple[Stitcher, int, int, float]:
             with collection_paused(freeze=True):
+                raw_components = [value for _, value in stored_items(identity) if value]
                 raw_records = [value for _, value in stored_items(contacts) if value]
                 raw_entries = [(key, value) for key, value in stored_items(emitted) if value]
                 read = time.perf_counter() - started
+                components, broken = journey_stage.decode_components(raw_components)
+                for reason in broken:
+                    log.error("journey state entry skipped at restore (%s)", reason)
                 core = Stitcher.from_state(
                     readable(raw_records),
                     journey_stage.decode_entries(raw_entries),
-                    identity,
+                    guards,
                     config,
                     keep_ms=keep_ms,
                     identity_retention_ms=identity_ms,
+                    components=components,
                 )
+            if core.record_changes:
+                # state written before anchors existed (tied again, written with them at the next round),
+                # or a crash between the tables' writes
+                log.info("journey state: %d contact(s) tied again from their identifiers", len(core.record_changes))
             return core, len(raw_records), len(raw_entries), read
 
         # reading the tables, decoding and the graph's unions are seconds of CPU for a week of
@@ -138,6 +145,7 @@ def install_journey_stage(
         took = time.perf_counter() - started
         jm.JOURNEY_RESTORE_SECONDS.set(took)
         jm.JOURNEY_RESTORED_CONTACTS.set(contacts_read)
+        jm.JOURNEY_RESTORE_RETIED.set(len(core.record_changes))
         gauges(core)
         log.info(
             "journey state restored: %d contacts, %d journeys in %.2f s (reading the tables %.2f s)",
@@ -234,23 +242,28 @@ def install_journey_stage(
         one message at a time and which Faust waits on only 100 messages per event; in the
         benchmark's whole worker it held 479,352 unsent changelog messages, and a stop waited for
         all of them (more than 120 s)."""
-        value_of: dict[str, Callable[[Stitcher, str], bytes | None]] = {
-            "contacts": _record_value,
-            "emitted": _emitted_value,
-        }
-        for name, table, keys in (
+        component_writes = [
+            (journey_stage.component_key(key), None if members is None else journey_stage.component_value(members))
+            for key, members in core.identity_changes()
+        ]
+        for name, table, pending in (
+            ("identity", identity, None),
             ("contacts", contacts, core.record_changes),
             ("emitted", emitted, core.store.emitted_changes),
         ):
-            changed = list(keys)
-            keys.clear()
-            if not changed:
-                continue
             writes: list[tuple[bytes, bytes | None]] = []
-            for n, key in enumerate(changed, start=1):
-                writes.append((key.encode(), value_of[name](core, key)))
-                if n % OUTPUT_SLICE == 0:
-                    await asyncio.sleep(0)
+            if pending is None:
+                writes = component_writes
+            else:
+                value_of = core.record_state if name == "contacts" else functools.partial(_emitted_value, core)
+                changed = list(pending)
+                pending.clear()
+                for n, key in enumerate(changed, start=1):
+                    writes.append((key.encode(), value_of(key)))
+                    if n % OUTPUT_SLICE == 0:
+                        await asyncio.sleep(0)
+            if not writes:
+                continue
             offset = await journey_stage.retried(
                 f"journey {name} changelog send",
                 functools.partial(send_changelog, table, writes),
@@ -282,7 +295,17 @@ def install_journey_stage(
         """Delete the keys the stitcher dropped from both tables now, outside a stream event (an
         erasure: Faust's table methods need the event to pick the partition; the stage's tables
         have one, 0): a tombstone to the changelog, then the entry from the store. Other pending
-        changes stay for the next round's `persist`."""
+        changes stay for the next round's `persist` (the identity components' are all written now:
+        they come before the contacts')."""
+        for node, members in core.identity_changes():
+            raw = journey_stage.component_key(node)
+            if members is not None:
+                value = journey_stage.component_value(members)
+                identity.send_changelog(0, raw, value, value_serializer="raw")
+                identity.data[raw] = value
+            elif raw in identity.data:
+                identity.send_changelog(0, raw, None, value_serializer="raw")
+                del identity.data[raw]
         for table, changes, held in (
             (contacts, core.record_changes, core.records),
             (emitted, core.store.emitted_changes, core.store._emitted),

@@ -34,6 +34,11 @@ JOURNEY_RESTORE_SECONDS = Gauge(
 JOURNEY_RESTORED_CONTACTS = Gauge(
     "touchline_journey_restored_contacts", "Contact records read by the last restore of the journey state"
 )
+JOURNEY_RESTORE_RETIED = Gauge(
+    "touchline_journey_restore_retied_contacts",
+    "Contacts the last restore tied again from their identifiers instead of their stored anchor (state "
+    "written before anchors, or a crash between the writes of the identity and contact tables)",
+)
 JOURNEY_BATCHES = Counter(
     "touchline_journey_batches_total", "Messages of contact records the journey stage finished (outputs and state)"
 )

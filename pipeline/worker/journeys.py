@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -28,6 +29,7 @@ from pydantic_core import to_json as encode_json
 
 from pipeline.events.models import EventBase, IdentifierKind
 from pipeline.journeys.contact import from_ms
+from pipeline.journeys.identity import Node
 from pipeline.journeys.model import Emitted, Journey, JourneyVersion
 from pipeline.journeys.record import ContactRecord, RecordError, records_of
 from pipeline.journeys.rows import JOURNEY_COLUMNS, STEP_COLUMNS, STEP_DELETED, journey_values, step_values
@@ -128,6 +130,32 @@ def decode_entries(items: list[tuple[bytes, bytes]]) -> list[tuple[str, Emitted]
     """The journey entries of stored `journey-emitted` items (a restore; the caller pauses the
     collector over the whole restore, `collection_paused`)."""
     return [(key.decode(), emitted_entry(value)) for key, value in items]
+
+
+def component_key(node: Node) -> bytes:
+    """Key of an identity component entry: its smallest identifier, `kind:value`."""
+    return f"{node[0]}:{node[1]}".encode()
+
+
+def component_value(members: list[Node]) -> bytes:
+    """An identity component entry: its identifier members as `[[kind, value], ...]`."""
+    return encode_json(members)
+
+
+def decode_components(values: list[bytes]) -> tuple[list[list[Node]], list[str]]:
+    """The identity components of stored `journey-identity` values (a restore), and the reasons of
+    those that could not be read (skipped: their contacts are tied again from their identifiers)."""
+    components: list[list[Node]] = []
+    rejected: list[str] = []
+    for value in values:
+        try:
+            members = [(sys.intern(kind), sys.intern(node)) for kind, node in parse_json(value, cache_strings=False)]
+        except (ValueError, TypeError):
+            rejected.append("identity component is not a list of [kind, value]")
+            continue
+        if members:
+            components.append(members)
+    return components, rejected
 
 
 def arrival_seq(offset: int, index: int) -> int:

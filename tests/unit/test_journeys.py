@@ -440,6 +440,24 @@ def test_evict_forgets_only_closed_journeys() -> None:
     assert [j.contact_ids for j in store.all_journeys()] == [("new",)]
 
 
+def test_retention_drops_what_a_dropped_contacts_links_tied() -> None:
+    """A contact whose link tied two identifiers it does not carry: once the customer is forgotten
+    by retention, so is the component its link made (nothing else would ever reach it)."""
+    stitcher = Stitcher()
+    email = Identifier(kind=IdentifierKind.EMAIL, value="x@example.org")
+    cookie = Identifier(kind=IdentifierKind.WEB_COOKIE, value="ck-x")
+    feed(stitcher, contact_events("k1", 0, customer=CustomerIdentifiers(phone="+4411"), link=(email, cookie)))
+    stitcher.changes()
+    assert stitcher.graph.customer_of_value("web_cookie", "ck-x") == "email:x@example.org"
+    assert len(stitcher.graph) == 4  # the contact, its phone, the linked e-mail and cookie
+    written = {key for key, members in stitcher.identity_changes() if members is not None}
+    assert written == {("phone", "+4411"), ("email", "x@example.org")}
+    for days in (9, 20, 40):
+        stitcher.evict_due(ms(days * DAY_S))
+    assert stitcher.records == {} and len(stitcher.graph) == 0
+    assert sorted(stitcher.identity_changes()) == [(key, None) for key in sorted(written)]
+
+
 def test_forget_erases_the_person_and_everything_stitched_to_them() -> None:
     """Erasure by one identifier: every contact, identifier and journey of the customer goes (the
     cookie-only contact tied to them by a link included) and the tables' entries are marked gone;
