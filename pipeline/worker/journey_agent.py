@@ -1,5 +1,5 @@
 """The journey stage's Faust shell: the forward from the analytics stage, the agent on
-`touchline.journey-events`, its two changelogged tables and the lookup endpoint. The plain parts
+`touchline.journey-events`, its three changelogged tables and the lookup endpoint. The plain parts
 are in `pipeline.worker.journeys`, the rules in `pipeline.journeys`.
 
 State, keyed and changelogged (RocksDB + compacted changelog topic, one partition like its input):
@@ -11,14 +11,15 @@ State, keyed and changelogged (RocksDB + compacted changelog topic, one partitio
 
 The identity graph and the customer books are rebuilt from the tables when this worker gets the
 partition (`Stitcher.from_state`: components loaded, contacts hung on their anchors; no event is
-re-read or re-validated, no union replayed), then kept in memory and updated per round. A round is one message (one analytics batch's contact records; `handle` takes a
-list, for rounds of several) and is finished before the next is taken: apply the records ->
-journeys that changed -> retention pass -> write the journey rows to ClickHouse and the documents
-to `touchline.journeys` (retried) -> send the changed keys to the tables' changelogs (identity
-components first, so a contact's anchor never precedes its component) and wait for their delivery
-(retried), then write them to the stores -> only then is the message acknowledged. Every step yields to the loop between slices. A crash anywhere re-reads the
-unacknowledged messages; records merge idempotently and versions continue from `journey-emitted`,
-so the result is the same."""
+re-read or re-validated, no union replayed), then kept in memory and updated per round. A round is
+one message (one analytics batch's contact records; `handle` takes a list, for rounds of several)
+and is finished before the next is taken: apply the records -> journeys that changed -> retention
+pass -> write the journey rows to ClickHouse and the documents to `touchline.journeys` (retried) ->
+send the changed keys to the tables' changelogs (identity components first, so a contact's anchor
+never precedes its component) and wait for their delivery (retried), then write them to the stores
+-> only then is the message acknowledged. Every step yields to the loop between slices. A crash
+anywhere re-reads the unacknowledged messages; records merge idempotently and versions continue
+from `journey-emitted`, so the result is the same."""
 
 from __future__ import annotations
 
