@@ -93,7 +93,7 @@ from pipeline.events.models import (
     WaitingOnCustomer,
 )
 from pipeline.sla.calendar import ALWAYS, BusinessCalendar, from_ms, to_ms
-from pipeline.sla.policy import Policy, PolicySet, Target
+from pipeline.sla.policy import PolicySet, Target
 
 SNAPSHOT_VERSION = 1
 # columns of `sla_events` (schemas/clickhouse/0005_sla_events.sql), in order
@@ -553,21 +553,19 @@ class SlaEngine:
     # -- obligations ---------------------------------------------------------------------------------
 
     def _open(self, contact: _Contact, target: Target, event: EventBase, t: int) -> None:
-        policy: Policy = self.policies.match(contact.channel, contact.priority, contact.segment, contact.queue)
-        seconds = policy.target_seconds(target)
-        if seconds is None:
+        terms = self.policies.terms(contact.channel, contact.priority, contact.segment, contact.queue, target)
+        if terms is None:
             return
-        target_ms = round(seconds * 1000)
-        pause_on = list(policy.pause_reasons(target))
+        pause_on = list(terms.pause_on)
         ob = _Obligation(
             target=target,
             opened_by=event.event_id,
             started_ms=t,
-            policy=policy.name,
-            calendar=policy.calendar,
-            business_time=policy.uses_business_time,
-            target_ms=target_ms,
-            at_risk_ms=round(target_ms * policy.at_risk_fraction),
+            policy=terms.policy,
+            calendar=terms.calendar,
+            business_time=terms.business_time,
+            target_ms=terms.target_ms,
+            at_risk_ms=terms.at_risk_ms,
             queue=contact.queue,
             priority=contact.priority,
             segment=contact.segment,
@@ -576,7 +574,7 @@ class SlaEngine:
         )
         contact.open[target] = ob
         if ob.resumed_ms is None:
-            ob.deadline_ms = self._calendar(ob).add_business_ms(t, target_ms)
+            ob.deadline_ms = self._calendar(ob).add_business_ms(t, ob.target_ms)
         self._push(contact, ob)
 
     def _calendar(self, ob: _Obligation) -> BusinessCalendar:

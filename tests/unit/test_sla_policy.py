@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.sla.policy import PolicyError, Target, load_policies, parse_duration, parse_policies
+from pipeline.sla.policy import PolicyError, Target, Terms, load_policies, parse_duration, parse_policies
 
 SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "sla-policies.yaml"
 
@@ -60,6 +60,17 @@ def test_first_match_wins_and_missing_fields_match_anything() -> None:
     assert chat.target_seconds(Target.NEXT_RESPONSE) == 90
     assert chat.target_seconds(Target.RESOLUTION) is None
     assert chat.at_risk_fraction == 0.8
+
+
+def test_terms_are_the_matched_policy_s_and_memoized() -> None:
+    policies = parse_policies(SMALL)
+    chat = policies.terms("chat", 0, None, "chat.billing", Target.NEXT_RESPONSE)
+    assert chat == Terms("billing-chat", "always", False, 90_000, 72_000, ("customer",))
+    assert policies.terms("chat", 0, None, "chat.billing", Target.RESOLUTION) is None  # left out
+    assert policies.terms("email", 0, None, None, Target.FIRST_RESPONSE) == Terms(
+        "email", "office", True, 86_400_000, 69_120_000, ("customer",)
+    )
+    assert policies.terms("chat", 0, None, "chat.billing", Target.NEXT_RESPONSE) is chat
 
 
 def test_shipped_defaults() -> None:
