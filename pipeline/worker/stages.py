@@ -234,10 +234,8 @@ class Stages:
         # order is rebuilt from its full event set, which the KPI tracker keeps; outcomes raised
         # before are filtered by id. (A breach raised at its deadline stays raised even if an
         # answer stamped before the deadline arrives later: live mode cannot know the future.)
-        last = state.sla.last_event_at(event.contact_id)
-        if last is None or event.occurred_at >= last:
-            raised = state.sla.apply(event)
-        else:
+        raised = state.sla.apply_in_order(event)
+        if raised is None:
             state.sla.forget(event.contact_id)
             raised = []
             for earlier in state.kpi.contact_events(state.key, event.contact_id):

@@ -311,6 +311,20 @@ def test_duplicates_and_repeated_advances_change_nothing(policies: PolicySet) ->
     assert run(engine, message) == [] and engine.next_due() == before
 
 
+def test_apply_in_order_refuses_an_event_older_than_the_contact_s_latest(policies: PolicySet) -> None:
+    engine = SlaEngine(policies)
+    assert engine.apply_in_order(ev("survey_response", "o", 9, survey="csat", score=5)) == []  # unknown contact
+    assert kinds(engine.apply_in_order(ev("contact_started", "o", 10)) or []) == []
+    snapshot = engine.snapshot()
+    # older than its latest, whatever its kind: nothing applied
+    assert engine.apply_in_order(ev("queued", "o", 5)) is None
+    assert engine.apply_in_order(ev("survey_response", "o", 5, survey="csat", score=5)) is None
+    assert engine.snapshot() == snapshot
+    assert engine.apply_in_order(ev("survey_response", "o", 10, survey="csat", score=5)) == []  # same instant: in order
+    assert engine.apply_in_order(ev("queued", "o", 11)) == []
+    assert "o" in engine and engine.snapshot() != snapshot
+
+
 def test_closed_and_idle_contacts_are_evicted(policies: PolicySet) -> None:
     engine = SlaEngine(policies, closed_retention=timedelta(hours=1), idle_timeout=timedelta(days=2))
     run(engine, ev("contact_started", "k", 0), ev("resolved", "k", 10), ev("ended", "k", 10))
