@@ -57,6 +57,8 @@ class PartitionState:
 
     def fresh(self, events: list[SlaEvent]) -> list[SlaEvent]:
         """Outcomes not raised before for their contact (a rebuilt contact raises its history again)."""
+        if not events:  # most events raise nothing
+            return []
         new = []
         for event in events:
             seen = self.raised.setdefault(event.contact_id, set())
