@@ -317,8 +317,9 @@ def _overlap_ms(start: int, end: int, spans: Iterable[tuple[int, int | None]]) -
 Entry = tuple[int, str, str, EventBase]
 
 
-def entry_of(event: EventBase) -> Entry:
-    return (to_ms(event.occurred_at), event.event_id, event_type(event), event)
+def entry_of(event: EventBase, t: int | None = None) -> Entry:
+    """`t`: `to_ms(event.occurred_at)` when the caller has it already."""
+    return (to_ms(event.occurred_at) if t is None else t, event.event_id, event_type(event), event)
 
 
 def contact_facts(
@@ -577,11 +578,11 @@ class _Tracked:
             self.packed = None
         return self.events
 
-    def insert(self, event: EventBase) -> Entry:
+    def insert(self, event: EventBase, t: int | None = None) -> Entry:
         """Add an event not held yet to `events` and `ordered` (the contact must be live)."""
         assert self.events is not None
         self.events[event.event_id] = event
-        entry = entry_of(event)
+        entry = entry_of(event, t)
         if not self.ordered or entry > self.ordered[-1]:
             self.ordered.append(entry)
         else:
@@ -626,15 +627,16 @@ class ContactTracker:
     def __iter__(self) -> Iterator[str]:
         return iter(list(self._contacts))
 
-    def add(self, event: EventBase) -> bool:
-        """Add an event; False when its event_id is already in the contact's set (a duplicate)."""
+    def add(self, event: EventBase, t: int | None = None) -> bool:
+        """Add an event; False when its event_id is already in the contact's set (a duplicate).
+        `t`: `to_ms(event.occurred_at)` when the caller has it already."""
         tracked = self._contacts.get(event.contact_id)
         if tracked is None:
             tracked = self._contacts[event.contact_id] = _Tracked(events={})
             heapq.heappush(self._due, (0, event.contact_id))
         if event.event_id in tracked.live():
             return False
-        t, _, kind, _ = tracked.insert(event)
+        t, _, kind, _ = tracked.insert(event, t)
         tracked.last_ms = max(tracked.last_ms, t)
         if kind == "ended":
             if tracked.ended_ms is None:  # its retention now runs from here (sooner than unended)

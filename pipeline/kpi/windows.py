@@ -109,6 +109,9 @@ class KpiWindows:
         self.stats: dict[str, int] = {"applied": 0, "duplicates": 0, "late": 0, "evicted": 0}
         # set while a checkpoint serializes contacts: none may disappear after its head was taken
         self.hold_evictions = False
+        # the last `now_wall` given to `apply` and its epoch ms: a batch passes one instant for all
+        # its events, so `to_ms` runs once per batch, not once per event
+        self._wall: tuple[datetime, int] | None = None
 
     # ------------------------------------------------------------------ input
 
@@ -126,7 +129,7 @@ class KpiWindows:
         if p.watermark_ms is not None and window + WINDOW_MS <= p.watermark_ms:
             self.stats["late"] += 1
             return LateEvent(event, partition, from_ms(window), from_ms(p.watermark_ms))
-        if not p.tracker.add(event):
+        if not p.tracker.add(event, t):
             self.stats["duplicates"] += 1
             return None
         self.stats["applied"] += 1
@@ -134,8 +137,11 @@ class KpiWindows:
         self._raise_watermark(p, p.max_event_ms - self._lateness_ms)
         p.next_final_ms = window if p.next_final_ms is None else min(p.next_final_ms, window)
         if now_wall is not None:
+            wall = self._wall
+            if wall is None or wall[0] is not now_wall:
+                wall = self._wall = (now_wall, to_ms(now_wall))
             p.observed_max_ms = p.max_event_ms
-            p.observed_wall_ms = to_ms(now_wall)
+            p.observed_wall_ms = wall[1]
         if defer:
             p.unsettled.add(event.contact_id)
         else:
