@@ -62,7 +62,7 @@ import json
 import zlib
 from bisect import insort
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -340,9 +340,7 @@ def facts_of_entries(
     start_ms = ordered[0][0]
     segment = next((e.segment for _, _, _, e in ordered if e.segment), "") or ""
 
-    # the last one is replaced as events settle it, by the constructor, not `dataclasses.replace`
-    # (1.34 µs vs 3.25 µs, timeit): a waiting leg has every removal field None
-    legs: list[QueueLeg] = []
+    legs: list[QueueLeg] = []  # the last one is replaced as events settle it
     waiting_spans: list[tuple[int, int | None]] = []
     holds: list[tuple[int, int]] = []
     hold_open: int | None = None
@@ -381,28 +379,25 @@ def facts_of_entries(
             if answered_ms is None:
                 answered_ms = t
             if current is not None and current.waiting:
-                legs[-1] = QueueLeg(current.queue, current.priority, current.queued_ms, answered_ms=t)
+                legs[-1] = replace(current, answered_ms=t)
         elif kind == "abandoned":
             assert isinstance(event, Abandoned)
             if abandoned_ms is None:
                 abandoned_ms, abandon_stage = t, event.stage
             if current is not None and current.waiting:
-                legs[-1] = QueueLeg(current.queue, current.priority, current.queued_ms, abandoned_ms=t)
+                legs[-1] = replace(current, abandoned_ms=t)
         elif kind == "transferred":
             assert isinstance(event, Transferred)
             transfers.append(_stamp(t, current, event))
             if current is not None and current.handling_open:
-                # open handling: transferred_ms and closed_ms are None
-                legs[-1] = QueueLeg(
-                    current.queue, current.priority, current.queued_ms, current.answered_ms, current.abandoned_ms, t
-                )
+                legs[-1] = replace(current, transferred_ms=t)
         elif kind == "ended":
             assert isinstance(event, Ended)
             if ended is None:
                 ended = _stamp(t, current, event)
                 acw = event.acw_seconds
                 if current is not None and current.waiting:
-                    legs[-1] = QueueLeg(current.queue, current.priority, current.queued_ms, closed_ms=t)
+                    legs[-1] = replace(current, closed_ms=t)
                 if hold_open is not None:
                     holds.append((hold_open, t))
                     hold_open = None
