@@ -27,7 +27,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -243,26 +243,29 @@ def install_journey_stage(
         one message at a time and which Faust waits on only 100 messages per event; in the
         benchmark's whole worker it held 479,352 unsent changelog messages, and a stop waited for
         all of them (more than 120 s)."""
-        component_writes = [
-            (journey_stage.component_key(key), None if members is None else journey_stage.component_value(members))
-            for key, members in core.identity_changes()
-        ]
-        for name, table, pending in (
-            ("identity", identity, None),
-            ("contacts", contacts, core.record_changes),
-            ("emitted", emitted, core.store.emitted_changes),
-        ):
+
+        async def encoded(keys: set[str], value_of: Callable[[str], bytes | None]) -> list[tuple[bytes, bytes | None]]:
+            changed = list(keys)
+            keys.clear()
             writes: list[tuple[bytes, bytes | None]] = []
-            if pending is None:
-                writes = component_writes
-            else:
-                value_of = core.record_state if name == "contacts" else functools.partial(_emitted_value, core)
-                changed = list(pending)
-                pending.clear()
-                for n, key in enumerate(changed, start=1):
-                    writes.append((key.encode(), value_of(key)))
-                    if n % OUTPUT_SLICE == 0:
-                        await asyncio.sleep(0)
+            for n, key in enumerate(changed, start=1):
+                writes.append((key.encode(), value_of(key)))
+                if n % OUTPUT_SLICE == 0:
+                    await asyncio.sleep(0)
+            return writes
+
+        identity_writes = [
+            (journey_stage.component_key(node), None if members is None else journey_stage.component_value(members))
+            for node, members in core.identity_changes()
+        ]
+        contact_writes = await encoded(core.record_changes, core.record_state)
+        emitted_writes = await encoded(core.store.emitted_changes, functools.partial(_emitted_value, core))
+        # identity components first: a contact's anchor never reaches a changelog before its component
+        for name, table, writes in (
+            ("identity", identity, identity_writes),
+            ("contacts", contacts, contact_writes),
+            ("emitted", emitted, emitted_writes),
+        ):
             if not writes:
                 continue
             offset = await journey_stage.retried(

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.events.models import IdentifierKind
-from pipeline.journeys.identity import CONTACT, IdentityConfig, IdentityGraph, Node
+from pipeline.journeys.identity import CONTACT, RANK_OF_VALUE, IdentityConfig, IdentityGraph, Node
 
 K = IdentifierKind
 # small limits, so that unions are refused often
@@ -126,7 +126,6 @@ def test_a_restore_from_the_tables_equals_the_graph_that_wrote_them(ops: list[tu
 
 
 def _entries(graph: IdentityGraph) -> dict[Node, list[Node]]:
-    ranks = {"customer_id": 0, "phone": 1, "email": 2, "social_handle": 3, "web_cookie": 4}
     out: dict[Node, list[Node]] = {}
     seen: set[Node] = set()
     for kind, value in IDENTS:
@@ -134,7 +133,7 @@ def _entries(graph: IdentityGraph) -> dict[Node, list[Node]]:
         if key is None:
             continue
         members = [node for node in graph.members(key) if node[0] != CONTACT]
-        best = min(members, key=lambda n: (ranks[n[0]], n[1]))
+        best = min(members, key=lambda n: (RANK_OF_VALUE[n[0]], n[1]))
         if best not in seen:
             seen.add(best)
             out[best] = members
