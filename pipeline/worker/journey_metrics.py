@@ -52,8 +52,15 @@ JOURNEY_OFFSET = Gauge(
 )
 JOURNEY_FIRST_OFFSET = Gauge(
     "touchline_journey_first_offset",
-    "Offset of the first message this process finished (-1: none yet); at or below the previous process's last "
-    "finished offset after a crash, the message was read again",
+    "Offset of the first message this process was handed (-1: none yet); at or below the previous process's "
+    "last finished offset after a crash, the message was read again",
+)
+JOURNEY_INPUT = Counter(
+    "touchline_journey_input_messages_total",
+    "Messages of contact records handed to the journey stage that it did not apply as they came: "
+    "already_applied (below the offset its state holds: a redelivery after a crash), read_again (skipped by "
+    "its consumer group's offset and read again from the topic)",
+    ["outcome"],
 )
 JOURNEY_PARTITIONS = Gauge(
     "touchline_journey_partitions", "Partitions of the journey state this worker owns (restored and served here)"

@@ -158,6 +158,24 @@ def decode_components(values: list[bytes]) -> tuple[list[list[Node]], list[str]]
     return components, rejected
 
 
+# the `journey-emitted` entry holding the offset of the next input message the state has not applied
+# (written with the round's last table, so it is durable only once the round's state is); no journey
+# id starts with a NUL
+INPUT_OFFSET_KEY = b"\x00next-input-offset"
+
+
+def offset_value(offset: int) -> bytes:
+    return str(offset).encode()
+
+
+def stored_offset(value: bytes | None) -> int | None:
+    """The offset an `INPUT_OFFSET_KEY` entry holds (None: none, or unreadable)."""
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return None
+
+
 def arrival_seq(offset: int, index: int) -> int:
     """Arrival order of the `index`-th record of the message at `offset`: the same when the
     message is read again, so a rebuilt identity graph unites in the original order."""
