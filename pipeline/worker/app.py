@@ -146,7 +146,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     analytics = _analytics(shared) if "analytics" in roles else None
     if "journeys" in roles:
         journey_events = app.topic(settings.topics.journey_events, value_serializer="raw", key_serializer="raw")
-        install_journey_stage(app, client, executor, journey_events, settings)
+        install_journey_stage(app, client, executor, journey_events, settings, shared.health)
 
     @app.task
     async def start_consumers() -> None:

@@ -48,6 +48,7 @@ from pipeline.store.clickhouse import BlockingExecutor, insert_rows
 from pipeline.worker import journey_metrics as jm
 from pipeline.worker import journeys as journey_stage
 from pipeline.worker import metrics
+from pipeline.worker.health import Health
 from pipeline.worker.produce import produce
 from pipeline.worker.topic_range import Messages, read_range
 
@@ -97,6 +98,7 @@ def install_journey_stage(
     executor: BlockingExecutor,
     journey_events_topic: Any,
     settings: Settings,
+    health: Health | None = None,
 ) -> None:
     config = JourneyConfig()  # the journey rules (7-day repeat window, 14-day dormancy)
     keep_ms = int(settings.journey_keep_hours * 3_600_000)
@@ -236,7 +238,11 @@ def install_journey_stage(
             await executor.run(insert_rows, client, "journeys", JOURNEY_COLUMNS, journey_rows)
 
         await journey_stage.retried(
-            "journey rows insert", insert, on_retry=jm.JOURNEY_FLUSH_RETRIES.labels("clickhouse").inc
+            "journey rows insert",
+            insert,
+            on_retry=jm.JOURNEY_FLUSH_RETRIES.labels("clickhouse").inc,
+            health=health,
+            dependency="clickhouse",
         )
 
         async def send() -> None:
@@ -245,7 +251,11 @@ def install_journey_stage(
             await asyncio.gather(*(produce(app, journeys_topic, part) for part in slices))
 
         await journey_stage.retried(
-            "journey documents send", send, on_retry=jm.JOURNEY_FLUSH_RETRIES.labels("topic").inc
+            "journey documents send",
+            send,
+            on_retry=jm.JOURNEY_FLUSH_RETRIES.labels("topic").inc,
+            health=health,
+            dependency="kafka-producer",
         )
         for version in changed:
             metrics.JOURNEY_UPDATES.labels("deleted" if version.deleted else version.journey.status).inc()
@@ -289,6 +299,8 @@ def install_journey_stage(
                 f"journey {name} changelog send",
                 functools.partial(send_changelog, table, writes),
                 on_retry=jm.JOURNEY_FLUSH_RETRIES.labels("changelog").inc,
+                health=health,
+                dependency="kafka-producer",
             )
             data: Any = table.data  # the store (RocksDB or memory): Faust types it as a mapping
             for n, (raw, value) in enumerate(writes, start=1):
@@ -401,7 +413,11 @@ def install_journey_stage(
                 await handle(core, run)
 
         await journey_stage.retried(
-            "journey input read again", attempt, on_retry=jm.JOURNEY_FLUSH_RETRIES.labels("input").inc
+            "journey input read again",
+            attempt,
+            on_retry=jm.JOURNEY_FLUSH_RETRIES.labels("input").inc,
+            health=health,
+            dependency="kafka-consumer-journeys",
         )
 
     @app.timer(interval=TAIL_IDLE_SECONDS / 2)

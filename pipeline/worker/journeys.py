@@ -35,6 +35,7 @@ from pipeline.journeys.record import ContactRecord, RecordError, records_of
 from pipeline.journeys.rows import JOURNEY_COLUMNS, STEP_COLUMNS, STEP_DELETED, journey_values, step_values
 from pipeline.journeys.stitcher import Stitcher
 from pipeline.worker.backoff import exponential
+from pipeline.worker.health import Health
 
 log = logging.getLogger(__name__)
 
@@ -280,20 +281,31 @@ async def retried(
     *,
     on_retry: Callable[[], None] = lambda: None,
     give_up_after: float = 120.0,
+    health: Health | None = None,
+    dependency: str = "",
 ) -> T:
     """`attempt()` until it succeeds, waiting 0.2 s, 0.4 s, ... (at most 5 s) between tries; after
     `give_up_after` seconds of failures the last error is raised, and the stage stops the worker
-    (ClickHouse or the broker is not coming back by itself)."""
+    (ClickHouse or the broker is not coming back by itself). Failures and the recovery are reported
+    to `health` under `dependency` (`/health`, `touchline_dependency_up`)."""
 
     pauses = exponential(0.1, 5.0, least=0.2)
     began = time.monotonic()
+    failed = False
     while True:
         try:
-            return await attempt()
+            result = await attempt()
         except Exception as error:  # CancelledError is not an Exception: a stop goes through
             if time.monotonic() - began >= give_up_after:
                 raise
             on_retry()
+            if health is not None:
+                health.failed(dependency, error)
+                failed = True
             pause = next(pauses)
             log.warning("%s failed (%s), retrying in %.1f s", what, type(error).__name__, pause)
+        else:
+            if failed and health is not None:
+                health.ok(dependency)
+            return result
         await asyncio.sleep(pause)

@@ -3,12 +3,16 @@ skipped; arrival order stable under redelivery."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from pipeline.events.models import Channel, ContactStarted, CustomerIdentifiers, Queued, to_json
 from pipeline.journeys.model import Emitted
 from pipeline.journeys.record import records_of
 from pipeline.worker import journeys as stage
+from pipeline.worker.health import Health
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
@@ -71,3 +75,38 @@ def test_stored_state_is_decoded_in_bulk_and_a_bad_entry_is_skipped_with_its_rea
     entries = [Emitted(3, False, "cust:C1", ("c0", "c1"), "d1", 5, "billing"), Emitted(9, True, "cust:C2", (), "d2")]
     items = [(f"j-{n}".encode(), stage.emitted_value(e)) for n, e in enumerate(entries)]
     assert stage.decode_entries(items) == [("j-0", entries[0]), ("j-1", entries[1])]
+
+
+def test_a_retried_output_is_reported_failing_then_back_in_health(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stage.asyncio, "sleep", _no_wait)
+    health = Health()
+    seen: list[dict[str, dict[str, object]]] = []
+    calls = 0
+
+    async def flaky() -> str:
+        nonlocal calls
+        calls += 1
+        seen.append(health.report())
+        if calls < 3:
+            raise ConnectionError("broker restarting")
+        return "written"
+
+    result = asyncio.run(stage.retried("journey rows insert", flaky, health=health, dependency="clickhouse"))
+    assert result == "written" and calls == 3
+    assert seen[0] == {} and seen[2]["clickhouse"]["errors"] == 2
+    assert "broker restarting" in str(seen[2]["clickhouse"]["last_error"])
+    assert health.report() == {}  # back
+
+
+def test_a_failure_that_lasts_is_raised_after_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stage.asyncio, "sleep", _no_wait)
+
+    async def down() -> None:
+        raise ConnectionError("no broker")
+
+    with pytest.raises(ConnectionError):
+        asyncio.run(stage.retried("journey documents send", down, give_up_after=0.0, health=Health(), dependency="x"))
+
+
+async def _no_wait(_: float) -> None:
+    return None
