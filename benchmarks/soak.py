@@ -11,7 +11,10 @@ every partition is read at its own pace, the lowest watermark lags the others by
 holds days more than in production). Every few seconds the workers' metrics are sampled, grouped by
 the simulated day the lowest KPI watermark has reached. Printed per simulated day: each worker's
 RSS at the end of the day, contacts held in state, checkpoint bytes written during the day and the
-longest event-loop stall of the analytics worker (histogram bucket bound). Then each worker is
+longest event-loop stall of the analytics worker (histogram bucket bound), with the share of the
+day its loop's thread was ready to run but waited for a CPU and the machine's highest load average
+(two workers, the broker and the simulator share two cores: a stall there is not only the worker's
+own). Then each worker is
 stopped with SIGINT (time to exit) and started again (time until it holds partitions).
 
 Targets (issue 10, the analytics worker): RSS on day 4 <= 1.1 x day 2 and <= 1.5 GB; stop <= 5 s;
@@ -150,6 +153,7 @@ def main(
         per_day: dict[int, dict[str, float]] = {}
         previous_bytes = 0.0
         previous_stalls: dict[float, float] = {}
+        previous_wait: tuple[float, float] | None = None  # (loop thread's CPU wait total, monotonic)
         produced: int | None = None
         while True:
             time.sleep(sample_seconds)
@@ -180,7 +184,13 @@ def main(
             longest_bucket = min((b for b, n in grew.items() if n == every), default=0.0) if every else 0.0
             previous_stalls = stalls
             written = m.get("touchline_checkpoint_bytes_total", 0.0)
-            row = per_day.setdefault(day, {"checkpoint_mb": 0.0, "stall_le_s": 0.0})
+            row = per_day.setdefault(day, {"checkpoint_mb": 0.0, "stall_le_s": 0.0, "cpu_wait_s": 0.0, "wall_s": 0.0})
+            waited, sampled = m.get("touchline_loop_cpu_wait_seconds_total", 0.0), time.monotonic()
+            if previous_wait is not None:
+                row["cpu_wait_s"] += waited - previous_wait[0]
+                row["wall_s"] += sampled - previous_wait[1]
+            previous_wait = (waited, sampled)
+            row["load_max"] = max(row.get("load_max", 0.0), os.getloadavg()[0])
             row["rss_mb"] = rss_mb(workers["analytics"].pid)
             row["rss_max_mb"] = max(row.get("rss_max_mb", 0.0), row["rss_mb"])
             row["journeys_rss_mb"] = rss_mb(workers["journeys"].pid)
@@ -232,7 +242,7 @@ def main(
 
         click.echo(
             "\nsimulated day | analytics RSS MB (last sample; highest) | chDB MB tracked; resident | contacts in state | checkpoint MB written | longest loop stall <= s"
-            " | journeys RSS MB (last; highest) | journey contacts; identity nodes; journeys | journey contacts/s busy"
+            " | loop thread waiting for a CPU; load average (highest) | journeys RSS MB (last; highest) | journey contacts; identity nodes; journeys | journey contacts/s busy"
         )
         done = {"journey_records": 0.0, "journey_busy_s": 0.0}
 
@@ -242,11 +252,15 @@ def main(
             done.update({k: r.get(k, 0.0) for k in done})
             return records / busy if busy > 0 else 0.0
 
+        def share(r: dict[str, float]) -> float:
+            """Of the day's wall time, the share the analytics loop's thread waited for a CPU."""
+            return r["cpu_wait_s"] / r["wall_s"] if r["wall_s"] > 0 else 0.0
+
         for day in sorted(per_day):
             r = per_day[day]
             click.echo(
                 f"{day:>13} | {r['rss_mb']:>22.0f}; {r['rss_max_mb']:>7.0f} | {r['clickhouse_mb']:>6.0f}; {r['engine_mb']:>5.0f} | {r['contacts']:>17.0f} | {r['checkpoint_mb']:>21.1f} | "
-                f"{r['stall_le_s']:>24} | {r['journeys_rss_mb']:>6.0f}; {r['journeys_rss_max_mb']:>6.0f} | "
+                f"{r['stall_le_s']:>24} | {share(r):>30.0%}; {r.get('load_max', 0.0):>20.1f} | {r['journeys_rss_mb']:>6.0f}; {r['journeys_rss_max_mb']:>6.0f} | "
                 f"{r['journey_contacts']:>8.0f}; {r['journey_nodes']:>8.0f}; {r['journey_journeys']:>8.0f} | {rate_of(r):>9.0f}"
             )
         if 2 in per_day and 4 in per_day:  # simulated days count from 1 (a first sample may fall before: 0)

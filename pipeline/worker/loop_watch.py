@@ -6,7 +6,8 @@ loop's thread is once it has been blocked for over half a second, so a stall in 
 cause. (Not faulthandler's `dump_traceback_later`, which walks other threads' frames without the
 GIL: a dump during a soak crashed the worker mid-write.) A C call that holds the GIL blocks the
 watchdog too; its stack is logged as the call ends. Collector pauses are such calls and are timed
-on their own."""
+on their own. The loop thread's time waiting for a CPU (Linux's schedstat) is counted too: a stall
+on a machine with more runnable threads than cores is not the worker's own."""
 
 from __future__ import annotations
 
@@ -65,12 +66,24 @@ class _GcPauses:
             log.warning("a garbage collection (generation %d) held every thread for %.1f s", info["generation"], pause)
 
 
+def cpu_wait_seconds(path: str) -> float | None:
+    """Seconds the thread of `path` (`/proc/self/task/<id>/schedstat`) has spent runnable but
+    waiting for a CPU; None where the kernel does not say."""
+    try:
+        with open(path, "rb") as stat:
+            return int(stat.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 async def watch_loop() -> None:
     longest = 0.0
     pauses = _GcPauses()
     gc.callbacks.append(pauses)
     watchdog = _Watchdog(threading.get_ident())
     watchdog.start()
+    schedstat = f"/proc/self/task/{threading.get_native_id()}/schedstat"
+    waited = cpu_wait_seconds(schedstat)
     try:
         while True:
             started = time.monotonic()
@@ -78,11 +91,21 @@ async def watch_loop() -> None:
             watchdog.beat = now = time.monotonic()
             stall = max(0.0, now - started - INTERVAL_SECONDS)
             metrics.LOOP_STALL_SECONDS.observe(stall)
+            cpu_wait = 0.0
+            if waited is not None:
+                total = cpu_wait_seconds(schedstat)
+                if total is not None:
+                    cpu_wait, waited = max(0.0, total - waited), total
+                    metrics.LOOP_CPU_WAIT.inc(cpu_wait)
             if stall > longest:
                 longest = stall
                 metrics.LOOP_STALL_MAX.set(longest)
             if stall > LOG_OVER_SECONDS:
-                log.warning("the event loop was blocked for %.1f s", stall)
+                log.warning(
+                    "the event loop was blocked for %.1f s (its thread waited %.1f s of it for a CPU)",
+                    stall,
+                    min(cpu_wait, stall),
+                )
     finally:
         watchdog.stopped.set()
         gc.callbacks.remove(pauses)

@@ -158,6 +158,11 @@ LOOP_STALL_SECONDS = Histogram(
     buckets=_STALL,
 )
 LOOP_STALL_MAX = Gauge("touchline_loop_stall_max_seconds", "Longest event-loop stall since the worker started")
+LOOP_CPU_WAIT = Counter(
+    "touchline_loop_cpu_wait_seconds_total",
+    "Time the event loop's thread was ready to run but waited for a CPU (Linux schedstat): rising by more "
+    "than a few ms a second, the machine is busier than its cores and stalls are not the worker's own",
+)
 GC_FROZEN_OBJECTS = Gauge(
     "touchline_gc_frozen_objects",
     "Objects moved out of the garbage collector's reach (gc.freeze every 10 s): the long-lived state",
