@@ -27,9 +27,9 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import faust
 from clickhouse_connect.driver.client import Client
@@ -53,6 +53,7 @@ from pipeline.worker.produce import produce
 from pipeline.worker.topic_range import Messages, read_range
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 APPLY_SLICE = 500  # records applied between yields to the loop (~25 ms)
 CHANGES_SLICE = 200  # customers whose journeys are rebuilt between yields to the loop
@@ -201,6 +202,11 @@ def install_journey_stage(
             return None
         return state.core
 
+    async def retried(what: str, attempt: Callable[[], Awaitable[T]], output: str, dependency: str) -> T:
+        """`attempt()` retried (`journey_stage.retried`), counted by `output` and reported to /health."""
+        on_retry = jm.JOURNEY_FLUSH_RETRIES.labels(output).inc
+        return await journey_stage.retried(what, attempt, on_retry=on_retry, health=health, dependency=dependency)
+
     def gauges(core: Stitcher) -> None:
         jm.JOURNEY_STATE.labels("contacts").set(len(core.records))
         jm.JOURNEY_STATE.labels("customers").set(len(core.store.books))
@@ -237,26 +243,14 @@ def install_journey_stage(
             await executor.run(insert_rows, client, "journey_steps", STEP_COLUMNS, steps)
             await executor.run(insert_rows, client, "journeys", JOURNEY_COLUMNS, journey_rows)
 
-        await journey_stage.retried(
-            "journey rows insert",
-            insert,
-            on_retry=jm.JOURNEY_FLUSH_RETRIES.labels("clickhouse").inc,
-            health=health,
-            dependency="clickhouse",
-        )
+        await retried("journey rows insert", insert, "clickhouse", "clickhouse")
 
         async def send() -> None:
             # one task per slice: each sends its slice, then the loop runs others while they deliver
             slices = (documents[i : i + OUTPUT_SLICE] for i in range(0, len(documents), OUTPUT_SLICE))
             await asyncio.gather(*(produce(app, journeys_topic, part) for part in slices))
 
-        await journey_stage.retried(
-            "journey documents send",
-            send,
-            on_retry=jm.JOURNEY_FLUSH_RETRIES.labels("topic").inc,
-            health=health,
-            dependency="kafka-producer",
-        )
+        await retried("journey documents send", send, "topic", "kafka-producer")
         for version in changed:
             metrics.JOURNEY_UPDATES.labels("deleted" if version.deleted else version.journey.status).inc()
 
@@ -295,12 +289,11 @@ def install_journey_stage(
         ):
             if not writes:
                 continue
-            offset = await journey_stage.retried(
+            offset = await retried(
                 f"journey {name} changelog send",
                 functools.partial(send_changelog, table, writes),
-                on_retry=jm.JOURNEY_FLUSH_RETRIES.labels("changelog").inc,
-                health=health,
-                dependency="kafka-producer",
+                "changelog",
+                "kafka-producer",
             )
             data: Any = table.data  # the store (RocksDB or memory): Faust types it as a mapping
             for n, (raw, value) in enumerate(writes, start=1):
@@ -412,13 +405,7 @@ def install_journey_stage(
                 jm.JOURNEY_INPUT.labels("read_again").inc(len(run))
                 await handle(core, run)
 
-        await journey_stage.retried(
-            "journey input read again",
-            attempt,
-            on_retry=jm.JOURNEY_FLUSH_RETRIES.labels("input").inc,
-            health=health,
-            dependency="kafka-consumer-journeys",
-        )
+        await retried("journey input read again", attempt, "input", "kafka-consumer-journeys")
 
     @app.timer(interval=TAIL_IDLE_SECONDS / 2)
     async def read_skipped_tail() -> None:
