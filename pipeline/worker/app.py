@@ -54,6 +54,7 @@ from pipeline.worker.produce import produce
 from pipeline.worker.sink import IngestSink, Outgoing
 from pipeline.worker.sql_view import ReadonlyPool, install_sql_view
 from pipeline.worker.stages import Stages
+from pipeline.worker.table_manager import PromptTableManager
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         broker_heartbeat_interval=max(0.5, settings.kafka_session_timeout_seconds / 4),
         producer_acks=-1,
         logging_config=None,
+        TableManager=PromptTableManager,
     )
     shared = Shared(settings, app, client, executor, [], Health())
     roles = settings.worker_stages
@@ -169,6 +171,11 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         # 422k tracked objects, no cyclic garbage found while running or once the state was dropped).
         # Every 10 s: frozen once a minute, a minute's survivors made full collections that held
         # every thread for 1.2-1.4 s in a soak at 500x real time.
+        if not gc.isenabled():
+            # a journey restore on its thread has paused collection (`collection_paused`) and
+            # freezes what it made when it ends: a collection now would walk its millions of new
+            # objects while holding the GIL (restore and loop both wait)
+            return
         gc.collect(1)
         gc.freeze()
         metrics.GC_FROZEN_OBJECTS.set(gc.get_freeze_count())

@@ -31,10 +31,10 @@ pytestmark = pytest.mark.integration
 START = "2026-03-02T00:00:00Z"
 
 
-def simulate_day(workspace: Workspace, seed: int, speed: int = 0) -> list[dict[str, Any]]:
+def simulate_day(workspace: Workspace, seed: int, speed: int = 0, hours: int = 24) -> list[dict[str, Any]]:
     truth = workspace.path / "truth.jsonl"
     workspace.cli(
-        "simulate", "--seed", seed, "--start", START, "--duration", "24h", "--rate", "250", "--speed", speed,
+        "simulate", "--seed", seed, "--start", START, "--duration", f"{hours}h", "--rate", "250", "--speed", speed,
         "--duplicate-rate", "0.05", "--late-rate", "0.05", "--max-lateness", "120", "--truth", truth,
     )  # fmt: skip
     return read_truth(truth)
@@ -43,15 +43,15 @@ def simulate_day(workspace: Workspace, seed: int, speed: int = 0) -> list[dict[s
 class Background:
     """`simulate_day` in a thread: the day is produced while the test kills and restarts workers."""
 
-    def __init__(self, workspace: Workspace, seed: int, speed: int) -> None:
+    def __init__(self, workspace: Workspace, seed: int, speed: int, hours: int = 24) -> None:
         self.records: list[dict[str, Any]] = []
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(workspace, seed, speed), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(workspace, seed, speed, hours), daemon=True)
         self._thread.start()
 
-    def _run(self, workspace: Workspace, seed: int, speed: int) -> None:
+    def _run(self, workspace: Workspace, seed: int, speed: int, hours: int) -> None:
         try:
-            self.records = simulate_day(workspace, seed, speed)
+            self.records = simulate_day(workspace, seed, speed, hours)
         except BaseException as error:  # re-raised in the test's thread by `result`
             self.error = error
 
@@ -367,7 +367,7 @@ def test_journey_stage_reads_again_what_its_group_committed_past(workspace: Work
     feeder = workspace.start_worker(role="ingest,analytics")
     stitcher = workspace.start_worker(role="journeys", own_store=True)
     port = stitcher.port
-    producing = Background(workspace, seed=35, speed=1500)
+    producing = Background(workspace, seed=35, speed=1500, hours=16)
     wait_until(lambda: journey_offsets(stitcher)[1] >= 2, 180, "the journey stage to finish a few messages")
     stitcher.stop()  # a clean stop: its state holds the offset after the last message it finished
     reader = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
