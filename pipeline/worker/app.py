@@ -149,6 +149,12 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     if "journeys" in roles:
         journey_events = app.topic(settings.topics.journey_events, value_serializer="raw", key_serializer="raw")
         install_journey_stage(app, client, executor, journey_events, settings, shared.health)
+    else:
+        # nothing here reads through Faust (the channel topics have their own consumers): no member
+        # in the journey stage's group. As a member, an `ingest,analytics` worker was elected its
+        # leader, answered a journeys worker's rejoin 1.5 s late when busy, and each of its restarts
+        # made the journey owner rebalance and restore its whole state again
+        app.producer_only = True
 
     @app.task
     async def start_consumers() -> None:
