@@ -17,9 +17,12 @@ and is finished before the next is taken: apply the records -> journeys that cha
 pass -> write the journey rows to ClickHouse and the documents to `touchline.journeys` (retried) ->
 send the changed keys to the tables' changelogs (identity components first, so a contact's anchor
 never precedes its component) and wait for their delivery (retried), then write them to the stores
--> only then is the message acknowledged. Every step yields to the loop between slices. A crash
-anywhere re-reads the unacknowledged messages; records merge idempotently and versions continue
-from `journey-emitted`, so the result is the same."""
+-> only then is the message acknowledged. The round's last state entry is the offset after its
+message, so the state says what it has applied: a message below that offset (redelivered after a
+crash) is acknowledged without work, and a gap above it (messages Faust acknowledged while it
+skipped them, see `read_again`) is read again from the topic. Every step yields to the loop between
+slices. Records merge idempotently and versions continue from `journey-emitted`, so a crash anywhere
+gives the same result."""
 
 from __future__ import annotations
 
