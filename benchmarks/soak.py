@@ -2,9 +2,13 @@
 
 The simulator writes `--days` of traffic (`touchline simulate --duration <days>d --rate <rate>
 --speed <speed>`) into fresh channel topics while two workers read them (fresh stores and consumer
-groups): `--role ingest,analytics` and `--role journeys`. The journey stage keeps journeys for their
-7-day repeat window and identities for 30 days, so its memory grows for a week by design; in a
-process of its own it is measured apart and does not hide whether the analytics state is flat.
+groups): `--role ingest,analytics` and `--role journeys`. With the settings' windows the journey
+stage keeps journeys for their 7-day repeat window (14 days when unresolved) and identities for 30
+days, so its memory grows for weeks by design; in a process of its own it is measured apart and does
+not hide whether the analytics state is flat. `--journey-windows short` (what `make soak` runs) gives
+its worker windows of hours instead, so that its state reaches its plateau on day 2 and the soak
+shows whether it then stays flat; `--journey-windows default` keeps the settings' windows (the
+restore of a full week needs them).
 The default speed (500 simulated seconds per second, ~3,000 events/s at peak) is meant to be one
 the workers keep up with, so the soak measures steady state and not a backfill (with `--speed 0`
 every partition is read at its own pace, the lowest watermark lags the others by days and the state
@@ -17,8 +21,8 @@ day its loop's thread was ready to run but waited for a CPU and the machine's hi
 own). Then each worker is
 stopped with SIGINT (time to exit) and started again (time until it holds partitions).
 
-Targets (issue 10, the analytics worker): RSS on day 4 <= 1.1 x day 2 and <= 1.5 GB; stop <= 5 s;
-restart <= 10 s.
+Targets (issue 10, the analytics worker; issue 11, the journeys worker with short windows): RSS on
+day 4 <= 1.1 x day 2 and <= 1.5 GB; stop <= 5 s; restart <= 10 s.
 """
 
 from __future__ import annotations
@@ -86,6 +90,20 @@ def wait_partitions(url: str, process: subprocess.Popen[bytes], timeout: float) 
     raise click.ClickException(f"no partitions after {timeout:.0f} s")
 
 
+# the journey state's horizons: a journey is evicted `keep` after the repeat window (resolved) or the
+# dormancy (unresolved); its customer's identifiers `identity` after their newest event once no
+# journey holds them. With these it holds at most about 1.75 days of contacts.
+JOURNEY_WINDOWS: dict[str, dict[str, str]] = {
+    "default": {},
+    "short": {
+        "TOUCHLINE_JOURNEY_REPEAT_WINDOW_DAYS": "0.5",
+        "TOUCHLINE_JOURNEY_DORMANCY_DAYS": "1",
+        "TOUCHLINE_JOURNEY_KEEP_HOURS": "6",
+        "TOUCHLINE_JOURNEY_IDENTITY_RETENTION_DAYS": "0.5",
+    },
+}
+
+
 @click.command()
 @click.option("--days", default=4, show_default=True, help="Simulated days.")
 @click.option("--rate", default=4000, show_default=True, help="Simulator --rate (new contacts per hour at peak).")
@@ -96,11 +114,26 @@ def wait_partitions(url: str, process: subprocess.Popen[bytes], timeout: float) 
     "--journey-identity-days",
     type=float,
     default=None,
-    help="The journeys worker's TOUCHLINE_JOURNEY_IDENTITY_RETENTION_DAYS (default: the setting's, 30): "
-    "shorter, a soak of two weeks shows the journey state reach its plateau.",
+    help="The journeys worker's TOUCHLINE_JOURNEY_IDENTITY_RETENTION_DAYS (default: --journey-windows's, "
+    "0.5 or 30): with default windows and 1, a soak of two weeks shows the journey state reach its plateau.",
+)
+@click.option(
+    "--journey-windows",
+    type=click.Choice(sorted(JOURNEY_WINDOWS)),
+    default="short",
+    show_default=True,
+    help="short: the journeys worker runs with a 12-hour repeat window, a 1-day dormancy, a 6-hour retention "
+    "margin and 12-hour identity retention, so that its state plateaus on day 2; default: the settings' "
+    "(7 days, 14 days, 24 hours, 30 days).",
 )
 def main(
-    days: int, rate: int, speed: float, partitions: int, sample_seconds: float, journey_identity_days: float | None
+    days: int,
+    rate: int,
+    speed: float,
+    partitions: int,
+    sample_seconds: float,
+    journey_identity_days: float | None,
+    journey_windows: str,
 ) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="touchline-soak-"))
     finished = False
@@ -124,6 +157,7 @@ def main(
         # its own: embedded ClickHouse allows one process per store) and is reported apart
         ports = {"analytics": free_port(), "journeys": free_port()}
         envs = {"analytics": env, "journeys": {**env, "TOUCHLINE_DATA_DIR": str(workdir / "data-journeys")}}
+        envs["journeys"].update(JOURNEY_WINDOWS[journey_windows])
         if journey_identity_days is not None:
             envs["journeys"]["TOUCHLINE_JOURNEY_IDENTITY_RETENTION_DAYS"] = str(journey_identity_days)
         roles = {"analytics": "ingest,analytics", "journeys": "journeys"}
@@ -148,7 +182,7 @@ def main(
             )  # fmt: skip
         click.echo(
             f"soak: {days} simulated days at --rate {rate} --speed {speed:g} -> worker `--role ingest,analytics` "
-            f"and worker `--role journeys` (logs in {workdir})"
+            f"and worker `--role journeys` ({journey_windows} journey windows; logs in {workdir})"
         )
         per_day: dict[int, dict[str, float]] = {}
         previous_bytes = 0.0
@@ -269,10 +303,19 @@ def main(
                 f"analytics RSS, highest sample of day 4 / of day 2: {d4 / d2:.2f} (target <= 1.10); day 4: "
                 f"{d4:.0f} MB (target <= 1536)"
             )
-        # past the repeat window (7 days) and the retention margin (1 day) resolved journeys are
-        # evicted; unresolved ones after 14 days of dormancy; identities after their retention
+        if journey_windows == "short" and 2 in per_day and 4 in per_day:
+            # every horizon of the state ends within 1.75 days (JOURNEY_WINDOWS): day 2 is on the plateau
+            j2, j4 = per_day[2], per_day[4]
+            click.echo(
+                f"journeys RSS, highest sample of day 4 / of day 2: "
+                f"{j4['journeys_rss_max_mb'] / j2['journeys_rss_max_mb']:.2f} (target <= 1.10); day 4: "
+                f"{j4['journeys_rss_max_mb']:.0f} MB (target <= 1536); contacts held at the end of day 4 / of day 2: "
+                f"{j4['journey_contacts'] / max(1.0, j2['journey_contacts']):.2f}"
+            )
+        # with the settings' windows resolved journeys are evicted after the repeat window (7 days) and the
+        # retention margin (1 day); unresolved ones after 14 days of dormancy; identities after their retention
         full_days = [day for day in sorted(per_day) if 1 <= day <= days]
-        if len(full_days) >= 2 and full_days[-1] >= 10:
+        if journey_windows == "default" and len(full_days) >= 2 and full_days[-1] >= 10:
             last, earlier = full_days[-1], max(2, full_days[-1] - 3)
             j_last, j_earlier = per_day[last]["journeys_rss_max_mb"], per_day[earlier]["journeys_rss_max_mb"]
             click.echo(

@@ -151,12 +151,25 @@ class Settings(BaseSettings):
         pattern=r"^(rocksdb|memory)://",
         description="Faust table store: rocksdb:// (durable) or memory://.",
     )
+    journey_repeat_window_days: float = Field(
+        7.0,
+        gt=0,
+        description="Repeat-contact window: a contact about the same intent within this long after a journey's "
+        "resolution reopens it (and it was not resolved at first contact). Changing it applies to journeys "
+        "built from then on.",
+    )
+    journey_dormancy_days: float = Field(
+        14.0,
+        gt=0,
+        description="An unresolved journey without activity this long is `dormant`: a later contact starts a new "
+        "journey.",
+    )
     journey_keep_hours: float = Field(
         24.0,
         gt=0,
         description="Journey retention margin (event time): a journey is evicted this long after no later "
-        "contact can join it (7 days after its resolution, or 14 days after its last activity when "
-        "unresolved); it must exceed how late events arrive.",
+        "contact can join it (the repeat window after its resolution, or the dormancy period after its last "
+        "activity when unresolved); it must exceed how late events arrive.",
     )
     journey_identity_retention_days: float = Field(
         30.0,

@@ -96,6 +96,15 @@ class _State:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+def journey_rules(settings: Settings) -> JourneyConfig:
+    """The windows of the journey rules the settings give (by default a 7-day repeat window and a
+    14-day dormancy)."""
+    return JourneyConfig(
+        repeat_window_ms=round(settings.journey_repeat_window_days * DAY),
+        dormancy_ms=round(settings.journey_dormancy_days * DAY),
+    )
+
+
 def install_journey_stage(
     app: faust.App,
     client: Client,
@@ -104,7 +113,7 @@ def install_journey_stage(
     settings: Settings,
     health: Health | None = None,
 ) -> None:
-    config = JourneyConfig()  # the journey rules (7-day repeat window, 14-day dormancy)
+    config = journey_rules(settings)
     keep_ms = int(settings.journey_keep_hours * 3_600_000)
     identity_ms = int(settings.journey_identity_retention_days * DAY)
     journeys_topic = settings.topics.journeys

@@ -141,3 +141,17 @@ def test_unknown_worker_stage_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError) as raised:
         load_settings()
     assert "TOUCHLINE_WORKER_ROLE" in str(raised.value) and "'ingest,journey'" in str(raised.value)
+
+
+def test_journey_windows_reach_the_journey_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.journeys.model import DAY, JourneyConfig
+    from pipeline.worker.journey_agent import journey_rules
+
+    assert journey_rules(load_settings()) == JourneyConfig(repeat_window_ms=7 * DAY, dormancy_ms=14 * DAY)
+    monkeypatch.setenv("TOUCHLINE_JOURNEY_REPEAT_WINDOW_DAYS", "0.5")
+    monkeypatch.setenv("TOUCHLINE_JOURNEY_DORMANCY_DAYS", "1")
+    assert journey_rules(load_settings()) == JourneyConfig(repeat_window_ms=DAY // 2, dormancy_ms=DAY)
+    monkeypatch.setenv("TOUCHLINE_JOURNEY_DORMANCY_DAYS", "0")
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert "TOUCHLINE_JOURNEY_DORMANCY_DAYS" in str(raised.value)
