@@ -31,7 +31,7 @@ import click
 from rocksdict import Options, Rdict
 
 from pipeline.events.models import EventBase
-from pipeline.journeys.model import DAY
+from pipeline.journeys.model import DAY, JourneyConfig
 from pipeline.journeys.stitcher import Stitcher, collection_paused
 from pipeline.simulator.model import SimConfig, Simulation
 from pipeline.times import to_ms
@@ -56,7 +56,15 @@ def rss_mb() -> float:
 @click.option(
     "--take", type=int, default=stage.TAKE_MESSAGES, show_default=True, help="Messages the stage takes per round."
 )
-def main(days: float, rate: float, customers: int, batch: int, seed: int, take: int) -> None:
+@click.option(
+    "--windows",
+    type=click.Choice(["default", "short"]),
+    default="default",
+    show_default=True,
+    help="The journey windows: the settings' (7-day repeat window, 14-day dormancy, 24-hour margin, 30-day "
+    "identity retention) or `make soak`'s short ones (12 hours, 1 day, 6 hours, 12 hours).",
+)
+def main(days: float, rate: float, customers: int, batch: int, seed: int, take: int, windows: str) -> None:
     start = to_ms(datetime(2026, 3, 2, tzinfo=UTC))
     config = SimConfig(seed=seed, start_ms=start, duration_ms=int(days * DAY), rate=rate, customers=customers)
     workdir = Path(tempfile.mkdtemp(prefix="touchline-journey-bench-"))
@@ -64,7 +72,13 @@ def main(days: float, rate: float, customers: int, batch: int, seed: int, take: 
     identity_db = Rdict(str(workdir / "identity"), Options(raw_mode=True))
     contacts_db = Rdict(str(workdir / "contacts"), Options(raw_mode=True))
     emitted_db = Rdict(str(workdir / "emitted"), Options(raw_mode=True))
-    box = [Stitcher()]  # the journey stage's core (a box, so it can be let go before the restore)
+    if windows == "short":
+        rules, keep_ms, identity_ms = JourneyConfig(repeat_window_ms=DAY // 2, dormancy_ms=DAY), DAY // 4, DAY // 2
+    else:
+        rules, keep_ms, identity_ms = JourneyConfig(), DAY, 30 * DAY
+    box = [
+        Stitcher(journeys=rules, keep_ms=keep_ms, identity_retention_ms=identity_ms)
+    ]  # the journey stage's core (a box, so it can be let go before the restore)
     gc.freeze()
     gc.set_threshold(50_000, 20, 10)
     counts: Counter[str] = Counter()
@@ -215,7 +229,9 @@ def main(days: float, rate: float, customers: int, batch: int, seed: int, take: 
         read_s = time.perf_counter() - started
         entries = stage.decode_entries([(cast(bytes, key), value) for key, value in emitted_db.items()])  # raw mode
         decoded_s = time.perf_counter() - started
-        restored = Stitcher.from_state(records, entries, components=components)
+        restored = Stitcher.from_state(
+            records, entries, None, rules, keep_ms=keep_ms, identity_retention_ms=identity_ms, components=components
+        )
     took = time.perf_counter() - started
     click.echo(
         f"\nrestore of {held:,} contact records ({record_bytes / 1e6:,.1f} MB) and {len(entries):,} journey versions: "
@@ -235,7 +251,9 @@ def main(days: float, rate: float, customers: int, batch: int, seed: int, take: 
         for record in records:
             record.anchor = None
         started = time.perf_counter()
-        replayed = Stitcher.from_state(records, entries)
+        replayed = Stitcher.from_state(
+            records, entries, None, rules, keep_ms=keep_ms, identity_retention_ms=identity_ms
+        )
     click.echo(
         f"  the same state with the graph's unions replayed instead: rebuilding {time.perf_counter() - started:.2f} s"
     )

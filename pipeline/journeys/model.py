@@ -47,6 +47,17 @@ class JourneyStep:
 
 
 @dataclass(frozen=True, slots=True)
+class JourneySpan:
+    """Of a journey, what retention needs: its id, its contacts, when it was resolved (None: it is
+    not) and its last activity (ms)."""
+
+    journey_id: str
+    contact_ids: tuple[str, ...]
+    resolved_at: int | None
+    last_activity_at: int
+
+
+@dataclass(frozen=True, slots=True)
 class Journey:
     """One customer issue (customer x intent) and the contacts it took."""
 

@@ -137,7 +137,7 @@ class Stitcher:
                 continue
             customer = graph.customer_of_contact(contact_id)
             if record.active and customer is not None:
-                journey = next((j for j in store.journeys(customer, as_of) if contact_id in j.contact_ids), None)
+                journey = store.span_of(customer, contact_id)
                 if journey is not None:
                     closes = store.close_time(journey, self.keep_ms)
                     if closes >= as_of:
@@ -148,7 +148,7 @@ class Stitcher:
                         records[member].strip()
                         self.record_changes.add(member)
                         out.stripped.append(member)
-                    store.forget_journey(journey)
+                    store.forget_journey(journey, customer)
                     out.journeys += 1
                     contact_id = self._compact_identity(contact_id)
             # identity only now: forget the customer once none of its contacts is in a journey

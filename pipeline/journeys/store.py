@@ -16,9 +16,9 @@ from collections.abc import Iterable
 
 from pipeline.journeys.contact import ContactSummary
 from pipeline.journeys.identity import Merge
-from pipeline.journeys.model import DAY, Emitted, Journey, JourneyConfig, JourneyStep, JourneyVersion
+from pipeline.journeys.model import DAY, Emitted, Journey, JourneyConfig, JourneySpan, JourneyStep, JourneyVersion
 from pipeline.journeys.record import ContactRecord
-from pipeline.journeys.rules import StepCache, build_journeys
+from pipeline.journeys.rules import StepCache, build_journeys, journey_span
 
 
 class CustomerBook:
@@ -294,23 +294,28 @@ class JourneyStore:
             None, None, None, 0.0,
         )  # fmt: skip
 
-    def forget_journey(self, journey: Journey) -> None:
-        """Drop what is remembered of an evicted journey (and of retracted journeys named after
-        its contacts)."""
+    def span_of(self, customer: str, contact_id: str) -> JourneySpan | None:
+        """What retention needs of the journey of `customer` holding `contact_id`."""
+        book = self.books.get(customer)
+        return None if book is None else journey_span(contact_id, book.summaries, self.config)
+
+    def forget_journey(self, journey: Journey | JourneySpan, customer: str) -> None:
+        """Drop what is remembered of an evicted journey of `customer` (and of retracted journeys
+        named after its contacts)."""
         for journey_id in (journey.journey_id, *(f"j-{c}" for c in journey.contact_ids)):
             entry = self._emitted.pop(journey_id, None)
             if entry is None:
                 continue
             self.emitted_changes.add(journey_id)
             # only the customers it was filed under (not a scan of every customer per journey)
-            for customer in {entry.customer, journey.customer}:
-                owned = self._journeys_of.get(customer)
+            for owner in {entry.customer, customer}:
+                owned = self._journeys_of.get(owner)
                 if owned is not None:
                     owned.discard(journey_id)
                     if not owned:
-                        del self._journeys_of[customer]
+                        del self._journeys_of[owner]
 
-    def close_time(self, journey: Journey, keep_ms: int) -> int:
+    def close_time(self, journey: Journey | JourneySpan, keep_ms: int) -> int:
         """Event time after which no later contact can join `journey` (and late events of its
         contacts, up to `keep_ms` late, have arrived)."""
         if journey.resolved_at is not None:
@@ -332,7 +337,7 @@ class JourneyStore:
                 for contact_id in journey.contact_ids:
                     self.remove(contact_id)
                     forgotten += 1
-                self.forget_journey(journey)
+                self.forget_journey(journey, journey.customer)
         return forgotten
 
     def forget(self, customers: Iterable[str], contact_ids: Iterable[str]) -> int:

@@ -48,7 +48,8 @@ from pipeline.journeys import (
     step_rows,
     summarise,
 )
-from pipeline.journeys.model import Journey, JourneyVersion
+from pipeline.journeys.model import Journey, JourneySpan, JourneyVersion
+from pipeline.journeys.rules import journey_span
 from pipeline.simulator.model import DAY, SimConfig, Simulation
 from pipeline.times import iso_ms, to_ms
 
@@ -267,6 +268,36 @@ def test_configurable_windows() -> None:
     failed = summary("c1", 0, resolve_after=None)
     assert len(build_journeys([failed, summary("c2", 100 + 2 * HOUR_S)], config)) == 1
     assert len(build_journeys([failed, summary("c2", 101 + 2 * HOUR_S)], config)) == 2
+
+
+@st.composite
+def customer_contacts(draw: st.DrawFn) -> list[ContactSummary]:
+    """One customer's contacts over three weeks: intents (or none), resolved or not, reopened."""
+    out = []
+    for n in range(draw(st.integers(1, 8))):
+        out.append(
+            summary(
+                f"c{n}",
+                draw(st.integers(0, 21 * 24)) * 3600 + n,
+                intent=draw(st.sampled_from(["billing", "tech", None])),
+                resolve_after=draw(st.sampled_from([None, 120, 3600])),
+                reopen_after=draw(st.sampled_from([None, None, 600])),
+            )
+        )
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(customer_contacts(), st.sampled_from([JourneyConfig(), JourneyConfig(DAY // 2, DAY)]))
+def test_a_journey_span_is_the_built_journey_holding_the_contact(
+    contacts: list[ContactSummary], config: JourneyConfig
+) -> None:
+    by_id = {c.contact_id: c for c in contacts}
+    for journey in build_journeys(contacts, config):
+        expected = JourneySpan(journey.journey_id, journey.contact_ids, journey.resolved_at, journey.last_activity_at)
+        for contact_id in journey.contact_ids:
+            assert journey_span(contact_id, by_id, config) == expected
+    assert journey_span("nobody", by_id, config) is None
 
 
 # -------------------------------------------------------------------------------------------------
