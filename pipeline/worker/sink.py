@@ -272,7 +272,9 @@ class IngestSink:
         written_at = datetime.now(UTC)
         written_ms = to_ms(written_at)
         # DateTime64(3) columns as integer milliseconds: clickhouse-connect converts datetimes
-        # one by one at about three times the cost
+        # one by one at about three times the cost. Rows in clickhouse-connect's Native form: 5.4-6.3
+        # µs a row into embedded ClickHouse, where JSON rows it parses itself (JSONCompactEachRow)
+        # took 11.4-13.5 µs, 2.5 of them to build the JSON (21,253 simulated events, session 16)
         rows = [(*r[:_OCCURRED], to_ms(r[_OCCURRED]), *r[_OCCURRED + 1 : _INGESTED], written_ms) for r in batch.events]
         refused_at = insert_splitting(self._client, "interaction_events", EVENT_COLUMNS, rows)
         insert_rows(self._client, "dead_letters", DEAD_LETTER_COLUMNS, batch.dead_letters)
