@@ -236,6 +236,9 @@ def main(
             row["engine_mb"] = m.get("touchline_clickhouse_resident_bytes", 0.0) / 1e6
             row["frozen_k"] = m.get("touchline_gc_frozen_objects", 0.0) / 1e3
             row["journey_contacts"] = j.get('touchline_journey_state{what="contacts"}', 0.0)
+            # where the journeys worker's memory is: its embedded ClickHouse, and Python objects alive
+            row["journeys_engine_mb"] = j.get("touchline_clickhouse_resident_bytes", 0.0) / 1e6
+            row["journeys_frozen_k"] = j.get("touchline_gc_frozen_objects", 0.0) / 1e3
             row["checkpoint_mb"] += (written - previous_bytes) / 1e6
             row["stall_le_s"] = max(row["stall_le_s"], longest_bucket)
             row["events"] = m.get("touchline_events_analysed_total", 0.0)
@@ -245,7 +248,8 @@ def main(
             click.echo(
                 f"  day {day}: analytics rss {row['rss_mb']:.0f} MB (chDB tracked {row['clickhouse_mb']:.0f}, resident {row['engine_mb']:.0f}, frozen objects {row['frozen_k']:.0f}k), contacts {row['contacts']:.0f}, "
                 f"analysed {row['events']:.0f}, outputs waiting {m.get('touchline_outbox_pending', 0.0):.0f}, checkpoints {row['checkpoint_mb']:.1f} MB; "
-                f"journeys rss {row['journeys_rss_mb']:.0f} MB, contacts {row['journey_contacts']:.0f}, "
+                f"journeys rss {row['journeys_rss_mb']:.0f} MB (chDB resident {row['journeys_engine_mb']:.0f}, frozen "
+                f"objects {row['journeys_frozen_k']:.0f}k), contacts {row['journey_contacts']:.0f}, "
                 f"records {row['journey_records']:.0f}"
             )
             if (

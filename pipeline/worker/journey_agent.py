@@ -96,6 +96,17 @@ class _State:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+# RocksDB memory of each journey table (Faust's defaults: three 64 MB write buffers and a 2 GB block
+# cache per table, filled by the restore's full read): memtables fill for days at this stage's write
+# rate before their first flush, so RSS crept while the state stayed flat (4-day `make soak`, short
+# windows: 981 -> 1,109 MB from day 2 to day 4, contacts held 70,858 -> 74,726)
+ROCKSDB_OPTIONS: dict[str, int] = {
+    "write_buffer_size": 8 * 1024 * 1024,
+    "max_write_buffer_number": 2,
+    "block_cache_size": 16 * 1024 * 1024,
+}
+
+
 def journey_rules(settings: Settings) -> JourneyConfig:
     """The windows of the journey rules the settings give (by default a 7-day repeat window and a
     14-day dormancy)."""
@@ -118,9 +129,14 @@ def install_journey_stage(
     identity_ms = int(settings.journey_identity_retention_days * DAY)
     journeys_topic = settings.topics.journeys
     input_topic: str = journey_events_topic.get_topic_name()
-    identity = app.Table("journey-identity", default=None, partitions=1, key_type=bytes, value_type=bytes)
-    contacts = app.Table("journey-contacts", default=None, partitions=1, key_type=bytes, value_type=bytes)
-    emitted = app.Table("journey-emitted", default=None, partitions=1, key_type=bytes, value_type=bytes)
+
+    def table(name: str) -> Any:
+        # options: a dict of its own per table (Faust's RocksDB store changes the one it is given)
+        return app.Table(
+            name, default=None, partitions=1, key_type=bytes, value_type=bytes, options=dict(ROCKSDB_OPTIONS)
+        )
+
+    identity, contacts, emitted = table("journey-identity"), table("journey-contacts"), table("journey-emitted")
     state = _State()
 
     async def build() -> None:
