@@ -96,10 +96,10 @@ class _State:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-# RocksDB memory of each journey table (Faust's defaults: three 64 MB write buffers and a 2 GB block
-# cache per table, filled by the restore's full read): memtables fill for days at this stage's write
-# rate before their first flush, so RSS crept while the state stayed flat (4-day `make soak`, short
-# windows: 981 -> 1,109 MB from day 2 to day 4, contacts held 70,858 -> 74,726)
+# RocksDB memory of each journey table. Faust's defaults (three 64 MB write buffers and a 2 GB block
+# cache per table, filled by the restore's full read) let the journeys worker's RSS creep while its
+# state stayed flat: 981 -> 1,109 MB from day 2 to day 4 of `make soak` (short windows), contacts
+# held 70,858 -> 74,726; with these, 899 -> 967 MB, contacts 70,747 -> 74,453 (session 16)
 ROCKSDB_OPTIONS: dict[str, int] = {
     "write_buffer_size": 8 * 1024 * 1024,
     "max_write_buffer_number": 2,
