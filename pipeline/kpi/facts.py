@@ -64,7 +64,7 @@ from bisect import insort
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from pydantic import TypeAdapter
 
@@ -547,8 +547,16 @@ def facts_of_entries(
 _EVENT_LIST: TypeAdapter[list[InteractionEvent]] = TypeAdapter(list[InteractionEvent])
 
 
-def _pack(wire: str) -> bytes:
-    return zlib.compress(wire.encode(), 1)
+def _wire(tracked: _Tracked) -> bytes:
+    """The contact's events as a JSON array (`ContactTracker.contact_wire`)."""
+    if tracked.events is None:
+        assert tracked.packed is not None
+        return _unpack(tracked.packed)
+    # one pydantic-core call for the array, the same bytes as joining each event's
+    # `model_dump_json(exclude_none=True)`: 7.2 -> 6.2 µs an event (20k simulated events, one run)
+    return _EVENT_LIST.dump_json(
+        cast(list[InteractionEvent], [entry[3] for entry in tracked.ordered]), exclude_none=True
+    )
 
 
 def _unpack(packed: bytes) -> bytes:
@@ -716,10 +724,7 @@ class ContactTracker:
         tracked = self._contacts.get(contact_id)
         if tracked is None:
             return None
-        if tracked.events is None:
-            assert tracked.packed is not None
-            return _unpack(tracked.packed).decode()
-        return "[" + ",".join(entry[3].model_dump_json(exclude_none=True) for entry in tracked.ordered) + "]"
+        return _wire(tracked).decode()
 
     def freeze(self, contact_id: str) -> None:
         """Keep a contact's events as compressed JSON only, until its next event or read:
@@ -730,7 +735,7 @@ class ContactTracker:
         simulated day 2, 17k of 49k held contacts were open and held 244 MB as pydantic events."""
         tracked = self._contacts.get(contact_id)
         if tracked is not None and tracked.events is not None:
-            tracked.packed = _pack(self.contact_wire(contact_id) or "[]")
+            tracked.packed = zlib.compress(_wire(tracked), 1)
             tracked.events = None
             tracked.ordered = []
             tracked.facts = None
