@@ -70,10 +70,15 @@ class Measures:
         self.values.setdefault(name, []).append(v)
 
     def add(self, other: Measures) -> None:
+        counts, values = self.counts, self.values
         for name, n in other.counts.items():
-            self.count(name, n)
+            counts[name] = counts.get(name, 0) + n
         for name, vs in other.values.items():
-            self.values.setdefault(name, []).extend(vs)
+            found = values.get(name)
+            if found is None:
+                values[name] = list(vs)
+            else:
+                found.extend(vs)
 
     def is_empty(self) -> bool:
         return not any(self.counts.values()) and not any(self.values.values())

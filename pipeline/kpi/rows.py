@@ -18,6 +18,10 @@ from pipeline.kpi.measures import COUNT_NAMES, LIST_NAMES, WINDOW_MS, Measures, 
 from pipeline.kpi.settings import KpiConfig
 from pipeline.times import from_ms
 
+# the defaults of `counts.get(name, 0)` and `values.get(name, ())` for `map` over the names
+_ZEROS = (0,) * len(COUNT_NAMES)
+_EMPTIES: tuple[tuple[float, ...], ...] = ((),) * len(LIST_NAMES)
+
 
 @dataclass(frozen=True, slots=True)
 class KpiRow:
@@ -53,42 +57,43 @@ class KpiRow:
             self.sl_threshold_seconds,
             self.short_abandon_seconds,
             self.sl_headline,
-            tuple(self.counts.get(n, 0) for n in COUNT_NAMES),
-            tuple(tuple(self.values.get(n, ())) for n in LIST_NAMES),
+            tuple(map(self.counts.get, COUNT_NAMES, _ZEROS)),
+            tuple(map(tuple, map(self.values.get, LIST_NAMES, _EMPTIES))),
             self.backlog_end,
             self.oldest_wait_end,
         )
 
     def is_empty(self) -> bool:
         return (
-            not any(self.counts.get(n, 0) for n in COUNT_NAMES)
-            and not any(self.values.get(n) for n in LIST_NAMES)
+            not any(map(self.counts.get, COUNT_NAMES, _ZEROS))
+            and not any(map(self.values.get, LIST_NAMES))
             and self.backlog_end == 0
         )
 
     def record(self) -> dict[str, Any]:
         """Column name -> value, in `PARTIAL_COLUMNS` order, ready for a ClickHouse insert."""
-        rec: dict[str, Any] = {
-            "window_start": self.window_start,
-            "channel": self.channel,
-            "queue": self.queue,
-            "priority": self.priority,
-            "source_topic": self.source_topic,
-            "source_partition": self.source_partition,
-            "sl_threshold_seconds": self.sl_threshold_seconds,
-            "short_abandon_seconds": self.short_abandon_seconds,
-            "sl_headline": self.sl_headline,
-        }
-        for name in COUNT_NAMES:
-            rec[name] = self.counts.get(name, 0)
-        for name in LIST_NAMES:
-            rec[name] = list(self.values.get(name, ()))
-        rec["backlog_end"] = self.backlog_end
-        rec["oldest_wait_end"] = self.oldest_wait_end
-        rec["final"] = self.final
-        rec["version"] = self.version
-        rec["emitted_at"] = self.emitted_at if self.emitted_at is not None else self.window_start
-        return rec
+        return dict(zip(PARTIAL_COLUMNS, self.record_values(), strict=True))
+
+    def record_values(self) -> list[Any]:
+        """The values of `record()`, without the names (the rows the worker writes)."""
+        return [
+            self.window_start,
+            self.channel,
+            self.queue,
+            self.priority,
+            self.source_topic,
+            self.source_partition,
+            self.sl_threshold_seconds,
+            self.short_abandon_seconds,
+            self.sl_headline,
+            *map(self.counts.get, COUNT_NAMES, _ZEROS),
+            *map(list, map(self.values.get, LIST_NAMES, _EMPTIES)),
+            self.backlog_end,
+            self.oldest_wait_end,
+            self.final,
+            self.version,
+            self.emitted_at if self.emitted_at is not None else self.window_start,
+        ]
 
 
 PARTIAL_COLUMNS: tuple[str, ...] = tuple(
@@ -137,7 +142,7 @@ def build_row(
         sl_threshold_seconds=config.threshold(channel),
         short_abandon_seconds=config.short_abandon_seconds,
         sl_headline=config.headline(channel),
-        counts={n: measures.counts.get(n, 0) for n in COUNT_NAMES},
+        counts=dict(zip(COUNT_NAMES, map(measures.counts.get, COUNT_NAMES, _ZEROS), strict=True)),
         values={n: tuple(sorted(measures.values.get(n, ()))) for n in LIST_NAMES},
         backlog_end=count,
         oldest_wait_end=(end_ms - oldest_ms) / 1000.0 if count else 0.0,

@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -496,12 +496,17 @@ class KpiWindows:
                 backlog_seen = dim_backlog is None if previous is None else previous[2] == dim_backlog
                 if not is_final and key not in p.dirty and backlog_seen:
                     continue  # nothing changed since the last emit
+                # built with the version it is written under (it was built with none and copied by
+                # dataclasses.replace when written): rows not written are rare
+                version = max((previous[0] + 1) if previous is not None else 1, now_ms)
                 bucket = p.contribs.get(key)
                 if bucket:
                     total = Measures()
                     for contact_id in sorted(bucket):
                         total.add(bucket[contact_id])
-                    row: KpiRow | None = build_row(key, total, dim_backlog, self.config, p.key, final=is_final)
+                    row: KpiRow | None = build_row(
+                        key, total, dim_backlog, self.config, p.key, final=is_final, version=version, emitted_at=now
+                    )
                     assert row is not None
                     digest, empty = _digest(row), row.is_empty()
                 else:
@@ -512,10 +517,18 @@ class KpiWindows:
                     empty = dim_backlog is None or dim_backlog[0] == 0
                 changed = (previous is None and not empty) or (previous is not None and previous[1] != digest)
                 if changed or (is_final and previous is not None):
-                    version = max((previous[0] + 1) if previous is not None else 1, now_ms)
                     if row is None:
-                        row = build_row(key, _NOTHING, dim_backlog, self.config, p.key, final=is_final)
-                    out.append(replace(row, version=version, emitted_at=now))
+                        row = build_row(
+                            key,
+                            _NOTHING,
+                            dim_backlog,
+                            self.config,
+                            p.key,
+                            final=is_final,
+                            version=version,
+                            emitted_at=now,
+                        )
+                    out.append(row)
                     p.emitted[key] = (version, digest, dim_backlog)
                 p.dirty.discard(key)
                 if is_final:

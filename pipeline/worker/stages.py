@@ -310,7 +310,7 @@ def _meta(text: str) -> tuple[int | None, int, bool] | None:
 
 
 def kpi_records(rows: Iterable[KpiRow]) -> list[list[Any]]:
-    return [list(row.record().values()) for row in rows]
+    return [row.record_values() for row in rows]
 
 
 def sla_records(events: Iterable[SlaEvent], emitted_at: datetime) -> list[tuple[Any, ...]]:
