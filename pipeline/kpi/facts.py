@@ -64,9 +64,9 @@ from bisect import insort
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any
 
-from pydantic import TypeAdapter
+from pydantic import SerializeAsAny, TypeAdapter
 
 from pipeline.events.models import (
     Abandoned,
@@ -545,6 +545,7 @@ def facts_of_entries(
 
 
 _EVENT_LIST: TypeAdapter[list[InteractionEvent]] = TypeAdapter(list[InteractionEvent])
+_WIRE_LIST: TypeAdapter[list[EventBase]] = TypeAdapter(list[SerializeAsAny[EventBase]])
 
 
 def _wire(tracked: _Tracked) -> bytes:
@@ -552,11 +553,10 @@ def _wire(tracked: _Tracked) -> bytes:
     if tracked.events is None:
         assert tracked.packed is not None
         return _unpack(tracked.packed)
-    # one pydantic-core call for the array, the same bytes as joining each event's
-    # `model_dump_json(exclude_none=True)`: 7.2 -> 6.2 µs an event (20k simulated events, one run)
-    return _EVENT_LIST.dump_json(
-        cast(list[InteractionEvent], [entry[3] for entry in tracked.ordered]), exclude_none=True
-    )
+    # one pydantic-core call for the array, each event by its own class's serializer: the same
+    # bytes as joining each event's `model_dump_json(exclude_none=True)`, 5.45 -> 4.51 µs an event
+    # (20k simulated events, min of 3; through the `InteractionEvent` union: 5.50)
+    return _WIRE_LIST.dump_json([entry[3] for entry in tracked.ordered], exclude_none=True)
 
 
 def _unpack(packed: bytes) -> bytes:
