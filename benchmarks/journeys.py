@@ -30,13 +30,15 @@ from typing import cast
 import click
 from rocksdict import Options, Rdict
 
+from benchmarks.soak import JOURNEY_WINDOWS
+from pipeline.config import load_settings
 from pipeline.events.models import EventBase
-from pipeline.journeys.model import DAY, JourneyConfig
+from pipeline.journeys.model import DAY
 from pipeline.journeys.stitcher import Stitcher, collection_paused
 from pipeline.simulator.model import SimConfig, Simulation
 from pipeline.times import to_ms
 from pipeline.worker import journeys as stage
-from pipeline.worker.journey_agent import CHANGES_SLICE, EVICT_BUDGET
+from pipeline.worker.journey_agent import CHANGES_SLICE, EVICT_BUDGET, journey_rules
 
 
 def rss_mb() -> float:
@@ -58,7 +60,7 @@ def rss_mb() -> float:
 )
 @click.option(
     "--windows",
-    type=click.Choice(["default", "short"]),
+    type=click.Choice(sorted(JOURNEY_WINDOWS)),
     default="default",
     show_default=True,
     help="The journey windows: the settings' (7-day repeat window, 14-day dormancy, 24-hour margin, 30-day "
@@ -72,10 +74,12 @@ def main(days: float, rate: float, customers: int, batch: int, seed: int, take: 
     identity_db = Rdict(str(workdir / "identity"), Options(raw_mode=True))
     contacts_db = Rdict(str(workdir / "contacts"), Options(raw_mode=True))
     emitted_db = Rdict(str(workdir / "emitted"), Options(raw_mode=True))
-    if windows == "short":
-        rules, keep_ms, identity_ms = JourneyConfig(repeat_window_ms=DAY // 2, dormancy_ms=DAY), DAY // 4, DAY // 2
-    else:
-        rules, keep_ms, identity_ms = JourneyConfig(), DAY, 30 * DAY
+    # the journey stage's windows as the worker derives them, from the settings `make soak` gives
+    overrides = {name.removeprefix("TOUCHLINE_").lower(): value for name, value in JOURNEY_WINDOWS[windows].items()}
+    settings = load_settings(**overrides)
+    rules = journey_rules(settings)
+    keep_ms = int(settings.journey_keep_hours * 3_600_000)
+    identity_ms = int(settings.journey_identity_retention_days * DAY)
     box = [
         Stitcher(journeys=rules, keep_ms=keep_ms, identity_retention_ms=identity_ms)
     ]  # the journey stage's core (a box, so it can be let go before the restore)
