@@ -222,6 +222,18 @@ def metrics(url: str, timeout: float = 5) -> dict[str, float]:
     return totals
 
 
+def raw_metrics(url: str) -> dict[str, float]:
+    """Every sample with its labels as the key (benchmarks.bench.metrics sums over labels)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
+
+
 def sql(url: str, query: str) -> list[list[Any]]:
     request = urllib.request.Request(f"{url}/sql?format=json", data=query.encode(), method="POST")
     with urllib.request.urlopen(request, timeout=120) as response:

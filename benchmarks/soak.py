@@ -13,7 +13,9 @@ The default speed (500 simulated seconds per second, ~3,000 events/s at peak) is
 the workers keep up with, so the soak measures steady state and not a backfill (with `--speed 0`
 every partition is read at its own pace, the lowest watermark lags the others by days and the state
 holds days more than in production). Every few seconds the workers' metrics are sampled, grouped by
-the simulated day the lowest KPI watermark has reached. Printed per simulated day: each worker's
+the simulated day the lowest KPI watermark has reached (the journeys worker's by the day of the
+newest event its state holds, `touchline_journey_event_time_seconds`: it may lag the analytics
+stage, and its last day is sampled once it has applied all its input). Printed per simulated day: each worker's
 RSS at the end of the day, contacts held in state, checkpoint bytes written during the day and the
 longest event-loop stall of the analytics worker (histogram bucket bound), with the share of the
 day its loop's thread was ready to run but waited for a CPU and the machine's highest load average
@@ -41,7 +43,7 @@ from pathlib import Path
 
 import click
 
-from benchmarks.bench import free_port, fresh_topics, metrics, start_worker
+from benchmarks.bench import free_port, fresh_topics, metrics, raw_metrics, start_worker
 from tools import broker
 
 DAY_MS = 86_400_000
@@ -58,20 +60,6 @@ def rss_mb(pid: int) -> float:
 
 def histogram(m: dict[str, float], name: str) -> dict[float, float]:
     return {float(k.split('le="')[1].split('"')[0]): v for k, v in m.items() if k.startswith(f"{name}_bucket")}
-
-
-def raw_metrics(url: str) -> dict[str, float]:
-    """Every sample with its labels as the key (benchmarks.bench.metrics sums over labels)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as response:
-        text = response.read().decode()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return out
 
 
 def wait_partitions(url: str, process: subprocess.Popen[bytes], timeout: float) -> float:
@@ -185,6 +173,26 @@ def main(
             f"and worker `--role journeys` ({journey_windows} journey windows; logs in {workdir})"
         )
         per_day: dict[int, dict[str, float]] = {}
+        # the journeys worker's samples, by the simulated day of the newest event its state holds (not
+        # the analytics watermark's: when it lags, its "day 2" would otherwise hold day 1's state)
+        journey_days: dict[int, dict[str, float]] = {}
+
+        def journey_sample(j: dict[str, float]) -> tuple[int, dict[str, float]]:
+            newest_ms = j.get("touchline_journey_event_time_seconds", 0.0) * 1000
+            jday = int((newest_ms - START_MS) // DAY_MS) + 1 if newest_ms else 0
+            jrow = journey_days.setdefault(jday, {})
+            jrow["journeys_rss_mb"] = rss_mb(workers["journeys"].pid)
+            jrow["journeys_rss_max_mb"] = max(jrow.get("journeys_rss_max_mb", 0.0), jrow["journeys_rss_mb"])
+            jrow["journey_nodes"] = j.get('touchline_journey_state{what="identity_nodes"}', 0.0)
+            jrow["journey_journeys"] = j.get('touchline_journey_state{what="journeys"}', 0.0)
+            jrow["journey_contacts"] = j.get('touchline_journey_state{what="contacts"}', 0.0)
+            # where the journeys worker's memory is: its embedded ClickHouse, and Python objects alive
+            jrow["journeys_engine_mb"] = j.get("touchline_clickhouse_resident_bytes", 0.0) / 1e6
+            jrow["journeys_frozen_k"] = j.get("touchline_gc_frozen_objects", 0.0) / 1e3
+            jrow["journey_records"] = sum(v for k, v in j.items() if k.startswith("touchline_journey_records_total"))
+            jrow["journey_busy_s"] = j.get("touchline_journey_round_seconds_total", 0.0)
+            return jday, jrow
+
         previous_bytes = 0.0
         previous_stalls: dict[float, float] = {}
         previous_wait: tuple[float, float] | None = None  # (loop thread's CPU wait total, monotonic)
@@ -227,30 +235,21 @@ def main(
             row["load_max"] = max(row.get("load_max", 0.0), os.getloadavg()[0])
             row["rss_mb"] = rss_mb(workers["analytics"].pid)
             row["rss_max_mb"] = max(row.get("rss_max_mb", 0.0), row["rss_mb"])
-            row["journeys_rss_mb"] = rss_mb(workers["journeys"].pid)
-            row["journeys_rss_max_mb"] = max(row.get("journeys_rss_max_mb", 0.0), row["journeys_rss_mb"])
-            row["journey_nodes"] = j.get('touchline_journey_state{what="identity_nodes"}', 0.0)
-            row["journey_journeys"] = j.get('touchline_journey_state{what="journeys"}', 0.0)
             row["contacts"] = m.get("touchline_state_contacts", 0.0)
             row["clickhouse_mb"] = m.get("touchline_clickhouse_memory_bytes", 0.0) / 1e6
             row["engine_mb"] = m.get("touchline_clickhouse_resident_bytes", 0.0) / 1e6
             row["frozen_k"] = m.get("touchline_gc_frozen_objects", 0.0) / 1e3
-            row["journey_contacts"] = j.get('touchline_journey_state{what="contacts"}', 0.0)
-            # where the journeys worker's memory is: its embedded ClickHouse, and Python objects alive
-            row["journeys_engine_mb"] = j.get("touchline_clickhouse_resident_bytes", 0.0) / 1e6
-            row["journeys_frozen_k"] = j.get("touchline_gc_frozen_objects", 0.0) / 1e3
             row["checkpoint_mb"] += (written - previous_bytes) / 1e6
             row["stall_le_s"] = max(row["stall_le_s"], longest_bucket)
             row["events"] = m.get("touchline_events_analysed_total", 0.0)
-            row["journey_records"] = sum(v for k, v in j.items() if k.startswith("touchline_journey_records_total"))
-            row["journey_busy_s"] = j.get("touchline_journey_round_seconds_total", 0.0)
             previous_bytes = written
+            jday, jrow = journey_sample(j)
             click.echo(
                 f"  day {day}: analytics rss {row['rss_mb']:.0f} MB (chDB tracked {row['clickhouse_mb']:.0f}, resident {row['engine_mb']:.0f}, frozen objects {row['frozen_k']:.0f}k), contacts {row['contacts']:.0f}, "
                 f"analysed {row['events']:.0f}, outputs waiting {m.get('touchline_outbox_pending', 0.0):.0f}, checkpoints {row['checkpoint_mb']:.1f} MB; "
-                f"journeys rss {row['journeys_rss_mb']:.0f} MB (chDB resident {row['journeys_engine_mb']:.0f}, frozen "
-                f"objects {row['journeys_frozen_k']:.0f}k), contacts {row['journey_contacts']:.0f}, "
-                f"records {row['journey_records']:.0f}"
+                f"journeys (day {jday}) rss {jrow['journeys_rss_mb']:.0f} MB (chDB resident {jrow['journeys_engine_mb']:.0f}, frozen "
+                f"objects {jrow['journeys_frozen_k']:.0f}k), contacts {jrow['journey_contacts']:.0f}, "
+                f"records {jrow['journey_records']:.0f}"
             )
             if (
                 produced is not None
@@ -258,6 +257,20 @@ def main(
                 and m.get("touchline_events_consumed_total", 0.0) >= produced
             ):
                 break
+        # the journey stage may still be reading the analytics stage's last records: its last day is
+        # measured once it has applied them (no new record over two samples)
+        caught_up_from = idle_since = time.monotonic()
+        records_before = -1.0
+        while time.monotonic() - idle_since < 2 * sample_seconds and time.monotonic() - caught_up_from < 300:
+            time.sleep(sample_seconds)
+            try:
+                j = raw_metrics(urls["journeys"])
+            except OSError:
+                continue
+            jday, jrow = journey_sample(j)
+            if jrow["journey_records"] != records_before:
+                idle_since, records_before = time.monotonic(), jrow["journey_records"]
+                click.echo(f"  journeys (day {jday}): catching up, records {jrow['journey_records']:.0f}")
         stops: dict[str, float] = {}
         exits: dict[str, int] = {}
         for name, process in workers.items():
@@ -294,22 +307,32 @@ def main(
             """Of the day's wall time, the share the analytics loop's thread waited for a CPU."""
             return r["cpu_wait_s"] / r["wall_s"] if r["wall_s"] > 0 else 0.0
 
-        for day in sorted(per_day):
-            r = per_day[day]
-            click.echo(
-                f"{day:>13} | {r['rss_mb']:>22.0f}; {r['rss_max_mb']:>7.0f} | {r['clickhouse_mb']:>6.0f}; {r['engine_mb']:>5.0f} | {r['contacts']:>17.0f} | {r['checkpoint_mb']:>21.1f} | "
-                f"{r['stall_le_s']:>24} | {share(r):>30.0%}; {r.get('load_max', 0.0):>20.1f} | {r['journeys_rss_mb']:>6.0f}; {r['journeys_rss_max_mb']:>6.0f} | "
-                f"{r['journey_contacts']:>8.0f}; {r['journey_nodes']:>8.0f}; {r['journey_journeys']:>8.0f} | {rate_of(r):>9.0f}"
+        empty: dict[str, float] = {}
+        for day in sorted(set(per_day) | set(journey_days)):
+            r, jr = per_day.get(day, empty), journey_days.get(day, empty)
+            analytics = (
+                f"{r['rss_mb']:>22.0f}; {r['rss_max_mb']:>7.0f} | {r['clickhouse_mb']:>6.0f}; {r['engine_mb']:>5.0f} | "
+                f"{r['contacts']:>17.0f} | {r['checkpoint_mb']:>21.1f} | {r['stall_le_s']:>24} | "
+                f"{share(r):>30.0%}; {r.get('load_max', 0.0):>20.1f}"
+                if r
+                else f"{'-':>31} | {'-':>13} | {'-':>17} | {'-':>21} | {'-':>24} | {'-':>52}"
             )
+            journeys = (
+                f"{jr['journeys_rss_mb']:>6.0f}; {jr['journeys_rss_max_mb']:>6.0f} | {jr['journey_contacts']:>8.0f}; "
+                f"{jr['journey_nodes']:>8.0f}; {jr['journey_journeys']:>8.0f} | {rate_of(jr):>9.0f}"
+                if jr
+                else "-"
+            )
+            click.echo(f"{day:>13} | {analytics} | {journeys}")
         if 2 in per_day and 4 in per_day:  # simulated days count from 1 (a first sample may fall before: 0)
             d2, d4 = per_day[2]["rss_max_mb"], per_day[4]["rss_max_mb"]
             click.echo(
                 f"analytics RSS, highest sample of day 4 / of day 2: {d4 / d2:.2f} (target <= 1.10); day 4: "
                 f"{d4:.0f} MB (target <= 1536)"
             )
-        if journey_windows == "short" and 2 in per_day and 4 in per_day:
+        if journey_windows == "short" and 2 in journey_days and 4 in journey_days:
             # every horizon of the state ends within 1.75 days (JOURNEY_WINDOWS): day 2 is on the plateau
-            j2, j4 = per_day[2], per_day[4]
+            j2, j4 = journey_days[2], journey_days[4]
             click.echo(
                 f"journeys RSS, highest sample of day 4 / of day 2: "
                 f"{j4['journeys_rss_max_mb'] / j2['journeys_rss_max_mb']:.2f} (target <= 1.10); day 4: "
@@ -318,10 +341,10 @@ def main(
             )
         # with the settings' windows resolved journeys are evicted after the repeat window (7 days) and the
         # retention margin (1 day); unresolved ones after 14 days of dormancy; identities after their retention
-        full_days = [day for day in sorted(per_day) if 1 <= day <= days]
+        full_days = [day for day in sorted(journey_days) if 1 <= day <= days]
         if journey_windows == "default" and len(full_days) >= 2 and full_days[-1] >= 10:
             last, earlier = full_days[-1], max(2, full_days[-1] - 3)
-            j_last, j_earlier = per_day[last]["journeys_rss_max_mb"], per_day[earlier]["journeys_rss_max_mb"]
+            j_last, j_earlier = journey_days[last]["journeys_rss_max_mb"], journey_days[earlier]["journeys_rss_max_mb"]
             click.echo(
                 f"journeys RSS, highest sample of day {last} / of day {earlier}: {j_last / j_earlier:.2f} "
                 f"(flat: <= 1.10); day {last}: {j_last:.0f} MB"

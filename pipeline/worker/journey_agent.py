@@ -240,6 +240,7 @@ def install_journey_stage(
         jm.JOURNEY_STATE.labels("customers").set(len(core.store.books))
         jm.JOURNEY_STATE.labels("identity_nodes").set(len(core.graph))
         jm.JOURNEY_STATE.labels("journeys").set(len(core.store._emitted))
+        jm.JOURNEY_EVENT_TIME.set(core.as_of_ms / 1000)
 
     def count_identity(core: Stitcher) -> None:
         # counters only: identifier values never reach the log

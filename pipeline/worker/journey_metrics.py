@@ -18,6 +18,11 @@ JOURNEY_IDENTIFIERS_SKIPPED = Counter(
 JOURNEY_STATE = Gauge(
     "touchline_journey_state", "What the journey stage holds: contacts, customers, identity nodes, journeys", ["what"]
 )
+JOURNEY_EVENT_TIME = Gauge(
+    "touchline_journey_event_time_seconds",
+    "Newest event time (Unix seconds) in the journey state (0: none yet): time() minus this is how far the "
+    "journeys lag the contact centre",
+)
 JOURNEY_EVICTED = Counter(
     "touchline_journey_evicted_total",
     "Journey state released by retention: journeys evicted, contacts stripped to identity, contacts dropped",

@@ -145,6 +145,11 @@ def test_a_day_of_journeys_matches_the_truth_and_lookup_works(workspace: Workspa
     worker = workspace.start_worker()
     rows = wait_for_journeys(worker, records, summary)
     assert_matches_truth(rows, records)
+    # how far journeys lag the contact centre, for ops: the newest event the journey state holds is
+    # the newest event the ingest stage stored
+    newest = int(worker.sql("SELECT toUnixTimestamp64Milli(max(occurred_at)) FROM interaction_events")[0][0]) / 1000
+    # set at the end of the round whose rows are in (a few ms after them)
+    wait_until(lambda: abs(worker.metric("touchline_journey_event_time_seconds") - newest) < 0.0015, 30, "its gauge")
 
     # live lookup by any identifier of a customer with a multi-contact journey
     journey = next(r for r in records if r["kind"] == "journey" and r["contacts"] > 1 and r["customer_id"])
