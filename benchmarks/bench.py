@@ -327,11 +327,21 @@ def wait_assigned(process: subprocess.Popen[bytes], port: int, log: Path, timeou
     raise click.ClickException(f"the worker got no partitions in {timeout:.0f} s; see {log}")
 
 
-def analytics_pass(process: subprocess.Popen[bytes], port: int, valid: int, log: Path) -> float:
+WAITS = {
+    reason: f'touchline_consumer_wait_seconds_total{{reason="{reason}",stage="analytics"}}'
+    for reason in ("fetch", "backpressure")
+}
+
+
+def analytics_pass(
+    process: subprocess.Popen[bytes], port: int, valid: int, log: Path
+) -> tuple[float, dict[str, float]]:
     """Seconds from an analytics-only worker's first event applied to the last of the `valid`
-    messages (the malformed ones it skips: the ingest stage dead-letters them)."""
+    messages (the malformed ones it skips: the ingest stage dead-letters them), and the seconds its
+    consumer spent meanwhile in fetches and held back (`touchline_consumer_wait_seconds_total`)."""
     url = f"http://127.0.0.1:{port}"
     first: float | None = None
+    waited: dict[str, float] = {}
     deadline = time.monotonic() + 3600
     while time.monotonic() < deadline:
         m = scrape(process, url, log)
@@ -341,8 +351,11 @@ def analytics_pass(process: subprocess.Popen[bytes], port: int, valid: int, log:
         now = time.monotonic()
         if first is None and analysed > 0:
             first = now
+            at_first = raw_metrics(url)
+            waited = {reason: -at_first.get(name, 0.0) for reason, name in WAITS.items()}
         if first is not None and analysed >= valid:
-            return now - first
+            at_end = raw_metrics(url)
+            return now - first, {reason: waited[reason] + at_end.get(name, 0.0) for reason, name in WAITS.items()}
         time.sleep(0.25 if first is not None else 0.1)
     raise click.ClickException("the analytics worker did not finish in 60 minutes")
 
@@ -835,11 +848,14 @@ def main(
                 analytics_log = workdir / "worker-analytics.log"
                 process = start_worker(worker_env("analytics", port), port, "analytics", analytics_log)
                 try:
-                    analytics_s = analytics_pass(process, port, messages - malformed, analytics_log)
+                    analytics_s, waits = analytics_pass(process, port, messages - malformed, analytics_log)
                     analytics_rss = peak_rss_mb(process.pid)
                 finally:
                     stop_worker(process)
-                click.echo(f"  analytics worker: {analytics_s:.1f} s")
+                click.echo(
+                    f"  analytics worker: {analytics_s:.1f} s; its consumer meanwhile in fetches "
+                    f"{waits['fetch']:.1f} s, held back {waits['backpressure']:.1f} s"
+                )
 
             if "all" not in skip:
                 port = free_port()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +85,8 @@ class BatchConsumer:
             "heartbeat_interval_ms": max(500, int(session_timeout_seconds * 1000) // 4),
         }
         self._consumer: AIOKafkaConsumer | None = None
+        self._fetching = metrics.CONSUMER_WAIT.labels(stage, "fetch")
+        self._held_back = metrics.CONSUMER_WAIT.labels(stage, "backpressure")
 
     # ------------------------------------------------------------------ called by the stage
 
@@ -143,11 +146,15 @@ class BatchConsumer:
         while not self._stopping.is_set():
             if self._hooks.busy is not None and self._hooks.busy():
                 # the stage is behind (outputs to write, windows to emit): wait, heartbeats go on
+                began = time.perf_counter()
                 await self.commit()
                 await asyncio.sleep(0.05)
+                self._held_back.inc(time.perf_counter() - began)
                 continue
             try:
+                began = time.perf_counter()
                 batches = await self.consumer.getmany(timeout_ms=100, max_records=self._max_records)
+                self._fetching.inc(time.perf_counter() - began)
             except KafkaError as error:
                 if self._health is not None:
                     self._health.failed(f"kafka-consumer-{self.stage}", error)

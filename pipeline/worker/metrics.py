@@ -85,6 +85,13 @@ CONSUMER_LAG = Gauge(
     "Messages in the partition not yet read by this worker's stage (ingest or analytics)",
     ["stage", "topic", "partition"],
 )
+CONSUMER_WAIT = Counter(
+    "touchline_consumer_wait_seconds_total",
+    "Wall time a stage's consumer spent between batches: fetch (in aiokafka's getmany: waiting for records "
+    "and unpacking those that came), backpressure (held back by the stage: outputs to write, KPI windows to "
+    "emit, a checkpoint overdue)",
+    ["stage", "reason"],
+)
 PENDING_ROWS = Gauge("touchline_pending_rows", "Messages read but not yet written and acknowledged")
 
 # Stateful stages: KPI windows, SLA clocks, journeys

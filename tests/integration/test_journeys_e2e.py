@@ -150,6 +150,7 @@ def test_a_day_of_journeys_matches_the_truth_and_lookup_works(workspace: Workspa
     newest = int(worker.sql("SELECT toUnixTimestamp64Milli(max(occurred_at)) FROM interaction_events")[0][0]) / 1000
     # set at the end of the round whose rows are in (a few ms after them)
     wait_until(lambda: abs(worker.metric("touchline_journey_event_time_seconds") - newest) < 0.0015, 30, "its gauge")
+    assert worker.metric("touchline_consumer_wait_seconds_total") > 0  # its stages' consumers fetched
 
     # live lookup by any identifier of a customer with a multi-contact journey
     journey = next(r for r in records if r["kind"] == "journey" and r["contacts"] > 1 and r["customer_id"])
