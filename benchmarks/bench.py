@@ -329,7 +329,7 @@ def wait_assigned(process: subprocess.Popen[bytes], port: int, log: Path, timeou
 
 WAITS = {
     reason: f'touchline_consumer_wait_seconds_total{{reason="{reason}",stage="analytics"}}'
-    for reason in ("fetch", "backpressure")
+    for reason in ("fetch", "outputs", "windows", "checkpoint")
 }
 
 
@@ -854,7 +854,8 @@ def main(
                     stop_worker(process)
                 click.echo(
                     f"  analytics worker: {analytics_s:.1f} s; its consumer meanwhile in fetches "
-                    f"{waits['fetch']:.1f} s, held back {waits['backpressure']:.1f} s"
+                    f"{waits['fetch']:.1f} s, held back for outputs {waits['outputs']:.1f} s, KPI windows "
+                    f"{waits['windows']:.1f} s, a checkpoint {waits['checkpoint']:.1f} s"
                 )
 
             if "all" not in skip:

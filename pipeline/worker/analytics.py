@@ -198,19 +198,21 @@ class AnalyticsStage:
         await self._flush()
         self._gauges(now)
 
-    def busy(self) -> bool:
-        """Hold the consumer back: KPI windows still to emit, outputs still to write, or a
-        checkpoint overdue."""
+    def busy(self) -> str | None:
+        """Why the consumer should hold back (None: it need not): `outputs` still to write, a
+        `checkpoint` overdue, or KPI `windows` still to emit."""
         if len(self.outbox) > OUTBOX_HIGH_WATER:
             self.flush_soon()
-            return True
+            return "outputs"
         if time.monotonic() - self._checkpointed_at > self._checkpoint_overdue:
             # The outputs' producer and the checkpoint run on this loop: with the loop saturated by
             # input (a soak at 500x real time), no checkpoint finished for minutes, so a crash would
             # have re-read minutes, and contacts stayed unpacked (RSS +3 KB per event). Pausing the
             # input lets them finish; a crash re-reads at most a few intervals.
-            return True
-        return any(state.kpi.behind for state in self.stages.partitions.values())
+            return "checkpoint"
+        if any(state.kpi.behind for state in self.stages.partitions.values()):
+            return "windows"
+        return None
 
     def _gauges(self, now: datetime) -> None:
         if self._restoring is not None and not self._restoring.done():

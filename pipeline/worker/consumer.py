@@ -38,7 +38,8 @@ class StageHooks:
     handle: Callable[[Records], Awaitable[None]]
     assigned: PartitionsHook
     revoked: PartitionsHook
-    busy: Callable[[], bool] | None = None  # True: do not fetch now (backpressure)
+    # why not to fetch now (backpressure: outputs to write, ...), None: fetch
+    busy: Callable[[], str | None] | None = None
 
 
 class BatchConsumer:
@@ -86,7 +87,6 @@ class BatchConsumer:
         }
         self._consumer: AIOKafkaConsumer | None = None
         self._fetching = metrics.CONSUMER_WAIT.labels(stage, "fetch")
-        self._held_back = metrics.CONSUMER_WAIT.labels(stage, "backpressure")
 
     # ------------------------------------------------------------------ called by the stage
 
@@ -144,12 +144,13 @@ class BatchConsumer:
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
-            if self._hooks.busy is not None and self._hooks.busy():
+            held_back = self._hooks.busy() if self._hooks.busy is not None else None
+            if held_back is not None:
                 # the stage is behind (outputs to write, windows to emit): wait, heartbeats go on
                 began = time.perf_counter()
                 await self.commit()
                 await asyncio.sleep(0.05)
-                self._held_back.inc(time.perf_counter() - began)
+                metrics.CONSUMER_WAIT.labels(self.stage, held_back).inc(time.perf_counter() - began)
                 continue
             try:
                 began = time.perf_counter()

@@ -88,8 +88,8 @@ CONSUMER_LAG = Gauge(
 CONSUMER_WAIT = Counter(
     "touchline_consumer_wait_seconds_total",
     "Wall time a stage's consumer spent between batches: fetch (in aiokafka's getmany: waiting for records "
-    "and unpacking those that came), backpressure (held back by the stage: outputs to write, KPI windows to "
-    "emit, a checkpoint overdue)",
+    "and unpacking those that came), or held back by the stage: outputs (to write), windows (KPI windows to "
+    "emit), checkpoint (overdue)",
     ["stage", "reason"],
 )
 PENDING_ROWS = Gauge("touchline_pending_rows", "Messages read but not yet written and acknowledged")
