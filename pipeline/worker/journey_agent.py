@@ -27,6 +27,7 @@ gives the same result."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -456,6 +457,23 @@ def install_journey_stage(
         async with state.lock:
             if state.core is core:
                 await read_again(core, end)
+
+    @app.timer(interval=5.0)
+    async def measure_lag() -> None:
+        """Messages of the journey partition the state has not applied yet, on the worker owning it
+        (`touchline_consumer_lag_messages{stage="journeys"}`: the consumer-lag alerts cover it)."""
+        labels = ("journeys", input_topic, "0")
+        tp = TP(input_topic, 0)
+        try:
+            end = app.consumer.highwater(tp) if tp in app.consumer.assignment() else None
+        except Exception:  # the consumer is starting or stopping (or this worker does not consume)
+            end = None
+        expected = state.next_offset if state.core is not None else None
+        if end is None or expected is None:
+            with contextlib.suppress(KeyError):  # not set: nothing to remove
+                metrics.CONSUMER_LAG.remove(*labels)
+            return
+        metrics.CONSUMER_LAG.labels(*labels).set(max(0, end - expected))
 
     async def handle(core: Stitcher, messages: Messages) -> None:
         """One round: the contact records of `messages` ((offset, value), in offset order) applied,

@@ -152,6 +152,15 @@ def test_a_day_of_journeys_matches_the_truth_and_lookup_works(workspace: Workspa
     wait_until(lambda: abs(worker.metric("touchline_journey_event_time_seconds") - newest) < 0.0015, 30, "its gauge")
     assert worker.metric("touchline_consumer_wait_seconds_total") > 0  # its stages' consumers fetched
 
+    def journey_lag() -> float | None:
+        for family in text_string_to_metric_families(worker.get("/metrics").decode()):
+            for sample in family.samples:
+                if sample.name == "touchline_consumer_lag_messages" and sample.labels["stage"] == "journeys":
+                    return sample.value
+        return None
+
+    wait_until(lambda: journey_lag() == 0, 30, "the journey stage's lag gauge at 0")  # measured every 5 s
+
     # live lookup by any identifier of a customer with a multi-contact journey
     journey = next(r for r in records if r["kind"] == "journey" and r["contacts"] > 1 and r["customer_id"])
     theirs = [
