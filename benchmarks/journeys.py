@@ -38,7 +38,7 @@ from pipeline.journeys.stitcher import Stitcher, collection_paused
 from pipeline.simulator.model import SimConfig, Simulation
 from pipeline.times import to_ms
 from pipeline.worker import journeys as stage
-from pipeline.worker.journey_agent import CHANGES_SLICE, EVICT_BUDGET, journey_rules
+from pipeline.worker.journey_agent import CHANGES_SLICE, EVICT_SLICE, journey_rules
 
 
 def rss_mb() -> float:
@@ -136,10 +136,12 @@ def main(days: float, rate: float, customers: int, batch: int, seed: int, take: 
         while stitcher.store.pending:
             changed += stitcher.changes(as_of, CHANGES_SLICE)
         t2 = time.perf_counter()
-        if as_of is not None:
-            evicted = stitcher.evict_due(as_of, EVICT_BUDGET * len(values))
+        while as_of is not None:  # all that is due, in slices (as the agent does)
+            evicted = stitcher.evict_due(as_of, EVICT_SLICE)
             counts["evicted_journeys"] += evicted.journeys
             counts["dropped_contacts"] += len(evicted.dropped)
+            if not evicted.more:
+                break
         t3 = time.perf_counter()
         out = stage.render_outputs(changed)
         t4 = time.perf_counter()

@@ -27,6 +27,7 @@ class Evicted:
     stripped: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     journeys: int = 0
+    more: bool = False  # the budget ran out with entries still due: call again
 
 
 class Stitcher:
@@ -125,7 +126,8 @@ class Stitcher:
 
     def evict_due(self, as_of: int, budget: int = 10_000) -> Evicted:
         """Evict what is due at `as_of` (rules in the class docstring), at most `budget` heap
-        entries per call (the rest stays due for the next call)."""
+        entries per call; what is left due (`more`) stays for the next call, so a caller that does
+        not call again until nothing is left lets retention fall behind."""
         out = Evicted()
         heap = self._expiry
         store, graph, records = self.store, self.graph, self.records
@@ -170,6 +172,7 @@ class Stitcher:
                 if records.pop(member, None) is not None:
                     self.record_changes.add(member)
                     out.dropped.append(member)
+        out.more = bool(heap) and heap[0][0] < as_of
         return out
 
     def forget(

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from pipeline.events.models import EventBase
 from pipeline.journeys import Stitcher, summarise
 from pipeline.journeys.identity import IdentityConfig, placeholder_values
-from pipeline.journeys.model import DAY, Emitted, Journey, JourneyVersion
+from pipeline.journeys.model import DAY, Emitted, Journey, JourneyConfig, JourneyVersion
 from pipeline.journeys.record import ContactRecord, records_of
 from pipeline.journeys.rows import journey_row
 from pipeline.privacy.pseudonym import Pseudonymiser
@@ -111,6 +111,32 @@ def feed(
         if tables is not None:
             tables.write(stitcher)
     return out
+
+
+def test_eviction_in_slices_says_when_more_is_due_and_ends_where_one_pass_does() -> None:
+    """`evict_due` with a small budget leaves what is still due and says so (`more`): called again
+    until it does not, it has evicted exactly what one unbounded pass evicts. The stage relies on
+    `more` to keep retention from falling behind."""
+    events = DAY_EVENTS[1]
+    batches = [events[i : i + 500] for i in range(0, len(events), 500)]
+    rules = JourneyConfig(repeat_window_ms=DAY // 24, dormancy_ms=DAY // 12)
+    sliced, whole = (Stitcher(journeys=rules, keep_ms=DAY // 48, identity_retention_ms=DAY // 24) for _ in "ab")
+    for stitcher in (sliced, whole):
+        feed(stitcher, batches, 0, evict=False)
+    as_of = sliced.as_of_ms
+    passes = 1
+    first = sliced.evict_due(as_of, 50)
+    assert first.more and first.journeys + len(first.dropped) > 0
+    evicted = first.journeys
+    while (step := sliced.evict_due(as_of, 50)).more:
+        evicted += step.journeys
+        passes += 1
+    evicted += step.journeys
+    once = whole.evict_due(as_of, 10**9)
+    assert not once.more and passes >= 5
+    assert evicted == once.journeys > 100
+    assert sliced.records.keys() == whole.records.keys() and len(sliced.graph) == len(whole.graph)
+    assert sliced.store._emitted.keys() == whole.store._emitted.keys()
 
 
 class Tables:
