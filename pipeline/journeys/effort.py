@@ -55,24 +55,51 @@ class EffortInputs:
 
 def behavioural_effort(inputs: EffortInputs) -> float:
     """`B` of the module docstring: the effort the journey's shape shows, 0-100 (unrounded)."""
-    hours = max(inputs.elapsed_seconds, 0.0) / 3600.0
+    i = inputs
+    return _behavioural(
+        i.contacts, i.channel_switches, i.transfers, i.ivr_zero_outs, i.bot_handoffs, i.abandoned_contacts,
+        i.elapsed_seconds, i.resolved,
+    )  # fmt: skip
+
+
+def _behavioural(
+    contacts: int, channel_switches: int, transfers: int, ivr_zero_outs: int, bot_handoffs: int,
+    abandoned_contacts: int, elapsed_seconds: float, resolved: bool,
+) -> float:  # fmt: skip
+    hours = max(elapsed_seconds, 0.0) / 3600.0
     raw = (
-        WEIGHT_EXTRA_CONTACT * min(max(inputs.contacts - 1, 0), 5)
-        + WEIGHT_CHANNEL_SWITCH * min(inputs.channel_switches, 5)
-        + WEIGHT_TRANSFER * min(inputs.transfers, 5)
-        + WEIGHT_IVR_ZERO_OUT * min(inputs.ivr_zero_outs, 4)
-        + WEIGHT_BOT_HANDOFF * min(inputs.bot_handoffs, 5)
-        + WEIGHT_ABANDONED * min(inputs.abandoned_contacts, 4)
+        WEIGHT_EXTRA_CONTACT * min(max(contacts - 1, 0), 5)
+        + WEIGHT_CHANNEL_SWITCH * min(channel_switches, 5)
+        + WEIGHT_TRANSFER * min(transfers, 5)
+        + WEIGHT_IVR_ZERO_OUT * min(ivr_zero_outs, 4)
+        + WEIGHT_BOT_HANDOFF * min(bot_handoffs, 5)
+        + WEIGHT_ABANDONED * min(abandoned_contacts, 4)
         + WEIGHT_TIME * min(hours / TIME_SATURATION_HOURS, 1.0)
-        + (0.0 if inputs.resolved else UNRESOLVED_PENALTY)
+        + (0.0 if resolved else UNRESOLVED_PENALTY)
     )
     return min(100.0, raw)
 
 
 def effort_score(inputs: EffortInputs) -> float:
     """The customer effort score, 0-100, one decimal (formula in the module docstring)."""
-    score = behavioural_effort(inputs)
-    if inputs.ces is not None:
-        ces = min(max(inputs.ces, 1), 7)
+    i = inputs
+    return effort_of(
+        i.contacts, i.channel_switches, i.transfers, i.ivr_zero_outs, i.bot_handoffs, i.abandoned_contacts,
+        i.elapsed_seconds, i.resolved, i.ces,
+    )  # fmt: skip
+
+
+def effort_of(
+    contacts: int, channel_switches: int, transfers: int, ivr_zero_outs: int, bot_handoffs: int,
+    abandoned_contacts: int, elapsed_seconds: float, resolved: bool, ces: int | None,
+) -> float:  # fmt: skip
+    """`effort_score` of the metrics as arguments (the journey rules score every journey they build,
+    without an `EffortInputs` each)."""
+    score = _behavioural(
+        contacts, channel_switches, transfers, ivr_zero_outs, bot_handoffs, abandoned_contacts, elapsed_seconds,
+        resolved,
+    )  # fmt: skip
+    if ces is not None:
+        ces = min(max(ces, 1), 7)
         score = (1 - CES_SHARE) * score + CES_SHARE * 100.0 * (ces - 1) / 6.0
     return round(score, 1)

@@ -44,6 +44,7 @@ from pydantic_core import to_json as encode_json
 
 from pipeline.events.models import EventBase, IdentityLink, Resolved, SurveyResponse, event_type
 from pipeline.journeys.contact import EPOCH, ContactSummary, Score
+from pipeline.journeys.frozen import builder
 
 RECORD_VERSION = 1
 
@@ -58,6 +59,9 @@ IDENTIFIER_KINDS = ("customer_id", "phone", "email", "social_handle", "web_cooki
 Stamp = tuple[int, str]  # (epoch us, event_id): the order `summarise` sorts events in
 Ident = tuple[str, str]  # (kind, value as carried)
 Link = tuple[str, str, str, str]  # left kind, left value, right kind, right value
+
+_new_summary = builder(ContactSummary)
+_new_score = builder(Score)
 
 
 def to_us(moment: datetime) -> int:
@@ -244,9 +248,9 @@ class ContactRecord:
 
         def score(name: str) -> Score | None:
             answer = self.surveys.get(name)
-            return None if answer is None else Score(answer[2], answer[0] // 1000)
+            return None if answer is None else _new_score(answer[2], answer[0] // 1000)
 
-        return ContactSummary(
+        return _new_summary(
             contact_id=self.contact_id,
             channel=channel,
             intent=None if self.intent is None else self.intent[2],

@@ -32,7 +32,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pipeline.journeys.contact import ContactSummary, Score
-from pipeline.journeys.effort import EffortInputs, effort_score
+from pipeline.journeys.effort import effort_of
+from pipeline.journeys.frozen import builder
 from pipeline.journeys.model import Journey, JourneyConfig, JourneySpan, JourneyStep, Status
 
 
@@ -48,6 +49,10 @@ def _order(contact: ContactSummary) -> tuple[int, str]:
 
 
 StepCache = dict[str, tuple[ContactSummary, JourneyStep]]
+
+_new_step = builder(JourneyStep)
+_new_journey = builder(Journey)
+_new_span = builder(JourneySpan)
 
 
 def build_journeys(
@@ -79,7 +84,7 @@ def journey_span(contact_id: str, contacts: Mapping[str, ContactSummary], config
     for group in _groups(same, config):
         if any(c.contact_id == contact_id for c in group.contacts):
             ids = tuple([c.contact_id for c in group.contacts])
-            return JourneySpan(f"j-{ids[0]}", ids, group.contacts[-1].resolved_at, group.last_activity_at)
+            return _new_span(f"j-{ids[0]}", ids, group.contacts[-1].resolved_at, group.last_activity_at)
     return None
 
 
@@ -114,7 +119,7 @@ def _groups(contacts: Iterable[ContactSummary], config: JourneyConfig) -> list[_
 
 
 def _step(n: int, c: ContactSummary) -> JourneyStep:
-    return JourneyStep(
+    return _new_step(
         n, c.contact_id, c.channel, c.started_at, c.last_activity_at, c.ended_at, c.first_human_at,
         c.resolved_at, c.resolved_by, c.bot_involved, c.bot_handoff, c.bot_contained, c.transfers,
         c.ivr_zero_out, c.abandoned, c.reopened,
@@ -176,12 +181,11 @@ def _journey(group: _Open, customer: str, config: JourneyConfig, as_of: int | No
         status = "open"
     elapsed_ms = (resolved_at if resolved_at is not None else group.last_activity_at) - first.started_at
     ces_score = None if ces is None else ces.score
-    inputs = EffortInputs(
+    effort = effort_of(
         len(contacts), switches, transfers, zero_outs, handoffs, abandoned, elapsed_ms / 1000,
         resolved_at is not None, ces_score,
     )  # fmt: skip
-    effort = effort_score(inputs)
-    return Journey(
+    return _new_journey(
         f"j-{first.contact_id}", customer, first.intent, status, first.started_at, group.last_activity_at,
         tuple(steps), reopened, resolved_at, last.resolved_by if resolved_at is not None else None, human_at,
         human_channel, csat, ces, nps, effort,

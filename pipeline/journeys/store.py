@@ -15,10 +15,14 @@ import operator
 from collections.abc import Iterable
 
 from pipeline.journeys.contact import ContactSummary
+from pipeline.journeys.frozen import builder
 from pipeline.journeys.identity import Merge
 from pipeline.journeys.model import DAY, Emitted, Journey, JourneyConfig, JourneySpan, JourneyStep, JourneyVersion
 from pipeline.journeys.record import ContactRecord
 from pipeline.journeys.rules import StepCache, build_journeys, journey_span
+
+_new_emitted = builder(Emitted)
+_new_version = builder(JourneyVersion)
 
 
 class CustomerBook:
@@ -246,7 +250,9 @@ class JourneyStore:
                     _discard(journeys_of, previous.customer, journey_id)
             version = previous.version + 1 if previous is not None else floor
             open_since = journey.last_activity_at if journey.status == "open" else None
-            self._emit(journey_id, Emitted(version, False, customer, contact_ids, content, open_since, journey.intent))
+            self._emit(
+                journey_id, _new_emitted(version, False, customer, contact_ids, content, open_since, journey.intent)
+            )
             owned = journeys_of.get(customer)
             if owned is None:
                 journeys_of[customer] = {journey_id}
@@ -258,7 +264,7 @@ class JourneyStore:
                 previous is None or previous.open_since != open_since or previous.customer != customer
             ):
                 heapq.heappush(deadlines, (open_since + dormancy, customer))
-            out.append(JourneyVersion(journey, version, False, removed))
+            out.append(_new_version(journey, version, False, removed))
         self._round_current.update(current)
         return out
 
