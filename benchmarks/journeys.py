@@ -38,6 +38,7 @@ from pipeline.journeys.stitcher import Stitcher, collection_paused
 from pipeline.simulator.model import SimConfig, Simulation
 from pipeline.times import to_ms
 from pipeline.worker import journeys as stage
+from pipeline.worker.app import FREEZE_SECONDS, GC_THRESHOLDS
 from pipeline.worker.journey_agent import CHANGES_SLICE, EVICT_SLICE, journey_rules
 
 
@@ -83,8 +84,10 @@ def main(days: float, rate: float, customers: int, batch: int, seed: int, take: 
     box = [
         Stitcher(journeys=rules, keep_ms=keep_ms, identity_retention_ms=identity_ms)
     ]  # the journey stage's core (a box, so it can be let go before the restore)
+    # the collector as the worker runs it: its thresholds, and what survived frozen every 10 s
     gc.freeze()
-    gc.set_threshold(50_000, 20, 10)
+    gc.set_threshold(*GC_THRESHOLDS)
+    frozen_at = [time.perf_counter()]
     counts: Counter[str] = Counter()
     seconds = {"forward": 0.0, "stage": 0.0}
     steps: defaultdict[str, float] = defaultdict(float)  # seconds per step of the rounds
@@ -171,6 +174,12 @@ def main(days: float, rate: float, customers: int, batch: int, seed: int, take: 
             counts["emitted_writes"] += 1
         stitcher.store.emitted_changes.clear()
         t5 = time.perf_counter()
+        if t5 - frozen_at[0] >= FREEZE_SECONDS:  # the worker's timer, on the same loop
+            gc.collect(1)
+            gc.freeze()
+            frozen_at[0] = time.perf_counter()
+            steps["collector (collect(1) and freeze every 10 s)"] += frozen_at[0] - t5
+            t5 = frozen_at[0]
         steps["rebuilding changed journeys"] += t2 - t1
         steps["eviction"] += t3 - t2
         steps["rendering rows and documents"] += t4 - t3

@@ -57,6 +57,9 @@ from pipeline.worker.stages import Stages
 from pipeline.worker.table_manager import PromptTableManager
 
 log = logging.getLogger(__name__)
+# the collector's policy (see `start_consumers` and `settle_long_lived_objects`)
+GC_THRESHOLDS = (10_000, 10, 10)
+FREEZE_SECONDS = 10.0
 
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 _MALLOC_TRIM = getattr(_LIBC, "malloc_trim", None)  # glibc only (not musl)
@@ -164,11 +167,11 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         # 10,000; but (50,000, 20) let the second generation reach a million objects, and each of
         # its collections held every thread for 0.55 s on average in a soak (up to 0.8 s).
         gc.freeze()
-        gc.set_threshold(10_000, 10, 10)
+        gc.set_threshold(*GC_THRESHOLDS)
         for consumer in shared.consumers:
             await consumer.start()
 
-    @app.timer(interval=10.0)
+    @app.timer(interval=FREEZE_SECONDS)
     async def settle_long_lived_objects() -> None:
         # what survived the young collections is the stages' state: frozen, a full collection
         # (which walks every tracked object while holding the GIL, seconds for millions) never
