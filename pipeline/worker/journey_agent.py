@@ -64,8 +64,8 @@ CHANGES_SLICE = 200  # customers whose journeys are rebuilt between yields to th
 OUTPUT_SLICE = 500  # journey versions rendered, or state keys written, between yields to the loop
 # retention heap entries visited between yields to the loop (~50 ms). Every round evicts all that is
 # due: a budget of 2,000 per message let retention fall behind when messages carried more records
-# (benchmarks/journeys.py --days 4 --windows short: 13,015 of 145,636 due journeys never evicted, and
-# 2,700 more contacts held on day 3, growing)
+# (benchmarks/journeys.py --days 4 --windows short: 13,015 of the 145,636 journeys due were still held
+# at the end, and 2,700 more contacts on day 3, growing)
 EVICT_SLICE = 2_000
 LOOKUP_WAIT_SECONDS = 30.0
 # an owner idle this long while its partition holds messages past the state's offset reads them
