@@ -441,6 +441,16 @@ def install_journey_stage(
 
         await retried("journey input read again", attempt, "input", "kafka-consumer-journeys")
 
+    def partition_end() -> int | None:
+        """The offset after the journey partition's last message, when this worker reads it (None:
+        not assigned here, or the consumer is starting or stopping: the next tick looks again)."""
+        tp = TP(input_topic, 0)
+        try:
+            end: int | None = app.consumer.highwater(tp) if tp in app.consumer.assignment() else None
+        except Exception:
+            return None
+        return end
+
     @app.timer(interval=TAIL_IDLE_SECONDS / 2)
     async def read_skipped_tail() -> None:
         """Skipped messages at the end of the partition: no later message comes to show the gap, so
@@ -451,11 +461,7 @@ def install_journey_stage(
             return
         if time.monotonic() - state.last_round < TAIL_IDLE_SECONDS:
             return
-        tp = TP(input_topic, 0)
-        try:
-            end = app.consumer.highwater(tp) if tp in app.consumer.assignment() else None
-        except Exception:  # the consumer is starting or stopping: the next tick looks again
-            return
+        end = partition_end()
         if end is None or end <= expected:
             return
         async with state.lock:
@@ -467,11 +473,7 @@ def install_journey_stage(
         """Messages of the journey partition the state has not applied yet, on the worker owning it
         (`touchline_consumer_lag_messages{stage="journeys"}`: the consumer-lag alerts cover it)."""
         labels = ("journeys", input_topic, "0")
-        tp = TP(input_topic, 0)
-        try:
-            end = app.consumer.highwater(tp) if tp in app.consumer.assignment() else None
-        except Exception:  # the consumer is starting or stopping (or this worker does not consume)
-            end = None
+        end = partition_end()
         expected = state.next_offset if state.core is not None else None
         if end is None or expected is None:
             with contextlib.suppress(KeyError):  # not set: nothing to remove

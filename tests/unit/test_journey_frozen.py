@@ -8,7 +8,6 @@ import pickle
 import pytest
 
 from pipeline.journeys.contact import ContactSummary
-from pipeline.journeys.effort import EffortInputs, effort_of, effort_score
 from pipeline.journeys.frozen import builder
 from pipeline.journeys.model import Emitted, JourneyStep
 
@@ -36,16 +35,3 @@ def test_builder_refuses_classes_it_cannot_make() -> None:
 
     with pytest.raises(TypeError):
         builder(NoSlots)
-
-
-@pytest.mark.parametrize(
-    "inputs",
-    [
-        EffortInputs(1, resolved=True),
-        EffortInputs(3, 2, 1, 1, 1, 1, 90_000.5, False, None),
-        EffortInputs(9, 7, 6, 5, 6, 5, 400_000.0, True, 6),
-        EffortInputs(2, ces=0, elapsed_seconds=-5.0),
-    ],
-)
-def test_effort_of_is_effort_score(inputs: EffortInputs) -> None:
-    assert effort_of(*(getattr(inputs, f.name) for f in dataclasses.fields(inputs))) == effort_score(inputs)
