@@ -6,6 +6,7 @@ These models are the single source of truth for the wire format. `touchline gene
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -15,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     TypeAdapter,
+    ValidatorFunctionWrapHandler,
     field_serializer,
     field_validator,
     model_validator,
@@ -58,6 +60,8 @@ class IdentifierKind(StrEnum):
 
 
 _ZERO = timedelta(0)
+# canonical event time, e.g. 2026-03-01T09:15:02.250Z (ASCII digits only)
+_CANONICAL_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
 Id = Annotated[str, Field(min_length=1, max_length=128)]
 OptionalLabel = Annotated[str | None, Field(default=None, max_length=128)]
 # an empty identifier would stitch every customer who sent one into one journey
@@ -129,14 +133,24 @@ class EventBase(_Strict):
             type_field.description = f"Event type discriminator, always `{type_field.default}`."
             cls.model_rebuild(force=True)
 
-    @field_validator("occurred_at")
+    @field_validator("occurred_at", mode="wrap")
     @classmethod
-    def _utc_millis(cls, value: datetime) -> datetime:
-        if value.microsecond % 1000 == 0 and value.utcoffset() == _ZERO:
-            return value.replace(tzinfo=UTC)  # already UTC with milliseconds, as producers send it
-        if value.tzinfo is None or value.utcoffset() is None:
+    def _utc_millis(cls, value: Any, parse: ValidatorFunctionWrapHandler) -> datetime:
+        if type(value) is str and _CANONICAL_TIME.fullmatch(value):
+            # the form producers send, parsed by the standard library: already UTC (`datetime.UTC`,
+            # one zone object for all times) with milliseconds. Parsing by pydantic, then replacing
+            # its zone (`datetime.replace`, 1 µs) made a validated event cost 47.2k instructions,
+            # now 39.4k (callgrind, 5,000 simulated events); tests/unit/test_event_times.py
+            try:
+                return datetime.fromisoformat(value)
+            except ValueError:
+                pass  # e.g. 2026-02-30: pydantic says why
+        parsed: datetime = parse(value)
+        if parsed.microsecond % 1000 == 0 and parsed.utcoffset() == _ZERO:
+            return parsed.replace(tzinfo=UTC)  # already UTC with milliseconds, as producers send it
+        if parsed.tzinfo is None or parsed.utcoffset() is None:
             raise ValueError("occurred_at must carry a time zone (use UTC, e.g. 2026-03-01T09:15:02.250Z)")
-        return utc_ms(value)
+        return utc_ms(parsed)
 
     @field_serializer("occurred_at")
     def _iso_millis(self, value: datetime) -> str:
