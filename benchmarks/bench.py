@@ -47,8 +47,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kafka import KafkaAdminClient, KafkaProducer
+from kafka.partitioner.default import murmur2
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.events.models import (
@@ -307,8 +308,13 @@ LATENCY_PREFIX = "touchline-latency"
 LOAD_PREFIX = "touchline-load"
 # seconds of load before the breach pass's calls start, so they wait among a running load
 LOAD_WARMUP_SECONDS = 10
+# the workers' metrics read every second: every 5 s changed nothing measurable (analytics 72 against
+# 69 CPU seconds of the pass, the bench process 26 against 24; one run each, session 18)
+LOAD_SAMPLE_SECONDS = 1.0
 LOAD_PROBE_RATE = 200  # events/s stamped when sent, for the latency under load
-Load = tuple[float, str, bytes, bytes]  # (send at, topic, key, value)
+Load = tuple[float, str, int, bytes, bytes]  # (send at, topic, partition, key, value)
+# the sender sends what is due every SEND_EVERY seconds, in one batch per partition
+SEND_EVERY = 0.01
 
 
 def wait_assigned(process: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 120) -> None:
@@ -426,7 +432,7 @@ def breach_pass(
 
 
 def load_events(
-    env: dict[str, str], events_per_second: int, seconds: int, workdir: Path
+    env: dict[str, str], events_per_second: int, seconds: int, workdir: Path, partitions: int
 ) -> tuple[datetime, list[Load]]:
     """Simulated traffic of `seconds` from a start in the near future, as (send at, topic, key,
     value), at about `events_per_second`. Generated before it is sent: the simulator itself made
@@ -452,26 +458,86 @@ def load_events(
             item = json.loads(line)
             at = datetime.fromisoformat(item["at"]).timestamp()
             value = json.dumps(item["value"], separators=(",", ":")).encode()
-            events.append((at, item["topic"], item["key"].encode(), value))
+            key = item["key"].encode()
+            # the partition kafka-python's default partitioner picks, worked out before the load
+            events.append((at, item["topic"], murmur2(key) % partitions, key, value))
     if time.time() > start.timestamp():
         raise click.ClickException("generating the load took longer than foreseen: its first events would be late")
     return start, events
 
 
-def send_at_their_time(bootstrap: str, events: list[Load]) -> None:
-    """Each event sent when the wall clock reaches its delivery time."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1)
-    for at, topic, key, value in events:
-        delay = at - time.time()
-        if delay > 0.002:
-            time.sleep(delay)
-        producer.send(topic, key=key, value=value)
-    producer.flush()
-    producer.close()
+async def send_at_their_time(bootstrap: str, events: list[Load]) -> None:
+    """Each event sent when the wall clock reaches its delivery time (at most SEND_EVERY late).
+
+    The load generator shares the 2 cores with the workers and the broker, so it is built to cost
+    little: aiokafka record batches, partitions worked out beforehand. CPU a message sent, 50,000
+    simulated events (/tmp/tl/prodbench.py, session 18): kafka-python's `send` 69.3 µs, aiokafka's
+    `send` 30.0, batches of 100 events over 24 partitions 16.6. With kafka-python the bench process
+    used 49 of the load pass's 180 CPU seconds."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1)
+    await producer.start()
+    try:
+        sent: list[asyncio.Future[Any]] = []
+        i, count = 0, len(events)
+        while i < count:
+            delay = events[i][0] - time.time()
+            if delay > 0:
+                await asyncio.sleep(max(delay, SEND_EVERY))
+            due = time.time()
+            batches: dict[tuple[str, int], Any] = {}
+            while i < count and events[i][0] <= due:
+                _, topic, partition, key, value = events[i]
+                batch = batches.get((topic, partition))
+                if batch is None or batch.append(key=key, value=value, timestamp=None) is None:
+                    if batch is not None:  # full
+                        sent.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = batches[(topic, partition)] = producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=None)
+                i += 1
+            for (topic, partition), batch in batches.items():
+                sent.append(await producer.send_batch(batch, topic, partition=partition))
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def machine_cpu_seconds() -> float:
+    """CPU time every core spent busy (not idle, not waiting for I/O) since boot."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / _TICK
+
+
+def cpu_shares(pids: dict[str, int]) -> Callable[[], dict[str, float]]:
+    """Starts counting; the returned function gives the CPU seconds each process used since, and
+    `other` (what the rest of the machine used)."""
+    first = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    machine = machine_cpu_seconds()
+
+    def since() -> dict[str, float]:
+        used = {name: cpu_seconds(pid) - first[name] for name, pid in pids.items()}
+        used["other"] = max(0.0, machine_cpu_seconds() - machine - sum(used.values()))
+        return used
+
+    return since
 
 
 def load_pass(
-    env_of: Callable[[str, int], dict[str, str]], bootstrap: str, rate: int, seconds: int, workdir: Path
+    env_of: Callable[[str, int], dict[str, str]],
+    bootstrap: str,
+    rate: int,
+    seconds: int,
+    workdir: Path,
+    partitions: int,
+    broker_pid: int | None,
 ) -> dict[str, float]:
     """Breach detection and latency under load: an ingest worker and an analytics worker (one process
     each, the deployment `--role` is for) on topics of their own, simulated traffic at `rate`
@@ -488,13 +554,13 @@ def load_pass(
     }
     urls = {role: f"http://127.0.0.1:{port}" for role, port in ports.items()}
     try:
-        start, events = load_events(env_of("load-simulate", free_port()) | prefix, rate, seconds, workdir)
+        start, events = load_events(env_of("load-simulate", free_port()) | prefix, rate, seconds, workdir, partitions)
         for role, process in workers.items():
             wait_assigned(process, ports[role], logs[role])
         sent_until: list[float] = []
 
         def send() -> None:
-            send_at_their_time(bootstrap, events)
+            asyncio.run(send_at_their_time(bootstrap, events))
             sent_until.append(time.monotonic())
 
         sender = threading.Thread(target=send, daemon=True)
@@ -513,9 +579,15 @@ def load_pass(
 
         time.sleep(max(0.0, start.timestamp() - time.time()))
         sent_from = time.monotonic()
+        # where the 2 cores went while the load was sent: the full `make bench` ran this pass
+        # slower than a bench of this pass alone (session 17: 3,754 against 4,854 events/s analysed)
+        pids = {role: process.pid for role, process in workers.items()} | {"bench (sender, probes)": os.getpid()}
+        if broker_pid is not None:
+            pids["broker"] = broker_pid
+        cpu_since = cpu_shares(pids)
         while time.monotonic() < sent_from + LOAD_WARMUP_SECONDS:
             sample()
-            time.sleep(1.0)
+            time.sleep(LOAD_SAMPLE_SECONDS)
         # the breach pass's calls queued one after another over the rest of the load (their last
         # deadline 20 s before its end) and a latency probe (events stamped when sent, a rate small
         # next to the load) beside them; this thread samples the workers' metrics meanwhile
@@ -526,10 +598,11 @@ def load_pass(
             probe = pool.submit(latency_pass, bootstrap, urls["ingest"], LOAD_PROBE_RATE, int(spread), web)
             while sender.is_alive() or not (breach.done() and probe.done()):
                 sample()
-                time.sleep(1.0)
+                time.sleep(LOAD_SAMPLE_SECONDS)
             b50, b99, breaches = breach.result()
             p50, p99, probes = probe.result()
         load_end = sent_until[0]
+        cpu = cpu_since()  # a second or so after the load's end: the pass's last sample
         produced = len(events) + 2 * breaches + probes
         while not samples or samples[-1][1] < produced:  # until the analytics worker has applied all of it
             if time.monotonic() - load_end > 600:
@@ -545,6 +618,7 @@ def load_pass(
     finally:
         for process in workers.values():
             stop_worker(process)
+    cpu_window = load_end - sent_from
     during = [(t, n) for t, n in samples if t <= load_end]
     analysed_rate = (during[-1][1] - during[0][1]) / (during[-1][0] - during[0][0]) if len(during) > 1 else 0.0
     return {
@@ -564,7 +638,8 @@ def load_pass(
         "breaches": breaches,
         "simulated_latency_p50_ms": float(l50),
         "simulated_latency_p99_ms": float(l99),
-    }
+        "cpu_window_seconds": cpu_window,
+    } | {f"cpu_seconds {name}": used for name, used in cpu.items()}
 
 
 def histogram(url: str, name: str) -> dict[float, float]:
@@ -882,7 +957,8 @@ def main(
 
             if "load" not in skip and load_rate > 0:
                 click.echo(f"  load pass: {load_rate:,} events/s for {load_seconds} s, breaches among them ...")
-                load = load_pass(worker_env, bootstrap, load_rate, load_seconds, workdir)
+                broker_pid = None if external else broker.running_pid(workdir / "kafka")
+                load = load_pass(worker_env, bootstrap, load_rate, load_seconds, workdir, partitions, broker_pid)
         finally:
             if not external:
                 broker.stop(workdir / "kafka")
@@ -993,6 +1069,12 @@ def main(
             f"    SLA breach detection delay p50 ({load['breaches']:.0f})  {load['breach_delay_p50_ms']:>12,.0f} ms"
         )
         click.echo(f"    SLA breach detection delay p99           {load['breach_delay_p99_ms']:>12,.0f} ms")
+        shares = ", ".join(
+            f"{name.removeprefix('cpu_seconds ')} {used:.0f} s"
+            for name, used in load.items()
+            if name.startswith("cpu_seconds ")
+        )
+        click.echo(f"    CPU while sent (of 2 x {load['cpu_window_seconds']:.0f} s): {shares}")
     if steps is not None:
         figures["steps"] = steps
         print_steps(steps_text, steps, raw_rate)

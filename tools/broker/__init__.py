@@ -357,6 +357,11 @@ def _running_pid(paths: BrokerPaths) -> int | None:
     return None
 
 
+def running_pid(data_dir: Path) -> int | None:
+    """The pid of the broker running for *data_dir*, if one does (the benchmarks count its CPU)."""
+    return _running_pid(BrokerPaths(data_dir))
+
+
 def _configured_port(paths: BrokerPaths) -> int | None:
     try:
         text = paths.config_file.read_text(encoding="utf-8")
