@@ -585,6 +585,7 @@ def load_pass(
         if broker_pid is not None:
             pids["broker"] = broker_pid
         cpu_since = cpu_shares(pids)
+        waits_first = raw_metrics(urls["analytics"])
         while time.monotonic() < sent_from + LOAD_WARMUP_SECONDS:
             sample()
             time.sleep(LOAD_SAMPLE_SECONDS)
@@ -603,6 +604,8 @@ def load_pass(
             p50, p99, probes = probe.result()
         load_end = sent_until[0]
         cpu = cpu_since()  # a second or so after the load's end: the pass's last sample
+        waits_end = raw_metrics(urls["analytics"])
+        waits = {reason: waits_end.get(name, 0.0) - waits_first.get(name, 0.0) for reason, name in WAITS.items()}
         produced = len(events) + 2 * breaches + probes
         while not samples or samples[-1][1] < produced:  # until the analytics worker has applied all of it
             if time.monotonic() - load_end > 600:
@@ -621,25 +624,29 @@ def load_pass(
     cpu_window = load_end - sent_from
     during = [(t, n) for t, n in samples if t <= load_end]
     analysed_rate = (during[-1][1] - during[0][1]) / (during[-1][0] - during[0][0]) if len(during) > 1 else 0.0
-    return {
-        "rate_asked": rate,
-        "seconds": seconds,
-        "events": len(events),
-        "send_seconds": load_end - sent_from,
-        "events_per_second": len(events) / (load_end - sent_from),
-        "analysed_per_second": analysed_rate,
-        "analytics_lag_peak": lag_peak["analytics"],
-        "ingest_lag_peak": lag_peak["ingest"],
-        "probe_latency_p50_ms": p50,
-        "probe_latency_p99_ms": p99,
-        "analytics_catch_up_seconds": catch_up,
-        "breach_delay_p50_ms": b50,
-        "breach_delay_p99_ms": b99,
-        "breaches": breaches,
-        "simulated_latency_p50_ms": float(l50),
-        "simulated_latency_p99_ms": float(l99),
-        "cpu_window_seconds": cpu_window,
-    } | {f"cpu_seconds {name}": used for name, used in cpu.items()}
+    return (
+        {
+            "rate_asked": rate,
+            "seconds": seconds,
+            "events": len(events),
+            "send_seconds": load_end - sent_from,
+            "events_per_second": len(events) / (load_end - sent_from),
+            "analysed_per_second": analysed_rate,
+            "analytics_lag_peak": lag_peak["analytics"],
+            "ingest_lag_peak": lag_peak["ingest"],
+            "probe_latency_p50_ms": p50,
+            "probe_latency_p99_ms": p99,
+            "analytics_catch_up_seconds": catch_up,
+            "breach_delay_p50_ms": b50,
+            "breach_delay_p99_ms": b99,
+            "breaches": breaches,
+            "simulated_latency_p50_ms": float(l50),
+            "simulated_latency_p99_ms": float(l99),
+            "cpu_window_seconds": cpu_window,
+        }
+        | {f"cpu_seconds {name}": used for name, used in cpu.items()}
+        | {f"waited {r}": w for r, w in waits.items()}
+    )
 
 
 def histogram(url: str, name: str) -> dict[float, float]:
@@ -1075,6 +1082,11 @@ def main(
             if name.startswith("cpu_seconds ")
         )
         click.echo(f"    CPU while sent (of 2 x {load['cpu_window_seconds']:.0f} s): {shares}")
+        click.echo(
+            f"    analytics consumer meanwhile in fetches {load['waited fetch']:.1f} s, held back for outputs "
+            f"{load['waited outputs']:.1f} s, KPI windows {load['waited windows']:.1f} s, a checkpoint "
+            f"{load['waited checkpoint']:.1f} s"
+        )
     if steps is not None:
         figures["steps"] = steps
         print_steps(steps_text, steps, raw_rate)

@@ -213,6 +213,21 @@ class Settings(BaseSettings):
         description="Consumer-group session timeout of the channel-topic consumers: how long a dead worker "
         "holds its partitions before the group gives them to another.",
     )
+    kafka_fetch_min_bytes: int = Field(
+        65_536,
+        ge=1,
+        le=16 * 1024 * 1024,
+        description="Bytes the broker gathers before it answers a channel-topic consumer's fetch (or "
+        "`TOUCHLINE_KAFKA_FETCH_MAX_WAIT_MS` passes). Fewer, fuller fetches: at 5,000 events/s the ingest worker used "
+        "a quarter less CPU and the broker a fifth less than with 1 byte (`make bench`'s load pass).",
+    )
+    kafka_fetch_max_wait_ms: int = Field(
+        100,
+        ge=0,
+        le=5_000,
+        description="Longest a fetch waits for `TOUCHLINE_KAFKA_FETCH_MIN_BYTES`: what quiet traffic can add to the "
+        "latency of an event.",
+    )
     worker_role: str = Field(
         "all",
         description="Stages this worker runs, comma-separated: `ingest` (validate, dead-letter, write raw events), "

@@ -99,6 +99,8 @@ class Shared:
             on_failure=self.app.crash,
             health=self.health,
             session_timeout_seconds=self.settings.kafka_session_timeout_seconds,
+            fetch_min_bytes=self.settings.kafka_fetch_min_bytes,
+            fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
         )
         self.consumers.append(consumer)
         return consumer

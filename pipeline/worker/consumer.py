@@ -56,6 +56,8 @@ class BatchConsumer:
         on_failure: Callable[[BaseException], Awaitable[None]],
         health: Health | None = None,
         session_timeout_seconds: float = 10.0,
+        fetch_min_bytes: int = 1,
+        fetch_max_wait_ms: int = 500,
     ) -> None:
         self.stage = stage
         self._on_failure = on_failure
@@ -79,6 +81,8 @@ class BatchConsumer:
             # 64 MB a fetch were up to 2 x 64 MB in a worker running ingest and analytics
             "max_partition_fetch_bytes": 1024 * 1024,
             "fetch_max_bytes": 16 * 1024 * 1024,
+            "fetch_min_bytes": fetch_min_bytes,
+            "fetch_max_wait_ms": fetch_max_wait_ms,
             # heartbeats share the event loop with the stages, which never block it for more than
             # a second (touchline_loop_stall_seconds); a short session lets a restarted or
             # replacement worker take a dead worker's partitions within seconds
