@@ -188,7 +188,6 @@ def main(
             jrow["journey_contacts"] = j.get('touchline_journey_state{what="contacts"}', 0.0)
             # where the journeys worker's memory is: its embedded ClickHouse, and Python objects alive
             jrow["journeys_engine_mb"] = j.get("touchline_clickhouse_resident_bytes", 0.0) / 1e6
-            jrow["journeys_frozen_k"] = j.get("touchline_gc_frozen_objects", 0.0) / 1e3
             jrow["journey_records"] = sum(v for k, v in j.items() if k.startswith("touchline_journey_records_total"))
             jrow["journey_busy_s"] = j.get("touchline_journey_round_seconds_total", 0.0)
             return jday, jrow
@@ -238,17 +237,16 @@ def main(
             row["contacts"] = m.get("touchline_state_contacts", 0.0)
             row["clickhouse_mb"] = m.get("touchline_clickhouse_memory_bytes", 0.0) / 1e6
             row["engine_mb"] = m.get("touchline_clickhouse_resident_bytes", 0.0) / 1e6
-            row["frozen_k"] = m.get("touchline_gc_frozen_objects", 0.0) / 1e3
             row["checkpoint_mb"] += (written - previous_bytes) / 1e6
             row["stall_le_s"] = max(row["stall_le_s"], longest_bucket)
             row["events"] = m.get("touchline_events_analysed_total", 0.0)
             previous_bytes = written
             jday, jrow = journey_sample(j)
             click.echo(
-                f"  day {day}: analytics rss {row['rss_mb']:.0f} MB (chDB tracked {row['clickhouse_mb']:.0f}, resident {row['engine_mb']:.0f}, frozen objects {row['frozen_k']:.0f}k), contacts {row['contacts']:.0f}, "
+                f"  day {day}: analytics rss {row['rss_mb']:.0f} MB (chDB tracked {row['clickhouse_mb']:.0f}, resident {row['engine_mb']:.0f}), contacts {row['contacts']:.0f}, "
                 f"analysed {row['events']:.0f}, outputs waiting {m.get('touchline_outbox_pending', 0.0):.0f}, checkpoints {row['checkpoint_mb']:.1f} MB; "
-                f"journeys (day {jday}) rss {jrow['journeys_rss_mb']:.0f} MB (chDB resident {jrow['journeys_engine_mb']:.0f}, frozen "
-                f"objects {jrow['journeys_frozen_k']:.0f}k), contacts {jrow['journey_contacts']:.0f}, "
+                f"journeys (day {jday}) rss {jrow['journeys_rss_mb']:.0f} MB (chDB resident {jrow['journeys_engine_mb']:.0f}), "
+                f"contacts {jrow['journey_contacts']:.0f}, "
                 f"records {jrow['journey_records']:.0f}"
             )
             if (

@@ -170,10 +170,6 @@ LOOP_CPU_WAIT = Counter(
     "Time the event loop's thread was ready to run but waited for a CPU (Linux schedstat): rising by more "
     "than a few ms a second, the machine is busier than its cores and stalls are not the worker's own",
 )
-GC_FROZEN_OBJECTS = Gauge(
-    "touchline_gc_frozen_objects",
-    "Objects moved out of the garbage collector's reach (gc.freeze every 10 s): the long-lived state",
-)
 GC_PAUSE_SECONDS = Histogram(
     "touchline_gc_pause_seconds",
     "Python's cyclic garbage collector pauses (every thread waits), by generation",
