@@ -53,19 +53,11 @@ class EffortInputs:
     ces: int | None = None  # last CES answer of the journey, 1 (very easy) to 7
 
 
-def behavioural_effort(inputs: EffortInputs) -> float:
-    """`B` of the module docstring: the effort the journey's shape shows, 0-100 (unrounded)."""
-    i = inputs
-    return _behavioural(
-        i.contacts, i.channel_switches, i.transfers, i.ivr_zero_outs, i.bot_handoffs, i.abandoned_contacts,
-        i.elapsed_seconds, i.resolved,
-    )  # fmt: skip
-
-
 def _behavioural(
     contacts: int, channel_switches: int, transfers: int, ivr_zero_outs: int, bot_handoffs: int,
     abandoned_contacts: int, elapsed_seconds: float, resolved: bool,
 ) -> float:  # fmt: skip
+    """`B` of the module docstring: the effort the journey's shape shows, 0-100 (unrounded)."""
     hours = max(elapsed_seconds, 0.0) / 3600.0
     raw = (
         WEIGHT_EXTRA_CONTACT * min(max(contacts - 1, 0), 5)
