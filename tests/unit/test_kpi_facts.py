@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.events.models import EVENT_ADAPTER, EventBase
-from pipeline.kpi.facts import ContactTracker, contact_facts
+from pipeline.kpi.facts import ContactTracker, contact_facts, sort_events
 from pipeline.times import to_ms
 
 BASE = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -273,6 +273,27 @@ def test_tracker_facts_match_contact_facts_in_any_arrival_order(seed: int, shuff
             tracker.freeze("c")
     assert tracker.events("c") == sorted(events, key=lambda e: (e.occurred_at, e.event_id))
     assert tracker.facts("c") == contact_facts(events)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32), st.randoms(use_true_random=False))
+def test_contact_wire_is_the_events_held_in_any_arrival_order(seed: int, shuffler: random.Random) -> None:
+    # the wire a live contact keeps between checkpoints (appended to, dropped by an insert before
+    # its last event or a freeze) is always every event held so far, in order, and restores them
+    _, arrivals = _redelivered(seed, shuffler)
+    tracker = ContactTracker()
+    for i, event in enumerate(arrivals):
+        tracker.add(event)
+        if shuffler.random() < 0.5:
+            wire = tracker.contact_wire("c")
+            assert wire is not None
+            held = sort_events(arrivals[: i + 1])
+            assert json.loads(wire) == [e.model_dump(mode="json", exclude_none=True) for e in held]
+            restored = ContactTracker()
+            restored.restore_contact(wire)
+            assert restored.events("c") == held
+        if shuffler.random() < 0.1:
+            tracker.freeze("c")
 
 
 def test_tracker_dedupes_evicts_and_snapshots() -> None:
