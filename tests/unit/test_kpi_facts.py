@@ -296,6 +296,35 @@ def test_contact_wire_is_the_events_held_in_any_arrival_order(seed: int, shuffle
             tracker.freeze("c")
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.sampled_from([None, "retail", "premium"]), min_size=6, max_size=6), st.randoms(use_true_random=False)
+)
+def test_reply_and_resolution_segments(segments: list[str | None], order: random.Random) -> None:
+    # a reply or resolution takes the segment last named before it, else the contact's first
+    # segment, which a later event may carry; the same in any arrival order
+    kinds = [("contact_started", {}), ("agent_reply", {}), ("resolved", {"resolved_by": "agent"}),
+             ("reopened", {}), ("resolved", {"resolved_by": "agent"}), ("ended", {})]  # fmt: skip
+    events = [
+        ev(kind, i, channel="chat", **fields, **({"segment": segment} if segment else {}))
+        for i, ((kind, fields), segment) in enumerate(zip(kinds, segments, strict=True))
+    ]
+    first = next((s for s in segments if s), "")
+    arrivals = order.sample(events, len(events))
+    tracker = ContactTracker()
+    for i, event in enumerate(arrivals):
+        tracker.add(event)
+        assert tracker.facts("c1") == contact_facts(arrivals[: i + 1])
+    facts = tracker.facts("c1")
+    assert facts.segment == first
+
+    def segment_at(n: int) -> str:  # the last segment named up to event n, else the first one
+        return next((s for s in reversed(segments[: n + 1]) if s), first)
+
+    assert facts.first_reply_segment == segment_at(1)
+    assert facts.resolution_segments == (segment_at(2), segment_at(4))
+
+
 def test_tracker_dedupes_evicts_and_snapshots() -> None:
     tracker = ContactTracker(ended_retention=timedelta(hours=1), unended_retention=timedelta(hours=2))
     done = [ev("queued", 0, "a", queue="q"), ev("ended", 10, "a")]
