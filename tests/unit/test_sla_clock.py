@@ -492,7 +492,11 @@ def test_any_interleaving_with_watermark_advances_duplicates_and_a_restart_gives
         event = pending[choice].pop(0)
         out += engine.apply(event)
         fed.append(event)
-        action = data.draw(st.sampled_from(["none", "advance", "duplicate", "duplicate", "checkpoint", "restart"]))
+        action = data.draw(
+            st.sampled_from(
+                ["none", "advance", "duplicate", "duplicate", "checkpoint", "restart", "restart by contact"]
+            )
+        )
         if action == "checkpoint":
             engine.snapshot_json()  # caches each contact's part: a later restart must not see stale ones
         elif action == "advance" and any(pending):
@@ -504,8 +508,43 @@ def test_any_interleaving_with_watermark_advances_duplicates_and_a_restart_gives
             restored = SlaEngine(policies, closed_retention=timedelta(days=60))
             restored.restore(json.loads(json.dumps(engine.snapshot())))
             engine = restored
+        elif action == "restart by contact":  # as a worker restores its checkpoint rows
+            restored = SlaEngine(policies, closed_retention=timedelta(days=60))
+            for contact_id in {e.contact_id for e in fed}:
+                wire = engine.contact_wire(contact_id)
+                if wire is not None:
+                    restored.restore_wire(contact_id, wire)
+            engine = restored
+        assert engine.open_counts() == open_walked(engine)
     out += engine.advance(T0 + timedelta(days=90))
     assert Counter(out) == expected
+    assert engine.open_counts() == open_walked(engine)
+
+
+def open_walked(engine: SlaEngine) -> dict[tuple[str, str], int]:
+    """(channel, target) -> obligations open, counted over every contact the engine holds."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for contact_id in list(engine._contacts) + list(engine._dormant):
+        wire = engine.contact_wire(contact_id)
+        assert wire is not None
+        data = json.loads(wire)  # a dormant contact's wire is JSON too (its eviction time first)
+        counts.update((data["channel"], ob["target"]) for ob in data["open"])
+    return dict(counts)
+
+
+def test_open_counts_follow_forgets_and_evictions(policies: PolicySet) -> None:
+    engine = SlaEngine(policies, closed_retention=timedelta(hours=1))
+    for n in range(3):
+        engine.apply(ev("contact_started", f"v{n}", T0, "voice"))
+        engine.apply(ev("queued", f"v{n}", T0 + timedelta(seconds=1), "voice", queue="a"))
+    assert engine.open_counts() == open_walked(engine) == {("voice", "first_response"): 3, ("voice", "resolution"): 3}
+    engine.forget("v0")
+    assert engine.open_counts() == open_walked(engine) == {("voice", "first_response"): 2, ("voice", "resolution"): 2}
+    engine.apply(ev("abandoned", "v1", T0 + timedelta(seconds=5), "voice"))
+    engine.apply(ev("ended", "v1", T0 + timedelta(seconds=5), "voice"))
+    engine.advance(T0 + timedelta(hours=2))  # v1 closed an hour ago: evicted
+    assert "v1" not in engine
+    assert engine.open_counts() == open_walked(engine) == {("voice", "first_response"): 1, ("voice", "resolution"): 1}
 
 
 def test_a_resolved_contact_that_has_not_ended_is_kept_for_its_reopen(policies: PolicySet) -> None:
