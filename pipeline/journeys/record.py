@@ -43,8 +43,8 @@ from pydantic_core import from_json as parse_json
 from pydantic_core import to_json as encode_json
 
 from pipeline.events.models import EventBase, IdentityLink, Resolved, SurveyResponse, event_type
+from pipeline.frozen import builder
 from pipeline.journeys.contact import EPOCH, ContactSummary, Score
-from pipeline.journeys.frozen import builder
 
 RECORD_VERSION = 1
 

@@ -31,9 +31,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from pipeline.frozen import builder
 from pipeline.journeys.contact import ContactSummary, Score
 from pipeline.journeys.effort import effort_of
-from pipeline.journeys.frozen import builder
 from pipeline.journeys.model import Journey, JourneyConfig, JourneySpan, JourneyStep, Status
 
 

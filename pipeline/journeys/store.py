@@ -14,8 +14,8 @@ import heapq
 import operator
 from collections.abc import Iterable
 
+from pipeline.frozen import builder
 from pipeline.journeys.contact import ContactSummary
-from pipeline.journeys.frozen import builder
 from pipeline.journeys.identity import Merge
 from pipeline.journeys.model import DAY, Emitted, Journey, JourneyConfig, JourneySpan, JourneyStep, JourneyVersion
 from pipeline.journeys.record import ContactRecord

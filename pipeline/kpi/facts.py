@@ -62,7 +62,7 @@ import json
 import zlib
 from bisect import insort
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -80,6 +80,7 @@ from pipeline.events.models import (
     WaitingOnCustomer,
     event_type,
 )
+from pipeline.frozen import builder
 from pipeline.times import to_ms
 
 DEFAULT_SHORT_ABANDON_SECONDS = 5.0
@@ -286,6 +287,17 @@ class ContactFacts:
         return None if self.ended is None else self.ended.at_ms
 
 
+# the fold makes these for every change of a contact: built without their frozen `__init__`, which
+# sets each field through `object.__setattr__`: a fold of a simulated contact's events took 14.8 µs
+# with them and 10.8 with these (every prefix of 9.4k contacts, 100k events, min of 5)
+_new_facts = builder(ContactFacts)
+_new_stamp = builder(Stamp)
+_new_leg = builder(QueueLeg)
+_new_timed = builder(TimedValue)
+_new_answer = builder(SurveyAnswer)
+_new_wait = builder(Wait)
+
+
 def sort_events(events: Iterable[EventBase]) -> list[EventBase]:
     """Deduplicate on event_id (first seen wins) and sort by (occurred_at, event_id)."""
     unique: dict[str, EventBase] = {}
@@ -298,8 +310,28 @@ def _stamp(t: int, current: QueueLeg | None, event: EventBase) -> Stamp:
     """An event's Stamp: the queue leg in force (`current`), else the event's own queue and priority.
     Built only for the events that record one (it was built for every event of every fold)."""
     if current is not None:
-        return Stamp(t, current.queue, current.priority)
-    return Stamp(t, event.queue or "", event.priority)
+        return _new_stamp(t, current.queue, current.priority)
+    return _new_stamp(t, event.queue or "", event.priority)
+
+
+def _leg_with(
+    leg: QueueLeg,
+    *,
+    answered_ms: int | None = None,
+    abandoned_ms: int | None = None,
+    transferred_ms: int | None = None,
+    closed_ms: int | None = None,
+) -> QueueLeg:
+    """`dataclasses.replace(leg, ...)` for the one field given (replace looks every field up)."""
+    return _new_leg(
+        leg.queue,
+        leg.priority,
+        leg.queued_ms,
+        leg.answered_ms if answered_ms is None else answered_ms,
+        leg.abandoned_ms if abandoned_ms is None else abandoned_ms,
+        leg.transferred_ms if transferred_ms is None else transferred_ms,
+        leg.closed_ms if closed_ms is None else closed_ms,
+    )
 
 
 def _overlap_ms(start: int, end: int, spans: Iterable[tuple[int, int | None]]) -> int:
@@ -372,32 +404,32 @@ def facts_of_entries(
         current = legs[-1] if legs else None
         if kind == "queued":
             if current is None or not current.waiting:
-                legs.append(QueueLeg(event.queue or "", event.priority, t))
+                legs.append(_new_leg(event.queue or "", event.priority, t))
                 if queued_first_ms is None:
                     queued_first_ms = t
         elif kind == "agent_assigned":
             if answered_ms is None:
                 answered_ms = t
             if current is not None and current.waiting:
-                legs[-1] = replace(current, answered_ms=t)
+                legs[-1] = _leg_with(current, answered_ms=t)
         elif kind == "abandoned":
             assert isinstance(event, Abandoned)
             if abandoned_ms is None:
                 abandoned_ms, abandon_stage = t, event.stage
             if current is not None and current.waiting:
-                legs[-1] = replace(current, abandoned_ms=t)
+                legs[-1] = _leg_with(current, abandoned_ms=t)
         elif kind == "transferred":
             assert isinstance(event, Transferred)
             transfers.append(_stamp(t, current, event))
             if current is not None and current.handling_open:
-                legs[-1] = replace(current, transferred_ms=t)
+                legs[-1] = _leg_with(current, transferred_ms=t)
         elif kind == "ended":
             assert isinstance(event, Ended)
             if ended is None:
                 ended = _stamp(t, current, event)
                 acw = event.acw_seconds
                 if current is not None and current.waiting:
-                    legs[-1] = replace(current, closed_ms=t)
+                    legs[-1] = _leg_with(current, closed_ms=t)
                 if hold_open is not None:
                     holds.append((hold_open, t))
                     hold_open = None
@@ -414,14 +446,14 @@ def facts_of_entries(
                 waiting_spans.append((t, None))
             reason = event.wait_reason
             if waits and waits[-1].end_ms is None and waits[-1].reason != reason:
-                waits[-1] = Wait(waits[-1].start_ms, t, waits[-1].reason)
+                waits[-1] = _new_wait(waits[-1].start_ms, t, waits[-1].reason)
             if not waits or waits[-1].end_ms is not None:
-                waits.append(Wait(t, None, reason))
+                waits.append(_new_wait(t, None, reason))
         elif kind == "waiting_ended":
             if waiting_spans and waiting_spans[-1][1] is None:
                 waiting_spans[-1] = (waiting_spans[-1][0], t)
             if waits and waits[-1].end_ms is None:
-                waits[-1] = Wait(waits[-1].start_ms, t, waits[-1].reason)
+                waits[-1] = _new_wait(waits[-1].start_ms, t, waits[-1].reason)
         elif kind in ("first_agent_reply", "agent_reply"):
             if first_reply_segment is None:
                 first_reply_segment = segment_now
@@ -452,7 +484,7 @@ def facts_of_entries(
                 reopens.append(_stamp(t, current, event))
         elif kind == "survey_response":
             assert isinstance(event, SurveyResponse)
-            surveys.append(SurveyAnswer(_stamp(t, current, event), event.survey, event.score))
+            surveys.append(_new_answer(_stamp(t, current, event), event.survey, event.score))
 
     spans = tuple(waiting_spans)
 
@@ -466,9 +498,9 @@ def facts_of_entries(
                 pending = t
             continue
         if first_reply is None:
-            first_reply = TimedValue(reply, _seconds(t - start_ms - _overlap_ms(start_ms, t, spans)))
+            first_reply = _new_timed(reply, _seconds(t - start_ms - _overlap_ms(start_ms, t, spans)))
         elif pending is not None:
-            next_responses.append(TimedValue(reply, _seconds(t - pending - _overlap_ms(pending, t, spans))))
+            next_responses.append(_new_timed(reply, _seconds(t - pending - _overlap_ms(pending, t, spans))))
             pending = None
 
     frozen_legs = tuple(legs)
@@ -507,7 +539,7 @@ def facts_of_entries(
         if resolved_before and not reopened_before:
             fcr = ended
 
-    return ContactFacts(
+    return _new_facts(
         contact_id=first.contact_id,
         channel=first.channel.value,
         priority=first.priority,

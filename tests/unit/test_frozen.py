@@ -1,4 +1,4 @@
-"""The journey core's fast constructor of frozen value classes makes the instances the classes do."""
+"""The fast constructor of frozen value classes makes the instances the classes do."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pickle
 
 import pytest
 
+from pipeline.frozen import builder
 from pipeline.journeys.contact import ContactSummary
-from pipeline.journeys.frozen import builder
 from pipeline.journeys.model import Emitted, JourneyStep
 
 

@@ -1,5 +1,6 @@
-"""A fast constructor for the journey core's frozen value classes (summaries, steps, journeys and
-what the store remembers of them), of which the stage makes several per contact record."""
+"""A fast constructor for frozen value classes made on hot paths: the journey core's (summaries,
+steps, journeys and what the store remembers of them, several per contact record) and the KPI
+facts of a contact (recomputed on each of its changes)."""
 
 from __future__ import annotations
 
