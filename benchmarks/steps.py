@@ -31,8 +31,10 @@ from pipeline.ingest.decode import Policy, Rejection, decode
 from pipeline.ingest.dedup import RecentIds
 from pipeline.journeys.model import DAY
 from pipeline.kpi.settings import KpiConfig
+from pipeline.kpi.windows import LateEvent
 from pipeline.resources import data_path
 from pipeline.simulator.model import SimConfig, Simulation
+from pipeline.sla.clock import SlaEvent
 from pipeline.sla.policy import load_policies
 from pipeline.store import clickhouse
 from pipeline.store.migrations import migrate
@@ -122,9 +124,11 @@ def analytics_steps(messages: list[Message]) -> dict[str, float]:
     def apply(begin: int, end: int) -> None:
         for start in range(begin, end, SLICE):
             touched = set()
+            late: list[LateEvent] = []
+            sla: list[SlaEvent] = []
             for offset, (topic, event) in enumerate(valid[start : min(start + SLICE, end)], start):
                 state = states[topic]
-                stages.apply(state, event, offset, now, defer=True)
+                stages.apply_into(state, event, offset, now, late, sla, defer=True)
                 touched.add(topic)
             for topic in touched:
                 states[topic].kpi.settle()

@@ -138,12 +138,8 @@ class AnalyticsStage:
             event = decode(record.value, topic, max_bytes, record.key)
             if isinstance(event, Rejection):
                 continue  # the ingest stage dead-letters it
-            outputs = stages.apply(state, event, record.offset, now, defer=True)
+            stages.apply_into(state, event, record.offset, now, late, sla, defer=True)
             applied += 1
-            if outputs.late:
-                late += outputs.late
-            if outputs.sla:
-                sla += outputs.sla
             if not forwarded.seen(event.event_id):
                 forward.append(event)
         state.kpi.settle()  # each contact's KPI contributions once per slice, not once per event

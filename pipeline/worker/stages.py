@@ -219,16 +219,34 @@ class Stages:
         """Feed one event of `state`'s partition; returns what it raises. `defer`: the KPI
         contributions of its contact wait for `state.kpi.settle()` (call it after a batch)."""
         outputs = Outputs()
-        late = state.kpi.apply(event, state.key, now_wall=now_wall, defer=defer)
-        if late is not None:
+        self.apply_into(state, event, offset, now_wall, outputs.late, outputs.sla, defer=defer)
+        return outputs
+
+    def apply_into(
+        self,
+        state: PartitionState,
+        event: EventBase,
+        offset: int,
+        now_wall: datetime,
+        late: list[LateEvent],
+        sla: list[SlaEvent],
+        *,
+        defer: bool = False,
+    ) -> None:
+        """`apply`, appending what it raises to `late` and `sla` (a batch's lists: no `Outputs`
+        made per event, 1.6 % of the analytics loop under load)."""
+        too_late = state.kpi.apply(event, state.key, now_wall=now_wall, defer=defer)
+        if too_late is not None:
             # too late for the KPI windows, not for the contact's SLA clocks
-            outputs.late.append(late)
+            late.append(too_late)
         if self.sla_clock == "event":
             state.hold(event)
         else:
-            outputs.sla.extend(self._sla_apply(state, event))
-        state.max_offset = max(state.max_offset, offset)
-        return outputs
+            raised = self._sla_apply(state, event)
+            if raised:
+                sla += raised
+        if offset > state.max_offset:
+            state.max_offset = offset
 
     def _sla_apply(self, state: PartitionState, event: EventBase) -> list[SlaEvent]:
         # Wall-clock (live) mode applies events at once so deadlines fire on time. The SLA engine
