@@ -461,7 +461,7 @@ class SlaEngine:
         contact = self._contacts.get(contact_id)
         if contact is None:
             return None
-        # pydantic-core's encoder: 3.0 µs for a chat contact with one obligation, json.dumps 16.7
+        # pydantic-core's encoder: 1.4 µs for a chat contact with one obligation, json.dumps 6.9 (min of 5)
         wire = encode_json(contact.to_json(), fallback=str).decode()
         due = self._eviction_due(contact)
         if not contact.open and due is not None:
