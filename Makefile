@@ -72,7 +72,7 @@ $(QUIX_STAMP):
 	$(QUIX_VENV)/bin/pip install --quiet quixstreams==3.28.1
 	@touch $@
 
-## make soak [SOAK_DAYS=4] [SOAK_RATE=4000] [SOAK_SPEED=500] [SOAK_JOURNEY_WINDOWS=short|default]: simulated days through the workers; RSS, state, stalls, stop/restart
+## make soak [SOAK_DAYS=4] [SOAK_RATE=4000] [SOAK_SPEED=500] [SOAK_JOURNEY_WINDOWS=short|day|default]: simulated days through the workers; RSS, state, stalls, stop/restart
 soak: $(STAMP)
 	$(BIN)/python -m benchmarks.soak --days $(SOAK_DAYS) --rate $(SOAK_RATE) --speed $(SOAK_SPEED) --journey-windows $(SOAK_JOURNEY_WINDOWS)
 
