@@ -54,6 +54,7 @@ from pipeline.worker import journeys as journey_stage
 from pipeline.worker import metrics
 from pipeline.worker.health import Health
 from pipeline.worker.produce import produce
+from pipeline.worker.table_writes import write_partition
 from pipeline.worker.topic_range import Messages, read_range
 
 log = logging.getLogger(__name__)
@@ -330,13 +331,9 @@ def install_journey_stage(
                 "kafka-producer",
             )
             data: Any = table.data  # the store (RocksDB or memory): Faust types it as a mapping
-            for n, (raw, value) in enumerate(writes, start=1):
-                if value is not None:
-                    data[raw] = value
-                elif raw in data:
-                    del data[raw]
-                if n % OUTPUT_SLICE == 0:
-                    await asyncio.sleep(0)
+            for start in range(0, len(writes), OUTPUT_SLICE):
+                write_partition(data, 0, writes[start : start + OUTPUT_SLICE])
+                await asyncio.sleep(0)
             data.set_persisted_offset(TP(table.changelog_topic.get_topic_name(), 0), offset)
 
     async def send_changelog(table: Any, writes: list[tuple[bytes, bytes | None]]) -> int:

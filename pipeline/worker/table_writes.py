@@ -1,0 +1,33 @@
+"""Writes to a Faust table's local store from anywhere on the loop, not only from an agent.
+
+Faust's RocksDB store finds the partition a write goes to from the event being processed
+(`current_event()`) and asserts there is one. The journey stage also persists from a timer (the
+messages its consumer group skipped at the partition's end, read again): there every write raised
+`AssertionError`, retried every 5 s for as long as the worker ran, and the journey stage applied
+nothing more (session 20, `make bench`'s whole worker). So the stage names the partition itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from faust.stores.rocksdb import Store as RocksDBStore
+
+
+def write_partition(data: Any, partition: int, writes: Sequence[tuple[bytes, bytes | None]]) -> None:
+    """Put each `(key, value)` of `writes` into the store `data` (a table's `.data`), or delete the
+    key when the value is None, in `partition`'s database when the store is RocksDB."""
+    if isinstance(data, RocksDBStore):
+        db = data._db_for_partition(partition)
+        for key, value in writes:
+            if value is None:
+                db.delete(key)
+            else:
+                db.put(key, value)
+        return
+    for key, value in writes:  # the memory store keeps one dict and needs no event
+        if value is not None:
+            data[key] = value
+        elif key in data:
+            del data[key]
