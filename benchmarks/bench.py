@@ -15,7 +15,8 @@
    topic); the rate is measured from its first event applied to its last.
 4. Whole-worker pass: `touchline worker --role all` does the same and also applies every event to
    the KPI windows and SLA clocks and forwards it to the journey stage; both rates are reported.
-5. Latency, breach-detection and open-contact passes on the whole worker: fresh events stamped with
+5. Latency, breach-detection and open-contact passes on the whole worker, once its journey stage has
+   caught up with the contact records of step 4 (the time it took is printed): fresh events stamped with
    the wall clock at a steady rate below capacity give p50/p99 end-to-end latency
    (`ingested_at - occurred_at`); never-answered calls give the delay of breach detection.
 6. Load pass (`--load-rate`, 5,000/s): an ingest worker and an analytics worker on topics of their
@@ -31,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -258,14 +260,24 @@ def start_worker(env: dict[str, str], port: int, role: str, log: Path) -> subpro
 
 
 def stop_worker(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:  # exited already (its error is being reported)
+        return
     os.killpg(process.pid, signal.SIGINT)
     process.wait(120)
+
+
+def worker_exited(process: subprocess.Popen[bytes], log: Path) -> click.ClickException:
+    """The error for a worker that exited, with its log copied out of the run's directory (removed
+    when the run ends)."""
+    kept = Path(tempfile.mkdtemp(prefix="touchline-bench-failed-")) / log.name
+    shutil.copyfile(log, kept)
+    return click.ClickException(f"worker exited with code {process.returncode}; its log: {kept}")
 
 
 def scrape(process: subprocess.Popen[bytes], url: str, log: Path) -> dict[str, float] | None:
     """The worker's metrics, None while it does not answer yet; a worker that exited ends the run."""
     if process.poll() is not None:
-        raise click.ClickException(f"worker exited; see {log}")
+        raise worker_exited(process, log)
     try:
         return metrics(url)
     except OSError:
@@ -305,6 +317,7 @@ def worker_pass(
 
 
 LATENCY_PREFIX = "touchline-latency"
+LATENCY_WARMUP_SECONDS = 10  # the whole worker's latency pass: sent first, measured apart
 LOAD_PREFIX = "touchline-load"
 # seconds of load before the breach pass's calls start, so they wait among a running load
 LOAD_WARMUP_SECONDS = 10
@@ -322,7 +335,7 @@ def wait_assigned(process: subprocess.Popen[bytes], port: int, log: Path, timeou
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise click.ClickException(f"worker exited; see {log}")
+            raise worker_exited(process, log)
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
                 if json.loads(response.read()).get("assigned_partitions", 0) > 0:
@@ -337,6 +350,30 @@ WAITS = {
     reason: f'touchline_consumer_wait_seconds_total{{reason="{reason}",stage="analytics"}}'
     for reason in ("fetch", "outputs", "windows", "checkpoint")
 }
+
+
+def journeys_caught_up(
+    process: subprocess.Popen[bytes], url: str, log: Path, quiet: float = 3.0
+) -> tuple[float, float]:
+    """Seconds until the journey stage's contact records stop moving (none for `quiet` s), and the
+    records it applied meanwhile. In the whole worker it still works through the journey topic
+    after the analytics stage has applied every event (it handles ~2,900 contacts/s on its one
+    partition, issue 11), on the same event loop as the passes that follow."""
+    started = time.monotonic()
+    first: float | None = None
+    records, since = -1.0, started
+    while time.monotonic() - started < 600:
+        m = scrape(process, url, log)
+        if m is None:
+            continue
+        now, applied = time.monotonic(), m.get("touchline_journey_records_total", 0.0)
+        first = applied if first is None else first
+        if applied != records:
+            records, since = applied, now
+        elif now - since >= quiet:
+            return since - started, records - first
+        time.sleep(0.25)
+    raise click.ClickException("the journey stage did not catch up in 10 minutes")
 
 
 def analytics_pass(
@@ -367,33 +404,54 @@ def analytics_pass(
 
 
 def latency_pass(
-    bootstrap: str, url: str, rate: int, seconds: int, topic: str = interaction_topic(Channel.WEB)
+    bootstrap: str,
+    url: str,
+    rate: int,
+    seconds: int,
+    topic: str = interaction_topic(Channel.WEB),
+    warmup: int = 0,
+    warmup_figures: dict[str, float] | None = None,
 ) -> tuple[float, float, int]:
+    """p50 and p99 end-to-end latency (ms) of `seconds` of events at `rate`, and the events measured.
+    The first `warmup` seconds' events are sent the same way but left out of the figures; their own
+    p50 / p99 go into `warmup_figures`."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1)
     run = uuid.uuid4().hex[:8]
-    sent = 0
+    sent = warm = 0
     started = time.monotonic()
-    while time.monotonic() - started < seconds:
+    while time.monotonic() - started < warmup + seconds:
         due = int((time.monotonic() - started) * rate)
-        while sent < due:
+        while warm + sent < due:
+            measured = time.monotonic() - started >= warmup
+            prefix = "lat" if measured else "latw"
+            n = sent if measured else warm
             event = ContactStarted(
-                event_id=f"lat-{run}-{sent}",
+                event_id=f"{prefix}-{run}-{n}",
                 occurred_at=datetime.now(UTC),
                 channel=Channel.WEB,
-                contact_id=f"lat-{run}-{sent % 500}",
+                contact_id=f"{prefix}-{run}-{n % 500}",
             )
             producer.send(topic, key=event.contact_id.encode(), value=to_json(event))
-            sent += 1
+            if measured:
+                sent += 1
+            else:
+                warm += 1
         time.sleep(0.002)
     producer.flush()
     producer.close()
-    query = (
-        f"SELECT count(), quantile(0.5)(d), quantile(0.99)(d) FROM (SELECT dateDiff('millisecond', occurred_at, ingested_at) AS d "
-        f"FROM interaction_events WHERE event_id LIKE 'lat-{run}-%')"
-    )
+
+    def query(prefix: str) -> str:
+        return (
+            f"SELECT count(), quantile(0.5)(d), quantile(0.99)(d) FROM (SELECT dateDiff('millisecond', occurred_at, "
+            f"ingested_at) AS d FROM interaction_events WHERE event_id LIKE '{prefix}-{run}-%')"
+        )
+
     for _ in range(120):
-        count, p50, p99 = sql(url, query)[0]
+        count, p50, p99 = sql(url, query("lat"))[0]
         if int(count) >= sent:
+            if warmup_figures is not None and warm:
+                _, w50, w99 = sql(url, query("latw"))[0]
+                warmup_figures |= {"p50_ms": float(w50), "p99_ms": float(w99), "events": float(warm)}
             return float(p50), float(p99), sent
         time.sleep(0.5)
     raise click.ClickException(f"latency events did not all arrive ({count} of {sent})")
@@ -669,6 +727,12 @@ def bucket_quantile(before: dict[float, float], after: dict[float, float], q: fl
     if not counts or counts[-1] <= 0:
         return float("nan")
     return next(b for b, c in zip(bounds, counts, strict=True) if c >= q * counts[-1])
+
+
+def stalls_over(before: dict[float, float], after: dict[float, float], seconds: float) -> int:
+    """Event-loop stalls longer than `seconds` (a bucket bound) between two scrapes of the stall histogram."""
+    total = after.get(float("inf"), 0.0) - before.get(float("inf"), 0.0)
+    return int(total - (after.get(seconds, 0.0) - before.get(seconds, 0.0)))
 
 
 def timed_ingest(url: str, producer: KafkaProducer, messages: list[tuple[str, str, bytes]]) -> float:
@@ -949,7 +1013,23 @@ def main(
                     full_ingest_s, full_s = worker_pass(process, port, "all", messages, full_log)
                     assert full_s is not None
                     click.echo(f"  whole worker: ingest {full_ingest_s:.1f} s, analytics {full_s:.1f} s")
-                    p50, p99, sent = latency_pass(bootstrap, url, latency_rate, latency_seconds)
+                    # the latency and breach passes measure the steady state, not the journey stage's backlog
+                    journey_s, journey_records = journeys_caught_up(process, url, full_log)
+                    click.echo(
+                        f"  whole worker: journey stage caught up {journey_s:.1f} s after the analytics "
+                        f"({journey_records:,.0f} contact records meanwhile)"
+                    )
+                    stalls_before = histogram(url, "touchline_loop_stall_seconds")
+                    # the pass's first seconds take the worker from the simulated history to the
+                    # wall clock (session 20: rows of the first ~6 s up to 2.7 s late, then at most
+                    # 0.7 s): they are sent but measured apart
+                    warmup_figures: dict[str, float] = {}
+                    p50, p99, sent = latency_pass(
+                        bootstrap, url, latency_rate, latency_seconds, warmup=LATENCY_WARMUP_SECONDS,
+                        warmup_figures=warmup_figures,
+                    )  # fmt: skip
+                    stalls_after = histogram(url, "touchline_loop_stall_seconds")
+                    stalls = {bound: stalls_over(stalls_before, stalls_after, bound) for bound in (0.25, 0.5, 1.0)}
                     b50, b99, breaches = breach_pass(bootstrap, url, 200)
                     stored_before_open = sql(url, "SELECT count() FROM interaction_events")[0][0]
                     rss_before_open = peak_rss_mb(process.pid)
@@ -958,7 +1038,7 @@ def main(
                     )
                     opened = open_contacts_pass(bootstrap, url, workload_contacts, open_contacts)
                     rss = peak_rss_mb(process.pid)
-                    stored = stored_before_open - 2 * breaches
+                    stored = stored_before_open - 2 * breaches - int(warmup_figures.get("events", 0))
                 finally:
                     stop_worker(process)
 
@@ -1027,6 +1107,10 @@ def main(
             "analytics_rate": full_rate,
             "latency_p50_ms": p50,
             "latency_p99_ms": p99,
+            "latency_pass_loop_stalls": {str(bound): n for bound, n in stalls.items()},
+            "latency_warmup": warmup_figures,
+            "journey_catch_up_s": journey_s,
+            "journey_catch_up_records": journey_records,
             "breach_delay_p50_ms": b50,
             "breach_delay_p99_ms": b99,
             "peak_rss_before_sla_mb": rss_before_open,
@@ -1037,8 +1121,17 @@ def main(
         click.echo(f"    ingest to ClickHouse                     {share(messages / full_ingest_s, raw_rate)}")
         click.echo(f"    analytics (KPI windows, SLA clocks)      {share(full_rate, raw_rate)}")
         click.echo(f"    rows written                             {int(stored) - sent:>12,}")
+        click.echo(f"    journey stage's backlog after analytics  {journey_s:>12.1f} s")
         click.echo(f"    end-to-end latency p50 at {latency_rate}/s        {p50:>12,.0f} ms")
         click.echo(f"    end-to-end latency p99 at {latency_rate}/s        {p99:>12,.0f} ms")
+        if warmup_figures:
+            click.echo(
+                f"    the {LATENCY_WARMUP_SECONDS} s before it (warm-up) p50 / p99      "
+                f"{warmup_figures['p50_ms']:>6,.0f} / {warmup_figures['p99_ms']:,.0f} ms"
+            )
+        click.echo(
+            f"    loop stalls, warm-up too, > 0.25 / 0.5 / 1 s{stalls[0.25]:>5,} /{stalls[0.5]:>3,} /{stalls[1.0]:>3,}"
+        )
         click.echo(f"    SLA breach detection delay p50 ({breaches})  {b50:>12,.0f} ms")
         click.echo(f"    SLA breach detection delay p99           {b99:>12,.0f} ms")
         click.echo(f"    peak RSS before the SLA pass             {rss_before_open:>12,.0f} MB")
