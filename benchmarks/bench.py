@@ -263,7 +263,14 @@ def stop_worker(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is not None:  # exited already (its error is being reported)
         return
     os.killpg(process.pid, signal.SIGINT)
-    process.wait(120)
+    try:
+        process.wait(120)
+    except subprocess.TimeoutExpired:
+        # left running, a worker that ignores the stop takes CPU from every later pass and run (one
+        # retrying a broker that was gone ran for 54 minutes beside session 20's final runs)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(30)
+        raise click.ClickException(f"worker {process.pid} did not stop within 120 s of SIGINT: killed") from None
 
 
 def worker_exited(process: subprocess.Popen[bytes], log: Path) -> click.ClickException:
