@@ -296,6 +296,31 @@ def test_contact_wire_is_the_events_held_in_any_arrival_order(seed: int, shuffle
             tracker.freeze("c")
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32), st.randoms(use_true_random=False))
+def test_a_contact_restored_as_read_is_packed_later_and_reads_back_the_same(seed: int, order: random.Random) -> None:
+    # a restore keeps a contact's JSON as read; `repack` compresses it, `freeze` packs a live one:
+    # in every form the contact gives back the same events and facts
+    events, arrivals = _redelivered(seed, order)
+    live = ContactTracker()
+    for event in arrivals:
+        live.add(event)
+    wire = live.contact_wire("c")
+    assert wire is not None
+    restored = ContactTracker()
+    restored.restore_frozen("c", wire, *live.contact_meta("c"))  # type: ignore[misc]
+    assert restored.contact_wire("c") == wire
+    restored.repack(10)
+    packed = restored._contacts["c"].packed
+    assert packed is not None and packed != wire.encode() and len(packed) < len(wire)
+    assert restored.contact_wire("c") == wire
+    live.freeze("c")
+    assert live._contacts["c"].packed == packed
+    for tracker in (live, restored):
+        assert tracker.events("c") == sort_events(events)
+        assert tracker.facts("c") == contact_facts(events)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(st.sampled_from([None, "retail", "premium"]), min_size=6, max_size=6), st.randoms(use_true_random=False)
