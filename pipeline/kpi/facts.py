@@ -362,218 +362,364 @@ def contact_facts(
     return facts_of_entries(ordered, short_abandon_seconds=short_abandon_seconds)
 
 
+class _Fold:
+    """The fold of a contact's events in (occurred_at, event_id) order, fed a sorted run of entries
+    at a time: a contact's events mostly arrive in order, so the tracker feeds only those added
+    since the last fold (`ContactTracker.facts`). `facts()` reads it without changing it.
+
+    A reply or resolution before the first event that names a segment takes the contact's segment,
+    which a later event may bring: it is recorded as "" and filled in by `facts()`."""
+
+    __slots__ = (
+        "abandon_stage",
+        "abandoned_ms",
+        "acw",
+        "answered_ms",
+        "bot_handoff",
+        "bot_resolved",
+        "bot_turn_ms",
+        "count",
+        "ended",
+        "first",
+        "first_reply_segment",
+        "hold_open",
+        "holds",
+        "is_resolved",
+        "ivr_zero_outs",
+        "last_ms",
+        "legs",
+        "queued_first_ms",
+        "reopens",
+        "replies",
+        "resolution_segments",
+        "resolutions",
+        "segment",
+        "segment_now",
+        "start_ms",
+        "surveys",
+        "transfers",
+        "waiting_spans",
+        "waits",
+    )
+
+    def __init__(self, first: Entry) -> None:
+        self.first = first[3]
+        self.start_ms = first[0]
+        self.last_ms = first[0]
+        self.count = 0
+        self.segment = ""  # the first segment named by an event
+        self.legs: list[QueueLeg] = []  # the last one is replaced as events settle it
+        self.waiting_spans: list[tuple[int, int | None]] = []
+        self.holds: list[tuple[int, int]] = []
+        self.hold_open: int | None = None
+        self.transfers: list[Stamp] = []
+        self.ivr_zero_outs: list[Stamp] = []
+        self.resolutions: list[Stamp] = []
+        self.reopens: list[Stamp] = []
+        self.surveys: list[SurveyAnswer] = []
+        self.replies: list[tuple[int, Stamp | None]] = []  # None marks a customer message
+        self.is_resolved = False
+        self.abandoned_ms: int | None = None
+        self.abandon_stage: str | None = None
+        self.answered_ms: int | None = None
+        self.ended: Stamp | None = None
+        self.acw: float | None = None
+        self.bot_turn_ms: int | None = None
+        self.bot_handoff: Stamp | None = None
+        self.bot_resolved: Stamp | None = None
+        self.queued_first_ms: int | None = None
+        self.waits: list[Wait] = []
+        self.segment_now = ""  # "": the contact's segment (`facts()` fills it in)
+        self.first_reply_segment: str | None = None
+        self.resolution_segments: list[str] = []
+
+    def feed(self, entries: Sequence[Entry]) -> None:
+        """Fold `entries`, which sort after every entry fed before."""
+        if not entries:
+            return
+        # locals in the loop, stored back after it: attribute access per event cost more
+        (
+            hold_open,
+            is_resolved,
+            abandoned_ms,
+            abandon_stage,
+            answered_ms,
+            ended,
+            acw,
+            bot_turn_ms,
+            bot_handoff,
+            bot_resolved,
+            queued_first_ms,
+            segment_now,
+            first_reply_segment,
+        ) = (
+            self.hold_open,
+            self.is_resolved,
+            self.abandoned_ms,
+            self.abandon_stage,
+            self.answered_ms,
+            self.ended,
+            self.acw,
+            self.bot_turn_ms,
+            self.bot_handoff,
+            self.bot_resolved,
+            self.queued_first_ms,
+            self.segment_now,
+            self.first_reply_segment,
+        )
+        (
+            legs,
+            waiting_spans,
+            holds,
+            transfers,
+            ivr_zero_outs,
+            resolutions,
+            reopens,
+            surveys,
+            replies,
+            waits,
+            resolution_segments,
+        ) = (
+            self.legs,
+            self.waiting_spans,
+            self.holds,
+            self.transfers,
+            self.ivr_zero_outs,
+            self.resolutions,
+            self.reopens,
+            self.surveys,
+            self.replies,
+            self.waits,
+            self.resolution_segments,
+        )
+        for t, _, kind, event in entries:
+            if event.segment:
+                segment_now = event.segment
+                if not self.segment:
+                    self.segment = event.segment
+            current = legs[-1] if legs else None
+            if kind == "queued":
+                if current is None or not current.waiting:
+                    legs.append(_new_leg(event.queue or "", event.priority, t))
+                    if queued_first_ms is None:
+                        queued_first_ms = t
+            elif kind == "agent_assigned":
+                if answered_ms is None:
+                    answered_ms = t
+                if current is not None and current.waiting:
+                    legs[-1] = _leg_with(current, answered_ms=t)
+            elif kind == "abandoned":
+                assert isinstance(event, Abandoned)
+                if abandoned_ms is None:
+                    abandoned_ms, abandon_stage = t, event.stage
+                if current is not None and current.waiting:
+                    legs[-1] = _leg_with(current, abandoned_ms=t)
+            elif kind == "transferred":
+                assert isinstance(event, Transferred)
+                transfers.append(_stamp(t, current, event))
+                if current is not None and current.handling_open:
+                    legs[-1] = _leg_with(current, transferred_ms=t)
+            elif kind == "ended":
+                assert isinstance(event, Ended)
+                if ended is None:
+                    ended = _stamp(t, current, event)
+                    acw = event.acw_seconds
+                    if current is not None and current.waiting:
+                        legs[-1] = _leg_with(current, closed_ms=t)
+                    if hold_open is not None:
+                        holds.append((hold_open, t))
+                        hold_open = None
+            elif kind == "hold_started":
+                if hold_open is None and ended is None:
+                    hold_open = t
+            elif kind == "hold_ended":
+                if hold_open is not None:
+                    holds.append((hold_open, t))
+                    hold_open = None
+            elif kind == "waiting_on_customer":
+                assert isinstance(event, WaitingOnCustomer)
+                if not waiting_spans or waiting_spans[-1][1] is not None:
+                    waiting_spans.append((t, None))
+                reason = event.wait_reason
+                if waits and waits[-1].end_ms is None and waits[-1].reason != reason:
+                    waits[-1] = _new_wait(waits[-1].start_ms, t, waits[-1].reason)
+                if not waits or waits[-1].end_ms is not None:
+                    waits.append(_new_wait(t, None, reason))
+            elif kind == "waiting_ended":
+                if waiting_spans and waiting_spans[-1][1] is None:
+                    waiting_spans[-1] = (waiting_spans[-1][0], t)
+                if waits and waits[-1].end_ms is None:
+                    waits[-1] = _new_wait(waits[-1].start_ms, t, waits[-1].reason)
+            elif kind in ("first_agent_reply", "agent_reply"):
+                if first_reply_segment is None:
+                    first_reply_segment = segment_now
+                replies.append((t, _stamp(t, current, event)))
+            elif kind == "customer_message":
+                replies.append((t, None))
+            elif kind == "bot_turn":
+                if bot_turn_ms is None:
+                    bot_turn_ms = t
+            elif kind == "bot_handoff":
+                if bot_handoff is None:
+                    bot_handoff = _stamp(t, current, event)
+            elif kind == "ivr_zero_out":
+                ivr_zero_outs.append(_stamp(t, current, event))
+            elif kind == "resolved":
+                assert isinstance(event, Resolved)
+                stamp = _stamp(t, current, event)
+                if not is_resolved:
+                    is_resolved = True
+                    resolutions.append(stamp)
+                    resolution_segments.append(segment_now)
+                if event.resolved_by == Author.BOT and bot_resolved is None:
+                    bot_resolved = stamp
+            elif kind == "reopened":
+                if is_resolved:
+                    is_resolved = False
+                    reopens.append(_stamp(t, current, event))
+            elif kind == "survey_response":
+                assert isinstance(event, SurveyResponse)
+                surveys.append(_new_answer(_stamp(t, current, event), event.survey, event.score))
+
+        (
+            self.hold_open,
+            self.is_resolved,
+            self.abandoned_ms,
+            self.abandon_stage,
+            self.answered_ms,
+            self.ended,
+            self.acw,
+            self.bot_turn_ms,
+            self.bot_handoff,
+            self.bot_resolved,
+            self.queued_first_ms,
+            self.segment_now,
+            self.first_reply_segment,
+        ) = (
+            hold_open,
+            is_resolved,
+            abandoned_ms,
+            abandon_stage,
+            answered_ms,
+            ended,
+            acw,
+            bot_turn_ms,
+            bot_handoff,
+            bot_resolved,
+            queued_first_ms,
+            segment_now,
+            first_reply_segment,
+        )
+        self.count += len(entries)
+        self.last_ms = entries[-1][0]
+
+    def facts(self, short_abandon_seconds: float) -> ContactFacts:
+        """The contact's facts from what was fed so far."""
+        if not self.count:
+            raise ValueError("a contact needs at least one event")
+        legs, replies, resolutions, reopens = self.legs, self.replies, self.resolutions, self.reopens
+        ended, answered_ms, acw, start_ms = self.ended, self.answered_ms, self.acw, self.start_ms
+        bot_resolved, bot_turn_ms, bot_handoff = self.bot_resolved, self.bot_turn_ms, self.bot_handoff
+        queued_first_ms, abandoned_ms, segment = self.queued_first_ms, self.abandoned_ms, self.segment
+        spans = tuple(self.waiting_spans)
+
+        # first and next response times, walking replies and customer messages in event order
+        first_reply: TimedValue | None = None
+        next_responses: list[TimedValue] = []
+        pending: int | None = None
+        for t, reply in replies:
+            if reply is None:  # a customer message
+                if first_reply is not None and pending is None:
+                    pending = t
+                continue
+            if first_reply is None:
+                first_reply = _new_timed(reply, _seconds(t - start_ms - _overlap_ms(start_ms, t, spans)))
+            elif pending is not None:
+                next_responses.append(_new_timed(reply, _seconds(t - pending - _overlap_ms(pending, t, spans))))
+                pending = None
+
+        frozen_legs = tuple(legs)
+
+        short = False
+        for leg in frozen_legs:
+            wait = leg.abandon_wait_seconds
+            if wait is not None and wait < short_abandon_seconds:
+                short = True
+
+        talk: float | None = None
+        handle: float | None = None
+        if ended is not None and answered_ms is not None and ended.at_ms >= answered_ms:
+            end = ended.at_ms
+            requeue_ms = 0
+            for leg in frozen_legs:
+                if leg.queued_ms >= answered_ms and leg.queued_ms < end:
+                    removed = leg.removed_ms
+                    requeue_ms += min(end if removed is None else removed, end) - leg.queued_ms
+            talk = _seconds(end - answered_ms - requeue_ms)
+            handle = talk + (acw or 0.0)
+
+        contained: Stamp | None = None
+        completion: Stamp | None = bot_resolved
+        if ended is not None and (completion is None or ended.at_ms < completion.at_ms):
+            completion = ended
+        if completion is not None and bot_turn_ms is not None and bot_turn_ms <= completion.at_ms:
+            blockers = (bot_handoff.at_ms if bot_handoff else None, queued_first_ms, answered_ms, abandoned_ms)
+            if not any(b is not None and b <= completion.at_ms for b in blockers):
+                contained = completion
+
+        fcr: Stamp | None = None
+        if ended is not None:
+            resolved_before = any(r.at_ms <= ended.at_ms for r in resolutions)
+            reopened_before = any(r.at_ms <= ended.at_ms for r in reopens)
+            if resolved_before and not reopened_before:
+                fcr = ended
+
+        return _new_facts(
+            contact_id=self.first.contact_id,
+            channel=self.first.channel.value,
+            priority=self.first.priority,
+            segment=segment,
+            started_ms=start_ms,
+            last_ms=self.last_ms,
+            event_count=self.count,
+            legs=frozen_legs,
+            abandoned_ms=abandoned_ms,
+            abandon_stage=self.abandon_stage,
+            short_abandon=short,
+            first_reply=first_reply,
+            next_responses=tuple(next_responses),
+            holds=tuple(self.holds),
+            waiting_spans=spans,
+            answered_ms=answered_ms,
+            ended=ended,
+            talk_seconds=talk,
+            acw_seconds=acw,
+            handle_seconds=handle,
+            transfers=tuple(self.transfers),
+            bot_involved=bot_turn_ms is not None,
+            bot_handoff=bot_handoff,
+            bot_contained=contained,
+            ivr_zero_outs=tuple(self.ivr_zero_outs),
+            resolutions=tuple(resolutions),
+            reopens=tuple(reopens),
+            resolved=self.is_resolved,
+            first_contact_resolved=fcr,
+            surveys=tuple(self.surveys),
+            waits=tuple(self.waits),
+            first_reply_segment="" if self.first_reply_segment is None else self.first_reply_segment or segment,
+            resolution_segments=tuple(s or segment for s in self.resolution_segments),
+        )
+
+
 def facts_of_entries(
     ordered: Sequence[Entry], *, short_abandon_seconds: float = DEFAULT_SHORT_ABANDON_SECONDS
 ) -> ContactFacts:
     """`contact_facts` of a contact's events given as distinct entries in sorted order."""
     if not ordered:
         raise ValueError("a contact needs at least one event")
-    first = ordered[0][3]
-    start_ms = ordered[0][0]
-    segment = next((e.segment for _, _, _, e in ordered if e.segment), "") or ""
-
-    legs: list[QueueLeg] = []  # the last one is replaced as events settle it
-    waiting_spans: list[tuple[int, int | None]] = []
-    holds: list[tuple[int, int]] = []
-    hold_open: int | None = None
-    transfers: list[Stamp] = []
-    ivr_zero_outs: list[Stamp] = []
-    resolutions: list[Stamp] = []
-    reopens: list[Stamp] = []
-    surveys: list[SurveyAnswer] = []
-    replies: list[tuple[int, Stamp | None]] = []  # None marks a customer message
-    customer_messages: list[int] = []
-    is_resolved = False
-    abandoned_ms: int | None = None
-    abandon_stage: str | None = None
-    answered_ms: int | None = None
-    ended: Stamp | None = None
-    acw: float | None = None
-    bot_turn_ms: int | None = None
-    bot_handoff: Stamp | None = None
-    bot_resolved: Stamp | None = None
-    queued_first_ms: int | None = None
-    waits: list[Wait] = []
-    segment_now = segment
-    first_reply_segment: str | None = None
-    resolution_segments: list[str] = []
-
-    for t, _, kind, event in ordered:
-        if event.segment:
-            segment_now = event.segment
-        current = legs[-1] if legs else None
-        if kind == "queued":
-            if current is None or not current.waiting:
-                legs.append(_new_leg(event.queue or "", event.priority, t))
-                if queued_first_ms is None:
-                    queued_first_ms = t
-        elif kind == "agent_assigned":
-            if answered_ms is None:
-                answered_ms = t
-            if current is not None and current.waiting:
-                legs[-1] = _leg_with(current, answered_ms=t)
-        elif kind == "abandoned":
-            assert isinstance(event, Abandoned)
-            if abandoned_ms is None:
-                abandoned_ms, abandon_stage = t, event.stage
-            if current is not None and current.waiting:
-                legs[-1] = _leg_with(current, abandoned_ms=t)
-        elif kind == "transferred":
-            assert isinstance(event, Transferred)
-            transfers.append(_stamp(t, current, event))
-            if current is not None and current.handling_open:
-                legs[-1] = _leg_with(current, transferred_ms=t)
-        elif kind == "ended":
-            assert isinstance(event, Ended)
-            if ended is None:
-                ended = _stamp(t, current, event)
-                acw = event.acw_seconds
-                if current is not None and current.waiting:
-                    legs[-1] = _leg_with(current, closed_ms=t)
-                if hold_open is not None:
-                    holds.append((hold_open, t))
-                    hold_open = None
-        elif kind == "hold_started":
-            if hold_open is None and ended is None:
-                hold_open = t
-        elif kind == "hold_ended":
-            if hold_open is not None:
-                holds.append((hold_open, t))
-                hold_open = None
-        elif kind == "waiting_on_customer":
-            assert isinstance(event, WaitingOnCustomer)
-            if not waiting_spans or waiting_spans[-1][1] is not None:
-                waiting_spans.append((t, None))
-            reason = event.wait_reason
-            if waits and waits[-1].end_ms is None and waits[-1].reason != reason:
-                waits[-1] = _new_wait(waits[-1].start_ms, t, waits[-1].reason)
-            if not waits or waits[-1].end_ms is not None:
-                waits.append(_new_wait(t, None, reason))
-        elif kind == "waiting_ended":
-            if waiting_spans and waiting_spans[-1][1] is None:
-                waiting_spans[-1] = (waiting_spans[-1][0], t)
-            if waits and waits[-1].end_ms is None:
-                waits[-1] = _new_wait(waits[-1].start_ms, t, waits[-1].reason)
-        elif kind in ("first_agent_reply", "agent_reply"):
-            if first_reply_segment is None:
-                first_reply_segment = segment_now
-            replies.append((t, _stamp(t, current, event)))
-        elif kind == "customer_message":
-            customer_messages.append(t)
-            replies.append((t, None))
-        elif kind == "bot_turn":
-            if bot_turn_ms is None:
-                bot_turn_ms = t
-        elif kind == "bot_handoff":
-            if bot_handoff is None:
-                bot_handoff = _stamp(t, current, event)
-        elif kind == "ivr_zero_out":
-            ivr_zero_outs.append(_stamp(t, current, event))
-        elif kind == "resolved":
-            assert isinstance(event, Resolved)
-            stamp = _stamp(t, current, event)
-            if not is_resolved:
-                is_resolved = True
-                resolutions.append(stamp)
-                resolution_segments.append(segment_now)
-            if event.resolved_by == Author.BOT and bot_resolved is None:
-                bot_resolved = stamp
-        elif kind == "reopened":
-            if is_resolved:
-                is_resolved = False
-                reopens.append(_stamp(t, current, event))
-        elif kind == "survey_response":
-            assert isinstance(event, SurveyResponse)
-            surveys.append(_new_answer(_stamp(t, current, event), event.survey, event.score))
-
-    spans = tuple(waiting_spans)
-
-    # first and next response times, walking replies and customer messages in event order
-    first_reply: TimedValue | None = None
-    next_responses: list[TimedValue] = []
-    pending: int | None = None
-    for t, reply in replies:
-        if reply is None:  # a customer message
-            if first_reply is not None and pending is None:
-                pending = t
-            continue
-        if first_reply is None:
-            first_reply = _new_timed(reply, _seconds(t - start_ms - _overlap_ms(start_ms, t, spans)))
-        elif pending is not None:
-            next_responses.append(_new_timed(reply, _seconds(t - pending - _overlap_ms(pending, t, spans))))
-            pending = None
-
-    frozen_legs = tuple(legs)
-
-    short = False
-    for leg in frozen_legs:
-        wait = leg.abandon_wait_seconds
-        if wait is not None and wait < short_abandon_seconds:
-            short = True
-
-    talk: float | None = None
-    handle: float | None = None
-    if ended is not None and answered_ms is not None and ended.at_ms >= answered_ms:
-        end = ended.at_ms
-        requeue_ms = 0
-        for leg in frozen_legs:
-            if leg.queued_ms >= answered_ms and leg.queued_ms < end:
-                removed = leg.removed_ms
-                requeue_ms += min(end if removed is None else removed, end) - leg.queued_ms
-        talk = _seconds(end - answered_ms - requeue_ms)
-        handle = talk + (acw or 0.0)
-
-    contained: Stamp | None = None
-    completion: Stamp | None = bot_resolved
-    if ended is not None and (completion is None or ended.at_ms < completion.at_ms):
-        completion = ended
-    if completion is not None and bot_turn_ms is not None and bot_turn_ms <= completion.at_ms:
-        blockers = (bot_handoff.at_ms if bot_handoff else None, queued_first_ms, answered_ms, abandoned_ms)
-        if not any(b is not None and b <= completion.at_ms for b in blockers):
-            contained = completion
-
-    fcr: Stamp | None = None
-    if ended is not None:
-        resolved_before = any(r.at_ms <= ended.at_ms for r in resolutions)
-        reopened_before = any(r.at_ms <= ended.at_ms for r in reopens)
-        if resolved_before and not reopened_before:
-            fcr = ended
-
-    return _new_facts(
-        contact_id=first.contact_id,
-        channel=first.channel.value,
-        priority=first.priority,
-        segment=segment,
-        started_ms=start_ms,
-        last_ms=ordered[-1][0],
-        event_count=len(ordered),
-        legs=frozen_legs,
-        abandoned_ms=abandoned_ms,
-        abandon_stage=abandon_stage,
-        short_abandon=short,
-        first_reply=first_reply,
-        next_responses=tuple(next_responses),
-        holds=tuple(holds),
-        waiting_spans=spans,
-        answered_ms=answered_ms,
-        ended=ended,
-        talk_seconds=talk,
-        acw_seconds=acw,
-        handle_seconds=handle,
-        transfers=tuple(transfers),
-        bot_involved=bot_turn_ms is not None,
-        bot_handoff=bot_handoff,
-        bot_contained=contained,
-        ivr_zero_outs=tuple(ivr_zero_outs),
-        resolutions=tuple(resolutions),
-        reopens=tuple(reopens),
-        resolved=is_resolved,
-        first_contact_resolved=fcr,
-        surveys=tuple(surveys),
-        waits=tuple(waits),
-        first_reply_segment=first_reply_segment or "",
-        resolution_segments=tuple(resolution_segments),
-    )
+    fold = _Fold(ordered[0])
+    fold.feed(ordered)
+    return fold.facts(short_abandon_seconds)
 
 
 _EVENT_LIST: TypeAdapter[list[InteractionEvent]] = TypeAdapter(list[InteractionEvent])
@@ -640,6 +786,10 @@ class _Tracked:
     # 11.1-11.7 to 5.8 µs an event (200k events, 2 alternating runs)
     wire: bytes | None = None
     wired: int = 0
+    # the fold of `ordered[:fold.count]` while live: facts fold only the events added since (a
+    # fold read 9.2 entries on average, 3 of them new; an insert before the last event drops it).
+    # Apply + settle 30.3-39.1 -> 28.6-32.9 µs an event (120k simulated events, 5 alternating runs)
+    fold: _Fold | None = None
 
     def live(self) -> dict[str, EventBase]:
         """The events, parsed again from `packed` if the contact was frozen (one pydantic-core call)."""
@@ -660,6 +810,7 @@ class _Tracked:
         else:
             insort(self.ordered, entry)
             self.wire = None
+            self.fold = None
         return entry
 
 
@@ -731,7 +882,11 @@ class ContactTracker:
         tracked = self._contacts[contact_id]
         if tracked.facts is None:
             tracked.live()
-            tracked.facts = facts_of_entries(tracked.ordered, short_abandon_seconds=self.short_abandon_seconds)
+            fold = tracked.fold
+            if fold is None:
+                fold = tracked.fold = _Fold(tracked.ordered[0])
+            fold.feed(tracked.ordered[fold.count :])
+            tracked.facts = fold.facts(self.short_abandon_seconds)
         return tracked.facts
 
     def _due_ms(self, tracked: _Tracked) -> int | None:
@@ -805,6 +960,7 @@ class ContactTracker:
             tracked.ordered = []
             tracked.wire = None
             tracked.facts = None
+            tracked.fold = None
 
     def contact_meta(self, contact_id: str) -> tuple[int | None, int] | None:
         """(first `ended` ms or None, latest event ms) of a held contact."""
