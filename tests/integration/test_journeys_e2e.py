@@ -430,8 +430,8 @@ def input_messages(worker: Worker, outcome: str) -> float:
 
 def test_journey_stage_reads_again_a_skipped_tail(workspace: Workspace) -> None:
     """The same gap at the end of the partition: no later message comes to show it, so the stage's
-    timer reads it, outside any Faust event (its writes to the tables' RocksDB stores failed there
-    until session 20, retried for as long as the worker ran)."""
+    timer reads it, outside any Faust event (until session 20 its writes to the tables' RocksDB
+    stores failed there, were retried every 5 s, and the app crashed after about 2 minutes)."""
     from kafka import KafkaConsumer, TopicPartition
     from kafka.admin import KafkaAdminClient
     from kafka.structs import OffsetAndMetadata
