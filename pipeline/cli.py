@@ -96,7 +96,6 @@ def worker(web_port: int | None, role: str | None) -> None:
     analytics` and `--role journeys` workers can be scaled separately (`--role ingest,analytics`
     runs two).
     """
-    import faust
 
     from pipeline.checks import policy_problems
     from pipeline.sla.policy import PolicyError
@@ -131,9 +130,10 @@ def worker(web_port: int | None, role: str | None) -> None:
     from pipeline.store.clickhouse import close_all
     from pipeline.store.migrations import MigrationError
     from pipeline.worker.app import create_app
+    from pipeline.worker.startup import Runner
 
     try:
-        app = create_app(settings, web_port=web_port)
+        app, startup = create_app(settings, web_port=web_port)
     except (StoreError, MigrationError) as error:
         fail(store_error_message(error))
     except PolicyError as error:
@@ -141,7 +141,7 @@ def worker(web_port: int | None, role: str | None) -> None:
     except ConfigError as error:  # e.g. listening beyond loopback without a token
         fail(str(error), 2)
     try:
-        runner = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+        runner = Runner(app, startup, loglevel=settings.log_level.upper(), quiet=True)
         # Faust's terminal spinner, at log levels warning and above, sets the root logger to DEBUG
         # (faust/worker.py `_setup_spinner_handler`), so every debug call of every library builds a
         # record: aiokafka logs each message sent. 2 % of an analytics worker's samples (py-spy,

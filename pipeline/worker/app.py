@@ -42,7 +42,7 @@ from pipeline.store.clickhouse import (
 )
 from pipeline.store.migrations import migrate
 from pipeline.topics import ensure_topics
-from pipeline.worker import log_throttle, metrics
+from pipeline.worker import metrics
 from pipeline.worker.analytics import AnalyticsStage
 from pipeline.worker.consumer import BatchConsumer, Records, StageHooks
 from pipeline.worker.forget_view import install_forget_view
@@ -54,6 +54,7 @@ from pipeline.worker.produce import produce
 from pipeline.worker.sink import IngestSink, Outgoing
 from pipeline.worker.sql_view import ReadonlyPool, install_sql_view
 from pipeline.worker.stages import Stages
+from pipeline.worker.startup import Startup
 from pipeline.worker.table_manager import PromptTableManager
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ class Shared:
         return consumer
 
 
-def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
+def create_app(settings: Settings, *, web_port: int | None = None) -> tuple[faust.App, Startup]:
     configure_worker(settings)  # plausible times, message keys, pseudonyms: before any stage decodes
     ensure_topics(
         settings.bootstrap_servers, settings.topics.specs(settings.topic_partitions), options=client_options(settings)
@@ -148,6 +149,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         TableManager=PromptTableManager,
     )
     shared = Shared(settings, app, client, executor, [], Health())
+    startup = Startup(shared.health, settings.bootstrap_servers, client_options(settings))
     roles = settings.worker_stages
     sink = _ingest(shared) if "ingest" in roles else None
     analytics = _analytics(shared) if "analytics" in roles else None
@@ -172,6 +174,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         gc.set_threshold(*GC_THRESHOLDS)
         for consumer in shared.consumers:
             await consumer.start()
+        startup.finished()
 
     @app.timer(interval=FREEZE_SECONDS)
     async def settle_long_lived_objects() -> None:
@@ -218,7 +221,6 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
 
     @app.task
     async def watch_the_loop() -> None:
-        log_throttle.install()  # Faust has set up logging by now
         await watch_loop()
 
     @app.timer(interval=5.0)
@@ -254,8 +256,10 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         failing = shared.health.report()
         response: Response = web.json(
             {
-                # degraded: a dependency (ClickHouse, the broker) is failing and being retried
-                "status": "degraded" if failing else "ok",
+                # degraded: a dependency (ClickHouse, the broker) is failing and being retried;
+                # starting: Faust is starting (the journey agent waits for its partitions), the
+                # stages are not reading yet
+                "status": "degraded" if failing else "ok" if startup.started else "starting",
                 "failing": failing,
                 "state": analytics.state_sizes() if analytics is not None else {},
                 "app_id": settings.app_id,
@@ -274,7 +278,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
 
     install_sql_view(app, sql_pool)
     install_forget_view(app, client, executor)  # stages register their hooks in pipeline.privacy.erasure
-    return app
+    return app, startup
 
 
 def _ingest(shared: Shared) -> IngestSink:

@@ -200,17 +200,8 @@ class BatchConsumer:
         reconnecting quietly while the broker is down, so fetching alone never says so."""
         if self._consumer is None or self._health is None:
             return
-        name = f"kafka-consumer-{self.stage}"
-        try:
-            # aiokafka exposes no public liveness check; its client's metadata refresh is one request
-            updated = await asyncio.wait_for(self._consumer._client.force_metadata_update(), timeout)
-        except (TimeoutError, KafkaError, OSError) as error:
-            self._health.failed(name, error)
-            return
-        if updated:
-            self._health.ok(name)
-        else:
-            self._health.failed(name, ConnectionError("the broker did not answer a metadata request"))
+        # aiokafka exposes no public liveness check; its client's metadata refresh is one request
+        await probe_cluster(self._consumer._client, self._health, f"kafka-consumer-{self.stage}", timeout)
 
     def measure_lag(self) -> None:
         """Set the lag gauge of every assigned partition: messages after the last one handed to the
@@ -221,6 +212,19 @@ class BatchConsumer:
             if high is None or handed is None:
                 continue
             metrics.CONSUMER_LAG.labels(self.stage, tp.topic, str(tp.partition)).set(max(0, high - handed - 1))
+
+
+async def probe_cluster(client: Any, health: Health, dependency: str, timeout: float) -> None:
+    """One metadata request through an aiokafka client; its outcome reported to `health`."""
+    try:
+        updated = await asyncio.wait_for(client.force_metadata_update(), timeout)
+    except (TimeoutError, KafkaError, OSError) as error:
+        health.failed(dependency, error)
+        return
+    if updated:
+        health.ok(dependency)
+    else:
+        health.failed(dependency, ConnectionError("the broker did not answer a metadata request"))
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -101,6 +101,11 @@ class Health:
             )
             status.failing_since, status.errors, status.unlogged, status.logged_at = None, 0, 0, 0.0
 
+    def forget(self, dependency: str) -> None:
+        """`dependency` is no longer watched (its failures, if any, are no longer reported)."""
+        self._status.pop(dependency, None)
+        metrics.DEPENDENCY_UP.remove(dependency)
+
     def report(self) -> dict[str, dict[str, object]]:
         """Failing dependencies: {name: {failing_for_seconds, errors, last_error}}."""
         now = time.monotonic()
