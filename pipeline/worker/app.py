@@ -239,7 +239,10 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> tuple[faus
             # bounded: in a soak (2 cores shared, 23k outputs waiting) this last checkpoint took 12 s
             await analytics.stop(STOP_CHECKPOINT_SECONDS)
         for consumer in shared.consumers:
-            await consumer.close()
+            try:
+                await consumer.close()
+            except Exception:  # the others still leave their groups, the store still closes
+                log.exception("closing the %s consumer failed", consumer.stage)
         executor.shutdown()
 
     @app.page("/metrics")

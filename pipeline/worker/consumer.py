@@ -144,7 +144,16 @@ class BatchConsumer:
             return
         async with self._lock:
             await self.commit()
-        await self.consumer.stop()
+        try:
+            await self.consumer.stop()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this stop is being cancelled: let it be
+            # aiokafka's fetcher, cancelled by the stop while the broker was down, re-raises that in
+            # `stop`: it ended the worker's shutdown there, before Faust's consumer thread was
+            # stopped, and that thread held the process for another 70 s
+            log.warning("%s: the consumer's fetcher was cancelled while stopping (broker down?)", self.stage)
 
     async def _run(self) -> None:
         while not self._stopping.is_set():

@@ -1,7 +1,8 @@
 """The broker going away under a running worker, on a broker of this test's own (the session's is
 shared): `/health` says so within seconds, the worker waits it out, reads on when the broker is
-back, and loses nothing; a broker lost while the worker is still starting is reported too (before
-the fix `/health` said `ok` with nothing failing, and the Kafka clients logged ten lines a second)."""
+back, and loses nothing. A broker lost while the worker is still starting is reported too (before
+the fix `/health` said `ok` with nothing failing, and the Kafka clients logged ten lines a second),
+and a stop in that state is prompt (it took 61.4 s)."""
 
 from __future__ import annotations
 
@@ -90,11 +91,12 @@ def test_a_broker_outage_is_reported_waited_out_and_loses_nothing(tmp_path: Path
             if restarted.process.poll() is None:
                 assert any(name.startswith("kafka-") for name in health(restarted)["failing"])
                 time.sleep(max(0.0, 15 - (time.monotonic() - down_at)))
-                broker.start(kafka_dir, port=port, controller_port=controller)
-                wait_until(restarted.ready, 120, "the restarted worker to get its partitions")
-                wait_until(lambda: health(restarted)["status"] == "ok", 60, "/health to be ok again")
+                # a stop with the broker still down: Faust's consumer thread dies in it (aiokafka's
+                # fetcher), and mode waited 60 s for it (61.4 s before the fix)
+                began = time.monotonic()
                 restarted.stop(signal.SIGTERM, timeout=30)
                 assert restarted.process.returncode == 0, restarted.tail()
+                assert time.monotonic() - began < 15, time.monotonic() - began
             else:
                 # Faust's start gave up on the broker: one clear line, no traceback
                 tail = restarted.tail(200)
