@@ -26,8 +26,6 @@ from pipeline.worker.backoff import exponential
 from pipeline.worker.consumer import probe_cluster
 from pipeline.worker.health import Health
 
-log = logging.getLogger(__name__)
-
 DEPENDENCY = "kafka-broker"
 PROBE_SECONDS = 5.0
 # how long a stop waits for Faust's consumer thread to say it stopped (mode's default: 60 s). With
