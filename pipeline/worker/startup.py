@@ -92,8 +92,9 @@ class Runner(faust.Worker):
     async def start(self) -> None:
         try:
             await super().start()
-        except (KafkaError, OSError) as error:
-            # Faust's start does not retry: its producer, topic creation and consumer give up at once
+        except (KafkaError, ConnectionError) as error:
+            # Faust's start does not retry: its producer, topic creation and consumer give up at once.
+            # Not any OSError: a data directory that cannot be written is no broker failure
             fail(
                 f"the Kafka broker failed while the worker was starting ({type(error).__name__}: {error}); "
                 "nothing was read yet: start the worker again once the broker answers"
