@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
+from unittest.mock import patch
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.events.models import EventBase
+from pipeline.kpi import windows as windows_module
 from pipeline.kpi.facts import contact_facts, sort_events
 from pipeline.kpi.rows import KpiRow
 from pipeline.kpi.settings import KpiConfig
@@ -105,6 +108,50 @@ def test_deferred_recompute_emits_exactly_what_immediate_recompute_emits(seed: i
         out.extend(windows.emit(wall + timedelta(seconds=1)))
     assert rows[1] == rows[0]
     assert _finals(rows[1]) == _expected(_world(seed, 12), until)  # and both equal the definition
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**32), st.integers(0, 2**32), st.integers(1, 4), st.integers(1, 6))
+def test_emits_in_bounded_passes_give_the_rows_of_the_definition(
+    seed: int, order_seed: int, max_rows: int, max_windows: int
+) -> None:
+    """The worker emits a partition in passes (MAX_WINDOWS_PER_EMIT, MAX_ROWS_PER_EMIT) repeated while
+    `behind`: a pass stops after the window that took it to the row cap, the passes end even when
+    more windows are open past the watermark (5 minutes of allowed lateness) than a pass visits, and
+    together they finalize every window once, as the definition says."""
+    events = _world(seed, 12)
+    arrivals = _arrivals(events, random.Random(order_seed), 0)
+    until = BASE + timedelta(hours=2)
+    rng = random.Random(seed)
+    kw = KpiWindows()
+    rows: list[KpiRow] = []
+    cut_by_rows = 0
+
+    def drain(at: datetime) -> None:
+        nonlocal cut_by_rows
+        for _ in range(10_000):
+            out = kw.emit(at, max_windows)
+            rows.extend(out)
+            if out:
+                by_window = Counter(r.key[0] for r in out)
+                assert len(out) - by_window[out[-1].key[0]] < max_rows, "a pass went on past its row cap"
+                assert len(by_window) <= max_windows
+                cut_by_rows += kw.behind and len(out) >= max_rows
+            if not kw.behind:
+                return
+        raise AssertionError("still behind after 10,000 passes")
+
+    with patch.object(windows_module, "MAX_ROWS_PER_EMIT", max_rows):
+        wall = BASE + timedelta(hours=1)
+        for event in arrivals:
+            assert kw.apply(event, PART) is None
+            if rng.random() < 0.1:
+                wall += timedelta(seconds=1)
+                drain(wall)
+        kw.advance_watermark(PART, until)
+        drain(wall + timedelta(seconds=1))
+    assert cut_by_rows > 0
+    assert _finals(rows) == _expected(events, until)
 
 
 @settings(max_examples=15, deadline=None)
