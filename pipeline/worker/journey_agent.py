@@ -339,14 +339,9 @@ def install_journey_stage(
     async def send_changelog(table: Any, writes: list[tuple[bytes, bytes | None]]) -> int:
         """Send `writes` to the table's changelog (partition 0, the stage's one) and wait until
         every one is delivered; the offset of the last."""
-        topic = table.changelog_topic.get_topic_name()
-        deliveries = []
-        for n, (key, value) in enumerate(writes, start=1):
-            deliveries.append(await app.producer.send(topic, key, value, 0, None, None))
-            if n % OUTPUT_SLICE == 0:
-                await asyncio.sleep(0)
-        sent = await asyncio.gather(*deliveries)
-        return max(metadata.offset for metadata in sent)
+        last = await produce(app, table.changelog_topic.get_topic_name(), ((k, v, None) for k, v in writes), 0)
+        assert last is not None, "a changelog send of no writes"
+        return last
 
     def drop_now(core: Stitcher) -> None:
         """Delete the keys the stitcher dropped from both tables now, outside a stream event (an

@@ -1,18 +1,67 @@
-"""Producing the worker's outputs straight through the Faust app's producer."""
+"""Producing the worker's outputs straight through the Faust app's producer, in record batches.
+
+Not through Faust's `Topic.send`, which adds per-message machinery (futures, channel, callbacks)
+that costs more than the send itself, and not one `send` a message either: aiokafka's `send` made
+a future, a partition lookup and an accumulator entry per message, 14.2-15.9 µs of CPU, where
+filling record batches (`create_batch`, `send_batch`) took 5.7-6.1 µs (50,000 keyed messages of
+300 bytes to a real broker, two runs each, `time.process_time`). These outputs come by the
+thousand: SLA events, contact records for the journey stage, journey documents, the journey
+tables' changelogs, dead letters.
+
+A message goes to the partition aiokafka's `send` would pick (the producer's partitioner, murmur2
+of the key by default), batches of one partition are submitted in order, and `produce` returns once
+every batch is delivered (acks as the producer is configured), so callers keep their rule: an
+output counts as written only when `produce` returned.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from typing import Any
 
 import faust
 
 from pipeline.worker.sink import Outgoing
 
+YIELD_EVERY = 1_000  # messages put in batches between two yields to the event loop
 
-async def produce(app: faust.App, topic: str, messages: Iterable[Outgoing]) -> None:
-    """Send `messages` and wait until every one is delivered. Straight to the producer: Faust's
-    `Topic.send` adds per-message machinery (futures, channel, callbacks) that costs more than the
-    send itself, and these outputs come by the thousand."""
-    deliveries = [await app.producer.send(topic, key, value, None, None, headers) for key, value, headers in messages]
-    await asyncio.gather(*deliveries)
+
+async def produce(app: faust.App, topic: str, messages: Iterable[Outgoing], partition: int | None = None) -> int | None:
+    """Send `messages` (to `partition`, or each to its key's) and wait until every one is
+    delivered. The highest offset written (to one partition: its last message's), None for none."""
+    faust_producer: Any = app.producer
+    producer = faust_producer._ensure_producer()  # the AIOKafkaProducer Faust's aiokafka driver wraps
+    return await send_batched(producer, topic, messages, partition)
+
+
+async def send_batched(
+    producer: Any, topic: str, messages: Iterable[Outgoing], partition: int | None = None
+) -> int | None:
+    """`produce` with an `aiokafka.AIOKafkaProducer`. The partition choice and the wait for the
+    topic's metadata are aiokafka's own (`_partition`, `client._wait_on_metadata`: what its `send`
+    calls), so keyed messages land where every other Kafka producer would put them."""
+    await producer.client._wait_on_metadata(topic)
+    filling: dict[int, tuple[Any, int]] = {}  # partition -> (batch being filled, its messages)
+    submitted: list[tuple[asyncio.Future[Any], int]] = []  # (delivery, messages in the batch)
+    for n, (key, value, headers) in enumerate(messages, start=1):
+        target = partition if partition is not None else producer._partition(topic, None, key, value, key, value)
+        batch, count = filling.get(target) or (producer.create_batch(), 0)
+        header_list = list(headers.items()) if headers else []
+        if batch.append(key=key, value=value, timestamp=None, headers=header_list) is None:
+            # full: submitted, and the message starts the next one (a batch always takes its
+            # first message; one over the broker's limit fails there, as a `send` of it would)
+            submitted.append((await producer.send_batch(batch, topic, partition=target), count))
+            batch, count = producer.create_batch(), 0
+            batch.append(key=key, value=value, timestamp=None, headers=header_list)
+        filling[target] = (batch, count + 1)
+        if n % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+    for target, (batch, count) in filling.items():
+        submitted.append((await producer.send_batch(batch, topic, partition=target), count))
+    if not submitted:
+        return None
+    delivered = await asyncio.gather(*(future for future, _ in submitted))
+    # a batch's delivery says the offset of its first message; its others follow it
+    last: int = max(metadata.offset + count - 1 for metadata, (_, count) in zip(delivered, submitted, strict=True))
+    return last

@@ -1,0 +1,98 @@
+"""The worker's outputs are sent in record batches (`pipeline.worker.produce`): against the real
+broker, every message arrives once, on the partition any Kafka producer would pick for its key
+(kafka-python's murmur2, not aiokafka's, is the oracle), in order within its partition, with its
+headers; and a send to one partition returns the offset of its last message (what the journey
+tables' changelog writes record as persisted)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.partitioner.default import murmur2
+
+from pipeline.worker.produce import send_batched
+from pipeline.worker.sink import Outgoing
+
+pytestmark = pytest.mark.integration
+
+
+def _topic(bootstrap: str, partitions: int) -> str:
+    name = f"touchline-produce-test-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="touchline-tests")
+    try:
+        admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        admin.close()
+    return name
+
+
+async def _send(bootstrap: str, topic: str, messages: list[Outgoing], partition: int | None) -> int | None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=-1)
+    await producer.start()
+    try:
+        return await send_batched(producer, topic, messages, partition)
+    finally:
+        await producer.stop()
+
+
+async def _read(bootstrap: str, topic: str, expected: int) -> list[Any]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        async with asyncio.timeout(60):
+            while len(records) < expected:
+                for batch in (await consumer.getmany(timeout_ms=1000)).values():
+                    records.extend(batch)
+        extra = await consumer.getmany(timeout_ms=1000)  # nothing more: each message once
+        records.extend(r for batch in extra.values() for r in batch)
+    finally:
+        await consumer.stop()
+    return records
+
+
+def test_keyed_messages_land_on_their_keys_partitions_in_order_with_headers(kafka: str) -> None:
+    topic = _topic(kafka, 4)
+    messages: list[Outgoing] = []
+    for i in range(3_000):
+        key = f"contact-{i % 700:05d}".encode()  # keys repeat: their messages must keep their order
+        headers = {"touchline.reason": b"late", "n": str(i).encode()} if i % 3 == 0 else None
+        messages.append((key, f"value {i} ".encode() * 8, headers))
+    messages.insert(1_234, (b"contact-big", b"x" * 200_000, None))  # larger than a batch (16 KB)
+    asyncio.run(_send(kafka, topic, messages, None))
+
+    records = asyncio.run(_read(kafka, topic, len(messages)))
+    assert len(records) == len(messages)
+    for record in records:
+        assert record.key is not None
+        assert record.partition == (murmur2(record.key) & 0x7FFFFFFF) % 4, record.key
+    for partition in range(4):
+        sent = [(k, v, dict(h or {})) for k, v, h in messages if (murmur2(k or b"") & 0x7FFFFFFF) % 4 == partition]
+        got = [
+            (r.key, r.value, {name: value for name, value in r.headers})
+            for r in sorted(records, key=lambda r: r.offset)
+            if r.partition == partition
+        ]
+        assert got == sent, f"partition {partition} differs from what was sent to it"
+
+
+def test_a_send_to_one_partition_returns_its_last_offset(kafka: str) -> None:
+    topic = _topic(kafka, 3)
+    writes: list[Outgoing] = [(f"k{i}".encode(), None if i % 5 == 0 else b"v" * 300, None) for i in range(2_500)]
+    first = asyncio.run(_send(kafka, topic, writes, 2))
+    second = asyncio.run(_send(kafka, topic, writes[:10], 2))
+
+    records = asyncio.run(_read(kafka, topic, len(writes) + 10))
+    assert {r.partition for r in records} == {2}
+    offsets = sorted(r.offset for r in records)
+    assert first == offsets[len(writes) - 1] and second == offsets[-1]
+    assert [(r.key, r.value) for r in sorted(records, key=lambda r: r.offset)] == [
+        (k, v) for k, v, _ in writes + writes[:10]
+    ]
+    assert asyncio.run(_send(kafka, topic, [], 2)) is None
