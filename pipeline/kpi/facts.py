@@ -80,6 +80,7 @@ from pipeline.events.models import (
     WaitingOnCustomer,
     event_type,
 )
+from pipeline.events.shared_parts import share_parts
 from pipeline.frozen import builder
 from pipeline.times import to_ms
 
@@ -797,12 +798,16 @@ class _Tracked:
             assert self.packed is not None
             self.events = {e.event_id: e for e in _EVENT_LIST.validate_json(_unpack(self.packed))}
             self.ordered = sorted(entry_of(e) for e in self.events.values())
+            previous = None
+            for entry in self.ordered:
+                previous = share_parts(entry[3], previous)
             self.packed = None
         return self.events
 
     def insert(self, event: EventBase, t: int | None = None) -> Entry:
         """Add an event not held yet to `events` and `ordered` (the contact must be live)."""
         assert self.events is not None
+        share_parts(event, self.ordered[-1][3] if self.ordered else None)
         self.events[event.event_id] = event
         entry = entry_of(event, t)
         if not self.ordered or entry > self.ordered[-1]:
