@@ -357,6 +357,12 @@ WAITS = {
     reason: f'touchline_consumer_wait_seconds_total{{reason="{reason}",stage="analytics"}}'
     for reason in ("fetch", "outputs", "windows", "checkpoint")
 }
+# the cyclic collector's pauses (every thread waits), by generation: seconds and collections
+COLLECTOR = {
+    f"gc{g}{part}": f'touchline_gc_pause_seconds{suffix}{{generation="{g}"}}'
+    for g in range(3)
+    for part, suffix in (("", "_sum"), (" count", "_count"))
+}
 
 
 def journeys_caught_up(
@@ -402,10 +408,12 @@ def analytics_pass(
         if first is None and analysed > 0:
             first = now
             at_first = raw_metrics(url)
-            waited = {reason: -at_first.get(name, 0.0) for reason, name in WAITS.items()}
+            waited = {reason: -at_first.get(name, 0.0) for reason, name in (WAITS | COLLECTOR).items()}
         if first is not None and analysed >= valid:
             at_end = raw_metrics(url)
-            return now - first, {reason: waited[reason] + at_end.get(name, 0.0) for reason, name in WAITS.items()}
+            return now - first, {
+                reason: waited[reason] + at_end.get(name, 0.0) for reason, name in (WAITS | COLLECTOR).items()
+            }
         time.sleep(0.25 if first is not None else 0.1)
     raise click.ClickException("the analytics worker did not finish in 60 minutes")
 
@@ -1009,6 +1017,11 @@ def main(
                     f"  analytics worker: {analytics_s:.1f} s; its consumer meanwhile in fetches "
                     f"{waits['fetch']:.1f} s, held back for outputs {waits['outputs']:.1f} s, KPI windows "
                     f"{waits['windows']:.1f} s, a checkpoint {waits['checkpoint']:.1f} s"
+                )
+                click.echo(
+                    f"  analytics worker: the cyclic collector held every thread "
+                    f"{sum(waits[f'gc{g}'] for g in range(3)):.1f} s of it; generations 0 / 1 / 2: "
+                    + " / ".join(f"{waits[f'gc{g}']:.1f} s ({waits[f'gc{g} count']:,.0f})" for g in range(3))
                 )
 
             if "all" not in skip:

@@ -10,8 +10,10 @@ parsed event are the same for most of them yet each event had its own:
   ten names: ~730 bytes an event, and the same for every event of one type and shape.
 
 Sharing them took a held event from 2,008 to 826 bytes (tracemalloc, 172,792 simulated events held)
-and from 6 to 2 objects the cyclic collector scans: the collector took 15-20 % of the analytics
-worker's time in `make bench` (10 s sums of `gc.callbacks` timings), mostly scanning held events.
+and from 6 to 2 objects the cyclic collector scans. In `make bench`'s analytics pass the collector
+then took 10.2-11.8 s instead of 15.5-16.8 s, with no full collection instead of eight of about
+0.45 s each (every thread waits through them), and peak RSS fell from 1,181-1,221 to 1,038-1,050 MB
+(two alternating runs each; README, "Operating the worker").
 
 Both parts are frozen values: events are frozen models, and nothing changes a fields-set after
 validation (`model_copy` copies it first). Pseudonymisation rewrites the identifiers in place, so
