@@ -20,7 +20,8 @@ RSS at the end of the day, contacts held in state, checkpoint bytes written duri
 longest event-loop stall of the analytics worker (histogram bucket bound), with the share of the
 day its loop's thread was ready to run but waited for a CPU and the machine's highest load average
 (two workers, the broker and the simulator share two cores: a stall there is not only the worker's
-own). Then each worker is
+own). After the table, the analytics worker's cyclic-collector pauses of each day (seconds, full
+collections, longest pause: every thread waits through them). Then each worker is
 stopped with SIGINT (time to exit) and started again (time until it holds partitions).
 
 Targets (issue 10, the analytics worker; issue 11, the journeys worker with short windows): RSS on
@@ -60,6 +61,27 @@ def rss_mb(pid: int) -> float:
 
 def histogram(m: dict[str, float], name: str) -> dict[float, float]:
     return {float(k.split('le="')[1].split('"')[0]): v for k, v in m.items() if k.startswith(f"{name}_bucket")}
+
+
+def collector(m: dict[str, float]) -> tuple[float, float, dict[float, float]]:
+    """The cyclic collector's pauses so far (`touchline_gc_pause_seconds`): seconds in all, full
+    collections, and the cumulative buckets over every generation."""
+    seconds = sum(v for k, v in m.items() if k.startswith("touchline_gc_pause_seconds_sum"))
+    full = m.get('touchline_gc_pause_seconds_count{generation="2"}', 0.0)
+    buckets: dict[float, float] = {}
+    for k, v in m.items():
+        if k.startswith("touchline_gc_pause_seconds_bucket"):
+            bound = float(k.split('le="')[1].split('"')[0])
+            buckets[bound] = buckets.get(bound, 0.0) + v
+    return seconds, full, buckets
+
+
+def longest_new(before: dict[float, float], after: dict[float, float]) -> float:
+    """Bound of the bucket holding the longest observation made between two samples of a cumulative
+    histogram: the smallest bound whose count grew by as much as +Inf's (0 when none was made)."""
+    grew = {b: n - before.get(b, 0.0) for b, n in after.items()}
+    every = grew.get(float("inf"), 0.0)
+    return min((b for b, n in grew.items() if n == every), default=0.0) if every else 0.0
 
 
 def wait_partitions(url: str, process: subprocess.Popen[bytes], timeout: float) -> float:
@@ -212,6 +234,7 @@ def main(
 
         previous_bytes = 0.0
         previous_stalls: dict[float, float] = {}
+        previous_gc: tuple[float, float, dict[float, float]] | None = None
         previous_wait: tuple[float, float] | None = None  # (loop thread's CPU wait total, monotonic)
         produced: int | None = None
         while True:
@@ -236,12 +259,9 @@ def main(
                 continue
             day = int(((time.time() - lag) * 1000 - START_MS) // DAY_MS) + 1
             stalls = histogram(raw, "touchline_loop_stall_seconds")
-            # buckets are cumulative: the smallest bound whose count grew by as much as +Inf's
-            # holds every new stall (the bounds that grew at all only say the shortest one)
-            grew = {b: n - previous_stalls.get(b, 0.0) for b, n in stalls.items()}
-            every = grew.get(float("inf"), 0.0)
-            longest_bucket = min((b for b, n in grew.items() if n == every), default=0.0) if every else 0.0
+            longest_bucket = longest_new(previous_stalls, stalls)
             previous_stalls = stalls
+            gc_seconds, gc_full, gc_buckets = collector(raw)
             written = m.get("touchline_checkpoint_bytes_total", 0.0)
             row = per_day.setdefault(day, {"checkpoint_mb": 0.0, "stall_le_s": 0.0, "cpu_wait_s": 0.0, "wall_s": 0.0})
             waited, sampled = m.get("touchline_loop_cpu_wait_seconds_total", 0.0), time.monotonic()
@@ -257,6 +277,11 @@ def main(
             row["engine_mb"] = m.get("touchline_clickhouse_resident_bytes", 0.0) / 1e6
             row["checkpoint_mb"] += (written - previous_bytes) / 1e6
             row["stall_le_s"] = max(row["stall_le_s"], longest_bucket)
+            if previous_gc is not None:  # over the same samples as the CPU wait's wall time
+                row["gc_s"] = row.get("gc_s", 0.0) + gc_seconds - previous_gc[0]
+                row["gc_full"] = row.get("gc_full", 0.0) + gc_full - previous_gc[1]
+                row["gc_le_s"] = max(row.get("gc_le_s", 0.0), longest_new(previous_gc[2], gc_buckets))
+            previous_gc = (gc_seconds, gc_full, gc_buckets)
             row["events"] = m.get("touchline_events_analysed_total", 0.0)
             previous_bytes = written
             jday, jrow = journey_sample(j)
@@ -340,6 +365,12 @@ def main(
                 else "-"
             )
             click.echo(f"{day:>13} | {analytics} | {journeys}")
+        for day, r in sorted(per_day.items()):
+            if r.get("wall_s") and "gc_s" in r:
+                click.echo(
+                    f"analytics worker's cyclic collector, day {day}: {r['gc_s']:.1f} s of {r['wall_s']:.0f} s "
+                    f"({r['gc_s'] / r['wall_s']:.1%}), {r['gc_full']:.0f} full collections, longest pause <= {r['gc_le_s']} s"
+                )
         if 2 in per_day and 4 in per_day:  # simulated days count from 1 (a first sample may fall before: 0)
             d2, d4 = per_day[2]["rss_max_mb"], per_day[4]["rss_max_mb"]
             # a day's highest sample catches transient peaks (batches in flight, the embedded engine
