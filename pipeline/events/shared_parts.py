@@ -35,12 +35,12 @@ _FIELD_SETS: dict[frozenset[str], set[str]] = {}
 
 def share_parts(event: EventBase, previous: EventBase | None) -> EventBase:
     """`event` (in place) sharing its fields-set with equal ones and its customer identifiers with
-    `previous` (the contact's event before it) when they are equal."""
+    `previous` (the contact's event before it) when they are equal, fields-set included."""
     fields = event.__dict__
     customer = fields["customer"]
     if previous is not None:
         before = previous.__dict__["customer"]
-        if before is not customer and before.__dict__ == customer.__dict__:
+        if before is not customer and before.__dict__ == customer.__dict__ and _same_fields(before, customer):
             fields["customer"] = before
         else:
             _share_field_set(customer)
@@ -48,6 +48,11 @@ def share_parts(event: EventBase, previous: EventBase | None) -> EventBase:
         _share_field_set(customer)
     _share_field_set(event)
     return event
+
+
+def _same_fields(one: Any, other: Any) -> bool:
+    # `{"email": null}` and `{}` give equal values but not the same fields-set (`exclude_unset`)
+    return bool(one.__pydantic_fields_set__ == other.__pydantic_fields_set__)
 
 
 def _share_field_set(model: Any) -> None:

@@ -18,7 +18,7 @@ BASE = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 KINDS = ["contact_started", "queued", "agent_assigned", "customer_message", "ended"]
 
 
-def raw_event(i: int, customer: dict[str, str], contact: str = "c") -> dict[str, Any]:
+def raw_event(i: int, customer: dict[str, str | None], contact: str = "c") -> dict[str, Any]:
     raw: dict[str, Any] = {
         "type": KINDS[i % len(KINDS)] if i else "contact_started",
         "event_id": f"{contact}-{i:04d}",
@@ -71,6 +71,20 @@ def test_events_of_one_shape_share_their_fields_set_and_keep_their_own_values() 
     assert a.model_dump(exclude_unset=True) == parse(raw_event(0, {"phone": "+4411a"}, "a")).model_dump(
         exclude_unset=True
     )
+
+
+def test_identifiers_given_as_null_are_not_shared_with_identifiers_left_out() -> None:
+    # equal values, different fields-sets: each event keeps what its JSON carried
+    raws = [raw_event(0, {"phone": "+441"}), raw_event(1, {"phone": "+441", "email": None})]
+    tracker = ContactTracker()
+    for raw in raws:
+        tracker.add(parse(raw))
+    held = tracker.events("c")
+    assert held[0].customer is not held[1].customer
+    assert [e.customer.model_dump(exclude_unset=True) for e in held] == [
+        {"phone": "+441"},
+        {"phone": "+441", "email": None},
+    ]
 
 
 IDENTIFIERS = st.fixed_dictionaries(
