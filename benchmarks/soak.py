@@ -60,7 +60,13 @@ def rss_mb(pid: int) -> float:
 
 
 def histogram(m: dict[str, float], name: str) -> dict[float, float]:
-    return {float(k.split('le="')[1].split('"')[0]): v for k, v in m.items() if k.startswith(f"{name}_bucket")}
+    """Cumulative bucket counts (upper bound -> count) of a histogram, summed over its other labels."""
+    buckets: dict[float, float] = {}
+    for k, v in m.items():
+        if k.startswith(f"{name}_bucket"):
+            bound = float(k.split('le="')[1].split('"')[0])
+            buckets[bound] = buckets.get(bound, 0.0) + v
+    return buckets
 
 
 def collector(m: dict[str, float]) -> tuple[float, float, dict[float, float]]:
@@ -68,12 +74,7 @@ def collector(m: dict[str, float]) -> tuple[float, float, dict[float, float]]:
     collections, and the cumulative buckets over every generation."""
     seconds = sum(v for k, v in m.items() if k.startswith("touchline_gc_pause_seconds_sum"))
     full = m.get('touchline_gc_pause_seconds_count{generation="2"}', 0.0)
-    buckets: dict[float, float] = {}
-    for k, v in m.items():
-        if k.startswith("touchline_gc_pause_seconds_bucket"):
-            bound = float(k.split('le="')[1].split('"')[0])
-            buckets[bound] = buckets.get(bound, 0.0) + v
-    return seconds, full, buckets
+    return seconds, full, histogram(m, "touchline_gc_pause_seconds")
 
 
 def longest_new(before: dict[float, float], after: dict[float, float]) -> float:

@@ -38,21 +38,18 @@ def share_parts(event: EventBase, previous: EventBase | None) -> EventBase:
     `previous` (the contact's event before it) when they are equal, fields-set included."""
     fields = event.__dict__
     customer = fields["customer"]
-    if previous is not None:
-        before = previous.__dict__["customer"]
-        if before is not customer and before.__dict__ == customer.__dict__ and _same_fields(before, customer):
-            fields["customer"] = before
-        else:
-            _share_field_set(customer)
+    before = previous.__dict__["customer"] if previous is not None else None
+    if before is not None and _equal(before, customer):
+        fields["customer"] = before
     else:
         _share_field_set(customer)
     _share_field_set(event)
     return event
 
 
-def _same_fields(one: Any, other: Any) -> bool:
-    # `{"email": null}` and `{}` give equal values but not the same fields-set (`exclude_unset`)
-    return bool(one.__pydantic_fields_set__ == other.__pydantic_fields_set__)
+def _equal(one: Any, other: Any) -> bool:
+    # the fields-sets too: `{"email": null}` and `{}` give equal values (`exclude_unset` tells them apart)
+    return bool(one.__dict__ == other.__dict__ and one.__pydantic_fields_set__ == other.__pydantic_fields_set__)
 
 
 def _share_field_set(model: Any) -> None:
