@@ -1,0 +1,110 @@
+"""What one partition of a journey stage split in two would handle: a *resolver* that keeps only the
+identity graph and routes each contact record, unparsed, to the builder partition of its customer.
+
+    .venv/bin/python -m benchmarks.journey_resolver --days 1
+
+Not a stage of the product: a measurement for the scale-out design in the README ("Journeys",
+scale-out). Today one partition both ties identities and builds journeys (`benchmarks/journeys.py`
+prints its contacts/s); 20,000 contacts/s on one partition needs the per-journey work (rebuilding,
+rows, documents, state) spread over builder partitions, which leaves on the one partition what this
+measures. Per forwarded message, as the stage reads them: the records' JSON parsed, each contact's
+identifiers and links tied in the graph (`IdentityGraph`, as `Stitcher.apply` ties them), its
+customer key looked up and its line routed to a builder (crc32 of the key), then the changed
+identity components encoded as the stage persists them. Not measured: Kafka (the routed sends and
+the components' changelog), identity retention, and moving a merged customer's contacts between
+builders (the part of the design still to build).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+import zlib
+from collections import defaultdict
+from datetime import UTC, datetime
+
+import click
+from pydantic_core import from_json as parse_json
+
+from pipeline.journeys.identity import IdentityGraph
+from pipeline.journeys.model import DAY
+from pipeline.simulator.model import SimConfig, Simulation
+from pipeline.times import to_ms
+from pipeline.worker import journeys as stage
+from pipeline.worker.app import GC_THRESHOLDS
+
+
+@click.command()
+@click.option("--days", type=float, default=1.0, show_default=True, help="Simulated days.")
+@click.option("--rate", type=float, default=4000.0, show_default=True, help="Simulator rate (the `make soak` rate).")
+@click.option("--customers", type=int, default=20_000, show_default=True)
+@click.option("--batch", type=int, default=5000, show_default=True, help="Events per forwarded analytics batch.")
+@click.option("--builders", type=int, default=8, show_default=True, help="Builder partitions records are routed to.")
+@click.option("--seed", type=int, default=7, show_default=True)
+def main(days: float, rate: float, customers: int, batch: int, builders: int, seed: int) -> None:
+    start = to_ms(datetime(2026, 3, 2, tzinfo=UTC))
+    config = SimConfig(seed=seed, start_ms=start, duration_ms=int(days * DAY), rate=rate, customers=customers)
+    messages: list[bytes] = []
+    pending = []
+    contacts: set[str] = set()
+    for _, event in Simulation(config).run():
+        pending.append(event)
+        contacts.add(event.contact_id)
+        if len(pending) >= batch:
+            messages += [value for _, value in stage.forward_messages(pending)]
+            pending = []
+    messages += [value for _, value in stage.forward_messages(pending)]
+    del pending
+    # the collector as the worker runs it: its thresholds, what exists before the run frozen
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+    graph = IdentityGraph()
+    routed: list[list[tuple[bytes, bytes]]] = [[] for _ in range(builders)]
+    steps: defaultdict[str, float] = defaultdict(float)
+    records = merges = component_writes = 0
+    began = time.perf_counter()
+    for value in messages:
+        t0 = time.perf_counter()
+        lines = value.strip(b"\n").split(b"\n")
+        items = parse_json(b"[" + b",".join(lines) + b"]", cache_strings=False)
+        t1 = time.perf_counter()
+        for line, item in zip(lines, items, strict=True):
+            contact_id = item["c"]
+            tied = graph.add_contact_values(contact_id, [(kind, ident) for kind, ident, _ in item.get("id", ())])
+            merges += len(tied.merges)
+            for left_kind, left, right_kind, right, _ in item.get("ln", ()):
+                merges += len(graph.link_values(left_kind, left, right_kind, right).merges)
+            customer = graph.customer_of_contact(contact_id)
+            assert customer is not None
+            key = customer.encode()
+            routed[zlib.crc32(key) % builders].append((key, line))
+        records += len(lines)
+        t2 = time.perf_counter()
+        for node, members in graph.component_changes():
+            stage.component_key(node)
+            if members is not None:
+                stage.component_value(members)
+            component_writes += 1
+        t3 = time.perf_counter()
+        steps["reading the records' JSON"] += t1 - t0
+        steps["tying identifiers, routing"] += t2 - t1
+        steps["encoding changed components"] += t3 - t2
+    took = time.perf_counter() - began
+    click.echo(
+        f"{records:,} contact records of {len(contacts):,} contacts in {len(messages):,} messages "
+        f"({days:g} simulated days at rate {rate:g}); {merges:,} merges, {component_writes:,} component writes"
+    )
+    click.echo(
+        f"  resolver (one partition): {records / took:,.0f} contact records/s, {len(contacts) / took:,.0f} contacts/s"
+    )
+    for step, seconds in steps.items():
+        click.echo(f"    {step:<32} {seconds / records * 1e6:>6.1f} µs a record")
+    click.echo(f"    {'all':<32} {took / records * 1e6:>6.1f} µs a record")
+    shares = sorted(len(part) for part in routed)
+    click.echo(f"  records per builder ({builders}): fewest {shares[0]:,}, most {shares[-1]:,}")
+
+
+if __name__ == "__main__":
+    main()
