@@ -42,11 +42,30 @@ log = logging.getLogger(__name__)
 # stay under the producer's 1 MB request limit
 MAX_FORWARD_BYTES = 700_000
 SHARDS = 1  # the identity graph is global: one shard, one partition
-# messages the stage takes as one round (`pipeline.worker.journey_agent`: one, see there; the
-# benchmark's `--take` measures rounds of several)
-TAKE_MESSAGES = 1
+# messages the stage takes as one round at most (`pipeline.worker.journey_agent`), when that many
+# are waiting
+TAKE_MESSAGES = 16
 
 T = TypeVar("T")
+
+
+def runs_to_apply(messages: list[tuple[int, bytes]], expected: int | None) -> tuple[list[list[tuple[int, bytes]]], int]:
+    """A round's messages `(offset, value)` (offset order) against the state's next offset
+    `expected` (None: the state holds none yet): the runs of consecutive offsets to apply, in order,
+    and how many messages were applied already (below the offset, or repeated). A run that does not
+    start where the state stands follows a gap: what lies between is read again first."""
+    runs: list[list[tuple[int, bytes]]] = []
+    skipped = 0
+    for offset, value in messages:
+        if expected is not None and offset < expected:
+            skipped += 1
+            continue
+        if runs and offset == expected:
+            runs[-1].append((offset, value))
+        else:
+            runs.append([(offset, value)])
+        expected = offset + 1
+    return runs, skipped
 
 
 def chunks(values: list[bytes], limit: int = MAX_FORWARD_BYTES) -> Iterator[bytes]:

@@ -65,6 +65,22 @@ def test_arrival_order_is_the_offset_then_the_position() -> None:
     assert stage.arrival_seq(7, 3) < stage.arrival_seq(7, 4) < stage.arrival_seq(8, 0)
 
 
+def test_a_round_applies_what_the_state_lacks_in_runs_cut_at_gaps() -> None:
+    def m(*offsets: int) -> list[tuple[int, bytes]]:
+        return [(o, b"v%d" % o) for o in offsets]
+
+    # a fresh state takes everything, one run while offsets follow each other
+    assert stage.runs_to_apply(m(5, 6, 7), None) == ([m(5, 6, 7)], 0)
+    # redelivered below the state's offset: skipped, counted
+    assert stage.runs_to_apply(m(3, 4, 5, 6), 5) == ([m(5, 6)], 2)
+    # a gap (messages acknowledged while skipped) starts a new run: read again before it
+    assert stage.runs_to_apply(m(5, 6, 9, 10, 12), 5) == ([m(5, 6), m(9, 10), m(12)], 0)
+    assert stage.runs_to_apply(m(8, 9), 5) == ([m(8, 9)], 0)
+    # a message repeated within the round (a seek while Faust buffered) is applied once
+    assert stage.runs_to_apply(m(5, 6, 6, 7), 5) == ([m(5, 6, 7)], 1)
+    assert stage.runs_to_apply(m(1, 2), 5) == ([], 2)
+
+
 def test_stored_state_is_decoded_in_bulk_and_a_bad_entry_is_skipped_with_its_reason() -> None:
     values = [r.to_json() for r in records_of([started(n) for n in range(3)])]
     records, rejected = stage.decode_records(values)
