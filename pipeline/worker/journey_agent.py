@@ -12,8 +12,8 @@ State, keyed and changelogged (RocksDB + compacted changelog topic, one partitio
 The identity graph and the customer books are rebuilt from the tables when this worker gets the
 partition (`Stitcher.from_state`: components loaded, contacts hung on their anchors; no event is
 re-read or re-validated, no union replayed), then kept in memory and updated per round. A round is
-the messages waiting, up to `TAKE_MESSAGES` (each one analytics batch's contact records), and is
-finished before the next is taken: apply the records -> journeys that changed -> retention
+the messages that arrive within 50 ms, up to `TAKE_MESSAGES` (each one analytics batch's contact
+records), and is finished before the next is taken: apply the records -> journeys that changed -> retention
 pass -> write the journey rows to ClickHouse and the documents to `touchline.journeys` (retried) ->
 send the changed keys to the tables' changelogs (identity components first, so a contact's anchor
 never precedes its component) and wait for their delivery (retried), then write them to the stores
@@ -389,11 +389,12 @@ def install_journey_stage(
 
     @app.agent(journey_events_topic)
     async def stitch(stream: Any) -> None:
-        # rounds of the messages waiting, up to TAKE_MESSAGES: a contact spanning them is rebuilt
-        # and written once, and a round's fixed costs (the insert, the sends) are paid once. The
-        # stage writes its tables straight to their changelogs and stores (`persist`), so consuming
-        # the stream in Faust's background task (`take_events`) costs it nothing: through
-        # `table[key] = value`, Faust's tables refused every write there (faust-streaming #497)
+        # rounds of the messages that arrive within TAKE_WITHIN_SECONDS, up to TAKE_MESSAGES: a
+        # contact spanning them is rebuilt and written once, a round's fixed costs (the insert, the
+        # sends) are paid once (a simulated week in benchmarks/journeys.py: 2,832 -> 4,006
+        # contacts/s). `take_events` consumes the stream in Faust's background task, where Faust's
+        # tables refuse `table[key] = value` (faust-streaming #497); `persist` writes straight to
+        # the changelogs and stores, which works there
         async for events in stream.take_events(journey_stage.TAKE_MESSAGES, within=TAKE_WITHIN_SECONDS):
             core = await core_ready()
             assert core is not None
