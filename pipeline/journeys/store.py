@@ -9,6 +9,7 @@ longer exist (their contacts were regrouped after a merge or a late event).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import operator
@@ -168,6 +169,45 @@ class JourneyStore:
         for contact_id in absorbed.records:
             self._customer_of[contact_id] = merge.survivor
         self.mark(merge.survivor)
+
+    def hand_over(self, customer: str, contacts: Iterable[str]) -> tuple[tuple[str, Emitted], ...]:
+        """Give a customer up (its book moves to another builder, `pipeline.journeys.split`;
+        between rounds of `changes`): drop its book and return, dropped, the last versions of its
+        journeys and of the journeys named after its `contacts`, so that their new owner continues
+        their versions."""
+        held = set(contacts)
+        book = self.books.pop(customer, None)
+        if book is not None:
+            held.update(book.records)
+        self._dirty.pop(customer, None)
+        journey_ids = self._journeys_of.pop(customer, set()) | {f"j-{c}" for c in held}
+        for contact_id in held:
+            if self._customer_of.get(contact_id) == customer:
+                del self._customer_of[contact_id]
+        out: list[tuple[str, Emitted]] = []
+        for journey_id in sorted(journey_ids):
+            entry = self._emitted.pop(journey_id, None)
+            if entry is not None:
+                out.append((journey_id, entry))
+                self.emitted_changes.add(journey_id)
+        return tuple(out)
+
+    def take_over(self, customer: str, emitted: Iterable[tuple[str, Emitted]]) -> None:
+        """Take the last versions of a customer's journeys handed over with its book (`hand_over`),
+        the customer's records being filed already. Two owners may each have written a journey
+        (a contact's newer record reached the new owner first), even at the same version (both
+        from their event time), so every journey that either holds live is written again at the
+        next round, above both versions: as itself, or as a retraction."""
+        for journey_id, entry in emitted:
+            mine = self._emitted.get(journey_id)
+            top = entry if mine is None or entry.version > mine.version else mine
+            if entry.deleted and (mine is None or mine.deleted):
+                self._emit(journey_id, top)
+                continue
+            # no digest: written again (with a dormancy deadline under this customer when open)
+            self._emit(journey_id, dataclasses.replace(top, deleted=False, digest=""))
+            self._journeys_of.setdefault(customer, set()).add(journey_id)
+        self.mark(customer)
 
     def customer_of(self, contact_id: str) -> str | None:
         return self._customer_of.get(contact_id)
