@@ -3,31 +3,30 @@ identity graph and routes each contact record, unparsed, to the builder partitio
 
     .venv/bin/python -m benchmarks.journey_resolver --days 1
 
-Not a stage of the product: a measurement for the scale-out design in the README ("Journeys",
-scale-out). Today one partition both ties identities and builds journeys (`benchmarks/journeys.py`
-prints its contacts/s); 20,000 contacts/s on one partition needs the per-journey work (rebuilding,
-rows, documents, state) spread over builder partitions, which leaves on the one partition what this
-measures. Per forwarded message, as the stage reads them: the records' JSON parsed, each contact's
-identifiers and links tied in the graph (`IdentityGraph`, as `Stitcher.apply` ties them), its
-customer key looked up and its line routed to a builder (crc32 of the key), then the changed
-identity components encoded as the stage persists them. Not measured: Kafka (the routed sends and
-the components' changelog), identity retention, and moving a merged customer's contacts between
-builders (the part of the design still to build).
+The worker does not run this split yet; its core is `pipeline.journeys.split` (README, "Customer
+journeys", scale-out). Today one partition both ties identities and builds journeys
+(`benchmarks/journeys.py` prints its contacts/s); 20,000 contacts/s on one partition needs the
+per-journey work (rebuilding, rows, documents, state) spread over builder partitions, which leaves
+on the one partition what this measures. Per forwarded message, as the stage reads them: the
+records' JSON parsed, and for each record only its contact id, identifiers, links and time read
+and handed to `Resolver.tie` (the graph's unions as `Stitcher.apply` makes them, the messages a
+merge needs, the customer key and its builder), its line routed unparsed; then the changed
+identity components encoded as the stage persists them. Not measured: Kafka (the routed sends,
+the components' changelog), identity retention, and the builders' side of a moved customer.
 """
 
 from __future__ import annotations
 
 import gc
 import time
-import zlib
 from collections import defaultdict
 from datetime import UTC, datetime
 
 import click
 from pydantic_core import from_json as parse_json
 
-from pipeline.journeys.identity import IdentityGraph
 from pipeline.journeys.model import DAY
+from pipeline.journeys.split import Resolver
 from pipeline.simulator.model import SimConfig, Simulation
 from pipeline.times import to_ms
 from pipeline.worker import journeys as stage
@@ -60,7 +59,7 @@ def main(days: float, rate: float, customers: int, batch: int, builders: int, se
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
 
-    graph = IdentityGraph()
+    resolver = Resolver(builders)
     routed: list[list[tuple[bytes, bytes]]] = [[] for _ in range(builders)]
     steps: defaultdict[str, float] = defaultdict(float)
     records = merges = component_writes = 0
@@ -71,18 +70,14 @@ def main(days: float, rate: float, customers: int, batch: int, builders: int, se
         items = parse_json(b"[" + b",".join(lines) + b"]", cache_strings=False)
         t1 = time.perf_counter()
         for line, item in zip(lines, items, strict=True):
-            contact_id = item["c"]
-            tied = graph.add_contact_values(contact_id, [(kind, ident) for kind, ident, _ in item.get("id", ())])
-            merges += len(tied.merges)
-            for left_kind, left, right_kind, right, _ in item.get("ln", ()):
-                merges += len(graph.link_values(left_kind, left, right_kind, right).merges)
-            customer = graph.customer_of_contact(contact_id)
-            assert customer is not None
-            key = customer.encode()
-            routed[zlib.crc32(key) % builders].append((key, line))
+            ids = [(kind, ident) for kind, ident, _ in item.get("id", ())]
+            links = [(a, b, c, d) for a, b, c, d, _ in item.get("ln", ())]
+            sent, customer, at = resolver.tie(item["c"], ids, links, item.get("s", 0))
+            merges += len(sent)
+            routed[at].append((customer.encode(), line))
         records += len(lines)
         t2 = time.perf_counter()
-        for node, members in graph.component_changes():
+        for node, members in resolver.graph.component_changes():
             stage.component_key(node)
             if members is not None:
                 stage.component_value(members)
@@ -94,7 +89,8 @@ def main(days: float, rate: float, customers: int, batch: int, builders: int, se
     took = time.perf_counter() - began
     click.echo(
         f"{records:,} contact records of {len(contacts):,} contacts in {len(messages):,} messages "
-        f"({days:g} simulated days at rate {rate:g}); {merges:,} merges, {component_writes:,} component writes"
+        f"({days:g} simulated days at rate {rate:g}); {merges:,} merges moving a customer's book, "
+        f"{component_writes:,} component writes"
     )
     click.echo(
         f"  resolver (one partition): {records / took:,.0f} contact records/s, {len(contacts) / took:,.0f} contacts/s"

@@ -24,11 +24,12 @@ journeys", scale-out.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pipeline.journeys.identity import IdentityConfig, IdentityGraph, Merge
 from pipeline.journeys.model import Emitted, JourneyConfig, JourneyVersion
-from pipeline.journeys.record import ContactRecord
+from pipeline.journeys.record import ContactRecord, Ident, Link
 from pipeline.journeys.store import JourneyStore
 
 
@@ -93,11 +94,20 @@ class Resolver:
     def apply(self, delta: ContactRecord) -> list[Routed]:
         """Tie a record's identifiers and links (as `Stitcher.apply` does) and route it, after the
         messages its merges need."""
+        out, customer, at = self.tie(delta.contact_id, delta.ids, delta.links, delta.seen_us)
+        out.append((at, Filed(customer, delta, self.as_of_ms)))
+        return out
+
+    def tie(
+        self, contact_id: str, ids: Iterable[Ident], links: Iterable[Link], seen_us: int
+    ) -> tuple[list[Routed], str, int]:
+        """Tie a contact's identifiers and links: the messages its merges need, its customer key
+        and the builder holding that customer."""
         graph, owner = self.graph, self.owner
-        merges: list[Merge] = list(graph.add_contact_values(delta.contact_id, delta.ids).merges)
-        for link in delta.links:
+        merges: list[Merge] = list(graph.add_contact_values(contact_id, ids).merges)
+        for link in links:
             merges += graph.link_values(*link).merges
-        self.as_of_ms = max(self.as_of_ms, delta.seen_us // 1000)
+        self.as_of_ms = max(self.as_of_ms, seen_us // 1000)
         out: list[Routed] = []
         for merge in merges:
             if merge.survivor == merge.absorbed:
@@ -111,13 +121,12 @@ class Resolver:
                 out.append((absorbed_at, Renamed(merge.absorbed, merge.survivor)))
             else:
                 out.append((absorbed_at, HandOver(merge.absorbed, merge.survivor, survivor_at)))
-        customer = graph.customer_of_contact(delta.contact_id)
+        customer = graph.customer_of_contact(contact_id)
         assert customer is not None
         at = owner.get(customer)
         if at is None:
             at = owner[customer] = self.builder_of(customer)
-        out.append((at, Filed(customer, delta, self.as_of_ms)))
-        return out
+        return out, customer, at
 
     def tick(self) -> list[Routed]:
         return [(builder, Tick(self.as_of_ms)) for builder in range(self.builders)]
