@@ -10,9 +10,10 @@ per-journey work (rebuilding, rows, documents, state) spread over builder partit
 on the one partition what this measures. Per forwarded message, as the stage reads them: the
 records' JSON parsed, and for each record only its contact id, identifiers, links and time read
 and handed to `Resolver.tie` (the graph's unions as `Stitcher.apply` makes them, the messages a
-merge needs, the customer key and its builder), its line routed unparsed; then the changed
-identity components encoded as the stage persists them. Not measured: Kafka (the routed sends,
-the components' changelog), identity retention, and the builders' side of a moved customer.
+merge needs, the customer key and its builder), its line routed unparsed; then the resolver's
+retention (`Resolver.evict_due`: contact nodes forgotten `keep` after their last record, customers
+dropped after identity retention) and the changed identity components encoded as the stage
+persists them. Not measured: Kafka (the routed sends, the components' changelog) and the builders.
 """
 
 from __future__ import annotations
@@ -40,7 +41,18 @@ from pipeline.worker.app import GC_THRESHOLDS
 @click.option("--batch", type=int, default=5000, show_default=True, help="Events per forwarded analytics batch.")
 @click.option("--builders", type=int, default=8, show_default=True, help="Builder partitions records are routed to.")
 @click.option("--seed", type=int, default=7, show_default=True)
-def main(days: float, rate: float, customers: int, batch: int, builders: int, seed: int) -> None:
+@click.option("--keep-hours", type=float, default=24.0, show_default=True, help="Journey keep (lateness bound).")
+@click.option("--identity-days", type=float, default=30.0, show_default=True, help="Identity retention.")
+def main(
+    days: float,
+    rate: float,
+    customers: int,
+    batch: int,
+    builders: int,
+    seed: int,
+    keep_hours: float,
+    identity_days: float,
+) -> None:
     start = to_ms(datetime(2026, 3, 2, tzinfo=UTC))
     config = SimConfig(seed=seed, start_ms=start, duration_ms=int(days * DAY), rate=rate, customers=customers)
     messages: list[bytes] = []
@@ -59,7 +71,7 @@ def main(days: float, rate: float, customers: int, batch: int, builders: int, se
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
 
-    resolver = Resolver(builders)
+    resolver = Resolver(builders, keep_ms=int(keep_hours * 3_600_000), identity_retention_ms=int(identity_days * DAY))
     routed: list[list[tuple[bytes, bytes]]] = [[] for _ in range(builders)]
     steps: defaultdict[str, float] = defaultdict(float)
     records = merges = component_writes = 0
@@ -77,6 +89,9 @@ def main(days: float, rate: float, customers: int, batch: int, builders: int, se
             routed[at].append((customer.encode(), line))
         records += len(lines)
         t2 = time.perf_counter()
+        while resolver.evict_due():
+            pass
+        t2r = time.perf_counter()
         for node, members in resolver.graph.component_changes():
             stage.component_key(node)
             if members is not None:
@@ -85,7 +100,8 @@ def main(days: float, rate: float, customers: int, batch: int, builders: int, se
         t3 = time.perf_counter()
         steps["reading the records' JSON"] += t1 - t0
         steps["tying identifiers, routing"] += t2 - t1
-        steps["encoding changed components"] += t3 - t2
+        steps["retention"] += t2r - t2
+        steps["encoding changed components"] += t3 - t2r
     took = time.perf_counter() - began
     click.echo(
         f"{records:,} contact records of {len(contacts):,} contacts in {len(messages):,} messages "
@@ -98,6 +114,10 @@ def main(days: float, rate: float, customers: int, batch: int, builders: int, se
     for step, seconds in steps.items():
         click.echo(f"    {step:<32} {seconds / records * 1e6:>6.1f} µs a record")
     click.echo(f"    {'all':<32} {took / records * 1e6:>6.1f} µs a record")
+    click.echo(
+        f"  held at the end: {len(resolver.seen):,} contact nodes, {len(resolver.graph):,} graph nodes, "
+        f"{len(resolver.owner):,} customers"
+    )
     shares = sorted(len(part) for part in routed)
     click.echo(f"  records per builder ({builders}): fewest {shares[0]:,}, most {shares[-1]:,}")
 

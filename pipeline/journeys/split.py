@@ -1,9 +1,9 @@
 """The journey stage split over partitions, as a pure core: one `Resolver` keeps the identity graph
 and routes each contact record to the `Builder` that holds its customer; builders keep the
 customers' books and journeys. Built and tested in process (`tests/unit/test_journey_split.py`:
-the builders' journeys equal one `Stitcher`'s under any interleaving of their queues); the worker
-does not run it yet (no Faust shell, no retention, no erasure). Design: README, "Customer
-journeys", scale-out.
+the builders' journeys equal one `Stitcher`'s under any interleaving of their queues, with
+retention and erasure); the worker does not run it yet (no Faust shell). Design: README,
+"Customer journeys", scale-out.
 
 * **Only the resolver decides who a contact belongs to.** The graph's refusals depend on the order
   of its unions, so builders run no graph: they file what they are given under the key given.
@@ -15,20 +15,46 @@ journeys", scale-out.
   id>`); versions stay monotonic because the new owner keeps the higher of its own and the
   handed-over version. Records merge idempotently and commutatively, so a contact whose newer
   record reaches the new owner before its book does ends up the same.
-* **A hand-over can chase a customer that moved on:** a builder remembers where each customer it
-  gave up went (`moved`) and forwards a `TakeOver` that arrives for it.
+* **Hand-overs are counted.** The resolver announces each one to the new owner (`Expect`, sent
+  before the `HandOver`; the shell must deliver it first too). A builder counts the hand-overs to
+  each customer still under way (`pending`); a builder that gives up or renames a customer with
+  some under way passes the count on (`TakeOver.expects`) and keeps a forwarding entry (`moved`)
+  until that many have chased through it. So every such entry lives exactly until its last
+  hand-over arrived, however late.
 * **Event time** is the resolver's (newest event seen, on every `Filed` and `Tick`), so a builder
-  judges dormancy as one stage would.
+  judges dormancy as one stage would; it takes its changes and runs retention after each `Tick`
+  (`tick`), where one stage does after each round.
+* **Retention, each half by event time**, with the single stage's outcome. A builder forgets a
+  journey's contacts `close_time` after it (where `Stitcher.evict_due` strips them) and an
+  identity-only record `keep` after its newest event, but holds a customer's contacts while
+  hand-overs to it are under way: the contacts they bring may keep its journeys open (the single
+  stage had them at the merge). The resolver forgets a contact's node `keep` after that
+  contact's newest event (no record of it can come later) when another contact of its customer
+  remains, which carries its links and newest time on (a customer who keeps coming back holds a
+  node per contact of the last `identity_retention`, not one per contact ever made), and drops a
+  customer's component, links included, `identity_retention` after the customer's newest event.
+  It tells no builder: by then every journey of the customer is closed (`check_windows` refuses
+  windows where it would not be) and the builders forget them by themselves. The single stage
+  drops a customer at that time too.
+* **What can differ from one stage:** the customer key of a journey that was closed when a later
+  merge renamed its customer. One stage keeps the old key if it evicted the journey before the
+  merge's round, and writes the new one if not (so its own result depends on where its rounds
+  fall); a builder holding the journey for a hand-over under way writes the new one. Same person,
+  same contacts and content (`test_builders_and_resolver_forget_what_one_stage_forgets`).
+* **Erasure** (`Resolver.forget`): the resolver drops the person's components and tells every
+  builder (`Forget`), which drops their books, records and journeys, and discards the hand-overs
+  to them still under way when they arrive.
 """
 
 from __future__ import annotations
 
+import heapq
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from pipeline.journeys.identity import IdentityConfig, IdentityGraph, Merge
-from pipeline.journeys.model import Emitted, JourneyConfig, JourneyVersion
+from pipeline.journeys.identity import KIND_BY_NAME, IdentityConfig, IdentityGraph, Merge
+from pipeline.journeys.model import DAY, Emitted, JourneyConfig, JourneyVersion
 from pipeline.journeys.record import ContactRecord, Ident, Link
 from pipeline.journeys.store import JourneyStore
 
@@ -60,12 +86,21 @@ class HandOver:
 
 
 @dataclass(frozen=True, slots=True)
+class Expect:
+    """A book is being handed over to this builder for `customer` (a `TakeOver` will come)."""
+
+    customer: str
+
+
+@dataclass(frozen=True, slots=True)
 class TakeOver:
-    """A book handed over: its contacts' records and its journeys' last versions, for `customer`."""
+    """A book handed over: its contacts' records and its journeys' last versions, for `customer`;
+    `expects`: the hand-overs its old owner was still waiting for (they follow it)."""
 
     customer: str
     records: tuple[ContactRecord, ...]
     emitted: tuple[tuple[str, Emitted], ...]
+    expects: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,18 +110,61 @@ class Tick:
     as_of_ms: int
 
 
-Message = Filed | Renamed | HandOver | TakeOver | Tick
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """Erase a person: the customers `customers` and the contacts `contacts` (sent to every builder)."""
+
+    customers: frozenset[str]
+    contacts: frozenset[str]
+
+
+Message = Filed | Renamed | Expect | HandOver | TakeOver | Tick | Forget
+
+
+def check_windows(journeys: JourneyConfig, keep_ms: int, identity_retention_ms: int) -> None:
+    """Refuse windows with which the resolver could drop a customer whose journey is still open:
+    it cannot see journeys, so it relies on every journey being closed (`close_time`) by
+    `identity_retention` after the customer's newest event."""
+    longest = max(journeys.repeat_window_ms, journeys.dormancy_ms) + keep_ms
+    if identity_retention_ms < longest:
+        raise ValueError(
+            f"identity retention ({identity_retention_ms / DAY:g} days) must be at least the longer of the repeat "
+            f"window and the dormancy plus the journey keep ({longest / DAY:g} days)"
+        )
+
+
 Routed = tuple[int, Message]  # (builder, message)
+
+
+def popped_due(heap: list[tuple[int, str]], as_of: int, budget: int) -> Iterator[str]:
+    """The ids of a retention heap's entries due before `as_of`, popped; at most `budget`."""
+    while heap and heap[0][0] < as_of and budget > 0:
+        budget -= 1
+        yield heapq.heappop(heap)[1]
 
 
 class Resolver:
     """The identity graph and which builder holds each customer."""
 
-    def __init__(self, builders: int, identity: IdentityConfig | None = None) -> None:
+    def __init__(
+        self,
+        builders: int,
+        identity: IdentityConfig | None = None,
+        *,
+        keep_ms: int = DAY,
+        identity_retention_ms: int = 30 * DAY,
+    ) -> None:
         self.builders = builders
         self.graph = IdentityGraph(identity)
         self.owner: dict[str, int] = {}  # customer key -> builder
         self.as_of_ms = 0
+        self.keep_ms = keep_ms
+        self.identity_retention_ms = identity_retention_ms
+        # each contact node's newest event (ms) and the links it tied (the identifiers only a link
+        # holds go with its customer); a node the resolver forgot carried them on to another
+        self.seen: dict[str, int] = {}
+        self.links: dict[str, list[Link]] = {}
+        self._expiry: list[tuple[int, str]] = []  # (check at, contact id): one entry per contact in `seen`
 
     def builder_of(self, customer: str) -> int:
         return zlib.crc32(customer.encode()) % self.builders
@@ -105,9 +183,20 @@ class Resolver:
         and the builder holding that customer."""
         graph, owner = self.graph, self.owner
         merges: list[Merge] = list(graph.add_contact_values(contact_id, ids).merges)
+        tied: list[Link] | None = None
         for link in links:
             merges += graph.link_values(*link).merges
-        self.as_of_ms = max(self.as_of_ms, seen_us // 1000)
+            tied = self.links.setdefault(contact_id, []) if tied is None else tied
+            if link not in tied:
+                tied.append(link)
+        seen_ms = seen_us // 1000
+        known = self.seen.get(contact_id)
+        if known is None:
+            self.seen[contact_id] = seen_ms
+            heapq.heappush(self._expiry, (seen_ms + self.keep_ms, contact_id))
+        elif seen_ms > known:
+            self.seen[contact_id] = seen_ms
+        self.as_of_ms = max(self.as_of_ms, seen_ms)
         out: list[Routed] = []
         for merge in merges:
             if merge.survivor == merge.absorbed:
@@ -120,6 +209,8 @@ class Resolver:
                 owner[merge.survivor] = absorbed_at
                 out.append((absorbed_at, Renamed(merge.absorbed, merge.survivor)))
             else:
+                # announced first: the new owner keeps the survivor's journeys until the book is there
+                out.append((survivor_at, Expect(merge.survivor)))
                 out.append((absorbed_at, HandOver(merge.absorbed, merge.survivor, survivor_at)))
         customer = graph.customer_of_contact(contact_id)
         assert customer is not None
@@ -131,16 +222,90 @@ class Resolver:
     def tick(self) -> list[Routed]:
         return [(builder, Tick(self.as_of_ms)) for builder in range(self.builders)]
 
+    def evict_due(self, budget: int = 10_000) -> bool:
+        """Retention at the resolver's event time (module docstring), at most `budget` heap
+        entries; True when entries due are left."""
+        heap, seen, graph, as_of = self._expiry, self.seen, self.graph, self.as_of_ms
+        for contact_id in popped_due(heap, as_of, budget):
+            newest = seen.get(contact_id)
+            if newest is None:
+                continue
+            if newest + self.keep_ms >= as_of:  # a record of it may still come
+                heapq.heappush(heap, (newest + self.keep_ms, contact_id))
+                continue
+            others = [m for m in graph.contacts_with(contact_id) if m != contact_id and m in seen]
+            if others:
+                # no record of it can come any more: another contact of the customer carries on
+                carrier = max(others, key=lambda m: (seen[m], m))
+                seen[carrier] = max(seen[carrier], newest)
+                carried = self.links.pop(contact_id, None)
+                if carried:
+                    held = self.links.setdefault(carrier, [])
+                    held += [link for link in carried if link not in held]
+                graph.forget_contact(contact_id)
+                del seen[contact_id]
+                continue
+            drop_at = newest + self.identity_retention_ms
+            if drop_at >= as_of:
+                heapq.heappush(heap, (drop_at, contact_id))
+                continue
+            customer = graph.customer_of_contact(contact_id)
+            if customer is not None:
+                self.owner.pop(customer, None)
+            graph.drop(contact_id)
+            for left_kind, left, right_kind, right in self.links.pop(contact_id, ()):
+                graph.drop_contactless(left_kind, left)
+                graph.drop_contactless(right_kind, right)
+            del seen[contact_id]
+        return bool(heap) and heap[0][0] < as_of
+
+    def forget(
+        self, contact_ids: Iterable[str], identifiers: Iterable[tuple[str, str]] = (), customers: Iterable[str] = ()
+    ) -> list[Routed]:
+        """Erase a person (`Stitcher.forget`): drop every component holding one of `contact_ids`,
+        `identifiers` or customer keys `customers`; a `Forget` for every builder."""
+        contacts, ids = set(contact_ids), set(identifiers)
+        keys = set(customers)
+        for key in keys:  # a customer key names its component's smallest node
+            kind, _, value = key.partition(":")
+            if kind == "anon":
+                contacts.add(value)
+            elif kind == "cust":
+                ids.add(("customer_id", value))
+            elif kind in KIND_BY_NAME:
+                ids.add((kind, value))
+        found, found_keys = self.graph.forget(contacts, ids)
+        keys |= found_keys
+        contacts |= found
+        for contact_id in found:  # their heap entries go when due
+            self.seen.pop(contact_id, None)
+            self.links.pop(contact_id, None)
+        for key in keys:
+            self.owner.pop(key, None)
+        message = Forget(frozenset(keys), frozenset(contacts))
+        return [(builder, message) for builder in range(self.builders)]
+
 
 class Builder:
     """One builder partition: its customers' contact records, books and journeys."""
 
-    def __init__(self, index: int, journeys: JourneyConfig | None = None) -> None:
+    def __init__(self, index: int, journeys: JourneyConfig | None = None, *, keep_ms: int = DAY) -> None:
         self.index = index
         self.store = JourneyStore(journeys)
+        self.keep_ms = keep_ms
         self.records: dict[str, ContactRecord] = {}
+        self.customer_of: dict[str, str] = {}  # contact -> the customer it is filed under here
         self.contacts_of: dict[str, set[str]] = {}  # customer -> its contacts held here (any record)
-        self.moved: dict[str, tuple[str, int]] = {}  # customer given up -> (its new key, builder)
+        # hand-overs under way, each entry until the last `TakeOver` it counts has arrived:
+        # customer -> hand-overs to it still to arrive (announced by `Expect`s, or handed on)
+        self.pending: dict[str, int] = {}
+        # customer given up -> (its new key, builder, hand-overs for it still to forward)
+        self.moved: dict[str, tuple[str, int, int]] = {}
+        # customer dropped or erased while hand-overs to it were under way -> how many to discard
+        self.discard: dict[str, int] = {}
+        # customer -> its contacts whose retention waits for hand-overs under way
+        self.held: dict[str, list[str]] = {}
+        self._expiry: list[tuple[int, str]] = []  # (check at, contact id): one entry per record
         self.as_of_ms = 0
 
     def handle(self, message: Message) -> list[Routed]:
@@ -150,31 +315,110 @@ class Builder:
             self._file(message.record, message.customer, delta=True)
         elif isinstance(message, Tick):
             self.as_of_ms = max(self.as_of_ms, message.as_of_ms)
+        elif isinstance(message, Expect):
+            self.pending[message.customer] = self.pending.get(message.customer, 0) + 1
         elif isinstance(message, Renamed):
-            self.store.apply_merge(Merge(message.survivor, message.absorbed))
-            self._move_contacts(message.absorbed, message.survivor)
-            self.moved[message.absorbed] = (message.survivor, self.index)
+            absorbed, survivor = message.absorbed, message.survivor
+            self.store.apply_merge(Merge(survivor, absorbed))
+            self._move_contacts(absorbed, survivor)
+            waiting = self.pending.pop(absorbed, 0)
+            if waiting:
+                self.pending[survivor] = self.pending.get(survivor, 0) + waiting
+                self.moved[absorbed] = (survivor, self.index, waiting)
+            held = self.held.pop(absorbed, None)
+            if held:
+                self.held.setdefault(survivor, []).extend(held)
         elif isinstance(message, HandOver):
-            contacts = self.contacts_of.pop(message.absorbed, set())
+            absorbed = message.absorbed
+            contacts = self.contacts_of.pop(absorbed, set())
             records = tuple(self.records.pop(c) for c in sorted(contacts))
-            emitted = self.store.hand_over(message.absorbed, contacts)
-            self.moved[message.absorbed] = (message.survivor, message.to)
-            return [(message.to, TakeOver(message.survivor, records, emitted))]
+            for contact_id in contacts:
+                del self.customer_of[contact_id]
+            emitted = self.store.hand_over(absorbed, contacts)
+            self.held.pop(absorbed, None)
+            waiting = self.pending.pop(absorbed, 0)
+            if waiting:
+                self.moved[absorbed] = (message.survivor, message.to, waiting)
+            return [(message.to, TakeOver(message.survivor, records, emitted, waiting))]
+        elif isinstance(message, Forget):
+            self._drop(message.customers, message.contacts)
         else:
-            customer, at = message.customer, self.index
-            for _ in range(len(self.moved) + 1):  # keys never come back: a chain, not a cycle
-                if customer not in self.moved:
-                    break
-                customer, at = self.moved[customer]
-                if at != self.index:
-                    return [(at, TakeOver(customer, message.records, message.emitted))]
-            for record in message.records:
-                self._file(record, customer, delta=False)
-            self.store.take_over(customer, message.emitted)
+            return self._take_over(message)
         return []
 
     def changes(self) -> list[JourneyVersion]:
         return self.store.changes(self.as_of_ms or None)
+
+    def tick(self) -> list[JourneyVersion]:
+        """After a `Tick` (the end of a resolver's round): the journeys that changed, then retention
+        of everything due, as the single stage does after each round. Retention at those points
+        only: a journey evicted while a later merge renames its customer keeps its old key, so the
+        two halves must evict where one stage would."""
+        out = self.changes()
+        while self.evict_due():
+            pass
+        return out
+
+    def evict_due(self, budget: int = 10_000) -> bool:
+        """Retention at the resolver's event time (module docstring), at most `budget` heap entries;
+        True when entries due are left. A customer's contacts wait while hand-overs to it are under
+        way: the contacts they bring may join its journeys (the single stage had them already)."""
+        heap, records, store, as_of = self._expiry, self.records, self.store, self.as_of_ms
+        for contact_id in popped_due(heap, as_of, budget):
+            record = records.get(contact_id)
+            if record is None:
+                continue
+            customer = self.customer_of[contact_id]
+            if customer in self.pending:
+                self.held.setdefault(customer, []).append(contact_id)
+                continue
+            due = store.due_span(customer, contact_id, self.keep_ms, as_of) if record.active else None
+            if isinstance(due, int):
+                heapq.heappush(heap, (due, contact_id))
+                continue
+            if due is not None:
+                for member in store.evict_span(due, customer):
+                    self._forget_record(member)
+                continue
+            late_until = record.seen_us // 1000 + self.keep_ms  # identity only: until no record of it can come
+            if late_until >= as_of:
+                heapq.heappush(heap, (late_until, contact_id))
+                continue
+            store.remove(contact_id)
+            self._forget_record(contact_id)
+        return bool(heap) and heap[0][0] < as_of
+
+    def _take_over(self, message: TakeOver) -> list[Routed]:
+        customer, at = message.customer, self.index
+        while customer in self.moved and at == self.index:  # chased: the customer moved on
+            survivor, at, waiting = self.moved[customer]
+            if waiting > 1:
+                self.moved[customer] = (survivor, at, waiting - 1)
+            else:
+                del self.moved[customer]
+            customer = survivor
+        if at != self.index:
+            return [(at, TakeOver(customer, message.records, message.emitted, message.expects))]
+        discarding = self.discard.get(customer, 0)
+        if discarding:  # for a customer dropped or erased meanwhile: it goes with it
+            self._count(self.discard, customer, message.expects - 1)
+            return []
+        for record in message.records:
+            self._file(record, customer, delta=False)
+        self.store.take_over(customer, message.emitted)
+        if not self._count(self.pending, customer, message.expects - 1):
+            for contact_id in self.held.pop(customer, ()):
+                heapq.heappush(self._expiry, (0, contact_id))  # due at once
+        return []
+
+    @staticmethod
+    def _count(counts: dict[str, int], key: str, change: int) -> int:
+        left = counts.get(key, 0) + change
+        if left > 0:
+            counts[key] = left
+        else:
+            counts.pop(key, None)
+        return max(left, 0)
 
     def _file(self, incoming: ContactRecord, customer: str, *, delta: bool) -> None:
         """File a record under `customer`: a forwarded delta (its intent before is known, as in
@@ -183,11 +427,19 @@ class Builder:
         was: str | bool | None = None if delta else False
         if record is None:
             record = self.records[incoming.contact_id] = incoming
+            windows = self.store.config
+            first_check = record.seen_us // 1000 + min(windows.repeat_window_ms, windows.dormancy_ms)
+            heapq.heappush(self._expiry, (first_check, record.contact_id))
         else:
             if delta and record.active:
                 was = None if record.intent is None else record.intent[2]
             record.merge(incoming)
-        self.contacts_of.setdefault(customer, set()).add(record.contact_id)
+        previous = self.customer_of.get(record.contact_id)
+        if previous != customer:
+            if previous is not None:
+                self._discard(previous, record.contact_id)
+            self.customer_of[record.contact_id] = customer
+            self.contacts_of.setdefault(customer, set()).add(record.contact_id)
         if record.active:
             self.store.file(record, customer, was=was)
 
@@ -195,3 +447,34 @@ class Builder:
         contacts = self.contacts_of.pop(absorbed, None)
         if contacts:
             self.contacts_of.setdefault(survivor, set()).update(contacts)
+            for contact_id in contacts:
+                self.customer_of[contact_id] = survivor
+
+    def _forget_record(self, contact_id: str) -> None:
+        del self.records[contact_id]
+        self._discard(self.customer_of.pop(contact_id), contact_id)
+
+    def _discard(self, customer: str, contact_id: str) -> None:
+        held = self.contacts_of.get(customer)
+        if held is not None:
+            held.discard(contact_id)
+            if not held:
+                del self.contacts_of[customer]
+
+    def _drop(self, customers: Iterable[str], contacts: Iterable[str]) -> None:
+        """Forget customers (their books, records and journeys, and the hand-overs to them still
+        under way) and contacts held here."""
+        keys = set(customers)
+        held = {c for c in contacts if c in self.records}
+        for customer in keys:
+            held |= self.contacts_of.pop(customer, set())
+            self.held.pop(customer, None)
+            waiting = self.pending.pop(customer, 0)
+            if waiting:
+                self.discard[customer] = self.discard.get(customer, 0) + waiting
+        for contact_id in held:
+            self.records.pop(contact_id, None)
+            owner = self.customer_of.pop(contact_id, None)
+            if owner is not None and owner not in keys:
+                self._discard(owner, contact_id)
+        self.store.forget(keys, held)

@@ -139,18 +139,15 @@ class Stitcher:
                 continue
             customer = graph.customer_of_contact(contact_id)
             if record.active and customer is not None:
-                journey = store.span_of(customer, contact_id)
-                if journey is not None:
-                    closes = store.close_time(journey, self.keep_ms)
-                    if closes >= as_of:
-                        heapq.heappush(heap, (closes, contact_id))
-                        continue
-                    for member in journey.contact_ids:
-                        store.remove(member)
+                due = store.due_span(customer, contact_id, self.keep_ms, as_of)
+                if isinstance(due, int):
+                    heapq.heappush(heap, (due, contact_id))
+                    continue
+                if due is not None:
+                    for member in store.evict_span(due, customer):
                         records[member].strip()
                         self.record_changes.add(member)
                         out.stripped.append(member)
-                    store.forget_journey(journey, customer)
                     out.journeys += 1
                     contact_id = self._compact_identity(contact_id)
             # identity only now: forget the customer once none of its contacts is in a journey

@@ -361,6 +361,23 @@ class JourneyStore:
                     if not owned:
                         del self._journeys_of[owner]
 
+    def due_span(self, customer: str, contact_id: str, keep_ms: int, as_of: int) -> JourneySpan | int | None:
+        """Retention of the journey of `customer` holding `contact_id`: the journey when it closed
+        before `as_of` (`evict_span` it), the time it closes when not yet, None when the contact
+        is in none."""
+        journey = self.span_of(customer, contact_id)
+        if journey is None:
+            return None
+        closes = self.close_time(journey, keep_ms)
+        return closes if closes >= as_of else journey
+
+    def evict_span(self, journey: JourneySpan, customer: str) -> tuple[str, ...]:
+        """Forget a closed journey of `customer` and its contacts (`due_span`); returns them."""
+        for contact_id in journey.contact_ids:
+            self.remove(contact_id)
+        self.forget_journey(journey, customer)
+        return journey.contact_ids
+
     def close_time(self, journey: Journey | JourneySpan, keep_ms: int) -> int:
         """Event time after which no later contact can join `journey` (and late events of its
         contacts, up to `keep_ms` late, have arrived)."""

@@ -5,6 +5,8 @@ journey tests), the split's is the highest version each journey id reached on an
 
 from __future__ import annotations
 
+import collections
+import copy
 import dataclasses
 import random
 from collections import deque
@@ -23,9 +25,9 @@ from pipeline.events.models import (
     IdentityLink,
     Resolved,
 )
-from pipeline.journeys.model import JourneyConfig, JourneyVersion
+from pipeline.journeys.model import Journey, JourneyConfig, JourneyVersion
 from pipeline.journeys.record import ContactRecord, records_of
-from pipeline.journeys.split import Builder, Message, Resolver, Routed, TakeOver
+from pipeline.journeys.split import Builder, Expect, Forget, Message, Resolver, Routed, TakeOver, Tick, check_windows
 from pipeline.journeys.stitcher import Stitcher
 from pipeline.journeys.store import JourneyStore
 from pipeline.simulator.model import SimConfig, Simulation
@@ -117,31 +119,80 @@ def last_versions(versions: list[JourneyVersion]) -> dict[str, JourneyVersion]:
     return out
 
 
-def live(versions: dict[str, JourneyVersion]) -> dict[str, object]:
+def live(versions: dict[str, JourneyVersion]) -> dict[str, Journey]:
     return {jid: v.journey for jid, v in versions.items() if not v.deleted}
 
 
-def single_stage(messages: list[list[ContactRecord]], config: JourneyConfig) -> dict[str, JourneyVersion]:
-    stitcher = Stitcher(journeys=config)
+@dataclasses.dataclass(frozen=True)
+class Retention:
+    keep_ms: int
+    identity_ms: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Erasure:
+    """Forget a person after message `at` (their contacts and identifiers, as `touchline forget`
+    finds them)."""
+
+    at: int
+    contacts: frozenset[str]
+    identifiers: frozenset[tuple[str, str]]
+
+
+def single_stage(
+    messages: list[list[ContactRecord]],
+    config: JourneyConfig,
+    retention: Retention | None = None,
+    erasure: Erasure | None = None,
+) -> dict[str, JourneyVersion]:
+    if retention is None:
+        stitcher = Stitcher(journeys=config)
+    else:
+        stitcher = Stitcher(journeys=config, keep_ms=retention.keep_ms, identity_retention_ms=retention.identity_ms)
     out: list[JourneyVersion] = []
-    for records in messages:
+    for at, records in enumerate(copy.deepcopy(messages)):  # records are merged into, and stripped
         for record in records:
             stitcher.apply(record)
         out += stitcher.changes(stitcher.as_of_ms or None)
+        if retention is not None:
+            while stitcher.evict_due(stitcher.as_of_ms).more:
+                pass
+        if erasure is not None and erasure.at == at:
+            stitcher.forget(erasure.contacts, erasure.identifiers)
     out += stitcher.changes(stitcher.as_of_ms or None)
     return last_versions(out)
 
 
+@dataclasses.dataclass
+class Split:
+    """A resolver and its builders after a stream."""
+
+    resolver: Resolver
+    builders: list[Builder]
+    versions: dict[str, JourneyVersion]
+    moved: int
+
+
 def split_stage(
-    messages: list[list[ContactRecord]], config: JourneyConfig, builders: int, seed: int, run: int = 400
-) -> tuple[dict[str, JourneyVersion], int]:
+    messages: list[list[ContactRecord]],
+    config: JourneyConfig,
+    builders: int,
+    seed: int,
+    run: int = 400,
+    retention: Retention | None = None,
+    erasure: Erasure | None = None,
+) -> Split:
     """The records through a resolver and `builders` builders, which take their queues in a random
-    interleaving (each a random run of up to `run` messages, then its changes: short runs let
-    builders fall behind, so hand-overs arrive after newer records of the same contacts); how many
-    books moved."""
+    interleaving (each a random run of up to `run` messages, then its changes and retention:
+    short runs let builders fall behind, so hand-overs arrive after newer records of the same
+    contacts); how many books moved."""
     rng = random.Random(seed)
-    resolver = Resolver(builders)
-    parts = [Builder(i, config) for i in range(builders)]
+    if retention is None:
+        resolver = Resolver(builders)
+        parts = [Builder(i, config) for i in range(builders)]
+    else:
+        resolver = Resolver(builders, keep_ms=retention.keep_ms, identity_retention_ms=retention.identity_ms)
+        parts = [Builder(i, config, keep_ms=retention.keep_ms) for i in range(builders)]
     queues: list[deque[Message]] = [deque() for _ in range(builders)]
     out: list[JourneyVersion] = []
     moved = 0
@@ -159,22 +210,33 @@ def split_stage(
         for _ in range(rng.randint(1, limit)):
             if not queues[at]:
                 break
-            sent = parts[at].handle(queues[at].popleft())
+            message = queues[at].popleft()
+            sent = parts[at].handle(message)
             moved += sum(isinstance(m, TakeOver) for _, m in sent)
             send(sent)
+            if retention is not None and isinstance(message, Tick):
+                out.extend(parts[at].tick())
         out.extend(parts[at].changes())
 
-    for records in messages:
+    for at, records in enumerate(copy.deepcopy(messages)):
         for record in records:
             send(resolver.apply(record))
         send(resolver.tick())
+        if retention is not None:
+            while resolver.evict_due():
+                pass
+        if erasure is not None and erasure.at == at:
+            send(resolver.forget(erasure.contacts, erasure.identifiers))
+            while any(queues):  # hand-overs under way for the person included
+                work(run)
+            assert_erased(resolver, parts, erasure)
         for _ in range(rng.randint(0, 3)):
             work(run)
     while any(queues):
         work(run)
     for part in parts:
-        out += part.changes()
-    return last_versions(out), moved
+        out += part.tick() if retention is not None else part.changes()
+    return Split(resolver, parts, last_versions(out), moved)
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +250,8 @@ def test_builders_give_the_journeys_of_one_stage_when_customers_merge_across_the
     # windows of hours, so journeys close, repeat and turn dormant within the stream
     config = JourneyConfig(repeat_window_ms=8 * HOUR, dormancy_ms=4 * HOUR)
     expected = single_stage(messages, config)
-    got, moved = split_stage(messages, config, builders=4, seed=seed, run=4)
+    split = split_stage(messages, config, builders=4, seed=seed, run=4)
+    got, moved = split.versions, split.moved
     assert moved > 50  # books really changed builder, some more than once
     assert len(live(expected)) > 100
     assert live(got) == live(expected)
@@ -197,16 +260,16 @@ def test_builders_give_the_journeys_of_one_stage_when_customers_merge_across_the
 def test_builders_give_the_journeys_of_one_stage_on_a_simulated_day(simulated: list[list[ContactRecord]]) -> None:
     config = JourneyConfig()
     expected = single_stage(simulated, config)
-    got, _ = split_stage(simulated, config, builders=4, seed=7)
+    got = split_stage(simulated, config, builders=4, seed=7).versions
     assert len(live(expected)) > 1000
     assert live(got) == live(expected)
 
 
 def test_one_builder_is_one_stage(simulated: list[list[ContactRecord]]) -> None:
     config = JourneyConfig()
-    got, moved = split_stage(simulated, config, builders=1, seed=0)
-    assert moved == 0
-    assert live(got) == live(single_stage(simulated, config))
+    split = split_stage(simulated, config, builders=1, seed=0)
+    assert split.moved == 0
+    assert live(split.versions) == live(single_stage(simulated, config))
 
 
 def _store_with(customer: str, *contacts: str) -> JourneyStore:
@@ -261,3 +324,147 @@ def test_a_hand_over_takes_the_retracted_journeys_of_its_contacts() -> None:
     handed = dict(store.hand_over("email:ann@example.com", {"c1", "c2"}))
     assert handed["j-c2"].deleted and handed["j-c2"].version == versions["j-c2"].version
     assert "j-c1" in handed and store.emitted("j-c2") is None
+
+
+WINDOWS = JourneyConfig(repeat_window_ms=8 * HOUR, dormancy_ms=4 * HOUR)
+RETENTION = Retention(keep_ms=2 * HOUR, identity_ms=12 * HOUR)
+
+
+def assert_erased(resolver: Resolver, parts: list[Builder], erasure: Erasure) -> None:
+    """Nothing of the person is left in either half."""
+    keys = {f"{kind}:{value}" for kind, value in erasure.identifiers}
+    for kind, value in erasure.identifiers:
+        assert resolver.graph.customer_of_value(kind, value) is None
+    assert not keys & set(resolver.owner) and not erasure.contacts & set(resolver.seen)
+    for part in parts:
+        assert not erasure.contacts & set(part.records)
+        assert not keys & (set(part.contacts_of) | set(part.store.books) | set(part.pending) | set(part.held))
+        assert not keys & {entry.customer for entry in part.store._emitted.values()}
+
+
+def person(value: str) -> int:
+    """The customer number an identifier of `fragmented` carries."""
+    return int(value.removeprefix("+1555").removeprefix("ck-").removeprefix("c").split("@")[0])
+
+
+def person_of_contact(record: ContactRecord) -> int:
+    (_, value), *_ = record.ids
+    return person(value)
+
+
+def person_of(journey: Journey) -> Journey:
+    """A journey of `fragmented` with its customer key replaced by the person it names."""
+    return dataclasses.replace(journey, customer=str(person(journey.customer.partition(":")[2])))
+
+
+def assert_bounded(split: Split, retention: Retention) -> None:
+    """What retention leaves after a stream (with every due entry processed): the resolver keeps a
+    contact node within identity retention of its own newest event, or of its customer's when it
+    carries the customer on (its newest time is the customer's then); a builder's record is in a
+    journey still open or had an event within `keep`."""
+    resolver = split.resolver
+    as_of = resolver.as_of_ms
+    assert all(newest + retention.identity_ms >= as_of for newest in resolver.seen.values())
+    for part in split.builders:
+        assert part.as_of_ms == as_of
+        for contact_id, record in part.records.items():
+            customer = part.customer_of[contact_id]
+            span = part.store.span_of(customer, contact_id) if record.active else None
+            if span is None:
+                assert record.seen_us // 1000 + retention.keep_ms >= as_of
+            else:
+                assert part.store.close_time(span, retention.keep_ms) >= as_of
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_builders_and_resolver_forget_what_one_stage_forgets(seed: int) -> None:
+    """With retention windows of hours over ~6 days, most customers are forgotten between their
+    contacts (identity retention 12 h, a contact a customer every ~22 h on average), others come
+    back within the windows: the journeys are still the single stage's, and each half holds only
+    what its rules keep."""
+    messages = fragmented(seed, customers=400, contacts=2500)
+    check_windows(WINDOWS, RETENTION.keep_ms, RETENTION.identity_ms)
+    expected = single_stage(messages, WINDOWS, RETENTION)
+    split = split_stage(messages, WINDOWS, builders=4, seed=seed, run=4, retention=RETENTION)
+    assert split.moved > 8  # fewer than without retention: customers are forgotten before they merge
+    got, want = live(split.versions), live(expected)
+    assert len(want) > 2000
+    # a journey closed before a later merge renamed its customer keeps the key it had when it was
+    # evicted, and a builder evicts later while a hand-over to it is under way: the same person
+    assert {j: person_of(v) for j, v in got.items()} == {j: person_of(v) for j, v in want.items()}
+    renamed = [j for j in want if got[j].customer != want[j].customer]
+    assert len(renamed) < len(want) / 200, renamed
+    assert_bounded(split, RETENTION)
+    contacts = sum(len(records) for records in messages)
+    held = sum(len(part.records) for part in split.builders)
+    assert len(split.resolver.seen) < contacts / 4 and held < contacts / 4
+    assert len(split.resolver.owner) < 400
+
+
+def test_a_quiet_spell_longer_than_identity_retention_empties_both_halves() -> None:
+    messages = fragmented(3, customers=150, contacts=800)
+    last = max(r.seen_us for records in messages for r in records)
+    (late,) = records_of(
+        [
+            ContactStarted(
+                event_id="late-s", occurred_at=datetime.fromtimestamp(last / 1e6, UTC) + timedelta(days=2),
+                channel=Channel.CHAT, contact_id="late", customer=CustomerIdentifiers(email="new@example.com"),
+                intent="billing",
+            )
+        ]
+    )  # fmt: skip
+    split = split_stage([*messages, [late.with_seq(10**9)]], WINDOWS, builders=4, seed=3, retention=RETENTION)
+    resolver = split.resolver
+    assert list(resolver.seen) == ["late"] and list(resolver.owner) == ["email:new@example.com"]
+    assert len(resolver.graph) == 2  # the contact and its e-mail
+    for part in split.builders:
+        assert set(part.records) <= {"late"} and set(part.contacts_of) <= {"email:new@example.com"}
+        assert not part.moved and not part.pending and not part.discard and not part.held
+        assert set(part.store.books) <= {"email:new@example.com"}
+        assert {e.customer for e in part.store._emitted.values()} <= {"email:new@example.com"}
+
+
+def test_windows_the_resolver_cannot_keep_are_refused() -> None:
+    with pytest.raises(ValueError, match="identity retention"):
+        check_windows(WINDOWS, RETENTION.keep_ms, 9 * HOUR)
+    check_windows(WINDOWS, RETENTION.keep_ms, 10 * HOUR)
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_an_erased_person_is_gone_from_both_halves_and_other_journeys_are_one_stages(seed: int) -> None:
+    messages = fragmented(seed, customers=150, contacts=2500)
+    at = len(messages) // 2
+    seen = [r for records in messages[: at + 1] for r in records]
+    person = collections.Counter(person_of_contact(r) for r in seen).most_common(1)[0][0]
+    contacts = frozenset(r.contact_id for r in seen if person_of_contact(r) == person)
+    identifiers = frozenset(
+        {("phone", f"+1555{person:07d}"), ("email", f"c{person}@example.com"), ("web_cookie", f"ck-{person}")}
+    )
+    erasure = Erasure(at, contacts, identifiers)
+    expected = single_stage(messages, WINDOWS, RETENTION, erasure)
+    split = split_stage(messages, WINDOWS, builders=4, seed=seed, run=4, retention=RETENTION, erasure=erasure)
+
+    def kept(versions: dict[str, JourneyVersion]) -> dict[str, object]:
+        return {j: person_of(v) for j, v in live(versions).items() if not contacts & set(v.contact_ids)}
+
+    assert len(contacts) > 10
+    assert kept(split.versions) == kept(expected)
+
+
+def test_a_hand_over_to_an_erased_customer_is_dropped() -> None:
+    (record,) = records_of(
+        [
+            ContactStarted(
+                event_id="c1-s", occurred_at=datetime(2026, 3, 2, 9, tzinfo=UTC), channel=Channel.CHAT,
+                contact_id="c1", customer=CustomerIdentifiers(email="ann@example.com"), intent="billing",
+            )
+        ]
+    )  # fmt: skip
+    part = Builder(0, WINDOWS, keep_ms=RETENTION.keep_ms)
+    part.handle(Expect("cust:A"))
+    part.handle(Expect("cust:A"))
+    part.handle(Forget(frozenset({"cust:A"}), frozenset()))
+    assert part.handle(TakeOver("cust:A", (record,), (), expects=0)) == []
+    assert part.discard == {"cust:A": 1}
+    part.handle(TakeOver("cust:A", (record,), (), expects=0))
+    assert not part.records and not part.store.books and not part.discard and not part.pending
