@@ -31,7 +31,7 @@ from pipeline.journeys.split import Resolver
 from pipeline.simulator.model import SimConfig, Simulation
 from pipeline.times import to_ms
 from pipeline.worker import journeys as stage
-from pipeline.worker.app import GC_THRESHOLDS
+from pipeline.worker.app import FREEZE_SECONDS, GC_THRESHOLDS
 
 
 @click.command()
@@ -66,7 +66,8 @@ def main(
             pending = []
     messages += [value for _, value in stage.forward_messages(pending)]
     del pending
-    # the collector as the worker runs it: its thresholds, what exists before the run frozen
+    # the collector as the worker runs it: its thresholds, what exists before the run frozen, and
+    # what survived young collections frozen every FREEZE_SECONDS
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
@@ -75,7 +76,7 @@ def main(
     routed: list[list[tuple[bytes, bytes]]] = [[] for _ in range(builders)]
     steps: defaultdict[str, float] = defaultdict(float)
     records = merges = component_writes = 0
-    began = time.perf_counter()
+    began = settled = time.perf_counter()
     for value in messages:
         t0 = time.perf_counter()
         lines = value.strip(b"\n").split(b"\n")
@@ -98,6 +99,11 @@ def main(
                 stage.component_value(members)
             component_writes += 1
         t3 = time.perf_counter()
+        if t3 - settled >= FREEZE_SECONDS:  # as the worker settles long-lived objects
+            gc.collect(1)
+            gc.freeze()
+            settled = time.perf_counter()
+            steps["collector (settling)"] += settled - t3
         steps["reading the records' JSON"] += t1 - t0
         steps["tying identifiers, routing"] += t2 - t1
         steps["retention"] += t2r - t2

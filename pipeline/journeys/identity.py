@@ -201,6 +201,10 @@ class _Root:
     anon: str | None = None  # smallest contact id (names a component without identifiers)
     contacts: int = 0  # contacts counted as history
     named: str | None = None  # `key`, kept until `best` or `anon` change (read once per contact and merge)
+    # kept by the split stage's resolver for retention (`pipeline.journeys.split`): the newest event
+    # time of the component's contacts (ms) and the identity links they tied
+    newest_ms: int = 0
+    links: list[tuple[str, str, str, str]] | None = None
 
     @property
     def key(self) -> str:
@@ -224,6 +228,9 @@ class _Root:
         if other.anon is not None and (self.anon is None or other.anon < self.anon):
             self.anon = other.anon
         self.contacts += other.contacts
+        self.newest_ms = max(self.newest_ms, other.newest_ms)
+        if other.links:
+            self.links = other.links if self.links is None else [*self.links, *other.links]
 
 
 KIND_BY_NAME: dict[str, IdentifierKind] = {kind.value: kind for kind in KIND_ORDER}
@@ -312,6 +319,13 @@ class IdentityGraph:
             joined = self._join_known(contact, found)
             if joined is not None:
                 return NO_RESOLUTION if self._restoring else Resolution(joined.key)
+        elif not fresh:
+            # a known contact again (a contact's later records carry its identifiers again): nothing
+            # to tie when they are all in its component already
+            root_of = self._root_of
+            root = root_of[contact]
+            if all(root_of.get(node) == root for node in found):
+                return NO_RESOLUTION if self._restoring else Resolution(self._roots[root].key)
         self._node(contact)
         usable: Iterable[Node] = sorted(found, key=lambda n: (RANK_OF_VALUE[n[0]], n[1])) if len(found) > 1 else found
         for node in usable:
@@ -341,6 +355,11 @@ class IdentityGraph:
     def customer_of_contact(self, contact_id: str) -> str | None:
         root = self._root_of.get((CONTACT, contact_id))
         return None if root is None else self._roots[root].key
+
+    def component_of_contact(self, contact_id: str) -> _Root | None:
+        """The component holding a contact, for aggregates kept on it (`newest_ms`, `links`)."""
+        root = self._root_of.get((CONTACT, contact_id))
+        return None if root is None else self._roots[root]
 
     def customers_of_contacts(self, contact_ids: Iterable[str]) -> dict[str, str]:
         """`customer_of_contact` of many contacts (each component's key built once), known ones only."""

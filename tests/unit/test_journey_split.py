@@ -359,12 +359,18 @@ def person_of(journey: Journey) -> Journey:
 
 def assert_bounded(split: Split, retention: Retention) -> None:
     """What retention leaves after a stream (with every due entry processed): the resolver keeps a
-    contact node within identity retention of its own newest event, or of its customer's when it
-    carries the customer on (its newest time is the customer's then); a builder's record is in a
-    journey still open or had an event within `keep`."""
+    contact node up to twice `keep` after the contact's newest event; as its customer's last node,
+    within identity retention of the customer's newest event; one that was the last when another
+    joined, within identity retention of its own. A builder's record is in a journey still open or
+    had an event within `keep`."""
     resolver = split.resolver
     as_of = resolver.as_of_ms
-    assert all(newest + retention.identity_ms >= as_of for newest in resolver.seen.values())
+    for contact_id, newest in resolver.seen.items():
+        if newest + 2 * retention.keep_ms < as_of:
+            component = resolver.graph.component_of_contact(contact_id)
+            assert component is not None
+            last = component.newest_ms if component.contacts == 1 else newest
+            assert last + retention.identity_ms >= as_of
     for part in split.builders:
         assert part.as_of_ms == as_of
         for contact_id, record in part.records.items():
