@@ -21,7 +21,9 @@ from __future__ import annotations
 import gc
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import click
 from pydantic_core import from_json as parse_json
@@ -33,14 +35,31 @@ from pipeline.times import to_ms
 from pipeline.worker import journeys as stage
 from pipeline.worker.app import FREEZE_SECONDS, GC_THRESHOLDS
 
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def split_options(days: float, builders: int) -> Callable[[Command], Command]:
+    """The options of the split journey stage's benchmarks (this one and `journey_builders`)."""
+
+    def apply(command: Command) -> Command:
+        for option in reversed(
+            [
+                click.option("--days", type=float, default=days, show_default=True, help="Simulated days."),
+                click.option("--rate", type=float, default=4000.0, show_default=True, help="Simulator rate."),
+                click.option("--customers", type=int, default=20_000, show_default=True),
+                click.option("--batch", type=int, default=5000, show_default=True, help="Events per analytics batch."),
+                click.option("--builders", type=int, default=builders, show_default=True, help="Builder partitions."),
+                click.option("--seed", type=int, default=7, show_default=True),
+            ]
+        ):
+            command = option(command)
+        return command
+
+    return apply
+
 
 @click.command()
-@click.option("--days", type=float, default=1.0, show_default=True, help="Simulated days.")
-@click.option("--rate", type=float, default=4000.0, show_default=True, help="Simulator rate (the `make soak` rate).")
-@click.option("--customers", type=int, default=20_000, show_default=True)
-@click.option("--batch", type=int, default=5000, show_default=True, help="Events per forwarded analytics batch.")
-@click.option("--builders", type=int, default=8, show_default=True, help="Builder partitions records are routed to.")
-@click.option("--seed", type=int, default=7, show_default=True)
+@split_options(days=1.0, builders=8)
 @click.option("--keep-hours", type=float, default=24.0, show_default=True, help="Journey keep (lateness bound).")
 @click.option("--identity-days", type=float, default=30.0, show_default=True, help="Identity retention.")
 def main(
