@@ -164,10 +164,10 @@ class Resolver:
         self.seen: dict[str, int] = {}  # contact node -> its newest event (ms)
         # (check at, contact id), one entry per node in `seen` until it is its customer's last: in
         # the order they were made, due `keep` after a contact's newest event, so almost in time
-        # order; a deque, not a heap (a heap of every contact cost 1.4 of the 6.2 µs a record
-        # retention took over a simulated week, `benchmarks/journey_resolver.py`). An entry made
-        # out of order waits for those before it: a node goes between `keep` and twice `keep`
-        # after its contact's newest event.
+        # order; a deque, not a heap: the heap's pops were a third of the 6.2 µs a record the
+        # first retention took over a simulated week (`benchmarks/journey_resolver.py`, py-spy),
+        # 2.6-3.2 µs since. An entry made out of order waits for those before it: a node goes
+        # between `keep` and twice `keep` after its contact's newest event.
         self._checks: deque[tuple[int, str]] = deque()
         self._drops: list[tuple[int, str]] = []  # heap (drop at, contact id) of customers' last nodes
 
