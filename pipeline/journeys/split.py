@@ -15,12 +15,14 @@ retention and erasure); the worker does not run it yet (no Faust shell). Design:
   id>`); versions stay monotonic because the new owner keeps the higher of its own and the
   handed-over version. Records merge idempotently and commutatively, so a contact whose newer
   record reaches the new owner before its book does ends up the same.
-* **Hand-overs are counted.** The resolver announces each one to the new owner (`Expect`, sent
-  before the `HandOver`; the shell must deliver it first too). A builder counts the hand-overs to
-  each customer still under way (`pending`); a builder that gives up or renames a customer with
-  some under way passes the count on (`TakeOver.expects`) and keeps a forwarding entry (`moved`)
-  until that many have chased through it. So every such entry lives exactly until its last
-  hand-over arrived, however late.
+* **Hand-overs are named and awaited.** The resolver names each one (`ref`) and announces it to
+  the new owner (`Expect`, delivered before the `HandOver`: the shell must wait for its delivery
+  first). A builder keeps the names of the hand-overs to each customer still under way
+  (`pending`); a builder that gives up or renames a customer with some under way passes them on
+  (`TakeOver.passes`) and keeps a forwarding entry (`moved`) until each has chased through it. So
+  every such entry lives exactly until its last hand-over arrived, however late, and a hand-over
+  delivered twice (its sender crashed after sending, before its state was saved) is recognised
+  and dropped.
 * **Event time** is the resolver's (newest event seen, on every `Filed` and `Tick`), so a builder
   judges dormancy as one stage would; it takes its changes and runs retention after each `Tick`
   (`tick`), where one stage does after each round.
@@ -79,29 +81,33 @@ class Renamed:
 
 @dataclass(frozen=True, slots=True)
 class HandOver:
-    """Customer `absorbed` is part of `survivor`, held by builder `to`: send it the book."""
+    """Customer `absorbed` is part of `survivor`, held by builder `to`: send it the book (hand-over
+    `ref`)."""
 
     absorbed: str
     survivor: str
     to: int
+    ref: str
 
 
 @dataclass(frozen=True, slots=True)
 class Expect:
-    """A book is being handed over to this builder for `customer` (a `TakeOver` will come)."""
+    """A book is being handed over to this builder for `customer` (a `TakeOver` named `ref` will come)."""
 
     customer: str
+    ref: str
 
 
 @dataclass(frozen=True, slots=True)
 class TakeOver:
-    """A book handed over: its contacts' records and its journeys' last versions, for `customer`;
-    `expects`: the hand-overs its old owner was still waiting for (they follow it)."""
+    """A book handed over (hand-over `ref`): its contacts' records and its journeys' last versions,
+    for `customer`; `passes`: the hand-overs its old owner was still waiting for (they follow it)."""
 
     customer: str
     records: tuple[ContactRecord, ...]
     emitted: tuple[tuple[str, Emitted], ...]
-    expects: int = 0
+    ref: str
+    passes: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +176,9 @@ class Resolver:
         # between `keep` and twice `keep` after its contact's newest event.
         self._checks: deque[tuple[int, str]] = deque()
         self._drops: list[tuple[int, str]] = []  # heap (drop at, contact id) of customers' last nodes
+        # hand-overs named so far (the shell names them after its input's offsets instead, so that
+        # a round read again names them the same)
+        self.hand_overs = 0
 
     def builder_of(self, customer: str) -> int:
         return zlib.crc32(customer.encode()) % self.builders
@@ -213,8 +222,10 @@ class Resolver:
                 out.append((absorbed_at, Renamed(merge.absorbed, merge.survivor)))
             else:
                 # announced first: the new owner keeps the survivor's journeys until the book is there
-                out.append((survivor_at, Expect(merge.survivor)))
-                out.append((absorbed_at, HandOver(merge.absorbed, merge.survivor, survivor_at)))
+                self.hand_overs += 1
+                ref = str(self.hand_overs)
+                out.append((survivor_at, Expect(merge.survivor, ref)))
+                out.append((absorbed_at, HandOver(merge.absorbed, merge.survivor, survivor_at, ref)))
         component = graph.component_of_contact(contact_id)
         assert component is not None
         if seen_ms > component.newest_ms:
@@ -311,13 +322,13 @@ class Builder:
         self.records: dict[str, ContactRecord] = {}
         self.customer_of: dict[str, str] = {}  # contact -> the customer it is filed under here
         self.contacts_of: dict[str, set[str]] = {}  # customer -> its contacts held here (any record)
-        # hand-overs under way, each entry until the last `TakeOver` it counts has arrived:
-        # customer -> hand-overs to it still to arrive (announced by `Expect`s, or handed on)
-        self.pending: dict[str, int] = {}
-        # customer given up -> (its new key, builder, hand-overs for it still to forward)
-        self.moved: dict[str, tuple[str, int, int]] = {}
-        # customer dropped or erased while hand-overs to it were under way -> how many to discard
-        self.discard: dict[str, int] = {}
+        # hand-overs under way, each entry until the last `TakeOver` it names has arrived:
+        # customer -> the hand-overs to it still to arrive (announced by `Expect`s, or passed on)
+        self.pending: dict[str, set[str]] = {}
+        # customer given up -> (its new key, builder, the hand-overs for it still to forward)
+        self.moved: dict[str, tuple[str, int, set[str]]] = {}
+        # customer erased while hand-overs to it were under way -> those to discard
+        self.discard: dict[str, set[str]] = {}
         # customer -> its contacts whose retention waits for hand-overs under way
         self.held: dict[str, list[str]] = {}
         self._expiry: list[tuple[int, str]] = []  # (check at, contact id): one entry per record
@@ -331,15 +342,15 @@ class Builder:
         elif isinstance(message, Tick):
             self.as_of_ms = max(self.as_of_ms, message.as_of_ms)
         elif isinstance(message, Expect):
-            self.pending[message.customer] = self.pending.get(message.customer, 0) + 1
+            self.pending.setdefault(message.customer, set()).add(message.ref)
         elif isinstance(message, Renamed):
             absorbed, survivor = message.absorbed, message.survivor
             self.store.apply_merge(Merge(survivor, absorbed))
             self._move_contacts(absorbed, survivor)
-            waiting = self.pending.pop(absorbed, 0)
+            waiting = self.pending.pop(absorbed, None)
             if waiting:
-                self.pending[survivor] = self.pending.get(survivor, 0) + waiting
-                self.moved[absorbed] = (survivor, self.index, waiting)
+                self.pending.setdefault(survivor, set()).update(waiting)
+                self.moved[absorbed] = (survivor, self.index, set(waiting))
             held = self.held.pop(absorbed, None)
             if held:
                 self.held.setdefault(survivor, []).extend(held)
@@ -351,10 +362,10 @@ class Builder:
                 del self.customer_of[contact_id]
             emitted = self.store.hand_over(absorbed, contacts)
             self.held.pop(absorbed, None)
-            waiting = self.pending.pop(absorbed, 0)
+            waiting = self.pending.pop(absorbed, set())
             if waiting:
-                self.moved[absorbed] = (message.survivor, message.to, waiting)
-            return [(message.to, TakeOver(message.survivor, records, emitted, waiting))]
+                self.moved[absorbed] = (message.survivor, message.to, set(waiting))
+            return [(message.to, TakeOver(message.survivor, records, emitted, message.ref, frozenset(waiting)))]
         elif isinstance(message, Forget):
             self._drop(message.customers, message.contacts)
         else:
@@ -404,36 +415,38 @@ class Builder:
         return bool(heap) and heap[0][0] < as_of
 
     def _take_over(self, message: TakeOver) -> list[Routed]:
-        customer, at = message.customer, self.index
-        while customer in self.moved and at == self.index:  # chased: the customer moved on
-            survivor, at, waiting = self.moved[customer]
-            if waiting > 1:
-                self.moved[customer] = (survivor, at, waiting - 1)
-            else:
+        customer, at, ref = message.customer, self.index, message.ref
+        while at == self.index:  # chased: the customer moved on
+            entry = self.moved.get(customer)
+            if entry is None or ref not in entry[2]:
+                break
+            survivor, at, forwarding = entry
+            forwarding.discard(ref)
+            if not forwarding:
                 del self.moved[customer]
             customer = survivor
         if at != self.index:
-            return [(at, TakeOver(customer, message.records, message.emitted, message.expects))]
-        discarding = self.discard.get(customer, 0)
-        if discarding:  # for a customer dropped or erased meanwhile: it goes with it
-            self._count(self.discard, customer, message.expects - 1)
+            return [(at, TakeOver(customer, message.records, message.emitted, ref, message.passes))]
+        erased = self.discard.get(customer)
+        if erased is not None and ref in erased:  # for a customer erased meanwhile: it goes with it
+            erased.discard(ref)
+            erased |= message.passes
+            if not erased:
+                del self.discard[customer]
             return []
+        waiting = self.pending.get(customer)
+        if waiting is None or ref not in waiting:  # delivered again: it was taken over already
+            return []
+        waiting.discard(ref)
+        waiting |= message.passes
         for record in message.records:
             self._file(record, customer, delta=False)
         self.store.take_over(customer, message.emitted)
-        if not self._count(self.pending, customer, message.expects - 1):
+        if not waiting:
+            del self.pending[customer]
             for contact_id in self.held.pop(customer, ()):
                 heapq.heappush(self._expiry, (0, contact_id))  # due at once
         return []
-
-    @staticmethod
-    def _count(counts: dict[str, int], key: str, change: int) -> int:
-        left = counts.get(key, 0) + change
-        if left > 0:
-            counts[key] = left
-        else:
-            counts.pop(key, None)
-        return max(left, 0)
 
     def _file(self, incoming: ContactRecord, customer: str, *, delta: bool) -> None:
         """File a record under `customer`: a forwarded delta (its intent before is known, as in
@@ -484,9 +497,9 @@ class Builder:
         for customer in keys:
             held |= self.contacts_of.pop(customer, set())
             self.held.pop(customer, None)
-            waiting = self.pending.pop(customer, 0)
+            waiting = self.pending.pop(customer, None)
             if waiting:
-                self.discard[customer] = self.discard.get(customer, 0) + waiting
+                self.discard.setdefault(customer, set()).update(waiting)
         for contact_id in held:
             self.records.pop(contact_id, None)
             owner = self.customer_of.pop(contact_id, None)
