@@ -191,6 +191,13 @@ def customer_key(kind: str, value: str) -> str:
     return f"{kind}:{value}"
 
 
+def key_node(key: str) -> Node | None:
+    """The best node a customer key names (`customer_key` read back), None for no key of a kind."""
+    prefix, _, value = key.partition(":")
+    kind = {"cust": IdentifierKind.CUSTOMER_ID.value, "anon": CONTACT}.get(prefix, prefix)
+    return (kind, value) if kind == CONTACT or kind in KIND_BY_NAME else None
+
+
 @dataclass(slots=True)
 class _Root:
     """Aggregates kept on a component's root."""

@@ -56,7 +56,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from pipeline.journeys.identity import KIND_BY_NAME, IdentityConfig, IdentityGraph, Merge
+from pipeline.journeys.identity import CONTACT, IdentityConfig, IdentityGraph, Merge, key_node
 from pipeline.journeys.model import DAY, Emitted, JourneyConfig, JourneyVersion
 from pipeline.journeys.record import ContactRecord, Ident, Link
 from pipeline.journeys.store import JourneyStore
@@ -293,14 +293,11 @@ class Resolver:
         `identifiers` or customer keys `customers`; a `Forget` for every builder."""
         contacts, ids = set(contact_ids), set(identifiers)
         keys = set(customers)
-        for key in keys:  # a customer key names its component's smallest node
-            kind, _, value = key.partition(":")
-            if kind == "anon":
-                contacts.add(value)
-            elif kind == "cust":
-                ids.add(("customer_id", value))
-            elif kind in KIND_BY_NAME:
-                ids.add((kind, value))
+        for node in filter(None, map(key_node, keys)):
+            if node[0] == CONTACT:
+                contacts.add(node[1])
+            else:
+                ids.add(node)
         found, found_keys = self.graph.forget(contacts, ids)
         keys |= found_keys
         contacts |= found
@@ -465,7 +462,7 @@ class Builder:
         previous = self.customer_of.get(record.contact_id)
         if previous != customer:
             if previous is not None:
-                self._discard(previous, record.contact_id)
+                self._unfile(previous, record.contact_id)
             self.customer_of[record.contact_id] = customer
             self.contacts_of.setdefault(customer, set()).add(record.contact_id)
         if record.active:
@@ -480,29 +477,29 @@ class Builder:
 
     def _forget_record(self, contact_id: str) -> None:
         del self.records[contact_id]
-        self._discard(self.customer_of.pop(contact_id), contact_id)
+        self._unfile(self.customer_of.pop(contact_id), contact_id)
 
-    def _discard(self, customer: str, contact_id: str) -> None:
-        held = self.contacts_of.get(customer)
-        if held is not None:
-            held.discard(contact_id)
-            if not held:
+    def _unfile(self, customer: str, contact_id: str) -> None:
+        filed = self.contacts_of.get(customer)
+        if filed is not None:
+            filed.discard(contact_id)
+            if not filed:
                 del self.contacts_of[customer]
 
     def _drop(self, customers: Iterable[str], contacts: Iterable[str]) -> None:
         """Forget customers (their books, records and journeys, and the hand-overs to them still
         under way) and contacts held here."""
         keys = set(customers)
-        held = {c for c in contacts if c in self.records}
+        gone = {c for c in contacts if c in self.records}
         for customer in keys:
-            held |= self.contacts_of.pop(customer, set())
+            gone |= self.contacts_of.pop(customer, set())
             self.held.pop(customer, None)
             waiting = self.pending.pop(customer, None)
             if waiting:
                 self.discard.setdefault(customer, set()).update(waiting)
-        for contact_id in held:
+        for contact_id in gone:
             self.records.pop(contact_id, None)
             owner = self.customer_of.pop(contact_id, None)
             if owner is not None and owner not in keys:
-                self._discard(owner, contact_id)
-        self.store.forget(keys, held)
+                self._unfile(owner, contact_id)
+        self.store.forget(keys, gone)

@@ -7,11 +7,12 @@ import json
 import random
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.events.models import Channel, CustomerIdentifiers, Identifier, IdentifierKind, IdentityLink
-from pipeline.journeys.identity import IdentityConfig, IdentityGraph, Merge, normalise
+from pipeline.journeys.identity import CONTACT, IdentityConfig, IdentityGraph, Merge, customer_key, key_node, normalise
 
 K = IdentifierKind
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -214,3 +215,21 @@ def test_keys_do_not_depend_on_order(
                 graph.add_contact(contact_id, carried)
         got = {contact: graph.customer_of_contact(contact) for contact in expected}
         assert got == expected
+
+
+@pytest.mark.parametrize(
+    "node",
+    [
+        ("customer_id", "C1:7"),
+        ("phone", "+15550001234"),
+        ("email", "a:b@example.com"),
+        (CONTACT, "c-1"),
+        ("web_cookie", "ck"),
+    ],
+)
+def test_a_customer_key_names_its_best_node(node: tuple[str, str]) -> None:
+    assert key_node(customer_key(*node)) == node
+
+
+def test_a_key_of_no_kind_names_no_node() -> None:
+    assert key_node("fax:123") is None and key_node("nokey") is None
