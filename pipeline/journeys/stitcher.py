@@ -118,8 +118,10 @@ class Stitcher:
             self.store.file(record, customer, was=was)
         return Resolution(customer, tuple(merges), tuple(refusals))
 
-    def changes(self, as_of: int | None = None, limit: int | None = None) -> list[JourneyVersion]:
-        return self.store.changes(as_of, limit)
+    def changes(
+        self, as_of: int | None = None, limit: int | None = None, version: int | None = None
+    ) -> list[JourneyVersion]:
+        return self.store.changes(as_of, limit, version)
 
     def _first_check(self, record: ContactRecord) -> int:
         return record.seen_us // 1000 + min(self.store.config.repeat_window_ms, self.store.config.dormancy_ms)

@@ -91,10 +91,13 @@ def digest(journey: Journey) -> str:
 class JourneyStore:
     """Customer books, identity merges, and change tracking with per-journey versions.
 
-    Versions: a journey written before gets its last version + 1; a journey written for the first
-    time (or again after it was evicted) gets `as_of * 1000` (epoch ms of the newest event seen,
-    times 1000), which exceeds every version written at an earlier `as_of`. Both are monotonic
-    across restarts because the last versions are persisted (`Emitted`) and `as_of` only grows."""
+    Versions: a caller that numbers its rounds gives `changes` the round's `version`, and every
+    journey the round writes gets it (a retraction too), or its last version + 1 if that is higher
+    (the journey stage: `pipeline.worker.journeys.round_version`). Otherwise a journey written
+    before gets its last version + 1; a journey written for the first time (or again after it was
+    evicted) gets `as_of * 1000` (epoch ms of the newest event seen, times 1000), which exceeds every
+    version written at an earlier `as_of`. Both are monotonic across restarts because the last
+    versions are persisted (`Emitted`) and `as_of` only grows."""
 
     def __init__(self, config: JourneyConfig | None = None) -> None:
         self.config = config or JourneyConfig()
@@ -231,11 +234,14 @@ class JourneyStore:
         """True while a round of `changes(limit=...)` has customers left to rebuild."""
         return bool(self._round_customers)
 
-    def changes(self, as_of: int | None = None, limit: int | None = None) -> list[JourneyVersion]:
+    def changes(
+        self, as_of: int | None = None, limit: int | None = None, version: int | None = None
+    ) -> list[JourneyVersion]:
         """Journeys that changed since the last round (including open journeys that became dormant
         by `as_of`) and deletions of journeys that no longer exist. With `limit`, a round is taken
-        in slices of at most `limit` customers (call again while `pending`); deletions come with
-        the last slice, once every journey of the round is rebuilt."""
+        in slices of at most `limit` customers (call again while `pending`, with the same
+        `version`); deletions come with the last slice, once every journey of the round is rebuilt.
+        `version`: the round's (class docstring)."""
         if not self._round_customers:  # a new round: what is dirty now
             deadlines = self._deadlines
             while deadlines and as_of is not None and deadlines[0][0] < as_of:
@@ -246,18 +252,18 @@ class JourneyStore:
         customers = self._round_customers
         take = len(customers) if limit is None else min(limit, len(customers))
         sliced = [customers.pop() for _ in range(take)]
-        out = self._rebuild(sliced, as_of)
+        out = self._rebuild(sliced, as_of, version)
         if not customers:
-            out += self._retract(self._round_dirty, self._round_current)
+            out += self._retract(self._round_dirty, self._round_current, version)
             self._round_dirty, self._round_current = {}, {}
         return out
 
-    def _rebuild(self, customers: list[str], as_of: int | None) -> list[JourneyVersion]:
+    def _rebuild(self, customers: list[str], as_of: int | None, round_version: int | None) -> list[JourneyVersion]:
         dirty = self._round_dirty
         deadlines = self._deadlines
         emitted, journeys_of = self._emitted, self._journeys_of
         dormancy = self.config.dormancy_ms
-        floor = 1 if as_of is None else max(1, as_of * 1000)
+        floor = round_version or (1 if as_of is None else max(1, as_of * 1000))
         current: dict[str, Journey] = {}
         for customer in customers:
             book = self.books.get(customer)
@@ -288,7 +294,7 @@ class JourneyStore:
                     removed = tuple(c for c in previous.contact_ids if c not in contact_ids)
                 if previous.customer != customer:
                     _discard(journeys_of, previous.customer, journey_id)
-            version = previous.version + 1 if previous is not None else floor
+            version = floor if previous is None else max(previous.version + 1, round_version or 0)
             open_since = journey.last_activity_at if journey.status == "open" else None
             self._emit(
                 journey_id, _new_emitted(version, False, customer, contact_ids, content, open_since, journey.intent)
@@ -308,7 +314,9 @@ class JourneyStore:
         self._round_current.update(current)
         return out
 
-    def _retract(self, dirty: dict[str, set[str | None] | None], current: dict[str, Journey]) -> list[JourneyVersion]:
+    def _retract(
+        self, dirty: dict[str, set[str | None] | None], current: dict[str, Journey], round_version: int | None
+    ) -> list[JourneyVersion]:
         out: list[JourneyVersion] = []
         for customer in sorted(dirty):
             intents = dirty[customer]
@@ -321,11 +329,11 @@ class JourneyStore:
                 if previous is None or previous.deleted:
                     continue
                 last = self._retracted(journey_id, previous)
+                version = max(previous.version + 1, round_version or 0)
                 self._emit(
-                    journey_id,
-                    Emitted(previous.version + 1, True, previous.customer, (), previous.digest, None, previous.intent),
+                    journey_id, Emitted(version, True, previous.customer, (), previous.digest, None, previous.intent)
                 )
-                out.append(JourneyVersion(last, previous.version + 1, True, previous.contact_ids))
+                out.append(JourneyVersion(last, version, True, previous.contact_ids))
         return out
 
     def _retracted(self, journey_id: str, previous: Emitted) -> Journey:

@@ -98,6 +98,9 @@ class _State:
     # offset of the next input message the state has not applied (None: not known, state written
     # before it was kept; the first round writes it)
     next_offset: int | None = None
+    # the base of the journey versions (`journey_stage.round_version`; None: not set yet, the next
+    # round sets it)
+    version_base: int | None = None
     last_round: float = field(default_factory=time.monotonic)
     # held while a message is applied, written and persisted, and while a person is forgotten: an
     # erasure never lands between a message's apply and its persist (nor its outputs)
@@ -159,7 +162,7 @@ def install_journey_stage(
                 log.error("journey state entry skipped at restore (%s)", reason)
             return records
 
-        def restore() -> tuple[Stitcher, int, int, float, int | None]:
+        def restore() -> tuple[Stitcher, int, int, float, int | None, int | None]:
             with collection_paused(freeze=True):
                 raw_components = [value for _, value in stored_items(identity) if value]
                 raw_records = [value for _, value in stored_items(contacts) if value]
@@ -183,16 +186,16 @@ def install_journey_stage(
                 # state written before anchors existed (tied again, written with them at the next round),
                 # or a crash between the tables' writes
                 log.info("journey state: %d contact(s) tied again from their identifiers", len(core.record_changes))
-            next_offset = journey_stage.stored_offset(offsets[0] if offsets else None)
+            next_offset, base = journey_stage.stored_offset(offsets[0] if offsets else None)
             if next_offset is None and not (raw_components or raw_records or raw_entries):
                 next_offset = 0  # nothing applied yet: every message of the partition is still to apply
-            return core, len(raw_records), len(raw_entries), read, next_offset
+            return core, len(raw_records), len(raw_entries), read, next_offset, base
 
         # reading the tables, decoding and the graph's unions are seconds of CPU for a week of
         # contacts: on a thread (nothing else uses the tables or the core until it is built), so
         # the loop keeps serving /health, /metrics and timers without yielding to them in slices
-        core, contacts_read, entries_read, read, next_offset = await asyncio.to_thread(restore)
-        state.core, state.next_offset = core, next_offset
+        core, contacts_read, entries_read, read, next_offset, base = await asyncio.to_thread(restore)
+        state.core, state.next_offset, state.version_base = core, next_offset, base
         changelog = contacts.changelog_topic.get_topic_name()
         jm.JOURNEY_PARTITIONS.set(sum(1 for tp in app.assignor.assigned_actives() if tp.topic == changelog))
         state.blocked, state.refusals = dict(core.graph.blocked), dict(core.graph.refusals)
@@ -291,7 +294,7 @@ def install_journey_stage(
         for version in changed:
             metrics.JOURNEY_UPDATES.labels("deleted" if version.deleted else version.journey.status).inc()
 
-    async def persist(core: Stitcher, next_offset: int) -> None:
+    async def persist(core: Stitcher, next_offset: int, version_base: int) -> None:
         """Write every changed key to the tables: first to their changelogs, delivered, then to
         their stores, with the changelog offset the store now holds (what a restart on this
         machine recovers from). Sent straight through the producer and awaited here: the tables'
@@ -317,7 +320,7 @@ def install_journey_stage(
         contact_writes = await encoded(core.record_changes, core.record_state)
         emitted_writes = await encoded(core.store.emitted_changes, functools.partial(_emitted_value, core))
         # last of the last table: durable only when everything this round changed is
-        emitted_writes.append((journey_stage.INPUT_OFFSET_KEY, journey_stage.offset_value(next_offset)))
+        emitted_writes.append((journey_stage.INPUT_OFFSET_KEY, journey_stage.offset_value(next_offset, version_base)))
         # identity components first: a contact's anchor never reaches a changelog before its component
         for name, table, writes in (
             ("identity", identity, identity_writes),
@@ -502,10 +505,15 @@ def install_journey_stage(
             jm.JOURNEY_RECORDS.labels("applied").inc(len(records))
         count_identity(core)
         as_of = core.as_of_ms or None
-        changed = core.changes(as_of, CHANGES_SLICE)
+        last = messages[-1][0]
+        base = state.version_base
+        if base is None:  # a new state, or one written before bases were kept: once
+            base = journey_stage.version_base((e.version for e in core.store._emitted.values()), core.as_of_ms)
+        version = journey_stage.round_version(base, last + 1)
+        changed = core.changes(as_of, CHANGES_SLICE, version)
         while core.store.pending:
             await asyncio.sleep(0)
-            changed += core.changes(as_of, CHANGES_SLICE)
+            changed += core.changes(as_of, CHANGES_SLICE, version)
         while as_of is not None:
             evicted = core.evict_due(as_of, EVICT_SLICE)
             if evicted.journeys:
@@ -518,9 +526,8 @@ def install_journey_stage(
             await asyncio.sleep(0)
         if changed:
             await write_outputs(changed)
-        last = messages[-1][0]
-        await persist(core, last + 1)
-        state.next_offset, state.last_round = last + 1, time.monotonic()
+        await persist(core, last + 1, base)
+        state.next_offset, state.version_base, state.last_round = last + 1, base, time.monotonic()
         gauges(core)
         jm.JOURNEY_BATCHES.inc(len(messages))
         jm.JOURNEY_ROUND_SECONDS.inc(time.perf_counter() - began)

@@ -179,21 +179,43 @@ def decode_components(values: list[bytes]) -> tuple[list[list[Node]], list[str]]
 
 
 # the `journey-emitted` entry holding the offset of the next input message the state has not applied
-# (written with the round's last table, so it is durable only once the round's state is); no journey
-# id starts with a NUL
+# and the base of the journey versions (`round_version`), written with the round's last table, so
+# durable only once the round's state is; no journey id starts with a NUL
 INPUT_OFFSET_KEY = b"\x00next-input-offset"
 
 
-def offset_value(offset: int) -> bytes:
-    return str(offset).encode()
+def offset_value(offset: int, version_base: int) -> bytes:
+    return f"{offset} {version_base}".encode()
 
 
-def stored_offset(value: bytes | None) -> int | None:
-    """The offset an `INPUT_OFFSET_KEY` entry holds (None: none, or unreadable)."""
+def stored_offset(value: bytes | None) -> tuple[int | None, int | None]:
+    """The offset and the version base an `INPUT_OFFSET_KEY` entry holds (None: none, unreadable,
+    or a base not kept yet: the entry was written before bases were)."""
+    parts = [] if value is None else value.split()
     try:
-        return None if value is None else int(value)
+        numbers = [int(part) for part in parts[:2]]
     except ValueError:
-        return None
+        return None, None
+    return (numbers[0] if numbers else None), (numbers[1] if len(numbers) > 1 else None)
+
+
+def version_base(versions: Iterable[int], as_of_ms: int) -> int:
+    """The base of the journey versions of a state that has none yet (new, or written before bases
+    were kept): above every version the state holds and every version a first write could have had
+    before (`as_of * 1000`, `JourneyStore`)."""
+    return max(max(versions, default=0) + 1, as_of_ms * 1000, 1)
+
+
+def round_version(version_base: int, next_offset: int) -> int:
+    """The version of every journey a round writes: the base plus the offset after the round's last
+    message. Offsets only grow, so versions do, across restarts and owners; and they are a function
+    of where the round ends, not of how many rounds came before it. A worker killed after writing a
+    round's rows but before persisting its state wrote them at the version its successor gives the
+    same messages: the successor's rounds may end elsewhere (the messages waiting when it starts),
+    and a round ending later writes a higher version. With `last version + 1` both wrote the next
+    version, the killed one with less in it, and a store keeping either at a tie could keep the
+    stale one (the two-worker journey test lost one journey's resolution this way, once)."""
+    return version_base + next_offset
 
 
 def arrival_seq(offset: int, index: int) -> int:

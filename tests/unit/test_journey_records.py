@@ -33,6 +33,10 @@ from pipeline.worker.journeys import (
     emitted_value,
     journey_document,
     journey_json,
+    offset_value,
+    round_version,
+    stored_offset,
+    version_base,
 )
 
 START = to_ms(datetime(2026, 3, 2, tzinfo=UTC))
@@ -94,18 +98,22 @@ def feed(
     take: int = 1,
     limit: int | None = None,
     tables: Tables | None = None,
+    base: int | None = None,
 ) -> list[JourneyVersion]:
     """What the journey stage does per round of `take` messages: apply their records, take the
-    changes (in slices of `limit` customers), evict, and (with `tables`) write the changed keys."""
+    changes (in slices of `limit` customers) at the round's version (with `base`, as the stage
+    numbers them), evict, and (with `tables`) write the changed keys."""
     out: list[JourneyVersion] = []
     for start in range(0, len(batches), take):
-        for n, batch in enumerate(batches[start : start + take], start=first_offset + start):
+        round_batches = batches[start : start + take]
+        for n, batch in enumerate(round_batches, start=first_offset + start):
             for index, record in enumerate(records_of(batch)):
                 stitcher.apply(ContactRecord.from_json(record.to_json()).with_seq(arrival_seq(n, index)))
         as_of = stitcher.as_of_ms or None
-        out += stitcher.changes(as_of, limit)
+        version = None if base is None else round_version(base, first_offset + start + len(round_batches))
+        out += stitcher.changes(as_of, limit, version)
         while stitcher.store.pending:
-            out += stitcher.changes(as_of, limit)
+            out += stitcher.changes(as_of, limit, version)
         if evict and as_of is not None:
             stitcher.evict_due(as_of)
         if tables is not None:
@@ -250,6 +258,56 @@ def test_restored_state_continues_exactly_like_an_uninterrupted_run(
     assert final(emitted) == reference
     assert sorted(restored.records) == sorted(whole.records)
     assert partition(tables.restore()) == partition(restored) == partition(whole)
+
+
+def combined(written: list[JourneyVersion]) -> dict[str, Journey]:
+    """The journeys table as FINAL shows it when several writers wrote in any order (a killed
+    worker's last round, then its successor's): highest version per journey; two writes of one
+    version must say the same, or the table could keep either."""
+    best: dict[str, JourneyVersion] = {}
+    for v in written:
+        known = best.get(v.journey.journey_id)
+        if known is not None and v.version == known.version:
+            assert (v.deleted, v.journey) == (known.deleted, known.journey), (
+                f"{v.journey.journey_id}: version {v.version} written twice with different content"
+            )
+        if known is None or v.version > known.version:
+            best[v.journey.journey_id] = v
+    return {j: v.journey for j, v in best.items() if not v.deleted}
+
+
+@pytest.mark.parametrize(("dead_take", "successor_take"), [(1, 4), (3, 5), (4, 2)])
+def test_a_round_written_but_not_persisted_is_outranked_by_its_successors(dead_take: int, successor_take: int) -> None:
+    """A worker writes a round's rows and documents, then is killed before persisting the round's
+    state. Its successor restores the state before that round and reads on from there, in rounds
+    ending elsewhere (whatever is waiting when it starts). All versions ever written, combined
+    highest-wins, equal an uninterrupted run's journeys, and no version is written twice with
+    different content. (Versions counted `last + 1` gave the killed round's journeys and the
+    successor's first round the same versions, with different content.)"""
+    _, events = simulated(9, 2, 60.0, 400)
+    batches = batched(events, 200, random.Random(9))
+    base = version_base([], START)
+    reference = final(feed(Stitcher(), batches, 0, base=base))
+    tables = Tables()
+    for cut in range(len(batches) // 4, len(batches) - 8, len(batches) // 5):
+        dead = Stitcher()
+        written = feed(dead, batches[:cut], 0, tables=tables, base=base)
+        # the killed round: applied and written, not persisted
+        written += feed(dead, batches[cut : cut + dead_take], cut, base=base)
+        restored = tables.restore()
+        written += feed(restored, batches[cut:], cut, take=successor_take, base=base)
+        assert combined(written) == reference
+        tables = Tables()
+
+
+def test_the_offset_entry_keeps_the_version_base() -> None:
+    assert stored_offset(offset_value(1234, 1_772_000_000_000_000)) == (1234, 1_772_000_000_000_000)
+    assert stored_offset(b"1234") == (1234, None)  # written before bases were kept
+    assert stored_offset(None) == stored_offset(b"x") == (None, None)
+    # a state without a base: above every version it holds and every first write before it
+    assert version_base([5, 1_772_000_000_000_900], 1_772_000_000_000) == 1_772_000_000_000_901
+    assert version_base([], 1_772_000_000_001) == 1_772_000_000_001_000
+    assert round_version(1_000, 7) < round_version(1_000, 8)
 
 
 @pytest.mark.parametrize(("take", "limit"), [(1, 3), (5, None), (5, 7)])
