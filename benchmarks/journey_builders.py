@@ -144,14 +144,14 @@ def main(
     for _, event in Simulation(config).run():
         pending.append(event)
         if len(pending) >= batch:
-            waiting += [value for _, value in stage.forward_messages(pending)]
+            waiting += [value for _, value, _ in stage.forward_messages(pending)]
             pending = []
             while len(waiting) >= take:
                 for value in waiting[:take]:
                     route(value)
                 del waiting[:take]
                 end_round()
-    for value in waiting + [value for _, value in stage.forward_messages(pending)]:
+    for value in waiting + [value for _, value, _ in stage.forward_messages(pending)]:
         route(value)
     end_round()
     while any(queues):

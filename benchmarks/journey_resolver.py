@@ -7,8 +7,9 @@ The worker does not run this split yet; its core is `pipeline.journeys.split` (R
 journeys", scale-out). Today one partition both ties identities and builds journeys
 (`benchmarks/journeys.py` prints its contacts/s); 20,000 contacts/s on one partition needs the
 per-journey work (rebuilding, rows, documents, state) spread over builder partitions, which leaves
-on the one partition what this measures. Per forwarded message, as the stage reads them: the
-records' JSON parsed, and for each record only its contact id, identifiers, links and time read
+on the one partition what this measures. Per forwarded message, as the stage reads them: its
+identity header parsed (`pipeline.worker.journeys.IDENTITY_HEADER`: each record's contact id,
+time, identifiers and links; `--records`: the records' JSON parsed instead, as before the header)
 and handed to `Resolver.tie` (the graph's unions as `Stitcher.apply` makes them, the messages a
 merge needs, the customer key and its builder), its line routed unparsed; then the resolver's
 retention (`Resolver.evict_due`: contact nodes forgotten `keep` after their last record, customers
@@ -62,6 +63,7 @@ def split_options(days: float, builders: int) -> Callable[[Command], Command]:
 @split_options(days=1.0, builders=8)
 @click.option("--keep-hours", type=float, default=24.0, show_default=True, help="Journey keep (lateness bound).")
 @click.option("--identity-days", type=float, default=30.0, show_default=True, help="Identity retention.")
+@click.option("--records", "parse_records", is_flag=True, help="Parse the records instead of the identity header.")
 def main(
     days: float,
     rate: float,
@@ -71,19 +73,22 @@ def main(
     seed: int,
     keep_hours: float,
     identity_days: float,
+    parse_records: bool,
 ) -> None:
     start = to_ms(datetime(2026, 3, 2, tzinfo=UTC))
     config = SimConfig(seed=seed, start_ms=start, duration_ms=int(days * DAY), rate=rate, customers=customers)
-    messages: list[bytes] = []
+    messages: list[tuple[bytes, dict[str, bytes]]] = []
     pending = []
     contacts: set[str] = set()
     for _, event in Simulation(config).run():
         pending.append(event)
         contacts.add(event.contact_id)
         if len(pending) >= batch:
-            messages += [value for _, value in stage.forward_messages(pending)]
+            messages += [
+                (value, {} if parse_records else headers) for _, value, headers in stage.forward_messages(pending)
+            ]
             pending = []
-    messages += [value for _, value in stage.forward_messages(pending)]
+    messages += [(value, {} if parse_records else headers) for _, value, headers in stage.forward_messages(pending)]
     del pending
     # the collector as the worker runs it: its thresholds, what exists before the run frozen, and
     # what survived young collections frozen every FREEZE_SECONDS
@@ -96,15 +101,19 @@ def main(
     steps: defaultdict[str, float] = defaultdict(float)
     records = merges = component_writes = 0
     began = settled = time.perf_counter()
-    for value in messages:
+    for value, headers in messages:
         t0 = time.perf_counter()
-        lines = value.strip(b"\n").split(b"\n")
-        items = parse_json(b"[" + b",".join(lines) + b"]", cache_strings=False)
+        lines = value.split(b"\n")
+        identities = stage.read_identities(headers.items(), len(lines))
+        if identities is None:  # a message without the header: its records parsed
+            items = parse_json(b"[" + b",".join(lines) + b"]", cache_strings=False)
+            identities = [
+                (i["c"], i.get("s", 0), [(k, v) for k, v, _ in i.get("id", ())], [ln[:4] for ln in i.get("ln", ())])
+                for i in items
+            ]
         t1 = time.perf_counter()
-        for line, item in zip(lines, items, strict=True):
-            ids = [(kind, ident) for kind, ident, _ in item.get("id", ())]
-            links = [(a, b, c, d) for a, b, c, d, _ in item.get("ln", ())]
-            sent, customer, at = resolver.tie(item["c"], ids, links, item.get("s", 0))
+        for line, (contact_id, seen_us, ids, links) in zip(lines, identities, strict=True):
+            sent, customer, at = resolver.tie(contact_id, ids, links, seen_us)
             merges += len(sent)
             routed[at].append((customer.encode(), line))
         records += len(lines)
@@ -123,7 +132,7 @@ def main(
             gc.freeze()
             settled = time.perf_counter()
             steps["collector (settling)"] += settled - t3
-        steps["reading the records' JSON"] += t1 - t0
+        steps["reading the records' JSON" if parse_records else "reading the identity header"] += t1 - t0
         steps["tying identifiers, routing"] += t2 - t1
         steps["retention"] += t2r - t2
         steps["encoding changed components"] += t3 - t2r

@@ -107,7 +107,7 @@ def main(days: float, rate: float, customers: int, batch: int, seed: int, take: 
         t0 = time.perf_counter()
         messages = stage.forward_messages(events)
         t1 = time.perf_counter()
-        waiting.extend(value for _, value in messages)
+        waiting.extend(value for _, value, _ in messages)
         while len(waiting) >= take or (last and waiting):
             run_round(waiting[:take])
             del waiting[:take]

@@ -48,6 +48,7 @@ from pipeline.worker.consumer import BatchConsumer, Records, StageHooks
 from pipeline.worker.forget_view import install_forget_view
 from pipeline.worker.health import Health
 from pipeline.worker.journey_agent import forward_events, install_journey_stage
+from pipeline.worker.journeys import ForwardLine
 from pipeline.worker.loop_watch import watch_loop
 from pipeline.worker.outbox import Outbox
 from pipeline.worker.produce import produce
@@ -357,7 +358,7 @@ def _analytics(shared: Shared) -> AnalyticsStage:
     async def send(topic: str, messages: list[Outgoing]) -> None:
         await produce(app, topic, messages)
 
-    async def forward_to_journeys(lines: list[tuple[int, bytes]]) -> None:
+    async def forward_to_journeys(lines: list[ForwardLine]) -> None:
         await forward_events(app, settings.topics.journey_events, lines)
 
     stages.release_limit = SLA_RELEASE_PER_TICK

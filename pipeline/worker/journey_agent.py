@@ -76,10 +76,10 @@ TAIL_IDLE_SECONDS = 10.0
 TAKE_WITHIN_SECONDS = 0.05
 
 
-async def forward_events(app: faust.App, topic: str, lines: list[tuple[int, bytes]]) -> None:
+async def forward_events(app: faust.App, topic: str, lines: list[journey_stage.ForwardLine]) -> None:
     """What the analytics stage hands the journey stage (`journey_stage.forward_lines` of the
     batches' new valid events), delivered before the batches count as checkpointable."""
-    await produce(app, topic, ((key, value, None) for key, value in journey_stage.forward_chunks(lines)))
+    await produce(app, topic, journey_stage.forward_chunks(lines))
 
 
 def _emitted_value(core: Stitcher, journey_id: str) -> bytes | None:

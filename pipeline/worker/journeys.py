@@ -39,8 +39,17 @@ from pipeline.worker.health import Health
 
 log = logging.getLogger(__name__)
 
-# stay under the producer's 1 MB request limit
-MAX_FORWARD_BYTES = 700_000
+# a forwarded message's record lines; its identity header (`IDENTITY_HEADER`) is smaller than the
+# lines it describes (each element is part of its line), so the two stay under the producer's 1 MB
+# request limit
+MAX_FORWARD_BYTES = 450_000
+# the Kafka header of a forwarded message holding, per record line and in their order, what the
+# identity graph reads: `[contact id, seen (µs), [[kind, value], ...], [[kind, value, kind, value],
+# ...]]`. A resolver partition (`pipeline.journeys.split`, README: scale-out) ties and routes from
+# it without parsing the records: 20.7-22.9 µs a record over a simulated week against 27.3-32.4
+# parsing them (benchmarks/journey_resolver.py, alternating runs in one process). Readers that
+# take the records (this stage) ignore it, so a message is readable without it.
+IDENTITY_HEADER = "touchline-identities"
 SHARDS = 1  # the identity graph is global: one shard, one partition
 # messages the stage takes as one round at most (`pipeline.worker.journey_agent`), when that many
 # are waiting
@@ -86,25 +95,56 @@ def shard_of(contact_id: str, shards: int = SHARDS) -> int:
     return zlib.crc32(contact_id.encode()) % shards if shards > 1 else 0
 
 
-def forward_lines(events: Iterable[EventBase], shards: int = SHARDS) -> list[tuple[int, bytes]]:
-    """One (shard, record line) per contact of `events`: what the analytics stage keeps until the
-    journey stage has it (the events themselves can be freed)."""
-    return [(shard_of(record.contact_id, shards), record.to_json()) for record in records_of(events)]
+# a record's identity, as `IDENTITY_HEADER` carries it: contact id, seen (µs), identifiers, links
+Identity = tuple[str, int, list[tuple[str, str]], list[tuple[str, str, str, str]]]
+ForwardLine = tuple[int, bytes, Identity]  # shard, record line, identity
 
 
-def forward_chunks(lines: Iterable[tuple[int, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The (key, value) messages carrying `forward_lines` output: grouped by shard, cut under the
-    producer's size limit."""
-    by_shard: dict[int, list[bytes]] = {}
-    for shard, line in lines:
-        by_shard.setdefault(shard, []).append(line)
-    return [(f"shard-{shard}".encode(), chunk) for shard, lines in sorted(by_shard.items()) for chunk in chunks(lines)]
+def forward_lines(events: Iterable[EventBase], shards: int = SHARDS) -> list[ForwardLine]:
+    """One (shard, record line, identity) per contact of `events`: what the analytics stage keeps
+    until the journey stage has it (the events themselves can be freed)."""
+    return [
+        (shard_of(r.contact_id, shards), r.to_json(), (r.contact_id, r.seen_us, list(r.ids), list(r.links)))
+        for r in records_of(events)
+    ]
 
 
-def forward_messages(events: Iterable[EventBase], shards: int = SHARDS) -> list[tuple[bytes, bytes]]:
-    """The (key, value) messages that carry `events` to the journey stage: one record per contact,
-    grouped by shard, cut under the producer's size limit."""
+def forward_chunks(lines: Iterable[ForwardLine]) -> list[tuple[bytes, bytes, dict[str, bytes]]]:
+    """The (key, value, headers) messages carrying `forward_lines` output: grouped by shard, cut
+    under the size limit, each with its lines' identities in `IDENTITY_HEADER`."""
+    by_shard: dict[int, list[tuple[bytes, Identity]]] = {}
+    for shard, line, identity in lines:
+        by_shard.setdefault(shard, []).append((line, identity))
+    out: list[tuple[bytes, bytes, dict[str, bytes]]] = []
+    for shard, items in sorted(by_shard.items()):
+        key = f"shard-{shard}".encode()
+        start = 0
+        for chunk in chunks([line for line, _ in items]):
+            end = start + chunk.count(b"\n") + 1  # a record's JSON holds no raw newline
+            header = encode_json([identity for _, identity in items[start:end]])
+            out.append((key, chunk, {IDENTITY_HEADER: header}))
+            start = end
+    return out
+
+
+def forward_messages(events: Iterable[EventBase], shards: int = SHARDS) -> list[tuple[bytes, bytes, dict[str, bytes]]]:
+    """The (key, value, headers) messages that carry `events` to the journey stage: one record per
+    contact, grouped by shard, cut under the size limit (`forward_chunks`)."""
     return forward_chunks(forward_lines(events, shards))
+
+
+def read_identities(headers: Iterable[tuple[str, bytes]], lines: int) -> list[Identity] | None:
+    """The identities of a forwarded message's `lines` record lines from its Kafka headers, None
+    when it has none that fits (sent without, or unreadable: read the records instead)."""
+    for name, value in headers:
+        if name != IDENTITY_HEADER:
+            continue
+        try:
+            items = parse_json(value, cache_strings=False)
+        except ValueError:
+            return None
+        return items if isinstance(items, list) and len(items) == lines else None
+    return None
 
 
 def read_records(value: bytes) -> tuple[list[ContactRecord], list[str]]:

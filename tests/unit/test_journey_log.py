@@ -1,5 +1,6 @@
 """The journey stage's wire format: contact records cut under the size limit, read back, bad lines
-skipped; arrival order stable under redelivery."""
+skipped; the identity header a resolver reads instead of the records; arrival order stable under
+redelivery."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def test_one_record_per_contact_is_forwarded_and_read_back() -> None:
     queued = Queued(event_id="q0", occurred_at=T0 + timedelta(seconds=1), channel=Channel.CHAT, contact_id="c0")
     events = [started(0), started(1, minutes=5), queued, started(0)]  # e0 twice
     messages = stage.forward_messages(events)
-    assert [key for key, _ in messages] == [b"shard-0"]
+    assert [key for key, _, _ in messages] == [b"shard-0"]
     records, rejected = stage.read_records(messages[0][1])
     assert rejected == []
     assert [r.contact_id for r in records] == ["c0", "c1"]
@@ -47,6 +48,38 @@ def test_one_record_per_contact_is_forwarded_and_read_back() -> None:
     assert records[0].summary().first_human_at is None and records[0].flags  # queued: routed
     # smaller than the events they stand for
     assert len(messages[0][1]) < sum(len(to_json(e)) for e in events)
+
+
+def test_the_identity_header_says_what_each_record_line_carries_and_fits_the_limit() -> None:
+    """Every forwarded message's header holds, line by line, the record's contact id, time,
+    identifiers and links (the records read back are the oracle), and a message with its header
+    stays under the producer's 1 MB request limit, however many contacts a batch holds."""
+    events = []
+    for n in range(6_000):
+        event = started(n, minutes=n % 600)
+        ids = {"customer_id": f"C{n % 900}", "phone": f"+4479{n:08d}", "email": f"user{n}@example.com"}
+        events.append(event.model_copy(update={"customer": CustomerIdentifiers(**ids)}))
+    messages = stage.forward_messages(events)
+    assert len(messages) > 1
+    read = 0
+    for _, value, headers in messages:
+        assert len(value) + sum(len(k) + len(v) for k, v in headers.items()) < 1_000_000
+        records, rejected = stage.read_records(value)
+        identities = stage.read_identities(headers.items(), value.count(b"\n") + 1)
+        assert rejected == [] and identities is not None
+        expected = [[r.contact_id, r.seen_us, [list(i) for i in r.ids], [list(ln) for ln in r.links]] for r in records]
+        assert identities == expected
+        read += len(records)
+    assert read == 6_000
+
+
+def test_a_message_without_a_fitting_identity_header_is_read_from_its_records() -> None:
+    _, value, headers = stage.forward_messages([started(0), started(1)])[0]
+    assert stage.read_identities(headers.items(), 2) is not None
+    assert [r.contact_id for r in stage.read_records(value)[0]] == ["c0", "c1"]  # what a reader falls back on
+    assert stage.read_identities([], 2) is None  # sent without one
+    assert stage.read_identities(headers.items(), 3) is None  # not these lines
+    assert stage.read_identities([(stage.IDENTITY_HEADER, b"{not json")], 2) is None
 
 
 def test_unreadable_lines_are_skipped_with_a_reason_and_no_value() -> None:

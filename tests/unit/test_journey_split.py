@@ -27,7 +27,18 @@ from pipeline.events.models import (
 )
 from pipeline.journeys.model import Journey, JourneyConfig, JourneyVersion
 from pipeline.journeys.record import ContactRecord, records_of
-from pipeline.journeys.split import Builder, Expect, Forget, Message, Resolver, Routed, TakeOver, Tick, check_windows
+from pipeline.journeys.split import (
+    Builder,
+    Expect,
+    Filed,
+    Forget,
+    Message,
+    Resolver,
+    Routed,
+    TakeOver,
+    Tick,
+    check_windows,
+)
 from pipeline.journeys.stitcher import Stitcher
 from pipeline.journeys.store import JourneyStore
 from pipeline.simulator.model import SimConfig, Simulation
@@ -45,7 +56,7 @@ def forwarded(hours: float, seed: int, customers: int, batch: int) -> list[list[
     events = [event for _, event in Simulation(config).run()]
     messages: list[list[ContactRecord]] = []
     for at in range(0, len(events), batch):
-        for _, value in stage.forward_messages(events[at : at + batch]):
+        for _, value, _ in stage.forward_messages(events[at : at + batch]):
             records, rejected = stage.read_records(value)
             assert not rejected
             offset = len(messages)
@@ -273,6 +284,31 @@ def test_builders_give_the_journeys_of_one_stage_on_a_simulated_day(simulated: l
     got = split_stage(simulated, config, builders=4, seed=7).versions
     assert len(live(expected)) > 1000
     assert live(got) == live(expected)
+
+
+def test_a_resolver_reading_the_identity_headers_ties_and_routes_as_one_reading_the_records() -> None:
+    """The resolver reads each forwarded message's identity header, not its records: over a
+    simulated half day with identity links and merges, every record gets the customer, builder and
+    merge messages it gets when the resolver reads the records (`Resolver.apply`)."""
+    start = to_ms(datetime(2026, 3, 2, tzinfo=UTC))
+    config = SimConfig(seed=5, start_ms=start, duration_ms=12 * HOUR, rate=4000, customers=800)
+    events = [event for _, event in Simulation(config).run()]
+    from_records, from_headers = Resolver(4), Resolver(4)
+    merges = links = 0
+    for at in range(0, len(events), 300):
+        for _, value, headers in stage.forward_messages(events[at : at + 300]):
+            records, _ = stage.read_records(value)
+            identities = stage.read_identities(headers.items(), len(records))
+            assert identities is not None
+            for record, (contact_id, seen_us, ids, tied) in zip(records, identities, strict=True):
+                routed = from_records.apply(record)
+                *sent, (builder, filed) = routed
+                assert isinstance(filed, Filed)
+                assert from_headers.tie(contact_id, ids, tied, seen_us) == (sent, filed.customer, builder)
+                merges += len(sent)
+                links += len(tied)
+    assert links > 50 and merges > 0
+    assert from_headers.owner == from_records.owner and from_headers.seen == from_records.seen
 
 
 def test_one_builder_is_one_stage(simulated: list[list[ContactRecord]]) -> None:
