@@ -46,9 +46,9 @@ MAX_FORWARD_BYTES = 450_000
 # the Kafka header of a forwarded message holding, per record line and in their order, what the
 # identity graph reads: `[contact id, seen (µs), [[kind, value], ...], [[kind, value, kind, value],
 # ...]]`. A resolver partition (`pipeline.journeys.split`, README: scale-out) ties and routes from
-# it without parsing the records: 20.7-22.9 µs a record over a simulated week against 27.3-32.4
-# parsing them (benchmarks/journey_resolver.py, alternating runs in one process). Readers that
-# take the records (this stage) ignore it, so a message is readable without it.
+# it without parsing the records: 20.6-20.7 µs a record over a simulated week against 26.6-29.8
+# parsing them (benchmarks/journey_resolver.py --days 7, with and without --records, alternating).
+# Readers that take the records (this stage) ignore it, so a message is readable without it.
 IDENTITY_HEADER = "touchline-identities"
 SHARDS = 1  # the identity graph is global: one shard, one partition
 # messages the stage takes as one round at most (`pipeline.worker.journey_agent`), when that many
