@@ -198,9 +198,9 @@ class Resolver:
         graph, owner = self.graph, self.owner
         merges: list[Merge] = list(graph.add_contact_values(contact_id, ids).merges)
         tied: list[Link] = []
-        for link in links:
-            merges += graph.link_values(*link).merges
-            tied.append(link)
+        for a, b, c, d in links:  # tuples again (a message's identity header gives lists): kept, compared
+            merges += graph.link_values(a, b, c, d).merges
+            tied.append((a, b, c, d))
         seen_ms = seen_us // 1000
         known = self.seen.get(contact_id)
         if known is None:
