@@ -212,6 +212,7 @@ class _Root:
     # time of the component's contacts (ms) and the identity links they tied
     newest_ms: int = 0
     links: list[tuple[str, str, str, str]] | None = None
+    gone: bool = False  # dropped, erased or absorbed by another component: no longer in the graph
 
     @property
     def key(self) -> str:
@@ -368,6 +369,21 @@ class IdentityGraph:
         root = self._root_of.get((CONTACT, contact_id))
         return None if root is None else self._roots[root]
 
+    def component_named(self, key: str) -> _Root | None:
+        """The component whose customer key is `key`, None when no component has it (now)."""
+        node = key_node(key)
+        root = None if node is None else self._root_of.get(node)
+        if root is None:
+            return None
+        component = self._roots[root]
+        return component if component.key == key else None
+
+    @staticmethod
+    def entry_key(component: _Root) -> Node | None:
+        """The key of a component's persisted entry (its smallest identifier), None for a component
+        without identifiers (one contact alone, which has no entry)."""
+        return _best_node(component)
+
     def customers_of_contacts(self, contact_ids: Iterable[str]) -> dict[str, str]:
         """`customer_of_contact` of many contacts (each component's key built once), known ones only."""
         keys: dict[Node, str] = {}
@@ -412,6 +428,7 @@ class IdentityGraph:
         if root is None:
             return 0
         component = self._roots.pop(root)
+        component.gone = True
         self._touch(component)
         for node in component.members:
             del self._root_of[node]
@@ -430,6 +447,7 @@ class IdentityGraph:
         if any(member[0] == CONTACT for member in component.members):
             return 0
         del self._roots[root]
+        component.gone = True
         self._touch(component)
         for member in component.members:
             del self._root_of[member]
@@ -454,6 +472,7 @@ class IdentityGraph:
         keys: set[str] = set()
         for root in roots:
             component = self._roots.pop(root)
+            component.gone = True
             self._touch(component)
             keys.add(component.key)
             for node in component.members:
@@ -721,7 +740,9 @@ class IdentityGraph:
         root_of = self._root_of
         for node in right.members:
             root_of[node] = ra
-        left.absorb(self._roots.pop(rb))
+        absorbed = self._roots.pop(rb)
+        absorbed.gone = True
+        left.absorb(absorbed)
         survivor = left.key
         for key, contacts in old:
             if contacts and key != survivor:

@@ -403,13 +403,8 @@ def person_of(journey: Journey) -> Journey:
     return dataclasses.replace(journey, customer=str(person(journey.customer.partition(":")[2])))
 
 
-def assert_bounded(split: Split, retention: Retention) -> None:
-    """What retention leaves after a stream (with every due entry processed): the resolver keeps a
-    contact node up to twice `keep` after the contact's newest event; as its customer's last node,
-    within identity retention of the customer's newest event; one that was the last when another
-    joined, within identity retention of its own. A builder's record is in a journey still open or
-    had an event within `keep`."""
-    resolver = split.resolver
+def assert_resolver_bounded(resolver: Resolver, retention: Retention) -> None:
+    """The resolver's half of `assert_bounded`."""
     as_of = resolver.as_of_ms
     for contact_id, newest in resolver.seen.items():
         if newest + 2 * retention.keep_ms < as_of:
@@ -417,6 +412,16 @@ def assert_bounded(split: Split, retention: Retention) -> None:
             assert component is not None
             last = component.newest_ms if component.contacts == 1 else newest
             assert last + retention.identity_ms >= as_of
+
+
+def assert_bounded(split: Split, retention: Retention) -> None:
+    """What retention leaves after a stream (with every due entry processed): the resolver keeps a
+    contact node up to twice `keep` after the contact's newest event; as its customer's last node,
+    within identity retention of the customer's newest event; one that was the last when another
+    joined, within identity retention of its own. A builder's record is in a journey still open or
+    had an event within `keep`."""
+    assert_resolver_bounded(split.resolver, retention)
+    as_of = split.resolver.as_of_ms
     for part in split.builders:
         assert part.as_of_ms == as_of
         for contact_id, record in part.records.items():
