@@ -28,9 +28,9 @@ retention and erasure); the worker does not run it yet (no Faust shell). Design:
   (`tick`), where one stage does after each round.
 * **Retention, each half by event time**, with the single stage's outcome. A builder forgets a
   journey's contacts `close_time` after it (where `Stitcher.evict_due` strips them) and an
-  identity-only record `keep` after its newest event, but holds a customer's contacts while
-  hand-overs to it are under way: the contacts they bring may keep its journeys open (the single
-  stage had them at the merge). The resolver forgets a contact's node `keep` after that
+  identity-only record `keep` after its newest event, but holds a customer's contacts not due by
+  the earliest merge of the hand-overs to it still under way: the contacts they bring may keep
+  its journeys open (the single stage had them at the merge). The resolver forgets a contact's node `keep` after that
   contact's newest event (no record of it can come later) when another contact of its customer
   remains, which carries its links and newest time on (a customer who keeps coming back holds a
   node per contact of the last `identity_retention`, not one per contact ever made), and drops a
@@ -93,10 +93,13 @@ class HandOver:
 
 @dataclass(frozen=True, slots=True)
 class Expect:
-    """A book is being handed over to this builder for `customer` (a `TakeOver` named `ref` will come)."""
+    """A book is being handed over to this builder for `customer` (a `TakeOver` named `ref` will
+    come); `as_of_ms`: the resolver's event time at its last `Tick` before the merge, when one
+    stage last ran retention on the two books apart."""
 
     customer: str
     ref: str
+    as_of_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +112,7 @@ class TakeOver:
     emitted: tuple[tuple[str, Emitted], ...]
     ref: str
     passes: frozenset[str] = frozenset()
+    times: tuple[tuple[str, int], ...] = ()  # the `Expect` times of `passes`
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +242,7 @@ class Resolver:
         # of the message: a hand-over is then `<naming>/<absorbed customer>`, named the same when
         # the message is read again after a crash
         self.hand_overs = 0
+        self.ticked_ms = 0  # the event time of the last `tick`
         self.naming: str | None = None
         # keys changed since the last `state_changes` (each a set add per record: cheap next to
         # the tie itself)
@@ -296,7 +301,7 @@ class Resolver:
                     ref = str(self.hand_overs)
                 else:
                     ref = f"{self.naming}/{merge.absorbed}"
-                out.append((survivor_at, Expect(merge.survivor, ref)))
+                out.append((survivor_at, Expect(merge.survivor, ref, self.ticked_ms)))
                 out.append((absorbed_at, HandOver(merge.absorbed, merge.survivor, survivor_at, ref)))
         component = graph.component_of_contact(contact_id)
         assert component is not None
@@ -317,6 +322,7 @@ class Resolver:
         return out, customer, at
 
     def tick(self) -> list[Routed]:
+        self.ticked_ms = self.as_of_ms
         return [(builder, Tick(self.as_of_ms)) for builder in range(self.builders)]
 
     def read(self, name: str, records: Iterable[ContactRecord]) -> list[Routed]:
@@ -472,7 +478,8 @@ class Resolver:
             component.newest_ms = max(component.newest_ms, entry.newest_ms)
             if entry.links:
                 component.links = list(entry.links)
-        resolver.as_of_ms, resolver.hand_overs = as_of_ms, hand_overs
+        resolver.as_of_ms = resolver.ticked_ms = as_of_ms  # a checkpoint follows a message's `Tick`
+        resolver.hand_overs = hand_overs
         return resolver
 
 
@@ -495,6 +502,9 @@ class Builder:
         self.discard: dict[str, set[str]] = {}
         # customer -> its contacts whose retention waits for hand-overs under way
         self.held: dict[str, list[str]] = {}
+        # hand-over under way to a customer here -> its `Expect` time: before the earliest of a
+        # customer's, one stage ran retention on its book alone, so what was due by then goes
+        self.ref_time: dict[str, int] = {}
         self._expiry: list[tuple[int, str]] = []  # (check at, contact id): one entry per record
         self.as_of_ms = 0
         # the stamp of the last resolver message taken (`receive`)
@@ -524,6 +534,7 @@ class Builder:
             self.as_of_ms = max(self.as_of_ms, message.as_of_ms)
         elif isinstance(message, Expect):
             self.pending.setdefault(message.customer, set()).add(message.ref)
+            self.ref_time[message.ref] = message.as_of_ms
         elif isinstance(message, Renamed):
             absorbed, survivor = message.absorbed, message.survivor
             self.store.apply_merge(Merge(survivor, absorbed))
@@ -544,9 +555,11 @@ class Builder:
             emitted = self.store.hand_over(absorbed, contacts)
             self.held.pop(absorbed, None)
             waiting = self.pending.pop(absorbed, set())
+            times = tuple((ref, self.ref_time.pop(ref, 0)) for ref in sorted(waiting))
             if waiting:
                 self.moved[absorbed] = (message.survivor, message.to, set(waiting))
-            return [(message.to, TakeOver(message.survivor, records, emitted, message.ref, frozenset(waiting)))]
+            taken = TakeOver(message.survivor, records, emitted, message.ref, frozenset(waiting), times)
+            return [(message.to, taken)]
         elif isinstance(message, Forget):
             self._drop(message.customers, message.contacts)
         else:
@@ -568,28 +581,36 @@ class Builder:
 
     def evict_due(self, budget: int = 10_000) -> bool:
         """Retention at the resolver's event time (module docstring), at most `budget` heap entries;
-        True when entries due are left. A customer's contacts wait while hand-overs to it are under
-        way: the contacts they bring may join its journeys (the single stage had them already)."""
+        True when entries due are left. While hand-overs to a customer are under way, its contacts
+        go only if they were due by the earliest one's `Expect` time (one stage evicted them
+        before the merge, from the book this builder holds) and wait otherwise: the contacts the
+        hand-over brings may join their journeys, as one stage had them at the merge."""
         heap, records, store, as_of = self._expiry, self.records, self.store, self.as_of_ms
+        pending, ref_time = self.pending, self.ref_time
         for contact_id in popped_due(heap, as_of, budget):
             record = records.get(contact_id)
             if record is None:
                 continue
             customer = self.customer_of[contact_id]
-            if customer in self.pending:
-                self.held.setdefault(customer, []).append(contact_id)
-                continue
-            due = store.due_span(customer, contact_id, self.keep_ms, as_of) if record.active else None
+            waiting = pending.get(customer)
+            at = as_of if not waiting else min(ref_time.get(ref, 0) for ref in waiting)
+            due = store.due_span(customer, contact_id, self.keep_ms, at) if record.active else None
             if isinstance(due, int):
-                heapq.heappush(heap, (due, contact_id))
+                if waiting:
+                    self.held.setdefault(customer, []).append(contact_id)
+                else:
+                    heapq.heappush(heap, (due, contact_id))
                 continue
             if due is not None:
                 for member in store.evict_span(due, customer):
                     self._forget_record(member)
                 continue
             late_until = record.seen_us // 1000 + self.keep_ms  # identity only: until no record of it can come
-            if late_until >= as_of:
-                heapq.heappush(heap, (late_until, contact_id))
+            if late_until >= at:
+                if waiting:
+                    self.held.setdefault(customer, []).append(contact_id)
+                else:
+                    heapq.heappush(heap, (late_until, contact_id))
                 continue
             store.remove(contact_id)
             self._forget_record(contact_id)
@@ -607,7 +628,8 @@ class Builder:
                 del self.moved[customer]
             customer = survivor
         if at != self.index:
-            return [(at, TakeOver(customer, message.records, message.emitted, ref, message.passes))]
+            forwarded = TakeOver(customer, message.records, message.emitted, ref, message.passes, message.times)
+            return [(at, forwarded)]
         erased = self.discard.get(customer)
         if erased is not None and ref in erased:  # for a customer erased meanwhile: it goes with it
             erased.discard(ref)
@@ -619,14 +641,16 @@ class Builder:
         if waiting is None or ref not in waiting:  # delivered again: it was taken over already
             return []
         waiting.discard(ref)
+        self.ref_time.pop(ref, None)
         waiting |= message.passes
+        self.ref_time.update(message.times)
         for record in message.records:
             self._file(record, customer, delta=False)
         self.store.take_over(customer, message.emitted)
         if not waiting:
             del self.pending[customer]
-            for contact_id in self.held.pop(customer, ()):
-                heapq.heappush(self._expiry, (0, contact_id))  # due at once
+        for contact_id in self.held.pop(customer, ()):  # checked again at once, by the earliest left
+            heapq.heappush(self._expiry, (0, contact_id))
         return []
 
     def _file(self, incoming: ContactRecord, customer: str, *, delta: bool) -> None:
@@ -681,6 +705,8 @@ class Builder:
             waiting = self.pending.pop(customer, None)
             if waiting:
                 self.discard.setdefault(customer, set()).update(waiting)
+                for ref in waiting:
+                    self.ref_time.pop(ref, None)
         for contact_id in gone:
             self.records.pop(contact_id, None)
             owner = self.customer_of.pop(contact_id, None)

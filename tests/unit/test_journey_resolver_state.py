@@ -223,11 +223,10 @@ def test_a_resolver_killed_anywhere_and_restored_with_retention_decides_as_one_n
     """With contact nodes and customers forgotten within the stream, a resolver killed again and
     again ends with the builder of every customer a resolver never killed gives, files every
     contact both hold under the same customer, and holds only what its rules keep. (Its builders'
-    journeys are not compared with one stage's here: with retention, builders that fall behind
-    their queues already differ from one stage without any crash, in 2 of 6 seeds with these
-    windows (`split_stage(..., run=4, retention=...)` of `test_journey_split`): a builder holds a
-    customer's closed journeys while a hand-over to it is under way and the hand-over's contacts
-    join them, where one stage had evicted them. README, "Customer journeys", scale-out.)"""
+    journeys are not compared with one stage's here: with retention, builders far behind their
+    queues still differ from one stage in some streams without any crash, see
+    `test_builders_far_behind_evict_what_one_stage_evicted_before_a_merge` and README, "Customer
+    journeys", scale-out.)"""
     messages = fragmented(seed, customers=150, contacts=2500)
     config = JourneyConfig(repeat_window_ms=8 * HOUR, dormancy_ms=4 * HOUR)
     retention = Retention(keep_ms=2 * HOUR, identity_ms=16 * HOUR)
