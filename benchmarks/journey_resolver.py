@@ -13,10 +13,10 @@ time, identifiers and links; `--records`: the records' JSON parsed instead, as b
 and handed to `Resolver.tie` (the graph's unions as `Stitcher.apply` makes them, the messages a
 merge needs, the customer key and its builder), its line routed unparsed; then the resolver's
 retention (`Resolver.evict_due`: contact nodes forgotten `keep` after their last record, customers
-dropped after identity retention) and its keyed state changes (`Resolver.state_changes` after every round of
-`TAKE_MESSAGES` messages: customer, component and contact entries; the components encoded as the stage persists them, the others not,
-their encoding is not written yet). Not measured: Kafka (the routed sends, the state's journal and
-changelog) and the builders.
+dropped after identity retention) and its keyed state changes (`Resolver.state_changes` after
+every round of `TAKE_MESSAGES` messages: customer, component and contact entries; the components
+encoded as the stage persists them, the others not, their encoding is not written yet). Not
+measured: Kafka (the routed sends, the state's journal and changelog) and the builders.
 """
 
 from __future__ import annotations

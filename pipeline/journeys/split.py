@@ -30,10 +30,11 @@ retention and erasure); the worker does not run it yet (no Faust shell). Design:
   journey's contacts `close_time` after it (where `Stitcher.evict_due` strips them) and an
   identity-only record `keep` after its newest event, but holds a customer's contacts not due by
   the earliest merge of the hand-overs to it still under way: the contacts they bring may keep
-  its journeys open (the single stage had them at the merge). The resolver forgets a contact's node `keep` after that
-  contact's newest event (no record of it can come later) when another contact of its customer
-  remains, which carries its links and newest time on (a customer who keeps coming back holds a
-  node per contact of the last `identity_retention`, not one per contact ever made), and drops a
+  its journeys open (the single stage had them at the merge). The resolver forgets a contact's
+  node `keep` after that contact's newest event (no record of it can come later) when another
+  contact of its customer remains, which carries its links and newest time on (a customer who
+  keeps coming back holds a node per contact of the last `identity_retention`, not one per
+  contact ever made), and drops a
   customer's component, links included, `identity_retention` after the customer's newest event.
   It tells no builder: by then every journey of the customer is closed (`check_windows` refuses
   windows where it would not be) and the builders forget them by themselves. The single stage
@@ -244,11 +245,10 @@ class Resolver:
         self.hand_overs = 0
         self.ticked_ms = 0  # the event time of the last `tick`
         self.naming: str | None = None
-        # keys changed since the last `state_changes` (each a set add per record: cheap next to
-        # the tie itself)
-        # (each the component it was last seen in, None when not known: looked up then), kept by
-        # object because a lookup by key or contact id cost 3.7 µs an entry over a simulated day's
-        # graph (cache misses in its large maps), more than a record's share of the checkpoint
+        # customer keys and contact ids changed since the last `state_changes`, each with the
+        # component it was last seen in (None: looked up then). Kept by object because a lookup by
+        # key or contact id cost 3.7 µs an entry over a simulated day's graph (cache misses in its
+        # large maps), more than a record's share of the checkpoint
         self._customers_changed: dict[str, _Root | None] = {}
         self._contacts_changed: dict[str, _Root | None] = {}
 
@@ -468,13 +468,12 @@ class Resolver:
             component.newest_ms = max(component.newest_ms, contact.newest_ms)
         resolver._checks = deque(sorted((newest + keep_ms, contact_id) for contact_id, newest in seen.items()))
         for key, entry in customers:
-            if entry.builder is not None:
-                resolver.owner[key] = entry.builder
             component = graph.component_named(key)
             if component is None:
-                resolver.owner.pop(key, None)
                 resolver._customers_changed[key] = None
                 continue
+            if entry.builder is not None:
+                resolver.owner[key] = entry.builder
             component.newest_ms = max(component.newest_ms, entry.newest_ms)
             if entry.links:
                 component.links = list(entry.links)
