@@ -56,7 +56,7 @@ import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from pipeline.journeys.identity import CONTACT, IdentityConfig, IdentityGraph, Merge, Node, _Root, key_node
 from pipeline.journeys.model import DAY, Emitted, JourneyConfig, JourneyVersion
@@ -204,6 +204,40 @@ class ResolverChanges:
     contacts: list[tuple[str, ContactEntry | None]]
     as_of_ms: int
     hand_overs: int
+
+
+class FiledContact(NamedTuple):
+    """What a builder keeps of a contact: the customer it is filed under and its merged record
+    (`ContactRecord.to_json`, encoded at the checkpoint: records are merged into in place)."""
+
+    customer: str
+    record: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BuilderChanges:
+    """A builder's keyed state changed since the last checkpoint (`Builder.state_changes`; None:
+    delete the entry): its `contacts` and its journeys' last versions (`emitted`), then `meta`,
+    one JSON-able entry written whole with the input offset: the hand-overs under way (`pending`
+    with their `Expect` times, `moved`, `discard`, `held`: entries live only while a hand-over
+    is under way, so this stays small), the customers whose journeys changed since the last
+    `changes` (`dirty`), the event time and the last resolver stamp taken.
+
+    The shell numbers a round's journeys as the single stage does (`changes(version=base + the
+    offset after the round's last message)`) and keeps two rules (`tests/unit/test_journey_builder_state.py`):
+
+    * **A checkpoint lands whole**, as the resolver's: journal, offset with `meta`, keyed entries.
+    * **A round is written down before its outputs go out** (its first and end offsets), and a
+      builder restored at that first offset reads exactly that round again first. A builder killed
+      after writing a round's journeys but before persisting it may have written a journey that
+      exists only at that round's end (a contact's journey before a merge joins it to an older
+      one): a successor whose round ended elsewhere never wrote it, so never retracted it, and the
+      stale row stayed live (each of 6 streams had 1-2 without the rule). Read again to the same end,
+      the round writes the same journeys at the same versions, and the successor knows them."""
+
+    contacts: list[tuple[str, FiledContact | None]]
+    emitted: list[tuple[str, Emitted | None]]
+    meta: dict[str, Any]
 
 
 def popped_due(heap: list[tuple[int, str]], as_of: int, budget: int) -> Iterator[str]:
@@ -508,6 +542,7 @@ class Builder:
         self.as_of_ms = 0
         # the stamp of the last resolver message taken (`receive`)
         self.resolver_mark: Stamp = (-1, -1)
+        self._records_changed: set[str] = set()  # contact ids whose record or customer changed
 
     def receive(self, stamp: Stamp | None, message: Message) -> list[Routed]:
         """`handle` a message once: a resolver's message (`stamp`) at or below the last one taken
@@ -549,6 +584,7 @@ class Builder:
             absorbed = message.absorbed
             contacts = self.contacts_of.pop(absorbed, set())
             records = tuple(self.records.pop(c) for c in sorted(contacts))
+            self._records_changed |= contacts
             for contact_id in contacts:
                 del self.customer_of[contact_id]
             emitted = self.store.hand_over(absorbed, contacts)
@@ -565,15 +601,16 @@ class Builder:
             return self._take_over(message)
         return []
 
-    def changes(self) -> list[JourneyVersion]:
-        return self.store.changes(self.as_of_ms or None)
+    def changes(self, version: int | None = None) -> list[JourneyVersion]:
+        """The journeys that changed; `version`: the round's (`JourneyStore.changes`)."""
+        return self.store.changes(self.as_of_ms or None, version=version)
 
-    def tick(self) -> list[JourneyVersion]:
+    def tick(self, version: int | None = None) -> list[JourneyVersion]:
         """After a `Tick` (the end of a resolver's round): the journeys that changed, then retention
         of everything due, as the single stage does after each round. Retention at those points
         only: a journey evicted while a later merge renames its customer keeps its old key, so the
         two halves must evict where one stage would."""
-        out = self.changes()
+        out = self.changes(version)
         while self.evict_due():
             pass
         return out
@@ -657,11 +694,10 @@ class Builder:
         `Stitcher.apply`) or a whole record handed over (every intent of the customer rebuilt)."""
         record = self.records.get(incoming.contact_id)
         was: str | bool | None = None if delta else False
+        self._records_changed.add(incoming.contact_id)
         if record is None:
             record = self.records[incoming.contact_id] = incoming
-            windows = self.store.config
-            first_check = record.seen_us // 1000 + min(windows.repeat_window_ms, windows.dormancy_ms)
-            heapq.heappush(self._expiry, (first_check, record.contact_id))
+            heapq.heappush(self._expiry, (self._first_check(record), record.contact_id))
         else:
             if delta and record.active:
                 was = None if record.intent is None else record.intent[2]
@@ -675,14 +711,20 @@ class Builder:
         if record.active:
             self.store.file(record, customer, was=was)
 
+    def _first_check(self, record: ContactRecord) -> int:
+        windows = self.store.config
+        return record.seen_us // 1000 + min(windows.repeat_window_ms, windows.dormancy_ms)
+
     def _move_contacts(self, absorbed: str, survivor: str) -> None:
         contacts = self.contacts_of.pop(absorbed, None)
         if contacts:
+            self._records_changed |= contacts
             self.contacts_of.setdefault(survivor, set()).update(contacts)
             for contact_id in contacts:
                 self.customer_of[contact_id] = survivor
 
     def _forget_record(self, contact_id: str) -> None:
+        self._records_changed.add(contact_id)
         del self.records[contact_id]
         self._unfile(self.customer_of.pop(contact_id), contact_id)
 
@@ -706,9 +748,81 @@ class Builder:
                 self.discard.setdefault(customer, set()).update(waiting)
                 for ref in waiting:
                     self.ref_time.pop(ref, None)
+        self._records_changed |= gone
         for contact_id in gone:
             self.records.pop(contact_id, None)
             owner = self.customer_of.pop(contact_id, None)
             if owner is not None and owner not in keys:
                 self._unfile(owner, contact_id)
         self.store.forget(keys, gone)
+
+    def state_changes(self) -> BuilderChanges:
+        """What changed since the last call, to persist (`BuilderChanges`): costs what changed."""
+        records, customer_of, store = self.records, self.customer_of, self.store
+        contacts: list[tuple[str, FiledContact | None]] = []
+        for contact_id in sorted(self._records_changed):
+            record = records.get(contact_id)
+            contacts.append(
+                (contact_id, None if record is None else FiledContact(customer_of[contact_id], record.to_json()))
+            )
+        emitted = [(journey_id, store.emitted(journey_id)) for journey_id in sorted(store.emitted_changes)]
+        self._records_changed = set()
+        store.emitted_changes = set()
+        meta: dict[str, Any] = {
+            "pending": {
+                c: {ref: self.ref_time.get(ref, 0) for ref in sorted(refs)} for c, refs in self.pending.items()
+            },
+            "moved": {c: [survivor, at, sorted(refs)] for c, (survivor, at, refs) in self.moved.items()},
+            "discard": {c: sorted(refs) for c, refs in self.discard.items()},
+            "held": {c: list(held) for c, held in self.held.items()},
+            "dirty": {c: None if i is None else sorted(i, key=str) for c, i in store.dirty.items()},
+            "as_of": self.as_of_ms,
+            "mark": list(self.resolver_mark),
+        }
+        return BuilderChanges(contacts, emitted, meta)
+
+    @classmethod
+    def from_state(
+        cls,
+        index: int,
+        journeys: JourneyConfig | None = None,
+        *,
+        keep_ms: int = DAY,
+        contacts: Iterable[tuple[str, FiledContact]] = (),
+        emitted: Iterable[tuple[str, Emitted]] = (),
+        meta: dict[str, Any] | None = None,
+    ) -> Builder:
+        """The builder its persisted entries describe (every checkpoint whole, see
+        `BuilderChanges`); no message is read again. Each contact is filed in its customer's book
+        and checked for retention from its first check again (a check that finds it not due
+        puts it back where it was), except those held for hand-overs under way."""
+        meta = meta or {}
+        builder = cls(index, journeys, keep_ms=keep_ms)
+        held = {str(c): [str(x) for x in ids] for c, ids in meta.get("held", {}).items()}
+        waiting = {contact_id for ids in held.values() for contact_id in ids}
+        store, expiry = builder.store, builder._expiry
+        for contact_id, filed in contacts:
+            record = ContactRecord.from_json(filed.record)
+            builder.records[contact_id] = record
+            builder.customer_of[contact_id] = filed.customer
+            builder.contacts_of.setdefault(filed.customer, set()).add(contact_id)
+            if contact_id not in waiting:
+                expiry.append((builder._first_check(record), contact_id))
+            if record.active:
+                store.file(record, filed.customer, dirty=False)
+        heapq.heapify(expiry)
+        for journey_id, entry in emitted:
+            store.restore_emitted(journey_id, entry)
+        store.restored()
+        store.dirty = {str(c): None if i is None else set(i) for c, i in meta.get("dirty", {}).items()}
+        for customer, refs in meta.get("pending", {}).items():
+            builder.pending[str(customer)] = set(refs)
+            builder.ref_time.update((str(ref), int(at)) for ref, at in refs.items())
+        for customer, (survivor, at, refs) in meta.get("moved", {}).items():
+            builder.moved[str(customer)] = (str(survivor), int(at), set(refs))
+        builder.discard = {str(c): set(refs) for c, refs in meta.get("discard", {}).items()}
+        builder.held = held
+        builder.as_of_ms = int(meta.get("as_of", 0))
+        mark = meta.get("mark", (-1, -1))
+        builder.resolver_mark = (int(mark[0]), int(mark[1]))
+        return builder

@@ -361,7 +361,7 @@ class Stitcher:
         stitcher.as_of_ms = as_of // 1000
         for journey_id, entry in emitted:
             store.restore_emitted(journey_id, entry)
-        heapq.heapify(store._deadlines)
+        store.restored()
         stitcher._seq = max((r.seq for r in stitcher.records.values()), default=0)
         return stitcher
 

@@ -436,6 +436,19 @@ class JourneyStore:
                 dropped += 1
         return dropped
 
+    @property
+    def dirty(self) -> dict[str, set[str | None] | None]:
+        """Customers whose journeys may have changed since the last round: which intents (None: all)."""
+        return self._dirty
+
+    @dirty.setter
+    def dirty(self, value: dict[str, set[str | None] | None]) -> None:
+        self._dirty = value
+
+    def restored(self) -> None:
+        """After `restore_emitted` of every entry: order the dormancy deadlines."""
+        heapq.heapify(self._deadlines)
+
     def restore_emitted(self, journey_id: str, entry: Emitted) -> None:
         self._emitted[journey_id] = entry
         if not entry.deleted:

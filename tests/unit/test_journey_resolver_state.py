@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.journeys.model import DAY, JourneyConfig, JourneyVersion
+from pipeline.journeys.model import JourneyConfig, JourneyVersion
 from pipeline.journeys.record import ContactRecord
 from pipeline.journeys.split import (
     Builder,
@@ -31,15 +31,15 @@ from pipeline.journeys.split import (
 )
 from tests.unit.test_journey_split import (
     HOUR,
+    NONE,
+    KeyedTables,
     Retention,
+    Write,
     fragmented,
     last_versions,
     live,
     single_stage,
 )
-
-Write = tuple[str, Any, Any]  # table, key, value (None: delete)
-NONE = Retention(keep_ms=DAY, identity_ms=30 * DAY)  # the resolver's defaults; builders keep everything
 
 
 def keyed_writes(changes: ResolverChanges) -> list[Write]:
@@ -58,19 +58,12 @@ def writes_of(changes: ResolverChanges, offset: int) -> list[Write]:
 
 
 @dataclasses.dataclass
-class Tables:
+class Tables(KeyedTables):
     customers: dict[str, CustomerEntry] = dataclasses.field(default_factory=dict)
     components: dict[Any, list[Any]] = dataclasses.field(default_factory=dict)
     contacts: dict[str, ContactEntry] = dataclasses.field(default_factory=dict)
     offset: dict[str, tuple[int, int, int]] = dataclasses.field(default_factory=dict)
     journal: dict[str, tuple[int, ResolverChanges]] = dataclasses.field(default_factory=dict)
-
-    def write(self, table: str, key: Any, value: Any) -> None:
-        held: dict[Any, Any] = getattr(self, table)
-        if value is None:
-            held.pop(key, None)
-        else:
-            held[key] = value
 
     def restore(self, builders: int, retention: Retention | None) -> tuple[Resolver, int]:
         retention = retention or NONE

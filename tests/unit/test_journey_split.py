@@ -11,6 +11,7 @@ import dataclasses
 import random
 from collections import deque
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,7 @@ from pipeline.events.models import (
     IdentityLink,
     Resolved,
 )
-from pipeline.journeys.model import Journey, JourneyConfig, JourneyVersion
+from pipeline.journeys.model import DAY, Journey, JourneyConfig, JourneyVersion
 from pipeline.journeys.record import ContactRecord, records_of
 from pipeline.journeys.split import (
     Builder,
@@ -138,6 +139,21 @@ def live(versions: dict[str, JourneyVersion]) -> dict[str, Journey]:
 class Retention:
     keep_ms: int
     identity_ms: int
+
+
+NONE = Retention(keep_ms=DAY, identity_ms=30 * DAY)  # the resolver's defaults; builders keep everything
+Write = tuple[str, Any, Any]  # a state write: table, key, value (None: delete)
+
+
+class KeyedTables:
+    """A stage's state tables, one dict attribute each, as a checkpoint writes them."""
+
+    def write(self, table: str, key: Any, value: Any) -> None:
+        held: dict[Any, Any] = getattr(self, table)
+        if value is None:
+            held.pop(key, None)
+        else:
+            held[key] = value
 
 
 @dataclasses.dataclass(frozen=True)
