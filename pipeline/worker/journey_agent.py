@@ -14,7 +14,8 @@ partition (`Stitcher.from_state`: components loaded, contacts hung on their anch
 re-read or re-validated, no union replayed), then kept in memory and updated per round. A round is
 the messages that arrive within 50 ms, up to `TAKE_MESSAGES` (each one analytics batch's contact
 records), and is finished before the next is taken: apply the records -> journeys that changed -> retention
-pass -> write the journey rows to ClickHouse and the documents to `touchline.journeys` (retried) ->
+pass -> write the round down (`mark_round`: a successor restored at its start reads that round again,
+whole, before anything else) -> write the journey rows to ClickHouse and the documents to `touchline.journeys` (retried) ->
 send the changed keys to the tables' changelogs (identity components first, so a contact's anchor
 never precedes its component) and wait for their delivery (retried), then write them to the stores
 -> only then are its messages acknowledged. The round's last state entry is the offset after its
@@ -74,6 +75,8 @@ LOOKUP_WAIT_SECONDS = 30.0
 TAIL_IDLE_SECONDS = 10.0
 # how long a round waits for more messages (TAKE_MESSAGES) once one is there: the journeys' latency
 TAKE_WITHIN_SECONDS = 0.05
+# `journey-emitted` entries of the stage itself, not journeys
+STAGE_KEYS = frozenset({journey_stage.INPUT_OFFSET_KEY, journey_stage.ROUND_KEY})
 
 
 async def forward_events(app: faust.App, topic: str, lines: list[journey_stage.ForwardLine]) -> None:
@@ -101,6 +104,9 @@ class _State:
     # the base of the journey versions (`journey_stage.round_version`; None: not set yet, the next
     # round sets it)
     version_base: int | None = None
+    # where the first round of a restored state must end: the round under way when the last owner
+    # stopped (`journey_stage.forced_end`; None: none, or read again already)
+    forced_end: int | None = None
     last_round: float = field(default_factory=time.monotonic)
     # held while a message is applied, written and persisted, and while a person is forgotten: an
     # erasure never lands between a message's apply and its persist (nor its outputs)
@@ -162,13 +168,13 @@ def install_journey_stage(
                 log.error("journey state entry skipped at restore (%s)", reason)
             return records
 
-        def restore() -> tuple[Stitcher, int, int, float, int | None, int | None]:
+        def restore() -> tuple[Stitcher, int, int, float, int | None, int | None, int | None]:
             with collection_paused(freeze=True):
                 raw_components = [value for _, value in stored_items(identity) if value]
                 raw_records = [value for _, value in stored_items(contacts) if value]
                 raw_entries = [(key, value) for key, value in stored_items(emitted) if value]
-                offsets = [value for key, value in raw_entries if key == journey_stage.INPUT_OFFSET_KEY]
-                raw_entries = [(key, value) for key, value in raw_entries if key != journey_stage.INPUT_OFFSET_KEY]
+                marks = {key: value for key, value in raw_entries if key in STAGE_KEYS}
+                raw_entries = [(key, value) for key, value in raw_entries if key not in STAGE_KEYS]
                 read = time.perf_counter() - started
                 components, broken = journey_stage.decode_components(raw_components)
                 for reason in broken:
@@ -186,16 +192,17 @@ def install_journey_stage(
                 # state written before anchors existed (tied again, written with them at the next round),
                 # or a crash between the tables' writes
                 log.info("journey state: %d contact(s) tied again from their identifiers", len(core.record_changes))
-            next_offset, base = journey_stage.stored_offset(offsets[0] if offsets else None)
+            next_offset, base = journey_stage.stored_offset(marks.get(journey_stage.INPUT_OFFSET_KEY))
             if next_offset is None and not (raw_components or raw_records or raw_entries):
                 next_offset = 0  # nothing applied yet: every message of the partition is still to apply
-            return core, len(raw_records), len(raw_entries), read, next_offset, base
+            end = journey_stage.forced_end(marks.get(journey_stage.ROUND_KEY), next_offset)
+            return core, len(raw_records), len(raw_entries), read, next_offset, base, end
 
         # reading the tables, decoding and the graph's unions are seconds of CPU for a week of
         # contacts: on a thread (nothing else uses the tables or the core until it is built), so
         # the loop keeps serving /health, /metrics and timers without yielding to them in slices
-        core, contacts_read, entries_read, read, next_offset, base = await asyncio.to_thread(restore)
-        state.core, state.next_offset, state.version_base = core, next_offset, base
+        core, contacts_read, entries_read, read, next_offset, base, end = await asyncio.to_thread(restore)
+        state.core, state.next_offset, state.version_base, state.forced_end = core, next_offset, base, end
         changelog = contacts.changelog_topic.get_topic_name()
         jm.JOURNEY_PARTITIONS.set(sum(1 for tp in app.assignor.assigned_actives() if tp.topic == changelog))
         state.blocked, state.refusals = dict(core.graph.blocked), dict(core.graph.refusals)
@@ -205,11 +212,12 @@ def install_journey_stage(
         jm.JOURNEY_RESTORE_RETIED.set(len(core.record_changes))
         gauges(core)
         log.info(
-            "journey state restored: %d contacts, %d journeys in %.2f s (reading the tables %.2f s)",
+            "journey state restored: %d contacts, %d journeys in %.2f s (reading the tables %.2f s)%s",
             contacts_read,
             entries_read,
             took,
             read,
+            "" if end is None else f"; the round under way (offsets {next_offset} to {end - 1}) is read again first",
         )
         state.last_round = time.monotonic()
         state.ready.set()
@@ -383,6 +391,7 @@ def install_journey_stage(
             async with state.lock:
                 if core is None or state.core is not core:  # replaced by a rebalance meanwhile
                     continue
+                await settle(core)
                 dropped = core.forget(subject.contact_ids, subject.identifiers, subject.customer_keys)
                 drop_now(core)
                 gauges(core)
@@ -466,6 +475,7 @@ def install_journey_stage(
             return
         async with state.lock:
             if state.core is core:
+                await settle(core)
                 await read_again(core, end)
 
     @app.timer(interval=5.0)
@@ -481,7 +491,52 @@ def install_journey_stage(
             return
         metrics.CONSUMER_LAG.labels(*labels).set(max(0, end - expected))
 
+    async def mark_round(start: int, end: int) -> None:
+        """Write down, delivered, the round [start, end) before its journeys go out: a successor
+        restored at `start` ends its first round at `end` too (`journey_stage.forced_end`). A round
+        that changed no journey writes nothing, so needs no mark."""
+        writes: list[tuple[bytes, bytes | None]] = [(journey_stage.ROUND_KEY, journey_stage.round_value(start, end))]
+        send = functools.partial(send_changelog, emitted, writes)
+        offset = await retried("journey round mark send", send, "changelog", "kafka-producer")
+        data: Any = emitted.data
+        write_partition(data, 0, writes)
+        data.set_persisted_offset(TP(emitted.changelog_topic.get_topic_name(), 0), offset)
+
+    async def settle(core: Stitcher) -> None:
+        """The round under way when the state's last owner stopped, read again from the topic and
+        applied whole, before anything else changes the state (`_State.forced_end`)."""
+        start, end = state.next_offset, state.forced_end
+        if start is None or end is None:
+            return
+
+        async def attempt() -> Messages:
+            taken: Messages = []
+            ranges = read_range(
+                settings.bootstrap_servers, input_topic, 0, start, end, security=client_options(settings)
+            )
+            async for run in ranges:
+                taken += run
+            return taken
+
+        messages = await retried("journey round read again", attempt, "input", "kafka-consumer-journeys")
+        state.forced_end = None
+        if messages:
+            log.info("journey input: round under way read again (offsets %d to %d)", messages[0][0], messages[-1][0])
+            jm.JOURNEY_INPUT.labels("round_again").inc(len(messages))
+            await apply_round(core, messages)
+
     async def handle(core: Stitcher, messages: Messages) -> None:
+        """`messages` ((offset, value), in offset order, from the state's next offset) applied in
+        one round, after the round under way at a restore (`settle`) if there is one."""
+        if state.forced_end is not None:
+            await settle(core)
+            expected = state.next_offset
+            messages = [m for m in messages if expected is None or m[0] >= expected]
+            if not messages:
+                return
+        await apply_round(core, messages)
+
+    async def apply_round(core: Stitcher, messages: Messages) -> None:
         """One round: the contact records of `messages` ((offset, value), in offset order) applied,
         the changed journeys written, the state persisted with the offset after the last."""
         began = time.perf_counter()
@@ -525,6 +580,7 @@ def install_journey_stage(
                 break
             await asyncio.sleep(0)
         if changed:
+            await mark_round(messages[0][0], last + 1)
             await write_outputs(changed)
         await persist(core, last + 1, base)
         state.next_offset, state.version_base, state.last_round = last + 1, base, time.monotonic()
@@ -536,7 +592,7 @@ def install_journey_stage(
     def invalidate() -> None:
         if state.builder is not None:
             state.builder.cancel()
-        state.core, state.builder = None, None
+        state.core, state.builder, state.forced_end = None, None, None
         state.ready.clear()
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]

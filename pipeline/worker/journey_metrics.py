@@ -64,7 +64,8 @@ JOURNEY_INPUT = Counter(
     "touchline_journey_input_messages_total",
     "Messages of contact records handed to the journey stage that it did not apply as they came: "
     "already_applied (below the offset its state holds: a redelivery after a crash), read_again (skipped by "
-    "its consumer group's offset and read again from the topic)",
+    "its consumer group's offset and read again from the topic), round_again (the round under way when the state's last "
+    "owner stopped, read again whole after a restore)",
     ["outcome"],
 )
 JOURNEY_PARTITIONS = Gauge(

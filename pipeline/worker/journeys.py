@@ -239,6 +239,31 @@ def stored_offset(value: bytes | None) -> tuple[int | None, int | None]:
     return (numbers[0] if numbers else None), (numbers[1] if len(numbers) > 1 else None)
 
 
+# the `journey-emitted` entry naming the round under way, `round_value(start, end)`: written and
+# delivered before the round's journeys go out (`pipeline.worker.journey_agent`), so a successor
+# restored at `start` reads exactly that round again first (`forced_end`)
+ROUND_KEY = b"\x00round-under-way"
+
+
+def round_value(start: int, end: int) -> bytes:
+    return f"{start} {end}".encode()
+
+
+def forced_end(value: bytes | None, next_offset: int | None) -> int | None:
+    """Where the first round of a state restored at `next_offset` must end: the end of the round a
+    `ROUND_KEY` entry names when that round starts there (its outputs may have gone out, its state
+    not), else None (the last round finished, or no entry). A round ending there again writes the
+    same journeys at the same versions (`round_version`); ending elsewhere, a journey that existed
+    only at the killed round's end (a contact's own, before a merge joins it to an older journey)
+    would never be written again nor retracted, and stay live in the `journeys` table."""
+    parts = [] if value is None else value.split()
+    try:
+        start, end = (int(part) for part in parts)
+    except ValueError:
+        return None
+    return end if start == next_offset and end > start else None
+
+
 def version_base(versions: Iterable[int], as_of_ms: int) -> int:
     """The base of the journey versions of a state that has none yet (new, or written before bases
     were kept): above every version the state holds and every version a first write could have had

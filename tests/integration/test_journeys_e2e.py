@@ -24,11 +24,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipeline.events.topics import INTERACTION_TOPICS
 from pipeline.simulator.truth import read_truth
 
-from .conftest import PARTITIONS, Worker, Workspace, wait_until
+from .conftest import PARTITIONS, REPO, Worker, Workspace, wait_until
 
 pytestmark = pytest.mark.integration
 
 START = "2026-03-02T00:00:00Z"
+FAULTS = REPO / "tests" / "support" / "faults"
 
 
 def simulate_day(workspace: Workspace, seed: int, speed: int = 0, hours: int = 24) -> list[dict[str, Any]]:
@@ -300,18 +301,40 @@ def lookup(worker: Worker, customer_id: str) -> dict[str, Any]:
     return found
 
 
-def test_journey_worker_killed_three_times_gives_the_truth_and_answers_lookups_at_once(workspace: Workspace) -> None:
-    """The day is produced while the worker running the journey stage is SIGKILLed three times, each
-    right after its journey stage finished a message, and restarted. A lookup right after each
-    restart answers from the restored state; at least one restart reads again a message the killed
-    process had finished but not committed (the kill interrupted unacknowledged work)."""
+def kill_after_journey_rows(worker: Worker, flag: Path, timeout: float = 120) -> None:
+    """SIGKILL `worker` right after an insert of journey rows succeeded, before the round that wrote
+    them persisted its state (`tests/support/faults`: the worker must run with it)."""
+    flag.write_text("journeys")
+    try:
+        worker.process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{worker.url} wrote no journey rows in {timeout:.0f} s") from None
+    assert not flag.exists()
+
+
+def test_journey_worker_killed_three_times_gives_the_truth_and_answers_lookups_at_once(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    """The day is produced while the worker running the journey stage is SIGKILLed three times and
+    restarted: twice right after its journey stage finished a message, once right after a round's
+    journey rows were inserted, before its state was written. A lookup right after each restart
+    answers from the restored state; the first kills interrupted unacknowledged work (a restart read
+    again a message the killed process had finished but not committed) and the round cut after its
+    rows is read again whole (its rows may hold a journey that exists only at that round's end)."""
+    flag = tmp_path / "kill-after-insert"
+    workspace.env["TOUCHLINE_TEST_KILL_AFTER_INSERT_FILE"] = str(flag)
+    workspace.env["PYTHONPATH"] = f"{FAULTS}:{workspace.env['PYTHONPATH']}"
     worker = workspace.start_worker()
     port = worker.port
     producing = Background(workspace, seed=33, speed=1000)  # the day in 86 s: room for three kills and restarts
     redelivered = []
-    for _ in range(3):
+    for kill in range(3):
         customer_id, journey_id = a_known_customer(worker)
-        last = kill_after_a_message(worker)
+        if kill == 1:
+            kill_after_journey_rows(worker, flag)
+            last = -1
+        else:
+            last = kill_after_a_message(worker)
         worker = workspace.start_worker(port=port)
         started = time.monotonic()
         found = lookup(worker, customer_id)  # waits for the restore, never a 404
@@ -327,8 +350,12 @@ def test_journey_worker_killed_three_times_gives_the_truth_and_answers_lookups_a
         assert restored > 0 and retied < restored / 2
         wait_until(lambda w=worker: journey_offsets(w)[0] >= 0, 120, "the restarted journey stage to finish a message")
         first, _ = journey_offsets(worker)
-        redelivered.append(first <= last)
-        print(f"restarted at offset {first}: {'read again' if first <= last else 'no redelivery'}")
+        if kill == 1:
+            assert "round under way read again" in worker.log.read_text(), worker.tail()
+            print(f"restarted at offset {first}: the round cut after its rows read again")
+        else:
+            redelivered.append(first <= last)
+            print(f"restarted at offset {first}: {'read again' if first <= last else 'no redelivery'}")
     assert any(redelivered), "no kill interrupted unacknowledged journey work"
     records = producing.result()
     converge(lambda: latest(worker.sql(VERSIONED_QUERY)), records)

@@ -31,9 +31,11 @@ from pipeline.worker.journeys import (
     decode_entries,
     decode_records,
     emitted_value,
+    forced_end,
     journey_document,
     journey_json,
     offset_value,
+    round_value,
     round_version,
     stored_offset,
     version_base,
@@ -278,12 +280,13 @@ def combined(written: list[JourneyVersion]) -> dict[str, Journey]:
 
 @pytest.mark.parametrize(("dead_take", "successor_take"), [(1, 4), (3, 5), (4, 2)])
 def test_a_round_written_but_not_persisted_is_outranked_by_its_successors(dead_take: int, successor_take: int) -> None:
-    """A worker writes a round's rows and documents, then is killed before persisting the round's
-    state. Its successor restores the state before that round and reads on from there, in rounds
-    ending elsewhere (whatever is waiting when it starts). All versions ever written, combined
-    highest-wins, equal an uninterrupted run's journeys, and no version is written twice with
-    different content. (Versions counted `last + 1` gave the killed round's journeys and the
-    successor's first round the same versions, with different content.)"""
+    """A worker writes a round down (`ROUND_KEY`), then its rows and documents, then is killed
+    before persisting the round's state. Its successor restores the state before that round, reads
+    that round again to the same end (`forced_end`), then reads on in rounds ending elsewhere
+    (whatever is waiting). All versions ever written, combined highest-wins, equal an uninterrupted
+    run's journeys, and no version is written twice with different content. (Versions counted
+    `last + 1` gave the killed round's journeys and the successor's first round the same versions,
+    with different content.)"""
     _, events = simulated(9, 2, 60.0, 400)
     batches = batched(events, 200, random.Random(9))
     base = version_base([], START)
@@ -292,10 +295,14 @@ def test_a_round_written_but_not_persisted_is_outranked_by_its_successors(dead_t
     for cut in range(len(batches) // 4, len(batches) - 8, len(batches) // 5):
         dead = Stitcher()
         written = feed(dead, batches[:cut], 0, tables=tables, base=base)
-        # the killed round: applied and written, not persisted
+        # the killed round: written down, applied and written, not persisted
+        mark = round_value(cut, cut + dead_take)
         written += feed(dead, batches[cut : cut + dead_take], cut, base=base)
         restored = tables.restore()
-        written += feed(restored, batches[cut:], cut, take=successor_take, base=base)
+        end = forced_end(mark, cut)
+        assert end == cut + dead_take
+        written += feed(restored, batches[cut:end], cut, take=dead_take, base=base)
+        written += feed(restored, batches[end:], end, take=successor_take, base=base)
         assert combined(written) == reference
         tables = Tables()
 
@@ -308,6 +315,13 @@ def test_the_offset_entry_keeps_the_version_base() -> None:
     assert version_base([5, 1_772_000_000_000_900], 1_772_000_000_000) == 1_772_000_000_000_901
     assert version_base([], 1_772_000_000_001) == 1_772_000_000_001_000
     assert round_version(1_000, 7) < round_version(1_000, 8)
+
+
+def test_a_restored_state_ends_its_first_round_where_the_round_under_way_ended() -> None:
+    assert forced_end(round_value(40, 56), 40) == 56  # killed after writing the round down: that round again
+    assert forced_end(round_value(40, 56), 56) is None  # the round's state was persisted: read on freely
+    assert forced_end(round_value(24, 40), 56) is None  # an earlier round's entry
+    assert forced_end(None, 40) is None and forced_end(b"x", 40) is None and forced_end(round_value(7, 9), None) is None
 
 
 @pytest.mark.parametrize(("take", "limit"), [(1, 3), (5, None), (5, 7)])
