@@ -13,17 +13,17 @@ The identity graph and the customer books are rebuilt from the tables when this 
 partition (`Stitcher.from_state`: components loaded, contacts hung on their anchors; no event is
 re-read or re-validated, no union replayed), then kept in memory and updated per round. A round is
 the messages that arrive within 50 ms, up to `TAKE_MESSAGES` (each one analytics batch's contact
-records), and is finished before the next is taken: apply the records -> journeys that changed -> retention
-pass -> write the round down (`mark_round`: a successor restored at its start reads that round again,
-whole, before anything else) -> write the journey rows to ClickHouse and the documents to `touchline.journeys` (retried) ->
-send the changed keys to the tables' changelogs (identity components first, so a contact's anchor
-never precedes its component) and wait for their delivery (retried), then write them to the stores
--> only then are its messages acknowledged. The round's last state entry is the offset after its
-last message, so the state says what it has applied: a message below that offset (redelivered after a
-crash) is acknowledged without work, and a gap above it (messages Faust acknowledged while it
-skipped them, see `read_again`) is read again from the topic. Every step yields to the loop between
-slices. Records merge idempotently and versions continue from `journey-emitted`, so a crash anywhere
-gives the same result."""
+records), and is finished before the next is taken: apply the records -> journeys that changed ->
+retention pass -> write the round down (`mark_round`: a successor restored at its start reads that
+round again, whole, before anything else) -> write the journey rows to ClickHouse and the documents
+to `touchline.journeys` (retried) -> send the changed keys to the tables' changelogs (identity
+components first, so a contact's anchor never precedes its component) and wait for their delivery
+(retried), then write them to the stores -> only then are its messages acknowledged. The round's
+last state entry is the offset after its last message, so the state says what it has applied: a
+message below that offset (redelivered after a crash) is acknowledged without work, and a gap above
+it (messages Faust acknowledged while it skipped them, see `read_again`) is read again from the
+topic. Every step yields to the loop between slices. Records merge idempotently and versions
+continue from `journey-emitted`, so a crash anywhere gives the same result."""
 
 from __future__ import annotations
 
