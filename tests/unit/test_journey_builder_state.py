@@ -3,7 +3,7 @@
 between any two of its state writes), restored from what was written and fed again from the offset
 it stored, each builder gives, with the others, the journeys one `Stitcher` gives (the oracle,
 itself compared with the simulator's truth by the journey tests), and no journey is ever written
-twice at one version with two contents (ClickHouse's `FINAL` could keep either)."""
+at its highest version with two contents (ClickHouse's `FINAL` could keep either)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class Tables(KeyedTables):
     journal: dict[str, tuple[int, BuilderChanges]] = dataclasses.field(default_factory=dict)
     round: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)  # the round under way
 
-    def restore(self, index: int, config: JourneyConfig) -> tuple[Builder, int, int | None]:
+    def restore(self, index: int, config: JourneyConfig, keep_ms: int) -> tuple[Builder, int, int | None]:
         """The builder, the offset it reads from, and where its first round must end (None: where
         it likes): where the round it was killed in ended, if that round started there."""
         offset, meta = self.offset.get("offset", (0, {}))
@@ -55,17 +55,26 @@ class Tables(KeyedTables):
             for write in writes_of(changes, offset)[2:]:
                 self.write(*write)
         builder = Builder.from_state(
-            index, config, contacts=list(self.contacts.items()), emitted=list(self.emitted.items()), meta=meta
+            index,
+            config,
+            keep_ms=keep_ms,
+            contacts=list(self.contacts.items()),
+            emitted=list(self.emitted.items()),
+            meta=meta,
         )
         start, end = self.round.get("round", (-1, -1))
         return builder, offset, end if start == offset else None
 
 
 class Rows:
-    """The `journeys` table as `FINAL` reads it: each journey's highest version."""
+    """The `journeys` table as `FINAL` reads it: each journey's highest version. Two writes of one
+    version with two contents are a defect only if no higher version follows (`FINAL` could keep
+    either): two owners may each write a journey at one version before a hand-over tells the new one,
+    which then writes it again above both."""
 
     def __init__(self) -> None:
         self.top: dict[str, JourneyVersion] = {}
+        self.conflicts: set[str] = set()  # journeys whose highest version has two contents
         self.ties = 0  # a version written again with the same content (a round written, not persisted)
 
     def write(self, version: JourneyVersion) -> None:
@@ -73,11 +82,12 @@ class Rows:
         known = self.top.get(journey_id)
         if known is None or version.version > known.version:
             self.top[journey_id] = version
+            self.conflicts.discard(journey_id)
         elif version.version == known.version:
-            assert (version.journey, version.deleted) == (known.journey, known.deleted), (
-                f"{journey_id} written twice at version {version.version} with two contents"
-            )
-            self.ties += 1
+            if (version.journey, version.deleted) == (known.journey, known.deleted):
+                self.ties += 1
+            else:
+                self.conflicts.add(journey_id)
 
 
 @dataclasses.dataclass
@@ -172,7 +182,7 @@ def crashing_builders(
             mid_state += done > 2
             for write in writes[:done]:
                 tables[at].write(*write)
-        live_builders[at], offsets[at], ends[at] = tables[at].restore(at, config)
+        live_builders[at], offsets[at], ends[at] = tables[at].restore(at, config, windows.keep_ms)
 
     while True:
         behind = [i for i in range(builders) if offsets[i] < len(parts[i])]
@@ -201,4 +211,26 @@ def test_builders_killed_anywhere_and_restored_give_the_journeys_of_one_stage(se
     assert got.crashes > 40 and got.mid_flush > 10 and got.mid_state > 10
     assert got.taken_over > 50 and got.rows.ties > 0  # books moved; rounds written again after kills
     assert len(live(expected)) > 1500
+    assert not got.rows.conflicts, f"written at their highest version with two contents: {sorted(got.rows.conflicts)}"
     assert live(got.rows.top) == live(expected)
+
+
+@pytest.mark.parametrize("seed", [1, 4])
+def test_builders_with_retention_killed_anywhere_give_the_journeys_of_builders_never_killed(seed: int) -> None:
+    """With retention windows of hours (most customers forgotten between their contacts), builders
+    killed anywhere and restored give exactly the journeys of the same builders never killed. Those
+    differ from one stage's in a few journeys (the split core's open retention defect, README):
+    that distance is bounded here, not hidden."""
+    messages = fragmented(seed, customers=150, contacts=2500)
+    config = JourneyConfig(repeat_window_ms=8 * HOUR, dormancy_ms=4 * HOUR)
+    retention = Retention(keep_ms=2 * HOUR, identity_ms=16 * HOUR)
+    one_stage = single_stage(messages, config, retention)
+    doomed = frozenset(journey_id for journey_id, version in one_stage.items() if version.deleted)
+    calm = crashing_builders(messages, config, builders=4, seed=seed, crash_rate=0.0, retention=retention)
+    got = crashing_builders(messages, config, builders=4, seed=seed, crash_rate=0.3, retention=retention, doomed=doomed)
+    assert calm.crashes == 0 and got.crashes > 40 and got.mid_flush > 10 and got.mid_state > 10
+    assert not got.rows.conflicts and not calm.rows.conflicts
+    expected, never_killed = live(one_stage), live(calm.rows.top)
+    assert len(expected) > 1500
+    assert sum(never_killed.get(k) != expected.get(k) for k in set(never_killed) | set(expected)) < len(expected) / 200
+    assert live(got.rows.top) == never_killed
