@@ -257,7 +257,7 @@ class Stitcher:
             "version": SNAPSHOT_VERSION,
             "records": [self.records[c].to_dict() for c in sorted(self.records)],
             "emitted": {j: e.to_dict() for j, e in sorted(self.store._emitted.items())},
-            "dirty": {c: None if i is None else sorted(i, key=str) for c, i in sorted(self.store._dirty.items())},
+            "dirty": {c: None if i is None else sorted(i, key=str) for c, i in sorted(self.store.dirty.items())},
             "seq": self._seq,
         }
 
@@ -276,7 +276,7 @@ class Stitcher:
             identity,
             journeys,
         )
-        stitcher.store._dirty = {str(c): None if i is None else set(i) for c, i in data["dirty"].items()}
+        stitcher.store.dirty = {str(c): None if i is None else set(i) for c, i in data["dirty"].items()}
         stitcher._seq = int(data["seq"])
         return stitcher
 

@@ -106,7 +106,7 @@ class JourneyStore:
         # customer -> intents whose journeys may have changed (None: all of them). Journeys of one
         # intent depend only on the customer's contacts with that intent, so a contact's change
         # rebuilds its intent's journeys, not all of a long-standing customer's.
-        self._dirty: dict[str, set[str | None] | None] = {}
+        self.dirty: dict[str, set[str | None] | None] = {}
         self._emitted: dict[str, Emitted] = {}
         self._journeys_of: dict[str, set[str]] = {}  # customer -> journey ids emitted live under it
         self._deadlines: list[tuple[int, str]] = []  # (dormant after, customer)
@@ -120,14 +120,14 @@ class JourneyStore:
     def mark(self, customer: str, intents: Iterable[str | None] | None = None) -> None:
         """Note that `customer`'s journeys of `intents` (None: all) may have changed."""
         if intents is None:
-            self._dirty[customer] = None
+            self.dirty[customer] = None
             return
-        known = self._dirty.get(customer, set())
+        known = self.dirty.get(customer, set())
         if known is not None:
             known.update(intents)
-            self._dirty[customer] = known
-        elif customer not in self._dirty:
-            self._dirty[customer] = set(intents)
+            self.dirty[customer] = known
+        elif customer not in self.dirty:
+            self.dirty[customer] = set(intents)
 
     def file(self, record: ContactRecord, customer: str, *, dirty: bool = True, was: str | bool | None = False) -> None:
         """File a contact's (merged) record under `customer` (its key from the identity graph). A
@@ -163,7 +163,7 @@ class JourneyStore:
         if merge.survivor == merge.absorbed:
             return
         absorbed = self.books.pop(merge.absorbed, None)
-        self._dirty.pop(merge.absorbed, None)
+        self.dirty.pop(merge.absorbed, None)
         owned = self._journeys_of.pop(merge.absorbed, set())
         self._journeys_of.setdefault(merge.survivor, set()).update(owned)
         if absorbed is None:
@@ -182,7 +182,7 @@ class JourneyStore:
         book = self.books.pop(customer, None)
         if book is not None:
             held.update(book.records)
-        self._dirty.pop(customer, None)
+        self.dirty.pop(customer, None)
         journey_ids = self._journeys_of.pop(customer, set()) | {f"j-{c}" for c in held}
         for contact_id in held:
             if self._customer_of.get(contact_id) == customer:
@@ -246,7 +246,7 @@ class JourneyStore:
             deadlines = self._deadlines
             while deadlines and as_of is not None and deadlines[0][0] < as_of:
                 self.mark(heapq.heappop(deadlines)[1])
-            self._round_dirty, self._dirty = self._dirty, {}
+            self._round_dirty, self.dirty = self.dirty, {}
             self._round_customers = sorted(self._round_dirty, reverse=True)
             self._round_current = {}
         customers = self._round_customers
@@ -423,7 +423,7 @@ class JourneyStore:
             book = self.books.pop(customer, None)
             for contact_id in () if book is None else book.records:
                 self._customer_of.pop(contact_id, None)
-            self._dirty.pop(customer, None)
+            self.dirty.pop(customer, None)
             journey_ids.update(self._journeys_of.pop(customer, ()))
         dropped = 0
         for journey_id in journey_ids:
@@ -435,15 +435,6 @@ class JourneyStore:
                     owned.discard(journey_id)
                 dropped += 1
         return dropped
-
-    @property
-    def dirty(self) -> dict[str, set[str | None] | None]:
-        """Customers whose journeys may have changed since the last round: which intents (None: all)."""
-        return self._dirty
-
-    @dirty.setter
-    def dirty(self, value: dict[str, set[str | None] | None]) -> None:
-        self._dirty = value
 
     def restored(self) -> None:
         """After `restore_emitted` of every entry: order the dormancy deadlines."""

@@ -335,19 +335,23 @@ def install_journey_stage(
             ("contacts", contacts, contact_writes),
             ("emitted", emitted, emitted_writes),
         ):
-            if not writes:
-                continue
-            offset = await retried(
-                f"journey {name} changelog send",
-                functools.partial(send_changelog, table, writes),
-                "changelog",
-                "kafka-producer",
-            )
-            data: Any = table.data  # the store (RocksDB or memory): Faust types it as a mapping
-            for start in range(0, len(writes), OUTPUT_SLICE):
-                write_partition(data, 0, writes[start : start + OUTPUT_SLICE])
-                await asyncio.sleep(0)
-            data.set_persisted_offset(TP(table.changelog_topic.get_topic_name(), 0), offset)
+            if writes:
+                await write_table(name, table, writes)
+
+    async def write_table(name: str, table: Any, writes: list[tuple[bytes, bytes | None]]) -> None:
+        """`writes` to the table's changelog, delivered (retried), then to its store with the
+        changelog offset it now holds (what a restart on this machine recovers from)."""
+        offset = await retried(
+            f"journey {name} changelog send",
+            functools.partial(send_changelog, table, writes),
+            "changelog",
+            "kafka-producer",
+        )
+        data: Any = table.data  # the store (RocksDB or memory): Faust types it as a mapping
+        for start in range(0, len(writes), OUTPUT_SLICE):
+            write_partition(data, 0, writes[start : start + OUTPUT_SLICE])
+            await asyncio.sleep(0)
+        data.set_persisted_offset(TP(table.changelog_topic.get_topic_name(), 0), offset)
 
     async def send_changelog(table: Any, writes: list[tuple[bytes, bytes | None]]) -> int:
         """Send `writes` to the table's changelog (partition 0, the stage's one) and wait until
@@ -495,12 +499,7 @@ def install_journey_stage(
         """Write down, delivered, the round [start, end) before its journeys go out: a successor
         restored at `start` ends its first round at `end` too (`journey_stage.forced_end`). A round
         that changed no journey writes nothing, so needs no mark."""
-        writes: list[tuple[bytes, bytes | None]] = [(journey_stage.ROUND_KEY, journey_stage.round_value(start, end))]
-        send = functools.partial(send_changelog, emitted, writes)
-        offset = await retried("journey round mark send", send, "changelog", "kafka-producer")
-        data: Any = emitted.data
-        write_partition(data, 0, writes)
-        data.set_persisted_offset(TP(emitted.changelog_topic.get_topic_name(), 0), offset)
+        await write_table("round mark", emitted, [(journey_stage.ROUND_KEY, journey_stage.round_value(start, end))])
 
     async def settle(core: Stitcher) -> None:
         """The round under way when the state's last owner stopped, read again from the topic and
