@@ -54,6 +54,7 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.partitioner.default import murmur2
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.steps import path_sum
 from pipeline.events.models import (
     AgentAssigned,
     AgentReply,
@@ -853,7 +854,7 @@ def print_steps(steps_text: str, steps: dict[str, Any], raw_rate: float) -> None
     consume_us = 1e6 / raw_rate
     click.echo(f"reading from Kafka (raw aiokafka consume, this run): {consume_us:.2f} µs per event")
     for stage in ("ingest", "analytics"):
-        total = consume_us + sum(steps[f"{stage}_us"].values())
+        total = consume_us + path_sum(steps[f"{stage}_us"])
         click.echo(
             f"  consume + {stage} steps{'':<{10 - len(stage)}} {total:>7.2f} µs = {1e6 / total:>9,.0f} events/s on one core"
         )

@@ -78,17 +78,22 @@ class Pseudonymiser:
         0.3 us for a cached hash)."""
         fields = event.__dict__
         ids: dict[str, Any] = fields["customer"].__dict__
-        value = self.value
         for kind, given in ids.items():
             if given is not None:
-                ids[kind] = None if is_placeholder(kind, given) else value(kind, given)
+                ids[kind] = self.customer_identifier(kind, given)
         if fields.get("type") == "identity_link":
             for side in ("left", "right"):
                 ident: dict[str, Any] = fields[side].__dict__
-                kind = ident["kind"].value
-                given = ident["value"]
-                ident["value"] = PLACEHOLDER if is_placeholder(kind, given) else value(kind, given)
+                ident["value"] = self.link_identifier(ident["kind"].value, ident["value"])
         return event
+
+    def customer_identifier(self, kind: str, given: str) -> str | None:
+        """A customer identifier as stored: None for a placeholder, else hashed."""
+        return None if is_placeholder(kind, given) else self.value(kind, given)
+
+    def link_identifier(self, kind: str, given: str) -> str:
+        """A side of an identity link as stored: `PLACEHOLDER` for a placeholder, else hashed."""
+        return PLACEHOLDER if is_placeholder(kind, given) else self.value(kind, given)
 
 
 def without_placeholders(event: EventBase) -> EventBase:
@@ -97,14 +102,21 @@ def without_placeholders(event: EventBase) -> EventBase:
     fields = event.__dict__
     ids: dict[str, Any] = fields["customer"].__dict__
     for kind, given in ids.items():
-        if given is not None and is_placeholder(kind, given):
-            ids[kind] = None
+        if given is not None:
+            ids[kind] = _clear_customer_identifier(kind, given)
     if fields.get("type") == "identity_link":
         for side in ("left", "right"):
             ident: dict[str, Any] = fields[side].__dict__
-            if is_placeholder(ident["kind"].value, ident["value"]):
-                ident["value"] = PLACEHOLDER
+            ident["value"] = _clear_link_identifier(ident["kind"].value, ident["value"])
     return event
+
+
+def _clear_customer_identifier(kind: str, given: str) -> str | None:
+    return None if is_placeholder(kind, given) else given
+
+
+def _clear_link_identifier(kind: str, given: str) -> str:
+    return PLACEHOLDER if is_placeholder(kind, given) else given
 
 
 _active: Pseudonymiser | None = None
@@ -123,6 +135,20 @@ def apply(event: EventBase) -> EventBase:
     """Placeholders dropped, and identifiers hashed when pseudonymisation is on."""
     current = _active
     return current.event(event) if current is not None else without_placeholders(event)
+
+
+def customer_identifier(kind: str, given: str | None) -> str | None:
+    """A decoded event's customer identifier as stored (what `apply` makes of it), None if absent."""
+    if given is None:
+        return None
+    current = _active
+    return current.customer_identifier(kind, given) if current is not None else _clear_customer_identifier(kind, given)
+
+
+def link_identifier(kind: str, given: str) -> str:
+    """A side of a decoded identity link as stored (what `apply` makes of it)."""
+    current = _active
+    return current.link_identifier(kind, given) if current is not None else _clear_link_identifier(kind, given)
 
 
 def lookup_value(kind: str, value: str) -> str:

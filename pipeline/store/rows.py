@@ -48,7 +48,7 @@ DEAD_LETTER_COLUMNS: tuple[str, ...] = (
 )
 
 _COMMON = set(EventBase.model_fields) | {"type", "author"}
-_DETAIL_FIELDS: dict[str, tuple[str, ...]] = {
+DETAIL_FIELDS: dict[str, tuple[str, ...]] = {
     name: tuple(f for f in model.model_fields if f not in _COMMON) for name, model in MODEL_BY_TYPE.items()
 }
 
@@ -60,7 +60,7 @@ def event_row(event: EventBase, topic: str, partition: int, offset: int, ingeste
     # read through __dict__: the per-event cost of this function is the ingest path's
     fields = event.__dict__
     kind = fields["type"]
-    detail_fields = _DETAIL_FIELDS[kind]
+    detail_fields = DETAIL_FIELDS[kind]
     # pydantic-core serializes enums and nested models like the canonical JSON, ~8x faster than json
     details = to_json({f: fields[f] for f in detail_fields}).decode() if detail_fields else ""
     ids = fields["customer"].__dict__
