@@ -103,7 +103,7 @@ def sql(env: dict[str, str], query: str) -> str:
 
 def test_live_view_in_a_terminal_and_a_rerun_that_loses_nothing(run_env: dict[str, str]) -> None:
     socket = f"touchline-test-{uuid.uuid4().hex[:6]}"
-    args = "--duration 45 --speed 30 --seed 7 --rate 4000"
+    args = "--duration 30 --speed 30 --seed 7 --rate 4000"
     first = run_in_terminal(run_env, socket, args)
     try:
         first.wait_for(r"fresh store \(chdb://", 240)
@@ -137,7 +137,7 @@ def test_live_view_in_a_terminal_and_a_rerun_that_loses_nothing(run_env: dict[st
     assert ahead == "false" or ahead == "0", "simulated events were dated in the future"
 
     # the rerun only has to continue the store and count nothing late: a shorter run
-    second = run_in_terminal(run_env, f"{socket}-2", args.replace("--duration 45", "--duration 20"))
+    second = run_in_terminal(run_env, f"{socket}-2", args.replace("--duration 30", "--duration 12"))
     try:
         second.wait_for(r"continuing the store at chdb://\S+: [\d,]+ events, the newest at", 240)
         end = second.wait_for(r"(?m)^done\. Data is in", 300)
