@@ -412,7 +412,7 @@ def journeys_then_a_stop(workspace: Workspace, seed: int) -> tuple[Worker, int, 
     holds the offset after the last). The feeder, the stopped worker's port, the production."""
     feeder = workspace.start_worker(role="ingest,analytics")
     stitcher = workspace.start_worker(role="journeys", own_store=True)
-    producing = Background(workspace, seed=seed, speed=1500, hours=16)
+    producing = Background(workspace, seed=seed, speed=3000, hours=16)  # 19 s
     wait_until(lambda: journey_offsets(stitcher)[1] >= 2, 180, "the journey stage to finish a few messages")
     stitcher.stop()
     return feeder, stitcher.port, producing
