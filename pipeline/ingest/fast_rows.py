@@ -9,12 +9,14 @@ key) goes the pydantic way (`decode` + `event_row`), which has the last word and
 messages. So a row from here is exactly the row the pydantic way gives
 (tests/unit/test_fast_rows.py compares them on simulated, hostile and generated input).
 
-Not mirrored (pydantic decides): types with model validators or field validators other than the
-event time's, fields with constraints other than lengths and bounds.
+A model's `mode="after"` validators run on the struct as they are (they read fields by name). Not
+mirrored (pydantic decides): models with other validators or field validators other than the event
+time's, fields with constraints other than lengths, bounds and simple anchored patterns.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +40,11 @@ from pipeline.times import EPOCH
 _KNOWN_FIELD_VALIDATORS = frozenset({"_utc_millis"})
 
 
+# patterns that mean the same in pydantic-core's regex engine and Python's (msgspec uses `re`):
+# anchored runs of ASCII character classes with counted repeats, e.g. ^[a-z][a-z0-9_]{0,31}$
+_SIMPLE_PATTERN = re.compile(r"\^(\[[A-Za-z0-9_-]+\](\{\d+(,\d+)?\})?)+\$")
+
+
 class _Unmirrored(Exception):
     """A model, field or constraint the fast way leaves to pydantic."""
 
@@ -53,6 +60,9 @@ def _constraints(metadata: list[Any]) -> msgspec.Meta | None:
             given["ge"] = item.ge
         elif isinstance(item, annotated_types.Le):
             given["le"] = item.le
+        elif set(getattr(item, "__dict__", {})) == {"pattern"} and _SIMPLE_PATTERN.fullmatch(item.pattern):
+            # pydantic-core's `$` is the end of the text, Python's also before a final newline
+            given["pattern"] = item.pattern[:-1] + r"\Z"
         else:
             raise _Unmirrored(f"constraint {item!r}")
     return msgspec.Meta(**given) if given else None
@@ -88,9 +98,21 @@ def _mirror(annotation: Any, metadata: list[Any], structs: dict[type, type]) -> 
     raise _Unmirrored(f"type {annotation!r}")
 
 
-def _fields(model: type[BaseModel], structs: dict[type, type], skip: str | None = None) -> list[tuple[Any, ...]]:
+def _after_checks(model: type[BaseModel]) -> tuple[Callable[[Any], Any], ...]:
+    """The model's own `mode="after"` validators, which read the fields by name and raise when
+    wrong: called on the struct, they decide as on the model (one source of truth)."""
+    validators = model.__pydantic_decorators__.model_validators.values()
+    if any(v.info.mode != "after" for v in validators):
+        raise _Unmirrored(f"{model.__name__} has a validator that runs before or around validation")
+    return tuple(v.func for v in validators)
+
+
+def _fields(
+    model: type[BaseModel], structs: dict[type, type], skip: str | None = None, checked: bool = False
+) -> list[tuple[Any, ...]]:
+    """`checked`: the caller runs the model's after-validators (`_after_checks`)."""
     decorators = model.__pydantic_decorators__
-    if decorators.model_validators or set(decorators.field_validators) - _KNOWN_FIELD_VALIDATORS:
+    if (decorators.model_validators and not checked) or set(decorators.field_validators) - _KNOWN_FIELD_VALIDATORS:
         raise _Unmirrored(f"{model.__name__} has validators")
     fields: list[tuple[Any, ...]] = []
     for name, info in model.model_fields.items():
@@ -130,6 +152,7 @@ class _Shape:
     details: tuple[str, ...]
     author: bool
     link: bool  # an identity link: its two identifiers are pseudonymised too
+    checks: tuple[Callable[[Any], Any], ...]  # the model's after-validators
 
 
 def _event_structs() -> tuple[msgspec.json.Decoder[Any], dict[type, _Shape], list[str]]:
@@ -139,9 +162,10 @@ def _event_structs() -> tuple[msgspec.json.Decoder[Any], dict[type, _Shape], lis
     left_out: list[str] = []
     for kind, model in MODEL_BY_TYPE.items():
         try:
+            checks = _after_checks(model)
             struct = msgspec.defstruct(
                 model.__name__,
-                _fields(model, structs, skip="type"),
+                _fields(model, structs, skip="type", checked=True),
                 tag_field="type",
                 tag=kind,
                 forbid_unknown_fields=True,
@@ -152,7 +176,7 @@ def _event_structs() -> tuple[msgspec.json.Decoder[Any], dict[type, _Shape], lis
             continue
         mirrored.append(struct)
         fields = model.model_fields
-        shapes[struct] = _Shape(kind, DETAIL_FIELDS[kind], "author" in fields, kind == "identity_link")
+        shapes[struct] = _Shape(kind, DETAIL_FIELDS[kind], "author" in fields, kind == "identity_link", checks)
     decoder = msgspec.json.Decoder(Union[tuple(mirrored)])  # noqa: UP007 (a runtime union of classes)
     return decoder, shapes, left_out
 
@@ -221,6 +245,11 @@ def _fast_row(
     if not isinstance(key, _Unkeyed) and rules.check_key and key != contact_id.encode():
         return None
     shape = _SHAPES[type(event)]
+    for check in shape.checks:
+        try:
+            check(event)
+        except Exception:  # whatever a validator raises, pydantic says what is wrong
+            return None
     if shape.link:
         link = pseudonym.link_identifier
         for side in (event.left, event.right):
