@@ -9,6 +9,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
+import msgspec
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
@@ -30,8 +32,21 @@ def from_ms(epoch_ms: int) -> datetime:
     return EPOCH + epoch_ms * _MS
 
 
+_encode_json = msgspec.json.encode
+
+
 def iso(moment: datetime) -> str:
-    """`YYYY-MM-DDTHH:MM:SS.mmmZ` of an aware UTC datetime."""
+    """`YYYY-MM-DDTHH:MM:SS.mmmZ` of an aware UTC datetime (another offset, or a naive datetime,
+    as `isoformat` writes it, with milliseconds)."""
+    # msgspec writes a UTC datetime as `"YYYY-MM-DDTHH:MM:SS[.ffffff]Z"` in C: cut to milliseconds,
+    # 0.78 against 3.65 µs for isoformat + replace (session 31, timeit on a busy host). Every SLA
+    # outcome writes three, every event's JSON (state, journey input) one
+    text = _encode_json(moment)
+    size = len(text)
+    if size == 29:
+        return text[1:24].decode() + "Z"
+    if size == 22:
+        return text[1:20].decode() + ".000Z"
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

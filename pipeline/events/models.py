@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.times import iso
+
 SCHEMA_VERSION = 2  # the newest value of EventBase.schema_version
 # Version history (a consumer accepts every version up to SCHEMA_VERSION):
 #   1  the original events.
@@ -154,7 +156,7 @@ class EventBase(_Strict):
 
     @field_serializer("occurred_at")
     def _iso_millis(self, value: datetime) -> str:
-        return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return iso(value)
 
 
 class ContactStarted(EventBase):

@@ -20,16 +20,16 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
-from pipeline.worker import metrics
+from pipeline.worker import fetched, metrics
 from pipeline.worker.health import Health
 
 log = logging.getLogger(__name__)
 
-Records = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+Records = dict[TopicPartition, list[fetched.FetchedRecord]]
 PartitionsHook = Callable[[Sequence[TopicPartition]], Awaitable[None]]
 
 
@@ -77,6 +77,7 @@ class BatchConsumer:
             "client_id": group_id,
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
+            "value_deserializer": fetched.RAW,  # messages as `FetchedRecord`s (see pipeline.worker.fetched)
             # what a lagging consumer holds fetched but not yet handed over: 4 MB a partition and
             # 64 MB a fetch were up to 2 x 64 MB in a worker running ingest and analytics
             "max_partition_fetch_bytes": 1024 * 1024,
@@ -127,6 +128,7 @@ class BatchConsumer:
         return self._consumer
 
     async def start(self) -> None:
+        fetched.install()
         self._consumer = AIOKafkaConsumer(**self._options)  # needs the running loop
         await self.consumer.start()
         self.consumer.subscribe(self._topics, listener=_Listener(self))

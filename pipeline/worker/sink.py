@@ -55,11 +55,14 @@ _CHANNEL = EVENT_COLUMNS.index("channel")
 
 
 class Message(Protocol):
-    """What the sink needs of a consumed message (aiokafka's ConsumerRecord has it)."""
+    """What the sink needs of a consumed message (`FetchedRecord` and aiokafka's `ConsumerRecord` have it)."""
 
-    offset: int
-    key: bytes | None
-    value: bytes | None
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
 
 
 class IngestSink:

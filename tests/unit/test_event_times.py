@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 from pipeline.events.models import EVENT_ADAPTER
+from pipeline.times import iso
 
 _DATETIME = TypeAdapter(datetime)
 
@@ -85,3 +86,16 @@ def test_the_shortcut_is_taken_and_gives_the_standard_utc() -> None:
     assert decoded("2026-03-01T09:15:02.250Z") == datetime(2026, 3, 1, 9, 15, 2, 250_000, tzinfo=UTC)
     assert decoded("2026-03-01T11:15:02.250+02:00") == datetime(2026, 3, 1, 9, 15, 2, 250_000, tzinfo=UTC)
     assert decoded("2026-03-01T09:15:02.250") == NO_ZONE
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.one_of(st.none(), st.just(UTC), st.timezones()),
+    )
+)
+def test_iso_writes_what_isoformat_writes_in_milliseconds(when: datetime) -> None:
+    """`iso` (msgspec's C writer, cut to milliseconds) against the standard library's form."""
+    assert iso(when) == when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
