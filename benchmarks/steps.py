@@ -40,9 +40,10 @@ from pipeline.sla.policy import load_policies
 from pipeline.store import clickhouse
 from pipeline.store.migrations import migrate
 from pipeline.times import to_ms
+from pipeline.worker.analytics import sla_messages
 from pipeline.worker.journeys import forward_lines
 from pipeline.worker.sink import IngestSink, stored_rows
-from pipeline.worker.stages import Stages, kpi_records
+from pipeline.worker.stages import Stages, kpi_records, sla_records
 
 Message = tuple[str, bytes, bytes]  # topic, key, value
 BATCH = 5_000  # TOUCHLINE_BATCH_MAX_ROWS's default: the rows of one insert
@@ -134,15 +135,15 @@ def analytics_steps(messages: list[Message]) -> dict[str, float]:
         if topic not in states:
             states[topic] = stages.partitions[(topic, 0)] = stages.new_state((topic, 0))
     now = datetime.now(UTC)
+    outcomes: list[SlaEvent] = []
 
     def apply(begin: int, end: int) -> None:
         for start in range(begin, end, SLICE):
             touched = set()
             late: list[LateEvent] = []
-            sla: list[SlaEvent] = []
             for offset, (topic, event) in enumerate(valid[start : min(start + SLICE, end)], start):
                 state = states[topic]
-                stages.apply_into(state, event, offset, now, late, sla, defer=True)
+                stages.apply_into(state, event, offset, now, late, outcomes, defer=True)
                 touched.add(topic)
             for topic in touched:
                 states[topic].kpi.settle()
@@ -155,6 +156,7 @@ def analytics_steps(messages: list[Message]) -> dict[str, float]:
         end = min(begin + CHECKPOINT_EVENTS, len(valid))
         timed("KPI windows + SLA clocks (apply + settle)", steps, partial(apply, begin, end))
         timed("checkpoint (changed contacts' state)", steps, checkpoint)
+    timed("SLA outcomes (rows, messages)", steps, lambda: (sla_records(outcomes, now), sla_messages(outcomes)))
     forwarded = RecentIds(500_000)
     fresh = timed("forward dedup", steps, lambda: [e for _, e in valid if not forwarded.seen(e.event_id)])
     timed("journey forward (contact records)", steps, lambda: forward_lines(fresh))

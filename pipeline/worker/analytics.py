@@ -455,18 +455,15 @@ class AnalyticsStage:
         if not events:
             return
         self.outbox.sla_rows(sla_records(events, now))
-        messages: list[Outgoing] = []
         wall = self.sla_clock == "wall"
         counted: Counter[tuple[str, str, str, str]] = Counter()
-        encode = _SLA_JSON.encode
         for item in events:
             counted[item.channel, item.target.value, item.kind.value, item.policy] += 1
             if wall and item.kind.value == "breached":
                 metrics.SLA_DETECTION_SECONDS.observe(max(0.0, (now - item.deadline).total_seconds()))
-            messages.append((item.contact_id.encode(), encode(item.to_dict()), None))
         for labels, count in counted.items():  # a label lookup per kind, not per outcome
             metrics.SLA_EVENTS.labels(*labels).inc(count)
-        self.outbox.messages(self.topics.sla, messages)
+        self.outbox.messages(self.topics.sla, sla_messages(events))
 
     # ------------------------------------------------------------------ erasure, introspection
 
@@ -485,6 +482,12 @@ class AnalyticsStage:
             "contacts": sum(s.contacts() for s in self.stages.partitions.values()),
             "outbox": len(self.outbox),
         }
+
+
+def sla_messages(events: Sequence[SlaEvent]) -> list[Outgoing]:
+    """The messages of SLA outcomes for the SLA topic: keyed by contact, the JSON of `to_dict`."""
+    encode = _SLA_JSON.encode
+    return [(item.contact_id.encode(), encode(item.to_dict()), None) for item in events]
 
 
 def provisional_rows(
