@@ -517,10 +517,16 @@ def load_events(
     probe_rate = 1_000_000.0
     probe = workdir / "load-probe.jsonl"
     common = ("--seed", "3", "--profile", "flat", "--customers", "200000", "--speed", "0", "--quiet")
+    began = time.monotonic()
     run_cli(env, "simulate", *common, "--rate", str(probe_rate), "--duration", f"{seconds}s", "--out", str(probe))
-    issues_per_hour = probe_rate * events_per_second * seconds / max(1, sum(1 for _ in probe.open()))
-    # generating takes about a second per 12,000 events; the traffic starts after that and a margin
-    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=20 + events_per_second * seconds / 12_000)
+    probe_seconds, probe_events = time.monotonic() - began, max(1, sum(1 for _ in probe.open()))
+    issues_per_hour = probe_rate * events_per_second * seconds / probe_events
+    # the traffic starts once it is generated and read in, with a margin: the probe says how fast
+    # this machine generates (about 12,000 events/s here on a good day; a host at a third of that
+    # speed made a fixed lead of a second per 12,000 events too short, session 31), and reading
+    # the lines in takes about as long again
+    lead = 20 + 2.5 * probe_seconds / probe_events * events_per_second * seconds
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=lead)
     out = workdir / "load.jsonl"
     run_cli(
         env, "simulate", *common, "--rate", f"{issues_per_hour:.0f}", "--duration", f"{seconds}s",
