@@ -308,7 +308,7 @@ def topics() -> None:
     try:
         created = ensure_topics(
             settings.bootstrap_servers,
-            settings.topics.specs(settings.topic_partitions),
+            settings.topics.specs(settings.topic_partitions, settings.journey_builders),
             options=client_options(settings),
         )
     except KafkaAuthenticationError as error:

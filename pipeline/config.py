@@ -177,6 +177,16 @@ class Settings(BaseSettings):
         description="A customer none of whose contacts is in a journey any more is forgotten (identifiers "
         "released) this long after their newest event.",
     )
+    journey_builders: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="0: one journey stage keeps the identity graph and builds every journey on one partition. "
+        "N >= 1: the stage is split: a resolver (one partition) ties identities and routes each contact to one of "
+        "N builder partitions of `<prefix>.journey-builds`, which build the journeys and spread over the workers "
+        "running the `journeys` stage. The topic's partitions are created with this count; do not change it on "
+        "a running deployment. Its identity retention must cover the longer journey window plus the keep.",
+    )
     checkpoint_seconds: float = Field(
         10.0,
         gt=0,
@@ -291,6 +301,23 @@ class Settings(BaseSettings):
                 problems.append("clickhouse_dsn has credentials and clickhouse_user/clickhouse_password are set")
         if problems:
             raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _split_windows_fit(self) -> Settings:
+        if self.journey_builders and self.table_store.startswith("memory"):
+            raise ValueError(
+                "journey_builders needs table_store rocksdb:// (each builder partition keeps a store of its own)"
+            )
+        if self.journey_builders:
+            longest = max(self.journey_repeat_window_days, self.journey_dormancy_days) + self.journey_keep_hours / 24
+            if self.journey_identity_retention_days < longest:
+                raise ValueError(
+                    f"with journey_builders set, journey_identity_retention_days "
+                    f"({self.journey_identity_retention_days:g}) must be at least the longer of the repeat window and "
+                    f"the dormancy plus the journey keep ({longest:g} days): the resolver forgets a customer only "
+                    "when every journey of theirs is closed"
+                )
         return self
 
     @field_validator("topic_prefix")

@@ -75,6 +75,12 @@ class TopicNames:
         return f"{self.prefix}.journey-events"
 
     @property
+    def journey_builds(self) -> str:
+        """The split journey stage's builder partitions (`journey_builders` of them): contact records
+        routed by the resolver, and customers' books handed over between builders."""
+        return f"{self.prefix}.journey-builds"
+
+    @property
     def journeys(self) -> str:
         return f"{self.prefix}.journeys"
 
@@ -93,7 +99,7 @@ class TopicNames:
         """The channel a topic carries, or None when the topic is not one of these channel topics."""
         return self._channel_of.get(topic)
 
-    def specs(self, channel_partitions: int) -> dict[str, int]:
+    def specs(self, channel_partitions: int, journey_builders: int = 0) -> dict[str, int]:
         """Every topic Touchline needs, with its partition count. Created idempotently at start."""
         specs = {topic: channel_partitions for topic in self.interactions.values()}
         specs[self.deadletter] = 1
@@ -101,6 +107,8 @@ class TopicNames:
         specs[self.sla] = channel_partitions
         specs[self.journey_events] = 1
         specs[self.journeys] = channel_partitions
+        if journey_builders:
+            specs[self.journey_builds] = journey_builders
         return specs
 
 

@@ -97,7 +97,9 @@ def open_kafka(settings: Settings, client_id: str) -> KafkaSink:
     if not answered:
         raise DeliveryError(f"cannot reach Kafka at {bootstrap}{hint}")
     try:
-        ensure_topics(bootstrap, settings.topics.specs(settings.topic_partitions), options=security)
+        ensure_topics(
+            bootstrap, settings.topics.specs(settings.topic_partitions, settings.journey_builders), options=security
+        )
     except Exception as error:
         raise DeliveryError(f"cannot create topics on Kafka at {bootstrap}: {error}{hint}") from None
     return KafkaSink(bootstrap, client_id=client_id, security=security)

@@ -48,6 +48,7 @@ from pipeline.worker.consumer import BatchConsumer, Records, StageHooks
 from pipeline.worker.forget_view import install_forget_view
 from pipeline.worker.health import Health
 from pipeline.worker.journey_agent import forward_events, install_journey_stage
+from pipeline.worker.journey_split_agent import install_split_journey_stage
 from pipeline.worker.journeys import ForwardLine
 from pipeline.worker.loop_watch import watch_loop
 from pipeline.worker.outbox import Outbox
@@ -111,7 +112,9 @@ class Shared:
 def create_app(settings: Settings, *, web_port: int | None = None) -> tuple[faust.App, Startup]:
     configure_worker(settings)  # plausible times, message keys, pseudonyms: before any stage decodes
     ensure_topics(
-        settings.bootstrap_servers, settings.topics.specs(settings.topic_partitions), options=client_options(settings)
+        settings.bootstrap_servers,
+        settings.topics.specs(settings.topic_partitions, settings.journey_builders),
+        options=client_options(settings),
     )
     client = connect(settings.clickhouse_url, settings.clickhouse_database)
     applied = migrate(client)
@@ -156,7 +159,10 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> tuple[faus
     analytics = _analytics(shared) if "analytics" in roles else None
     if "journeys" in roles:
         journey_events = app.topic(settings.topics.journey_events, value_serializer="raw", key_serializer="raw")
-        install_journey_stage(app, client, executor, journey_events, settings, shared.health)
+        if settings.journey_builders:
+            install_split_journey_stage(app, client, executor, journey_events, settings, shared.health)
+        else:
+            install_journey_stage(app, client, executor, journey_events, settings, shared.health)
     else:
         # nothing here reads through Faust (the channel topics have their own consumers): no member
         # in the journey stage's group. As a member, an `ingest,analytics` worker was elected its

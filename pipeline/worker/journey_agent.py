@@ -124,6 +124,57 @@ ROCKSDB_OPTIONS: dict[str, int] = {
 }
 
 
+OutputRetry = Callable[[str, Callable[[], Awaitable[None]], str, str], Awaitable[None]]
+
+
+async def write_journey_outputs(
+    app: faust.App,
+    client: Client,
+    executor: BlockingExecutor,
+    journeys_topic: str,
+    changed: list[JourneyVersion],
+    retried: OutputRetry,
+) -> None:
+    """The `journeys`/`journey_steps` rows of `changed`, then their documents on `journeys_topic`,
+    each retried (`retried(what, attempt, output, dependency)`)."""
+    journey_rows: list[list[Any]] = []
+    steps: list[list[Any]] = []
+    documents: list[tuple[bytes, bytes, None]] = []
+    for start in range(0, len(changed), OUTPUT_SLICE):  # rendered in slices: the loop keeps serving
+        if start:
+            await asyncio.sleep(0)
+        out = journey_stage.render_outputs(changed[start : start + OUTPUT_SLICE])
+        journey_rows += out.journeys
+        steps += out.steps
+        documents += ((key, value, None) for key, value in out.documents)
+
+    async def insert() -> None:
+        await executor.run(insert_rows, client, "journey_steps", STEP_COLUMNS, steps)
+        await executor.run(insert_rows, client, "journeys", JOURNEY_COLUMNS, journey_rows)
+
+    await retried("journey rows insert", insert, "clickhouse", "clickhouse")
+
+    async def send() -> None:
+        # one task per slice: each sends its slice, then the loop runs others while they deliver
+        slices = (documents[i : i + OUTPUT_SLICE] for i in range(0, len(documents), OUTPUT_SLICE))
+        await asyncio.gather(*(produce(app, journeys_topic, part) for part in slices))
+
+    await retried("journey documents send", send, "topic", "kafka-producer")
+    for version in changed:
+        metrics.JOURNEY_UPDATES.labels("deleted" if version.deleted else version.journey.status).inc()
+
+
+def placeholder_pseudonyms() -> frozenset[str]:
+    """The pseudonyms of identity placeholders under this worker's key (none when identifiers are
+    not pseudonymised): the graph must refuse them like the clear placeholders."""
+    hider = pseudonym.active()
+    if hider is None:
+        return frozenset()
+    return frozenset(
+        hider.value(kind.value, raw).lower() for kind, values in placeholder_values().items() for raw in values
+    )
+
+
 def journey_rules(settings: Settings) -> JourneyConfig:
     """The windows of the journey rules the settings give (by default a 7-day repeat window and a
     14-day dormancy)."""
@@ -230,16 +281,6 @@ def install_journey_stage(
         items: Iterator[tuple[bytes, bytes]] = bulk() if callable(bulk) else iter(table.items())
         return items
 
-    def placeholder_pseudonyms() -> frozenset[str]:
-        """The pseudonyms of identity placeholders under this worker's key (none when identifiers
-        are not pseudonymised): the graph must refuse them like the clear placeholders."""
-        hider = pseudonym.active()
-        if hider is None:
-            return frozenset()
-        return frozenset(
-            hider.value(kind.value, raw).lower() for kind, values in placeholder_values().items() for raw in values
-        )
-
     async def core_ready(timeout: float | None = None) -> Stitcher | None:
         if state.core is None and state.builder is None:
             state.builder = asyncio.ensure_future(build())
@@ -276,31 +317,7 @@ def install_journey_stage(
         state.blocked, state.refusals = dict(core.graph.blocked), dict(core.graph.refusals)
 
     async def write_outputs(changed: list[JourneyVersion]) -> None:
-        journey_rows: list[list[Any]] = []
-        steps: list[list[Any]] = []
-        documents: list[tuple[bytes, bytes, None]] = []
-        for start in range(0, len(changed), OUTPUT_SLICE):  # rendered in slices: the loop keeps serving
-            if start:
-                await asyncio.sleep(0)
-            out = journey_stage.render_outputs(changed[start : start + OUTPUT_SLICE])
-            journey_rows += out.journeys
-            steps += out.steps
-            documents += ((key, value, None) for key, value in out.documents)
-
-        async def insert() -> None:
-            await executor.run(insert_rows, client, "journey_steps", STEP_COLUMNS, steps)
-            await executor.run(insert_rows, client, "journeys", JOURNEY_COLUMNS, journey_rows)
-
-        await retried("journey rows insert", insert, "clickhouse", "clickhouse")
-
-        async def send() -> None:
-            # one task per slice: each sends its slice, then the loop runs others while they deliver
-            slices = (documents[i : i + OUTPUT_SLICE] for i in range(0, len(documents), OUTPUT_SLICE))
-            await asyncio.gather(*(produce(app, journeys_topic, part) for part in slices))
-
-        await retried("journey documents send", send, "topic", "kafka-producer")
-        for version in changed:
-            metrics.JOURNEY_UPDATES.labels("deleted" if version.deleted else version.journey.status).inc()
+        await write_journey_outputs(app, client, executor, journeys_topic, changed, retried)
 
     async def persist(core: Stitcher, next_offset: int, version_base: int) -> None:
         """Write every changed key to the tables: first to their changelogs, delivered, then to

@@ -9,7 +9,7 @@ later (session 20, `make bench`'s whole worker). So the stage names the partitio
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from faust.stores.rocksdb import Store as RocksDBStore
@@ -31,3 +31,12 @@ def write_partition(data: Any, partition: int, writes: Sequence[tuple[bytes, byt
             data[key] = value
         elif key in data:
             del data[key]
+
+
+def read_partition(data: Any, partition: int) -> Iterator[tuple[bytes, bytes]]:
+    """The entries of `partition` in the store `data` (a table's `.data`), read from its RocksDB
+    database in bulk; the memory store keeps every partition in one dict and gives them all."""
+    if isinstance(data, RocksDBStore):
+        yield from data._visible_items(data._db_for_partition(partition))  # rocksdict or python-rocksdb
+        return
+    yield from data.items()

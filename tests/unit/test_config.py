@@ -155,3 +155,25 @@ def test_journey_windows_reach_the_journey_rules(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(ConfigError) as raised:
         load_settings()
     assert "TOUCHLINE_JOURNEY_DORMANCY_DAYS" in str(raised.value)
+
+
+def test_a_split_journey_stage_needs_durable_tables_and_identities_kept_past_its_journeys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TOUCHLINE_JOURNEY_BUILDERS", "4")
+    settings = load_settings()
+    assert (
+        settings.topics.specs(settings.topic_partitions, settings.journey_builders)[settings.topics.journey_builds] == 4
+    )
+    assert settings.topics.journey_builds not in settings.topics.specs(settings.topic_partitions)
+    monkeypatch.setenv("TOUCHLINE_JOURNEY_IDENTITY_RETENTION_DAYS", "10")  # under 14 days of dormancy + 1 of keep
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert "journey_identity_retention_days (10) must be at least" in str(raised.value) and "(15 days)" in str(
+        raised.value
+    )
+    monkeypatch.setenv("TOUCHLINE_JOURNEY_IDENTITY_RETENTION_DAYS", "30")
+    monkeypatch.setenv("TOUCHLINE_TABLE_STORE", "memory://")
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert "needs table_store rocksdb://" in str(raised.value)

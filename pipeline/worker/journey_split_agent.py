@@ -1,0 +1,719 @@
+"""The split journey stage's Faust shell (`TOUCHLINE_JOURNEY_BUILDERS` >= 1): a resolver agent on
+`touchline.journey-events` (one partition) and a builder agent on `touchline.journey-builds` (one
+partition per builder, spread over the workers running the `journeys` stage by Faust's group),
+each with changelogged tables. The rules are `pipeline.journeys.split` (`Resolver`, `Builder`); the
+wire and state formats `pipeline.worker.split_wire`.
+
+* **Resolver round** (the messages that arrive within 50 ms, up to 16): each message read as
+  `Resolver.read` does (the unit a crash repeats): its records' identities (the message's identity
+  header) tied, each record line routed unparsed (`split_wire.encode_filed`) after the messages its
+  merges need, a `Tick` to every builder, retention. The routed messages are sent, each builder's in
+  order, everything before a `HandOver` delivered before it is sent (its `Expect` must reach the
+  new owner first). Then the checkpoint: the journal (the round's state changes, whole) and the
+  offset, delivered; then the keyed entries (identity components, customers, contacts); only then
+  are the round's messages acknowledged. A restore applies a journal tagged with the stored offset
+  over the keyed entries (a checkpoint cut short lands whole) and reads from the stored offset;
+  builders drop what a restored resolver sends again (stamps).
+* **Builder round**, per partition: the round written down (its first and end offsets) -> the
+  messages received, journeys taken at each `Tick` (numbered `base + the offset after the Tick`)
+  and at the round's end (`base + the offset after the round`) -> rows and documents written
+  (retried) -> books handed over to other builders sent -> journal and offset with `meta`, then the
+  contacts and journey versions. A builder restored at a round's first offset reads exactly that
+  round again first.
+* **Gaps**: Faust acknowledges the messages a stream skips while a rebalance changes the group's
+  generation; each partition's state holds the offset it applied up to, and a message past it
+  makes the stage read the gap from the topic first (as the single stage does).
+* **Lookups** take two hops: the resolver's owner finds the customer and its builder, the builder's
+  owner answers with the journeys.
+
+Not built yet: the single stage's idle tail read, erasure (`touchline forget`) and the state gauges
+of the split stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, TypeVar, cast
+
+import faust
+from clickhouse_connect.driver.client import Client
+from faust.exceptions import SameNode
+from faust.types import TP
+from faust.web import Request, Response
+from yarl import URL
+
+from pipeline.config import Settings
+from pipeline.journeys.identity import IdentityConfig
+from pipeline.journeys.model import DAY, Emitted, JourneyVersion
+from pipeline.journeys.split import (
+    Builder,
+    BuilderChanges,
+    FiledContact,
+    HandOver,
+    Message,
+    Resolver,
+    ResolverChanges,
+    Tick,
+    stamped,
+)
+from pipeline.kafka_security import client_options
+from pipeline.privacy import access, pseudonym
+from pipeline.store.clickhouse import BlockingExecutor
+from pipeline.worker import journey_metrics as jm
+from pipeline.worker import journeys as journey_stage
+from pipeline.worker import split_wire as wire
+from pipeline.worker.health import Health
+from pipeline.worker.journey_agent import (
+    APPLY_SLICE,
+    OUTPUT_SLICE,
+    ROCKSDB_OPTIONS,
+    TAKE_WITHIN_SECONDS,
+    journey_rules,
+    placeholder_pseudonyms,
+    write_journey_outputs,
+)
+from pipeline.worker.produce import produce
+from pipeline.worker.table_writes import read_partition, write_partition
+from pipeline.worker.topic_range import read_range
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+OFFSET_KEY = b"\x00offset"
+LOOKUP_WAIT_SECONDS = 30.0
+Writes = list[tuple[bytes, bytes | None]]
+Incoming = tuple[int, bytes, Any]  # offset, value, headers
+
+
+class _Line(NamedTuple):
+    """A contact record routed by the resolver, unparsed (a `Filed` on the wire)."""
+
+    customer: str
+    line: bytes
+    seq: int
+    as_of_ms: int
+
+
+@dataclass
+class _Part:
+    """One partition of the stage held here: its core and where its state stands."""
+
+    core: Any = None
+    # offset of the next input message the state has not applied (0: a new state)
+    next_offset: int = 0
+    version_base: int | None = None  # builders: the base of the journey versions
+    forced_end: int | None = None  # builders: where the round under way at the last stop ended
+    journal_chunks: int = 0  # chunks of the last journal written (the next journal deletes extra ones)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    task: asyncio.Task[None] | None = None
+
+
+def _decode_all(
+    items: Iterable[tuple[bytes, bytes]], decode: Callable[[bytes], T], what: str
+) -> Iterator[tuple[str, T]]:
+    for key, value in items:
+        try:
+            yield key.decode(), decode(value)
+        except (wire.WireError, UnicodeDecodeError) as error:  # never written so; a restore must not fail on one
+            log.error("split journey state: %s entry skipped at restore (%s)", what, error)
+
+
+K = TypeVar("K")
+
+
+def _overlay(held: dict[K, T], changes: Iterable[tuple[K, T | None]]) -> None:
+    """A journal's entries over the keyed entries read (None: deleted)."""
+    for key, value in changes:
+        if value is None:
+            held.pop(key, None)
+        else:
+            held[key] = value
+
+
+def _journal_writes(chunks: list[bytes], before: int) -> Writes:
+    writes: Writes = [(wire.journal_key(i), chunk) for i, chunk in enumerate(chunks)]
+    writes += [(wire.journal_key(i), None) for i in range(len(chunks), before)]
+    return writes
+
+
+def _journal_values(items: dict[bytes, bytes]) -> list[bytes]:
+    values: list[bytes] = []
+    while (value := items.get(wire.journal_key(len(values)))) is not None:
+        values.append(value)
+    return values
+
+
+def install_split_journey_stage(
+    app: faust.App,
+    client: Client,
+    executor: BlockingExecutor,
+    journey_events_topic: Any,
+    settings: Settings,
+    health: Health | None = None,
+) -> None:
+    builders = settings.journey_builders
+    config = journey_rules(settings)
+    keep_ms = int(settings.journey_keep_hours * 3_600_000)
+    identity_ms = int(settings.journey_identity_retention_days * DAY)
+    journeys_topic = settings.topics.journeys
+    input_topic: str = journey_events_topic.get_topic_name()
+    builds_name = settings.topics.journey_builds
+    builds_topic = app.topic(builds_name, partitions=builders, value_serializer="raw", key_serializer="raw")
+    security = client_options(settings)
+
+    def table(name: str, partitions: int) -> Any:
+        return app.Table(
+            name, default=None, partitions=partitions, key_type=bytes, value_type=bytes, options=dict(ROCKSDB_OPTIONS)
+        )
+
+    r_identity = table("journey-resolver-identity", 1)
+    r_customers = table("journey-resolver-customers", 1)
+    r_contacts = table("journey-resolver-contacts", 1)
+    r_meta = table("journey-resolver-meta", 1)
+    b_contacts = table("journey-builder-contacts", builders)
+    b_emitted = table("journey-builder-emitted", builders)
+    b_meta = table("journey-builder-meta", builders)
+    resolver = _Part()
+    parts: dict[int, _Part] = {}
+    first_offset = [-1]  # the first input offset this process's resolver took (tests see redelivery)
+
+    async def retried(what: str, attempt: Callable[[], Awaitable[T]], output: str, dependency: str) -> T:
+        on_retry = jm.JOURNEY_FLUSH_RETRIES.labels(output).inc
+        return await journey_stage.retried(what, attempt, on_retry=on_retry, health=health, dependency=dependency)
+
+    async def write_table(what: str, table: Any, partition: int, writes: Writes) -> None:
+        """`writes` to the table's changelog partition, delivered (retried), then to its store with
+        the changelog offset it now holds."""
+        if not writes:
+            return
+        topic = table.changelog_topic.get_topic_name()
+
+        async def send() -> int | None:
+            return await produce(app, topic, ((k, v, None) for k, v in writes), partition)
+
+        offset = await retried(f"journey {what} changelog send", send, "changelog", "kafka-producer")
+        data: Any = table.data
+        for start in range(0, len(writes), OUTPUT_SLICE):
+            write_partition(data, partition, writes[start : start + OUTPUT_SLICE])
+            await asyncio.sleep(0)
+        if offset is not None:
+            data.set_persisted_offset(TP(topic, partition), offset)
+
+    def restoring(restore: Awaitable[None], what: str) -> asyncio.Task[None]:
+        """A restore task; a restore that fails stops the worker (the stage cannot go on without it)."""
+
+        async def guarded() -> None:
+            try:
+                await restore
+            except Exception as error:
+                log.error(
+                    "split journey %s could not be restored (%s: %s); stopping", what, type(error).__name__, error
+                )
+                await app.crash(error)
+                raise
+
+        return asyncio.ensure_future(guarded())
+
+    def active(topic: str, partition: int) -> bool:
+        return TP(topic, partition) in app.assignor.assigned_actives()
+
+    # ---- the resolver ---------------------------------------------------------------------------
+
+    def resolver_keyed(changes: ResolverChanges) -> list[tuple[str, Any, Writes]]:
+        return [
+            (
+                "resolver identity",
+                r_identity,
+                [
+                    (journey_stage.component_key(node), None if m is None else journey_stage.component_value(m))
+                    for node, m in changes.components
+                ],
+            ),
+            (
+                "resolver customers",
+                r_customers,
+                [(k.encode(), None if e is None else wire.customer_value(e)) for k, e in changes.customers],
+            ),
+            (
+                "resolver contacts",
+                r_contacts,
+                [(k.encode(), None if e is None else wire.contact_value(e)) for k, e in changes.contacts],
+            ),
+        ]
+
+    async def restore_resolver() -> None:
+        started = time.perf_counter()
+        guards = IdentityConfig(blocked_values=placeholder_pseudonyms())
+
+        def restore() -> tuple[Resolver, int, int, ResolverChanges | None]:
+            meta = dict(read_partition(r_meta.data, 0))
+            stored = meta.get(OFFSET_KEY)
+            offset, as_of, hand_overs = (0, 0, 0) if stored is None else wire.resolver_offset_entry(stored)
+            components = {k: v for k, v in read_partition(r_identity.data, 0)}
+            customers = dict(_decode_all(read_partition(r_customers.data, 0), wire.customer_entry, "customer"))
+            contacts = dict(_decode_all(read_partition(r_contacts.data, 0), wire.contact_entry, "contact"))
+            journal = wire.read_resolver_journal(_journal_values(meta))
+            finished: ResolverChanges | None = None
+            if journal is not None and journal[0] == offset:  # the last checkpoint, whole
+                finished = journal[1]
+                _overlay(
+                    components,
+                    (
+                        (journey_stage.component_key(node), None if m is None else journey_stage.component_value(m))
+                        for node, m in finished.components
+                    ),
+                )
+                _overlay(customers, finished.customers)
+                _overlay(contacts, finished.contacts)
+            decoded, broken = journey_stage.decode_components(list(components.values()))
+            for reason in broken:
+                log.error("split journey state entry skipped at restore (%s)", reason)
+            core = Resolver.from_state(
+                builders,
+                guards,
+                keep_ms=keep_ms,
+                identity_retention_ms=identity_ms,
+                customers=customers.items(),
+                components=decoded,
+                contacts=contacts.items(),
+                as_of_ms=as_of,
+                hand_overs=hand_overs,
+            )
+            return core, offset, len(_journal_values(meta)), finished
+
+        core, offset, chunks, finished = await asyncio.to_thread(restore)
+        if finished is not None:  # what the cut-short checkpoint did not write yet
+            for what, table_, writes in resolver_keyed(finished):
+                await write_table(what, table_, 0, writes)
+        resolver.core, resolver.next_offset, resolver.journal_chunks = core, offset, chunks
+        log.info(
+            "split journey resolver restored: %d customers, %d contacts in %.2f s; reading from offset %d",
+            len(core.owner),
+            len(core.seen),
+            time.perf_counter() - started,
+            offset,
+        )
+        resolver.ready.set()
+
+    async def resolver_ready() -> Resolver:
+        if resolver.core is None and resolver.task is None:
+            resolver.task = restoring(restore_resolver(), "resolver")
+        await resolver.ready.wait()
+        core: Resolver = resolver.core
+        return core
+
+    def identities_of(value: bytes, headers: Any) -> tuple[list[bytes], list[journey_stage.Identity]]:
+        lines = value.strip(b"\n").split(b"\n") if value.strip(b"\n") else []
+        pairs = headers.items() if isinstance(headers, dict) else (headers or ())
+        identities = journey_stage.read_identities(pairs, len(lines))
+        if identities is not None:
+            return lines, identities
+        records, rejected = journey_stage.read_records(value)  # sent without the header: the records read
+        if rejected:
+            jm.JOURNEY_RECORDS.labels("unreadable").inc(len(rejected))
+            log.warning("skipped %d unreadable contact record(s): %s", len(rejected), "; ".join(sorted(set(rejected))))
+        return [r.to_json() for r in records], [(r.contact_id, r.seen_us, list(r.ids), list(r.links)) for r in records]
+
+    async def resolve_message(core: Resolver, offset: int, value: bytes, headers: Any) -> list[tuple[int, bytes, bool]]:
+        """One input message, as `Resolver.read`: its (builder, wire message, is a hand-over)s, stamped."""
+        lines, identities = identities_of(value, headers)
+        core.naming = str(offset)
+        routed: list[tuple[int, Message | _Line]] = []
+        for index, (line, identity) in enumerate(zip(lines, identities, strict=True)):
+            try:
+                contact_id, seen_us, ids, links = identity
+                sent, customer, at = core.tie(contact_id, ids, links, int(seen_us))
+            except Exception as error:  # one bad record must not stop the stage
+                jm.JOURNEY_RECORDS.labels("failed").inc()
+                log.error("contact record skipped by the resolver (%s)", type(error).__name__)
+                continue
+            routed += sent
+            routed.append((at, _Line(customer, line, journey_stage.arrival_seq(offset, index), core.as_of_ms)))
+            if index % APPLY_SLICE == APPLY_SLICE - 1:
+                await asyncio.sleep(0)
+        jm.JOURNEY_RECORDS.labels("applied").inc(len(lines))
+        routed += core.tick()
+        while core.evict_due(2_000):
+            await asyncio.sleep(0)
+        out: list[tuple[int, bytes, bool]] = []
+        for at, stamp, message in stamped(offset, cast(list[tuple[int, Message]], routed)):
+            if isinstance(message, _Line):
+                encoded = wire.encode_filed(stamp, message.customer, message.line, message.seq, message.as_of_ms)
+            else:
+                encoded = wire.encode_message(stamp, message)
+            out.append((at, encoded, isinstance(message, HandOver)))
+        return out
+
+    async def send_routed(routed: list[tuple[int, bytes, bool]]) -> None:
+        """Each builder's messages in order; everything before a hand-over delivered before it."""
+        segment: dict[int, list[tuple[bytes, bytes, None]]] = {}
+
+        async def flush() -> None:
+            if not segment:
+                return
+            parts_ = list(segment.items())
+            segment.clear()
+
+            async def attempt() -> None:
+                await asyncio.gather(*(produce(app, builds_name, messages, at) for at, messages in parts_))
+
+            await retried("journey routed send", attempt, "topic", "kafka-producer")
+
+        for at, value, hand_over in routed:
+            if hand_over:
+                await flush()
+            segment.setdefault(at, []).append((str(at).encode(), value, None))
+        await flush()
+
+    async def resolver_round(core: Resolver, messages: list[Incoming]) -> None:
+        began = time.perf_counter()
+        routed: list[tuple[int, bytes, bool]] = []
+        for offset, value, headers in messages:
+            routed += await resolve_message(core, offset, value, headers)
+        await send_routed(routed)
+        end = messages[-1][0] + 1
+        changes = core.state_changes()
+        chunks = wire.resolver_journal(end, changes)
+        meta_writes = _journal_writes(chunks, resolver.journal_chunks)
+        meta_writes.append((OFFSET_KEY, wire.resolver_offset_value(end, changes.as_of_ms, changes.hand_overs)))
+        await write_table("resolver journal", r_meta, 0, meta_writes)
+        resolver.journal_chunks = len(chunks)
+        for what, table_, writes in resolver_keyed(changes):
+            await write_table(what, table_, 0, writes)
+        resolver.next_offset = end
+        jm.JOURNEY_BATCHES.inc(len(messages))
+        jm.JOURNEY_ROUND_SECONDS.inc(time.perf_counter() - began)
+        jm.JOURNEY_OFFSET.set(end - 1)
+
+    async def read_gap(topic: str, partition: int, start: int, end: int) -> list[Incoming]:
+        log.warning(
+            "journey input %s[%d]: %d message(s) at offsets %d to %d were skipped by the consumer group, "
+            "reading them again",
+            topic,
+            partition,
+            end - start,
+            start,
+            end - 1,
+        )
+
+        async def attempt() -> list[Incoming]:
+            taken: list[Incoming] = []
+            async for run in read_range(settings.bootstrap_servers, topic, partition, start, end, security=security):
+                taken += [(offset, value, None) for offset, value in run]
+            return taken
+
+        messages = await retried("journey input read again", attempt, "input", "kafka-consumer-journeys")
+        jm.JOURNEY_INPUT.labels("read_again").inc(len(messages))
+        return messages
+
+    @app.agent(journey_events_topic)
+    async def resolve(stream: Any) -> None:
+        async for events in stream.take_events(journey_stage.TAKE_MESSAGES, within=TAKE_WITHIN_SECONDS):
+            core = await resolver_ready()
+            async with resolver.lock:
+                if resolver.core is not core:
+                    continue  # replaced by a rebalance meanwhile: the new owner reads them
+                if first_offset[0] < 0:
+                    first_offset[0] = events[0].message.offset
+                    jm.JOURNEY_FIRST_OFFSET.set(first_offset[0])
+                expected = resolver.next_offset
+                fresh = [(e.message.offset, e.value, e.message.headers) for e in events if e.message.offset >= expected]
+                if len(fresh) < len(events):
+                    jm.JOURNEY_INPUT.labels("already_applied").inc(len(events) - len(fresh))
+                if not fresh:
+                    continue
+                if fresh[0][0] > expected:
+                    fresh = await read_gap(input_topic, 0, expected, fresh[0][0]) + fresh
+                await resolver_round(core, fresh)
+
+    # ---- the builders ---------------------------------------------------------------------------
+
+    def builder_keyed(changes: BuilderChanges) -> list[tuple[str, Any, Writes]]:
+        return [
+            (
+                "builder contacts",
+                b_contacts,
+                [(k.encode(), None if e is None else wire.filed_value(e)) for k, e in changes.contacts],
+            ),
+            (
+                "builder journeys",
+                b_emitted,
+                [(k.encode(), None if e is None else journey_stage.emitted_value(e)) for k, e in changes.emitted],
+            ),
+        ]
+
+    async def restore_builder(index: int, part: _Part) -> None:
+        started = time.perf_counter()
+
+        def restore() -> tuple[Builder, int, int | None, int | None, int, BuilderChanges | None]:
+            meta_items = dict(read_partition(b_meta.data, index))
+            stored = meta_items.get(OFFSET_KEY)
+            offset, base, meta = (0, None, {}) if stored is None else wire.meta_entry(stored)
+            contacts: dict[str, FiledContact] = dict(
+                _decode_all(read_partition(b_contacts.data, index), wire.filed_entry, "contact")
+            )
+            emitted: dict[str, Emitted] = dict(
+                _decode_all(read_partition(b_emitted.data, index), journey_stage.emitted_entry, "journey")
+            )
+            journal = wire.read_builder_journal(_journal_values(meta_items))
+            finished: BuilderChanges | None = None
+            if journal is not None and journal[0] == offset:
+                finished = journal[2]
+                _overlay(contacts, finished.contacts)
+                _overlay(emitted, finished.emitted)
+            core = Builder.from_state(
+                index, config, keep_ms=keep_ms, contacts=contacts.items(), emitted=emitted.items(), meta=meta
+            )
+            end = journey_stage.forced_end(meta_items.get(journey_stage.ROUND_KEY), offset)
+            return core, offset, None if stored is None else base, end, len(_journal_values(meta_items)), finished
+
+        core, offset, base, end, chunks, finished = await asyncio.to_thread(restore)
+        if finished is not None:
+            for what, table_, writes in builder_keyed(finished):
+                await write_table(what, table_, index, writes)
+        part.core, part.next_offset, part.version_base, part.forced_end = core, offset, base, end
+        part.journal_chunks = chunks
+        log.info(
+            "split journey builder %d restored: %d contacts, %d journeys in %.2f s; reading from offset %d%s",
+            index,
+            len(core.records),
+            len(core.store._emitted),
+            time.perf_counter() - started,
+            offset,
+            "" if end is None else f"; the round under way (to offset {end - 1}) is read again first",
+        )
+        part.ready.set()
+
+    async def builder_ready(index: int) -> tuple[_Part, Builder]:
+        part = parts.get(index)
+        if part is None:
+            part = parts[index] = _Part()
+        if part.core is None and part.task is None:
+            part.task = restoring(restore_builder(index, part), f"builder {index}")
+        await part.ready.wait()
+        core: Builder = part.core
+        return part, core
+
+    async def builder_round(index: int, part: _Part, core: Builder, messages: list[Incoming]) -> None:
+        began = time.perf_counter()
+        start, end = messages[0][0], messages[-1][0] + 1
+        base = part.version_base
+
+        def version(next_offset: int) -> int:
+            # a new state's base is set when its first journeys are taken: above the event time then
+            # (`journey_stage.version_base`), as the single stage's versions are
+            nonlocal base
+            if base is None:
+                base = journey_stage.version_base((e.version for e in core.store._emitted.values()), core.as_of_ms)
+            return journey_stage.round_version(base, next_offset)
+
+        await write_table(
+            "builder round mark", b_meta, index, [(journey_stage.ROUND_KEY, journey_stage.round_value(start, end))]
+        )
+        versions: list[JourneyVersion] = []
+        sends: list[tuple[int, Message]] = []
+        for n, (offset, value, _) in enumerate(messages, start=1):
+            try:
+                stamp, message = wire.decode_message(value)
+            except wire.WireError as error:
+                jm.JOURNEY_RECORDS.labels("unreadable").inc()
+                log.warning("skipped an unreadable split journey message at offset %d (%s)", offset, error)
+                continue
+            try:
+                sends += core.receive(stamp, message)
+            except Exception as error:  # one bad message must not stop the stage
+                jm.JOURNEY_RECORDS.labels("failed").inc()
+                log.error("split journey message at offset %d skipped (%s)", offset, type(error).__name__)
+                continue
+            if isinstance(message, Tick):
+                versions += core.tick(version=version(offset + 1))
+            if n % APPLY_SLICE == 0:
+                await asyncio.sleep(0)
+        versions += core.changes(version=version(end))
+        assert base is not None
+        if versions:
+            await write_journey_outputs(app, client, executor, journeys_topic, versions, retried)
+        if sends:
+            by_builder: dict[int, list[tuple[bytes, bytes, None]]] = {}
+            for to, sent in sends:
+                by_builder.setdefault(to, []).append((str(to).encode(), wire.encode_message(None, sent), None))
+
+            async def attempt() -> None:
+                await asyncio.gather(*(produce(app, builds_name, m, to) for to, m in by_builder.items()))
+
+            await retried("journey hand-over send", attempt, "topic", "kafka-producer")
+        changes = core.state_changes()
+        chunks = wire.builder_journal(end, base, changes)
+        meta_writes = _journal_writes(chunks, part.journal_chunks)
+        meta_writes.append((OFFSET_KEY, wire.meta_value(end, base, changes.meta)))
+        await write_table("builder journal", b_meta, index, meta_writes)
+        part.journal_chunks = len(chunks)
+        for what, table_, writes in builder_keyed(changes):
+            await write_table(what, table_, index, writes)
+        part.next_offset, part.version_base = end, base
+        jm.JOURNEY_BATCHES.inc(len(messages))
+        jm.JOURNEY_ROUND_SECONDS.inc(time.perf_counter() - began)
+
+    async def settle_builder(index: int, part: _Part, core: Builder) -> None:
+        """The round under way when the partition's last owner stopped, read again whole first."""
+        start, end = part.next_offset, part.forced_end
+        part.forced_end = None
+        if end is None or end <= start:
+            return
+
+        async def attempt() -> list[Incoming]:
+            taken: list[Incoming] = []
+            async for run in read_range(settings.bootstrap_servers, builds_name, index, start, end, security=security):
+                taken += [(offset, value, None) for offset, value in run]
+            return taken
+
+        messages = await retried("journey round read again", attempt, "input", "kafka-consumer-journeys")
+        if messages:
+            log.info("split journey builder %d: round under way read again (offsets %d to %d)", index, start, end - 1)
+            jm.JOURNEY_INPUT.labels("round_again").inc(len(messages))
+            await builder_round(index, part, core, messages)
+
+    async def build_partition(index: int, incoming: list[Incoming]) -> None:
+        part, core = await builder_ready(index)
+        async with part.lock:
+            if part.core is not core:
+                return
+            if part.forced_end is not None:
+                await settle_builder(index, part, core)
+            expected = part.next_offset
+            fresh = [m for m in incoming if m[0] >= expected]
+            if len(fresh) < len(incoming):
+                jm.JOURNEY_INPUT.labels("already_applied").inc(len(incoming) - len(fresh))
+            if not fresh:
+                return
+            if fresh[0][0] > expected:
+                fresh = await read_gap(builds_name, index, expected, fresh[0][0]) + fresh
+            await builder_round(index, part, core, fresh)
+
+    @app.agent(builds_topic)
+    async def build(stream: Any) -> None:
+        async for events in stream.take_events(journey_stage.TAKE_MESSAGES * 4, within=TAKE_WITHIN_SECONDS):
+            by_partition: dict[int, list[Incoming]] = {}
+            for event in events:
+                message = event.message
+                by_partition.setdefault(message.partition, []).append((message.offset, event.value, None))
+            for index, incoming in sorted(by_partition.items()):
+                await build_partition(index, incoming)
+
+    # ---- rebalances -----------------------------------------------------------------------------
+
+    def invalidate() -> None:
+        for part in [resolver, *parts.values()]:
+            if part.task is not None:
+                part.task.cancel()
+        resolver.core, resolver.task = None, None
+        resolver.ready.clear()
+        parts.clear()
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def on_revoked(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        invalidate()
+
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]
+    async def on_recovered(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        # the tables are recovered: restore the partitions held here now, so lookups answer at once
+        invalidate()
+        owned = [i for i in range(builders) if active(builds_name, i)]
+        jm.JOURNEY_PARTITIONS.set(len(owned) + active(input_topic, 0))
+        if active(input_topic, 0):
+            resolver.task = restoring(restore_resolver(), "resolver")
+        for index in owned:
+            part = parts[index] = _Part()
+            part.task = restoring(restore_builder(index, part), f"builder {index}")
+
+    # ---- lookups --------------------------------------------------------------------------------
+
+    def owner_url(table_: Any, partition: int) -> URL | None:
+        assignor: Any = app.assignor
+        url = assignor._tps_url.get(TP(table_.changelog_topic.get_topic_name(), partition))
+        return None if url is None else URL(url)
+
+    async def routed_to(web: Any, request: Request, url: URL | None) -> Response | None:
+        """The response of the worker at `url` (None: this worker is that one)."""
+        if url is None:
+            response: Response = web.json({"error": "journey state is being assigned, retry shortly"}, status=503)
+            return response
+        try:
+            router: Any = app.router
+            response = await router._route_req(url, web, request)
+            return response
+        except SameNode:
+            return None
+
+    @app.page("/journeys/lookup")
+    async def journey_lookup(web: Any, request: Request) -> Response:
+        """GET /journeys/lookup?kind=phone&value=%2B44...: the customer's current journey (resolver,
+        then builder)."""
+        refused = access.refusal(request.headers)
+        if refused is not None:
+            response: Response = web.json({"error": refused[1]}, status=refused[0])
+            return response
+        builder_hop = request.query.get("builder")
+        if builder_hop is not None:
+            return await lookup_at_builder(web, request, builder_hop)
+        kind, value = request.query.get("kind", ""), request.query.get("value", "")
+        if kind not in journey_stage.LOOKUP_KINDS or not value:
+            kinds = ", ".join(sorted(journey_stage.LOOKUP_KINDS))
+            body = {"error": "bad request", "detail": f"give ?kind=<{kinds}>&value=<identifier>"}
+            response = web.json(body, status=400)
+            return response
+        elsewhere = await routed_to(web, request, owner_url(r_meta, 0))
+        if elsewhere is not None:
+            return elsewhere
+        try:
+            core = await asyncio.wait_for(resolver_ready(), LOOKUP_WAIT_SECONDS)
+        except TimeoutError:
+            response = web.json({"error": "journey state is being restored, retry shortly"}, status=503)
+            return response
+        hidden = pseudonym.lookup_value(kind, value)
+        customer = core.graph.customer_of_value(kind, hidden)
+        at = None if customer is None else core.owner.get(customer)
+        if customer is None or at is None:
+            response = web.json({"error": "unknown identifier", "kind": kind, "value": value}, status=404)
+            return response
+        hop: Any = cast(Any, request).clone(
+            rel_url=request.rel_url.with_query({"builder": str(at), "customer": customer})
+        )
+        answered = await routed_to(web, hop, owner_url(b_meta, at))
+        if answered is not None:
+            return answered
+        return await lookup_at_builder(web, hop, str(at))
+
+    async def lookup_at_builder(web: Any, request: Request, index_text: str) -> Response:
+        customer = request.query.get("customer", "")
+        try:
+            index = int(index_text)
+        except ValueError:
+            index = -1
+        if not 0 <= index < builders or not customer:
+            response: Response = web.json({"error": "bad request", "detail": "builder hop"}, status=400)
+            return response
+        if not active(builds_name, index):
+            response = web.json({"error": "journey state is being assigned, retry shortly"}, status=503)
+            return response
+        try:
+            _, core = await asyncio.wait_for(builder_ready(index), LOOKUP_WAIT_SECONDS)
+        except TimeoutError:
+            response = web.json({"error": "journey state is being restored, retry shortly"}, status=503)
+            return response
+        journeys = core.store.journeys(customer, core.as_of_ms or None)
+        open_ones = [j for j in journeys if j.status == "open"]
+        candidates = open_ones or journeys
+        current = candidates[-1] if candidates else None
+        document = {
+            "customer": customer,
+            "current_journey": None if current is None else journey_stage.journey_document(JourneyVersion(current, 0)),
+            "journeys": [j.journey_id for j in journeys],
+        }
+        response = web.json(document)
+        return response

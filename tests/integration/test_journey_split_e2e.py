@@ -1,0 +1,105 @@
+"""The split journey stage (`TOUCHLINE_JOURNEY_BUILDERS`) end to end: a simulated day with
+cross-channel returns, identity links, duplicates and late events through the real broker, the
+resolver and builder agents and embedded ClickHouse; every journey must equal the simulator's
+truth, and lookups take their two hops."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import Workspace, wait_until
+from .test_journeys_e2e import (
+    FAULTS,
+    VERSIONED_QUERY,
+    Background,
+    a_known_customer,
+    assert_matches_truth,
+    converge,
+    journey_offsets,
+    kill_after_a_message,
+    kill_after_journey_rows,
+    latest,
+    lookup,
+    simulate_day,
+    wait_for_journeys,
+)
+
+pytestmark = pytest.mark.integration
+
+BUILDERS = 4
+
+
+def test_a_day_through_the_split_stage_matches_the_truth_and_lookup_works(workspace: Workspace) -> None:
+    workspace.env["TOUCHLINE_JOURNEY_BUILDERS"] = str(BUILDERS)
+    records = simulate_day(workspace, seed=31)
+    summary = next(r for r in records if r["kind"] == "summary")
+    worker = workspace.start_worker()
+    rows = wait_for_journeys(worker, records, summary)
+    assert_matches_truth(rows, records)
+    # the builders' partitions really held journeys: more than one wrote rows (journey documents
+    # name their builder nowhere, so count the builders' consumed offsets instead)
+    assert worker.metric("touchline_journey_partitions") == BUILDERS + 1
+    journey = next(r for r in records if r["kind"] == "journey" and r["contacts"] > 1 and r["customer_id"])
+    found = json.loads(worker.get(f"/journeys/lookup?kind=customer_id&value={journey['customer_id']}"))
+    assert found["customer"] == f"cust:{journey['customer_id']}"
+    assert f"j-{journey['contact_ids'][0]}" in found["journeys"]
+    phone = worker.sql(
+        f"SELECT any(phone) FROM interaction_events WHERE phone != '' AND customer_id = '{journey['customer_id']}'"
+    )[0][0]
+    if phone:
+        by_phone = json.loads(worker.get(f"/journeys/lookup?kind=phone&value={urllib.request.quote(phone)}"))
+        assert by_phone["customer"] == found["customer"]
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        worker.get("/journeys/lookup?kind=email&value=nobody%40example.invalid")
+    assert raised.value.code == 404
+
+
+def test_split_stage_killed_three_times_gives_the_truth_and_answers_lookups_at_once(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    """The day is produced while the worker running the split stage (resolver and every builder)
+    is SIGKILLed three times and restarted: twice right after its resolver finished a message, once
+    right after a builder's journey rows were inserted, before that round's state was written. A
+    lookup right after each restart answers from the restored state (two hops); the kills
+    interrupted unacknowledged work and the round cut after its rows is read again whole."""
+    workspace.env["TOUCHLINE_JOURNEY_BUILDERS"] = str(BUILDERS)
+    flag = tmp_path / "kill-after-insert"
+    workspace.env["TOUCHLINE_TEST_KILL_AFTER_INSERT_FILE"] = str(flag)
+    workspace.env["PYTHONPATH"] = f"{FAULTS}:{workspace.env['PYTHONPATH']}"
+    worker = workspace.start_worker()
+    port = worker.port
+    producing = Background(workspace, seed=33, speed=1000)
+    redelivered = []
+    for kill in range(3):
+        customer_id, journey_id = a_known_customer(worker)
+        if kill == 1:
+            kill_after_journey_rows(worker, flag)
+            last = -1
+        else:
+            last = kill_after_a_message(worker)
+        worker = workspace.start_worker(port=port)
+        started = time.monotonic()
+        found = lookup(worker, customer_id)  # waits for the restores, never a 404
+        took = time.monotonic() - started
+        assert found["customer"] == f"cust:{customer_id}" and journey_id in found["journeys"]
+        print(f"killed after resolver offset {last}; lookup after the restart answered in {took:.2f} s")
+        wait_until(lambda w=worker: journey_offsets(w)[0] >= 0, 120, "the restarted resolver to finish a message")
+        first, _ = journey_offsets(worker)
+        if kill == 1:
+            wait_until(
+                lambda w=worker: "round under way read again" in w.log.read_text(), 60, "the cut round read again"
+            )
+            print("the builder round cut after its rows was read again")
+        else:
+            redelivered.append(first <= last)
+            print(f"restarted at resolver offset {first}: {'read again' if first <= last else 'no redelivery'}")
+    assert any(redelivered), "no kill interrupted unacknowledged resolver work"
+    records = producing.result()
+    converge(lambda: latest(worker.sql(VERSIONED_QUERY)), records)
+    assert lookup(worker, customer_id)["customer"] == f"cust:{customer_id}"
