@@ -21,6 +21,7 @@ from .test_journeys_e2e import (
     a_known_customer,
     assert_matches_truth,
     converge,
+    dead_store,
     journey_offsets,
     kill_after_a_message,
     kill_after_journey_rows,
@@ -103,3 +104,38 @@ def test_split_stage_killed_three_times_gives_the_truth_and_answers_lookups_at_o
     records = producing.result()
     converge(lambda: latest(worker.sql(VERSIONED_QUERY)), records)
     assert lookup(worker, customer_id)["customer"] == f"cust:{customer_id}"
+
+
+def test_two_workers_share_the_split_stage_and_one_killed_gives_the_truth(workspace: Workspace) -> None:
+    """Two workers share the builder partitions (each with its own embedded store; `latest` combines
+    versions as one shared server would). The one running the resolver is killed mid-day and not
+    restarted: the other takes the resolver and the dead one's builders over from the changelogs.
+    Lookups sent to either worker answer for a known customer (routed to the resolver's owner, then
+    to the builder's)."""
+    workspace.env["TOUCHLINE_JOURNEY_BUILDERS"] = str(BUILDERS)
+    first = workspace.start_worker()
+    second = workspace.start_worker(own_store=True)
+    both = [first, second]
+
+    def spread() -> bool:  # the resolver and the builders held, some builders on each worker
+        held = [w.metric("touchline_journey_partitions") for w in both]
+        return sum(held) == BUILDERS + 1 and all(h > 0 for h in held)
+
+    wait_until(spread, 240, "both workers to hold journey partitions")
+    producing = Background(workspace, seed=32, speed=1500)
+    wait_until(lambda: any(journey_offsets(w)[1] >= 0 for w in both), 120, "the resolver to finish a message")
+    dead = next(w for w in both if journey_offsets(w)[1] >= 0)
+    survivor = second if dead is first else first
+    customer_id, journey_id = a_known_customer(dead)
+    for worker in both:  # answered through the resolver's owner and the builder's, wherever they are
+        found = lookup(worker, customer_id)
+        assert found["customer"] == f"cust:{customer_id}" and journey_id in found["journeys"]
+    kill_after_a_message(dead)
+    wait_until(
+        lambda: survivor.metric("touchline_journey_partitions") == BUILDERS + 1, 120, "the survivor to take all over"
+    )
+    found = lookup(survivor, customer_id)
+    assert found["customer"] == f"cust:{customer_id}" and journey_id in found["journeys"]
+    records = producing.result()
+    dead_rows = dead_store(dead.workspace.path / ("data" if dead is first else f"data-{dead.port}"))
+    converge(lambda: latest(dead_rows, survivor.sql(VERSIONED_QUERY)), records)
