@@ -305,19 +305,20 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _split_windows_fit(self) -> Settings:
-        if self.journey_builders and self.table_store.startswith("memory"):
+        if not self.journey_builders:
+            return self
+        if self.table_store.startswith("memory"):
             raise ValueError(
                 "journey_builders needs table_store rocksdb:// (each builder partition keeps a store of its own)"
             )
-        if self.journey_builders:
-            longest = max(self.journey_repeat_window_days, self.journey_dormancy_days) + self.journey_keep_hours / 24
-            if self.journey_identity_retention_days < longest:
-                raise ValueError(
-                    f"with journey_builders set, journey_identity_retention_days "
-                    f"({self.journey_identity_retention_days:g}) must be at least the longer of the repeat window and "
-                    f"the dormancy plus the journey keep ({longest:g} days): the resolver forgets a customer only "
-                    "when every journey of theirs is closed"
-                )
+        longest = max(self.journey_repeat_window_days, self.journey_dormancy_days) + self.journey_keep_hours / 24
+        if self.journey_identity_retention_days < longest:
+            raise ValueError(
+                f"with journey_builders set, journey_identity_retention_days "
+                f"({self.journey_identity_retention_days:g}) must be at least the longer of the repeat window and "
+                f"the dormancy plus the journey keep ({longest:g} days): the resolver forgets a customer only "
+                "when every journey of theirs is closed"
+            )
         return self
 
     @field_validator("topic_prefix")

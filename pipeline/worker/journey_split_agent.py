@@ -33,9 +33,10 @@ of the split stage.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar, cast
 
@@ -48,11 +49,10 @@ from yarl import URL
 
 from pipeline.config import Settings
 from pipeline.journeys.identity import IdentityConfig
-from pipeline.journeys.model import DAY, Emitted, JourneyVersion
+from pipeline.journeys.model import DAY, JourneyVersion
 from pipeline.journeys.split import (
     Builder,
     BuilderChanges,
-    FiledContact,
     HandOver,
     Message,
     Resolver,
@@ -85,6 +85,8 @@ T = TypeVar("T")
 
 OFFSET_KEY = b"\x00offset"
 LOOKUP_WAIT_SECONDS = 30.0
+NO_RESOLVER_CHANGES = ResolverChanges([], [], [], 0, 0)
+NO_BUILDER_CHANGES = BuilderChanges([], [], {})
 Writes = list[tuple[bytes, bytes | None]]
 Incoming = tuple[int, bytes, Any]  # offset, value, headers
 
@@ -113,26 +115,14 @@ class _Part:
     task: asyncio.Task[None] | None = None
 
 
-def _decode_all(
-    items: Iterable[tuple[bytes, bytes]], decode: Callable[[bytes], T], what: str
-) -> Iterator[tuple[str, T]]:
-    for key, value in items:
+def _decoded(items: dict[bytes, bytes], decode: Callable[[bytes], T], what: str) -> list[tuple[str, T]]:
+    out: list[tuple[str, T]] = []
+    for key, value in items.items():
         try:
-            yield key.decode(), decode(value)
+            out.append((key.decode(), decode(value)))
         except (wire.WireError, UnicodeDecodeError) as error:  # never written so; a restore must not fail on one
             log.error("split journey state: %s entry skipped at restore (%s)", what, error)
-
-
-K = TypeVar("K")
-
-
-def _overlay(held: dict[K, T], changes: Iterable[tuple[K, T | None]]) -> None:
-    """A journal's entries over the keyed entries read (None: deleted)."""
-    for key, value in changes:
-        if value is None:
-            held.pop(key, None)
-        else:
-            held[key] = value
+    return out
 
 
 def _journal_writes(chunks: list[bytes], before: int) -> Writes:
@@ -204,6 +194,21 @@ def install_split_journey_stage(
         if offset is not None:
             data.set_persisted_offset(TP(topic, partition), offset)
 
+    def overlaid(partition: int, keyed: list[tuple[str, Any, Writes]]) -> list[dict[bytes, bytes]]:
+        """The stored entries of each of a stage's tables with the keyed writes of the last
+        checkpoint's journal (`resolver_keyed`, `builder_keyed`) over them: a checkpoint cut short
+        lands whole."""
+        out: list[dict[bytes, bytes]] = []
+        for _, table_, writes in keyed:
+            held = dict(read_partition(table_.data, partition))
+            for key, value in writes:
+                if value is None:
+                    held.pop(key, None)
+                else:
+                    held[key] = value
+            out.append(held)
+        return out
+
     def restoring(restore: Awaitable[None], what: str) -> asyncio.Task[None]:
         """A restore task; a restore that fails stops the worker (the stage cannot go on without it)."""
 
@@ -254,23 +259,13 @@ def install_split_journey_stage(
             meta = dict(read_partition(r_meta.data, 0))
             stored = meta.get(OFFSET_KEY)
             offset, as_of, hand_overs = (0, 0, 0) if stored is None else wire.resolver_offset_entry(stored)
-            components = {k: v for k, v in read_partition(r_identity.data, 0)}
-            customers = dict(_decode_all(read_partition(r_customers.data, 0), wire.customer_entry, "customer"))
-            contacts = dict(_decode_all(read_partition(r_contacts.data, 0), wire.contact_entry, "contact"))
-            journal = wire.read_resolver_journal(_journal_values(meta))
-            finished: ResolverChanges | None = None
-            if journal is not None and journal[0] == offset:  # the last checkpoint, whole
-                finished = journal[1]
-                _overlay(
-                    components,
-                    (
-                        (journey_stage.component_key(node), None if m is None else journey_stage.component_value(m))
-                        for node, m in finished.components
-                    ),
-                )
-                _overlay(customers, finished.customers)
-                _overlay(contacts, finished.contacts)
-            decoded, broken = journey_stage.decode_components(list(components.values()))
+            chunks = _journal_values(meta)
+            journal = wire.read_resolver_journal(chunks)
+            finished = (
+                journal[1] if journal is not None and journal[0] == offset else None
+            )  # the last checkpoint, whole
+            identity, customers, contacts = overlaid(0, resolver_keyed(finished or NO_RESOLVER_CHANGES))
+            components, broken = journey_stage.decode_components(list(identity.values()))
             for reason in broken:
                 log.error("split journey state entry skipped at restore (%s)", reason)
             core = Resolver.from_state(
@@ -278,13 +273,13 @@ def install_split_journey_stage(
                 guards,
                 keep_ms=keep_ms,
                 identity_retention_ms=identity_ms,
-                customers=customers.items(),
-                components=decoded,
-                contacts=contacts.items(),
+                customers=_decoded(customers, wire.customer_entry, "customer"),
+                components=components,
+                contacts=_decoded(contacts, wire.contact_entry, "contact"),
                 as_of_ms=as_of,
                 hand_overs=hand_overs,
             )
-            return core, offset, len(_journal_values(meta)), finished
+            return core, offset, len(chunks), finished
 
         core, offset, chunks, finished = await asyncio.to_thread(restore)
         if finished is not None:  # what the cut-short checkpoint did not write yet
@@ -390,16 +385,8 @@ def install_split_journey_stage(
         jm.JOURNEY_ROUND_SECONDS.inc(time.perf_counter() - began)
         jm.JOURNEY_OFFSET.set(end - 1)
 
-    async def read_gap(topic: str, partition: int, start: int, end: int) -> list[Incoming]:
-        log.warning(
-            "journey input %s[%d]: %d message(s) at offsets %d to %d were skipped by the consumer group, "
-            "reading them again",
-            topic,
-            partition,
-            end - start,
-            start,
-            end - 1,
-        )
+    async def read_incoming(topic: str, partition: int, start: int, end: int, what: str) -> list[Incoming]:
+        """The messages at offsets [start, end) of the partition, read from the topic (retried)."""
 
         async def attempt() -> list[Incoming]:
             taken: list[Incoming] = []
@@ -407,9 +394,36 @@ def install_split_journey_stage(
                 taken += [(offset, value, None) for offset, value in run]
             return taken
 
-        messages = await retried("journey input read again", attempt, "input", "kafka-consumer-journeys")
-        jm.JOURNEY_INPUT.labels("read_again").inc(len(messages))
-        return messages
+        return await retried(what, attempt, "input", "kafka-consumer-journeys")
+
+    async def apply_in_runs(
+        topic: str,
+        partition: int,
+        part: _Part,
+        incoming: list[Incoming],
+        round_: Callable[[list[Incoming]], Awaitable[None]],
+    ) -> None:
+        """`incoming` from the partition's next offset on, each run of consecutive offsets after the
+        gap before it (messages the consumer group skipped, read again from the topic)."""
+        runs, applied = journey_stage.runs_to_apply(incoming, part.next_offset)
+        if applied:  # applied and persisted before a crash, not yet committed
+            jm.JOURNEY_INPUT.labels("already_applied").inc(applied)
+        for run in runs:
+            start, expected = run[0][0], part.next_offset
+            if start > expected:
+                log.warning(
+                    "journey input %s[%d]: %d message(s) at offsets %d to %d were skipped by the consumer group, "
+                    "reading them again",
+                    topic,
+                    partition,
+                    start - expected,
+                    expected,
+                    start - 1,
+                )
+                gap = await read_incoming(topic, partition, expected, start, "journey input read again")
+                jm.JOURNEY_INPUT.labels("read_again").inc(len(gap))
+                run = gap + run
+            await round_(run)
 
     @app.agent(journey_events_topic)
     async def resolve(stream: Any) -> None:
@@ -421,15 +435,8 @@ def install_split_journey_stage(
                 if first_offset[0] < 0:
                     first_offset[0] = events[0].message.offset
                     jm.JOURNEY_FIRST_OFFSET.set(first_offset[0])
-                expected = resolver.next_offset
-                fresh = [(e.message.offset, e.value, e.message.headers) for e in events if e.message.offset >= expected]
-                if len(fresh) < len(events):
-                    jm.JOURNEY_INPUT.labels("already_applied").inc(len(events) - len(fresh))
-                if not fresh:
-                    continue
-                if fresh[0][0] > expected:
-                    fresh = await read_gap(input_topic, 0, expected, fresh[0][0]) + fresh
-                await resolver_round(core, fresh)
+                incoming = [(e.message.offset, e.value, e.message.headers) for e in events]
+                await apply_in_runs(input_topic, 0, resolver, incoming, functools.partial(resolver_round, core))
 
     # ---- the builders ---------------------------------------------------------------------------
 
@@ -454,23 +461,20 @@ def install_split_journey_stage(
             meta_items = dict(read_partition(b_meta.data, index))
             stored = meta_items.get(OFFSET_KEY)
             offset, base, meta = (0, None, {}) if stored is None else wire.meta_entry(stored)
-            contacts: dict[str, FiledContact] = dict(
-                _decode_all(read_partition(b_contacts.data, index), wire.filed_entry, "contact")
-            )
-            emitted: dict[str, Emitted] = dict(
-                _decode_all(read_partition(b_emitted.data, index), journey_stage.emitted_entry, "journey")
-            )
-            journal = wire.read_builder_journal(_journal_values(meta_items))
-            finished: BuilderChanges | None = None
-            if journal is not None and journal[0] == offset:
-                finished = journal[2]
-                _overlay(contacts, finished.contacts)
-                _overlay(emitted, finished.emitted)
+            chunks = _journal_values(meta_items)
+            journal = wire.read_builder_journal(chunks)
+            finished = journal[2] if journal is not None and journal[0] == offset else None
+            contacts, emitted = overlaid(index, builder_keyed(finished or NO_BUILDER_CHANGES))
             core = Builder.from_state(
-                index, config, keep_ms=keep_ms, contacts=contacts.items(), emitted=emitted.items(), meta=meta
+                index,
+                config,
+                keep_ms=keep_ms,
+                contacts=_decoded(contacts, wire.filed_entry, "contact"),
+                emitted=_decoded(emitted, journey_stage.emitted_entry, "journey"),
+                meta=meta,
             )
             end = journey_stage.forced_end(meta_items.get(journey_stage.ROUND_KEY), offset)
-            return core, offset, None if stored is None else base, end, len(_journal_values(meta_items)), finished
+            return core, offset, None if stored is None else base, end, len(chunks), finished
 
         core, offset, base, end, chunks, finished = await asyncio.to_thread(restore)
         if finished is not None:
@@ -566,13 +570,7 @@ def install_split_journey_stage(
         if end is None or end <= start:
             return
 
-        async def attempt() -> list[Incoming]:
-            taken: list[Incoming] = []
-            async for run in read_range(settings.bootstrap_servers, builds_name, index, start, end, security=security):
-                taken += [(offset, value, None) for offset, value in run]
-            return taken
-
-        messages = await retried("journey round read again", attempt, "input", "kafka-consumer-journeys")
+        messages = await read_incoming(builds_name, index, start, end, "journey round read again")
         if messages:
             log.info("split journey builder %d: round under way read again (offsets %d to %d)", index, start, end - 1)
             jm.JOURNEY_INPUT.labels("round_again").inc(len(messages))
@@ -585,15 +583,7 @@ def install_split_journey_stage(
                 return
             if part.forced_end is not None:
                 await settle_builder(index, part, core)
-            expected = part.next_offset
-            fresh = [m for m in incoming if m[0] >= expected]
-            if len(fresh) < len(incoming):
-                jm.JOURNEY_INPUT.labels("already_applied").inc(len(incoming) - len(fresh))
-            if not fresh:
-                return
-            if fresh[0][0] > expected:
-                fresh = await read_gap(builds_name, index, expected, fresh[0][0]) + fresh
-            await builder_round(index, part, core, fresh)
+            await apply_in_runs(builds_name, index, part, incoming, functools.partial(builder_round, index, part, core))
 
     @app.agent(builds_topic)
     async def build(stream: Any) -> None:

@@ -58,21 +58,25 @@ TAKE_MESSAGES = 16
 T = TypeVar("T")
 
 
-def runs_to_apply(messages: list[tuple[int, bytes]], expected: int | None) -> tuple[list[list[tuple[int, bytes]]], int]:
-    """A round's messages `(offset, value)` (offset order) against the state's next offset
+OffsetFirst = TypeVar("OffsetFirst", bound=tuple[Any, ...])  # a message: (offset, value, ...)
+
+
+def runs_to_apply(messages: list[OffsetFirst], expected: int | None) -> tuple[list[list[OffsetFirst]], int]:
+    """A round's messages `(offset, value, ...)` (offset order) against the state's next offset
     `expected` (None: the state holds none yet): the runs of consecutive offsets to apply, in order,
     and how many messages were applied already (below the offset, or repeated). A run that does not
     start where the state stands follows a gap: what lies between is read again first."""
-    runs: list[list[tuple[int, bytes]]] = []
+    runs: list[list[OffsetFirst]] = []
     skipped = 0
-    for offset, value in messages:
+    for message in messages:
+        offset: int = message[0]
         if expected is not None and offset < expected:
             skipped += 1
             continue
         if runs and offset == expected:
-            runs[-1].append((offset, value))
+            runs[-1].append(message)
         else:
-            runs.append([(offset, value)])
+            runs.append([message])
         expected = offset + 1
     return runs, skipped
 

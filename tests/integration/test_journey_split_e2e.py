@@ -43,8 +43,7 @@ def test_a_day_through_the_split_stage_matches_the_truth_and_lookup_works(worksp
     worker = workspace.start_worker()
     rows = wait_for_journeys(worker, records, summary)
     assert_matches_truth(rows, records)
-    # the builders' partitions really held journeys: more than one wrote rows (journey documents
-    # name their builder nowhere, so count the builders' consumed offsets instead)
+    # this one worker holds the resolver and every builder partition
     assert worker.metric("touchline_journey_partitions") == BUILDERS + 1
     journey = next(r for r in records if r["kind"] == "journey" and r["contacts"] > 1 and r["customer_id"])
     found = json.loads(worker.get(f"/journeys/lookup?kind=customer_id&value={journey['customer_id']}"))
