@@ -15,6 +15,7 @@ SOAK_DAYS ?= 4
 SOAK_RATE ?= 4000
 SOAK_SPEED ?= 500
 SOAK_JOURNEY_WINDOWS ?= short
+SOAK_JOURNEY_BUILDERS ?= 0
 
 .PHONY: run test unit integration lint typecheck generate bench soak clean install system-deps
 
@@ -72,9 +73,9 @@ $(QUIX_STAMP):
 	$(QUIX_VENV)/bin/pip install --quiet quixstreams==3.28.1
 	@touch $@
 
-## make soak [SOAK_DAYS=4] [SOAK_RATE=4000] [SOAK_SPEED=500] [SOAK_JOURNEY_WINDOWS=short|day|default]: simulated days through the workers; RSS, state, stalls, stop/restart
+## make soak [SOAK_DAYS=4] [SOAK_RATE=4000] [SOAK_SPEED=500] [SOAK_JOURNEY_WINDOWS=short|day|default] [SOAK_JOURNEY_BUILDERS=N]: simulated days through the workers; RSS, state, stalls, stop/restart
 soak: $(STAMP)
-	$(BIN)/python -m benchmarks.soak --days $(SOAK_DAYS) --rate $(SOAK_RATE) --speed $(SOAK_SPEED) --journey-windows $(SOAK_JOURNEY_WINDOWS)
+	$(BIN)/python -m benchmarks.soak --days $(SOAK_DAYS) --rate $(SOAK_RATE) --speed $(SOAK_SPEED) --journey-windows $(SOAK_JOURNEY_WINDOWS) --journey-builders $(SOAK_JOURNEY_BUILDERS)
 
 clean:
 	-$(BIN)/python -m tools.broker stop 2>/dev/null

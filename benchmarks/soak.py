@@ -24,6 +24,11 @@ own). After the table, the analytics worker's cyclic-collector pauses of each da
 collections, longest pause: every thread waits through them). Then each worker is
 stopped with SIGINT (time to exit) and started again (time until it holds partitions).
 
+`--journey-builders N` runs the journeys worker with the split journey stage (a resolver and N
+builder partitions, `TOUCHLINE_JOURNEY_BUILDERS`); its contacts/s column is then the resolver's
+(every record passes it), and the builders' busy time is printed after the table. The split stage
+needs the identities kept past the journeys: with short windows their retention is 9 hours.
+
 Targets (issue 10, the analytics worker; issue 11, the journeys worker with short windows): RSS on
 day 4 <= 1.1 x day 2 and <= 1.5 GB; stop <= 5 s; restart <= 10 s.
 """
@@ -154,6 +159,12 @@ JOURNEY_WINDOWS: dict[str, dict[str, str]] = {
     "margin and 6-hour identity retention, so that its state plateaus on day 2; day: 12 hours, 1 day, 6 hours, "
     "12 hours (plateau on day 3); default: the settings' (7 days, 14 days, 24 hours, 30 days).",
 )
+@click.option(
+    "--journey-builders",
+    default=0,
+    show_default=True,
+    help="The journeys worker's TOUCHLINE_JOURNEY_BUILDERS (0: the single journey stage).",
+)
 def main(
     days: int,
     rate: int,
@@ -163,6 +174,7 @@ def main(
     sample_seconds: float,
     journey_identity_days: float | None,
     journey_windows: str,
+    journey_builders: int,
 ) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="touchline-soak-"))
     finished = False
@@ -187,6 +199,10 @@ def main(
         ports = {"analytics": free_port(), "journeys": free_port()}
         envs = {"analytics": env, "journeys": {**env, "TOUCHLINE_DATA_DIR": str(workdir / "data-journeys")}}
         envs["journeys"].update(JOURNEY_WINDOWS[journey_windows])
+        if journey_builders:
+            envs["journeys"]["TOUCHLINE_JOURNEY_BUILDERS"] = str(journey_builders)
+            if journey_windows == "short":  # the split stage keeps identities past the journeys (config)
+                envs["journeys"]["TOUCHLINE_JOURNEY_IDENTITY_RETENTION_DAYS"] = "0.375"
         if journey_identity_days is not None:
             envs["journeys"]["TOUCHLINE_JOURNEY_IDENTITY_RETENTION_DAYS"] = str(journey_identity_days)
         roles = {"analytics": "ingest,analytics", "journeys": "journeys"}
@@ -211,7 +227,8 @@ def main(
             )  # fmt: skip
         click.echo(
             f"soak: {days} simulated days at --rate {rate} --customers {customers} --speed {speed:g} -> worker `--role ingest,analytics` "
-            f"and worker `--role journeys` ({journey_windows} journey windows; logs in {workdir})"
+            f"and worker `--role journeys` ({journey_windows} journey windows"
+            f"{f', split: {journey_builders} builders' if journey_builders else ''}; logs in {workdir})"
         )
         per_day: dict[int, dict[str, float]] = {}
         # the journeys worker's samples, by the simulated day of the newest event its state holds (not
@@ -231,6 +248,7 @@ def main(
             jrow["journeys_engine_mb"] = j.get("touchline_clickhouse_resident_bytes", 0.0) / 1e6
             jrow["journey_records"] = sum(v for k, v in j.items() if k.startswith("touchline_journey_records_total"))
             jrow["journey_busy_s"] = j.get("touchline_journey_round_seconds_total", 0.0)
+            jrow["builder_busy_s"] = j.get("touchline_journey_builder_round_seconds_total", 0.0)
             return jday, jrow
 
         previous_bytes = 0.0
@@ -366,6 +384,13 @@ def main(
                 else "-"
             )
             click.echo(f"{day:>13} | {analytics} | {journeys}")
+        if journey_builders and journey_days:
+            last_j = journey_days[max(journey_days)]
+            click.echo(
+                f"split journey stage: resolver busy {last_j['journey_busy_s']:.0f} s, builders busy "
+                f"{last_j['builder_busy_s']:.0f} s for {last_j['journey_records']:.0f} contact records "
+                f"({last_j['journey_records'] / max(1e-9, last_j['builder_busy_s']):.0f} contacts/s over the builders' rounds)"
+            )
         for day, r in sorted(per_day.items()):
             if r.get("wall_s") and "gc_s" in r:
                 click.echo(
@@ -418,7 +443,9 @@ def main(
         restore = metrics(urls["journeys"], timeout=30).get("touchline_journey_restore_seconds")
         click.echo(f"journey restore (touchline_journey_restore_seconds): {restore} s")
         said = [
-            line for line in (workdir / "journeys-restart.log").read_text().splitlines() if "state restored" in line
+            line
+            for line in (workdir / "journeys-restart.log").read_text().splitlines()
+            if "state restored" in line or "partition(s) restored" in line
         ]
         if said:
             click.echo(f"  journeys worker log: {said[-1].split('] ')[-1]}")

@@ -49,8 +49,14 @@ JOURNEY_BATCHES = Counter(
 )
 JOURNEY_ROUND_SECONDS = Counter(
     "touchline_journey_round_seconds_total",
-    "Wall time the journey stage spent in rounds (applying records, writing outputs, persisting state): "
-    "records / this = the contacts/s it handles while busy",
+    "Wall time the journey stage spent in rounds (applying records, writing outputs, persisting state; with "
+    "TOUCHLINE_JOURNEY_BUILDERS, the resolver's rounds, which every record passes): records / this = the "
+    "contacts/s it handles while busy",
+)
+JOURNEY_BUILDER_ROUND_SECONDS = Counter(
+    "touchline_journey_builder_round_seconds_total",
+    "Wall time the split journey stage's builders held here spent in rounds (receiving routed records, writing "
+    "journeys, persisting state)",
 )
 JOURNEY_OFFSET = Gauge(
     "touchline_journey_offset", "Offset of the last message of contact records the journey stage finished (-1: none)"

@@ -26,8 +26,13 @@ wire and state formats `pipeline.worker.split_wire`.
 * **Lookups** take two hops: the resolver's owner finds the customer and its builder, the builder's
   owner answers with the journeys.
 
-Not built yet: the single stage's idle tail read, erasure (`touchline forget`) and the state gauges
-of the split stage.
+* **Metrics**: `touchline_journey_state{what}` counts what this worker holds (customers and identity
+  nodes: the resolver; contacts and journeys: its builders), `touchline_journey_round_seconds_total`
+  the resolver's rounds (records / it = the resolver partition's contacts/s),
+  `touchline_journey_builder_round_seconds_total` the builders', `touchline_journey_restore_seconds`
+  the last rebalance's restore of every partition held here (they restore concurrently).
+
+Not built yet: the single stage's idle tail read and erasure (`touchline forget`).
 """
 
 from __future__ import annotations
@@ -171,6 +176,7 @@ def install_split_journey_stage(
     resolver = _Part()
     parts: dict[int, _Part] = {}
     first_offset = [-1]  # the first input offset this process's resolver took (tests see redelivery)
+    timer: list[asyncio.Task[None] | None] = [None]  # the last rebalance's restore, timed
 
     async def retried(what: str, attempt: Callable[[], Awaitable[T]], output: str, dependency: str) -> T:
         on_retry = jm.JOURNEY_FLUSH_RETRIES.labels(output).inc
@@ -226,6 +232,17 @@ def install_split_journey_stage(
 
     def active(topic: str, partition: int) -> bool:
         return TP(topic, partition) in app.assignor.assigned_actives()
+
+    def publish_state() -> None:
+        """What this worker holds, for `touchline_journey_state` (a few len()s: cheap per round)."""
+        held = [p.core for p in parts.values() if p.core is not None]
+        r: Resolver | None = resolver.core
+        jm.JOURNEY_STATE.labels("customers").set(0 if r is None else len(r.owner))
+        jm.JOURNEY_STATE.labels("identity_nodes").set(0 if r is None else len(r.graph))
+        jm.JOURNEY_STATE.labels("contacts").set(sum(len(b.records) for b in held))
+        jm.JOURNEY_STATE.labels("journeys").set(sum(len(b.store._emitted) for b in held))
+        newest = max([0 if r is None else r.as_of_ms, *(b.as_of_ms for b in held)])
+        jm.JOURNEY_EVENT_TIME.set(newest / 1000)
 
     # ---- the resolver ---------------------------------------------------------------------------
 
@@ -294,6 +311,7 @@ def install_split_journey_stage(
             offset,
         )
         resolver.ready.set()
+        publish_state()
 
     async def resolver_ready() -> Resolver:
         if resolver.core is None and resolver.task is None:
@@ -384,6 +402,7 @@ def install_split_journey_stage(
         jm.JOURNEY_BATCHES.inc(len(messages))
         jm.JOURNEY_ROUND_SECONDS.inc(time.perf_counter() - began)
         jm.JOURNEY_OFFSET.set(end - 1)
+        publish_state()
 
     async def read_incoming(topic: str, partition: int, start: int, end: int, what: str) -> list[Incoming]:
         """The messages at offsets [start, end) of the partition, read from the topic (retried)."""
@@ -492,6 +511,7 @@ def install_split_journey_stage(
             "" if end is None else f"; the round under way (to offset {end - 1}) is read again first",
         )
         part.ready.set()
+        publish_state()
 
     async def builder_ready(index: int) -> tuple[_Part, Builder]:
         part = parts.get(index)
@@ -561,7 +581,8 @@ def install_split_journey_stage(
             await write_table(what, table_, index, writes)
         part.next_offset, part.version_base = end, base
         jm.JOURNEY_BATCHES.inc(len(messages))
-        jm.JOURNEY_ROUND_SECONDS.inc(time.perf_counter() - began)
+        jm.JOURNEY_BUILDER_ROUND_SECONDS.inc(time.perf_counter() - began)
+        publish_state()
 
     async def settle_builder(index: int, part: _Part, core: Builder) -> None:
         """The round under way when the partition's last owner stopped, read again whole first."""
@@ -613,13 +634,31 @@ def install_split_journey_stage(
     async def on_recovered(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         # the tables are recovered: restore the partitions held here now, so lookups answer at once
         invalidate()
+        started = time.perf_counter()
         owned = [i for i in range(builders) if active(builds_name, i)]
         jm.JOURNEY_PARTITIONS.set(len(owned) + active(input_topic, 0))
+        tasks: list[asyncio.Task[None]] = []
         if active(input_topic, 0):
             resolver.task = restoring(restore_resolver(), "resolver")
+            tasks.append(resolver.task)
         for index in owned:
             part = parts[index] = _Part()
             part.task = restoring(restore_builder(index, part), f"builder {index}")
+            tasks.append(part.task)
+        if tasks:
+            timer[0] = asyncio.ensure_future(timed_restore(tasks, started))
+
+    async def timed_restore(tasks: list[asyncio.Task[None]], started: float) -> None:
+        """`touchline_journey_restore_seconds`: until every partition held here is restored."""
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        if any(isinstance(d, BaseException) for d in done):
+            return  # cancelled by the next rebalance, or failed (the worker stops)
+        took = time.perf_counter() - started
+        r: Resolver | None = resolver.core
+        held = [p.core for p in parts.values() if p.core is not None]
+        jm.JOURNEY_RESTORE_SECONDS.set(took)
+        jm.JOURNEY_RESTORED_CONTACTS.set((0 if r is None else len(r.seen)) + sum(len(b.records) for b in held))
+        log.info("split journey stage: %d partition(s) restored in %.2f s", len(tasks), took)
 
     # ---- lookups --------------------------------------------------------------------------------
 

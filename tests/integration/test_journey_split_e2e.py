@@ -10,8 +10,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import Workspace, wait_until
 from .test_journeys_e2e import (
@@ -36,6 +38,17 @@ pytestmark = pytest.mark.integration
 BUILDERS = 4
 
 
+def state_held(worker: Any) -> dict[str, float]:
+    """`touchline_journey_state{what}`: what the worker's journey stage holds."""
+    text = worker.get("/metrics").decode()
+    return {
+        sample.labels["what"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "touchline_journey_state"
+    }
+
+
 def test_a_day_through_the_split_stage_matches_the_truth_and_lookup_works(workspace: Workspace) -> None:
     workspace.env["TOUCHLINE_JOURNEY_BUILDERS"] = str(BUILDERS)
     records = simulate_day(workspace, seed=31)
@@ -45,6 +58,12 @@ def test_a_day_through_the_split_stage_matches_the_truth_and_lookup_works(worksp
     assert_matches_truth(rows, records)
     # this one worker holds the resolver and every builder partition
     assert worker.metric("touchline_journey_partitions") == BUILDERS + 1
+    # nothing is evicted within a day (7-day repeat window): the builders hold every contact and journey
+    journeys = [r for r in records if r["kind"] == "journey"]
+    held = state_held(worker)
+    print(f"held {held}; truth: {len(journeys)} journeys, {sum(r['contacts'] for r in journeys)} contacts")
+    assert held["journeys"] >= len(journeys)  # and the journeys merges retracted, kept as tombstones
+    assert held["contacts"] == sum(r["contacts"] for r in journeys)
     journey = next(r for r in records if r["kind"] == "journey" and r["contacts"] > 1 and r["customer_id"])
     found = json.loads(worker.get(f"/journeys/lookup?kind=customer_id&value={journey['customer_id']}"))
     assert found["customer"] == f"cust:{journey['customer_id']}"
@@ -89,6 +108,8 @@ def test_split_stage_killed_three_times_gives_the_truth_and_answers_lookups_at_o
         took = time.monotonic() - started
         assert found["customer"] == f"cust:{customer_id}" and journey_id in found["journeys"]
         print(f"killed after resolver offset {last}; lookup after the restart answered in {took:.2f} s")
+        wait_until(lambda w=worker: w.metric("touchline_journey_restored_contacts") > 0, 60, "the restore timed")
+        print(f"restore of every partition: {worker.metric('touchline_journey_restore_seconds'):.2f} s")
         wait_until(lambda w=worker: journey_offsets(w)[0] >= 0, 120, "the restarted resolver to finish a message")
         first, _ = journey_offsets(worker)
         if kill == 1:
