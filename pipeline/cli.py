@@ -309,6 +309,7 @@ def topics() -> None:
         created = ensure_topics(
             settings.bootstrap_servers,
             settings.topics.specs(settings.topic_partitions, settings.journey_builders),
+            configs=settings.topics.configs(settings.journey_builders),
             options=client_options(settings),
         )
     except KafkaAuthenticationError as error:

@@ -37,6 +37,13 @@ def prefix_problem(prefix: str) -> str | None:
     return None
 
 
+# the largest message on `<prefix>.journey-builds` (and of the worker's producer): one hand-over of a
+# customer's book between builders. At ~0.5 kB per contact record and journey version that is
+# ~30,000 contacts of one customer within the journey windows; a larger book stops the worker with a
+# message saying so (`journey_split_agent`), never a hand-over retried forever.
+HANDOVER_MAX_BYTES = 16 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class TopicNames:
     """The names of every topic of one deployment, derived from its prefix."""
@@ -110,6 +117,13 @@ class TopicNames:
         if journey_builders:
             specs[self.journey_builds] = journey_builders
         return specs
+
+    def configs(self, journey_builders: int = 0) -> dict[str, dict[str, str]]:
+        """Topic configs applied when `specs`' topics are created: a hand-over between journey
+        builders carries a customer's whole book in one message (`HANDOVER_MAX_BYTES`)."""
+        if not journey_builders:
+            return {}
+        return {self.journey_builds: {"max.message.bytes": str(HANDOVER_MAX_BYTES)}}
 
 
 DEFAULT_TOPICS = TopicNames()

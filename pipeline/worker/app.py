@@ -26,6 +26,7 @@ from faust.web import Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from pipeline.config import Settings
+from pipeline.events.topics import HANDOVER_MAX_BYTES
 from pipeline.kafka_security import client_options, faust_credentials
 from pipeline.kpi.settings import KpiConfig
 from pipeline.privacy import erasure
@@ -114,6 +115,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> tuple[faus
     ensure_topics(
         settings.bootstrap_servers,
         settings.topics.specs(settings.topic_partitions, settings.journey_builders),
+        configs=settings.topics.configs(settings.journey_builders),
         options=client_options(settings),
     )
     client = connect(settings.clickhouse_url, settings.clickhouse_database)
@@ -149,6 +151,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> tuple[faus
         broker_session_timeout=settings.kafka_session_timeout_seconds,
         broker_heartbeat_interval=max(0.5, settings.kafka_session_timeout_seconds / 4),
         producer_acks=-1,
+        producer_max_request_size=HANDOVER_MAX_BYTES + 64 * 1024,  # a message plus its batch's framing
         logging_config=None,
         TableManager=PromptTableManager,
     )

@@ -74,6 +74,11 @@ JOURNEY_INPUT = Counter(
     "owner stopped, read again whole after a restore)",
     ["outcome"],
 )
+JOURNEY_HANDOVER_BYTES = Gauge(
+    "touchline_journey_handover_bytes_max",
+    "Largest hand-over of a customer's book between journey builders this process sent (bytes; the bound "
+    "is 16 MiB, pipeline.events.topics.HANDOVER_MAX_BYTES)",
+)
 JOURNEY_PARTITIONS = Gauge(
     "touchline_journey_partitions", "Partitions of the journey state this worker owns (restored and served here)"
 )

@@ -32,7 +32,16 @@ wire and state formats `pipeline.worker.split_wire`.
   `touchline_journey_builder_round_seconds_total` the builders', `touchline_journey_restore_seconds`
   the last rebalance's restore of every partition held here (they restore concurrently).
 
-Not built yet: the single stage's idle tail read and erasure (`touchline forget`).
+* **Erasure** (`touchline forget`, `POST /forget`) goes through the worker holding the resolver:
+  it drops the person's identity components and customers, sends a `Forget` to every builder and
+  checkpoints; it answers once the builders held on that worker have applied it (a builder round
+  under way could otherwise write the person's journey again after their rows are removed).
+  Builders held by other workers apply it in their next round, without that wait.
+
+* **Skipped tails**: a partition's owner idle for `TAIL_IDLE_SECONDS` while the partition holds
+  messages past its state's offset reads them itself (no later message comes to show the gap), as
+  the single stage does; the same timer sets `touchline_consumer_lag_messages{stage="journeys"}`
+  for every partition held here.
 """
 
 from __future__ import annotations
@@ -53,29 +62,34 @@ from faust.web import Request, Response
 from yarl import URL
 
 from pipeline.config import Settings
+from pipeline.events.topics import HANDOVER_MAX_BYTES
 from pipeline.journeys.identity import IdentityConfig
 from pipeline.journeys.model import DAY, JourneyVersion
 from pipeline.journeys.split import (
     Builder,
     BuilderChanges,
+    Forget,
     HandOver,
     Message,
     Resolver,
     ResolverChanges,
+    TakeOver,
     Tick,
     stamped,
 )
 from pipeline.kafka_security import client_options
-from pipeline.privacy import access, pseudonym
+from pipeline.privacy import access, erasure, pseudonym
 from pipeline.store.clickhouse import BlockingExecutor
 from pipeline.worker import journey_metrics as jm
 from pipeline.worker import journeys as journey_stage
+from pipeline.worker import metrics
 from pipeline.worker import split_wire as wire
 from pipeline.worker.health import Health
 from pipeline.worker.journey_agent import (
     APPLY_SLICE,
     OUTPUT_SLICE,
     ROCKSDB_OPTIONS,
+    TAIL_IDLE_SECONDS,
     TAKE_WITHIN_SECONDS,
     journey_rules,
     placeholder_pseudonyms,
@@ -90,6 +104,7 @@ T = TypeVar("T")
 
 OFFSET_KEY = b"\x00offset"
 LOOKUP_WAIT_SECONDS = 30.0
+FORGET_WAIT_SECONDS = 60.0
 NO_RESOLVER_CHANGES = ResolverChanges([], [], [], 0, 0)
 NO_BUILDER_CHANGES = BuilderChanges([], [], {})
 Writes = list[tuple[bytes, bytes | None]]
@@ -118,6 +133,7 @@ class _Part:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     task: asyncio.Task[None] | None = None
+    last_round: float = field(default_factory=time.monotonic)  # when its last round ended
 
 
 def _decoded(items: dict[bytes, bytes], decode: Callable[[bytes], T], what: str) -> list[tuple[str, T]]:
@@ -177,6 +193,7 @@ def install_split_journey_stage(
     parts: dict[int, _Part] = {}
     first_offset = [-1]  # the first input offset this process's resolver took (tests see redelivery)
     timer: list[asyncio.Task[None] | None] = [None]  # the last rebalance's restore, timed
+    largest_hand_over = [0]
 
     async def retried(what: str, attempt: Callable[[], Awaitable[T]], output: str, dependency: str) -> T:
         on_retry = jm.JOURNEY_FLUSH_RETRIES.labels(output).inc
@@ -390,6 +407,15 @@ def install_split_journey_stage(
             routed += await resolve_message(core, offset, value, headers)
         await send_routed(routed)
         end = messages[-1][0] + 1
+        await checkpoint_resolver(core, end)
+        resolver.last_round = time.monotonic()
+        jm.JOURNEY_BATCHES.inc(len(messages))
+        jm.JOURNEY_ROUND_SECONDS.inc(time.perf_counter() - began)
+        jm.JOURNEY_OFFSET.set(end - 1)
+        publish_state()
+
+    async def checkpoint_resolver(core: Resolver, end: int) -> None:
+        """The resolver's changes: journal and offset `end` delivered, then the keyed entries."""
         changes = core.state_changes()
         chunks = wire.resolver_journal(end, changes)
         meta_writes = _journal_writes(chunks, resolver.journal_chunks)
@@ -399,10 +425,46 @@ def install_split_journey_stage(
         for what, table_, writes in resolver_keyed(changes):
             await write_table(what, table_, 0, writes)
         resolver.next_offset = end
-        jm.JOURNEY_BATCHES.inc(len(messages))
-        jm.JOURNEY_ROUND_SECONDS.inc(time.perf_counter() - began)
-        jm.JOURNEY_OFFSET.set(end - 1)
-        publish_state()
+
+    async def forget(subject: erasure.Subject) -> int:
+        """Erasure (module docstring): the entries the resolver dropped (contacts and customers)."""
+        if not active(input_topic, 0):
+            log.warning(
+                "erasure: the split journey stage's resolver is held by another worker (see /journeys/lookup's "
+                "first hop); send the erasure there for the journey state to forget the person"
+            )
+            return 0
+        while True:
+            core = await resolver_ready()
+            async with resolver.lock:
+                if resolver.core is not core:  # replaced by a rebalance meanwhile
+                    continue
+                routed = core.forget(subject.contact_ids, subject.identifiers, subject.customer_keys)
+                sent: dict[int, int | None] = {}
+                for at, message in routed:  # a `Forget` applies once however often it comes: no stamp
+                    value = wire.encode_message(None, message)
+
+                    async def attempt(at: int = at, value: bytes = value) -> int | None:
+                        return await produce(app, builds_name, [(str(at).encode(), value, None)], at)
+
+                    sent[at] = await retried("journey erasure send", attempt, "topic", "kafka-producer")
+                await checkpoint_resolver(core, resolver.next_offset)
+                dropped = routed[0][1] if routed else None
+                break
+        deadline = time.monotonic() + FORGET_WAIT_SECONDS
+        for at, offset in sent.items():
+            while offset is not None and active(builds_name, at) and time.monotonic() < deadline:
+                part = parts.get(at)
+                if part is not None and part.core is not None and part.next_offset > offset:
+                    break
+                await asyncio.sleep(0.05)
+        if time.monotonic() >= deadline:
+            log.warning("erasure: the builders held here did not apply it within %.0f s", FORGET_WAIT_SECONDS)
+        if not isinstance(dropped, Forget):
+            return 0
+        return len(dropped.contacts) + len(dropped.customers)
+
+    erasure.register("journeys", forget)
 
     async def read_incoming(topic: str, partition: int, start: int, end: int, what: str) -> list[Incoming]:
         """The messages at offsets [start, end) of the partition, read from the topic (retried)."""
@@ -565,7 +627,13 @@ def install_split_journey_stage(
         if sends:
             by_builder: dict[int, list[tuple[bytes, bytes, None]]] = {}
             for to, sent in sends:
-                by_builder.setdefault(to, []).append((str(to).encode(), wire.encode_message(None, sent), None))
+                value = wire.encode_message(None, sent)
+                if len(value) > largest_hand_over[0]:
+                    largest_hand_over[0] = len(value)
+                    jm.JOURNEY_HANDOVER_BYTES.set(len(value))
+                if len(value) > HANDOVER_MAX_BYTES:
+                    await too_large(sent, len(value))
+                by_builder.setdefault(to, []).append((str(to).encode(), value, None))
 
             async def attempt() -> None:
                 await asyncio.gather(*(produce(app, builds_name, m, to) for to, m in by_builder.items()))
@@ -580,9 +648,23 @@ def install_split_journey_stage(
         for what, table_, writes in builder_keyed(changes):
             await write_table(what, table_, index, writes)
         part.next_offset, part.version_base = end, base
+        part.last_round = time.monotonic()
         jm.JOURNEY_BATCHES.inc(len(messages))
         jm.JOURNEY_BUILDER_ROUND_SECONDS.inc(time.perf_counter() - began)
         publish_state()
+
+    async def too_large(sent: Message, size: int) -> None:
+        """A book too large for one message: the stage cannot go on exactly without it, so the
+        worker stops, saying so (retried, it would block the builder for ever)."""
+        contacts = len(sent.records) if isinstance(sent, TakeOver) else 0
+        error = RuntimeError(
+            f"a customer's book of {contacts} contacts is {size / 1e6:.1f} MB, over the {HANDOVER_MAX_BYTES / 1e6:.1f} MB "
+            "a hand-over between journey builders may carry (pipeline.events.topics.HANDOVER_MAX_BYTES); run the single "
+            "journey stage (TOUCHLINE_JOURNEY_BUILDERS=0) for this data"
+        )
+        log.error("split journey builder stopped: %s", error)
+        await app.crash(error)
+        raise error
 
     async def settle_builder(index: int, part: _Part, core: Builder) -> None:
         """The round under way when the partition's last owner stopped, read again whole first."""
@@ -615,6 +697,62 @@ def install_split_journey_stage(
                 by_partition.setdefault(message.partition, []).append((message.offset, event.value, None))
             for index, incoming in sorted(by_partition.items()):
                 await build_partition(index, incoming)
+
+    # ---- skipped tails and lag ------------------------------------------------------------------
+
+    def partition_end(topic: str, partition: int) -> int | None:
+        """The offset after the partition's last message, when this worker reads it (None: not
+        assigned here, or the consumer is starting or stopping: the next tick looks again)."""
+        tp = TP(topic, partition)
+        try:
+            end: int | None = app.consumer.highwater(tp) if tp in app.consumer.assignment() else None
+        except Exception:
+            return None
+        return end
+
+    lagging: set[tuple[str, int]] = set()  # partitions whose lag gauge is set
+
+    @app.timer(interval=TAIL_IDLE_SECONDS / 2)
+    async def read_skipped_tails() -> None:
+        """Each partition held here: its lag, and its skipped tail read (module docstring)."""
+        held: list[tuple[str, int, _Part, Callable[[list[Incoming]], Awaitable[None]]]] = []
+        if resolver.core is not None:
+            held.append((input_topic, 0, resolver, functools.partial(resolver_round, resolver.core)))
+        for index, part in list(parts.items()):
+            if part.core is not None:
+                held.append((builds_name, index, part, functools.partial(builder_round, index, part, part.core)))
+        now_lagging: set[tuple[str, int]] = set()
+        for topic, partition, part, round_ in held:
+            end = partition_end(topic, partition)
+            if end is None or not part.ready.is_set():
+                continue
+            now_lagging.add((topic, partition))
+            metrics.CONSUMER_LAG.labels("journeys", topic, str(partition)).set(max(0, end - part.next_offset))
+            if end <= part.next_offset or part.lock.locked() or time.monotonic() - part.last_round < TAIL_IDLE_SECONDS:
+                continue
+            core = part.core
+            async with part.lock:
+                if part.core is not core:
+                    continue
+                if topic == builds_name and part.forced_end is not None:
+                    await settle_builder(partition, part, core)
+                if end > part.next_offset:
+                    tail = await read_incoming(topic, partition, part.next_offset, end, "journey input read again")
+                    if tail:
+                        log.warning(
+                            "journey input %s[%d]: %d message(s) at offsets %d to %d were not handed over, read them",
+                            topic,
+                            partition,
+                            len(tail),
+                            tail[0][0],
+                            tail[-1][0],
+                        )
+                        jm.JOURNEY_INPUT.labels("read_again").inc(len(tail))
+                        await round_(tail)
+        for topic, partition in lagging - now_lagging:
+            metrics.CONSUMER_LAG.remove("journeys", topic, str(partition))
+        lagging.clear()
+        lagging.update(now_lagging)
 
     # ---- rebalances -----------------------------------------------------------------------------
 

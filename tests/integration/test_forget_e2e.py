@@ -1,6 +1,7 @@
 """Right to erasure end to end: a simulated day through the real broker and worker, then
 `touchline forget --customer-id` through the running worker; no row of that customer remains in any
-table, every other customer's rows are untouched, and KPI aggregates keep their counts."""
+table, every other customer's rows are untouched, and KPI aggregates keep their counts; with the
+single journey stage and with the split one (`TOUCHLINE_JOURNEY_BUILDERS`)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,9 @@ def lookup_status(worker: Worker, customer_id: str) -> int:
     return 200
 
 
-def test_a_forgotten_customer_leaves_no_row_and_nobody_else_changes(workspace: Workspace) -> None:
+@pytest.mark.parametrize("builders", [0, 4], ids=["single-journey-stage", "split-journey-stage"])
+def test_a_forgotten_customer_leaves_no_row_and_nobody_else_changes(workspace: Workspace, builders: int) -> None:
+    workspace.env["TOUCHLINE_JOURNEY_BUILDERS"] = str(builders)
     truth = workspace.path / "truth.jsonl"
     workspace.cli(
         "simulate", "--seed", "41", "--start", START, "--duration", "6h", "--rate", "200", "--speed", "0", "--truth", truth
