@@ -14,12 +14,13 @@ wire and state formats `pipeline.worker.split_wire`.
   are the round's messages acknowledged. A restore applies a journal tagged with the stored offset
   over the keyed entries (a checkpoint cut short lands whole) and reads from the stored offset;
   builders drop what a restored resolver sends again (stamps).
-* **Builder round**, per partition: the round written down (its first and end offsets) -> the
-  messages received, journeys taken at each `Tick` (numbered `base + the offset after the Tick`)
-  and at the round's end (`base + the offset after the round`) -> rows and documents written
-  (retried) -> books handed over to other builders sent -> journal and offset with `meta`, then the
-  contacts and journey versions. A builder restored at a round's first offset reads exactly that
-  round again first.
+* **Builder round**, per partition, the partitions of one take together: each round written down
+  (its first and end offsets) -> the messages received (a Kafka message packs what one input
+  message sent the builder, its `Tick` last), journeys taken at each `Tick` (numbered `base + the
+  offset after the Tick`) and at the round's end (`base + the offset after the round`) -> every
+  partition's rows and documents written together (retried) -> books handed over to other builders
+  sent -> each partition's journal and offset with `meta`, then its contacts and journey versions.
+  A builder restored at a round's first offset reads exactly that round again first.
 * **Gaps**: Faust acknowledges the messages a stream skips while a rebalance changes the group's
   generation; each partition's state holds the offset it applied up to, and a message past it
   makes the stage read the gap from the topic first (as the single stage does).
@@ -47,6 +48,7 @@ wire and state formats `pipeline.worker.split_wire`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -103,6 +105,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 OFFSET_KEY = b"\x00offset"
+# a builder's takes: packs of what one input message (~900 records) sends it, so ~14,000 records in
+# a take of four builders' packs, as the single stage's round of TAKE_MESSAGES input messages
+BUILDER_TAKE_MESSAGES = 64
 LOOKUP_WAIT_SECONDS = 30.0
 FORGET_WAIT_SECONDS = 60.0
 NO_RESOLVER_CHANGES = ResolverChanges([], [], [], 0, 0)
@@ -379,11 +384,21 @@ def install_split_journey_stage(
             out.append((at, encoded, isinstance(message, HandOver)))
         return out
 
-    async def send_routed(routed: list[tuple[int, bytes, bool]]) -> None:
-        """Each builder's messages in order; everything before a hand-over delivered before it."""
+    async def send_routed(per_message: list[list[tuple[int, bytes, bool]]]) -> None:
+        """Each builder's messages in order, what one input message sends a builder packed into one
+        Kafka message (`wire.packs`: its `Tick` ends it); everything before a hand-over delivered
+        before it."""
         segment: dict[int, list[tuple[bytes, bytes, None]]] = {}
+        packing: dict[int, list[bytes]] = {}
+
+        def close() -> None:
+            for at, frames in packing.items():
+                key = str(at).encode()
+                segment.setdefault(at, []).extend((key, value, None) for value in wire.packs(frames))
+            packing.clear()
 
         async def flush() -> None:
+            close()
             if not segment:
                 return
             parts_ = list(segment.items())
@@ -394,17 +409,17 @@ def install_split_journey_stage(
 
             await retried("journey routed send", attempt, "topic", "kafka-producer")
 
-        for at, value, hand_over in routed:
-            if hand_over:
-                await flush()
-            segment.setdefault(at, []).append((str(at).encode(), value, None))
+        for routed in per_message:
+            for at, value, hand_over in routed:
+                if hand_over:
+                    await flush()
+                packing.setdefault(at, []).append(value)
+            close()
         await flush()
 
     async def resolver_round(core: Resolver, messages: list[Incoming]) -> None:
         began = time.perf_counter()
-        routed: list[tuple[int, bytes, bool]] = []
-        for offset, value, headers in messages:
-            routed += await resolve_message(core, offset, value, headers)
+        routed = [await resolve_message(core, offset, value, headers) for offset, value, headers in messages]
         await send_routed(routed)
         end = messages[-1][0] + 1
         await checkpoint_resolver(core, end)
@@ -477,20 +492,16 @@ def install_split_journey_stage(
 
         return await retried(what, attempt, "input", "kafka-consumer-journeys")
 
-    async def apply_in_runs(
-        topic: str,
-        partition: int,
-        part: _Part,
-        incoming: list[Incoming],
-        round_: Callable[[list[Incoming]], Awaitable[None]],
-    ) -> None:
-        """`incoming` from the partition's next offset on, each run of consecutive offsets after the
-        gap before it (messages the consumer group skipped, read again from the topic)."""
+    async def contiguous(topic: str, partition: int, part: _Part, incoming: list[Incoming]) -> list[Incoming]:
+        """`incoming` from the partition's next offset on, with the gaps before its runs (messages
+        the consumer group skipped) read again from the topic: consecutive offsets, one round."""
         runs, applied = journey_stage.runs_to_apply(incoming, part.next_offset)
         if applied:  # applied and persisted before a crash, not yet committed
             jm.JOURNEY_INPUT.labels("already_applied").inc(applied)
+        out: list[Incoming] = []
+        expected = part.next_offset
         for run in runs:
-            start, expected = run[0][0], part.next_offset
+            start = run[0][0]
             if start > expected:
                 log.warning(
                     "journey input %s[%d]: %d message(s) at offsets %d to %d were skipped by the consumer group, "
@@ -503,8 +514,10 @@ def install_split_journey_stage(
                 )
                 gap = await read_incoming(topic, partition, expected, start, "journey input read again")
                 jm.JOURNEY_INPUT.labels("read_again").inc(len(gap))
-                run = gap + run
-            await round_(run)
+                out += gap
+            out += run
+            expected = run[-1][0] + 1
+        return out
 
     @app.agent(journey_events_topic)
     async def resolve(stream: Any) -> None:
@@ -517,7 +530,9 @@ def install_split_journey_stage(
                     first_offset[0] = events[0].message.offset
                     jm.JOURNEY_FIRST_OFFSET.set(first_offset[0])
                 incoming = [(e.message.offset, e.value, e.message.headers) for e in events]
-                await apply_in_runs(input_topic, 0, resolver, incoming, functools.partial(resolver_round, core))
+                messages = await contiguous(input_topic, 0, resolver, incoming)
+                if messages:
+                    await resolver_round(core, messages)
 
     # ---- the builders ---------------------------------------------------------------------------
 
@@ -586,8 +601,57 @@ def install_split_journey_stage(
         return part, core
 
     async def builder_round(index: int, part: _Part, core: Builder, messages: list[Incoming]) -> None:
+        await builder_rounds([(index, part, core, messages)])
+
+    async def builder_rounds(batch: list[tuple[int, _Part, Builder, list[Incoming]]]) -> None:
+        """One round of each partition in `batch` (their locks held), their journey rows written
+        together: each round's mark delivered -> the messages applied -> every journey row and
+        document of the batch written (one insert per table) -> hand-overs sent -> each partition's
+        journal, offset and keyed entries. A partition's crash semantics are its own round's; one
+        insert for the batch because a chDB insert costs ~15 ms whatever its size: four builders
+        writing apart did 509 records/s (benchmarks/journey_worker.py --days 1 --builders 4)."""
         began = time.perf_counter()
-        start, end = messages[0][0], messages[-1][0] + 1
+        await asyncio.gather(
+            *(
+                write_table(
+                    "builder round mark",
+                    b_meta,
+                    index,
+                    [(journey_stage.ROUND_KEY, journey_stage.round_value(messages[0][0], messages[-1][0] + 1))],
+                )
+                for index, _, _, messages in batch
+            )
+        )
+        versions: list[JourneyVersion] = []
+        sends: list[tuple[int, Message]] = []
+        bases: list[int] = []
+        for _, part, core, messages in batch:
+            base = await builder_apply(part, core, messages, versions, sends)
+            bases.append(base)
+        if versions:
+            await write_journey_outputs(app, client, executor, journeys_topic, versions, retried)
+        if sends:
+            await send_hand_overs(sends)
+        await asyncio.gather(
+            *(
+                builder_persist(index, part, core, messages[-1][0] + 1, base)
+                for (index, part, core, messages), base in zip(batch, bases, strict=True)
+            )
+        )
+        jm.JOURNEY_BATCHES.inc(sum(len(messages) for *_, messages in batch))
+        jm.JOURNEY_BUILDER_ROUND_SECONDS.inc(time.perf_counter() - began)
+        publish_state()
+
+    async def builder_apply(
+        part: _Part,
+        core: Builder,
+        messages: list[Incoming],
+        versions: list[JourneyVersion],
+        sends: list[tuple[int, Message]],
+    ) -> int:
+        """A partition's round's messages applied: its journey versions and hand-overs added to
+        `versions` and `sends`; the base of its versions."""
+        end = messages[-1][0] + 1
         base = part.version_base
 
         def version(next_offset: int) -> int:
@@ -598,47 +662,47 @@ def install_split_journey_stage(
                 base = journey_stage.version_base((e.version for e in core.store._emitted.values()), core.as_of_ms)
             return journey_stage.round_version(base, next_offset)
 
-        await write_table(
-            "builder round mark", b_meta, index, [(journey_stage.ROUND_KEY, journey_stage.round_value(start, end))]
-        )
-        versions: list[JourneyVersion] = []
-        sends: list[tuple[int, Message]] = []
-        for n, (offset, value, _) in enumerate(messages, start=1):
-            try:
-                stamp, message = wire.decode_message(value)
-            except wire.WireError as error:
-                jm.JOURNEY_RECORDS.labels("unreadable").inc()
-                log.warning("skipped an unreadable split journey message at offset %d (%s)", offset, error)
-                continue
-            try:
-                sends += core.receive(stamp, message)
-            except Exception as error:  # one bad message must not stop the stage
-                jm.JOURNEY_RECORDS.labels("failed").inc()
-                log.error("split journey message at offset %d skipped (%s)", offset, type(error).__name__)
-                continue
-            if isinstance(message, Tick):
-                versions += core.tick(version=version(offset + 1))
-            if n % APPLY_SLICE == 0:
-                await asyncio.sleep(0)
+        n = 0
+        for offset, value, _ in messages:
+            for frame in wire.frames_of(value):  # a Tick ends its Kafka message: one version per offset
+                n += 1
+                if n % APPLY_SLICE == 0:
+                    await asyncio.sleep(0)
+                try:
+                    stamp, message = wire.decode_message(frame)
+                except wire.WireError as error:
+                    jm.JOURNEY_RECORDS.labels("unreadable").inc()
+                    log.warning("skipped an unreadable split journey message at offset %d (%s)", offset, error)
+                    continue
+                try:
+                    sends += core.receive(stamp, message)
+                except Exception as error:  # one bad message must not stop the stage
+                    jm.JOURNEY_RECORDS.labels("failed").inc()
+                    log.error("split journey message at offset %d skipped (%s)", offset, type(error).__name__)
+                    continue
+                if isinstance(message, Tick):
+                    versions += core.tick(version=version(offset + 1))
         versions += core.changes(version=version(end))
         assert base is not None
-        if versions:
-            await write_journey_outputs(app, client, executor, journeys_topic, versions, retried)
-        if sends:
-            by_builder: dict[int, list[tuple[bytes, bytes, None]]] = {}
-            for to, sent in sends:
-                value = wire.encode_message(None, sent)
-                if len(value) > largest_hand_over[0]:
-                    largest_hand_over[0] = len(value)
-                    jm.JOURNEY_HANDOVER_BYTES.set(len(value))
-                if len(value) > HANDOVER_MAX_BYTES:
-                    await too_large(sent, len(value))
-                by_builder.setdefault(to, []).append((str(to).encode(), value, None))
+        return base
 
-            async def attempt() -> None:
-                await asyncio.gather(*(produce(app, builds_name, m, to) for to, m in by_builder.items()))
+    async def send_hand_overs(sends: list[tuple[int, Message]]) -> None:
+        by_builder: dict[int, list[tuple[bytes, bytes, None]]] = {}
+        for to, sent in sends:
+            value = wire.encode_message(None, sent)
+            if len(value) > largest_hand_over[0]:
+                largest_hand_over[0] = len(value)
+                jm.JOURNEY_HANDOVER_BYTES.set(len(value))
+            if len(value) > HANDOVER_MAX_BYTES:
+                await too_large(sent, len(value))
+            by_builder.setdefault(to, []).append((str(to).encode(), value, None))
 
-            await retried("journey hand-over send", attempt, "topic", "kafka-producer")
+        async def attempt() -> None:
+            await asyncio.gather(*(produce(app, builds_name, m, to) for to, m in by_builder.items()))
+
+        await retried("journey hand-over send", attempt, "topic", "kafka-producer")
+
+    async def builder_persist(index: int, part: _Part, core: Builder, end: int, base: int) -> None:
         changes = core.state_changes()
         chunks = wire.builder_journal(end, base, changes)
         meta_writes = _journal_writes(chunks, part.journal_chunks)
@@ -649,9 +713,6 @@ def install_split_journey_stage(
             await write_table(what, table_, index, writes)
         part.next_offset, part.version_base = end, base
         part.last_round = time.monotonic()
-        jm.JOURNEY_BATCHES.inc(len(messages))
-        jm.JOURNEY_BUILDER_ROUND_SECONDS.inc(time.perf_counter() - began)
-        publish_state()
 
     async def too_large(sent: Message, size: int) -> None:
         """A book too large for one message: the stage cannot go on exactly without it, so the
@@ -679,24 +740,35 @@ def install_split_journey_stage(
             jm.JOURNEY_INPUT.labels("round_again").inc(len(messages))
             await builder_round(index, part, core, messages)
 
-    async def build_partition(index: int, incoming: list[Incoming]) -> None:
-        part, core = await builder_ready(index)
-        async with part.lock:
-            if part.core is not core:
-                return
-            if part.forced_end is not None:
-                await settle_builder(index, part, core)
-            await apply_in_runs(builds_name, index, part, incoming, functools.partial(builder_round, index, part, core))
+    async def build_partitions(by_partition: dict[int, list[Incoming]]) -> None:
+        """The partitions of one take: each one's messages from its next offset on (gaps read),
+        one round of all of them (`builder_rounds`)."""
+        held: list[tuple[int, _Part, Builder]] = []
+        for index in sorted(by_partition):
+            part, core = await builder_ready(index)
+            held.append((index, part, core))
+        async with contextlib.AsyncExitStack() as locks:
+            batch: list[tuple[int, _Part, Builder, list[Incoming]]] = []
+            for index, part, core in held:  # in partition order: the tail reader takes one lock only
+                await locks.enter_async_context(part.lock)
+                if part.core is not core:
+                    continue
+                if part.forced_end is not None:
+                    await settle_builder(index, part, core)
+                messages = await contiguous(builds_name, index, part, by_partition[index])
+                if messages:
+                    batch.append((index, part, core, messages))
+            if batch:
+                await builder_rounds(batch)
 
     @app.agent(builds_topic)
     async def build(stream: Any) -> None:
-        async for events in stream.take_events(journey_stage.TAKE_MESSAGES * 4, within=TAKE_WITHIN_SECONDS):
+        async for events in stream.take_events(BUILDER_TAKE_MESSAGES, within=TAKE_WITHIN_SECONDS):
             by_partition: dict[int, list[Incoming]] = {}
             for event in events:
                 message = event.message
                 by_partition.setdefault(message.partition, []).append((message.offset, event.value, None))
-            for index, incoming in sorted(by_partition.items()):
-                await build_partition(index, incoming)
+            await build_partitions(by_partition)
 
     # ---- skipped tails and lag ------------------------------------------------------------------
 

@@ -4,6 +4,9 @@
   <stamp or null>, ...}`; types `f` Filed, `n` Renamed, `e` Expect, `h` HandOver, `k` TakeOver, `t`
   Tick, `x` Forget. A `Filed` carries the record line as the analytics stage forwarded it, spliced
   in unparsed (the resolver never parses records), beside its arrival seq (`with_seq` on reading).
+* **Packs**: a Kafka message on that topic carries one or more messages, one per line (a message's
+  JSON holds no newline): the resolver packs what one input message sends one builder, since a
+  Faust agent's per-message cost made one Kafka message per contact record the builders' limit.
 * **State entries**: compact JSON per entry. A builder's contact is `["<customer>", <record>]` with
   the record's JSON spliced in and sliced out again as bytes (`Builder.from_state` parses it).
 * **The journal.** A checkpoint must land whole (`ResolverChanges`, `BuilderChanges`): the shell
@@ -47,6 +50,7 @@ from pipeline.journeys.split import (
 
 WIRE_VERSION = 1
 JOURNAL_LIMIT = 900_000  # a chunk's value, under the producer's 1 MB request with its key and headers
+PACK_LIMIT = 512 * 1024  # a pack of the resolver's messages to one builder (`packs`)
 
 T = TypeVar("T")
 
@@ -206,6 +210,26 @@ def _message(data: Any) -> tuple[Stamp | None, Message]:
     if read is None:
         raise ValueError("unknown type")
     return _stamp(data.get("s")), read(data)
+
+
+def packs(frames: list[bytes], limit: int = PACK_LIMIT) -> list[bytes]:
+    """`frames` (encoded messages, in order) as Kafka message values of up to `limit` bytes each
+    (a frame larger than that alone); `frames_of` reads them back."""
+    out: list[bytes] = []
+    start = size = 0
+    for i, frame in enumerate(frames):
+        if i > start and size + len(frame) > limit:
+            out.append(b"\n".join(frames[start:i]))
+            start, size = i, 0
+        size += len(frame) + 1
+    if start < len(frames):
+        out.append(b"\n".join(frames[start:]))
+    return out
+
+
+def frames_of(value: bytes) -> list[bytes]:
+    """The encoded messages of one Kafka message value (`packs`)."""
+    return value.split(b"\n")
 
 
 def decode_message(value: bytes) -> tuple[Stamp | None, Message]:

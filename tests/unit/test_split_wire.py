@@ -53,9 +53,11 @@ from pipeline.worker.split_wire import (
     encode_message,
     filed_entry,
     filed_value,
+    frames_of,
     journal_key,
     meta_entry,
     meta_value,
+    packs,
     read_builder_journal,
     read_resolver_journal,
     resolver_journal,
@@ -480,6 +482,20 @@ messages: st.SearchStrategy[Message] = st.one_of(
 @given(stamps, messages)
 def test_any_message_reads_back_as_sent(stamp: Stamp | None, message: Message) -> None:
     assert_reads_back(stamp, message)
+
+
+@settings(max_examples=40)
+@given(st.lists(st.tuples(stamps, messages), max_size=12), st.integers(1, 4_000))
+def test_packed_messages_read_back_in_order_each_pack_under_its_limit(
+    sent: list[tuple[Stamp | None, Message]], limit: int
+) -> None:
+    frames = [encode_message(stamp, message) for stamp, message in sent]
+    values = packs(frames, limit)
+    read = [frame for value in values for frame in frames_of(value)]
+    assert read == frames  # no message's JSON holds a newline, whatever its text
+    # a pack over the limit holds one frame (larger than the limit alone)
+    assert all(len(v) <= limit or len(frames_of(v)) == 1 for v in values)
+    assert [decode_message(frame) for frame in read] == sent
 
 
 @pytest.mark.parametrize(
