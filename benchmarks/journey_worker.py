@@ -4,12 +4,13 @@
 
 Simulated days of contact records (as the analytics stage forwards them: `forward_messages`, one
 message per batch of `--batch` events, with the identity header) are written to
-`touchline.journey-events` of a fresh broker before a worker `--role journeys` starts, so the
-stage reads a backlog as fast as it can: the wall time until every record is applied and every
+`touchline.journey-events` of a fresh broker at once, once a worker `--role journeys` holds the
+stage's partitions, so the stage reads a backlog as fast as it can: the wall time until every record is applied and every
 partition's lag is 0 gives the stage's contacts/s in the worker (Kafka reads and sends, journey
 rows into embedded ClickHouse, changelogged state), and the resolver's busy time its partition's
-rate (`touchline_journey_round_seconds_total`). `--builders 0` runs the single stage. Then the
-worker is stopped (SIGINT) and started again: the restore time of the state it held
+rate (`touchline_journey_round_seconds_total`). `--builders 0` runs the single stage; `--workers N` shares the stage
+between N workers (the builders spread over them; no restart then). With one worker it is then
+stopped (SIGINT) and started again: the restore time of the state it held
 (`touchline_journey_restore_seconds`) and the time until a lookup of a known customer answers.
 The worker runs the settings' journey windows (7-day repeat window, 30-day identity retention):
 nothing is evicted within a week, so `--days 7` restores a week's state.
@@ -88,7 +89,8 @@ def lookup_answers(url: str, customer: str, timeout: float) -> float:
 @click.option("--batch", type=int, default=5000, show_default=True, help="Events per analytics batch.")
 @click.option("--builders", type=int, default=4, show_default=True, help="TOUCHLINE_JOURNEY_BUILDERS (0: single).")
 @click.option("--seed", type=int, default=7, show_default=True)
-def main(days: float, rate: float, customers: int, batch: int, builders: int, seed: int) -> None:
+@click.option("--workers", type=int, default=1, show_default=True, help="Journeys workers sharing the stage.")
+def main(days: float, rate: float, customers: int, batch: int, builders: int, seed: int, workers: int) -> None:
     began = time.monotonic()
     messages, records, contacts, customer = backlog(days, rate, customers, batch, seed)
     click.echo(
@@ -98,60 +100,83 @@ def main(days: float, rate: float, customers: int, batch: int, builders: int, se
     workdir = Path(tempfile.mkdtemp(prefix="touchline-journey-bench-"))
     data = workdir / "broker"
     bootstrap = broker.start(data, port=free_port(), controller_port=free_port())
-    worker: subprocess.Popen[bytes] | None = None
+    running: list[subprocess.Popen[bytes]] = []
     finished = False
     try:
         topic = DEFAULT_TOPICS.journey_events
         ensure_topics(bootstrap, {topic: 1})
+        last = len(messages) - 1
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")}
+        env.update(
+            KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+            TOUCHLINE_APP_ID=f"touchline-journey-bench-{uuid.uuid4().hex[:6]}",
+            TOUCHLINE_JOURNEY_BUILDERS=str(builders),
+        )
+        ports = [free_port() for _ in range(workers)]
+        urls = [f"http://127.0.0.1:{port}" for port in ports]
+        envs = [{**env, "TOUCHLINE_DATA_DIR": str(workdir / f"data-{n}")} for n in range(workers)]
+        started = time.monotonic()
+        running = [start_worker(envs[n], ports[n], "journeys", workdir / f"worker-{n}.log") for n in range(workers)]
+        for url, process in zip(urls, running, strict=True):
+            wait_partitions(url, process, 300)
+        partitions = builders + 1 if builders else 1
+        while sum(metrics(url).get("touchline_journey_partitions", 0) for url in urls) != partitions:
+            time.sleep(0.2)  # every partition held (the group settled) before the backlog comes
+        reading = time.monotonic()
         producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=8 * 1024 * 1024)
         for key, value, headers in messages:
             producer.send(topic, value=value, key=key, headers=list(headers.items()), partition=0)
         producer.flush()
         producer.close()
-        last = len(messages) - 1
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")}
-        env.update(
-            KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-            TOUCHLINE_DATA_DIR=str(workdir / "data"),
-            TOUCHLINE_APP_ID=f"touchline-journey-bench-{uuid.uuid4().hex[:6]}",
-            TOUCHLINE_JOURNEY_BUILDERS=str(builders),
-        )
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        started = time.monotonic()
-        worker = start_worker(env, port, "journeys", workdir / "worker.log")
-        wait_partitions(url, worker, 300)
-        reading = time.monotonic()
 
         def caught_up() -> bool:
-            m = raw_metrics(url)
-            lags = [v for k, v in m.items() if k.startswith("touchline_consumer_lag_messages{") and "journeys" in k]
-            return m.get("touchline_journey_offset", -1) >= last and bool(lags) and not any(lags)
+            samples = [raw_metrics(url) for url in urls]
+            lags = [
+                v
+                for m in samples
+                for k, v in m.items()
+                if k.startswith("touchline_consumer_lag_messages{") and 'stage="journeys"' in k
+            ]
+            offset = max(m.get("touchline_journey_offset", -1) for m in samples)
+            if not builders:  # the single stage's last round is its last offset
+                return offset >= last
+            return offset >= last and len(lags) == partitions and not any(lags)
 
         while not caught_up():
-            if worker.poll() is not None:
-                raise click.ClickException(f"the worker exited; its log: {workdir / 'worker.log'}")
-            time.sleep(0.5)
+            for process in running:
+                if process.poll() is not None:
+                    raise click.ClickException(f"a worker exited; logs in {workdir}")
+            time.sleep(0.2)
         wall = time.monotonic() - reading
-        m = metrics(url)
-        busy = m.get("touchline_journey_round_seconds_total", 0.0)
-        builders_busy = m.get("touchline_journey_builder_round_seconds_total", 0.0)
+        each = [metrics(url) for url in urls]
+        busy = sum(m.get("touchline_journey_round_seconds_total", 0.0) for m in each)
+        builders_busy = [m.get("touchline_journey_builder_round_seconds_total", 0.0) for m in each]
+        held = [int(m.get("touchline_journey_partitions", 0)) for m in each]
+        stage = f"split: {builders} builders" if builders else "single stage"
         click.echo(
-            f"journeys worker ({'split: ' + str(builders) + ' builders' if builders else 'single stage'}): "
-            f"{records:,} records in {wall:.1f} s from its first partition (started {reading - started:.1f} s "
-            f"after launch): {records / wall:,.0f} records/s, {contacts / wall:,.0f} contacts/s through the worker"
+            f"journeys workers: {workers} ({stage}; partitions held: {held}): {records:,} records in {wall:.1f} s "
+            f"from the backlog's first message (every partition held {reading - started:.1f} s after launch): "
+            f"{records / wall:,.0f} records/s, {contacts / wall:,.0f} contacts/s through the workers"
         )
         click.echo(
             f"  {'resolver' if builders else 'stage'} busy {busy:.1f} s: {records / max(busy, 1e-9):,.0f} records/s "
-            f"while busy" + (f"; builders busy {builders_busy:.1f} s (all held here)" if builders else "")
+            f"while busy" + (f"; builders busy {', '.join(f'{b:.1f}' for b in builders_busy)} s" if builders else "")
         )
-        click.echo(f"  largest hand-over {m.get('touchline_journey_handover_bytes_max', 0):,.0f} bytes")
-        rss = int(Path(f"/proc/{worker.pid}/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
-        click.echo(f"  RSS {rss:.0f} MB")
+        click.echo(
+            f"  largest hand-over {max(m.get('touchline_journey_handover_bytes_max', 0) for m in each):,.0f} bytes"
+        )
+        rss = [int(Path(f"/proc/{p.pid}/status").read_text().split("VmRSS:")[1].split()[0]) / 1024 for p in running]
+        click.echo(f"  RSS {', '.join(f'{r:.0f}' for r in rss)} MB")
+        if workers > 1:  # the restore is measured with one worker holding everything
+            finished = True
+            return
+        worker, port, url = running[0], ports[0], urls[0]
+        env = envs[0]
         os.killpg(worker.pid, signal.SIGINT)
         worker.wait(120)
         relaunched = time.monotonic()
         worker = start_worker(env, port, "journeys", workdir / "worker-restart.log")
+        running.append(worker)
         to_partitions = wait_partitions(url, worker, 300)
         answered = lookup_answers(url, customer, 120)
         total = time.monotonic() - relaunched
@@ -164,9 +189,10 @@ def main(days: float, rate: float, customers: int, batch: int, builders: int, se
         )
         finished = True
     finally:
-        if worker is not None and worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        for process in running:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
         broker.stop(data)
         if finished:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -815,7 +815,7 @@ def install_split_journey_stage(
 
     lagging: set[tuple[str, int]] = set()  # partitions whose lag gauge is set
 
-    @app.timer(interval=TAIL_IDLE_SECONDS / 2)
+    @app.timer(interval=1.0)  # the lag gauges each second; a tail read after TAIL_IDLE_SECONDS idle
     async def read_skipped_tails() -> None:
         """Each partition held here: its lag, and its skipped tail read (module docstring)."""
         held: list[tuple[str, int, _Part, Callable[[list[Incoming]], Awaitable[None]]]] = []
