@@ -9,7 +9,8 @@ stage's partitions, so the stage reads a backlog as fast as it can: the wall tim
 partition's lag is 0 gives the stage's contacts/s in the worker (Kafka reads and sends, journey
 rows into embedded ClickHouse, changelogged state), and the resolver's busy time its partition's
 rate (`touchline_journey_round_seconds_total`). `--builders 0` runs the single stage; `--workers N` shares the stage
-between N workers (the builders spread over them; no restart then). With one worker it is then
+between N workers (the builders spread over them; Faust gives partitions of topics with as many
+partitions to the same worker, so with `--builders 1` one worker holds both); no restart then. With one worker it is then
 stopped (SIGINT) and started again: the restore time of the state it held
 (`touchline_journey_restore_seconds`) and the time until a lookup of a known customer answers.
 The worker runs the settings' journey windows (7-day repeat window, 30-day identity retention):
@@ -117,10 +118,11 @@ def main(days: float, rate: float, customers: int, batch: int, builders: int, se
         envs = [{**env, "TOUCHLINE_DATA_DIR": str(workdir / f"data-{n}")} for n in range(workers)]
         started = time.monotonic()
         running = [start_worker(envs[n], ports[n], "journeys", workdir / f"worker-{n}.log") for n in range(workers)]
-        for url, process in zip(urls, running, strict=True):
-            wait_partitions(url, process, 300)
+        wait_partitions(urls[0], running[0], 300)  # Faust may give another worker nothing to hold
         partitions = builders + 1 if builders else 1
         while sum(metrics(url).get("touchline_journey_partitions", 0) for url in urls) != partitions:
+            if time.monotonic() - started > 300:
+                raise click.ClickException("the workers did not hold every partition of the stage in 300 s")
             time.sleep(0.2)  # every partition held (the group settled) before the backlog comes
         reading = time.monotonic()
         producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=8 * 1024 * 1024)
@@ -128,6 +130,8 @@ def main(days: float, rate: float, customers: int, batch: int, builders: int, se
             producer.send(topic, value=value, key=key, headers=list(headers.items()), partition=0)
         producer.flush()
         producer.close()
+
+        resolved: list[float | None] = [None]  # when the resolver (or single stage) applied the last message
 
         def caught_up() -> bool:
             samples = [raw_metrics(url) for url in urls]
@@ -138,6 +142,8 @@ def main(days: float, rate: float, customers: int, batch: int, builders: int, se
                 if k.startswith("touchline_consumer_lag_messages{") and 'stage="journeys"' in k
             ]
             offset = max(m.get("touchline_journey_offset", -1) for m in samples)
+            if offset >= last and resolved[0] is None:
+                resolved[0] = time.monotonic() - reading
             if not builders:  # the single stage's last round is its last offset
                 return offset >= last
             return offset >= last and len(lags) == partitions and not any(lags)
@@ -162,6 +168,11 @@ def main(days: float, rate: float, customers: int, batch: int, builders: int, se
             f"  {'resolver' if builders else 'stage'} busy {busy:.1f} s: {records / max(busy, 1e-9):,.0f} records/s "
             f"while busy" + (f"; builders busy {', '.join(f'{b:.1f}' for b in builders_busy)} s" if builders else "")
         )
+        if builders and resolved[0] is not None:
+            click.echo(
+                f"  the resolver applied the last message after {resolved[0]:.1f} s: "
+                f"{records / resolved[0]:,.0f} records/s, {contacts / resolved[0]:,.0f} contacts/s on its partition"
+            )
         click.echo(
             f"  largest hand-over {max(m.get('touchline_journey_handover_bytes_max', 0) for m in each):,.0f} bytes"
         )
