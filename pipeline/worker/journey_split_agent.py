@@ -50,11 +50,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import logging
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar, cast
 
@@ -81,6 +79,7 @@ from pipeline.journeys.split import (
     Tick,
     stamped,
 )
+from pipeline.journeys.stitcher import collection_paused
 from pipeline.kafka_security import client_options
 from pipeline.privacy import access, erasure, pseudonym
 from pipeline.store.clickhouse import BlockingExecutor
@@ -141,33 +140,6 @@ class _Part:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     task: asyncio.Task[None] | None = None
     last_round: float = field(default_factory=time.monotonic)  # when its last round ended
-
-
-_restoring = [0]  # restores under way (threads): the collector is paused while any is
-_restoring_lock = threading.Lock()
-collecting = [True]  # whether the collector ran before the first of them
-
-
-@contextlib.contextmanager
-def _collection_paused() -> Iterator[None]:
-    """`collection_paused(freeze=True)` shared by the restores running at once (the resolver's and
-    each builder's, on threads): the collector resumes, and what they made is frozen, when the last
-    one ends. A day's restore of four builders took 3.1-4.6 s with it running
-    (benchmarks/journey_worker.py --days 1)."""
-    with _restoring_lock:
-        _restoring[0] += 1
-        if _restoring[0] == 1:
-            collecting[0] = gc.isenabled()
-            gc.disable()
-    try:
-        yield
-    finally:
-        with _restoring_lock:
-            _restoring[0] -= 1
-            if _restoring[0] == 0:
-                gc.freeze()
-                if collecting[0]:
-                    gc.enable()
 
 
 def _decoded(items: dict[bytes, bytes], decode: Callable[[bytes], T], what: str) -> list[tuple[str, T]]:
@@ -323,7 +295,7 @@ def install_split_journey_stage(
         started = time.perf_counter()
         guards = IdentityConfig(blocked_values=placeholder_pseudonyms())
 
-        @_collection_paused()
+        @collection_paused(freeze=True)
         def restore() -> tuple[Resolver, int, int, ResolverChanges | None]:
             meta = dict(read_partition(r_meta.data, 0))
             stored = meta.get(OFFSET_KEY)
@@ -583,7 +555,7 @@ def install_split_journey_stage(
     async def restore_builder(index: int, part: _Part) -> None:
         started = time.perf_counter()
 
-        @_collection_paused()
+        @collection_paused(freeze=True)
         def restore() -> tuple[Builder, int, int | None, int | None, int, BuilderChanges | None]:
             meta_items = dict(read_partition(b_meta.data, index))
             stored = meta_items.get(OFFSET_KEY)

@@ -777,3 +777,34 @@ def test_identity_link_alone_is_not_a_contact() -> None:
     assert stitcher.observe(crm).customer == "cust:C1"
     assert [j.contact_ids for j in stitcher.store.all_journeys()] == [("c1",)]
     assert stitcher.store.customer_of("crm-merge-1") is None
+
+
+def test_overlapping_collection_pauses_resume_the_collector_when_the_last_ends() -> None:
+    """Restores on threads at once share one pause: the first to end must not resume collection
+    under the others, and the objects made meanwhile are frozen at the end when any pause asked."""
+    import gc
+    import threading
+
+    from pipeline.journeys.stitcher import collection_paused
+
+    assert gc.isenabled()
+    frozen_before = gc.get_freeze_count()
+    first_in, first_out = threading.Event(), threading.Event()
+
+    def first() -> None:
+        with collection_paused(freeze=True):
+            first_in.set()
+            first_out.wait(5)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    first_in.wait(5)
+    with collection_paused():
+        assert not gc.isenabled()
+        first_out.set()
+        thread.join(5)
+        assert not gc.isenabled()  # the first pause ended: this one still holds it
+        kept = [object() for _ in range(1000)]
+    assert gc.isenabled()
+    assert gc.get_freeze_count() >= frozen_before + len(kept)
+    gc.unfreeze()
