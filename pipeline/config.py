@@ -114,7 +114,7 @@ class Settings(BaseSettings):
     )
     worker_advertised_host: str | None = Field(
         None,
-        description="Host other workers use to reach this one (forwarded journey lookups). Unset: "
+        description="Host other workers use to reach this one (forwarded journey lookups, erasures). Unset: "
         "worker_web_host. Set it when binding to 0.0.0.0, e.g. to the container's service name.",
     )
     worker_web_port: int = Field(6066, ge=1, le=65535, description="Worker HTTP port: /metrics, /sql, lookups.")

@@ -141,6 +141,11 @@ def _tcp_reachable(bootstrap: str, timeout: float) -> bool:
     return False
 
 
+def admin_client(bootstrap: str, timeout: float, options: Mapping[str, Any] | None = None) -> Any:
+    """A KafkaAdminClient; a refused login raised as a readable `authentication_failure`."""
+    return _admin(bootstrap, timeout, options)
+
+
 def _admin(bootstrap: str, timeout: float, options: Mapping[str, Any] | None = None) -> Any:
     timeout_ms = max(1000, int(timeout * 1000))
     with _watch_login(sasl=bool((options or {}).get("sasl_mechanism"))) as watch:

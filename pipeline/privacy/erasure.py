@@ -10,8 +10,13 @@ Rule: the person's rows go, aggregates stay. KPI windows (`kpi_minute_partials`)
 queue and minute with no person in them; they keep the forgotten person's contribution. Messages on
 Kafka topics are not rewritten: they leave with the topics' retention.
 
-Stage hooks: `register(name, hook)`; a hook is `async (Subject) -> int` (the entries it dropped),
-called before the tables are cleaned so a stage cannot write the person again afterwards."""
+Stage hooks: `register(name, hook)`; a hook is `async (Subject) -> int | Dropped` (the entries it
+dropped), called before the tables are cleaned so a stage cannot write the person again afterwards.
+With several workers every worker's hooks run (`pipeline.worker.forget_view` fans the erasure out):
+a hook says in `Dropped.wanted` which holders must have answered (e.g. the journey resolver, held by
+one worker), and the worker holding one says so in `Dropped.marks`; marks can also carry what the
+settle step (`register_settle`) waits for on every worker before the rows are deleted (a builder
+partition's offset to have applied)."""
 
 from __future__ import annotations
 
@@ -44,22 +49,131 @@ class Subject:
     def summary(self) -> dict[str, Any]:
         return {"kind": self.kind, "contacts": len(self.contact_ids), "customers": len(self.customer_keys)}
 
+    def wire(self) -> dict[str, Any]:
+        """Everything of the subject, as JSON for another worker (`from_wire`); personal data (the
+        clear value): only ever sent to the workers of this deployment."""
+        return {
+            "kind": self.kind,
+            "value": self.value,
+            "contact_ids": sorted(self.contact_ids),
+            "customer_keys": sorted(self.customer_keys),
+            "identifiers": sorted([kind, value] for kind, value in self.identifiers),
+            "clear": list(self.clear),
+        }
 
-ForgetHook = Callable[[Subject], Awaitable[int]]
-_hooks: dict[str, ForgetHook] = {}
+    def union(self, other: Subject) -> Subject:
+        """The person as two stores hold them (embedded stores of several workers)."""
+        return Subject(
+            self.kind,
+            self.value,
+            self.contact_ids | other.contact_ids,
+            self.customer_keys | other.customer_keys,
+            self.identifiers | other.identifiers,
+            self.clear,
+        )
+
+    @classmethod
+    def from_wire(cls, document: dict[str, Any]) -> Subject:
+        """The subject `wire` gave; KeyError, TypeError or ValueError when it is not one."""
+        kind, value = document["kind"], document["value"]
+        if not isinstance(kind, str) or not isinstance(value, str):
+            raise TypeError("kind and value must be strings")
+        identifiers = frozenset((str(k), str(v)) for k, v in document["identifiers"])
+        return cls(
+            kind,
+            value,
+            frozenset(str(c) for c in document["contact_ids"]),
+            frozenset(str(c) for c in document["customer_keys"]),
+            identifiers,
+            tuple(str(c) for c in document["clear"]),
+        )
 
 
-def register(name: str, hook: ForgetHook) -> None:
-    """Have `hook` called with each Subject forgotten through this worker (replaces one of that name)."""
-    _hooks[name] = hook
+@dataclass(frozen=True)
+class Dropped:
+    """What a hook dropped, and what the fan-out must check (module docstring)."""
+
+    count: int
+    marks: dict[str, int] = field(default_factory=dict)  # held here: name -> offset to settle (or 0)
+    wanted: frozenset[str] = frozenset()  # marks some worker must give, else the erasure is retried
+
+
+@dataclass
+class StateDropped:
+    """The hooks' answers of one worker, or of all of them merged."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    marks: dict[str, int] = field(default_factory=dict)
+    wanted: set[str] = field(default_factory=set)
+    tables: dict[str, int] = field(default_factory=dict)  # rows other workers deleted in their own stores
+
+    def merge(self, other: StateDropped) -> None:
+        for name, count in other.counts.items():
+            self.counts[name] = self.counts.get(name, 0) + count
+        for name, offset in other.marks.items():
+            self.marks[name] = max(offset, self.marks.get(name, offset))
+        self.wanted |= other.wanted
+
+    def missing(self) -> list[str]:
+        """Wanted marks no worker gave: a holder is being assigned."""
+        return sorted(self.wanted - set(self.marks))
+
+    def wire(self) -> dict[str, Any]:
+        return {"counts": self.counts, "marks": self.marks, "wanted": sorted(self.wanted)}
+
+    @classmethod
+    def from_wire(cls, document: dict[str, Any]) -> StateDropped:
+        return cls(
+            {str(k): int(v) for k, v in document["counts"].items()},
+            {str(k): int(v) for k, v in document["marks"].items()},
+            {str(w) for w in document["wanted"]},
+        )
+
+
+ForgetHook = Callable[[Subject], Awaitable["int | Dropped"]]
+SettleHook = Callable[[dict[str, int]], Awaitable[None]]
+_hooks: dict[str, tuple[int, ForgetHook]] = {}
+_settles: dict[str, SettleHook] = {}
+# The hooks run tier by tier on every worker: the stages that feed the journey stage drop the
+# person (and their outputs not yet written) everywhere before the journey stage does, so no record
+# of theirs reaches it after it forgot them.
+FEEDING, JOURNEYS = 0, 1
+TIERS = (FEEDING, JOURNEYS)
+
+
+def register(name: str, hook: ForgetHook, tier: int = FEEDING) -> None:
+    """Have `hook` called with each Subject forgotten (replaces one of that name), in its tier."""
+    _hooks[name] = (tier, hook)
 
 
 def hooks() -> dict[str, ForgetHook]:
-    return dict(_hooks)
+    return {name: hook for name, (_, hook) in _hooks.items()}
 
 
-async def run_hooks(subject: Subject) -> dict[str, int]:
-    return {name: await hook(subject) for name, hook in _hooks.items()}
+def register_settle(name: str, hook: SettleHook) -> None:
+    """Have `hook` called with the merged marks of every worker, before the rows are deleted."""
+    _settles[name] = hook
+
+
+async def run_hooks(subject: Subject, tier: int | None = None) -> StateDropped:
+    """The hooks of `tier` (None: every tier, in order)."""
+    dropped = StateDropped()
+    for name, (at, hook) in sorted(_hooks.items(), key=lambda item: item[1][0]):
+        if tier is not None and at != tier:
+            continue
+        answer = await hook(subject)
+        if isinstance(answer, Dropped):
+            dropped.counts[name] = answer.count
+            dropped.marks.update(answer.marks)
+            dropped.wanted |= answer.wanted
+        else:
+            dropped.counts[name] = answer
+    return dropped
+
+
+async def run_settles(marks: dict[str, int]) -> None:
+    for hook in list(_settles.values()):
+        await hook(marks)
 
 
 @dataclass
@@ -91,6 +205,13 @@ def resolve(client: Client, kind: str, value: str, hasher: Pseudonymiser | None)
         raise ValueError(placeholder_refusal(kind))
     stored = hasher.value(kind, value) if hasher is not None else value
     clear = tuple(dict.fromkeys(v for v in (value, normalise(kind, value)) if v))
+    return resolve_stored(client, kind, stored, clear)
+
+
+def resolve_stored(client: Client, kind: str, stored: str, clear: tuple[str, ...] = ()) -> Subject:
+    """Who the stored `kind`=`stored` (hashed already when pseudonymised) is, in the store (blocking)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}")
     contacts = {
         str(r[0])
         for r in _rows(

@@ -55,6 +55,8 @@ def forget_command(kind: str | None, value: str | None, customer_id: str | None,
     if result.get("state"):
         for stage, entries in result["state"].items():
             click.echo(f"  state of {stage:<11} {entries} entries dropped")
+        if "workers" in result:
+            click.echo(f"  (on {result['workers']} running worker(s))")
     else:
         click.echo("  (no worker running: no in-memory state to drop)")
 

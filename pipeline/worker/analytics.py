@@ -467,13 +467,20 @@ class AnalyticsStage:
 
     # ------------------------------------------------------------------ erasure, introspection
 
-    def forget(self, contact_ids: set[str]) -> int:
-        """Drop these contacts from the in-memory state (erasure); their windows keep the aggregates
-        they already count. Returns how many contacts were held. The next checkpoint writes their
-        tombstones."""
-        held = 0
-        for state in self.stages.partitions.values():
-            held += _forget_in(state, contact_ids)
+    async def forget(self, contact_ids: set[str]) -> int:
+        """Erasure: drop these contacts from the in-memory state and their outputs not yet written;
+        their windows keep the aggregates they already count. Then a checkpoint writes their
+        tombstones and the offsets read so far are committed: a later owner of the partitions (a
+        rebalance, a restart) must not read their events again from an older checkpoint and write
+        their rows and journey records back. Returns how many contacts were held."""
+        async with self._lock:
+            held = 0
+            for state in self.stages.partitions.values():
+                held += _forget_in(state, contact_ids)
+        await self.outbox.drop(contact_ids)
+        await self.checkpoint_all()
+        if self.consumer is not None:
+            await self.consumer.commit(required=True)
         return held
 
     def state_sizes(self) -> dict[str, int]:

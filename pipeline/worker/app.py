@@ -43,7 +43,7 @@ from pipeline.store.clickhouse import (
 )
 from pipeline.store.migrations import migrate
 from pipeline.topics import ensure_topics
-from pipeline.worker import metrics
+from pipeline.worker import metrics, peers
 from pipeline.worker.analytics import AnalyticsStage
 from pipeline.worker.consumer import BatchConsumer, Records, StageHooks
 from pipeline.worker.forget_view import install_forget_view
@@ -80,6 +80,11 @@ def broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip())
 
 
+def channel_group(settings: Settings, stage: str) -> str:
+    """The consumer group of a stage reading the channel topics (`ingest`, `analytics`)."""
+    return f"{settings.app_id}-{stage}"
+
+
 @dataclass
 class Shared:
     """What the stages of one worker share."""
@@ -92,10 +97,11 @@ class Shared:
     health: Health
 
     def channel_consumer(self, stage: str, hooks: StageHooks) -> BatchConsumer:
+        group = channel_group(self.settings, stage)
         consumer = BatchConsumer(
             stage,
             self.settings.bootstrap_servers,
-            f"{self.settings.app_id}-{stage}",
+            group,
             list(self.settings.topics.interactions.values()),
             hooks,
             security=client_options(self.settings),
@@ -105,6 +111,7 @@ class Shared:
             session_timeout_seconds=self.settings.kafka_session_timeout_seconds,
             fetch_min_bytes=self.settings.kafka_fetch_min_bytes,
             fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
+            client_id=peers.client_id(group, str(self.app.conf.canonical_url)),
         )
         self.consumers.append(consumer)
         return consumer
@@ -290,7 +297,9 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> tuple[faus
         return response
 
     install_sql_view(app, sql_pool)
-    install_forget_view(app, client, executor)  # stages register their hooks in pipeline.privacy.erasure
+    # stages register their hooks in pipeline.privacy.erasure; every worker's run (forget_view)
+    groups = [channel_group(settings, stage) for stage in ("ingest", "analytics")]
+    install_forget_view(app, client, executor, settings, groups)
     return app, startup
 
 
@@ -389,8 +398,7 @@ def _analytics(shared: Shared) -> AnalyticsStage:
     metrics_open_labels: set[tuple[str, str]] = set()
 
     async def forget(subject: erasure.Subject) -> int:
-        # the contacts leave memory now; the next checkpoint writes their tombstones
-        return analytics.forget(set(subject.contact_ids))
+        return await analytics.forget(set(subject.contact_ids))
 
     erasure.register("analytics", forget)
 

@@ -58,6 +58,7 @@ class BatchConsumer:
         session_timeout_seconds: float = 10.0,
         fetch_min_bytes: int = 1,
         fetch_max_wait_ms: int = 500,
+        client_id: str | None = None,
     ) -> None:
         self.stage = stage
         self._on_failure = on_failure
@@ -74,7 +75,7 @@ class BatchConsumer:
             "bootstrap_servers": bootstrap_servers,
             **(security or {}),  # TLS / SASL: pipeline.kafka_security.client_options
             "group_id": group_id,
-            "client_id": group_id,
+            "client_id": client_id or group_id,  # with the worker's URL: pipeline.worker.peers
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
             "value_deserializer": fetched.RAW,  # messages as `FetchedRecord`s (see pipeline.worker.fetched)
@@ -194,7 +195,8 @@ class BatchConsumer:
                         return
             await self.commit()
 
-    async def commit(self) -> None:
+    async def commit(self, *, required: bool = False) -> None:
+        """Commit what `ready` marked. `required`: a failed commit raises (an erasure must know)."""
         if not self._ready:
             return
         offsets = {tp: offset + 1 for tp, offset in self._ready.items() if tp in self.consumer.assignment()}
@@ -205,6 +207,8 @@ class BatchConsumer:
             await self.consumer.commit(offsets)
         except KafkaError as error:  # rebalancing: the partitions' new owners redo what is uncommitted
             log.info("%s: commit skipped (%s); uncommitted messages are read again", self.stage, error)
+            if required:
+                raise
 
     async def probe(self, timeout: float = 5.0) -> None:
         """Ask the cluster for its metadata and report the outcome to `/health`: a consumer keeps

@@ -70,6 +70,8 @@ OUTPUT_SLICE = 500  # journey versions rendered, or state keys written, between 
 # at the end, and 2,700 more contacts on day 3, growing)
 EVICT_SLICE = 2_000
 LOOKUP_WAIT_SECONDS = 30.0
+FORGET_CATCH_UP_SECONDS = 60.0  # above TAIL_IDLE_SECONDS: a skipped tail is read after that
+HELD_MARK = "journey partition"  # an erasure's mark: the worker holding the journey state forgot the person
 # an owner idle this long while its partition holds messages past the state's offset reads them
 # itself: its consumer will not hand them over (acknowledged while skipped, see `read_again`)
 TAIL_IDLE_SECONDS = 10.0
@@ -182,6 +184,23 @@ def journey_rules(settings: Settings) -> JourneyConfig:
         repeat_window_ms=round(settings.journey_repeat_window_days * DAY),
         dormancy_ms=round(settings.journey_dormancy_days * DAY),
     )
+
+
+async def applied_up_to_end(app: faust.App, topic: str, partition: int, applied: Callable[[], int | None]) -> None:
+    """Wait until the stage has applied every message its input partition holds now (`applied`:
+    the next offset it will apply): an erasure forgets the person after the last record of theirs
+    the stages feeding it sent (`erasure.TIERS`), not before one it would apply later. Raises when
+    that takes over FORGET_CATCH_UP_SECONDS (the erasure is refused and sent again)."""
+    tp = TP(topic, partition)
+    end = (await app.consumer.highwaters(tp)).get(tp)
+    deadline = time.monotonic() + FORGET_CATCH_UP_SECONDS
+    while end is not None and ((applied() or 0) < end):
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"the journey stage has not applied {topic}[{partition}] up to offset {end} within "
+                f"{FORGET_CATCH_UP_SECONDS:.0f} s"
+            )
+        await asyncio.sleep(0.05)
 
 
 def install_journey_stage(
@@ -403,10 +422,15 @@ def install_journey_stage(
                     del table.data[raw]
                 changes.discard(key)
 
-    async def forget(subject: erasure.Subject) -> int:
+    async def forget(subject: erasure.Subject) -> erasure.Dropped:
         """Erasure: drop the person's identifiers, contacts and journeys from the stitcher and
         delete their entries from both tables (the changelog's tombstones keep a restore from
-        bringing them back)."""
+        bringing them back). Every worker is asked; the one holding the partition says so."""
+        changelog = contacts.changelog_topic.get_topic_name()
+        if not any(tp.topic == changelog for tp in app.assignor.assigned_actives()):
+            return erasure.Dropped(0, wanted=frozenset({HELD_MARK}))
+        await core_ready()
+        await applied_up_to_end(app, input_topic, 0, lambda: state.next_offset)
         while True:
             core = await core_ready()
             async with state.lock:
@@ -416,9 +440,9 @@ def install_journey_stage(
                 dropped = core.forget(subject.contact_ids, subject.identifiers, subject.customer_keys)
                 drop_now(core)
                 gauges(core)
-                return dropped
+                return erasure.Dropped(dropped, {HELD_MARK: 0}, frozenset({HELD_MARK}))
 
-    erasure.register("journeys", forget)
+    erasure.register("journeys", forget, erasure.JOURNEYS)
 
     @app.agent(journey_events_topic)
     async def stitch(stream: Any) -> None:

@@ -33,11 +33,12 @@ wire and state formats `pipeline.worker.split_wire`.
   `touchline_journey_builder_round_seconds_total` the builders', `touchline_journey_restore_seconds`
   the last rebalance's restore of every partition held here (they restore concurrently).
 
-* **Erasure** (`touchline forget`, `POST /forget`) goes through the worker holding the resolver:
-  it drops the person's identity components and customers, sends a `Forget` to every builder and
-  checkpoints; it answers once the builders held on that worker have applied it (a builder round
-  under way could otherwise write the person's journey again after their rows are removed).
-  Builders held by other workers apply it in their next round, without that wait.
+* **Erasure** (`touchline forget`, `POST /forget`) reaches every worker (`pipeline.worker.forget_view`):
+  the one holding the resolver drops the person's identity components and customers, sends a
+  `Forget` to every builder and checkpoints; every worker then waits until the builders it holds
+  have applied it (a builder round under way could otherwise write the person's journey again after
+  their rows are removed), and only then are the rows deleted. While no worker holds the resolver
+  the erasure is refused (503, nothing deleted) and retried by the caller.
 
 * **Skipped tails**: a partition's owner idle for `TAIL_IDLE_SECONDS` while the partition holds
   messages past its state's offset reads them itself (no later message comes to show the gap), as
@@ -94,6 +95,7 @@ from pipeline.worker.journey_agent import (
     ROCKSDB_OPTIONS,
     TAIL_IDLE_SECONDS,
     TAKE_WITHIN_SECONDS,
+    applied_up_to_end,
     journey_rules,
     placeholder_pseudonyms,
     write_journey_outputs,
@@ -111,6 +113,8 @@ OFFSET_KEY = b"\x00offset"
 BUILDER_TAKE_MESSAGES = 64
 LOOKUP_WAIT_SECONDS = 30.0
 FORGET_WAIT_SECONDS = 60.0
+RESOLVER_MARK = "journey resolver"  # an erasure's marks (`forget`)
+BUILDER_MARK = "journey builder "  # + the partition: the offset of its `Forget`
 NO_RESOLVER_CHANGES = ResolverChanges([], [], [], 0, 0)
 NO_BUILDER_CHANGES = BuilderChanges([], [], {})
 Writes = list[tuple[bytes, bytes | None]]
@@ -443,45 +447,55 @@ def install_split_journey_stage(
             await write_table(what, table_, 0, writes)
         resolver.next_offset = end
 
-    async def forget(subject: erasure.Subject) -> int:
-        """Erasure (module docstring): the entries the resolver dropped (contacts and customers)."""
+    async def forget(subject: erasure.Subject) -> erasure.Dropped:
+        """Erasure (module docstring), on every worker: the one holding the resolver drops the
+        person and sends each builder a `Forget`; its marks are where those landed, which every
+        worker's `settle` waits for its builders to pass. The count: the entries the resolver
+        dropped (contacts and customers)."""
+        wanted = frozenset({RESOLVER_MARK})
         if not active(input_topic, 0):
-            log.warning(
-                "erasure: the split journey stage's resolver is held by another worker (see /journeys/lookup's "
-                "first hop); send the erasure there for the journey state to forget the person"
-            )
-            return 0
+            return erasure.Dropped(0, wanted=wanted)
+        await resolver_ready()
+        await applied_up_to_end(app, input_topic, 0, lambda: resolver.next_offset)
         while True:
             core = await resolver_ready()
             async with resolver.lock:
                 if resolver.core is not core:  # replaced by a rebalance meanwhile
                     continue
                 routed = core.forget(subject.contact_ids, subject.identifiers, subject.customer_keys)
-                sent: dict[int, int | None] = {}
+                marks = {RESOLVER_MARK: 0}
                 for at, message in routed:  # a `Forget` applies once however often it comes: no stamp
                     value = wire.encode_message(None, message)
 
                     async def attempt(at: int = at, value: bytes = value) -> int | None:
                         return await produce(app, builds_name, [(str(at).encode(), value, None)], at)
 
-                    sent[at] = await retried("journey erasure send", attempt, "topic", "kafka-producer")
+                    offset = await retried("journey erasure send", attempt, "topic", "kafka-producer")
+                    if offset is not None:
+                        marks[f"{BUILDER_MARK}{at}"] = offset
                 await checkpoint_resolver(core, resolver.next_offset)
                 dropped = routed[0][1] if routed else None
                 break
+        count = len(dropped.contacts) + len(dropped.customers) if isinstance(dropped, Forget) else 0
+        return erasure.Dropped(count, marks, wanted)
+
+    async def settle(marks: dict[str, int]) -> None:
+        """The builders held here have applied the resolver's `Forget` (their mark's offset)."""
         deadline = time.monotonic() + FORGET_WAIT_SECONDS
-        for at, offset in sent.items():
-            while offset is not None and active(builds_name, at) and time.monotonic() < deadline:
+        for name, offset in marks.items():
+            if not name.startswith(BUILDER_MARK):
+                continue
+            at = int(name.removeprefix(BUILDER_MARK))
+            while active(builds_name, at) and time.monotonic() < deadline:
                 part = parts.get(at)
                 if part is not None and part.core is not None and part.next_offset > offset:
                     break
                 await asyncio.sleep(0.05)
         if time.monotonic() >= deadline:
             log.warning("erasure: the builders held here did not apply it within %.0f s", FORGET_WAIT_SECONDS)
-        if not isinstance(dropped, Forget):
-            return 0
-        return len(dropped.contacts) + len(dropped.customers)
 
-    erasure.register("journeys", forget)
+    erasure.register("journeys", forget, erasure.JOURNEYS)
+    erasure.register_settle("journeys", settle)
 
     async def read_incoming(topic: str, partition: int, start: int, end: int, what: str) -> list[Incoming]:
         """The messages at offsets [start, end) of the partition, read from the topic (retried)."""

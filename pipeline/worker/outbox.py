@@ -85,6 +85,19 @@ class Outbox:
     def flushing(self) -> bool:
         return self._topics_lock.locked() or self._rows_lock.locked()
 
+    async def drop(self, contact_ids: set[str]) -> int:
+        """Erasure: drop the outputs of these contacts not yet written (SLA rows and messages, journey
+        records; KPI rows hold no person), after any write under way. Returns how many."""
+        at = SLA_EVENT_COLUMNS.index("contact_id")
+        keys = {c.encode() for c in contact_ids}
+        async with self._topics_lock, self._rows_lock:
+            before = len(self)
+            self._sla_rows = [row for row in self._sla_rows if row[at] not in contact_ids]
+            self._messages = {t: [m for m in batch if m[0] not in keys] for t, batch in self._messages.items()}
+            self._forwards = [item for item in self._forwards if item[2][0] not in contact_ids]
+            self._gauge()
+            return before - len(self)
+
     # -- writing
 
     async def flush(self) -> None:

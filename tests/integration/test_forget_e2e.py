@@ -117,3 +117,70 @@ def test_a_forgotten_customer_leaves_no_row_and_nobody_else_changes(workspace: W
     worker = workspace.start_worker()
     assert lookup_status(worker, other) == 200  # waits for the restore
     assert lookup_status(worker, customer) == 404
+    # nothing read again after the restart (the erasure checkpointed and committed) wrote them back
+    wait_until(lambda: worker.metric("touchline_pending_rows") == 0, 60, "rows written")
+    assert counts(worker.sql, PER_CONTACT, contacts) == dict.fromkeys(PER_CONTACT, 0)
+
+
+def test_an_erasure_sent_to_a_worker_without_the_journey_resolver_forgets_the_person_everywhere(
+    workspace: Workspace,
+) -> None:
+    """Two workers (each with its own embedded store, as the split stage's two-worker test), the
+    split journey stage spread over both. `POST /forget` goes to the worker that does not hold the
+    resolver: it finds the other worker through Kafka, which drops the person from the resolver and
+    its builders, and each store loses the person's rows; lookups on both workers answer 404 for them
+    and 200 for someone else."""
+    workspace.env["TOUCHLINE_JOURNEY_BUILDERS"] = "4"
+    first = workspace.start_worker()
+    second = workspace.start_worker(own_store=True)
+    both = [first, second]
+    wait_until(
+        lambda: all(w.metric("touchline_journey_partitions") > 0 and w.ready() for w in both),
+        240,
+        "both workers to hold journey and channel partitions",
+    )
+    truth = workspace.path / "truth.jsonl"
+    workspace.cli(
+        "simulate", "--seed", "41", "--start", START, "--duration", "6h", "--rate", "200", "--speed", "0", "--truth", truth
+    )  # fmt: skip
+    records = read_truth(truth)
+    delivered = next(r for r in records if r["kind"] == "summary")["messages_delivered"]
+    wait_until(lambda: sum(w.metric("touchline_events_consumed_total") for w in both) >= delivered, 300, "all read")
+    wanted = sum(1 for r in records if r["kind"] == "journey")
+    wait_until(
+        lambda: (
+            sum(w.sql("SELECT count() FROM journeys FINAL")[0][0] for w in both) >= wanted
+            and all(w.metric("touchline_pending_rows") == 0 for w in both)
+        ),
+        300,
+        f"{wanted} journeys",
+        interval=2,
+    )
+    holder = next(w for w in both if int(w.metric("touchline_journey_offset")) >= 0)  # the resolver's
+    asked = second if holder is first else first
+    journey = next(r for r in records if r["kind"] == "journey" and r["contacts"] > 1 and r["customer_id"])
+    customer = journey["customer_id"]
+    contacts = sorted(
+        {c for r in records if r["kind"] == "journey" and r["customer_id"] == customer for c in r["contact_ids"]}
+    )
+    other = next(r["customer_id"] for r in records if r["kind"] == "journey" and r["customer_id"] not in ("", customer))
+    assert all(lookup_status(w, customer) == lookup_status(w, other) == 200 for w in both)
+    theirs_before = [counts(w.sql, PER_CONTACT, contacts) for w in both]
+    others_before = [counts(w.sql, OTHERS, contacts) for w in both]
+    assert sum(t["interaction_events"] for t in theirs_before) > 0
+
+    request = urllib.request.Request(
+        f"{asked.url}/forget", data=json.dumps({"kind": "customer_id", "value": customer}).encode(), method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=180) as response:
+        answer = json.loads(response.read())
+    print(f"forgot customer with {len(contacts)} contacts through the worker without the resolver: {answer}")
+    assert answer["workers"] == 2
+    assert answer["state"]["journeys"] >= len(contacts)  # dropped by the resolver on the other worker
+    assert answer["tables"]["interaction_events"] == sum(t["interaction_events"] for t in theirs_before)
+    for worker, others in zip(both, others_before, strict=True):
+        assert counts(worker.sql, PER_CONTACT, contacts) == dict.fromkeys(PER_CONTACT, 0)
+        assert counts(worker.sql, OTHERS, contacts) == others
+        assert lookup_status(worker, customer) == 404 and lookup_status(worker, other) == 200
+    # a restart is the single-worker test's: with a store each, a partition moved to the other
+    # worker is read again from that store's own (older) checkpoint, as no deployment runs it

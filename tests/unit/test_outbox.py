@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.sla.clock import SLA_EVENT_COLUMNS
 from pipeline.worker.health import Health
 from pipeline.worker.outbox import Outbox
 
@@ -65,3 +66,22 @@ def test_a_stop_mid_flush_puts_back_only_what_was_not_written() -> None:
     assert written == [("s", 0), ("s", 1), ("s", 2), ("s", 3)]
     assert outbox._kpi_rows == [["k", i] for i in range(5)]  # the interrupted chunk is back, in order
     assert outbox._sla_rows == []
+
+
+def test_an_erasure_drops_the_persons_unwritten_outputs_and_nobody_elses() -> None:
+    at = SLA_EVENT_COLUMNS.index("contact_id")
+
+    def sla_row(contact: str) -> tuple[Any, ...]:
+        row: list[Any] = [None] * len(SLA_EVENT_COLUMNS)
+        row[at] = contact
+        return tuple(row)
+
+    outbox = RecordingOutbox(fail=[])
+    outbox.sla_rows([sla_row("gone"), sla_row("kept")])
+    outbox.kpi_rows([["k", 1]])  # counts of a queue and minute: no person in them
+    outbox.messages("touchline.sla", [(b"gone", b"{}", None), (b"kept", b"{}", None)])
+    outbox.forward([(0, b"{...}", ("gone", 1, [], [])), (1, b"{...}", ("kept", 2, [], []))])
+    assert asyncio.run(outbox.drop({"gone"})) == 3
+    assert [row[at] for row in outbox._sla_rows] == ["kept"] and outbox._kpi_rows == [["k", 1]]
+    assert outbox._messages == {"touchline.sla": [(b"kept", b"{}", None)]}
+    assert [item[2][0] for item in outbox._forwards] == ["kept"]
