@@ -10,7 +10,9 @@ partition's lag is 0 gives the stage's contacts/s in the worker (Kafka reads and
 rows into embedded ClickHouse, changelogged state), and the resolver's busy time its partition's
 rate (`touchline_journey_round_seconds_total`). `--builders 0` runs the single stage; `--workers N` shares the stage
 between N workers (the builders spread over them; Faust gives partitions of topics with as many
-partitions to the same worker, so with `--builders 1` one worker holds both); no restart then. With one worker it is then
+partitions to the same worker, so with `--builders 1` one worker holds both); the worker holding the
+resolver is then killed (SIGKILL) and the takeover by the others timed (`--standby`: how many standby
+replicas of each state partition the workers keep, TOUCHLINE_TABLE_STANDBY_REPLICAS). With one worker it is then
 stopped (SIGINT) and started again: the restore time of the state it held
 (`touchline_journey_restore_seconds`) and the time until a lookup of a known customer answers.
 The worker runs the settings' journey windows (7-day repeat window, 30-day identity retention):
@@ -83,6 +85,29 @@ def lookup_answers(url: str, customer: str, timeout: float) -> float:
     raise click.ClickException(f"no lookup answer in {timeout:.0f} s")
 
 
+def takeover(running: list[subprocess.Popen[bytes]], urls: list[str], partitions: int, customer: str) -> None:
+    """SIGKILL the worker holding the resolver (or single stage); the time until the others hold
+    every partition and one answers a lookup of a known customer."""
+    offsets = [metrics(url).get("touchline_journey_offset", -1) for url in urls]
+    dead = max(range(len(urls)), key=lambda n: offsets[n])
+    survivors = [url for n, url in enumerate(urls) if n != dead]
+    os.killpg(running[dead].pid, signal.SIGKILL)
+    running[dead].wait()
+    killed = time.monotonic()
+    while sum(metrics(url).get("touchline_journey_partitions", 0) for url in survivors) != partitions:
+        if time.monotonic() - killed > 300:
+            raise click.ClickException("the surviving workers did not take every partition over in 300 s")
+        time.sleep(0.1)
+    held = time.monotonic() - killed
+    answered = lookup_answers(survivors[0], customer, 300)
+    restore = max(metrics(url).get("touchline_journey_restore_seconds", 0.0) for url in survivors)
+    click.echo(
+        f"takeover: the resolver's worker killed (SIGKILL); the others held every partition after {held:.1f} s "
+        f"(the group notices a dead member after the session timeout), a lookup answered {answered:.1f} s later "
+        f"({held + answered:.1f} s after the kill); their last restore (touchline_journey_restore_seconds) {restore} s"
+    )
+
+
 @click.command()
 @click.option("--days", type=float, default=1.0, show_default=True, help="Simulated days in the backlog.")
 @click.option("--rate", type=float, default=4000.0, show_default=True, help="Simulator rate (as make soak).")
@@ -91,7 +116,10 @@ def lookup_answers(url: str, customer: str, timeout: float) -> float:
 @click.option("--builders", type=int, default=4, show_default=True, help="TOUCHLINE_JOURNEY_BUILDERS (0: single).")
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option("--workers", type=int, default=1, show_default=True, help="Journeys workers sharing the stage.")
-def main(days: float, rate: float, customers: int, batch: int, builders: int, seed: int, workers: int) -> None:
+@click.option("--standby", type=int, default=None, help="TOUCHLINE_TABLE_STANDBY_REPLICAS (default: the setting's).")
+def main(
+    days: float, rate: float, customers: int, batch: int, builders: int, seed: int, workers: int, standby: int | None
+) -> None:
     began = time.monotonic()
     messages, records, contacts, customer = backlog(days, rate, customers, batch, seed)
     click.echo(
@@ -113,6 +141,8 @@ def main(days: float, rate: float, customers: int, batch: int, builders: int, se
             TOUCHLINE_APP_ID=f"touchline-journey-bench-{uuid.uuid4().hex[:6]}",
             TOUCHLINE_JOURNEY_BUILDERS=str(builders),
         )
+        if standby is not None:
+            env["TOUCHLINE_TABLE_STANDBY_REPLICAS"] = str(standby)
         ports = [free_port() for _ in range(workers)]
         urls = [f"http://127.0.0.1:{port}" for port in ports]
         envs = [{**env, "TOUCHLINE_DATA_DIR": str(workdir / f"data-{n}")} for n in range(workers)]
@@ -149,6 +179,8 @@ def main(days: float, rate: float, customers: int, batch: int, builders: int, se
             return offset >= last and len(lags) == partitions and not any(lags)
 
         while not caught_up():
+            if time.monotonic() - reading > 900:
+                raise click.ClickException(f"the workers did not apply the backlog in 900 s; logs in {workdir}")
             for process in running:
                 if process.poll() is not None:
                     raise click.ClickException(f"a worker exited; logs in {workdir}")
@@ -179,6 +211,7 @@ def main(days: float, rate: float, customers: int, batch: int, builders: int, se
         rss = [int(Path(f"/proc/{p.pid}/status").read_text().split("VmRSS:")[1].split()[0]) / 1024 for p in running]
         click.echo(f"  RSS {', '.join(f'{r:.0f}' for r in rss)} MB")
         if workers > 1:  # the restore is measured with one worker holding everything
+            takeover(running, urls, partitions, customer)
             finished = True
             return
         worker, port, url = running[0], ports[0], urls[0]

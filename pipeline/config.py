@@ -151,6 +151,15 @@ class Settings(BaseSettings):
         pattern=r"^(rocksdb|memory)://",
         description="Faust table store: rocksdb:// (durable) or memory://.",
     )
+    table_standby_replicas: int = Field(
+        1,
+        ge=0,
+        le=8,
+        description="Standby copies of each journey state partition that other workers keep up to date from "
+        "its changelog, so one of them takes a dead worker's partition over without reading the changelog from "
+        "the start. Each standby applies every state write again: 0 frees that CPU (two workers: 3,712 against "
+        "1,297 records/s) at the price of a slower takeover (58.6 against 8.9 s; README, journey stage figures).",
+    )
     journey_repeat_window_days: float = Field(
         7.0,
         gt=0,

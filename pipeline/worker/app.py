@@ -144,6 +144,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> tuple[faus
         value_serializer="raw",
         key_serializer="raw",
         store=settings.table_store,
+        table_standby_replicas=settings.table_standby_replicas,
         # one directory per worker: RocksDB locks its files
         datadir=str(datadir),
         web_host=settings.worker_advertised_host or settings.worker_web_host,  # other workers reach it there
