@@ -470,10 +470,13 @@ def input_messages(worker: Worker, outcome: str) -> float:
     )
 
 
-def test_journey_stage_reads_again_a_skipped_tail(workspace: Workspace) -> None:
+@pytest.mark.parametrize("builders", [0, 4], ids=["single-journey-stage", "split-journey-stage"])
+def test_journey_stage_reads_again_a_skipped_tail(workspace: Workspace, builders: int) -> None:
     """The same gap at the end of the partition: no later message comes to show it, so the stage's
     timer reads it, outside any Faust event (until session 20 its writes to the tables' RocksDB
-    stores failed there, were retried every 5 s, and the app crashed after about 2 minutes)."""
+    stores failed there, were retried every 5 s, and the app crashed after about 2 minutes). The
+    split stage: the gap on its resolver's input; its builders then get what it routes."""
+    workspace.env["TOUCHLINE_JOURNEY_BUILDERS"] = str(builders)
     from kafka import KafkaConsumer, TopicPartition
     from kafka.admin import KafkaAdminClient
     from kafka.structs import OffsetAndMetadata
