@@ -143,10 +143,6 @@ def _tcp_reachable(bootstrap: str, timeout: float) -> bool:
 
 def admin_client(bootstrap: str, timeout: float, options: Mapping[str, Any] | None = None) -> Any:
     """A KafkaAdminClient; a refused login raised as a readable `authentication_failure`."""
-    return _admin(bootstrap, timeout, options)
-
-
-def _admin(bootstrap: str, timeout: float, options: Mapping[str, Any] | None = None) -> Any:
     timeout_ms = max(1000, int(timeout * 1000))
     with _watch_login(sasl=bool((options or {}).get("sasl_mechanism"))) as watch:
         try:
@@ -175,7 +171,7 @@ def probe_broker(bootstrap: str, timeout: float = 5.0, *, options: Mapping[str, 
     if not _tcp_reachable(bootstrap, timeout=min(timeout, 2.0)):
         return False
     try:
-        admin = _admin(bootstrap, timeout, options)
+        admin = admin_client(bootstrap, timeout, options)
     except (kafka_errors.KafkaError, OSError):
         return False
     try:
@@ -250,7 +246,7 @@ def ensure_topics(
     if not specs:
         return []
 
-    admin = _admin(bootstrap, timeout, options)
+    admin = admin_client(bootstrap, timeout, options)
     try:
         existing = {str(name) for name in admin.list_topics()}
         present = [name for name in specs if name in existing]
