@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -76,6 +77,9 @@ JVM_OPTS: tuple[str, ...] = (
     "-XX:+ExitOnOutOfMemoryError",
     "-Djava.awt.headless=true",
 )
+#: More JVM options for the broker, appended to JVM_OPTS (shell words), e.g. the test suite's
+#: "-XX:TieredStopAtLevel=1": see tests/conftest.py for why and what it saves.
+EXTRA_JVM_OPTS_ENV = "TOUCHLINE_BROKER_JVM_OPTS"
 
 HOST = "127.0.0.1"
 MVN_MISSING = (
@@ -405,6 +409,7 @@ def _java_base_cmd(java: str, paths: BrokerPaths, classpath: str) -> list[str]:
     return [
         java,
         *JVM_OPTS,
+        *shlex.split(os.environ.get(EXTRA_JVM_OPTS_ENV, "")),
         f"-Dlog4j2.configurationFile={LOG4J_FILE}",
         f"-Dkafka.logs.dir={paths.log_dir}",
         "-cp",
