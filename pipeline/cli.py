@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -147,6 +148,10 @@ def worker(web_port: int | None, role: str | None) -> None:
         # record: aiokafka logs each message sent. 2 % of an analytics worker's samples (py-spy,
         # `make bench` at log level warning); without the spinner the root keeps the level asked for.
         runner.spinner = None
+        # what the imports and the app made lives as long as the process: out of the collector's
+        # reach before Faust's first rebalance, whose RocksDB store calls gc.collect() for each
+        # table's revoke (0.7 s of a worker's start in py-spy, 0.14 s a collection; session 35)
+        gc.freeze()
         runner.execute_from_commandline()
     except SystemExit as done:  # a clean stop: outputs written, checkpoints taken, groups left
         code = done.code if isinstance(done.code, int) else 0 if done.code is None else 1

@@ -40,6 +40,23 @@ def counts(worker_sql: Any, queries: dict[str, str], contacts: list[str] | None 
     return {table: int(worker_sql(sql.format(c=listed))[0][0]) for table, sql in queries.items()}
 
 
+def settled_others(workers: list[Worker], contacts: list[str]) -> list[dict[str, int]]:
+    """Everyone else's row counts in each worker's store once nothing more is on its way: no output
+    waiting in any outbox and the counts unchanged over a poll. The journeys and pending rows being
+    written is not enough: in one run the SLA rows of others still grew from 109 to 127 after it."""
+    previous: list[list[dict[str, int]]] = []
+
+    def quiet() -> bool:
+        now = [counts(w.sql, OTHERS, contacts) for w in workers]
+        idle = all(w.metric("touchline_outbox_pending") == 0 for w in workers)
+        same = previous == [now]
+        previous[:] = [now]
+        return idle and same
+
+    wait_until(quiet, 120, "the stores to stop changing", interval=3)
+    return previous[0]
+
+
 def lookup_status(worker: Worker, customer_id: str) -> int:
     try:
         found = json.loads(worker.get(f"/journeys/lookup?kind=customer_id&value={customer_id}"))
@@ -89,9 +106,9 @@ def test_a_forgotten_customer_leaves_no_row_and_nobody_else_changes(workspace: W
     )
     other = next(r["customer_id"] for r in records if r["kind"] == "journey" and r["customer_id"] not in ("", customer))
     assert lookup_status(worker, customer) == lookup_status(worker, other) == 200
+    others_before = settled_others([worker], contacts)[0]
     theirs_before = counts(worker.sql, PER_CONTACT, contacts)
     kpi_before = worker.sql(KPI_ROWS)[0][0]
-    others_before = counts(worker.sql, OTHERS, contacts)
     assert theirs_before["interaction_events"] > 0 and theirs_before["journeys"] > 0
 
     answer = json.loads(workspace.cli("forget", "--customer-id", customer, "--format", "json").stdout)
@@ -165,8 +182,8 @@ def test_an_erasure_sent_to_a_worker_without_the_journey_resolver_forgets_the_pe
     )
     other = next(r["customer_id"] for r in records if r["kind"] == "journey" and r["customer_id"] not in ("", customer))
     assert all(lookup_status(w, customer) == lookup_status(w, other) == 200 for w in both)
+    others_before = settled_others(both, contacts)
     theirs_before = [counts(w.sql, PER_CONTACT, contacts) for w in both]
-    others_before = [counts(w.sql, OTHERS, contacts) for w in both]
     assert sum(t["interaction_events"] for t in theirs_before) > 0
 
     request = urllib.request.Request(
