@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import socket
 import time
 import uuid
@@ -95,6 +96,18 @@ def test_start_returns_bootstrap_and_status_reports_it(local_broker: LocalBroker
     assert paths.classpath_file.is_file()
     assert f"PLAINTEXT://127.0.0.1:{local_broker.port}" in paths.config_file.read_text()
     assert probe_broker(local_broker.bootstrap)
+
+
+def test_extra_jvm_options_reach_the_broker(local_broker: LocalBroker) -> None:
+    """TOUCHLINE_BROKER_JVM_OPTS (tests/conftest.py sets it for the test brokers) is on the JVM's
+    command line, after Touchline's own options."""
+    extra = shlex.split(os.environ.get(broker.EXTRA_JVM_OPTS_ENV, ""))
+    assert extra, f"{broker.EXTRA_JVM_OPTS_ENV} is empty: tests/conftest.py gives the test brokers C1 only"
+    pid = broker.status(local_broker.data_dir).pid
+    assert pid is not None
+    words = [w.decode() for w in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+    assert all(option in words for option in extra), words
+    assert words.index(extra[0]) > words.index(broker.JVM_OPTS[-1])
 
 
 def test_start_again_returns_running_broker(local_broker: LocalBroker) -> None:
