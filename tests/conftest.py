@@ -37,15 +37,12 @@ def clickhouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
 # `--dist loadfile` run: 28, 27, 25, 24, 20 and 13 s of 237 s), the other unit files. Before, as two
 # sessions reordered by xdist: 777 s + 136-155 s; as one session in this order: 789-862 s, and
 # 771 s once the ticket backfill test covered 60 days instead of 90.
-# Integration files by their test time in session 35's run of tests/integration (--durations=0):
-# 385, 224, 164, 141, 136 and 134 s of 1,938 s.
 LONGEST_FIRST = (
-    "test_journeys_e2e.py",
-    "test_journey_split_e2e.py",
-    "test_anonbank_replay.py",
     "test_ticket_backfill.py",
-    "test_analytics_recovery.py",
     "test_live_run.py",
+    "test_journeys_e2e.py",
+    "test_anonbank_replay.py",
+    "test_analytics_recovery.py",
 )
 UNIT_LONGEST_FIRST = (
     "test_journey_records.py",

@@ -152,19 +152,34 @@ class Workspace:
     path: Path
     env: dict[str, str]
     workers: list[Worker] = field(default_factory=list)
+    # commands still running: a test that failed while a simulator produced in the background left
+    # it producing into the next test's topics (recreated with the same names), which then waited
+    # 30 min for an event count it could no longer reach
+    commands: list[subprocess.Popen[str]] = field(default_factory=list)
 
     def cli(
         self, *args: str | Path, check: bool = True, timeout: float = 600, stdin: bytes | None = None
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "pipeline", *map(str, args)],
+        command = [sys.executable, "-m", "pipeline", *map(str, args)]
+        process = subprocess.Popen(
+            command,
             env=self.env,
             cwd=self.path,
-            capture_output=True,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
-            input=stdin.decode() if stdin is not None else None,
         )
+        self.commands.append(process)  # killed at the end of the test if still running
+        try:
+            out, err = process.communicate(stdin.decode() if stdin is not None else None, timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise
+        finally:
+            self.commands.remove(process)
+        result = subprocess.CompletedProcess(command, process.returncode, out, err)
         if check and result.returncode != 0:
             raise AssertionError(
                 f"touchline {' '.join(map(str, args))} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
@@ -222,6 +237,9 @@ def open_workspace(kafka: str, path: Path, extra_env: dict[str, str] | None = No
     try:
         yield space
     finally:
+        for process in list(space.commands):
+            process.kill()
+            process.wait()
         for worker in space.workers:
             worker.stop()
 
