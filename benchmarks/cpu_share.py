@@ -82,17 +82,16 @@ def main() -> int:
         _sample(seen, totals, {os.getpid()})
     wall = time.monotonic() - started
     used = sum(totals.values())
+    ranked = dict(sorted(totals.items(), key=lambda item: -item[1]))
     print(
         f"\n{' '.join(command)}: exit {child.returncode}, {wall:.0f} s wall, {used:.0f} CPU s sampled "
         f"({used / wall / (os.cpu_count() or 1):.0%} of {os.cpu_count()} cores)"
     )
-    for name, seconds in sorted(totals.items(), key=lambda item: -item[1]):
+    for name, seconds in ranked.items():
         if seconds >= 0.5:
             print(f"  {name:<28} {seconds:8.1f} s  {seconds / used:6.1%}")
     if args.json:
-        args.json.write_text(
-            json.dumps({"wall": wall, "cpu": dict(sorted(totals.items(), key=lambda item: -item[1]))}, indent=1)
-        )
+        args.json.write_text(json.dumps({"wall": wall, "cpu": ranked}, indent=1))
     return child.returncode
 
 

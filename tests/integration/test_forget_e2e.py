@@ -44,17 +44,18 @@ def settled_others(workers: list[Worker], contacts: list[str]) -> list[dict[str,
     """Everyone else's row counts in each worker's store once nothing more is on its way: no output
     waiting in any outbox and the counts unchanged over a poll. The journeys and pending rows being
     written is not enough: in one run the SLA rows of others still grew from 109 to 127 after it."""
-    previous: list[list[dict[str, int]]] = []
+    previous: list[dict[str, int]] | None = None
 
     def quiet() -> bool:
+        nonlocal previous
         now = [counts(w.sql, OTHERS, contacts) for w in workers]
         idle = all(w.metric("touchline_outbox_pending") == 0 for w in workers)
-        same = previous == [now]
-        previous[:] = [now]
+        same, previous = now == previous, now
         return idle and same
 
     wait_until(quiet, 120, "the stores to stop changing", interval=3)
-    return previous[0]
+    assert previous is not None
+    return previous
 
 
 def lookup_status(worker: Worker, customer_id: str) -> int:
