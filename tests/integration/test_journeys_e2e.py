@@ -296,9 +296,20 @@ def a_known_customer(worker: Worker) -> tuple[str, str]:
     return rows[0][0].removeprefix("cust:"), rows[0][1]
 
 
-def lookup(worker: Worker, customer_id: str) -> dict[str, Any]:
-    found: dict[str, Any] = json.loads(worker.get(f"/journeys/lookup?kind=customer_id&value={customer_id}"))
-    return found
+def lookup(worker: Worker, customer_id: str, timeout: float = 60) -> dict[str, Any]:
+    """The lookup's answer. A 503 ("journey state is being assigned/restored, retry shortly": a
+    rebalance under way, as when a second worker's group settles) is retried as the API asks, for
+    `timeout` s; any other error fails at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found: dict[str, Any] = json.loads(worker.get(f"/journeys/lookup?kind=customer_id&value={customer_id}"))
+            return found
+        except urllib.error.HTTPError as error:
+            if error.code != 503 or time.monotonic() > deadline:
+                raise
+            print(f"lookup at {worker.url}: 503 {error.read().decode(errors='replace')}, retried")
+            time.sleep(0.5)
 
 
 def kill_after_journey_rows(worker: Worker, flag: Path, timeout: float = 120) -> None:
