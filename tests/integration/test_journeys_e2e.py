@@ -475,7 +475,8 @@ def analysed_all(worker: Worker, delivered: int) -> bool:
     applied by its analytics stage."""
     if worker.metric("touchline_events_consumed_total") < delivered:
         return False
-    return worker.metric("touchline_events_analysed_total") >= worker.metric("touchline_events_valid_total")
+    valid = worker.metric("touchline_events_valid_total")
+    return valid > 0 and worker.metric("touchline_events_analysed_total") >= valid
 
 
 def input_messages(worker: Worker, outcome: str) -> float:
