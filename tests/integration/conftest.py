@@ -109,12 +109,16 @@ class Worker:
             return rows
 
     def metric(self, name: str) -> float:
-        total = 0.0
+        return self.metrics(name)[name]
+
+    def metrics(self, *names: str) -> dict[str, float]:
+        """Each of `names` summed over its labels, all from one scrape of /metrics."""
+        totals = dict.fromkeys(names, 0.0)
         for family in text_string_to_metric_families(self.get("/metrics").decode()):
             for sample in family.samples:
-                if sample.name == name:
-                    total += sample.value
-        return total
+                if sample.name in totals:
+                    totals[sample.name] += sample.value
+        return totals
 
     def wait_for_events(self, expected: int, timeout: float = 120) -> None:
         """Until exactly `expected` distinct events are stored."""

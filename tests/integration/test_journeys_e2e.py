@@ -300,16 +300,21 @@ def lookup(worker: Worker, customer_id: str, timeout: float = 60) -> dict[str, A
     """The lookup's answer. A 503 ("journey state is being assigned/restored, retry shortly": a
     rebalance under way, as when a second worker's group settles) is retried as the API asks, for
     `timeout` s; any other error fails at once."""
-    deadline = time.monotonic() + timeout
-    while True:
+    found: dict[str, Any] = {}
+
+    def answered() -> bool:
+        nonlocal found
         try:
-            found: dict[str, Any] = json.loads(worker.get(f"/journeys/lookup?kind=customer_id&value={customer_id}"))
-            return found
+            found = json.loads(worker.get(f"/journeys/lookup?kind=customer_id&value={customer_id}"))
         except urllib.error.HTTPError as error:
-            if error.code != 503 or time.monotonic() > deadline:
+            if error.code != 503:
                 raise
             print(f"lookup at {worker.url}: 503 {error.read().decode(errors='replace')}, retried")
-            time.sleep(0.5)
+            return False
+        return True
+
+    wait_until(answered, timeout, f"a lookup at {worker.url} answered without a 503")
+    return found
 
 
 def kill_after_journey_rows(worker: Worker, flag: Path, timeout: float = 120) -> None:
@@ -473,10 +478,12 @@ def test_journey_stage_reads_again_what_its_group_committed_past(workspace: Work
 def analysed_all(worker: Worker, delivered: int) -> bool:
     """Every channel message read by `worker`'s ingest stage, and every valid one (duplicates too)
     applied by its analytics stage."""
-    if worker.metric("touchline_events_consumed_total") < delivered:
-        return False
-    valid = worker.metric("touchline_events_valid_total")
-    return valid > 0 and worker.metric("touchline_events_analysed_total") >= valid
+    seen = worker.metrics(
+        "touchline_events_consumed_total", "touchline_events_valid_total", "touchline_events_analysed_total"
+    )
+    valid = seen["touchline_events_valid_total"]
+    consumed, analysed = seen["touchline_events_consumed_total"], seen["touchline_events_analysed_total"]
+    return consumed >= delivered and valid > 0 and analysed >= valid
 
 
 def input_messages(worker: Worker, outcome: str) -> float:
