@@ -57,6 +57,7 @@ import yaml
 from tests.oracles import EPOCH, contact_records, iso, ms_of
 
 MINUTE_MS = 60_000
+HOUR_MS = 60 * MINUTE_MS
 TARGETS = ("first_response", "next_response", "resolution")
 ASYNC_CHANNELS = frozenset({"email", "social", "sms"})
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -108,7 +109,23 @@ class Calendar:
         """Open during the UTC minute starting at `minute_ms`."""
         if self.always:
             return True
-        return _open_minute(self, minute_ms)
+        # memoised on the instance: `deadline` asks minute by minute (3.7M asks for 35 days of
+        # tickets), and hashing the frozen dataclass for `_open_minute`'s cache took 3.0 of its 9.9 s
+        memo: dict[int, bool] = self.__dict__.setdefault("_open", {})
+        found = memo.get(minute_ms)
+        if found is None:
+            found = memo[minute_ms] = _open_minute(self, minute_ms)
+        return found
+
+    def open_ms_in_hour(self, hour_ms: int) -> int:
+        """Open milliseconds in the UTC hour starting at `hour_ms`: its open minutes, summed."""
+        memo: dict[int, int] = self.__dict__.setdefault("_open_hours", {})
+        found = memo.get(hour_ms)
+        if found is None:
+            found = memo[hour_ms] = sum(
+                MINUTE_MS for m in range(hour_ms, hour_ms + HOUR_MS, MINUTE_MS) if self.open_minute(m)
+            )
+        return found
 
 
 @lru_cache(maxsize=1_000_000)
@@ -263,6 +280,14 @@ def deadline(ob: Obligation, calendar: Calendar, limit: int) -> int | None:
         while hi is None or cursor < hi:
             if cursor > limit:
                 return None
+            if cursor % HOUR_MS == 0 and (hi is None or cursor + HOUR_MS <= hi):
+                # a whole hour that cannot hold the deadline is stepped over at once: the sum of its
+                # minutes' open time (minute by minute, 35 days of tickets took 3.7M steps)
+                open_ms = calendar.open_ms_in_hour(cursor)
+                if need > open_ms:
+                    need -= open_ms
+                    cursor += HOUR_MS
+                    continue
             minute = cursor - cursor % MINUTE_MS
             seg_end = minute + MINUTE_MS if hi is None else min(minute + MINUTE_MS, hi)
             if calendar.open_minute(minute):
