@@ -572,8 +572,11 @@ def _contact_measures(
 def _backlog(c: Contact, windows: dict[WindowKey, Window], until_ms: int) -> None:
     """Add the contact's waiting legs to the backlog of every window end instant E <= until_ms."""
     for leg in c.legs:
-        end = window_of(leg.queued) + WINDOW_MS  # first window end strictly after queued
-        while end <= until_ms and leg.waiting_at(end):
+        # the window ends E with `leg.waiting_at(E)`: from the first end strictly after queued to
+        # the leg's removal (bounds taken once, not asked again at each of a ticket's ~2M minutes)
+        removed = leg.removed
+        last = until_ms if removed is None else min(until_ms, removed)
+        for end in range(window_of(leg.queued) + WINDOW_MS, last + 1, WINDOW_MS):
             key = (end - WINDOW_MS, c.channel, leg.queue, c.priority)
             w = windows.get(key)
             if w is None:
@@ -583,7 +586,6 @@ def _backlog(c: Contact, windows: dict[WindowKey, Window], until_ms: int) -> Non
             else:
                 w.oldest_wait_end = max(w.oldest_wait_end, (end - leg.queued) / 1000.0)
             w.backlog_end += 1
-            end += WINDOW_MS
 
 
 # ---------------------------------------------------------------------------------------------
