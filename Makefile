@@ -36,6 +36,10 @@ run: $(STAMP)
 ## make test: lint, types, generated-file drift, unit and integration tests against a real broker
 test: $(STAMP) system-deps lint typecheck
 	$(BIN)/touchline generate --check
+	@# the tests start hundreds of Python processes (workers, CLI commands): compiled once here, not
+	@# by each of them when PYTHONDONTWRITEBYTECODE is set or the sources are newer than their cache
+	@# (importing the worker: 1.33 -> 1.15 CPU s)
+	$(BIN)/python -m compileall -q pipeline tools > /dev/null
 	$(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=20 tests/unit tests/integration
 
 ## Prometheus and Alertmanager (Debian packages) for the alerting tests; skipped with a message when not root
