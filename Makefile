@@ -34,13 +34,14 @@ run: $(STAMP)
 	$(BIN)/python -m tools.run --speed $(SPEED) --seed $(SEED) $(if $(DURATION),--duration $(DURATION)) $(if $(FRESH),--fresh)
 
 ## make test: lint, types, generated-file drift, unit and integration tests against a real broker
+## (three test processes on two cores: the integration tests wait on paced simulators; tests/conftest.py)
 test: $(STAMP) system-deps lint typecheck
 	$(BIN)/touchline generate --check
 	@# the tests start hundreds of Python processes (workers, CLI commands): compiled once here, not
 	@# by each of them when PYTHONDONTWRITEBYTECODE is set or the sources are newer than their cache
 	@# (importing the worker: 1.33 -> 1.15 CPU s)
 	$(BIN)/python -m compileall -q pipeline tools > /dev/null
-	$(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=20 tests/unit tests/integration
+	$(BIN)/pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=20 tests/unit tests/integration
 
 ## Prometheus and Alertmanager (Debian packages) for the alerting tests; skipped with a message when not root
 system-deps:
@@ -50,7 +51,7 @@ unit: $(STAMP)
 	$(BIN)/pytest -q -n 2 tests/unit
 
 integration: $(STAMP)
-	$(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m integration tests
+	$(BIN)/pytest -q -n 3 --dist loadfile --no-loadscope-reorder -m integration tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline tools benchmarks tests
