@@ -32,13 +32,10 @@ def clickhouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
 
 # `make test` runs the unit and integration files in one session on three processes (pytest-xdist,
 # --dist loadfile: a file at a time; --no-loadscope-reorder: in this order, not the files with the
-# most tests first). Longest first, so no long file starts last and runs alone: the longest
-# integration files (test time in a three-process run: 358, 205, 147, 141, 117, 106 and 89 s of
-# 2,164 s), the other integration files, the longest unit files, the other unit files. Before, as
-# two sessions reordered by xdist: 777 s + 136-155 s; as one session in this order on two
-# processes: 771-862 s, later 934-976 s (the suite had grown); on three processes 737 s (session
-# 39): the integration tests wait on paced simulators and timers, and two processes left a quarter
-# of the two cores idle (1,414 CPU s sampled in 936 s; three: 1,284 in 739 s, 87 %).
+# most tests first; why three on two cores, with the figures: README, "Development"). Longest first,
+# so no long file starts last and runs alone: the longest integration files (test time in a
+# three-process run: 358, 205, 147, 141, 117, 106 and 89 s of 2,164 s), the other integration
+# files, the longest unit files, the other unit files.
 LONGEST_FIRST = (
     "test_journeys_e2e.py",
     "test_journey_split_e2e.py",
