@@ -247,6 +247,15 @@ class Settings(BaseSettings):
         description="Longest a fetch waits for `TOUCHLINE_KAFKA_FETCH_MIN_BYTES`: what quiet traffic can add to the "
         "latency of an event.",
     )
+    kafka_producer_request_timeout_seconds: float = Field(
+        30.0,
+        ge=1,
+        le=1_200,
+        description="How long the worker's producer waits for the broker to answer a produce request "
+        "before it drops the connection and sends again; a batch neither delivered nor failed within "
+        "two of these is reported (`/health`) and sent again. Faust's default, 1,200 s, let one "
+        "unanswered request stop a stage silently for minutes.",
+    )
     worker_role: str = Field(
         "all",
         description="Stages this worker runs, comma-separated: `ingest` (validate, dead-letter, write raw events), "

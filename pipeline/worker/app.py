@@ -17,6 +17,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -117,27 +118,9 @@ class Shared:
         return consumer
 
 
-def create_app(settings: Settings, *, web_port: int | None = None) -> tuple[faust.App, Startup]:
-    configure_worker(settings)  # plausible times, message keys, pseudonyms: before any stage decodes
-    ensure_topics(
-        settings.bootstrap_servers,
-        settings.topics.specs(settings.topic_partitions, settings.journey_builders),
-        configs=settings.topics.configs(settings.journey_builders),
-        options=client_options(settings),
-    )
-    client = connect(settings.clickhouse_url, settings.clickhouse_database)
-    applied = migrate(client)
-    if applied:
-        log.info("applied migrations: %s", ", ".join(applied))
-    sql_pool = ReadonlyPool(
-        settings.clickhouse_url, settings.clickhouse_database, limits_of(settings), settings.sql_connections
-    )
-    executor = BlockingExecutor()
-    embedded = is_embedded(settings.clickhouse_url)
-
-    datadir = settings.data_dir / "faust" / f"{settings.app_id}-{web_port or settings.worker_web_port}"
-    datadir.parent.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+def faust_app(settings: Settings, datadir: Path, web_port: int | None = None) -> faust.App:
+    """The Faust app of a worker (its producer, the journey stage's group, tables and web server)."""
+    return faust.App(
         settings.app_id,
         broker=broker_url(settings.bootstrap_servers),
         broker_credentials=faust_credentials(settings),
@@ -159,10 +142,34 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> tuple[faus
         broker_session_timeout=settings.kafka_session_timeout_seconds,
         broker_heartbeat_interval=max(0.5, settings.kafka_session_timeout_seconds / 4),
         producer_acks=-1,
+        producer_request_timeout=settings.kafka_producer_request_timeout_seconds,
         producer_max_request_size=HANDOVER_MAX_BYTES + 64 * 1024,  # a message plus its batch's framing
         logging_config=None,
         TableManager=PromptTableManager,
     )
+
+
+def create_app(settings: Settings, *, web_port: int | None = None) -> tuple[faust.App, Startup]:
+    configure_worker(settings)  # plausible times, message keys, pseudonyms: before any stage decodes
+    ensure_topics(
+        settings.bootstrap_servers,
+        settings.topics.specs(settings.topic_partitions, settings.journey_builders),
+        configs=settings.topics.configs(settings.journey_builders),
+        options=client_options(settings),
+    )
+    client = connect(settings.clickhouse_url, settings.clickhouse_database)
+    applied = migrate(client)
+    if applied:
+        log.info("applied migrations: %s", ", ".join(applied))
+    sql_pool = ReadonlyPool(
+        settings.clickhouse_url, settings.clickhouse_database, limits_of(settings), settings.sql_connections
+    )
+    executor = BlockingExecutor()
+    embedded = is_embedded(settings.clickhouse_url)
+
+    datadir = settings.data_dir / "faust" / f"{settings.app_id}-{web_port or settings.worker_web_port}"
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    app = faust_app(settings, datadir, web_port)
     shared = Shared(settings, app, client, executor, [], Health())
     startup = Startup(shared.health, settings.bootstrap_servers, client_options(settings))
     roles = settings.worker_stages

@@ -14,6 +14,13 @@ A message goes to the partition aiokafka's `send` would pick (the producer's par
 of the key by default), batches of one partition are submitted in order, and `produce` returns once
 every batch is delivered (acks as the producer is configured), so callers keep their rule: an
 output counts as written only when `produce` returned.
+
+The wait for the deliveries is bounded: a batch aiokafka neither delivers nor fails within two of
+the producer's request timeouts (one send and one resend) and a few seconds more raises
+`KafkaTimeoutError`, which every caller retries and reports to `/health`. Unbounded, a produce
+request whose answer never came stopped a journey stage for five minutes without a word (under
+Faust's default 1,200 s request timeout, which the worker now sets to
+`TOUCHLINE_KAFKA_PRODUCER_REQUEST_TIMEOUT_SECONDS`).
 """
 
 from __future__ import annotations
@@ -23,10 +30,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaTimeoutError
 
 from pipeline.worker.sink import Outgoing
 
 YIELD_EVERY = 1_000  # messages put in batches between two yields to the event loop
+DELIVERY_SLACK_SECONDS = 5.0  # over two request timeouts: the resend's backoff and metadata wait
 
 
 async def produce(app: faust.App, topic: str, messages: Iterable[Outgoing], partition: int | None = None) -> int | None:
@@ -68,7 +77,26 @@ async def send_batched(
         submitted.append((await producer.send_batch(batch, topic, partition=target), count))
     if not submitted:
         return None
-    delivered = await asyncio.gather(*(future for future, _ in submitted))
+    delivered = await _deliveries(producer, topic, [future for future, _ in submitted])
     # a batch's delivery says the offset of its first message; its others follow it
     last: int = max(metadata.offset + count - 1 for metadata, (_, count) in zip(delivered, submitted, strict=True))
     return last
+
+
+async def _deliveries(producer: Any, topic: str, futures: list[asyncio.Future[Any]]) -> list[Any]:
+    """The futures' results, in order; the first failure raised; `KafkaTimeoutError` if some are
+    still pending after the bound (module docstring). Waited without cancelling them (`wait`, not
+    `wait_for`): they are aiokafka's, which may still deliver them."""
+    bound = 2 * producer._request_timeout_ms / 1000 + DELIVERY_SLACK_SECONDS
+    done, pending = await asyncio.wait(futures, timeout=bound, return_when=asyncio.FIRST_EXCEPTION)
+    for future in futures:
+        error = future.exception() if future in done else None
+        if error is not None:
+            raise error
+    for future in pending:  # their failures, if any come, are this call's, already reported
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+    if pending:
+        raise KafkaTimeoutError(
+            f"{len(pending)} of {len(futures)} record batches to {topic} not delivered within {bound:.0f} s"
+        )
+    return [future.result() for future in futures]

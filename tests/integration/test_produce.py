@@ -7,7 +7,11 @@ tables' changelog writes record as persisted)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,8 +20,12 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.partitioner.default import murmur2
 
-from pipeline.worker.produce import send_batched
+from pipeline.worker.health import is_transient
+from pipeline.worker.produce import DELIVERY_SLACK_SECONDS, send_batched
 from pipeline.worker.sink import Outgoing
+from tools import broker
+
+from .conftest import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -96,3 +104,53 @@ def test_a_send_to_one_partition_returns_its_last_offset(kafka: str) -> None:
         (k, v) for k, v, _ in writes + writes[:10]
     ]
     assert asyncio.run(_send(kafka, topic, [], 2)) is None
+
+
+def test_a_broker_that_stops_answering_fails_the_send_in_time_and_the_retry_delivers(tmp_path: Path) -> None:
+    """The broker frozen (SIGSTOP: its connections stay open, no answer comes), as in a stall seen
+    once where a journey stage waited five minutes on a produce request: with a request timeout of
+    seconds (the worker's is `TOUCHLINE_KAFKA_PRODUCER_REQUEST_TIMEOUT_SECONDS`, 30 s; Faust's default
+    was 1,200 s) the send fails with a retryable error (here `RequestTimedOutError` after 2.0 s)
+    within its bound, not when the broker comes back; sent again after the broker thaws, every
+    message arrives."""
+    kafka_dir = tmp_path / "kafka"
+    bootstrap = broker.start(kafka_dir, port=free_port(), controller_port=free_port())
+    pid = broker.status(kafka_dir).pid
+    assert pid is not None
+    try:
+        topic = _topic(bootstrap, 2)
+        messages: list[Outgoing] = [(f"k{i}".encode(), f"v{i}".encode(), None) for i in range(500)]
+        request_timeout = 2.0
+        bound = 2 * request_timeout + DELIVERY_SLACK_SECONDS
+
+        async def frozen_then_thawed() -> tuple[BaseException | None, float]:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=bootstrap, acks=-1, request_timeout_ms=int(request_timeout * 1000)
+            )
+            await producer.start()
+            try:
+                await send_batched(producer, topic, messages[:10])  # connected, metadata known
+                os.kill(pid, signal.SIGSTOP)
+                began = time.monotonic()
+                error: BaseException | None = None
+                try:
+                    await send_batched(producer, topic, messages[10:])
+                except Exception as failed:  # what the callers' retries see
+                    error = failed
+                took = time.monotonic() - began
+                os.kill(pid, signal.SIGCONT)
+                await send_batched(producer, topic, messages[10:])  # the caller's retry
+                return error, took
+            finally:
+                os.kill(pid, signal.SIGCONT)
+                await producer.stop()
+
+        error, took = asyncio.run(frozen_then_thawed())
+        assert error is not None, "the send returned while the broker was frozen"
+        assert is_transient(error), repr(error)
+        assert took <= bound + 1.0, took
+        records = asyncio.run(_read(bootstrap, topic, len(messages)))
+        # at least once: a batch the frozen broker took before the stop may be there twice
+        assert {(r.key, r.value) for r in records} == {(k, v) for k, v, _ in messages}
+    finally:
+        broker.stop(kafka_dir)
