@@ -208,6 +208,11 @@ def main(
         click.echo(
             f"  largest hand-over {max(m.get('touchline_journey_handover_bytes_max', 0) for m in each):,.0f} bytes"
         )
+        click.echo(
+            "  producer: batches handed over again "
+            f"{sum(m.get('touchline_producer_handover_retries_total', 0) for m in each):,.0f}, journey outputs "
+            f"retried {sum(m.get('touchline_journey_flush_retries_total', 0) for m in each):,.0f}"
+        )
         rss = [int(Path(f"/proc/{p.pid}/status").read_text().split("VmRSS:")[1].split()[0]) / 1024 for p in running]
         click.echo(f"  RSS {', '.join(f'{r:.0f}' for r in rss)} MB")
         if workers > 1:  # the restore is measured with one worker holding everything

@@ -77,6 +77,11 @@ FLUSH_SECONDS = Histogram(
     "touchline_flush_seconds", "Time to write one batch to ClickHouse and release its offsets", buckets=_FLUSH
 )
 FLUSH_FAILURES = Counter("touchline_flush_failures_total", "Batches that failed to write and were retried")
+PRODUCER_HANDOVER_RETRIES = Counter(
+    "touchline_producer_handover_retries_total",
+    "Record batches the producer did not take in time and that were handed to it again (it is behind)",
+    ["topic"],
+)
 E2E_SECONDS = BatchHistogram(
     "touchline_end_to_end_seconds", "Event time to written in ClickHouse, in seconds", ["channel"], buckets=_END_TO_END
 )

@@ -21,17 +21,27 @@ the producer's request timeouts (one send and one resend) and a few seconds more
 request whose answer never came stopped a journey stage for five minutes without a word (under
 Faust's default 1,200 s request timeout, which the worker now sets to
 `TOUCHLINE_KAFKA_PRODUCER_REQUEST_TIMEOUT_SECONDS`).
+
+A batch is handed to aiokafka again when its hand-over times out, until the same bound passes
+without it being taken: aiokafka's `add_batch` waits for the partition's previous batch to drain,
+and subtracts the time since its start from its timeout after each wait, not the time of that
+wait, so with many batches queued on a partition it gave up after 1-2 s of a 30 s timeout
+(`benchmarks.journey_worker --workers 2 --standby 0`: 18 and 5 journey-document sends failed that
+way in two runs, each retried whole). A batch it refused is not queued, so handing it over again
+sends nothing twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 from typing import Any
 
 import faust
 from aiokafka.errors import KafkaTimeoutError
 
+from pipeline.worker import metrics
 from pipeline.worker.sink import Outgoing
 
 YIELD_EVERY = 1_000  # messages put in batches between two yields to the event loop
@@ -67,14 +77,14 @@ async def send_batched(
         if batch.append(key=key, value=value, timestamp=None, headers=header_list) is None:
             # full: submitted, and the message starts the next one (a batch always takes its
             # first message; one over the broker's limit fails there, as a `send` of it would)
-            submitted.append((await producer.send_batch(batch, topic, partition=target), count))
+            submitted.append((await _hand_over(producer, batch, topic, target), count))
             batch, count = producer.create_batch(), 0
             batch.append(key=key, value=value, timestamp=None, headers=header_list)
         filling[target] = (batch, count + 1)
         if n % YIELD_EVERY == 0:
             await asyncio.sleep(0)
     for target, (batch, count) in filling.items():
-        submitted.append((await producer.send_batch(batch, topic, partition=target), count))
+        submitted.append((await _hand_over(producer, batch, topic, target), count))
     if not submitted:
         return None
     delivered = await _deliveries(producer, topic, [future for future, _ in submitted])
@@ -83,11 +93,30 @@ async def send_batched(
     return last
 
 
+def _bound(producer: Any) -> float:
+    request_timeout_ms: int = producer._request_timeout_ms
+    return 2 * request_timeout_ms / 1000 + DELIVERY_SLACK_SECONDS
+
+
+async def _hand_over(producer: Any, batch: Any, topic: str, partition: int) -> asyncio.Future[Any]:
+    """`producer.send_batch`, again while it times out before the bound (module docstring)."""
+    deadline = time.monotonic() + _bound(producer)
+    while True:
+        try:
+            future: asyncio.Future[Any] = await producer.send_batch(batch, topic, partition=partition)
+            return future
+        except KafkaTimeoutError:
+            if time.monotonic() >= deadline:
+                raise
+            metrics.PRODUCER_HANDOVER_RETRIES.labels(topic).inc()
+            await asyncio.sleep(0.01)  # no busy loop if it ever refused at once
+
+
 async def _deliveries(producer: Any, topic: str, futures: list[asyncio.Future[Any]]) -> list[Any]:
     """The futures' results, in order; the first failure raised; `KafkaTimeoutError` if some are
     still pending after the bound (module docstring). Waited without cancelling them (`wait`, not
     `wait_for`): they are aiokafka's, which may still deliver them."""
-    bound = 2 * producer._request_timeout_ms / 1000 + DELIVERY_SLACK_SECONDS
+    bound = _bound(producer)
     done, pending = await asyncio.wait(futures, timeout=bound, return_when=asyncio.FIRST_EXCEPTION)
     for future in futures:
         error = future.exception() if future in done else None

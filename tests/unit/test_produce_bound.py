@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from aiokafka.errors import KafkaTimeoutError, NotLeaderForPartitionError
+from prometheus_client import REGISTRY
 
 from pipeline.config import load_settings
 from pipeline.worker import produce
@@ -27,11 +28,14 @@ class _Batch:
 
 class _Producer:
     """What `send_batched` uses of an `AIOKafkaProducer`; each batch's delivery is a future that
-    `settle` resolves, fails, or leaves pending."""
+    `settle` resolves, fails, or leaves pending. The first `refusals` hand-overs time out as
+    aiokafka's `add_batch` does with a queue of batches on the partition (nothing queued)."""
 
-    def __init__(self, request_timeout_ms: int, settle: Any) -> None:
+    def __init__(self, request_timeout_ms: int, settle: Any, refusals: int = 0) -> None:
         self._request_timeout_ms = request_timeout_ms
         self._settle = settle
+        self.refusals = refusals
+        self.queued: list[_Batch] = []
 
         async def metadata(topic: str) -> None:
             return None
@@ -42,6 +46,11 @@ class _Producer:
         return _Batch()
 
     async def send_batch(self, batch: _Batch, topic: str, partition: int) -> asyncio.Future[Any]:
+        if self.refusals:
+            self.refusals -= 1
+            await asyncio.sleep(0.01)
+            raise KafkaTimeoutError()
+        self.queued.append(batch)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._settle(future)
         return future
@@ -83,6 +92,28 @@ def test_delivered_batches_give_the_last_offset() -> None:
     producer = _Producer(1_000, lambda f: f.set_result(delivered))
     last = asyncio.run(produce.send_batched(producer, "t", [(b"k", b"v", None), (b"k", b"w", None)], 0))
     assert last == 42  # one batch of two from offset 41
+
+
+def test_a_refused_hand_over_is_tried_again_and_queued_once() -> None:
+    producer = _Producer(60_000, lambda f: f.set_result(SimpleNamespace(offset=7)), refusals=5)
+    before = REGISTRY.get_sample_value("touchline_producer_handover_retries_total", {"topic": "refused"}) or 0.0
+    assert asyncio.run(produce.send_batched(producer, "refused", [(b"k", b"v", None)], 0)) == 7
+    assert len(producer.queued) == 1 and producer.refusals == 0
+    after = REGISTRY.get_sample_value("touchline_producer_handover_retries_total", {"topic": "refused"})
+    assert after == before + 5
+
+
+def test_hand_overs_refused_until_the_bound_fail_the_send(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(produce, "DELIVERY_SLACK_SECONDS", 0.2)
+    producer = _Producer(100, lambda f: f.set_result(SimpleNamespace(offset=7)), refusals=10_000)
+
+    async def run() -> None:
+        async with asyncio.timeout(10):
+            await produce.send_batched(producer, "t", [(b"k", b"v", None)], 0)
+
+    with pytest.raises(KafkaTimeoutError):
+        asyncio.run(run())
+    assert not producer.queued
 
 
 def test_the_worker_producer_gets_the_configured_request_timeout(
