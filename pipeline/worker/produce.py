@@ -27,8 +27,8 @@ without it being taken: aiokafka's `add_batch` waits for the partition's previou
 and subtracts the time since its start from its timeout after each wait, not the time of that
 wait, so with many batches queued on a partition it gave up after 1-2 s of a 30 s timeout
 (`benchmarks.journey_worker --workers 2 --standby 0`: 18 and 5 journey-document sends failed that
-way in two runs, each retried whole). A batch it refused is not queued, so handing it over again
-sends nothing twice.
+way in two runs, each retried whole; aio-libs/aiokafka pull request 814, open, would replace that
+loop). A batch it refused is not queued, so handing it over again sends nothing twice.
 """
 
 from __future__ import annotations
