@@ -187,12 +187,17 @@ def write_prometheus_config(path: Path, prometheus_port: int, alertmanager_port:
 
 
 def fast_rules(path: Path) -> None:
-    """The shipped rules with every pending period cut to 1 s."""
+    """The shipped rules with every pending period cut to 1 s, except TouchlineWorkerDown's.
+
+    Its shipped minute is what covers a worker's start: Prometheus scrapes the target before the
+    worker's web server answers, and with 1 s the storm test was paged TouchlineWorkerDown before
+    its storm (CI on 5400f84, a slow host under the full suite)."""
     rules = yaml.safe_load(RULES.read_text())
     for group in rules["groups"]:
         group["interval"] = "1s"
         for rule in group["rules"]:
-            rule["for"] = "1s"
+            if rule.get("alert") != "TouchlineWorkerDown":
+                rule["for"] = "1s"
     path.write_text(yaml.safe_dump(rules, sort_keys=False))
 
 
