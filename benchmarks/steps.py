@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import json
+import secrets
 import shutil
 import tempfile
 import time
@@ -33,6 +34,7 @@ from pipeline.ingest.dedup import RecentIds
 from pipeline.journeys.model import DAY
 from pipeline.kpi.settings import KpiConfig
 from pipeline.kpi.windows import LateEvent
+from pipeline.privacy import pseudonym
 from pipeline.resources import data_path
 from pipeline.simulator.model import SimConfig, Simulation
 from pipeline.sla.clock import SlaEvent
@@ -200,6 +202,8 @@ def main(events: int, json_out: Path | None) -> None:
     messages = simulated(events)
     gc.set_threshold(10_000, 10, 10)
     decoding.configure(Policy(history_since=datetime.now(UTC) - timedelta(days=30)))
+    # as the worker runs by default (TOUCHLINE_PSEUDONYMISE): identifiers hashed where events are decoded
+    pseudonym.configure(pseudonym.Pseudonymiser(secrets.token_bytes(32)))
     workdir = Path(tempfile.mkdtemp(prefix="touchline-steps-"))
     try:
         client = clickhouse.connect(f"chdb://{workdir}", "touchline")
