@@ -757,6 +757,39 @@ def stalls_over(before: dict[float, float], after: dict[float, float], seconds: 
     return int(total - (after.get(seconds, 0.0) - before.get(seconds, 0.0)))
 
 
+STALL_WARNING = "the event loop has been blocked for over"
+GC_WARNING = "a garbage collection (generation"
+
+
+def stall_sites(log_text: str, top: int = 3) -> list[tuple[str, int]]:
+    """Where the worker's loop was when its watchdog saw it blocked for over half a second
+    (`pipeline.worker.loop_watch`), most frequent first: the innermost frame of Touchline's own code
+    in each logged stack (the innermost frame when none is), and the collector's long pauses."""
+    sites: dict[str, int] = {}
+    lines = log_text.splitlines()
+    for i, line in enumerate(lines):
+        if GC_WARNING in line:
+            sites["the cyclic garbage collector"] = sites.get("the cyclic garbage collector", 0) + 1
+            continue
+        if STALL_WARNING not in line:
+            continue
+        frames: list[str] = []
+        for frame in lines[i + 1 :]:
+            if not frame.startswith("  "):
+                break
+            if frame.startswith('  File "'):
+                path, _, rest = frame[len('  File "') :].partition('", line ')
+                number, _, function = rest.partition(", in ")
+                if "/pipeline/" in path:
+                    path = "pipeline/" + path.rsplit("/pipeline/", 1)[1]
+                frames.append(f"{path}:{number} {function}")
+        if frames:
+            ours = [f for f in frames if f.startswith("pipeline/")]
+            site = (ours or frames)[-1]
+            sites[site] = sites.get(site, 0) + 1
+    return sorted(sites.items(), key=lambda item: -item[1])[:top]
+
+
 def timed_ingest(url: str, producer: KafkaProducer, messages: list[tuple[str, str, bytes]]) -> float:
     """Produce `messages` (topic, key, value) and return the seconds from the worker's first read
     of them to the last written and applied to the KPI windows and SLA clocks."""
@@ -1047,6 +1080,7 @@ def main(
                         f"({journey_records:,.0f} contact records meanwhile)"
                     )
                     stalls_before = histogram(url, "touchline_loop_stall_seconds")
+                    log_offset = full_log.stat().st_size
                     # the pass's first seconds take the worker from the simulated history to the
                     # wall clock (session 20: rows of the first ~6 s up to 2.7 s late, then at most
                     # 0.7 s): they are sent but measured apart
@@ -1057,6 +1091,9 @@ def main(
                     )  # fmt: skip
                     stalls_after = histogram(url, "touchline_loop_stall_seconds")
                     stalls = {bound: stalls_over(stalls_before, stalls_after, bound) for bound in (0.25, 0.5, 1.0)}
+                    with full_log.open("rb") as logged:
+                        logged.seek(log_offset)
+                        stalled_at = stall_sites(logged.read().decode(errors="replace"))
                     b50, b99, breaches = breach_pass(bootstrap, url, 200)
                     stored_before_open = sql(url, "SELECT count() FROM interaction_events")[0][0]
                     rss_before_open = peak_rss_mb(process.pid)
@@ -1135,6 +1172,7 @@ def main(
             "latency_p50_ms": p50,
             "latency_p99_ms": p99,
             "latency_pass_loop_stalls": {str(bound): n for bound, n in stalls.items()},
+            "latency_pass_stall_sites": dict(stalled_at),
             "latency_warmup": warmup_figures,
             "journey_catch_up_s": journey_s,
             "journey_catch_up_records": journey_records,
@@ -1159,6 +1197,8 @@ def main(
         click.echo(
             f"    loop stalls, warm-up too, > 0.25 / 0.5 / 1 s{stalls[0.25]:>5,} /{stalls[0.5]:>3,} /{stalls[1.0]:>3,}"
         )
+        for site, seen in stalled_at:  # from the worker's watchdog: where the loop was held > 0.5 s
+            click.echo(f"      held > 0.5 s {seen:>3,}x at {site}")
         click.echo(f"    SLA breach detection delay p50 ({breaches})  {b50:>12,.0f} ms")
         click.echo(f"    SLA breach detection delay p99           {b99:>12,.0f} ms")
         click.echo(f"    peak RSS before the SLA pass             {rss_before_open:>12,.0f} MB")
