@@ -42,9 +42,11 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from itertools import islice, takewhile
 from pathlib import Path
 from typing import Any
 
@@ -765,29 +767,24 @@ def stall_sites(log_text: str, top: int = 3) -> list[tuple[str, int]]:
     """Where the worker's loop was when its watchdog saw it blocked for over half a second
     (`pipeline.worker.loop_watch`), most frequent first: the innermost frame of Touchline's own code
     in each logged stack (the innermost frame when none is), and the collector's long pauses."""
-    sites: dict[str, int] = {}
+    sites: Counter[str] = Counter()
     lines = log_text.splitlines()
     for i, line in enumerate(lines):
         if GC_WARNING in line:
-            sites["the cyclic garbage collector"] = sites.get("the cyclic garbage collector", 0) + 1
-            continue
-        if STALL_WARNING not in line:
-            continue
-        frames: list[str] = []
-        for frame in lines[i + 1 :]:
-            if not frame.startswith("  "):
-                break
-            if frame.startswith('  File "'):
-                path, _, rest = frame[len('  File "') :].partition('", line ')
-                number, _, function = rest.partition(", in ")
-                if "/pipeline/" in path:
-                    path = "pipeline/" + path.rsplit("/pipeline/", 1)[1]
-                frames.append(f"{path}:{number} {function}")
-        if frames:
+            sites["the cyclic garbage collector"] += 1
+        elif STALL_WARNING in line:
+            frames: list[str] = []
+            for frame in takewhile(lambda text: text.startswith("  "), islice(lines, i + 1, None)):
+                if frame.startswith('  File "'):
+                    path, _, rest = frame[len('  File "') :].partition('", line ')
+                    number, _, function = rest.partition(", in ")
+                    if "/pipeline/" in path:
+                        path = "pipeline/" + path.rsplit("/pipeline/", 1)[1]
+                    frames.append(f"{path}:{number} {function}")
             ours = [f for f in frames if f.startswith("pipeline/")]
-            site = (ours or frames)[-1]
-            sites[site] = sites.get(site, 0) + 1
-    return sorted(sites.items(), key=lambda item: -item[1])[:top]
+            if frames:
+                sites[(ours or frames)[-1]] += 1
+    return sites.most_common(top)
 
 
 def timed_ingest(url: str, producer: KafkaProducer, messages: list[tuple[str, str, bytes]]) -> float:
