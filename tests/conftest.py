@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from clickhouse_connect.driver.client import Client
+from hypothesis import strategies
 
 from pipeline.store.clickhouse import connect
 from pipeline.store.migrations import migrate
@@ -20,6 +21,13 @@ from tools import broker
 # "C2 CompilerThread" 25.0 of 55.3 s, per-thread /proc figures). C1 alone halves a broker's CPU over
 # a test (journeys e2e "a day": 20.95 and 20.71 s -> 10.25 and 9.32 s; session 35).
 os.environ.setdefault(broker.EXTRA_JVM_OPTS_ENV, "-XX:TieredStopAtLevel=1")
+
+# `st.randoms()` imports its module on first use, and pytest rewrites (parses) it then. CPython
+# 3.11.7 keeps the AST constructor's recursion depth per interpreter, not per thread (cpython
+# gh-106905): a parse while another thread parses fails with "SystemError: AST constructor recursion
+# depth mismatch". It failed test_journey_records.py so in a clean-clone `make test` (session 41):
+# the import is done here, at collection, before any test starts a thread.
+strategies.randoms().validate()
 
 
 @pytest.fixture(scope="session")
