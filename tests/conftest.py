@@ -5,12 +5,14 @@ CLI in subprocesses, which have their own engines."""
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from clickhouse_connect.driver.client import Client
 from hypothesis import strategies
+from hypothesis.errors import HypothesisSideeffectWarning
 
 from pipeline.store.clickhouse import connect
 from pipeline.store.migrations import migrate
@@ -26,8 +28,11 @@ os.environ.setdefault(broker.EXTRA_JVM_OPTS_ENV, "-XX:TieredStopAtLevel=1")
 # 3.11.7 keeps the AST constructor's recursion depth per interpreter, not per thread (cpython
 # gh-106905): a parse while another thread parses fails with "SystemError: AST constructor recursion
 # depth mismatch". It failed test_journey_records.py so in a clean-clone `make test` (session 41):
-# the import is done here, at collection, before any test starts a thread.
-strategies.randoms().validate()
+# the import is done here, at collection, before any test starts a thread (hypothesis warns that
+# this is slow at conftest import: it is meant).
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", HypothesisSideeffectWarning)
+    strategies.randoms().validate()
 
 
 @pytest.fixture(scope="session")

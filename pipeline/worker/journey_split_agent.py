@@ -894,14 +894,20 @@ def install_split_journey_stage(
         url = assignor._tps_url.get(TP(table_.changelog_topic.get_topic_name(), partition))
         return None if url is None else URL(url)
 
-    async def routed_to(web: Any, request: Request, url: URL | None) -> Response | None:
+    def unavailable(web: Any, state: str, partition: str) -> Response:
+        """503 for a partition not yet ready here; logged, so a client's retries can be explained."""
+        log.info("journey lookup answered 503: the %s partition is being %s here", partition, state)
+        body = {"error": f"journey state is being {state}, retry shortly", "partition": partition}
+        response: Response = web.json(body, status=503)
+        return response
+
+    async def routed_to(web: Any, request: Request, url: URL | None, partition: str) -> Response | None:
         """The response of the worker at `url` (None: this worker is that one)."""
         if url is None:
-            response: Response = web.json({"error": "journey state is being assigned, retry shortly"}, status=503)
-            return response
+            return unavailable(web, "assigned", partition)
         try:
             router: Any = app.router
-            response = await router._route_req(url, web, request)
+            response: Response = await router._route_req(url, web, request)
             return response
         except SameNode:
             return None
@@ -923,14 +929,13 @@ def install_split_journey_stage(
             body = {"error": "bad request", "detail": f"give ?kind=<{kinds}>&value=<identifier>"}
             response = web.json(body, status=400)
             return response
-        elsewhere = await routed_to(web, request, owner_url(r_meta, 0))
+        elsewhere = await routed_to(web, request, owner_url(r_meta, 0), "resolver")
         if elsewhere is not None:
             return elsewhere
         try:
             core = await asyncio.wait_for(resolver_ready(), LOOKUP_WAIT_SECONDS)
         except TimeoutError:
-            response = web.json({"error": "journey state is being restored, retry shortly"}, status=503)
-            return response
+            return unavailable(web, "restored", "resolver")
         hidden = pseudonym.lookup_value(kind, value)
         customer = core.graph.customer_of_value(kind, hidden)
         at = None if customer is None else core.owner.get(customer)
@@ -940,7 +945,7 @@ def install_split_journey_stage(
         hop: Any = cast(Any, request).clone(
             rel_url=request.rel_url.with_query({"builder": str(at), "customer": customer})
         )
-        answered = await routed_to(web, hop, owner_url(b_meta, at))
+        answered = await routed_to(web, hop, owner_url(b_meta, at), f"builder {at}")
         if answered is not None:
             return answered
         return await lookup_at_builder(web, hop, str(at))
@@ -955,13 +960,11 @@ def install_split_journey_stage(
             response: Response = web.json({"error": "bad request", "detail": "builder hop"}, status=400)
             return response
         if not active(builds_name, index):
-            response = web.json({"error": "journey state is being assigned, retry shortly"}, status=503)
-            return response
+            return unavailable(web, "assigned", f"builder {index}")
         try:
             _, core = await asyncio.wait_for(builder_ready(index), LOOKUP_WAIT_SECONDS)
         except TimeoutError:
-            response = web.json({"error": "journey state is being restored, retry shortly"}, status=503)
-            return response
+            return unavailable(web, "restored", f"builder {index}")
         journeys = core.store.journeys(customer, core.as_of_ms or None)
         open_ones = [j for j in journeys if j.status == "open"]
         candidates = open_ones or journeys

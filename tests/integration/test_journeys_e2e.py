@@ -167,7 +167,7 @@ def test_a_day_of_journeys_matches_the_truth_and_lookup_works(workspace: Workspa
     theirs = [
         r["contact_ids"] for r in records if r["kind"] == "journey" and r["customer_id"] == journey["customer_id"]
     ]
-    found = json.loads(worker.get(f"/journeys/lookup?kind=customer_id&value={journey['customer_id']}"))
+    found = lookup(worker, journey["customer_id"])
     assert found["customer"] == f"cust:{journey['customer_id']}"
     assert f"j-{journey['contact_ids'][0]}" in found["journeys"]
     assert found["current_journey"]["contact_ids"] in theirs
@@ -177,17 +177,13 @@ def test_a_day_of_journeys_matches_the_truth_and_lookup_works(workspace: Workspa
         f"SELECT any(phone) FROM interaction_events WHERE phone != '' AND customer_id = '{journey['customer_id']}'"
     )[0][0]
     if phone:
-        by_phone = json.loads(worker.get(f"/journeys/lookup?kind=phone&value={urllib.request.quote(phone)}"))
-        assert by_phone["customer"] == found["customer"]
+        assert lookup(worker, phone, kind="phone")["customer"] == found["customer"]
     for kind, value in (("phone", "+000000000000"), ("email", "nobody@example.invalid")):
-        with pytest.raises(urllib.error.HTTPError) as raised:
-            worker.get(f"/journeys/lookup?kind={kind}&value={urllib.request.quote(value)}")
-        assert raised.value.code == 404
-        body = json.loads(raised.value.read())
-        assert body == {"error": "unknown identifier", "kind": kind, "value": value}
-    with pytest.raises(urllib.error.HTTPError) as raised:
-        worker.get("/journeys/lookup?kind=shoe_size&value=42")
-    assert raised.value.code == 400 and b"Traceback" not in raised.value.read()
+        refused = lookup_refused(worker, kind, value)
+        assert refused.code == 404
+        assert json.loads(refused.read()) == {"error": "unknown identifier", "kind": kind, "value": value}
+    refused = lookup_refused(worker, "shoe_size", "42")
+    assert refused.code == 400 and b"Traceback" not in refused.read()
 
 
 # Every version of every journey, so stores of several workers can be combined the way one shared
@@ -296,7 +292,7 @@ def a_known_customer(worker: Worker) -> tuple[str, str]:
     return rows[0][0].removeprefix("cust:"), rows[0][1]
 
 
-def lookup(worker: Worker, customer_id: str, timeout: float = 60) -> dict[str, Any]:
+def lookup(worker: Worker, customer_id: str, timeout: float = 60, kind: str = "customer_id") -> dict[str, Any]:
     """The lookup's answer. A 503 ("journey state is being assigned/restored, retry shortly": a
     rebalance under way, as when a second worker's group settles) is retried as the API asks, for
     `timeout` s; any other error fails at once."""
@@ -305,7 +301,7 @@ def lookup(worker: Worker, customer_id: str, timeout: float = 60) -> dict[str, A
     def answered() -> bool:
         nonlocal found
         try:
-            found = json.loads(worker.get(f"/journeys/lookup?kind=customer_id&value={customer_id}"))
+            found = json.loads(worker.get(f"/journeys/lookup?kind={kind}&value={urllib.request.quote(customer_id)}"))
         except urllib.error.HTTPError as error:
             if error.code != 503:
                 raise
@@ -315,6 +311,13 @@ def lookup(worker: Worker, customer_id: str, timeout: float = 60) -> dict[str, A
 
     wait_until(answered, timeout, f"a lookup at {worker.url} answered without a 503")
     return found
+
+
+def lookup_refused(worker: Worker, kind: str, value: str, timeout: float = 60) -> urllib.error.HTTPError:
+    """The error a lookup answers with (a 503 is retried, as `lookup` does); fails if it answers 200."""
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        lookup(worker, value, timeout, kind)
+    return raised.value
 
 
 def kill_after_journey_rows(worker: Worker, flag: Path, timeout: float = 120) -> None:
