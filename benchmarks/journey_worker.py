@@ -188,6 +188,7 @@ def main(
         wall = time.monotonic() - reading
         each = [metrics(url) for url in urls]
         busy = sum(m.get("touchline_journey_round_seconds_total", 0.0) for m in each)
+        on_loop = sum(m.get("touchline_journey_resolver_loop_seconds_total", 0.0) for m in each)
         builders_busy = [m.get("touchline_journey_builder_round_seconds_total", 0.0) for m in each]
         held = [int(m.get("touchline_journey_partitions", 0)) for m in each]
         stage = f"split: {builders} builders" if builders else "single stage"
@@ -200,6 +201,11 @@ def main(
             f"  {'resolver' if builders else 'stage'} busy {busy:.1f} s: {records / max(busy, 1e-9):,.0f} records/s "
             f"while busy" + (f"; builders busy {', '.join(f'{b:.1f}' for b in builders_busy)} s" if builders else "")
         )
+        if builders and on_loop:
+            click.echo(
+                f"  the resolver's own steps on the loop {on_loop:.1f} s: {records / on_loop:,.0f} records/s, "
+                f"{contacts / on_loop:,.0f} contacts/s its partition handles with a core of its own"
+            )
         if builders and resolved[0] is not None:
             click.echo(
                 f"  the resolver applied the last message after {resolved[0]:.1f} s: "

@@ -53,6 +53,12 @@ JOURNEY_ROUND_SECONDS = Counter(
     "TOUCHLINE_JOURNEY_BUILDERS, the resolver's rounds, which every record passes): records / this = the "
     "contacts/s it handles while busy",
 )
+JOURNEY_RESOLVER_LOOP_SECONDS = Counter(
+    "touchline_journey_resolver_loop_seconds_total",
+    "Time the split journey stage's resolver rounds held the event loop themselves (their own steps, not the "
+    "builders' or other tasks' run while they waited): records / this = the contacts/s its partition handles "
+    "with a core of its own",
+)
 JOURNEY_BUILDER_ROUND_SECONDS = Counter(
     "touchline_journey_builder_round_seconds_total",
     "Wall time the split journey stage's builders held here spent in rounds (receiving routed records, writing "

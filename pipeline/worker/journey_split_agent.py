@@ -100,6 +100,7 @@ from pipeline.worker.journey_agent import (
     placeholder_pseudonyms,
     write_journey_outputs,
 )
+from pipeline.worker.loop_share import on_loop
 from pipeline.worker.produce import produce
 from pipeline.worker.table_writes import read_partition, write_partition
 from pipeline.worker.topic_range import read_range
@@ -425,15 +426,18 @@ def install_split_journey_stage(
 
     async def resolver_round(core: Resolver, messages: list[Incoming]) -> None:
         began = time.perf_counter()
+        await on_loop(resolver_work(core, messages), jm.JOURNEY_RESOLVER_LOOP_SECONDS.inc)
+        jm.JOURNEY_BATCHES.inc(len(messages))
+        jm.JOURNEY_ROUND_SECONDS.inc(time.perf_counter() - began)
+        jm.JOURNEY_OFFSET.set(messages[-1][0])
+        publish_state()
+
+    async def resolver_work(core: Resolver, messages: list[Incoming]) -> None:
         routed = [await resolve_message(core, offset, value, headers) for offset, value, headers in messages]
         await send_routed(routed)
         end = messages[-1][0] + 1
         await checkpoint_resolver(core, end)
         resolver.last_round = time.monotonic()
-        jm.JOURNEY_BATCHES.inc(len(messages))
-        jm.JOURNEY_ROUND_SECONDS.inc(time.perf_counter() - began)
-        jm.JOURNEY_OFFSET.set(end - 1)
-        publish_state()
 
     async def checkpoint_resolver(core: Resolver, end: int) -> None:
         """The resolver's changes: journal and offset `end` delivered, then the keyed entries."""
