@@ -202,9 +202,11 @@ def main(
             f"while busy" + (f"; builders busy {', '.join(f'{b:.1f}' for b in builders_busy)} s" if builders else "")
         )
         if builders and on_loop:
+            paused = sum(m.get("touchline_gc_pause_seconds_sum", 0.0) for m in each)
             click.echo(
                 f"  the resolver's own steps on the loop {on_loop:.1f} s: {records / on_loop:,.0f} records/s, "
-                f"{contacts / on_loop:,.0f} contacts/s its partition handles with a core of its own"
+                f"{contacts / on_loop:,.0f} contacts/s its partition handles with a core of its own (the "
+                f"worker's collector paused {paused:.1f} s in all, in any task's steps)"
             )
         if builders and resolved[0] is not None:
             click.echo(

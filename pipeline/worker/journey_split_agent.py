@@ -112,6 +112,11 @@ OFFSET_KEY = b"\x00offset"
 # a builder's takes: packs of what one input message (~900 records) sends it, so ~14,000 records in
 # a take of four builders' packs, as the single stage's round of TAKE_MESSAGES input messages
 BUILDER_TAKE_MESSAGES = 64
+# the resolver's takes when a backlog waits: a customer or contact seen in several messages of one
+# take is written once at its checkpoint. Against TAKE_MESSAGES (16), a simulated day's backlog
+# wrote 46,828 customer entries instead of 58,600; its own loop time gave 14,976-17,189 contacts/s
+# (mean 15,837) against 13,700-15,368 (mean 14,899), four alternating runs each (session 42)
+RESOLVER_TAKE_MESSAGES = 64
 LOOKUP_WAIT_SECONDS = 30.0
 FORGET_WAIT_SECONDS = 60.0
 RESOLVER_MARK = "journey resolver"  # an erasure's marks (`forget`)
@@ -541,7 +546,7 @@ def install_split_journey_stage(
 
     @app.agent(journey_events_topic)
     async def resolve(stream: Any) -> None:
-        async for events in stream.take_events(journey_stage.TAKE_MESSAGES, within=TAKE_WITHIN_SECONDS):
+        async for events in stream.take_events(RESOLVER_TAKE_MESSAGES, within=TAKE_WITHIN_SECONDS):
             core = await resolver_ready()
             async with resolver.lock:
                 if resolver.core is not core:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from faust.stores import rocksdb as rocksdb_store
 from faust.stores.rocksdb import Store as RocksDBStore
 
 
@@ -19,18 +20,29 @@ def write_partition(data: Any, partition: int, writes: Sequence[tuple[bytes, byt
     """Put each `(key, value)` of `writes` into the store `data` (a table's `.data`), or delete the
     key when the value is None, in `partition`'s database when the store is RocksDB."""
     if isinstance(data, RocksDBStore):
-        db = data._db_for_partition(partition)
+        # one write batch, as Faust's own `apply_changelog_batch`: a put apiece cost 2.36 µs, a
+        # batch 0.49 µs an entry (100,000 entries of 60 bytes, rocksdict). The split resolver's
+        # writes of a simulated day (144k entries) held the loop 0.60 s, now 0.22 s (session 42)
+        batch = rocksdb_batch(data)
         for key, value in writes:
             if value is None:
-                db.delete(key)
+                batch.delete(key)
             else:
-                db.put(key, value)
+                batch.put(key, value)
+        data._db_for_partition(partition).write(batch)
         return
     for key, value in writes:  # the memory store keeps one dict and needs no event
         if value is not None:
             data[key] = value
         elif key in data:
             del data[key]
+
+
+def rocksdb_batch(data: RocksDBStore) -> Any:
+    """An empty write batch of the store's RocksDB binding (rocksdict or python-rocksdb)."""
+    if data.use_rocksdict:  # the bindings as Faust imported them (python-rocksdb may be absent)
+        return getattr(rocksdb_store, "rocksdict").WriteBatch(raw_mode=True)  # noqa: B009
+    return getattr(rocksdb_store, "rocksdb").WriteBatch()  # noqa: B009
 
 
 def read_partition(data: Any, partition: int) -> Iterator[tuple[bytes, bytes]]:
