@@ -249,6 +249,7 @@ def main(
             jrow["journey_records"] = sum(v for k, v in j.items() if k.startswith("touchline_journey_records_total"))
             jrow["journey_busy_s"] = j.get("touchline_journey_round_seconds_total", 0.0)
             jrow["builder_busy_s"] = j.get("touchline_journey_builder_round_seconds_total", 0.0)
+            jrow["resolver_loop_s"] = j.get("touchline_journey_resolver_loop_seconds_total", 0.0)
             return jday, jrow
 
         previous_bytes = 0.0
@@ -389,7 +390,9 @@ def main(
             click.echo(
                 f"split journey stage: resolver busy {last_j['journey_busy_s']:.0f} s, builders busy "
                 f"{last_j['builder_busy_s']:.0f} s for {last_j['journey_records']:.0f} contact records "
-                f"({last_j['journey_records'] / max(1e-9, last_j['builder_busy_s']):.0f} contacts/s over the builders' rounds)"
+                f"({last_j['journey_records'] / max(1e-9, last_j['builder_busy_s']):.0f} contacts/s over the builders' rounds); "
+                f"the resolver's rounds held the loop themselves {last_j['resolver_loop_s']:.1f} s "
+                f"({last_j['journey_records'] / max(1e-9, last_j['resolver_loop_s']):.0f} records/s of that time)"
             )
         for day, r in sorted(per_day.items()):
             if r.get("wall_s") and "gc_s" in r:
