@@ -33,19 +33,13 @@ class on_loop(Awaitable[T]):
         while True:
             began = clock()
             try:
-                if thrown is None:
-                    yielded = steps.send(sent)
-                else:
-                    error, thrown = thrown, None
-                    yielded = steps.throw(error)
+                yielded = steps.send(sent) if thrown is None else steps.throw(thrown)
             except StopIteration as done:
-                add(clock() - began)
                 result: T = done.value
                 return result
-            except BaseException:
+            finally:
                 add(clock() - began)
-                raise
-            add(clock() - began)
+            sent, thrown = None, None
             try:
                 sent = yield yielded
             except BaseException as error:  # a cancellation, or an error thrown into the await

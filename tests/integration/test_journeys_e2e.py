@@ -292,7 +292,7 @@ def a_known_customer(worker: Worker) -> tuple[str, str]:
     return rows[0][0].removeprefix("cust:"), rows[0][1]
 
 
-def lookup(worker: Worker, customer_id: str, timeout: float = 60, kind: str = "customer_id") -> dict[str, Any]:
+def lookup(worker: Worker, value: str, timeout: float = 60, kind: str = "customer_id") -> dict[str, Any]:
     """The lookup's answer. A 503 ("journey state is being assigned/restored, retry shortly": a
     rebalance under way, as when a second worker's group settles) is retried as the API asks, for
     `timeout` s; any other error fails at once."""
@@ -301,7 +301,7 @@ def lookup(worker: Worker, customer_id: str, timeout: float = 60, kind: str = "c
     def answered() -> bool:
         nonlocal found
         try:
-            found = json.loads(worker.get(f"/journeys/lookup?kind={kind}&value={urllib.request.quote(customer_id)}"))
+            found = json.loads(worker.get(f"/journeys/lookup?kind={kind}&value={urllib.request.quote(value)}"))
         except urllib.error.HTTPError as error:
             if error.code != 503:
                 raise

@@ -41,7 +41,8 @@ def test_only_the_awaited_coroutines_own_steps_are_counted() -> None:
     assert asyncio.run(main()) == "done"
     wall = time.perf_counter() - started
     assert wall >= 0.3  # the neighbour's 0.15 s and the sleep happened while `work` waited
-    assert 0.1 <= sum(spent) < 0.15  # only work's two busy steps (and its awaits' own parts)
+    # only work's two busy steps (and its awaits' own parts): with the neighbour's it would be >= 0.25
+    assert 0.1 <= sum(spent) < 0.2
     assert len(spent) >= 2
 
 
