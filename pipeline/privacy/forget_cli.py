@@ -4,6 +4,7 @@ when there is one (its stages drop their state too), else straight in the store.
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -12,6 +13,9 @@ import click
 
 from pipeline.privacy.erasure import KINDS, placeholder_refusal
 from pipeline.privacy.identifiers import is_placeholder
+
+FORGET_BUSY_SECONDS = 120.0
+FORGET_BUSY_WAIT = 2.0
 
 
 @click.command("forget")
@@ -71,12 +75,20 @@ def _through_worker(settings: Any, url: str, kind: str, value: str) -> dict[str,
         method="POST",
         headers={"Content-Type": "application/json", **client_headers(settings)},
     )
-    try:
-        with urllib.request.urlopen(request, timeout=600) as response:
-            answer: dict[str, Any] = json.loads(response.read())
-            return answer
-    except urllib.error.HTTPError as error:
-        fail(f"the worker refused: {error.read().decode(errors='replace').strip()}")
+    # a 503 means a rebalance or restore is under way and nothing was deleted: asked again for up
+    # to FORGET_BUSY_SECONDS, as the worker's answer says (erasure is idempotent)
+    until = time.monotonic() + FORGET_BUSY_SECONDS
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=600) as response:
+                answer: dict[str, Any] = json.loads(response.read())
+                return answer
+        except urllib.error.HTTPError as error:
+            reason = error.read().decode(errors="replace").strip()
+            if error.code != 503 or time.monotonic() + FORGET_BUSY_WAIT > until:
+                fail(f"the worker refused: {reason}")
+            click.echo(f"touchline: the worker is busy ({reason}); asking again", err=True)
+        time.sleep(FORGET_BUSY_WAIT)
 
 
 def _in_store(settings: Any, kind: str, value: str) -> dict[str, Any]:
