@@ -11,13 +11,14 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from kafka import KafkaAdminClient
@@ -26,6 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipeline.events.topics import topic_specs
 from pipeline.topics import ensure_topics
 from tools import broker
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[2]
 PARTITIONS = 4
@@ -84,6 +87,25 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: f
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def asked_until_not_busy(ask: Callable[[], T], timeout: float, what: str, interval: float = 0.5) -> T:
+    """`ask()`'s answer; a 503 ("retry shortly": a rebalance or restore under way) asks again, as the
+    worker's API says, for `timeout` s; any other error fails at once."""
+    answers: list[T] = []
+
+    def answered() -> bool:
+        try:
+            answers.append(ask())
+        except urllib.error.HTTPError as error:
+            if error.code != 503:
+                raise
+            print(f"{what}: 503 {error.read().decode(errors='replace')}, asked again")
+            return False
+        return True
+
+    wait_until(answered, timeout, f"{what} answered without a 503", interval)
+    return answers[-1]
 
 
 @dataclass

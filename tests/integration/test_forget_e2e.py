@@ -14,7 +14,7 @@ import pytest
 from pipeline.privacy.pseudonym import Pseudonymiser
 from pipeline.simulator.truth import read_truth
 
-from .conftest import PSEUDONYM_KEY, Worker, Workspace, wait_until
+from .conftest import PSEUDONYM_KEY, Worker, Workspace, asked_until_not_busy, wait_until
 from .test_journeys_e2e import lookup
 
 pytestmark = pytest.mark.integration
@@ -195,21 +195,13 @@ def test_an_erasure_sent_to_a_worker_without_the_journey_resolver_forgets_the_pe
     request = urllib.request.Request(
         f"{asked.url}/forget", data=json.dumps({"kind": "customer_id", "value": customer}).encode(), method="POST"
     )
-    answer: dict[str, Any] = {}
 
-    def erased() -> bool:  # a 503 (a rebalance under way, nothing deleted) is sent again, as it asks
-        nonlocal answer
-        try:
-            with urllib.request.urlopen(request, timeout=180) as response:
-                answer = json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            if error.code != 503:
-                raise
-            print(f"forget at {asked.url}: 503 {error.read().decode(errors='replace')}, sent again")
-            return False
-        return True
+    def erase() -> dict[str, Any]:
+        with urllib.request.urlopen(request, timeout=180) as response:
+            answer: dict[str, Any] = json.loads(response.read())
+            return answer
 
-    wait_until(erased, 120, f"an erasure at {asked.url} answered without a 503", interval=2)
+    answer = asked_until_not_busy(erase, 120, f"an erasure at {asked.url}", interval=2)
     print(f"forgot customer with {len(contacts)} contacts through the worker without the resolver: {answer}")
     assert answer["workers"] == 2
     assert answer["state"]["journeys"] >= len(contacts)  # dropped by the resolver on the other worker

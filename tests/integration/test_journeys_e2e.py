@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipeline.events.topics import INTERACTION_TOPICS
 from pipeline.simulator.truth import read_truth
 
-from .conftest import PARTITIONS, REPO, Worker, Workspace, wait_until
+from .conftest import PARTITIONS, REPO, Worker, Workspace, asked_until_not_busy, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -293,23 +293,12 @@ def a_known_customer(worker: Worker) -> tuple[str, str]:
 
 
 def lookup(worker: Worker, value: str, timeout: float = 60, kind: str = "customer_id") -> dict[str, Any]:
-    """The lookup's answer. A 503 ("journey state is being assigned/restored, retry shortly": a
-    rebalance under way, as when a second worker's group settles) is retried as the API asks, for
-    `timeout` s; any other error fails at once."""
-    found: dict[str, Any] = {}
-
-    def answered() -> bool:
-        nonlocal found
-        try:
-            found = json.loads(worker.get(f"/journeys/lookup?kind={kind}&value={urllib.request.quote(value)}"))
-        except urllib.error.HTTPError as error:
-            if error.code != 503:
-                raise
-            print(f"lookup at {worker.url}: 503 {error.read().decode(errors='replace')}, retried")
-            return False
-        return True
-
-    wait_until(answered, timeout, f"a lookup at {worker.url} answered without a 503")
+    """The lookup's answer, a 503 asked again (`asked_until_not_busy`: a rebalance under way, as when
+    a second worker's group settles); any other error fails at once."""
+    path = f"/journeys/lookup?kind={kind}&value={urllib.request.quote(value)}"
+    found: dict[str, Any] = asked_until_not_busy(
+        lambda: json.loads(worker.get(path)), timeout, f"a lookup at {worker.url}"
+    )
     return found
 
 

@@ -1,15 +1,13 @@
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from pipeline.config import load_settings
+from tests.support.fake_http import JsonHandler, serving
 from tools.run import run_command, simulation_start, start_fresh
 
 
@@ -28,31 +26,20 @@ def test_run_duration_rejects_nonsense_readably() -> None:
     assert "Traceback" not in result.output
 
 
-class _Sql(BaseHTTPRequestHandler):
+class _Sql(JsonHandler):
     rows: list[list[object]] = []
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        body = json.dumps({"columns": ["count()", "max(occurred_at)"], "rows": self.rows}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.body()
+        self.answer(200, {"columns": ["count()", "max(occurred_at)"], "rows": self.rows})
 
 
 @pytest.fixture
 def worker_sql(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[type[_Sql]]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Sql)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("TOUCHLINE_WORKER_WEB_PORT", str(server.server_address[1]))
-    monkeypatch.setenv("TOUCHLINE_DATA_DIR", str(tmp_path / "data"))
-    try:
+    with serving(_Sql) as port:
+        monkeypatch.setenv("TOUCHLINE_WORKER_WEB_PORT", str(port))
+        monkeypatch.setenv("TOUCHLINE_DATA_DIR", str(tmp_path / "data"))
         yield _Sql
-    finally:
-        server.shutdown()
 
 
 def test_a_fresh_store_starts_in_the_past_and_reaches_now_at_the_end(worker_sql: type[_Sql]) -> None:

@@ -5,9 +5,7 @@ with the worker's reason and no traceback."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -15,37 +13,26 @@ import pytest
 
 from pipeline.config import Settings
 from pipeline.privacy import forget_cli
+from tests.support.fake_http import JsonHandler, serving
 
 ERASED = {"subject": {"kind": "customer_id", "contacts": 2, "customers": 1}, "tables": {}, "state": {}}
 
 
-class _Worker(BaseHTTPRequestHandler):
+class _Worker(JsonHandler):
     answers: list[tuple[int, dict[str, Any]]] = []
     asked: list[dict[str, Any]] = []
 
     def do_POST(self) -> None:
-        self.asked.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        status, body = self.answers.pop(0) if self.answers else (503, {"error": "still busy"})
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+        self.asked.append(json.loads(self.body()))
+        self.answer(*(self.answers.pop(0) if self.answers else (503, {"error": "still busy"})))
 
 
 @pytest.fixture
 def worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setattr(forget_cli, "FORGET_BUSY_WAIT", 0.05)
     _Worker.answers, _Worker.asked = [], []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Worker)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(_Worker) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_a_busy_worker_is_asked_again_until_it_erases(

@@ -4,12 +4,9 @@ error text, and a worker used only when its /health names the configured store."
 from __future__ import annotations
 
 import io
-import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +14,7 @@ import pytest
 
 from pipeline.config import load_settings
 from pipeline.sql_client import clickhouse_message, route, write_table, write_tsv
+from tests.support.fake_http import JsonHandler, serving
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,38 +57,25 @@ def test_clickhouse_message_is_clickhouses_own_text() -> None:
     assert "token5" in message and "token6" not in message and "(34 more)" in message
 
 
-class _Health(BaseHTTPRequestHandler):
-    body: dict[str, Any] = {}
+class _Health(JsonHandler):
+    health: dict[str, Any] = {}
 
     def do_GET(self) -> None:
-        data = json.dumps(self.body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+        self.answer(200, self.health)
 
 
 @pytest.fixture
 def fake_worker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[type[_Health]]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Health)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("TOUCHLINE_WORKER_WEB_PORT", str(server.server_address[1]))
-    monkeypatch.setenv("TOUCHLINE_DATA_DIR", str(tmp_path / "mine"))
-    monkeypatch.delenv("TOUCHLINE_CLICKHOUSE_DSN", raising=False)
-    monkeypatch.delenv("TOUCHLINE_APP_ID", raising=False)
-    try:
+    with serving(_Health) as port:
+        monkeypatch.setenv("TOUCHLINE_WORKER_WEB_PORT", str(port))
+        monkeypatch.setenv("TOUCHLINE_DATA_DIR", str(tmp_path / "mine"))
+        monkeypatch.delenv("TOUCHLINE_CLICKHOUSE_DSN", raising=False)
+        monkeypatch.delenv("TOUCHLINE_APP_ID", raising=False)
         yield _Health
-    finally:
-        server.shutdown()
 
 
 def test_a_worker_holding_another_store_is_not_used(fake_worker: type[_Health], tmp_path: Path) -> None:
-    fake_worker.body = {
+    fake_worker.health = {
         "status": "ok",
         "store": f"chdb://{(tmp_path / 'other' / 'clickhouse').resolve()}",
         "clickhouse_database": "touchline",
@@ -103,13 +88,13 @@ def test_a_worker_holding_another_store_is_not_used(fake_worker: type[_Health], 
 
 
 def test_a_worker_without_identity_is_not_used(fake_worker: type[_Health]) -> None:
-    fake_worker.body = {"status": "ok", "assigned_partitions": 4}
+    fake_worker.health = {"status": "ok", "assigned_partitions": 4}
     assert route(load_settings()).worker_url is None
 
 
 def test_the_worker_holding_the_configured_store_is_used(fake_worker: type[_Health], tmp_path: Path) -> None:
     settings = load_settings()
-    fake_worker.body = {
+    fake_worker.health = {
         "status": "ok",
         "store": settings.clickhouse_url,
         "clickhouse_database": "touchline",
