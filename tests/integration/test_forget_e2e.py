@@ -186,8 +186,19 @@ def test_an_erasure_sent_to_a_worker_without_the_journey_resolver_forgets_the_pe
         {c for r in records if r["kind"] == "journey" and r["customer_id"] == customer for c in r["contact_ids"]}
     )
     other = next(r["customer_id"] for r in records if r["kind"] == "journey" and r["customer_id"] not in ("", customer))
-    statuses = {w.url: (lookup_status(w, customer), lookup_status(w, other)) for w in both}
-    assert statuses == {w.url: (200, 200) for w in both}
+    # the stores hold the journeys, but the two stores can together count a journey twice after a
+    # builder partition moved between the workers: a builder may still be applying its tail, so
+    # the lookups are waited for (CI, session 42: this check failed once, status not recorded)
+    statuses: dict[str, tuple[int, int]] = {}
+
+    def known_on_both() -> bool:
+        statuses.update({w.url: (lookup_status(w, customer), lookup_status(w, other)) for w in both})
+        return set(statuses.values()) == {(200, 200)}
+
+    try:
+        wait_until(known_on_both, 60, "lookups on both workers to answer 200 for both customers", interval=1)
+    except AssertionError:
+        raise AssertionError(f"lookups before the erasure answered {statuses}, not 200 everywhere") from None
     others_before = settled_others(both, contacts)
     theirs_before = [counts(w.sql, PER_CONTACT, contacts) for w in both]
     assert sum(t["interaction_events"] for t in theirs_before) > 0
