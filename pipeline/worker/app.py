@@ -149,6 +149,29 @@ def faust_app(settings: Settings, datadir: Path, web_port: int | None = None) ->
     )
 
 
+def faust_topics(app: faust.App) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
+    """The topics Faust itself declares for the journey stage's group, as `ensure_topics` takes them:
+    each table's changelog (compacted, as Faust declares it) and the assignor's leader topic."""
+    specs: dict[str, int] = {f"{app.conf.id}-__assignor-__leader": 1}
+    configs: dict[str, dict[str, str]] = {}
+    for table in app.tables.values():
+        name = table.changelog_topic.get_topic_name()
+        specs[name] = table.partitions or app.conf.topic_partitions
+        configs[name] = {"cleanup.policy": "compact"}
+    return specs, configs
+
+
+def declare_faust_topics(app: faust.App, settings: Settings) -> None:
+    """Create the topics Faust would create at start, before its consumer joins the group. Faust
+    creates them concurrently with the join: once, a changelog topic created 0.4 s before the
+    assignment was still missing from the consumer's metadata, the assignor left it out ("Ignoring
+    missing topic"), and until the next rebalance the worker neither restored that table from its
+    changelog nor knew who held it (every lookup routed through it answered 503 for minutes;
+    session 43's clean-clone run). `ensure_topics` waits until every topic it creates has leaders."""
+    specs, configs = faust_topics(app)
+    ensure_topics(settings.bootstrap_servers, specs, configs=configs, options=client_options(settings))
+
+
 def create_app(settings: Settings, *, web_port: int | None = None) -> tuple[faust.App, Startup]:
     configure_worker(settings)  # plausible times, message keys, pseudonyms: before any stage decodes
     ensure_topics(
@@ -181,6 +204,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> tuple[faus
             install_split_journey_stage(app, client, executor, journey_events, settings, shared.health)
         else:
             install_journey_stage(app, client, executor, journey_events, settings, shared.health)
+        declare_faust_topics(app, settings)
     else:
         # nothing here reads through Faust (the channel topics have their own consumers): no member
         # in the journey stage's group. As a member, an `ingest,analytics` worker was elected its
